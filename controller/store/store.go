@@ -1,0 +1,126 @@
+// Package store defines the controller's persistence contract: one Store
+// interface, transactional, whose implementations (SQLite now, PostgreSQL
+// later) pass the same test suite in storetest.
+//
+// The store holds no business rules. Which events to append, how the machine
+// state follows from them and which instructions to queue is decided by the
+// caller inside one transaction (Store.Tx), so a request either changes
+// everything it meant to or nothing.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/anvil-metal/anvil/controller/lifecycle"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// Sentinel errors; implementations wrap them with the operation and key.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrAlreadyExists = errors.New("already exists")
+)
+
+// Machine is one machine's record. Inventory, Allocation and Status are
+// stored as they are; Status is the lifecycle fold of all events ever
+// appended, so trimming old events never changes it.
+type Machine struct {
+	ID        string
+	UUID      string // SMBIOS system UUID, unique
+	MACs      []string
+	Inventory *anvilv1.Inventory
+	SizeID    string // "" or "unknown" when no single size matches
+	Labels    map[string]string
+	// Allocation is nil while the machine is not allocated.
+	Allocation *anvilv1.Allocation
+	Status     lifecycle.Status
+	// CredentialHash is the SHA-256 of the machine's current credential.
+	CredentialHash []byte
+	CreatedAt      time.Time
+	LastSeen       time.Time
+	// Progress of the running instruction, if any (not history).
+	Progress *anvilv1.Progress
+}
+
+// MachineFilter selects machines; zero fields match everything.
+type MachineFilter struct {
+	State     anvilv1.MachineState
+	SizeID    string
+	Allocated *bool
+	Hostname  string
+	Labels    map[string]string
+}
+
+// Instruction is an instruction queued for a machine. It is delivered on
+// every Wait stream until AckedAt is set, unless it was cancelled.
+type Instruction struct {
+	ID          string
+	MachineID   string
+	Instruction *anvilv1.Instruction // Instruction.Id == ID
+	CreatedAt   time.Time
+	AckedAt     time.Time // zero until the agent reported on it
+	CancelledAt time.Time // zero unless superseded before it was acked
+}
+
+// Store is the whole persistence layer.
+type Store interface {
+	// Tx runs fn in one transaction. If fn returns an error, nothing it did
+	// is kept and the error is returned as is.
+	Tx(ctx context.Context, fn func(Tx) error) error
+	// View runs fn in a read-only transaction.
+	View(ctx context.Context, fn func(Tx) error) error
+	Close() error
+}
+
+// Tx is the set of operations available inside a transaction.
+type Tx interface {
+	// Machines. GetMachine* return ErrNotFound when absent.
+	GetMachine(ctx context.Context, id string) (*Machine, error)
+	GetMachineByUUID(ctx context.Context, uuid string) (*Machine, error)
+	GetMachineByCredential(ctx context.Context, credentialHash []byte) (*Machine, error)
+	ListMachines(ctx context.Context, f MachineFilter) ([]*Machine, error)
+	// CreateMachine inserts; ErrAlreadyExists when the id or UUID is taken.
+	CreateMachine(ctx context.Context, m *Machine) error
+	// UpdateMachine replaces every field of an existing machine.
+	UpdateMachine(ctx context.Context, m *Machine) error
+	// DeleteMachine removes the machine, its events and its instructions.
+	DeleteMachine(ctx context.Context, id string) error
+	// TouchMachine sets LastSeen only (heartbeats; cheap).
+	TouchMachine(ctx context.Context, id string, at time.Time) error
+
+	// Events. AppendEvent assigns e.Seq (global, strictly increasing).
+	AppendEvent(ctx context.Context, e *anvilv1.Event) error
+	// ListEvents returns the machine's events with Seq > afterSeq in
+	// ascending order; machineID "" means every machine; limit 0 means all.
+	ListEvents(ctx context.Context, machineID string, afterSeq int64, limit int) ([]*anvilv1.Event, error)
+	// LastEvents returns the newest limit events of a machine, newest first.
+	LastEvents(ctx context.Context, machineID string, limit int) ([]*anvilv1.Event, error)
+	// TrimEvents keeps only the newest keep events of the machine.
+	TrimEvents(ctx context.Context, machineID string, keep int) error
+
+	// Instructions.
+	CreateInstruction(ctx context.Context, in *Instruction) error
+	// PendingInstructions returns the machine's instructions that are
+	// neither acked nor cancelled, oldest first.
+	PendingInstructions(ctx context.Context, machineID string) ([]*Instruction, error)
+	GetInstruction(ctx context.Context, id string) (*Instruction, error)
+	// AckInstruction sets AckedAt if unset; it reports whether this call
+	// acked it (false when it was acked already). ErrNotFound if absent.
+	AckInstruction(ctx context.Context, id string, at time.Time) (bool, error)
+	// CancelPending cancels every pending instruction of the machine.
+	CancelPending(ctx context.Context, machineID string, at time.Time) error
+
+	// Images. CreateImage returns ErrAlreadyExists for a taken id.
+	CreateImage(ctx context.Context, img *anvilv1.Image) error
+	GetImage(ctx context.Context, id string) (*anvilv1.Image, error)
+	ListImages(ctx context.Context) ([]*anvilv1.Image, error)
+	DeleteImage(ctx context.Context, id string) error
+
+	// Sizes. CreateSize returns ErrAlreadyExists for a taken id.
+	CreateSize(ctx context.Context, s *anvilv1.Size) error
+	GetSize(ctx context.Context, id string) (*anvilv1.Size, error)
+	ListSizes(ctx context.Context) ([]*anvilv1.Size, error)
+	DeleteSize(ctx context.Context, id string) error
+}

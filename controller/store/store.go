@@ -46,30 +46,40 @@ type Machine struct {
 
 // MachineFilter selects machines; zero fields match everything.
 type MachineFilter struct {
-	State     anvilv1.MachineState
-	SizeID    string
+	State  anvilv1.MachineState // Status.State
+	SizeID string
+	// Allocated matches Allocation != nil.
 	Allocated *bool
-	Hostname  string
-	Labels    map[string]string
+	// Hostname matches Allocation.Hostname exactly.
+	Hostname string
+	// Labels match machines that have every one of these keys with its value.
+	Labels map[string]string
 }
 
 // Instruction is an instruction queued for a machine. It is delivered on
-// every Wait stream until AckedAt is set, unless it was cancelled.
+// every Wait stream until AckedAt is set, unless it was cancelled (a free or
+// reinstall cancels what the machine had queued or was running).
 type Instruction struct {
 	ID          string
 	MachineID   string
 	Instruction *anvilv1.Instruction // Instruction.Id == ID
 	CreatedAt   time.Time
 	AckedAt     time.Time // zero until the agent reported on it
-	CancelledAt time.Time // zero unless superseded before it was acked
+	CancelledAt time.Time // zero until CancelPending (acked or not)
 }
 
 // Store is the whole persistence layer.
 type Store interface {
 	// Tx runs fn in one transaction. If fn returns an error, nothing it did
-	// is kept and the error is returned as is.
+	// is kept and the error is returned as is. If fn panics, nothing is kept
+	// and the panic goes on. Transactions do not nest: fn must not call Tx
+	// (it may wait forever for the writer it holds itself).
+	//
+	// Times are kept to the nanosecond and read back in UTC; the zero time
+	// reads back as the zero time.
 	Tx(ctx context.Context, fn func(Tx) error) error
-	// View runs fn in a read-only transaction.
+	// View runs fn in a read-only transaction on a consistent snapshot;
+	// every write inside it fails.
 	View(ctx context.Context, fn func(Tx) error) error
 	Close() error
 }
@@ -80,27 +90,36 @@ type Tx interface {
 	GetMachine(ctx context.Context, id string) (*Machine, error)
 	GetMachineByUUID(ctx context.Context, uuid string) (*Machine, error)
 	GetMachineByCredential(ctx context.Context, credentialHash []byte) (*Machine, error)
+	// ListMachines returns the machines f selects, ordered by ID.
 	ListMachines(ctx context.Context, f MachineFilter) ([]*Machine, error)
-	// CreateMachine inserts; ErrAlreadyExists when the id or UUID is taken.
+	// CreateMachine inserts; ErrAlreadyExists when the id, UUID or (non-empty)
+	// credential hash is taken.
 	CreateMachine(ctx context.Context, m *Machine) error
-	// UpdateMachine replaces every field of an existing machine.
+	// UpdateMachine replaces every field of an existing machine (ErrNotFound
+	// if absent; ErrAlreadyExists when the new UUID or credential hash is
+	// another machine's).
 	UpdateMachine(ctx context.Context, m *Machine) error
-	// DeleteMachine removes the machine, its events and its instructions.
+	// DeleteMachine removes the machine, its events and its instructions;
+	// ErrNotFound if absent.
 	DeleteMachine(ctx context.Context, id string) error
-	// TouchMachine sets LastSeen only (heartbeats; cheap).
+	// TouchMachine sets LastSeen only (heartbeats; cheap); ErrNotFound if
+	// absent.
 	TouchMachine(ctx context.Context, id string, at time.Time) error
 
-	// Events. AppendEvent assigns e.Seq (global, strictly increasing).
+	// Events. AppendEvent assigns e.Seq (global, strictly increasing, never
+	// reused); ErrNotFound when e.MachineId names no machine.
 	AppendEvent(ctx context.Context, e *anvilv1.Event) error
 	// ListEvents returns the machine's events with Seq > afterSeq in
 	// ascending order; machineID "" means every machine; limit 0 means all.
 	ListEvents(ctx context.Context, machineID string, afterSeq int64, limit int) ([]*anvilv1.Event, error)
-	// LastEvents returns the newest limit events of a machine, newest first.
+	// LastEvents returns the newest limit events of a machine, newest first;
+	// limit 0 means all.
 	LastEvents(ctx context.Context, machineID string, limit int) ([]*anvilv1.Event, error)
 	// TrimEvents keeps only the newest keep events of the machine.
 	TrimEvents(ctx context.Context, machineID string, keep int) error
 
-	// Instructions.
+	// Instructions. CreateInstruction returns ErrAlreadyExists for a taken
+	// id and ErrNotFound when the machine does not exist.
 	CreateInstruction(ctx context.Context, in *Instruction) error
 	// PendingInstructions returns the machine's instructions that are
 	// neither acked nor cancelled, oldest first.
@@ -109,16 +128,20 @@ type Tx interface {
 	// AckInstruction sets AckedAt if unset; it reports whether this call
 	// acked it (false when it was acked already). ErrNotFound if absent.
 	AckInstruction(ctx context.Context, id string, at time.Time) (bool, error)
-	// CancelPending cancels every pending instruction of the machine.
+	// CancelPending cancels every instruction of the machine that is not
+	// cancelled yet, acked ones included: reports on a cancelled instruction
+	// are refused, which tells an agent still running it to stop.
 	CancelPending(ctx context.Context, machineID string, at time.Time) error
 
-	// Images. CreateImage returns ErrAlreadyExists for a taken id.
+	// Images. CreateImage returns ErrAlreadyExists for a taken id; Get and
+	// Delete return ErrNotFound when absent.
 	CreateImage(ctx context.Context, img *anvilv1.Image) error
 	GetImage(ctx context.Context, id string) (*anvilv1.Image, error)
 	ListImages(ctx context.Context) ([]*anvilv1.Image, error)
 	DeleteImage(ctx context.Context, id string) error
 
-	// Sizes. CreateSize returns ErrAlreadyExists for a taken id.
+	// Sizes. CreateSize returns ErrAlreadyExists for a taken id; Get and
+	// Delete return ErrNotFound when absent.
 	CreateSize(ctx context.Context, s *anvilv1.Size) error
 	GetSize(ctx context.Context, id string) (*anvilv1.Size, error)
 	ListSizes(ctx context.Context) ([]*anvilv1.Size, error)

@@ -1,0 +1,86 @@
+// Package bootparams reads the agent's settings from a Linux kernel command
+// line (/proc/cmdline), as the boot service's iPXE script writes them:
+//
+//	anvil.controller=HOST:PORT anvil.token=TOKEN anvil.ca_fp=sha256:HEX anvil.debug=1
+//
+// Parsing follows the kernel's rules for parameters: space-separated, with
+// double quotes allowed around a value (or around the whole parameter).
+package bootparams
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Params are the agent settings found on the command line; missing ones are
+// empty.
+type Params struct {
+	Controller    string
+	BootToken     string
+	CAFingerprint string
+	Debug         bool
+}
+
+// Split splits a kernel command line into parameters, honouring double
+// quotes the way the kernel's next_arg does.
+func Split(cmdline string) []string {
+	var out []string
+	var cur strings.Builder
+	inQuote, have := false, false
+	for _, r := range cmdline {
+		switch {
+		case r == '"':
+			inQuote = !inQuote
+			have = true
+		case (r == ' ' || r == '\t' || r == '\n') && !inQuote:
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+// Parse extracts the anvil.* parameters; the last occurrence wins, as in the
+// kernel. An anvil.* parameter it does not know is an error (a typo must not
+// silently leave the agent without its controller).
+func Parse(cmdline string) (Params, error) {
+	var p Params
+	for _, kv := range Split(cmdline) {
+		k, v, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "anvil.") {
+			continue
+		}
+		switch k {
+		case "anvil.controller":
+			p.Controller = v
+		case "anvil.token":
+			p.BootToken = v
+		case "anvil.ca_fp":
+			p.CAFingerprint = v
+		case "anvil.debug":
+			p.Debug = v == "" || v == "1" || v == "true" || v == "yes"
+		default:
+			return p, fmt.Errorf("kernel command line: unknown parameter %q", k)
+		}
+	}
+	return p, nil
+}
+
+// FromProc parses /proc/cmdline.
+func FromProc() (Params, error) {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return Params{}, fmt.Errorf("read kernel command line: %w", err)
+	}
+	return Parse(string(b))
+}

@@ -1,0 +1,70 @@
+package bootparams
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestSplit(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{"", nil},
+		{"  a b\tc\n", []string{"a", "b", "c"}},
+		{`x="a b" y`, []string{"x=a b", "y"}},
+		{`"x=a b" y`, []string{"x=a b", "y"}},
+		{`x="" y`, []string{"x=", "y"}},
+	} {
+		if got := Split(tc.in); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Split(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    Params
+		wantErr bool
+	}{
+		{"console=ttyS0 anvil.controller=10.0.2.2:7443 anvil.token=abc anvil.ca_fp=sha256:00ff quiet",
+			Params{Controller: "10.0.2.2:7443", BootToken: "abc", CAFingerprint: "sha256:00ff"}, false},
+		{"anvil.token=a anvil.token=b", Params{BootToken: "b"}, false},
+		{"anvil.debug", Params{Debug: true}, false},
+		{"anvil.debug=0", Params{}, false},
+		{"anvil.contoller=x", Params{}, true},
+		{"root=/dev/sda1 ro", Params{}, false},
+	} {
+		got, err := Parse(tc.in)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("Parse(%q) error = %v, wantErr %v", tc.in, err, tc.wantErr)
+			continue
+		}
+		if !tc.wantErr && got != tc.want {
+			t.Errorf("Parse(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(`anvil.controller=1.2.3.4:7443 anvil.token="a b" quiet`)
+	f.Add(`"`)
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = Parse(s) // must not panic
+		for _, p := range Split(s) {
+			if p == "" && len(s) > 0 && !containsQuote(s) {
+				t.Fatalf("empty parameter from %q", s)
+			}
+		}
+	})
+}
+
+func containsQuote(s string) bool {
+	for _, r := range s {
+		if r == '"' {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,523 @@
+// Package runner is anvil-agent's control loop: it registers with the
+// controller, holds the Wait stream, sends heartbeats and carries out each
+// instruction through an Executor, exactly once.
+//
+// Delivery contract (see proto/anvil/v1/agent.proto): the controller re-sends
+// an instruction on every Wait stream until the agent reports on it. The
+// runner acknowledges an instruction (reports its start event, retrying until
+// the controller has it) before executing anything, and remembers every
+// instruction id it has taken, so a re-sent instruction is never applied
+// twice and an unacknowledged one is never applied at all.
+package runner
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/anvil-metal/anvil/agent/backoff"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// Errors an Outcome's Then may return to steer the runner.
+var (
+	// ErrRestart makes Run start over with a fresh registration, as after
+	// a reboot (host mode emulates reboots this way).
+	ErrRestart = errors.New("agent restart requested")
+	// ErrStop makes Run return nil (power off in host mode).
+	ErrStop = errors.New("agent stop requested")
+)
+
+// ErrNoExecutor is reported (as a FAILED event) for an instruction kind this
+// agent cannot carry out.
+var ErrNoExecutor = errors.New("no executor for this instruction in this agent")
+
+// Progress lets an executor report how far it got. Calls are cheap: the
+// runner forwards at most one update per ProgressInterval.
+type Progress interface {
+	Update(done, total uint64)
+}
+
+// Outcome is what a successful execution reports.
+type Outcome struct {
+	// Type and Message of the closing event; Type UNSPECIFIED sends none.
+	Type    anvilv1.EventType
+	Message string
+	// Then runs after the closing event was acknowledged by the controller
+	// (kexec, reboot, power off), so no report is lost to the action.
+	Then func(ctx context.Context) error
+}
+
+// Executor carries out one kind of instruction.
+type Executor interface {
+	Execute(ctx context.Context, in *anvilv1.Instruction, p Progress) (Outcome, error)
+}
+
+// Executors maps instruction kinds to executors; a nil one makes the
+// instruction fail with ErrNoExecutor.
+type Executors struct {
+	Wipe, Install, Reboot, PowerOff Executor
+}
+
+// Config configures the runner.
+type Config struct {
+	// Controller is host:port of the agent API.
+	Controller string
+	// TLS verifies the controller (required).
+	TLS *tls.Config
+	// BootToken authorizes Register.
+	BootToken    string
+	AgentVersion string
+	// Inventory is collected before every registration.
+	Inventory func(ctx context.Context) (*anvilv1.Inventory, error)
+	Executors Executors
+	// Backoff governs every retry (connect, register, report).
+	Backoff backoff.Policy
+	// ProgressInterval bounds how often progress is reported.
+	ProgressInterval time.Duration
+	// CallTimeout bounds each unary call.
+	CallTimeout time.Duration
+}
+
+// Defaults fills unset tunables.
+func (c Config) Defaults() Config {
+	if c.Backoff.Base == 0 {
+		c.Backoff = backoff.Default()
+	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = 2 * time.Second
+	}
+	if c.CallTimeout == 0 {
+		c.CallTimeout = 30 * time.Second
+	}
+	if c.AgentVersion == "" {
+		c.AgentVersion = "dev"
+	}
+	return c
+}
+
+// Validate reports every missing field.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Controller == "" {
+		errs = append(errs, errors.New("controller address is required"))
+	}
+	if c.TLS == nil {
+		errs = append(errs, errors.New("TLS configuration is required (CA file or fingerprint)"))
+	}
+	if c.BootToken == "" {
+		errs = append(errs, errors.New("boot token is required"))
+	}
+	if c.Inventory == nil {
+		errs = append(errs, errors.New("an inventory source is required"))
+	}
+	if c.Backoff.Base <= 0 || c.Backoff.Cap < c.Backoff.Base {
+		errs = append(errs, fmt.Errorf("backoff base %v / cap %v are invalid", c.Backoff.Base, c.Backoff.Cap))
+	}
+	return errors.Join(errs...)
+}
+
+// Runner is one agent's control loop.
+type Runner struct {
+	cfg      Config
+	log      *slog.Logger
+	dialOpts []grpc.DialOption
+	conn     *grpc.ClientConn
+	api      anvilv1.AgentServiceClient
+
+	mu        sync.Mutex
+	machineID string
+	cred      string
+	taken     map[string]bool // instruction ids acknowledged or abandoned
+}
+
+// Option configures a Runner.
+type Option func(*Runner)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(r *Runner) { r.log = l } }
+
+// WithDialOptions adds gRPC dial options (tests, benchmarks).
+func WithDialOptions(o ...grpc.DialOption) Option {
+	return func(r *Runner) { r.dialOpts = append(r.dialOpts, o...) }
+}
+
+// New prepares a runner; it does not connect yet.
+func New(cfg Config, opts ...Option) (*Runner, error) {
+	cfg = cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	r := &Runner{cfg: cfg, log: slog.Default(), taken: make(map[string]bool)}
+	for _, o := range opts {
+		o(r)
+	}
+	dial := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+	}, r.dialOpts...)
+	conn, err := grpc.NewClient(cfg.Controller, dial...)
+	if err != nil {
+		return nil, fmt.Errorf("controller %s: %w", cfg.Controller, err)
+	}
+	r.conn = conn
+	r.api = anvilv1.NewAgentServiceClient(conn)
+	return r, nil
+}
+
+// Close releases the connection.
+func (r *Runner) Close() error { return r.conn.Close() }
+
+// MachineID is the id the controller gave at the last registration.
+func (r *Runner) MachineID() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.machineID
+}
+
+// bearer is per-call credentials for one token.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
+
+func (r *Runner) machineCreds() grpc.CallOption {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return grpc.PerRPCCredentials(bearer(r.cred))
+}
+
+// Run loops until ctx ends or an executor stops the agent. It never gives
+// up on an unreachable controller: it retries with capped, jittered backoff.
+func (r *Runner) Run(ctx context.Context) error {
+	for {
+		err := r.runOnce(ctx)
+		switch {
+		case errors.Is(err, ErrStop):
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, ErrRestart):
+			r.mu.Lock()
+			r.taken = make(map[string]bool)
+			r.mu.Unlock()
+			r.log.Info("restarting agent loop")
+		default:
+			r.log.Warn("session ended; registering again", "err", err)
+		}
+	}
+}
+
+// runOnce registers, then keeps a Wait stream and heartbeats until the
+// credential is refused or an executor asks for a restart/stop.
+func (r *Runner) runOnce(ctx context.Context) error {
+	hb, err := r.register(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	work := make(chan *anvilv1.Instruction, 16)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); r.heartbeat(ctx, hb) }()
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case in := <-work:
+				if err := r.handle(ctx, in); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}
+	}()
+	err = r.wait(ctx, work)
+	cancel(err)
+	wg.Wait()
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return c
+	}
+	return err
+}
+
+// register retries until the controller accepts the registration.
+func (r *Runner) register(ctx context.Context) (time.Duration, error) {
+	for attempt := 0; ; attempt++ {
+		inv, err := r.cfg.Inventory(ctx)
+		if err == nil {
+			var resp *anvilv1.RegisterResponse
+			cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+			resp, err = r.api.Register(cctx, &anvilv1.RegisterRequest{Inventory: inv, AgentVersion: r.cfg.AgentVersion},
+				grpc.PerRPCCredentials(bearer(r.cfg.BootToken)), grpc.WaitForReady(false))
+			cancel()
+			if err == nil {
+				r.mu.Lock()
+				r.machineID, r.cred = resp.GetMachineId(), resp.GetCredential()
+				r.mu.Unlock()
+				r.log.Info("registered", "machine", resp.GetMachineId())
+				hb := resp.GetHeartbeatInterval().AsDuration()
+				if hb <= 0 {
+					hb = 10 * time.Second
+				}
+				return hb, nil
+			}
+		}
+		r.log.Warn("register failed; retrying", "err", err, "attempt", attempt)
+		if err := r.cfg.Backoff.Sleep(ctx, attempt); err != nil {
+			return 0, err
+		}
+	}
+}
+
+func (r *Runner) heartbeat(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+			_, err := r.api.Heartbeat(cctx, &anvilv1.HeartbeatRequest{}, r.machineCreds())
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				r.log.Debug("heartbeat failed", "err", err)
+			}
+		}
+	}
+}
+
+// wait holds Wait streams, reopening them with backoff, and queues every
+// instruction not taken yet. It returns when the credential is refused.
+func (r *Runner) wait(ctx context.Context, work chan<- *anvilv1.Instruction) error {
+	attempt := 0
+	for {
+		stream, err := r.api.Wait(ctx, &anvilv1.WaitRequest{}, r.machineCreds())
+		for err == nil {
+			var in *anvilv1.Instruction
+			in, err = stream.Recv()
+			if err != nil {
+				break
+			}
+			attempt = 0
+			if in.GetKeepalive() != nil || r.isTaken(in.GetId()) {
+				continue
+			}
+			select {
+			case work <- in:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if status.Code(err) == codes.Unauthenticated {
+			return fmt.Errorf("wait: %w", err)
+		}
+		r.log.Warn("wait stream broken; reconnecting", "err", err, "attempt", attempt)
+		if err := r.cfg.Backoff.Sleep(ctx, attempt); err != nil {
+			return err
+		}
+		attempt++
+	}
+}
+
+func (r *Runner) isTaken(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.taken[id]
+}
+
+// take marks id taken; false if it already was (a duplicate queued from a
+// second stream before the first copy was acknowledged).
+func (r *Runner) take(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.taken[id] {
+		return false
+	}
+	r.taken[id] = true
+	return true
+}
+
+func (r *Runner) untake(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.taken, id)
+}
+
+// kindOf names an instruction, its executor and the event that
+// acknowledges it.
+func (r *Runner) kindOf(in *anvilv1.Instruction) (string, Executor, anvilv1.EventType) {
+	switch {
+	case in.GetWipe() != nil:
+		return "wipe", r.cfg.Executors.Wipe, anvilv1.EventType_EVENT_TYPE_WIPING
+	case in.GetInstall() != nil:
+		return "install", r.cfg.Executors.Install, anvilv1.EventType_EVENT_TYPE_INSTALLING
+	case in.GetReboot() != nil:
+		return "reboot", r.cfg.Executors.Reboot, anvilv1.EventType_EVENT_TYPE_REBOOTING
+	case in.GetPowerOff() != nil:
+		return "power-off", r.cfg.Executors.PowerOff, anvilv1.EventType_EVENT_TYPE_POWERING_OFF
+	}
+	return "unknown", nil, anvilv1.EventType_EVENT_TYPE_FAILED
+}
+
+// handle acknowledges, executes and reports one instruction. It returns an
+// error only to end the session (restart/stop requests, ctx end).
+func (r *Runner) handle(ctx context.Context, in *anvilv1.Instruction) error {
+	if !r.take(in.GetId()) {
+		return nil
+	}
+	name, ex, start := r.kindOf(in)
+	log := r.log.With("instruction", in.GetId(), "kind", name)
+	if ex == nil {
+		err := fmt.Errorf("%s: %w", name, ErrNoExecutor)
+		log.Error("cannot execute", "err", err)
+		return r.ack(ctx, in.GetId(), anvilv1.EventType_EVENT_TYPE_FAILED, err.Error())
+	}
+	if err := r.ack(ctx, in.GetId(), start, name+" started"); err != nil {
+		return err
+	}
+	log.Info("executing")
+	exCtx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	p := &progress{r: r, id: in.GetId(), typ: start, every: r.cfg.ProgressInterval, started: time.Now(), withdraw: stop}
+	out, err := ex.Execute(exCtx, in, p)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if c := context.Cause(exCtx); errors.Is(c, errWithdrawn) {
+		log.Info("instruction withdrawn by the controller while running; stopped", "err", c)
+		return nil
+	}
+	if err != nil {
+		log.Error("failed", "err", err)
+		return withdrawn(r.report(ctx, in.GetId(), anvilv1.EventType_EVENT_TYPE_FAILED, fmt.Sprintf("%s failed: %v", name, err), nil))
+	}
+	if out.Type != anvilv1.EventType_EVENT_TYPE_UNSPECIFIED {
+		if err := r.report(ctx, in.GetId(), out.Type, out.Message, nil); err != nil {
+			if werr := withdrawn(err); werr != nil {
+				return werr
+			}
+			log.Info("instruction withdrawn while running; skipping what follows it", "err", err)
+			return nil
+		}
+	}
+	log.Info("done")
+	if out.Then != nil {
+		return out.Then(ctx)
+	}
+	return nil
+}
+
+// ack reports the first event of an instruction, retrying until the
+// controller has it. A cancelled instruction is abandoned (nil); a refused
+// credential ends the session with the instruction released for the next.
+func (r *Runner) ack(ctx context.Context, id string, t anvilv1.EventType, msg string) error {
+	err := r.report(ctx, id, t, msg, nil)
+	switch status.Code(err) {
+	case codes.OK:
+		return nil
+	case codes.FailedPrecondition, codes.NotFound:
+		r.log.Info("instruction withdrawn by the controller; abandoning it", "instruction", id, "err", err)
+		return nil
+	}
+	r.untake(id)
+	return err
+}
+
+// withdrawn drops errors meaning the controller no longer wants the
+// instruction (freed or deleted meanwhile); others end the session.
+func withdrawn(err error) error {
+	switch status.Code(err) {
+	case codes.FailedPrecondition, codes.NotFound:
+		return nil
+	}
+	return err
+}
+
+// report sends one event, retrying transient failures with backoff. It
+// gives up on statuses that retrying cannot change.
+func (r *Runner) report(ctx context.Context, id string, t anvilv1.EventType, msg string, p *anvilv1.Progress) error {
+	req := &anvilv1.ReportRequest{InstructionId: id, Type: t, Message: msg, Progress: p}
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+		_, err := r.api.Report(cctx, req, r.machineCreds())
+		cancel()
+		switch status.Code(err) {
+		case codes.OK:
+			return nil
+		case codes.InvalidArgument, codes.FailedPrecondition, codes.NotFound, codes.PermissionDenied, codes.Unauthenticated:
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.log.Warn("report failed; retrying", "err", err, "attempt", attempt)
+		if err := r.cfg.Backoff.Sleep(ctx, attempt); err != nil {
+			return err
+		}
+	}
+}
+
+// progress forwards executor progress at most once per interval, with the
+// average rate since the instruction started.
+type progress struct {
+	r       *Runner
+	id      string
+	typ     anvilv1.EventType
+	every   time.Duration
+	started time.Time
+	// withdraw cancels the execution when the controller refuses a
+	// progress report because the instruction was cancelled.
+	withdraw context.CancelCauseFunc
+	mu       sync.Mutex
+	last     time.Time
+}
+
+var errWithdrawn = errors.New("instruction withdrawn by the controller")
+
+func (p *progress) Update(done, total uint64) {
+	p.mu.Lock()
+	now := time.Now()
+	if now.Sub(p.last) < p.every && done < total {
+		p.mu.Unlock()
+		return
+	}
+	p.last = now
+	p.mu.Unlock()
+	var rate uint64
+	if el := now.Sub(p.started).Seconds(); el > 0 {
+		rate = uint64(float64(done) / el)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.r.cfg.CallTimeout)
+	defer cancel()
+	req := &anvilv1.ReportRequest{InstructionId: p.id, Type: p.typ,
+		Progress: &anvilv1.Progress{BytesDone: done, BytesTotal: total, RateBytesPerSecond: rate}}
+	_, err := p.r.api.Report(ctx, req, p.r.machineCreds())
+	switch {
+	case err == nil:
+	case withdrawn(err) == nil:
+		p.withdraw(fmt.Errorf("%w: %v", errWithdrawn, err))
+	default:
+		p.r.log.Debug("progress report failed (the next one carries on)", "err", err)
+	}
+}

@@ -1,0 +1,141 @@
+// Package hub wakes the controller's long-lived streams: a Wait stream is
+// woken the moment an instruction is queued for its machine, and event
+// watchers receive every event as soon as its transaction has committed.
+//
+// The hub carries no data that is not also in the store: a wake-up only tells
+// a Wait stream to look at the store again, and watchers replay from the
+// store before they follow the hub, so a missed wake-up is never a lost
+// instruction or event.
+package hub
+
+import (
+	"sync"
+
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// Hub fans out wake-ups and events. The zero value is not usable; call New.
+type Hub struct {
+	mu       sync.Mutex
+	waiters  map[string]map[*Waiter]struct{}
+	watchers map[*Watcher]struct{}
+}
+
+// New returns an empty hub.
+func New() *Hub {
+	return &Hub{
+		waiters:  make(map[string]map[*Waiter]struct{}),
+		watchers: make(map[*Watcher]struct{}),
+	}
+}
+
+// Waiter is one Wait stream's subscription for its machine.
+type Waiter struct {
+	h         *Hub
+	machineID string
+	c         chan struct{}
+}
+
+// C is signalled (coalesced: at most one pending signal) on every Notify for
+// the machine.
+func (w *Waiter) C() <-chan struct{} { return w.c }
+
+// Close unsubscribes.
+func (w *Waiter) Close() {
+	w.h.mu.Lock()
+	defer w.h.mu.Unlock()
+	set := w.h.waiters[w.machineID]
+	delete(set, w)
+	if len(set) == 0 {
+		delete(w.h.waiters, w.machineID)
+	}
+}
+
+// Subscribe registers a waiter for machineID. Subscribe before reading the
+// store so a Notify between the read and the wait is not missed.
+func (h *Hub) Subscribe(machineID string) *Waiter {
+	w := &Waiter{h: h, machineID: machineID, c: make(chan struct{}, 1)}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	set := h.waiters[machineID]
+	if set == nil {
+		set = make(map[*Waiter]struct{})
+		h.waiters[machineID] = set
+	}
+	set[w] = struct{}{}
+	return w
+}
+
+// Notify wakes every waiter of machineID. It never blocks.
+func (h *Hub) Notify(machineID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.waiters[machineID] {
+		select {
+		case w.c <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+}
+
+// Waiters reports how many Wait subscriptions machineID has (for tests and
+// metrics).
+func (h *Hub) Waiters(machineID string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.waiters[machineID])
+}
+
+// Watcher receives published events, optionally for one machine only.
+type Watcher struct {
+	h         *Hub
+	machineID string
+	c         chan *anvilv1.Event
+	overflow  chan struct{}
+	once      sync.Once
+}
+
+// C delivers events in publication order.
+func (w *Watcher) C() <-chan *anvilv1.Event { return w.c }
+
+// Overflow is closed when the watcher fell behind by more than its buffer
+// and events were dropped; the consumer must resume from the store.
+func (w *Watcher) Overflow() <-chan struct{} { return w.overflow }
+
+// Close unsubscribes.
+func (w *Watcher) Close() {
+	w.h.mu.Lock()
+	defer w.h.mu.Unlock()
+	delete(w.h.watchers, w)
+}
+
+// Watch subscribes to events of machineID ("" for every machine), buffering
+// up to buffer events.
+func (h *Hub) Watch(machineID string, buffer int) *Watcher {
+	if buffer < 1 {
+		buffer = 1
+	}
+	w := &Watcher{h: h, machineID: machineID, c: make(chan *anvilv1.Event, buffer), overflow: make(chan struct{})}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.watchers[w] = struct{}{}
+	return w
+}
+
+// Publish hands e to every matching watcher without blocking; a watcher
+// whose buffer is full is marked overflowed and removed.
+func (h *Hub) Publish(e *anvilv1.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.watchers {
+		if w.machineID != "" && w.machineID != e.GetMachineId() {
+			continue
+		}
+		select {
+		case w.c <- e:
+		default:
+			w.once.Do(func() { close(w.overflow) })
+			delete(h.watchers, w)
+		}
+	}
+}

@@ -1,0 +1,142 @@
+package sqlstore
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+
+	sqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/anvil-metal/anvil/controller/store"
+)
+
+// dialect holds the few things in which the SQL of SQLite and PostgreSQL
+// differ. Queries and migrations are written once, in standard SQL with "?"
+// placeholders and the tokens in ddl; everything else (ON CONFLICT,
+// RETURNING, NULLS FIRST, partial indexes, BIGINT, BOOLEAN) is common to both.
+type dialect struct {
+	name string
+	// numbered placeholders ($1, $2, ...) instead of "?".
+	numbered bool
+	// ddl maps the tokens used in migrations to this dialect's types.
+	ddl map[string]string
+	// uniqueViolation and foreignKeyViolation classify driver errors.
+	uniqueViolation     func(error) bool
+	foreignKeyViolation func(error) bool
+}
+
+// Tokens that migrations use where the two dialects differ.
+const (
+	tokenSerialPK = "{{serial_pk}}" // auto-incrementing 64-bit primary key
+	tokenBytes    = "{{bytes}}"     // binary column
+)
+
+func sqliteDialect() *dialect {
+	code := func(err error) int {
+		var e *sqlite.Error
+		if errors.As(err, &e) {
+			return e.Code()
+		}
+		return 0
+	}
+	return &dialect{
+		name: "sqlite",
+		ddl: map[string]string{
+			// AUTOINCREMENT: a seq is never reused, even after the newest
+			// events were deleted, so watchers resuming after a seq miss
+			// nothing.
+			tokenSerialPK: "INTEGER PRIMARY KEY AUTOINCREMENT",
+			tokenBytes:    "BLOB",
+		},
+		uniqueViolation: func(err error) bool {
+			c := code(err)
+			return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+		},
+		foreignKeyViolation: func(err error) bool {
+			return code(err) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
+		},
+	}
+}
+
+// postgresDialect is the PostgreSQL side of the abstraction. No PostgreSQL
+// driver is wired yet; errors are classified by SQLSTATE through the
+// SQLState method that both pgx (*pgconn.PgError) and lib/pq (*pq.Error)
+// provide, so no driver import is needed here.
+func postgresDialect() *dialect {
+	state := func(err error) string {
+		var e interface{ SQLState() string }
+		if errors.As(err, &e) {
+			return e.SQLState()
+		}
+		return ""
+	}
+	return &dialect{
+		name:     "postgres",
+		numbered: true,
+		ddl: map[string]string{
+			tokenSerialPK: "BIGSERIAL PRIMARY KEY",
+			tokenBytes:    "BYTEA",
+		},
+		uniqueViolation:     func(err error) bool { return state(err) == "23505" },
+		foreignKeyViolation: func(err error) bool { return state(err) == "23503" },
+	}
+}
+
+// rebind rewrites the "?" placeholders of q for the dialect. A "?" inside a
+// single-quoted string literal is left alone.
+func (d *dialect) rebind(q string) string {
+	if !d.numbered {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q) + 8)
+	n, quoted := 0, false
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		switch {
+		case c == '\'':
+			quoted = !quoted
+		case c == '?' && !quoted:
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// schema replaces the dialect tokens of a migration.
+func (d *dialect) schema(src string) string {
+	for tok, typ := range d.ddl {
+		src = strings.ReplaceAll(src, tok, typ)
+	}
+	return src
+}
+
+// classify maps constraint violations to the store's sentinels. The result
+// wraps both the sentinel and the driver error; other errors are returned
+// as they are.
+func (d *dialect) classify(err error, onForeignKey error) error {
+	switch {
+	case err == nil:
+		return nil
+	case d.uniqueViolation(err):
+		return &constraintError{sentinel: store.ErrAlreadyExists, err: err}
+	case onForeignKey != nil && d.foreignKeyViolation(err):
+		return &constraintError{sentinel: onForeignKey, err: err}
+	}
+	return err
+}
+
+// constraintError is a driver's constraint violation classified as one of
+// the store's sentinels.
+type constraintError struct {
+	sentinel error
+	err      error
+}
+
+func (e *constraintError) Error() string   { return e.sentinel.Error() + ": " + e.err.Error() }
+func (e *constraintError) Unwrap() []error { return []error{e.sentinel, e.err} }

@@ -1,0 +1,259 @@
+// Package sqlstore implements store.Store on database/sql, with SQL written
+// once for SQLite and PostgreSQL: queries use "?" placeholders, rebound per
+// dialect, and the few type differences are tokens in the migrations. Only
+// SQLite is wired: OpenSQLite uses the pure-Go driver modernc.org/sqlite.
+//
+// # SQLite
+//
+// Every connection gets, through _pragma DSN parameters, WAL journaling,
+// busy_timeout, foreign_keys=ON and synchronous=NORMAL (durable across
+// application crashes; a power loss can lose the last transactions but never
+// corrupts the file).
+//
+// SQLite allows one writer at a time, so writes are serialized in Go rather
+// than by SQLite's lock: Store.Tx runs on a separate *sql.DB with a single
+// connection whose transactions begin with BEGIN IMMEDIATE (_txlock). Writers
+// queue for that connection in database/sql, without SQLITE_BUSY and without
+// the deadlock of two deferred transactions both upgrading to write.
+// Store.View runs on a pool of read connections opened with query_only, in
+// read-only transactions; in WAL mode readers see a consistent snapshot and
+// neither block nor are blocked by the writer. Transactions must not nest: a
+// Tx inside a Tx waits forever for the single write connection.
+//
+// Hot statements are prepared once per connection at Open.
+//
+// # Schema
+//
+// The schema is versioned by the embedded migrations/NNNN_*.sql files,
+// recorded in schema_migrations(version, applied_at) and applied at Open,
+// each in its own transaction. See migrations/0001_initial.sql and codec.go
+// for how values are encoded.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/anvil-metal/anvil/controller/store"
+)
+
+// Store is a store.Store on a SQL database. It is safe for concurrent use.
+type Store struct {
+	d     *dialect
+	write *sql.DB
+	read  *sql.DB
+	// wstmts and rstmts are the prepared statements of write and read, by
+	// query text before rebinding. Built at Open, read-only afterwards.
+	wstmts map[string]*sql.Stmt
+	rstmts map[string]*sql.Stmt
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Option configures OpenSQLite.
+type Option func(*options)
+
+type options struct {
+	busyTimeout time.Duration
+	readConns   int
+	logger      *slog.Logger
+}
+
+// WithBusyTimeout sets how long a connection waits for a lock held by
+// another process before failing with SQLITE_BUSY (default 5s). Writers of
+// this Store never wait on each other's lock: they are serialized in Go.
+func WithBusyTimeout(d time.Duration) Option {
+	return func(o *options) { o.busyTimeout = d }
+}
+
+// WithReadConns sets the size of the read connection pool used by View
+// (default: the number of CPUs, at least 4).
+func WithReadConns(n int) Option {
+	return func(o *options) { o.readConns = n }
+}
+
+// WithLogger sets the logger for schema migrations (default: slog.Default).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}
+
+// OpenSQLite opens, creating it if needed, the SQLite database at path and
+// migrates its schema to the newest version this binary knows. It fails with
+// ErrSchemaTooNew when the database is newer than that. path is a file name;
+// in-memory databases are refused because the read and write pools must
+// share one database.
+func OpenSQLite(ctx context.Context, path string, opts ...Option) (*Store, error) {
+	o := options{busyTimeout: 5 * time.Second, readConns: max(4, runtime.NumCPU()), logger: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	switch {
+	case path == "":
+		return nil, errors.New("open sqlite: empty path")
+	case path == ":memory:" || strings.HasPrefix(path, "file:") || strings.Contains(path, "?"):
+		return nil, fmt.Errorf("open sqlite %q: want a plain file path (no URI, no query, not in-memory)", path)
+	case o.readConns < 1:
+		return nil, fmt.Errorf("open sqlite %q: read connections %d, want at least 1", path, o.readConns)
+	case o.busyTimeout < 0:
+		return nil, fmt.Errorf("open sqlite %q: negative busy timeout %s", path, o.busyTimeout)
+	}
+	s, err := openSQLite(ctx, path, o)
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %q: %w", path, err)
+	}
+	return s, nil
+}
+
+func sqliteDSN(path string, busyTimeout time.Duration, write bool) string {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout("+strconv.FormatInt(busyTimeout.Milliseconds(), 10)+")")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(ON)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	if write {
+		q.Set("_txlock", "immediate")
+	} else {
+		q.Add("_pragma", "query_only(ON)")
+	}
+	return path + "?" + q.Encode()
+}
+
+func openSQLite(ctx context.Context, path string, o options) (_ *Store, err error) {
+	s := &Store{d: sqliteDialect()}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, s.Close())
+		}
+	}()
+
+	// The writer first: it creates the file and switches it to WAL
+	// before any reader opens it.
+	if s.write, err = sql.Open("sqlite", sqliteDSN(path, o.busyTimeout, true)); err != nil {
+		return nil, err
+	}
+	s.write.SetMaxOpenConns(1)
+	s.write.SetMaxIdleConns(1)
+	s.write.SetConnMaxIdleTime(0)
+	s.write.SetConnMaxLifetime(0)
+	if err := s.write.PingContext(ctx); err != nil {
+		return nil, err
+	}
+	ms, err := loadMigrations(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	if err := migrate(ctx, s.write, s.d, ms, o.logger); err != nil {
+		return nil, err
+	}
+
+	if s.read, err = sql.Open("sqlite", sqliteDSN(path, o.busyTimeout, false)); err != nil {
+		return nil, err
+	}
+	s.read.SetMaxOpenConns(o.readConns)
+	s.read.SetMaxIdleConns(o.readConns)
+	s.read.SetConnMaxIdleTime(0)
+	s.read.SetConnMaxLifetime(0)
+	if err := s.read.PingContext(ctx); err != nil {
+		return nil, err
+	}
+
+	if s.wstmts, err = prepareAll(ctx, s.write, s.d); err != nil {
+		return nil, err
+	}
+	if s.rstmts, err = prepareAll(ctx, s.read, s.d); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// prepareAll prepares every query of preparedQueries on db. database/sql
+// prepares a statement again on each other connection the first time a
+// transaction there uses it.
+func prepareAll(ctx context.Context, db *sql.DB, d *dialect) (map[string]*sql.Stmt, error) {
+	qs := preparedQueries()
+	m := make(map[string]*sql.Stmt, len(qs))
+	for _, q := range qs {
+		st, err := db.PrepareContext(ctx, d.rebind(q))
+		if err != nil {
+			err = fmt.Errorf("prepare %q: %w", q, err)
+			for _, st := range m {
+				err = errors.Join(err, st.Close())
+			}
+			return nil, err
+		}
+		m[q] = st
+	}
+	return m, nil
+}
+
+// Close closes the prepared statements and both connection pools.
+func (s *Store) Close() error {
+	var errs []error
+	for _, m := range []map[string]*sql.Stmt{s.wstmts, s.rstmts} {
+		for _, st := range m {
+			errs = append(errs, st.Close())
+		}
+	}
+	for _, db := range []*sql.DB{s.read, s.write} {
+		if db != nil {
+			errs = append(errs, db.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Tx runs fn in a write transaction on the single write connection. It
+// commits when fn returns nil; otherwise it rolls back and returns fn's
+// error as it is. When fn panics (or calls runtime.Goexit) it rolls back and
+// lets the panic go on.
+func (s *Store) Tx(ctx context.Context, fn func(store.Tx) error) error {
+	sqlTx, err := s.write.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	return run(sqlTx, &tx{d: s.d, tx: sqlTx, prepared: s.wstmts}, fn)
+}
+
+// View runs fn in a read-only transaction on the read pool: it sees one
+// consistent snapshot, and every write inside it fails.
+func (s *Store) View(ctx context.Context, fn func(store.Tx) error) error {
+	sqlTx, err := s.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("begin read-only transaction: %w", err)
+	}
+	return run(sqlTx, &tx{d: s.d, tx: sqlTx, prepared: s.rstmts}, fn)
+}
+
+func run(sqlTx *sql.Tx, t *tx, fn func(store.Tx) error) (err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			// fn panicked or called runtime.Goexit: roll back and let
+			// the panic continue unchanged. Its rollback error has no
+			// one to go to.
+			_ = sqlTx.Rollback()
+		}
+	}()
+	fnErr := fn(t)
+	returned = true
+	if fnErr != nil {
+		if rbErr := sqlTx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
+			return errors.Join(fnErr, fmt.Errorf("rollback: %w", rbErr))
+		}
+		return fnErr
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}

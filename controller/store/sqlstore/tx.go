@@ -1,0 +1,728 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/anvil-metal/anvil/controller/store"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// Queries, in "?" form. Those in preparedQueries are prepared at Open.
+const (
+	machineCols = "id, uuid, macs, inventory, inventory IS NOT NULL, size_id, labels, allocation, allocated, " +
+		"status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL"
+	qGetMachine             = "SELECT " + machineCols + " FROM machines WHERE id = ?"
+	qGetMachineByUUID       = "SELECT " + machineCols + " FROM machines WHERE uuid = ?"
+	qGetMachineByCredential = "SELECT " + machineCols + " FROM machines WHERE credential_hash = ?"
+	qListMachines           = "SELECT " + machineCols + " FROM machines"
+	qInsertMachine          = "INSERT INTO machines (id, uuid, macs, inventory, size_id, labels, allocation, allocated, hostname, " +
+		"status, state, credential_hash, created_at, last_seen, progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+	qUpdateMachine = "UPDATE machines SET uuid = ?, macs = ?, inventory = ?, size_id = ?, labels = ?, allocation = ?, allocated = ?, " +
+		"hostname = ?, status = ?, state = ?, credential_hash = ?, created_at = ?, last_seen = ?, progress = ? WHERE id = ?"
+	qDeleteMachine = "DELETE FROM machines WHERE id = ?"
+	qTouchMachine  = "UPDATE machines SET last_seen = ? WHERE id = ?"
+
+	eventCols    = "seq, machine_id, time, type, message, instruction_id, progress, progress IS NOT NULL"
+	qInsertEvent = "INSERT INTO events (machine_id, time, type, message, instruction_id, progress) " +
+		"VALUES (?, ?, ?, ?, ?, ?) RETURNING seq"
+	qListEvents             = "SELECT " + eventCols + " FROM events WHERE seq > ? ORDER BY seq"
+	qListEventsLimit        = qListEvents + " LIMIT ?"
+	qListMachineEvents      = "SELECT " + eventCols + " FROM events WHERE machine_id = ? AND seq > ? ORDER BY seq"
+	qListMachineEventsLimit = qListMachineEvents + " LIMIT ?"
+	qLastEvents             = "SELECT " + eventCols + " FROM events WHERE machine_id = ? ORDER BY seq DESC"
+	qLastEventsLimit        = qLastEvents + " LIMIT ?"
+	// qTrimBound finds the newest event beyond the keep newest: walking at
+	// most keep+1 entries of events_machine_seq, and finding none when
+	// there is nothing to trim.
+	qTrimBound  = "SELECT seq FROM events WHERE machine_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?"
+	qTrimEvents = "DELETE FROM events WHERE machine_id = ? AND seq <= ?"
+
+	instructionCols    = "id, machine_id, payload, created_at, acked_at, cancelled_at"
+	qInsertInstruction = "INSERT INTO instructions (id, machine_id, payload, created_at, acked_at, cancelled_at) VALUES (?, ?, ?, ?, ?, ?)"
+	qGetInstruction    = "SELECT " + instructionCols + " FROM instructions WHERE id = ?"
+	// Served by the partial index instructions_pending. NULLS FIRST makes
+	// a zero CreatedAt sort first in PostgreSQL as it does in SQLite.
+	qPendingInstructions = "SELECT " + instructionCols + " FROM instructions " +
+		"WHERE machine_id = ? AND acked_at IS NULL AND cancelled_at IS NULL ORDER BY created_at NULLS FIRST, id"
+	qAckInstruction    = "UPDATE instructions SET acked_at = ? WHERE id = ? AND acked_at IS NULL"
+	qInstructionExists = "SELECT COUNT(*) FROM instructions WHERE id = ?"
+	// qCancelPending cancels acked instructions too (see store.Tx).
+	qCancelPending = "UPDATE instructions SET cancelled_at = ? WHERE machine_id = ? AND cancelled_at IS NULL"
+
+	qInsertImage = "INSERT INTO images (id, payload, url, format, os, version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+	qGetImage    = "SELECT payload FROM images WHERE id = ?"
+	qListImages  = "SELECT payload FROM images ORDER BY id"
+	qDeleteImage = "DELETE FROM images WHERE id = ?"
+
+	qInsertSize = "INSERT INTO sizes (id, payload) VALUES (?, ?)"
+	qGetSize    = "SELECT payload FROM sizes WHERE id = ?"
+	qListSizes  = "SELECT payload FROM sizes ORDER BY id"
+	qDeleteSize = "DELETE FROM sizes WHERE id = ?"
+)
+
+// preparedQueries returns the queries prepared on every connection;
+// ListMachines builds its query from the filter and is not among them.
+func preparedQueries() []string {
+	return []string{
+		qGetMachine, qGetMachineByUUID, qGetMachineByCredential, qInsertMachine, qUpdateMachine, qDeleteMachine, qTouchMachine,
+		qInsertEvent, qListEvents, qListEventsLimit, qListMachineEvents, qListMachineEventsLimit, qLastEvents, qLastEventsLimit,
+		qTrimBound, qTrimEvents,
+		qInsertInstruction, qGetInstruction, qPendingInstructions, qAckInstruction, qInstructionExists, qCancelPending,
+		qInsertImage, qGetImage, qListImages, qDeleteImage,
+		qInsertSize, qGetSize, qListSizes, qDeleteSize,
+	}
+}
+
+// tx implements store.Tx on one *sql.Tx. It is used by one goroutine.
+type tx struct {
+	d        *dialect
+	tx       *sql.Tx
+	prepared map[string]*sql.Stmt // shared, read-only
+	local    map[string]*sql.Stmt // prepared, bound to tx
+}
+
+var _ store.Tx = (*tx)(nil)
+
+// stmt returns q bound to the transaction, or nil when q is not prepared.
+func (t *tx) stmt(ctx context.Context, q string) *sql.Stmt {
+	if st, ok := t.local[q]; ok {
+		return st
+	}
+	p, ok := t.prepared[q]
+	if !ok {
+		return nil
+	}
+	if t.local == nil {
+		t.local = make(map[string]*sql.Stmt, 8)
+	}
+	st := t.tx.StmtContext(ctx, p) // closed with the transaction
+	t.local[q] = st
+	return st
+}
+
+func (t *tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	if st := t.stmt(ctx, q); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return t.tx.ExecContext(ctx, t.d.rebind(q), args...)
+}
+
+func (t *tx) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if st := t.stmt(ctx, q); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return t.tx.QueryContext(ctx, t.d.rebind(q), args...)
+}
+
+func (t *tx) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	if st := t.stmt(ctx, q); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return t.tx.QueryRowContext(ctx, t.d.rebind(q), args...)
+}
+
+// execOne runs a statement that must change exactly one row; none is
+// ErrNotFound.
+func (t *tx) execOne(ctx context.Context, q string, args ...any) error {
+	res, err := t.exec(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return store.ErrNotFound
+	}
+	return nil
+}
+
+// collect scans every row of rows and closes it, reporting iteration and
+// close errors.
+func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) (out []T, err error) {
+	defer func() {
+		if cerr := rows.Close(); cerr != nil {
+			out, err = nil, errors.Join(err, cerr)
+		}
+	}()
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// notFound turns sql.ErrNoRows into store.ErrNotFound.
+func notFound(err error) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.ErrNotFound
+	}
+	return err
+}
+
+// --- machines ---
+
+func scanMachine(r scanner) (*store.Machine, error) {
+	var (
+		m                         store.Machine
+		macs, labels, status      string
+		inv, alloc, cred, prog    []byte
+		hasInv, allocated, hasPrg bool
+		created, seen             sql.NullInt64
+	)
+	if err := r.Scan(&m.ID, &m.UUID, &macs, &inv, &hasInv, &m.SizeID, &labels, &alloc, &allocated,
+		&status, &cred, &created, &seen, &prog, &hasPrg); err != nil {
+		return nil, err
+	}
+	var err error
+	if err = json.Unmarshal([]byte(macs), &m.MACs); err != nil {
+		return nil, fmt.Errorf("decode machine %q macs: %w", m.ID, err)
+	}
+	if err = json.Unmarshal([]byte(labels), &m.Labels); err != nil {
+		return nil, fmt.Errorf("decode machine %q labels: %w", m.ID, err)
+	}
+	if m.Inventory, err = decMsg[anvilv1.Inventory](inv, hasInv); err != nil {
+		return nil, fmt.Errorf("decode machine %q inventory: %w", m.ID, err)
+	}
+	if m.Allocation, err = decMsg[anvilv1.Allocation](alloc, allocated); err != nil {
+		return nil, fmt.Errorf("decode machine %q allocation: %w", m.ID, err)
+	}
+	if m.Status, err = decStatus(status); err != nil {
+		return nil, fmt.Errorf("decode machine %q status: %w", m.ID, err)
+	}
+	if m.Progress, err = decMsg[anvilv1.Progress](prog, hasPrg); err != nil {
+		return nil, fmt.Errorf("decode machine %q progress: %w", m.ID, err)
+	}
+	m.CredentialHash = cred
+	m.CreatedAt = decTime(created)
+	m.LastSeen = decTime(seen)
+	return &m, nil
+}
+
+// machineArgs are the column values of m in the order of qUpdateMachine
+// (uuid ... progress), without the id.
+func machineArgs(m *store.Machine) ([]any, error) {
+	if m.UUID == "" {
+		return nil, errors.New("empty UUID")
+	}
+	macs, err := encJSON(m.MACs)
+	if err != nil {
+		return nil, fmt.Errorf("encode macs: %w", err)
+	}
+	labels, err := encJSON(m.Labels)
+	if err != nil {
+		return nil, fmt.Errorf("encode labels: %w", err)
+	}
+	inv, err := encMsg(m.Inventory)
+	if err != nil {
+		return nil, fmt.Errorf("encode inventory: %w", err)
+	}
+	alloc, err := encMsg(m.Allocation)
+	if err != nil {
+		return nil, fmt.Errorf("encode allocation: %w", err)
+	}
+	var hostname any // NULL when not allocated
+	if alloc != nil {
+		hostname = m.Allocation.GetHostname()
+	}
+	status, err := encStatus(m.Status)
+	if err != nil {
+		return nil, fmt.Errorf("encode status: %w", err)
+	}
+	var cred any // NULL: no credential; NULLs never collide in the UNIQUE index
+	if len(m.CredentialHash) > 0 {
+		cred = m.CredentialHash
+	}
+	created, err := encTime(m.CreatedAt)
+	if err != nil {
+		return nil, fmt.Errorf("encode created_at: %w", err)
+	}
+	seen, err := encTime(m.LastSeen)
+	if err != nil {
+		return nil, fmt.Errorf("encode last_seen: %w", err)
+	}
+	prog, err := encMsg(m.Progress)
+	if err != nil {
+		return nil, fmt.Errorf("encode progress: %w", err)
+	}
+	return []any{m.UUID, macs, inv, m.SizeID, labels, alloc, alloc != nil, hostname,
+		status, int64(m.Status.State), cred, created, seen, prog}, nil
+}
+
+func (t *tx) GetMachine(ctx context.Context, id string) (*store.Machine, error) {
+	m, err := scanMachine(t.queryRow(ctx, qGetMachine, id))
+	if err != nil {
+		return nil, fmt.Errorf("get machine %q: %w", id, notFound(err))
+	}
+	return m, nil
+}
+
+func (t *tx) GetMachineByUUID(ctx context.Context, uuid string) (*store.Machine, error) {
+	m, err := scanMachine(t.queryRow(ctx, qGetMachineByUUID, uuid))
+	if err != nil {
+		return nil, fmt.Errorf("get machine by uuid %q: %w", uuid, notFound(err))
+	}
+	return m, nil
+}
+
+func (t *tx) GetMachineByCredential(ctx context.Context, credentialHash []byte) (*store.Machine, error) {
+	if len(credentialHash) == 0 {
+		return nil, fmt.Errorf("get machine by credential: empty hash: %w", store.ErrNotFound)
+	}
+	m, err := scanMachine(t.queryRow(ctx, qGetMachineByCredential, credentialHash))
+	if err != nil {
+		return nil, fmt.Errorf("get machine by credential %x: %w", credentialHash, notFound(err))
+	}
+	return m, nil
+}
+
+func (t *tx) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.Machine, error) {
+	var (
+		where []string
+		args  []any
+	)
+	if f.State != anvilv1.MachineState_MACHINE_STATE_UNSPECIFIED {
+		where, args = append(where, "state = ?"), append(args, int64(f.State))
+	}
+	if f.SizeID != "" {
+		where, args = append(where, "size_id = ?"), append(args, f.SizeID)
+	}
+	if f.Allocated != nil {
+		where, args = append(where, "allocated = ?"), append(args, *f.Allocated)
+	}
+	if f.Hostname != "" {
+		where, args = append(where, "hostname = ?"), append(args, f.Hostname)
+	}
+	q := qListMachines
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY id"
+	rows, err := t.query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list machines: %w", err)
+	}
+	ms, err := collect(rows, scanMachine)
+	if err != nil {
+		return nil, fmt.Errorf("list machines: %w", err)
+	}
+	if len(f.Labels) == 0 {
+		return ms, nil
+	}
+	out := ms[:0]
+	for _, m := range ms {
+		if hasLabels(m.Labels, f.Labels) {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// hasLabels reports whether have contains every key of want with its value.
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if hv, ok := have[k]; !ok || hv != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (t *tx) CreateMachine(ctx context.Context, m *store.Machine) error {
+	if m == nil {
+		return errors.New("create machine: nil machine")
+	}
+	if m.ID == "" {
+		return errors.New("create machine: empty id")
+	}
+	args, err := machineArgs(m)
+	if err != nil {
+		return fmt.Errorf("create machine %q: %w", m.ID, err)
+	}
+	if _, err := t.exec(ctx, qInsertMachine, append([]any{m.ID}, args...)...); err != nil {
+		return fmt.Errorf("create machine %q (uuid %q): %w", m.ID, m.UUID, t.d.classify(err, nil))
+	}
+	return nil
+}
+
+func (t *tx) UpdateMachine(ctx context.Context, m *store.Machine) error {
+	if m == nil {
+		return errors.New("update machine: nil machine")
+	}
+	args, err := machineArgs(m)
+	if err != nil {
+		return fmt.Errorf("update machine %q: %w", m.ID, err)
+	}
+	if err := t.execOne(ctx, qUpdateMachine, append(args, m.ID)...); err != nil {
+		return fmt.Errorf("update machine %q: %w", m.ID, t.d.classify(err, nil))
+	}
+	return nil
+}
+
+func (t *tx) DeleteMachine(ctx context.Context, id string) error {
+	// Events and instructions go with it: ON DELETE CASCADE.
+	if err := t.execOne(ctx, qDeleteMachine, id); err != nil {
+		return fmt.Errorf("delete machine %q: %w", id, err)
+	}
+	return nil
+}
+
+func (t *tx) TouchMachine(ctx context.Context, id string, at time.Time) error {
+	seen, err := encTime(at)
+	if err == nil {
+		err = t.execOne(ctx, qTouchMachine, seen, id)
+	}
+	if err != nil {
+		return fmt.Errorf("touch machine %q: %w", id, err)
+	}
+	return nil
+}
+
+// --- events ---
+
+func scanEvent(r scanner) (*anvilv1.Event, error) {
+	var (
+		e       anvilv1.Event
+		at      sql.NullInt64
+		typ     int64
+		prog    []byte
+		hasProg bool
+	)
+	if err := r.Scan(&e.Seq, &e.MachineId, &at, &typ, &e.Message, &e.InstructionId, &prog, &hasProg); err != nil {
+		return nil, err
+	}
+	e.Time = decTimestamp(at)
+	e.Type = anvilv1.EventType(typ)
+	var err error
+	if e.Progress, err = decMsg[anvilv1.Progress](prog, hasProg); err != nil {
+		return nil, fmt.Errorf("decode event %d progress: %w", e.Seq, err)
+	}
+	return &e, nil
+}
+
+func (t *tx) AppendEvent(ctx context.Context, e *anvilv1.Event) error {
+	if e == nil {
+		return errors.New("append event: nil event")
+	}
+	at, err := encTimestamp(e.GetTime())
+	if err != nil {
+		return fmt.Errorf("append event for machine %q: time: %w", e.GetMachineId(), err)
+	}
+	prog, err := encMsg(e.GetProgress())
+	if err != nil {
+		return fmt.Errorf("append event for machine %q: progress: %w", e.GetMachineId(), err)
+	}
+	var seq int64
+	err = t.queryRow(ctx, qInsertEvent, e.GetMachineId(), at, int64(e.GetType()), e.GetMessage(), e.GetInstructionId(), prog).Scan(&seq)
+	if err != nil {
+		return fmt.Errorf("append event for machine %q: %w", e.GetMachineId(), t.d.classify(err, store.ErrNotFound))
+	}
+	e.Seq = seq
+	return nil
+}
+
+func (t *tx) ListEvents(ctx context.Context, machineID string, afterSeq int64, limit int) ([]*anvilv1.Event, error) {
+	if limit < 0 {
+		return nil, fmt.Errorf("list events of machine %q: negative limit %d", machineID, limit)
+	}
+	var (
+		q    string
+		args []any
+	)
+	switch {
+	case machineID == "" && limit == 0:
+		q, args = qListEvents, []any{afterSeq}
+	case machineID == "":
+		q, args = qListEventsLimit, []any{afterSeq, limit}
+	case limit == 0:
+		q, args = qListMachineEvents, []any{machineID, afterSeq}
+	default:
+		q, args = qListMachineEventsLimit, []any{machineID, afterSeq, limit}
+	}
+	rows, err := t.query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list events of machine %q after %d: %w", machineID, afterSeq, err)
+	}
+	evs, err := collect(rows, scanEvent)
+	if err != nil {
+		return nil, fmt.Errorf("list events of machine %q after %d: %w", machineID, afterSeq, err)
+	}
+	return evs, nil
+}
+
+func (t *tx) LastEvents(ctx context.Context, machineID string, limit int) ([]*anvilv1.Event, error) {
+	if limit < 0 {
+		return nil, fmt.Errorf("last events of machine %q: negative limit %d", machineID, limit)
+	}
+	q, args := qLastEvents, []any{machineID}
+	if limit > 0 {
+		q, args = qLastEventsLimit, append(args, limit)
+	}
+	rows, err := t.query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("last events of machine %q: %w", machineID, err)
+	}
+	evs, err := collect(rows, scanEvent)
+	if err != nil {
+		return nil, fmt.Errorf("last events of machine %q: %w", machineID, err)
+	}
+	return evs, nil
+}
+
+func (t *tx) TrimEvents(ctx context.Context, machineID string, keep int) error {
+	if keep < 0 {
+		return fmt.Errorf("trim events of machine %q: negative keep %d", machineID, keep)
+	}
+	var bound int64
+	err := t.queryRow(ctx, qTrimBound, machineID, keep).Scan(&bound)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil // keep or fewer events: nothing to trim
+	}
+	if err == nil {
+		_, err = t.exec(ctx, qTrimEvents, machineID, bound)
+	}
+	if err != nil {
+		return fmt.Errorf("trim events of machine %q to %d: %w", machineID, keep, err)
+	}
+	return nil
+}
+
+// --- instructions ---
+
+func scanInstruction(r scanner) (*store.Instruction, error) {
+	var (
+		in                        store.Instruction
+		payload                   []byte
+		created, acked, cancelled sql.NullInt64
+	)
+	if err := r.Scan(&in.ID, &in.MachineID, &payload, &created, &acked, &cancelled); err != nil {
+		return nil, err
+	}
+	var err error
+	if in.Instruction, err = decMsg[anvilv1.Instruction](payload, true); err != nil {
+		return nil, fmt.Errorf("decode instruction %q: %w", in.ID, err)
+	}
+	in.CreatedAt = decTime(created)
+	in.AckedAt = decTime(acked)
+	in.CancelledAt = decTime(cancelled)
+	return &in, nil
+}
+
+func (t *tx) CreateInstruction(ctx context.Context, in *store.Instruction) error {
+	if in == nil {
+		return errors.New("create instruction: nil instruction")
+	}
+	args, err := instructionArgs(in)
+	if err != nil {
+		return fmt.Errorf("create instruction %q for machine %q: %w", in.ID, in.MachineID, err)
+	}
+	if _, err := t.exec(ctx, qInsertInstruction, args...); err != nil {
+		// A foreign key violation means the machine does not exist.
+		return fmt.Errorf("create instruction %q for machine %q: %w", in.ID, in.MachineID, t.d.classify(err, store.ErrNotFound))
+	}
+	return nil
+}
+
+func instructionArgs(in *store.Instruction) ([]any, error) {
+	switch {
+	case in.ID == "":
+		return nil, errors.New("empty id")
+	case in.Instruction == nil:
+		return nil, errors.New("nil payload")
+	case in.Instruction.GetId() != in.ID:
+		return nil, fmt.Errorf("payload id %q differs from id", in.Instruction.GetId())
+	}
+	payload, err := encMsg(in.Instruction)
+	if err != nil {
+		return nil, fmt.Errorf("encode payload: %w", err)
+	}
+	args := []any{in.ID, in.MachineID, payload}
+	for _, ts := range []time.Time{in.CreatedAt, in.AckedAt, in.CancelledAt} {
+		v, err := encTime(ts)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, v)
+	}
+	return args, nil
+}
+
+func (t *tx) PendingInstructions(ctx context.Context, machineID string) ([]*store.Instruction, error) {
+	rows, err := t.query(ctx, qPendingInstructions, machineID)
+	if err != nil {
+		return nil, fmt.Errorf("pending instructions of machine %q: %w", machineID, err)
+	}
+	ins, err := collect(rows, scanInstruction)
+	if err != nil {
+		return nil, fmt.Errorf("pending instructions of machine %q: %w", machineID, err)
+	}
+	return ins, nil
+}
+
+func (t *tx) GetInstruction(ctx context.Context, id string) (*store.Instruction, error) {
+	in, err := scanInstruction(t.queryRow(ctx, qGetInstruction, id))
+	if err != nil {
+		return nil, fmt.Errorf("get instruction %q: %w", id, notFound(err))
+	}
+	return in, nil
+}
+
+func (t *tx) AckInstruction(ctx context.Context, id string, at time.Time) (bool, error) {
+	if at.IsZero() {
+		return false, fmt.Errorf("ack instruction %q: zero time", id)
+	}
+	v, err := encTime(at)
+	if err != nil {
+		return false, fmt.Errorf("ack instruction %q: %w", id, err)
+	}
+	err = t.execOne(ctx, qAckInstruction, v, id)
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return false, fmt.Errorf("ack instruction %q: %w", id, err)
+	}
+	// Not updated: acked already, or absent.
+	var n int
+	if err := t.queryRow(ctx, qInstructionExists, id).Scan(&n); err != nil {
+		return false, fmt.Errorf("ack instruction %q: %w", id, err)
+	}
+	if n == 0 {
+		return false, fmt.Errorf("ack instruction %q: %w", id, store.ErrNotFound)
+	}
+	return false, nil
+}
+
+func (t *tx) CancelPending(ctx context.Context, machineID string, at time.Time) error {
+	if at.IsZero() {
+		return fmt.Errorf("cancel pending instructions of machine %q: zero time", machineID)
+	}
+	v, err := encTime(at)
+	if err == nil {
+		_, err = t.exec(ctx, qCancelPending, v, machineID)
+	}
+	if err != nil {
+		return fmt.Errorf("cancel pending instructions of machine %q: %w", machineID, err)
+	}
+	return nil
+}
+
+// --- images ---
+
+func scanImage(r scanner) (*anvilv1.Image, error) {
+	var b []byte
+	if err := r.Scan(&b); err != nil {
+		return nil, err
+	}
+	return decMsg[anvilv1.Image](b, true)
+}
+
+func (t *tx) CreateImage(ctx context.Context, img *anvilv1.Image) error {
+	if img.GetId() == "" {
+		return errors.New("create image: empty id")
+	}
+	payload, err := encMsg(img)
+	if err != nil {
+		return fmt.Errorf("create image %q: %w", img.GetId(), err)
+	}
+	created, err := encTimestamp(img.GetCreatedAt())
+	if err != nil {
+		return fmt.Errorf("create image %q: created_at: %w", img.GetId(), err)
+	}
+	_, err = t.exec(ctx, qInsertImage, img.GetId(), payload, img.GetUrl(), int64(img.GetFormat()), img.GetOs(), img.GetVersion(), created)
+	if err != nil {
+		return fmt.Errorf("create image %q: %w", img.GetId(), t.d.classify(err, nil))
+	}
+	return nil
+}
+
+func (t *tx) GetImage(ctx context.Context, id string) (*anvilv1.Image, error) {
+	img, err := scanImage(t.queryRow(ctx, qGetImage, id))
+	if err != nil {
+		return nil, fmt.Errorf("get image %q: %w", id, notFound(err))
+	}
+	return img, nil
+}
+
+func (t *tx) ListImages(ctx context.Context) ([]*anvilv1.Image, error) {
+	rows, err := t.query(ctx, qListImages)
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	imgs, err := collect(rows, scanImage)
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	return imgs, nil
+}
+
+func (t *tx) DeleteImage(ctx context.Context, id string) error {
+	if err := t.execOne(ctx, qDeleteImage, id); err != nil {
+		return fmt.Errorf("delete image %q: %w", id, err)
+	}
+	return nil
+}
+
+// --- sizes ---
+
+func scanSize(r scanner) (*anvilv1.Size, error) {
+	var b []byte
+	if err := r.Scan(&b); err != nil {
+		return nil, err
+	}
+	return decMsg[anvilv1.Size](b, true)
+}
+
+func (t *tx) CreateSize(ctx context.Context, s *anvilv1.Size) error {
+	if s.GetId() == "" {
+		return errors.New("create size: empty id")
+	}
+	payload, err := encMsg(s)
+	if err != nil {
+		return fmt.Errorf("create size %q: %w", s.GetId(), err)
+	}
+	if _, err := t.exec(ctx, qInsertSize, s.GetId(), payload); err != nil {
+		return fmt.Errorf("create size %q: %w", s.GetId(), t.d.classify(err, nil))
+	}
+	return nil
+}
+
+func (t *tx) GetSize(ctx context.Context, id string) (*anvilv1.Size, error) {
+	s, err := scanSize(t.queryRow(ctx, qGetSize, id))
+	if err != nil {
+		return nil, fmt.Errorf("get size %q: %w", id, notFound(err))
+	}
+	return s, nil
+}
+
+func (t *tx) ListSizes(ctx context.Context) ([]*anvilv1.Size, error) {
+	rows, err := t.query(ctx, qListSizes)
+	if err != nil {
+		return nil, fmt.Errorf("list sizes: %w", err)
+	}
+	sizes, err := collect(rows, scanSize)
+	if err != nil {
+		return nil, fmt.Errorf("list sizes: %w", err)
+	}
+	return sizes, nil
+}
+
+func (t *tx) DeleteSize(ctx context.Context, id string) error {
+	if err := t.execOne(ctx, qDeleteSize, id); err != nil {
+		return fmt.Errorf("delete size %q: %w", id, err)
+	}
+	return nil
+}

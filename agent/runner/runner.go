@@ -391,9 +391,10 @@ func (r *Runner) handle(ctx context.Context, in *anvilv1.Instruction) error {
 	if ex == nil {
 		err := fmt.Errorf("%s: %w", name, ErrNoExecutor)
 		log.Error("cannot execute", "err", err)
-		return r.ack(ctx, in.GetId(), anvilv1.EventType_EVENT_TYPE_FAILED, err.Error())
+		_, err = r.ack(ctx, in.GetId(), anvilv1.EventType_EVENT_TYPE_FAILED, err.Error())
+		return err
 	}
-	if err := r.ack(ctx, in.GetId(), start, name+" started"); err != nil {
+	if ok, err := r.ack(ctx, in.GetId(), start, name+" started"); !ok {
 		return err
 	}
 	log.Info("executing")
@@ -429,19 +430,20 @@ func (r *Runner) handle(ctx context.Context, in *anvilv1.Instruction) error {
 }
 
 // ack reports the first event of an instruction, retrying until the
-// controller has it. A cancelled instruction is abandoned (nil); a refused
-// credential ends the session with the instruction released for the next.
-func (r *Runner) ack(ctx context.Context, id string, t anvilv1.EventType, msg string) error {
-	err := r.report(ctx, id, t, msg, nil)
-	switch status.Code(err) {
-	case codes.OK:
-		return nil
-	case codes.FailedPrecondition, codes.NotFound:
+// controller has it; only then (ok) may the instruction be carried out. A
+// withdrawn instruction is abandoned (not ok, nil error); any other failure
+// ends the session with the instruction released for the next one.
+func (r *Runner) ack(ctx context.Context, id string, t anvilv1.EventType, msg string) (ok bool, err error) {
+	err = r.report(ctx, id, t, msg, nil)
+	if err == nil {
+		return true, nil
+	}
+	if withdrawn(err) == nil {
 		r.log.Info("instruction withdrawn by the controller; abandoning it", "instruction", id, "err", err)
-		return nil
+		return false, nil
 	}
 	r.untake(id)
-	return err
+	return false, err
 }
 
 // withdrawn drops errors meaning the controller no longer wants the

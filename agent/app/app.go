@@ -1,0 +1,156 @@
+// Package app assembles anvil-agent: settings from flags or the kernel
+// command line, the inventory source, the disk allowlist, the executors and
+// the runner. cmd/anvil-agent only parses flags into Config.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/anvil-metal/anvil/agent/bootparams"
+	"github.com/anvil-metal/anvil/agent/disks"
+	"github.com/anvil-metal/anvil/agent/executor"
+	"github.com/anvil-metal/anvil/agent/inventory"
+	"github.com/anvil-metal/anvil/agent/runner"
+	"github.com/anvil-metal/anvil/controller/pki"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// Mode says where the agent runs.
+type Mode string
+
+const (
+	// ModeHost runs as a process on a host that must stay untouched except
+	// for the allowlisted disks.
+	ModeHost Mode = "host"
+	// ModeBoot runs from RAM on the machine it provisions (u-root uinit).
+	ModeBoot Mode = "boot"
+)
+
+// Config holds the agent's settings. In boot mode, empty fields are taken
+// from the kernel command line (package bootparams).
+type Config struct {
+	Mode          Mode
+	Controller    string
+	BootToken     string
+	CAFile        string
+	CAFingerprint string
+	// Disks is the allowlist; required in host mode.
+	Disks []string
+	// MachineUUID overrides the SMBIOS UUID (host mode only, to run several
+	// simulated machines on one host).
+	MachineUUID string
+	Version     string
+}
+
+// Validate reports every problem.
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Mode {
+	case ModeHost:
+		if len(c.Disks) == 0 {
+			errs = append(errs, errors.New("host mode needs --disks: the agent touches only allowlisted disks"))
+		}
+	case ModeBoot:
+		if c.MachineUUID != "" {
+			errs = append(errs, errors.New("--machine-uuid is for host mode only; a machine is identified by its SMBIOS UUID"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("mode %q: want host or boot", c.Mode))
+	}
+	if c.MachineUUID != "" && !anvilv1.ValidUUID(c.MachineUUID) {
+		errs = append(errs, fmt.Errorf("machine UUID %q is not a lower-case canonical UUID", c.MachineUUID))
+	}
+	if c.Controller == "" {
+		errs = append(errs, errors.New("controller address is required (--controller or anvil.controller=)"))
+	}
+	if c.BootToken == "" {
+		errs = append(errs, errors.New("boot token is required (--boot-token or anvil.token=)"))
+	}
+	if c.CAFile == "" && c.CAFingerprint == "" {
+		errs = append(errs, errors.New("a CA file or CA fingerprint is required to trust the controller"))
+	}
+	return errors.Join(errs...)
+}
+
+// FromCmdline fills empty fields from the kernel command line.
+func (c Config) FromCmdline(p bootparams.Params) Config {
+	if c.Controller == "" {
+		c.Controller = p.Controller
+	}
+	if c.BootToken == "" {
+		c.BootToken = p.BootToken
+	}
+	if c.CAFingerprint == "" {
+		c.CAFingerprint = p.CAFingerprint
+	}
+	return c
+}
+
+// Run runs the agent until ctx ends or it is powered off (host mode).
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	var caPEM []byte
+	if cfg.CAFile != "" {
+		b, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return fmt.Errorf("CA file: %w", err)
+		}
+		caPEM = b
+	}
+	// Pinning by fingerprint checks the leaf against the dialled host
+	// itself (crypto/tls sends no SNI for IP addresses).
+	host, _, err := net.SplitHostPort(cfg.Controller)
+	if err != nil {
+		return fmt.Errorf("controller address %q: %w", cfg.Controller, err)
+	}
+	tlsCfg, err := pki.ClientTLS(caPEM, cfg.CAFingerprint, pki.WithServerName(host))
+	if err != nil {
+		return err
+	}
+	var allow *disks.Allowlist
+	if cfg.Mode == ModeHost {
+		if allow, err = disks.NewAllowlist(cfg.Disks); err != nil {
+			return err
+		}
+	}
+	inv := func(ctx context.Context) (*anvilv1.Inventory, error) {
+		// With an overriding UUID the host's own SMBIOS UUID may be absent.
+		i, err := inventory.Collect(ctx, inventory.WithLogger(log), inventory.WithRequireUUID(cfg.MachineUUID == ""))
+		if err != nil {
+			return nil, err
+		}
+		allow.Filter(i)
+		if cfg.MachineUUID != "" {
+			if i.Product == nil {
+				i.Product = &anvilv1.Product{}
+			}
+			i.Product.Uuid = strings.ToLower(cfg.MachineUUID)
+		}
+		return i, nil
+	}
+	r, err := runner.New(runner.Config{
+		Controller:   cfg.Controller,
+		TLS:          tlsCfg,
+		BootToken:    cfg.BootToken,
+		AgentVersion: cfg.Version,
+		Inventory:    inv,
+		Executors: runner.Executors{
+			Wipe:     &executor.Wipe{Allow: allow, Inventory: inv},
+			Reboot:   &executor.Power{HostMode: cfg.Mode == ModeHost},
+			PowerOff: &executor.Power{HostMode: cfg.Mode == ModeHost, Off: true},
+		},
+	}, runner.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return r.Run(ctx)
+}

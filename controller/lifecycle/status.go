@@ -30,4 +30,24 @@ type Status struct {
 	// FailedReclaim is set when a freed machine booted its installed OS
 	// (phoned home) instead of the agent.
 	FailedReclaim bool `json:"failed_reclaim,omitempty"`
+
+	// Reclaiming is true from a RECLAIM until the machine is READY again
+	// (its disks erased). It does not depend on the event carrying a time.
+	Reclaiming bool `json:"reclaiming,omitempty"`
+	// Installed is true once the current allocation's image was written and
+	// booted (BOOTING or PHONED_HOME); ALLOCATED, REINSTALL and RECLAIM clear
+	// it. It lets a PHONED_HOME after a reboot (state PXE_BOOTING or
+	// REGISTERING) be recognised as the installed OS coming back.
+	Installed bool `json:"installed,omitempty"`
+	// CycleOpen is true while the current boot cycle has not yet reached
+	// READY or PROVISIONED.
+	CycleOpen bool `json:"cycle_open,omitempty"`
+	// RebootPlanned is true after a RECLAIM, REBOOTING or POWERING_OFF until
+	// the next boot cycle starts or the machine shows it kept running; the
+	// boot cycle it announces is not counted in IncompleteCycles.
+	RebootPlanned bool `json:"reboot_planned,omitempty"`
+	// Unexpected counts events that made no sense in the state they arrived
+	// in; LastUnexpected describes the latest one. See Apply.
+	Unexpected     int    `json:"unexpected,omitempty"`
+	LastUnexpected string `json:"last_unexpected,omitempty"`
 }

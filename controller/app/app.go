@@ -1,0 +1,182 @@
+// Package app assembles anvil-controller from its parts: the data directory
+// (SQLite store, CA, serving certificate, tokens), the gRPC server with its
+// interceptors, and the listener. The command in cmd/anvil-controller only
+// parses flags into Config; tests start, kill and restart controllers
+// in-process through Start.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/anvil-metal/anvil/controller/pki"
+	"github.com/anvil-metal/anvil/controller/server"
+	"github.com/anvil-metal/anvil/controller/store/sqlstore"
+)
+
+// Config is everything the controller needs to start.
+type Config struct {
+	// DataDir holds anvil.db, the CA, the serving certificate and tokens.
+	DataDir string
+	// Listen is the gRPC address, e.g. "127.0.0.1:7443" or ":7443".
+	Listen string
+	// Hosts are extra DNS names/IPs for the generated serving certificate.
+	Hosts []string
+	// TLSCert and TLSKey, when both set, are used instead of generating a
+	// certificate from the data dir's CA.
+	TLSCert, TLSKey string
+	// BootTokens are accepted at Register besides the data dir's boot.token.
+	BootTokens []string
+	Server     server.Config
+}
+
+// Defaults returns a config for a data dir.
+func Defaults() Config {
+	return Config{DataDir: "/var/lib/anvil", Listen: ":7443", Server: server.DefaultConfig()}
+}
+
+// Validate reports every invalid field.
+func (c Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data dir is required"))
+	}
+	if c.Listen == "" {
+		errs = append(errs, errors.New("listen address is required"))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("give both a TLS certificate and key, or neither"))
+	}
+	return errors.Join(append(errs, c.Server.Validate())...)
+}
+
+// Paths of the files in the data dir.
+const (
+	DBFile         = "anvil.db"
+	AdminTokenFile = "admin.token"
+	BootTokenFile  = "boot.token"
+	CAFile         = "ca.crt"
+)
+
+// Controller is a running controller.
+type Controller struct {
+	// Addr is the bound listen address.
+	Addr net.Addr
+	// CAFile and CAFingerprint identify the CA agents and anvilctl trust.
+	CAFile, CAFingerprint string
+	AdminToken, BootToken string
+
+	store *sqlstore.Store
+	grpc  *grpc.Server
+	done  chan error
+}
+
+// Start opens (or initializes) the data dir and serves until Stop.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	ca, err := pki.EnsureCA(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("CA in %s: %w", cfg.DataDir, err)
+	}
+	certFile, keyFile := cfg.TLSCert, cfg.TLSKey
+	if certFile == "" {
+		hosts := append([]string{}, cfg.Hosts...)
+		if h, _, err := net.SplitHostPort(cfg.Listen); err == nil && h != "" {
+			hosts = append(hosts, h)
+		}
+		if certFile, keyFile, err = ca.EnsureServingCert(cfg.DataDir, hosts); err != nil {
+			return nil, fmt.Errorf("serving certificate: %w", err)
+		}
+	}
+	tlsCfg, err := pki.LoadServerTLS(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	admin, created, err := pki.EnsureTokenFile(filepath.Join(cfg.DataDir, AdminTokenFile))
+	if err != nil {
+		return nil, fmt.Errorf("admin token: %w", err)
+	}
+	if created {
+		log.Info("generated the operator (admin) token; use it with anvilctl",
+			"file", filepath.Join(cfg.DataDir, AdminTokenFile),
+			"hint", fmt.Sprintf("export ANVIL_TOKEN_FILE=%s ANVIL_CA=%s",
+				filepath.Join(cfg.DataDir, AdminTokenFile), filepath.Join(cfg.DataDir, CAFile)))
+	}
+	boot, _, err := pki.EnsureTokenFile(filepath.Join(cfg.DataDir, BootTokenFile))
+	if err != nil {
+		return nil, fmt.Errorf("boot token: %w", err)
+	}
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, DBFile), sqlstore.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	srv, err := server.New(st, server.Credentials{AdminTokens: []string{admin}, BootTokens: append([]string{boot}, cfg.BootTokens...)},
+		cfg.Server, server.WithLogger(log))
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	g := srv.NewGRPCServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		// Thousands of mostly idle agent connections: keep per-connection
+		// buffers small and release write buffers between flushes.
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(4<<10),
+		grpc.WriteBufferSize(4<<10),
+	)
+	c := &Controller{
+		Addr: lis.Addr(), CAFile: filepath.Join(cfg.DataDir, CAFile), CAFingerprint: ca.Fingerprint(),
+		AdminToken: admin, BootToken: boot, store: st, grpc: g, done: make(chan error, 1),
+	}
+	log.Info("controller listening", "addr", lis.Addr().String(), "ca_fingerprint", c.CAFingerprint, "data_dir", cfg.DataDir)
+	go func() { c.done <- g.Serve(lis) }()
+	return c, nil
+}
+
+// Stop ends every stream at once (as a crash would, from the agents' side)
+// and closes the store.
+func (c *Controller) Stop() error {
+	c.grpc.Stop()
+	err := <-c.done
+	if errors.Is(err, grpc.ErrServerStopped) {
+		err = nil
+	}
+	return errors.Join(err, c.store.Close())
+}
+
+// Shutdown stops gracefully: no new calls, unary calls finish, then streams
+// are cut after timeout.
+func (c *Controller) Shutdown(timeout time.Duration) error {
+	stopped := make(chan struct{})
+	go func() { c.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(timeout):
+	}
+	return c.Stop()
+}
+
+// Done returns the Serve result once the server stops.
+func (c *Controller) Done() <-chan error { return c.done }

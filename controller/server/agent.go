@@ -1,0 +1,244 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/anvil-metal/anvil/controller/pki"
+	"github.com/anvil-metal/anvil/controller/sizes"
+	"github.com/anvil-metal/anvil/controller/store"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+type agentAPI struct {
+	anvilv1.UnimplementedAgentServiceServer
+	*Server
+}
+
+var _ anvilv1.AgentServiceServer = (*agentAPI)(nil)
+
+func macsOf(inv *anvilv1.Inventory) []string {
+	var macs []string
+	for _, n := range inv.GetNics() {
+		if n.GetMac() != "" && !n.GetVirtual() {
+			macs = append(macs, strings.ToLower(n.GetMac()))
+		}
+	}
+	return macs
+}
+
+func (a *agentAPI) event(t anvilv1.EventType, msg string) *anvilv1.Event {
+	return &anvilv1.Event{Time: timestamppb.New(a.now()), Type: t, Message: msg}
+}
+
+// Register creates or refreshes the machine keyed by its SMBIOS UUID and
+// hands out a new credential (the previous one stops working).
+func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
+	inv := req.GetInventory()
+	uuid := inv.GetProduct().GetUuid()
+	cred, err := pki.NewToken()
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))
+	}
+	var id string
+	err = a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		all, err := tx.ListSizes(ctx)
+		if err != nil {
+			return err
+		}
+		m, err := tx.GetMachineByUUID(ctx, uuid)
+		create := errors.Is(err, store.ErrNotFound)
+		switch {
+		case create:
+			m = &store.Machine{ID: uuid, UUID: uuid, CreatedAt: a.now()}
+		case err != nil:
+			return err
+		}
+		m.MACs = macsOf(inv)
+		m.Inventory = inv
+		m.SizeID = sizes.Match(all, inv)
+		m.CredentialHash = pki.HashToken(cred)
+		m.LastSeen = a.now()
+		m.Progress = nil
+		msg := fmt.Sprintf("agent %s registered: %d cores, %d MiB memory, %d disks, %d NICs, size %s",
+			req.GetAgentVersion(), inv.GetCpu().GetCores(), inv.GetMemory().GetTotalBytes()>>20,
+			len(inv.GetDisks()), len(inv.GetNics()), m.SizeID)
+		if err := a.record(ctx, tx, fx, m, create, a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg)); err != nil {
+			return err
+		}
+		id = m.ID
+		if a.cfg.RegisterEraseMode == anvilv1.EraseMode_ERASE_MODE_NONE || m.Allocation != nil {
+			return nil
+		}
+		pending, err := tx.PendingInstructions(ctx, m.ID)
+		if err != nil {
+			return err
+		}
+		for _, p := range pending {
+			if p.Instruction.GetWipe() != nil {
+				return nil // already queued by an earlier registration
+			}
+		}
+		return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: a.cfg.RegisterEraseMode}}})
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))
+	}
+	return &anvilv1.RegisterResponse{MachineId: id, Credential: cred, HeartbeatInterval: durationpb.New(a.cfg.HeartbeatInterval)}, nil
+}
+
+// Wait streams the machine's pending instructions, each once per stream,
+// and re-reads the store whenever the hub wakes it. An instruction stays
+// pending (and is re-sent on the next stream) until the agent reports on it.
+func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_WaitServer) error {
+	ctx := stream.Context()
+	id := machineFrom(ctx)
+	w := a.hub.Subscribe(id) // before the first read: no wake-up is missed
+	defer w.Close()
+	if err := a.markWaiting(ctx, id); err != nil {
+		return toStatus(err)
+	}
+	if err := stream.SendHeader(nil); err != nil { // the agent knows it is waiting
+		return err
+	}
+	sent := make(map[string]bool)
+	keep := time.NewTimer(a.cfg.KeepaliveInterval)
+	defer keep.Stop()
+	for {
+		var pending []*store.Instruction
+		err := a.store.View(ctx, func(tx store.Tx) error {
+			if _, err := tx.GetMachine(ctx, id); err != nil {
+				return err
+			}
+			var err error
+			pending, err = tx.PendingInstructions(ctx, id)
+			return err
+		})
+		if errors.Is(err, store.ErrNotFound) {
+			return status.Errorf(codes.Unauthenticated, "machine %s was deleted; register again", id)
+		}
+		if err != nil {
+			return toStatus(err)
+		}
+		still := make(map[string]bool, len(pending))
+		for _, in := range pending {
+			still[in.ID] = true
+			if sent[in.ID] {
+				continue
+			}
+			if err := stream.Send(in.Instruction); err != nil {
+				return err
+			}
+			sent[in.ID] = true
+		}
+		for k := range sent { // forget acked or cancelled ones
+			if !still[k] {
+				delete(sent, k)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.C():
+		case <-keep.C:
+			if err := stream.Send(&anvilv1.Instruction{Kind: &anvilv1.Instruction_Keepalive{Keepalive: &anvilv1.Keepalive{}}}); err != nil {
+				return err
+			}
+			keep.Reset(a.cfg.KeepaliveInterval)
+		}
+	}
+}
+
+// markWaiting records WAITING when a freshly registered agent with nothing
+// queued opens its first Wait stream; reconnects add nothing, and a queued
+// instruction (an erase) drives the state through its own events instead,
+// so a machine is never Ready while work is pending.
+func (a *agentAPI) markWaiting(ctx context.Context, id string) error {
+	return a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, err := tx.GetMachine(ctx, id)
+		if err != nil {
+			return err
+		}
+		if m.Status.State != anvilv1.MachineState_MACHINE_STATE_REGISTERING {
+			return nil
+		}
+		pending, err := tx.PendingInstructions(ctx, id)
+		if err != nil || len(pending) > 0 {
+			return err
+		}
+		m.LastSeen = a.now()
+		return a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_WAITING, "agent waiting for instructions"))
+	})
+}
+
+// terminal reports whether an event ends the running instruction's progress.
+func terminal(t anvilv1.EventType) bool {
+	switch t {
+	case anvilv1.EventType_EVENT_TYPE_WIPING, anvilv1.EventType_EVENT_TYPE_INSTALLING:
+		return false
+	}
+	return true
+}
+
+// Report appends the agent's event. Naming an instruction acknowledges it;
+// a report on a cancelled instruction is refused with FailedPrecondition so
+// the agent abandons it. Repeated progress of the running phase updates the
+// machine's progress and is published to watchers without growing the
+// history.
+func (a *agentAPI) Report(ctx context.Context, req *anvilv1.ReportRequest) (*anvilv1.ReportResponse, error) {
+	id := machineFrom(ctx)
+	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, err := tx.GetMachine(ctx, id)
+		if err != nil {
+			return err
+		}
+		if iid := req.GetInstructionId(); iid != "" {
+			in, err := tx.GetInstruction(ctx, iid)
+			if err != nil || in.MachineID != id {
+				return status.Errorf(codes.NotFound, "instruction %q is not one of machine %s", iid, id)
+			}
+			if !in.CancelledAt.IsZero() {
+				return status.Errorf(codes.FailedPrecondition, "instruction %s was cancelled at %s; abandon it", iid, in.CancelledAt.Format(time.RFC3339))
+			}
+			if _, err := tx.AckInstruction(ctx, iid, a.now()); err != nil {
+				return err
+			}
+		}
+		m.LastSeen = a.now()
+		ev := a.event(req.GetType(), req.GetMessage())
+		ev.InstructionId = req.GetInstructionId()
+		ev.Progress = req.GetProgress()
+		if terminal(req.GetType()) {
+			m.Progress = nil
+		} else if req.GetProgress() != nil {
+			m.Progress = req.GetProgress()
+		}
+		if req.GetProgress() != nil && req.GetType() == m.Status.LastEvent {
+			ev.MachineId = m.ID
+			fx.events = append(fx.events, ev) // live progress: published, not stored
+			return tx.UpdateMachine(ctx, m)
+		}
+		return a.record(ctx, tx, fx, m, false, ev)
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("report from %s: %w", id, err))
+	}
+	return &anvilv1.ReportResponse{}, nil
+}
+
+// Heartbeat refreshes the machine's last-seen time.
+func (a *agentAPI) Heartbeat(ctx context.Context, _ *anvilv1.HeartbeatRequest) (*anvilv1.HeartbeatResponse, error) {
+	id := machineFrom(ctx)
+	if err := a.store.Tx(ctx, func(tx store.Tx) error { return tx.TouchMachine(ctx, id, a.now()) }); err != nil {
+		return nil, toStatus(fmt.Errorf("heartbeat from %s: %w", id, err))
+	}
+	return &anvilv1.HeartbeatResponse{}, nil
+}

@@ -1,0 +1,132 @@
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/anvil-metal/anvil/controller/pki"
+	"github.com/anvil-metal/anvil/controller/store"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+type authenticator struct {
+	store  store.Store
+	admin  [][]byte
+	bootTk [][]byte
+}
+
+func newAuthenticator(st store.Store, c Credentials) *authenticator {
+	a := &authenticator{store: st}
+	for _, t := range c.AdminTokens {
+		a.admin = append(a.admin, pki.HashToken(t))
+	}
+	for _, t := range c.BootTokens {
+		a.bootTk = append(a.bootTk, pki.HashToken(t))
+	}
+	return a
+}
+
+func anyEqual(set [][]byte, h []byte) bool {
+	ok := 0
+	for _, s := range set {
+		ok |= subtle.ConstantTimeCompare(s, h)
+	}
+	return ok == 1
+}
+
+// denyAll is the global AuthFunc: every service must say how it
+// authenticates (AuthFuncOverride); anything else is refused.
+func denyAll(ctx context.Context) (context.Context, error) {
+	return nil, status.Error(codes.Unauthenticated, "no authentication scheme for this method")
+}
+
+func bearer(ctx context.Context) (string, error) {
+	tok, err := auth.AuthFromMD(ctx, "bearer")
+	if err != nil {
+		return "", err
+	}
+	if tok == "" {
+		return "", status.Error(codes.Unauthenticated, "empty bearer token")
+	}
+	return tok, nil
+}
+
+// operator authenticates the operator API.
+func (a *authenticator) operator(ctx context.Context) (context.Context, error) {
+	tok, err := bearer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !anyEqual(a.admin, pki.HashToken(tok)) {
+		return nil, status.Error(codes.Unauthenticated, "invalid operator token")
+	}
+	return ctx, nil
+}
+
+type machineKey struct{}
+
+// machineFrom returns the machine id put in ctx by the agent authenticator.
+func machineFrom(ctx context.Context) string {
+	id, _ := ctx.Value(machineKey{}).(string)
+	return id
+}
+
+// agent authenticates the agent API: Register with a boot token, the rest
+// with the machine credential.
+func (a *authenticator) agent(ctx context.Context, method string) (context.Context, error) {
+	tok, err := bearer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h := pki.HashToken(tok)
+	if method == anvilv1.AgentService_Register_FullMethodName {
+		if !anyEqual(a.bootTk, h) {
+			return nil, status.Error(codes.Unauthenticated, "invalid boot token")
+		}
+		return ctx, nil
+	}
+	var id string
+	err = a.store.View(ctx, func(tx store.Tx) error {
+		m, err := tx.GetMachineByCredential(ctx, h)
+		if err != nil {
+			return err
+		}
+		id = m.ID
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Error(codes.Unauthenticated, "invalid or superseded machine credential; register again")
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "checking machine credential: %v", err)
+	}
+	return context.WithValue(ctx, machineKey{}, id), nil
+}
+
+func (a *agentAPI) AuthFuncOverride(ctx context.Context, method string) (context.Context, error) {
+	return a.auth.agent(ctx, method)
+}
+
+func (m *machineAPI) AuthFuncOverride(ctx context.Context, _ string) (context.Context, error) {
+	return m.auth.operator(ctx)
+}
+
+func (i *imageAPI) AuthFuncOverride(ctx context.Context, _ string) (context.Context, error) {
+	return i.auth.operator(ctx)
+}
+
+func (z *sizeAPI) AuthFuncOverride(ctx context.Context, _ string) (context.Context, error) {
+	return z.auth.operator(ctx)
+}
+
+var (
+	_ auth.ServiceAuthFuncOverride = (*agentAPI)(nil)
+	_ auth.ServiceAuthFuncOverride = (*machineAPI)(nil)
+	_ auth.ServiceAuthFuncOverride = (*imageAPI)(nil)
+	_ auth.ServiceAuthFuncOverride = (*sizeAPI)(nil)
+)

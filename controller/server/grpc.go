@@ -1,0 +1,86 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/anvil-metal/anvil/controller/sizes"
+	"github.com/anvil-metal/anvil/controller/store"
+)
+
+// NewGRPCServer returns a grpc.Server with the interceptor chain (logging,
+// panic recovery, authentication, request validation) and every service
+// registered. opts come first (e.g. grpc.Creds).
+func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	lg := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(func(c codes.Code) logging.Level {
+			switch c {
+			case codes.OK, codes.Canceled:
+				return logging.LevelDebug
+			case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unavailable:
+				return logging.LevelError
+			default:
+				return logging.LevelInfo
+			}
+		}),
+	}
+	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		s.log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p))
+		return status.Error(codes.Internal, "internal error (recovered panic; see controller log)")
+	})
+	all := append([]grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(
+			logging.UnaryServerInterceptor(lg, logOpts...),
+			recovery.UnaryServerInterceptor(recover),
+			auth.UnaryServerInterceptor(denyAll),
+			validator.UnaryServerInterceptor(),
+		),
+		grpc.ChainStreamInterceptor(
+			logging.StreamServerInterceptor(lg, logOpts...),
+			recovery.StreamServerInterceptor(recover),
+			auth.StreamServerInterceptor(denyAll),
+			validator.StreamServerInterceptor(),
+		),
+	}, opts...)
+	g := grpc.NewServer(all...)
+	s.RegisterServices(g)
+	return g
+}
+
+// toStatus maps store and domain errors to gRPC statuses; errors that
+// already carry a status pass through.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrAlreadyExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, sizes.ErrOverlap):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}

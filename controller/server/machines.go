@@ -1,0 +1,411 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/anvil-metal/anvil/controller/lifecycle"
+	"github.com/anvil-metal/anvil/controller/store"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+type machineAPI struct {
+	anvilv1.UnimplementedMachineServiceServer
+	*Server
+}
+
+var _ anvilv1.MachineServiceServer = (*machineAPI)(nil)
+
+// toProto renders a stored machine with its time-derived facts.
+func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
+	d := lifecycle.Derive(m.Status, m.LastSeen, s.now(), s.cfg.Lifecycle)
+	pm := &anvilv1.Machine{
+		Id:            m.ID,
+		Uuid:          m.UUID,
+		Macs:          m.MACs,
+		State:         m.Status.State,
+		FailureReason: m.Status.FailureReason,
+		Liveliness:    d.Liveliness,
+		CrashLoop:     m.Status.CrashLoop,
+		FailedReclaim: d.FailedReclaim,
+		SizeId:        m.SizeID,
+		Allocation:    m.Allocation,
+		Inventory:     m.Inventory,
+		Labels:        m.Labels,
+		Progress:      m.Progress,
+	}
+	if !m.CreatedAt.IsZero() {
+		pm.CreatedAt = timestamppb.New(m.CreatedAt)
+	}
+	if !m.LastSeen.IsZero() {
+		pm.LastSeen = timestamppb.New(m.LastSeen)
+	}
+	if m.Status.LastEvent != anvilv1.EventType_EVENT_TYPE_UNSPECIFIED {
+		pm.LastEvent = &anvilv1.Event{MachineId: m.ID, Type: m.Status.LastEvent, Time: timestamppb.New(m.Status.LastEventTime)}
+	}
+	return pm
+}
+
+func (s *Server) getMachine(ctx context.Context, id string) (*store.Machine, error) {
+	var m *store.Machine
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		var err error
+		m, err = tx.GetMachine(ctx, id)
+		return err
+	})
+	return m, err
+}
+
+func (a *machineAPI) ListMachines(ctx context.Context, req *anvilv1.ListMachinesRequest) (*anvilv1.ListMachinesResponse, error) {
+	f := store.MachineFilter{State: req.GetState(), SizeID: req.GetSizeId(), Hostname: req.GetHostname(), Labels: req.GetLabels()}
+	if req.Allocated != nil {
+		v := req.GetAllocated()
+		f.Allocated = &v
+	}
+	var ms []*store.Machine
+	err := a.store.View(ctx, func(tx store.Tx) error {
+		var err error
+		ms, err = tx.ListMachines(ctx, f)
+		return err
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("list machines: %w", err))
+	}
+	resp := &anvilv1.ListMachinesResponse{}
+	for _, m := range ms {
+		pm := a.toProto(m)
+		if req.GetLiveliness() != anvilv1.Liveliness_LIVELINESS_UNSPECIFIED && pm.Liveliness != req.GetLiveliness() {
+			continue
+		}
+		resp.Machines = append(resp.Machines, pm)
+	}
+	return resp, nil
+}
+
+func (a *machineAPI) GetMachine(ctx context.Context, req *anvilv1.GetMachineRequest) (*anvilv1.Machine, error) {
+	m, err := a.getMachine(ctx, req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return a.toProto(m), nil
+}
+
+func labelsMatch(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// allocatable explains why m cannot be allocated, or returns nil.
+func allocatable(m *store.Machine) error {
+	if m.Allocation != nil {
+		return status.Errorf(codes.FailedPrecondition, "machine %s is busy: allocated to %q since %s", m.ID, m.Allocation.GetHostname(), m.Allocation.GetAllocatedAt().AsTime().Format("2006-01-02 15:04:05"))
+	}
+	if m.Status.State != anvilv1.MachineState_MACHINE_STATE_READY {
+		return status.Errorf(codes.FailedPrecondition, "machine %s is not ready: state %s", m.ID, m.Status.State)
+	}
+	return nil
+}
+
+// targetDisk checks the requested disk, or picks the first non-removable
+// disk by path.
+func targetDisk(m *store.Machine, want string) (string, error) {
+	disks := slices.Clone(m.Inventory.GetDisks())
+	sort.Slice(disks, func(i, j int) bool { return disks[i].GetPath() < disks[j].GetPath() })
+	for _, d := range disks {
+		if want != "" && d.GetPath() == want {
+			return want, nil
+		}
+		if want == "" && !d.GetRemovable() {
+			return d.GetPath(), nil
+		}
+	}
+	if want != "" {
+		return "", status.Errorf(codes.InvalidArgument, "machine %s has no disk %s", m.ID, want)
+	}
+	return "", status.Errorf(codes.FailedPrecondition, "machine %s has no non-removable disk to install to", m.ID)
+}
+
+func installFor(img *anvilv1.Image, al *anvilv1.Allocation) *anvilv1.Instruction {
+	return &anvilv1.Instruction{Kind: &anvilv1.Instruction_Install{Install: &anvilv1.Install{
+		ImageId:            img.GetId(),
+		Url:                img.GetUrl(),
+		Checksum:           img.GetChecksum(),
+		Format:             img.GetFormat(),
+		TargetDisk:         al.GetTargetDisk(),
+		ExtraKernelCmdline: al.GetExtraKernelCmdline(),
+		Hostname:           al.GetHostname(),
+		SshPublicKeys:      al.GetSshPublicKeys(),
+		UserData:           al.GetUserData(),
+	}}}
+}
+
+// AllocateMachine reserves one Ready machine and queues its Install.
+func (a *machineAPI) AllocateMachine(ctx context.Context, req *anvilv1.AllocateMachineRequest) (*anvilv1.Machine, error) {
+	var out *store.Machine
+	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		img, err := tx.GetImage(ctx, req.GetImageId())
+		if err != nil {
+			return err
+		}
+		m, err := a.pick(ctx, tx, req)
+		if err != nil {
+			return err
+		}
+		disk, err := targetDisk(m, req.GetTargetDisk())
+		if err != nil {
+			return err
+		}
+		al := &anvilv1.Allocation{
+			ImageId:            img.GetId(),
+			Hostname:           req.GetHostname(),
+			SshPublicKeys:      req.GetSshPublicKeys(),
+			UserData:           req.GetUserData(),
+			TargetDisk:         disk,
+			ExtraKernelCmdline: req.GetExtraKernelCmdline(),
+			AllocatedAt:        timestamppb.New(a.now()),
+		}
+		if al.Hostname == "" {
+			al.Hostname = m.ID
+		}
+		m.Allocation = al
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_ALLOCATED,
+			Message: fmt.Sprintf("allocated as %s with image %s onto %s", al.Hostname, img.GetId(), disk)}
+		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
+			return err
+		}
+		out = m
+		return a.queue(ctx, tx, fx, m, installFor(img, al))
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("allocate: %w", err))
+	}
+	return a.toProto(out), nil
+}
+
+// pick returns the requested machine, or the first allocatable machine of
+// the size and selector (alive ones first, then by id).
+func (a *machineAPI) pick(ctx context.Context, tx store.Tx, req *anvilv1.AllocateMachineRequest) (*store.Machine, error) {
+	if id := req.GetMachineId(); id != "" {
+		m, err := tx.GetMachine(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return m, allocatable(m)
+	}
+	no := false
+	ms, err := tx.ListMachines(ctx, store.MachineFilter{State: anvilv1.MachineState_MACHINE_STATE_READY, SizeID: req.GetSizeId(), Allocated: &no})
+	if err != nil {
+		return nil, err
+	}
+	var best *store.Machine
+	bestAlive := false
+	for _, m := range ms {
+		if !labelsMatch(m.Labels, req.GetSelector()) || allocatable(m) != nil {
+			continue
+		}
+		alive := lifecycle.Derive(m.Status, m.LastSeen, a.now(), a.cfg.Lifecycle).Liveliness == anvilv1.Liveliness_LIVELINESS_ALIVE
+		if best == nil || (alive && !bestAlive) {
+			best, bestAlive = m, alive
+		}
+	}
+	if best == nil {
+		return nil, status.Errorf(codes.ResourceExhausted, "no ready machine matches size %q and selector %v", req.GetSizeId(), req.GetSelector())
+	}
+	return best, nil
+}
+
+// FreeMachine releases the allocation (or a failed machine), cancels what
+// was pending and queues the erase that brings the machine back to Ready.
+func (a *machineAPI) FreeMachine(ctx context.Context, req *anvilv1.FreeMachineRequest) (*anvilv1.Machine, error) {
+	mode := req.GetEraseMode()
+	if mode == anvilv1.EraseMode_ERASE_MODE_UNSPECIFIED {
+		mode = a.cfg.FreeEraseMode
+	}
+	var out *store.Machine
+	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, err := tx.GetMachine(ctx, req.GetId())
+		if err != nil {
+			return err
+		}
+		if m.Allocation == nil && m.Status.State != anvilv1.MachineState_MACHINE_STATE_FAILED {
+			return status.Errorf(codes.FailedPrecondition, "machine %s is not allocated (state %s)", m.ID, m.Status.State)
+		}
+		if err := tx.CancelPending(ctx, m.ID, a.now()); err != nil {
+			return err
+		}
+		m.Allocation = nil
+		m.Progress = nil
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_RECLAIM, Message: "freed; erase mode " + mode.String()}
+		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
+			return err
+		}
+		out = m
+		return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: mode}}})
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("free %s: %w", req.GetId(), err))
+	}
+	return a.toProto(out), nil
+}
+
+// ReinstallMachine queues a new Install for an allocated machine.
+func (a *machineAPI) ReinstallMachine(ctx context.Context, req *anvilv1.ReinstallMachineRequest) (*anvilv1.Machine, error) {
+	var out *store.Machine
+	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, err := tx.GetMachine(ctx, req.GetId())
+		if err != nil {
+			return err
+		}
+		if m.Allocation == nil {
+			return status.Errorf(codes.FailedPrecondition, "machine %s is not allocated; allocate it instead", m.ID)
+		}
+		imgID := req.GetImageId()
+		if imgID == "" {
+			imgID = m.Allocation.GetImageId()
+		}
+		img, err := tx.GetImage(ctx, imgID)
+		if err != nil {
+			return err
+		}
+		if err := tx.CancelPending(ctx, m.ID, a.now()); err != nil {
+			return err
+		}
+		m.Allocation.ImageId = img.GetId()
+		m.Progress = nil
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_REINSTALL, Message: "reinstall with image " + img.GetId()}
+		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
+			return err
+		}
+		out = m
+		return a.queue(ctx, tx, fx, m, installFor(img, m.Allocation))
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("reinstall %s: %w", req.GetId(), err))
+	}
+	return a.toProto(out), nil
+}
+
+// DeleteMachine forgets an unallocated machine; its agent must register
+// again.
+func (a *machineAPI) DeleteMachine(ctx context.Context, req *anvilv1.DeleteMachineRequest) (*anvilv1.DeleteMachineResponse, error) {
+	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, err := tx.GetMachine(ctx, req.GetId())
+		if err != nil {
+			return err
+		}
+		if m.Allocation != nil {
+			return status.Errorf(codes.FailedPrecondition, "machine %s is allocated to %q; free it first", m.ID, m.Allocation.GetHostname())
+		}
+		fx.notify = append(fx.notify, m.ID) // its Wait streams end
+		return tx.DeleteMachine(ctx, m.ID)
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("delete %s: %w", req.GetId(), err))
+	}
+	return &anvilv1.DeleteMachineResponse{}, nil
+}
+
+func (a *machineAPI) SetMachineLabels(ctx context.Context, req *anvilv1.SetMachineLabelsRequest) (*anvilv1.Machine, error) {
+	var out *store.Machine
+	err := a.commit(ctx, func(tx store.Tx, _ *effects) error {
+		m, err := tx.GetMachine(ctx, req.GetId())
+		if err != nil {
+			return err
+		}
+		m.Labels = maps.Clone(req.GetLabels())
+		out = m
+		return tx.UpdateMachine(ctx, m)
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("label %s: %w", req.GetId(), err))
+	}
+	return a.toProto(out), nil
+}
+
+func (a *machineAPI) ListEvents(ctx context.Context, req *anvilv1.ListEventsRequest) (*anvilv1.ListEventsResponse, error) {
+	var evs []*anvilv1.Event
+	err := a.store.View(ctx, func(tx store.Tx) error {
+		if _, err := tx.GetMachine(ctx, req.GetMachineId()); err != nil {
+			return err
+		}
+		var err error
+		if req.GetLimit() > 0 {
+			evs, err = tx.LastEvents(ctx, req.GetMachineId(), int(req.GetLimit()))
+			slices.Reverse(evs)
+		} else {
+			evs, err = tx.ListEvents(ctx, req.GetMachineId(), 0, 0)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("events of %s: %w", req.GetMachineId(), err))
+	}
+	return &anvilv1.ListEventsResponse{Events: evs}, nil
+}
+
+// WatchEvents replays stored events after after_seq, then follows the hub.
+// A persisted event from the hub only triggers another replay from the
+// store, so events committed concurrently are sent in seq order without gaps.
+// Live progress updates (seq 0) are forwarded as they come. A watcher that
+// falls behind is ended with ResourceExhausted; it resumes from its last seq.
+func (a *machineAPI) WatchEvents(req *anvilv1.WatchEventsRequest, stream anvilv1.MachineService_WatchEventsServer) error {
+	ctx := stream.Context()
+	w := a.hub.Watch(req.GetMachineId(), a.cfg.WatchBuffer) // before replay: nothing falls in between
+	defer w.Close()
+	last := req.GetAfterSeq()
+	replay := func() error {
+		for {
+			var evs []*anvilv1.Event
+			err := a.store.View(ctx, func(tx store.Tx) error {
+				var err error
+				evs, err = tx.ListEvents(ctx, req.GetMachineId(), last, 1000)
+				return err
+			})
+			if err != nil {
+				return toStatus(err)
+			}
+			for _, e := range evs {
+				if err := stream.Send(e); err != nil {
+					return err
+				}
+				last = e.GetSeq()
+			}
+			if len(evs) < 1000 {
+				return nil
+			}
+		}
+	}
+	if err := replay(); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.Overflow():
+			return status.Errorf(codes.ResourceExhausted, "watcher fell behind; resume with after_seq=%d", last)
+		case e := <-w.C():
+			var err error
+			switch {
+			case e.GetSeq() == 0:
+				err = stream.Send(e)
+			case e.GetSeq() > last:
+				err = replay()
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+}

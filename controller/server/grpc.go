@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/anvil-metal/anvil/controller/sizes"
 	"github.com/anvil-metal/anvil/controller/store"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
 // NewGRPCServer returns a grpc.Server with the interceptor chain (logging,
@@ -67,8 +69,18 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := status.FromError(err); ok {
-		return err
+	var se interface {
+		error
+		GRPCStatus() *status.Status
+	}
+	if errors.As(err, &se) {
+		if se == err {
+			return err
+		}
+		// Keep the code; replace the inner "rpc error: code = … desc = …"
+		// with its bare message so the context reads cleanly.
+		st := se.GRPCStatus()
+		return status.Error(st.Code(), strings.Replace(err.Error(), se.Error(), st.Message(), 1))
 	}
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -83,4 +95,9 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+// stateName renders a state for messages: MACHINE_STATE_READY → "ready".
+func stateName(st anvilv1.MachineState) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(st.String(), "MACHINE_STATE_"), "_", " "))
 }

@@ -112,7 +112,7 @@ func allocatable(m *store.Machine) error {
 		return status.Errorf(codes.FailedPrecondition, "machine %s is busy: allocated to %q since %s", m.ID, m.Allocation.GetHostname(), m.Allocation.GetAllocatedAt().AsTime().Format("2006-01-02 15:04:05"))
 	}
 	if m.Status.State != anvilv1.MachineState_MACHINE_STATE_READY {
-		return status.Errorf(codes.FailedPrecondition, "machine %s is not ready: state %s", m.ID, m.Status.State)
+		return status.Errorf(codes.FailedPrecondition, "machine %s is not ready: it is %s", m.ID, stateName(m.Status.State))
 	}
 	return nil
 }
@@ -239,7 +239,7 @@ func (a *machineAPI) FreeMachine(ctx context.Context, req *anvilv1.FreeMachineRe
 			return err
 		}
 		if m.Allocation == nil && m.Status.State != anvilv1.MachineState_MACHINE_STATE_FAILED {
-			return status.Errorf(codes.FailedPrecondition, "machine %s is not allocated (state %s)", m.ID, m.Status.State)
+			return status.Errorf(codes.FailedPrecondition, "machine %s is not allocated (it is %s)", m.ID, stateName(m.Status.State))
 		}
 		if err := tx.CancelPending(ctx, m.ID, a.now()); err != nil {
 			return err

@@ -75,6 +75,7 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 			return err
 		}
 		id = m.ID
+		fx.notify = append(fx.notify, m.ID) // streams of a superseded credential end
 		if a.cfg.RegisterEraseMode == anvilv1.EraseMode_ERASE_MODE_NONE || m.Allocation != nil {
 			return nil
 		}
@@ -98,9 +99,11 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 // Wait streams the machine's pending instructions, each once per stream,
 // and re-reads the store whenever the hub wakes it. An instruction stays
 // pending (and is re-sent on the next stream) until the agent reports on it.
+// The stream ends when its credential stops being valid: the machine was
+// deleted or registered again (a newer agent instance holds the machine).
 func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_WaitServer) error {
 	ctx := stream.Context()
-	id := machineFrom(ctx)
+	id, cred := machineFrom(ctx), credentialFrom(ctx)
 	w := a.hub.Subscribe(id) // before the first read: no wake-up is missed
 	defer w.Close()
 	if err := a.markWaiting(ctx, id); err != nil {
@@ -115,15 +118,15 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 	for {
 		var pending []*store.Instruction
 		err := a.store.View(ctx, func(tx store.Tx) error {
-			if _, err := tx.GetMachine(ctx, id); err != nil {
-				return err
+			if holder, err := tx.MachineIDByCredential(ctx, cred); err != nil || holder != id {
+				return errors.Join(store.ErrNotFound, err)
 			}
 			var err error
 			pending, err = tx.PendingInstructions(ctx, id)
 			return err
 		})
 		if errors.Is(err, store.ErrNotFound) {
-			return status.Errorf(codes.Unauthenticated, "machine %s was deleted; register again", id)
+			return status.Errorf(codes.Unauthenticated, "machine %s was deleted or registered again; this credential is no longer valid", id)
 		}
 		if err != nil {
 			return toStatus(err)

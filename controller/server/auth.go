@@ -70,10 +70,22 @@ func (a *authenticator) operator(ctx context.Context) (context.Context, error) {
 
 type machineKey struct{}
 
+// caller is the authenticated machine of an agent call.
+type caller struct {
+	id       string
+	credHash []byte
+}
+
 // machineFrom returns the machine id put in ctx by the agent authenticator.
 func machineFrom(ctx context.Context) string {
-	id, _ := ctx.Value(machineKey{}).(string)
-	return id
+	c, _ := ctx.Value(machineKey{}).(caller)
+	return c.id
+}
+
+// credentialFrom returns the hash of the credential the call used.
+func credentialFrom(ctx context.Context) []byte {
+	c, _ := ctx.Value(machineKey{}).(caller)
+	return c.credHash
 }
 
 // agent authenticates the agent API: Register with a boot token, the rest
@@ -92,12 +104,9 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 	}
 	var id string
 	err = a.store.View(ctx, func(tx store.Tx) error {
-		m, err := tx.GetMachineByCredential(ctx, h)
-		if err != nil {
-			return err
-		}
-		id = m.ID
-		return nil
+		var err error
+		id, err = tx.MachineIDByCredential(ctx, h)
+		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, status.Error(codes.Unauthenticated, "invalid or superseded machine credential; register again")
@@ -105,7 +114,7 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "checking machine credential: %v", err)
 	}
-	return context.WithValue(ctx, machineKey{}, id), nil
+	return context.WithValue(ctx, machineKey{}, caller{id: id, credHash: h}), nil
 }
 
 func (a *agentAPI) AuthFuncOverride(ctx context.Context, method string) (context.Context, error) {

@@ -95,7 +95,11 @@ func TestRegisterIsIdempotentAndRotatesCredential(t *testing.T) {
 	if _, err := e.op.Machines.SetMachineLabels(ctx, &anvilv1.SetMachineLabelsRequest{Id: uuid, Labels: map[string]string{"rack": "r1"}}); err != nil {
 		t.Fatal(err)
 	}
+	old := e.openWait(t, r1.GetCredential())
+	e.waitReady(t, uuid)
 	r2, _ := e.register(t, 0)
+	_, err := old.Recv()
+	wantCode(t, err, codes.Unauthenticated, "wait stream of the superseded credential")
 	if r2.GetMachineId() != r1.GetMachineId() {
 		t.Fatalf("re-register gave id %s, want %s", r2.GetMachineId(), r1.GetMachineId())
 	}
@@ -108,6 +112,10 @@ func TestRegisterIsIdempotentAndRotatesCredential(t *testing.T) {
 	}
 	_, err = e.agent.Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, bearer(r1.GetCredential()))
 	wantCode(t, err, codes.Unauthenticated, "heartbeat with the superseded credential")
+	m, err := e.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: uuid})
+	if err != nil || m.GetState() != anvilv1.MachineState_MACHINE_STATE_REGISTERING {
+		t.Fatalf("after re-registration: %v, state %s; want registering until the new agent waits", err, m.GetState())
+	}
 	_, err = e.agent.Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, bearer(r2.GetCredential()))
 	wantCode(t, err, codes.OK, "heartbeat with the new credential")
 }

@@ -89,7 +89,9 @@ type Tx interface {
 	// Machines. GetMachine* return ErrNotFound when absent.
 	GetMachine(ctx context.Context, id string) (*Machine, error)
 	GetMachineByUUID(ctx context.Context, uuid string) (*Machine, error)
-	GetMachineByCredential(ctx context.Context, credentialHash []byte) (*Machine, error)
+	// MachineIDByCredential is the authentication lookup: the id only,
+	// without decoding the machine.
+	MachineIDByCredential(ctx context.Context, credentialHash []byte) (string, error)
 	// ListMachines returns the machines f selects, ordered by ID.
 	ListMachines(ctx context.Context, f MachineFilter) ([]*Machine, error)
 	// CreateMachine inserts; ErrAlreadyExists when the id, UUID or (non-empty)

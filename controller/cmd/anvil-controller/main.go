@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -32,6 +34,7 @@ func main() {
 	flag.StringVar(&freeErase, "free-erase", "quick", "erase mode when a machine is freed: none|quick|secure|full")
 	flag.StringVar(&registerErase, "register-erase", "none", "erase mode queued when an unallocated machine registers")
 	flag.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	debugAddr := flag.String("debug-addr", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	flag.Parse()
 
 	var lvl slog.Level
@@ -49,6 +52,14 @@ func main() {
 		fail(fmt.Errorf("--register-erase: %w", err))
 	}
 
+	if *debugAddr != "" {
+		go func() {
+			// net/http/pprof registers on http.DefaultServeMux.
+			if err := http.ListenAndServe(*debugAddr, nil); err != nil {
+				log.Error("debug server", "err", err)
+			}
+		}()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	c, err := app.Start(ctx, cfg, log)

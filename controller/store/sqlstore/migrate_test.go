@@ -63,7 +63,7 @@ func TestLoadMigrationsRejects(t *testing.T) {
 // the migrations before it stay applied.
 func TestFailedMigrationRollsBack(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "m.db")
-	db, err := sql.Open("sqlite", sqliteDSN(path, time.Second, true))
+	db, err := sql.Open("sqlite", sqliteDSN(path, time.Second, roleWrite))
 	if err != nil {
 		t.Fatal(err)
 	}

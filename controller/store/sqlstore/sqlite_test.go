@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -383,6 +385,106 @@ func BenchmarkRegister(b *testing.B) {
 		})
 		if err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// Commits never checkpoint (the writer's autocheckpoint is off); the
+// background checkpointer moves the WAL into the database file.
+func TestBackgroundCheckpoint(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "anvil.db")
+	s := openTest(t, path, WithCheckpointInterval(20*time.Millisecond))
+	ctx := context.Background()
+	var auto int
+	if err := s.write.QueryRowContext(ctx, "PRAGMA wal_autocheckpoint").Scan(&auto); err != nil {
+		t.Fatal(err)
+	}
+	if auto != 0 {
+		t.Fatalf("writer wal_autocheckpoint = %d, want 0 (commits must not checkpoint)", auto)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := st.Size()
+	if err := s.Tx(ctx, func(tx store.Tx) error {
+		return tx.CreateImage(ctx, &anvilv1.Image{Id: "big", Description: strings.Repeat("x", 256<<10)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() > before+200<<10 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("database file still %d bytes (was %d): the WAL was never checkpointed", st.Size(), before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Writers that share a commit stay isolated: the failed and panicking ones
+// leave nothing, the others all land.
+func TestGroupCommitIsolatesWriters(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "anvil.db"))
+	ctx := context.Background()
+	const n = 60
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			defer func() {
+				if r := recover(); r != nil && i%3 != 2 {
+					t.Errorf("writer %d panicked: %v", i, r)
+				}
+			}()
+			errs[i] = s.Tx(ctx, func(tx store.Tx) error {
+				if err := tx.CreateImage(ctx, &anvilv1.Image{Id: fmt.Sprintf("img-%02d", i)}); err != nil {
+					return err
+				}
+				switch i % 3 {
+				case 1:
+					return errors.New("refused")
+				case 2:
+					panic("boom")
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+	var imgs []*anvilv1.Image
+	if err := s.View(ctx, func(tx store.Tx) error {
+		var err error
+		imgs, err = tx.ListImages(ctx)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, im := range imgs {
+		got[im.GetId()] = true
+	}
+	for i := range n {
+		id := fmt.Sprintf("img-%02d", i)
+		switch i % 3 {
+		case 0:
+			if errs[i] != nil || !got[id] {
+				t.Errorf("writer %d: err %v, stored %v; want committed", i, errs[i], got[id])
+			}
+		case 1:
+			if errs[i] == nil || errs[i].Error() != "refused" || got[id] {
+				t.Errorf("writer %d: err %v, stored %v; want its own error and nothing stored", i, errs[i], got[id])
+			}
+		case 2:
+			if got[id] {
+				t.Errorf("writer %d panicked but its image was stored", i)
+			}
 		}
 	}
 }

@@ -12,9 +12,10 @@
 //
 // SQLite allows one writer at a time, so writes are serialized in Go rather
 // than by SQLite's lock: Store.Tx runs on a separate *sql.DB with a single
-// connection whose transactions begin with BEGIN IMMEDIATE (_txlock). Writers
-// queue for that connection in database/sql, without SQLITE_BUSY and without
-// the deadlock of two deferred transactions both upgrading to write.
+// connection whose transactions begin with BEGIN IMMEDIATE (_txlock), without
+// SQLITE_BUSY and without the deadlock of two deferred transactions both
+// upgrading to write. Concurrent writers share one commit (group commit, see
+// batch.go), each in its own savepoint.
 // Store.View runs on a pool of read connections opened with query_only, in
 // read-only transactions; in WAL mode readers see a consistent snapshot and
 // neither block nor are blocked by the writer. Transactions must not nest: a
@@ -40,6 +41,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -52,6 +54,16 @@ type Store struct {
 	d     *dialect
 	write *sql.DB
 	read  *sql.DB
+	// ckpt is the checkpointer's own connection: WAL checkpoints run in
+	// the background (passive: they never block the writer or readers)
+	// instead of inside whichever commit crossed the autocheckpoint mark.
+	ckpt      *sql.DB
+	stopCkpt  context.CancelFunc
+	ckptDone  chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	// w batches concurrent write transactions into one commit (batch.go).
+	w writer
 	// wstmts and rstmts are the prepared statements of write and read, by
 	// query text before rebinding. Built at Open, read-only afterwards.
 	wstmts map[string]*sql.Stmt
@@ -64,9 +76,16 @@ var _ store.Store = (*Store)(nil)
 type Option func(*options)
 
 type options struct {
-	busyTimeout time.Duration
-	readConns   int
-	logger      *slog.Logger
+	busyTimeout     time.Duration
+	readConns       int
+	logger          *slog.Logger
+	checkpointEvery time.Duration
+}
+
+// WithCheckpointInterval sets how often the WAL is checkpointed in the
+// background (default 1 s).
+func WithCheckpointInterval(d time.Duration) Option {
+	return func(o *options) { o.checkpointEvery = d }
 }
 
 // WithBusyTimeout sets how long a connection waits for a lock held by
@@ -93,7 +112,7 @@ func WithLogger(l *slog.Logger) Option {
 // in-memory databases are refused because the read and write pools must
 // share one database.
 func OpenSQLite(ctx context.Context, path string, opts ...Option) (*Store, error) {
-	o := options{busyTimeout: 5 * time.Second, readConns: max(4, runtime.NumCPU()), logger: slog.Default()}
+	o := options{busyTimeout: 5 * time.Second, readConns: max(4, runtime.NumCPU()), logger: slog.Default(), checkpointEvery: time.Second}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -104,6 +123,8 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*Store, error
 		return nil, fmt.Errorf("open sqlite %q: want a plain file path (no URI, no query, not in-memory)", path)
 	case o.readConns < 1:
 		return nil, fmt.Errorf("open sqlite %q: read connections %d, want at least 1", path, o.readConns)
+	case o.checkpointEvery <= 0:
+		return nil, fmt.Errorf("open sqlite %q: checkpoint interval %s must be positive", path, o.checkpointEvery)
 	case o.busyTimeout < 0:
 		return nil, fmt.Errorf("open sqlite %q: negative busy timeout %s", path, o.busyTimeout)
 	}
@@ -114,15 +135,26 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*Store, error
 	return s, nil
 }
 
-func sqliteDSN(path string, busyTimeout time.Duration, write bool) string {
+// role is what a connection pool is for.
+type role int
+
+const (
+	roleWrite role = iota
+	roleRead
+	roleCheckpoint
+)
+
+func sqliteDSN(path string, busyTimeout time.Duration, r role) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout("+strconv.FormatInt(busyTimeout.Milliseconds(), 10)+")")
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "foreign_keys(ON)")
 	q.Add("_pragma", "synchronous(NORMAL)")
-	if write {
+	switch r {
+	case roleWrite:
 		q.Set("_txlock", "immediate")
-	} else {
+		q.Add("_pragma", "wal_autocheckpoint(0)") // checkpointLoop does it
+	case roleRead:
 		q.Add("_pragma", "query_only(ON)")
 	}
 	return path + "?" + q.Encode()
@@ -138,7 +170,7 @@ func openSQLite(ctx context.Context, path string, o options) (_ *Store, err erro
 
 	// The writer first: it creates the file and switches it to WAL
 	// before any reader opens it.
-	if s.write, err = sql.Open("sqlite", sqliteDSN(path, o.busyTimeout, true)); err != nil {
+	if s.write, err = sql.Open("sqlite", sqliteDSN(path, o.busyTimeout, roleWrite)); err != nil {
 		return nil, err
 	}
 	s.write.SetMaxOpenConns(1)
@@ -156,7 +188,7 @@ func openSQLite(ctx context.Context, path string, o options) (_ *Store, err erro
 		return nil, err
 	}
 
-	if s.read, err = sql.Open("sqlite", sqliteDSN(path, o.busyTimeout, false)); err != nil {
+	if s.read, err = sql.Open("sqlite", sqliteDSN(path, o.busyTimeout, roleRead)); err != nil {
 		return nil, err
 	}
 	s.read.SetMaxOpenConns(o.readConns)
@@ -166,6 +198,14 @@ func openSQLite(ctx context.Context, path string, o options) (_ *Store, err erro
 	if err := s.read.PingContext(ctx); err != nil {
 		return nil, err
 	}
+
+	if s.ckpt, err = sql.Open("sqlite", sqliteDSN(path, o.busyTimeout, roleCheckpoint)); err != nil {
+		return nil, err
+	}
+	s.ckpt.SetMaxOpenConns(1)
+	cctx, cancel := context.WithCancel(context.Background())
+	s.stopCkpt, s.ckptDone = cancel, make(chan struct{})
+	go s.checkpointLoop(cctx, o.checkpointEvery, o.logger)
 
 	if s.wstmts, err = prepareAll(ctx, s.write, s.d); err != nil {
 		return nil, err
@@ -196,32 +236,50 @@ func prepareAll(ctx context.Context, db *sql.DB, d *dialect) (map[string]*sql.St
 	return m, nil
 }
 
-// Close closes the prepared statements and both connection pools.
+// checkpointLoop runs a passive WAL checkpoint every interval until ctx
+// ends, then a last one so a cleanly closed database has an empty WAL.
+func (s *Store) checkpointLoop(ctx context.Context, every time.Duration, log *slog.Logger) {
+	defer close(s.ckptDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.ckpt.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)"); err != nil && ctx.Err() == nil {
+				log.Error("WAL checkpoint failed; the WAL grows until one succeeds", "err", err)
+			}
+		}
+	}
+}
+
+// Close stops the checkpointer, closes the prepared statements and the
+// connection pools. Closing again returns the first Close's result.
 func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
+
+func (s *Store) close() error {
 	var errs []error
+	if s.stopCkpt != nil {
+		s.stopCkpt()
+		<-s.ckptDone
+		_, err := s.ckpt.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+		errs = append(errs, err)
+	}
 	for _, m := range []map[string]*sql.Stmt{s.wstmts, s.rstmts} {
 		for _, st := range m {
 			errs = append(errs, st.Close())
 		}
 	}
-	for _, db := range []*sql.DB{s.read, s.write} {
+	for _, db := range []*sql.DB{s.read, s.write, s.ckpt} {
 		if db != nil {
 			errs = append(errs, db.Close())
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// Tx runs fn in a write transaction on the single write connection. It
-// commits when fn returns nil; otherwise it rolls back and returns fn's
-// error as it is. When fn panics (or calls runtime.Goexit) it rolls back and
-// lets the panic go on.
-func (s *Store) Tx(ctx context.Context, fn func(store.Tx) error) error {
-	sqlTx, err := s.write.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
-	}
-	return run(sqlTx, &tx{d: s.d, tx: sqlTx, prepared: s.wstmts}, fn)
 }
 
 // View runs fn in a read-only transaction on the read pool: it sees one

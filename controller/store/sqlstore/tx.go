@@ -19,7 +19,7 @@ const (
 		"status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL"
 	qGetMachine             = "SELECT " + machineCols + " FROM machines WHERE id = ?"
 	qGetMachineByUUID       = "SELECT " + machineCols + " FROM machines WHERE uuid = ?"
-	qGetMachineByCredential = "SELECT " + machineCols + " FROM machines WHERE credential_hash = ?"
+	qGetMachineByCredential = "SELECT id FROM machines WHERE credential_hash = ?"
 	qListMachines           = "SELECT " + machineCols + " FROM machines"
 	qInsertMachine          = "INSERT INTO machines (id, uuid, macs, inventory, size_id, labels, allocation, allocated, hostname, " +
 		"status, state, credential_hash, created_at, last_seen, progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -278,15 +278,15 @@ func (t *tx) GetMachineByUUID(ctx context.Context, uuid string) (*store.Machine,
 	return m, nil
 }
 
-func (t *tx) GetMachineByCredential(ctx context.Context, credentialHash []byte) (*store.Machine, error) {
+func (t *tx) MachineIDByCredential(ctx context.Context, credentialHash []byte) (string, error) {
 	if len(credentialHash) == 0 {
-		return nil, fmt.Errorf("get machine by credential: empty hash: %w", store.ErrNotFound)
+		return "", fmt.Errorf("machine by credential: empty hash: %w", store.ErrNotFound)
 	}
-	m, err := scanMachine(t.queryRow(ctx, qGetMachineByCredential, credentialHash))
-	if err != nil {
-		return nil, fmt.Errorf("get machine by credential %x: %w", credentialHash, notFound(err))
+	var id string
+	if err := t.queryRow(ctx, qGetMachineByCredential, credentialHash).Scan(&id); err != nil {
+		return "", fmt.Errorf("machine by credential %x: %w", credentialHash, notFound(err))
 	}
-	return m, nil
+	return id, nil
 }
 
 func (t *tx) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.Machine, error) {

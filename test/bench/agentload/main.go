@@ -19,6 +19,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"log/slog"
 	"net"
 	"os"
@@ -33,6 +35,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/anvil-metal/anvil/controller/pki"
@@ -50,7 +53,7 @@ func main() {
 	}
 	controller := flag.String("controller", "bin/anvil-controller", "anvil-controller binary")
 	counts := flag.String("agents", "1000,10000", "comma-separated fleet sizes")
-	conc := flag.Int("concurrency", 64, "registrations in flight")
+	conc := flag.Int("concurrency", 32, "connections / registrations in flight")
 	samples := flag.Int("alloc-samples", 300, "allocations timed per fleet")
 	flag.Parse()
 	if err := run(*controller, *counts, *conc, *samples); err != nil {
@@ -61,6 +64,7 @@ func main() {
 
 type result struct {
 	n           int
+	connPerSec  float64
 	regPerSec   float64
 	p50, p99    time.Duration
 	rssPerAgent float64 // bytes
@@ -100,7 +104,7 @@ func run(controllerBin, counts string, conc, samples int) error {
 		}
 		an, err := fleet(n, conc, samples, func(dir string, port int) (*exec.Cmd, server, error) {
 			cmd := exec.Command(controllerBin, "--data-dir", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", port),
-				"--log-level", "error", "--keepalive-interval", "1h", "--heartbeat-interval", "1h")
+				"--log-level", "error", "--keepalive-interval", "1h", "--heartbeat-interval", "1h", "--debug-addr", os.Getenv("AGENTLOAD_DEBUG_ADDR"))
 			return cmd, server{name: "anvil-controller", anvil: true}, nil
 		})
 		if err != nil {
@@ -126,6 +130,7 @@ func report(base, an result) {
 		fmt.Printf("%-34s %13.1f%s %14s %8s   %s\n", name, a, unit, bs, ratio, target)
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	row("TLS connections/s (agent boot)", an.connPerSec, base.connPerSec, "", "")
 	row("registrations/s", an.regPerSec, base.regPerSec, "", "")
 	row("register p50 (ms)", ms(an.p50), ms(base.p50), "", "")
 	row("register p99 (ms)", ms(an.p99), ms(base.p99), "", verdict(ms(an.p99) < 50, "< 50 ms"))
@@ -198,38 +203,37 @@ func fleet(n, conc, samples int, start func(dir string, port int) (*exec.Cmd, se
 	}
 
 	agents := make([]*simAgent, n)
-	lat := make([]time.Duration, n)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errc := make(chan error, conc)
-	t0 := time.Now()
-	for range conc {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				a, d, err := register(addr, tlsCfg, srv.boot, i)
-				if err != nil {
-					errc <- fmt.Errorf("agent %d: %w", i, err)
-					return
-				}
-				agents[i], lat[i] = a, d
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(t0)
-	close(errc)
-	if err := <-errc; err != nil {
-		return res, err
-	}
 	defer func() {
 		for _, a := range agents {
 			a.close()
 		}
 	}()
+	// Phase 1: every agent connects (TCP + TLS handshake), as machines do
+	// once per boot. Timed apart so that handshakes do not inflate the
+	// Register latency measured next.
+	tc := time.Now()
+	if err := parallel(n, conc, func(i int) error {
+		a, err := connect(addr, tlsCfg)
+		agents[i] = a
+		return err
+	}); err != nil {
+		return res, err
+	}
+	res.connPerSec = float64(n) / time.Since(tc).Seconds()
+	// Phase 2: every agent registers.
+	if dbg := os.Getenv("AGENTLOAD_DEBUG_ADDR"); dbg != "" && srv.anvil {
+		go profile(dbg, fmt.Sprintf("/tmp/agentload-register-%d.prof", n))
+	}
+	lat := make([]time.Duration, n)
+	t0 := time.Now()
+	if err := parallel(n, conc, func(i int) error {
+		d, err := agents[i].register(srv.boot, i)
+		lat[i] = d
+		return err
+	}); err != nil {
+		return res, err
+	}
+	elapsed := time.Since(t0)
 	res.regPerSec = float64(n) / elapsed.Seconds()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	res.p50, res.p99 = lat[n/2], lat[n*99/100]
@@ -252,6 +256,23 @@ func fleet(n, conc, samples int, start func(dir string, port int) (*exec.Cmd, se
 		}
 	}
 	return res, nil
+}
+
+// profile saves a 5 s CPU profile of the controller (run with --debug-addr).
+func profile(addr, file string) {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=5")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		err = os.WriteFile(file, b, 0o644)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+	}
 }
 
 func waitPort(addr string) error {
@@ -291,45 +312,69 @@ func (bearer) RequireTransportSecurity() bool { return true }
 type simAgent struct {
 	id     string
 	conn   *grpc.ClientConn
+	api    anvilv1.AgentServiceClient
 	stream anvilv1.AgentService_WaitClient
 	cancel context.CancelFunc
 	got    chan time.Time
 }
 
-func register(addr string, tlsCfg *tls.Config, boot string, i int) (*simAgent, time.Duration, error) {
+// parallel runs fn(0..n-1) with conc calls in flight; the first error wins.
+func parallel(n, conc int, fn func(i int) error) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, conc)
+	for range conc {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					errc <- fmt.Errorf("agent %d: %w", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+// connect opens an agent's own connection and waits until it is READY.
+func connect(addr string, tlsCfg *tls.Config) (*simAgent, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	c := anvilv1.NewAgentServiceClient(conn)
-	uuid := harness.UUID("agentload", i)
+	a := &simAgent{conn: conn, api: anvilv1.NewAgentServiceClient(conn), got: make(chan time.Time, 1), cancel: func() {}}
 	conn.Connect()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// Time the call alone: the connection (TCP + TLS) is up first, as for
-	// an agent that retries on an established channel.
-	for conn.GetState().String() != "READY" {
-		if !conn.WaitForStateChange(ctx, conn.GetState()) {
-			conn.Close()
-			return nil, 0, fmt.Errorf("connect: %w", ctx.Err())
+	for st := conn.GetState(); st != connectivity.Ready; st = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, st) {
+			return a, fmt.Errorf("connect: %w", ctx.Err())
 		}
 	}
+	return a, nil
+}
+
+// register times Register alone, then opens the Wait stream.
+func (a *simAgent) register(boot string, i int) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	t := time.Now()
-	resp, err := c.Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(uuid, i), AgentVersion: "agentload"}, grpc.PerRPCCredentials(bearer(boot)))
+	resp, err := a.api.Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(harness.UUID("agentload", i), i), AgentVersion: "agentload"}, grpc.PerRPCCredentials(bearer(boot)))
 	d := time.Since(t)
 	if err != nil {
-		conn.Close()
-		return nil, 0, err
+		return 0, err
 	}
+	a.id = resp.GetMachineId()
 	sctx, scancel := context.WithCancel(context.Background())
-	stream, err := c.Wait(sctx, &anvilv1.WaitRequest{}, grpc.PerRPCCredentials(bearer(resp.GetCredential())))
-	if err != nil {
-		scancel()
-		conn.Close()
-		return nil, 0, err
-	}
-	a := &simAgent{id: resp.GetMachineId(), conn: conn, stream: stream, cancel: scancel, got: make(chan time.Time, 1)}
-	return a, d, nil
+	a.cancel = scancel
+	a.stream, err = a.api.Wait(sctx, &anvilv1.WaitRequest{}, grpc.PerRPCCredentials(bearer(resp.GetCredential())))
+	return d, err
 }
 
 // wait blocks until the server has accepted the Wait stream (headers), then

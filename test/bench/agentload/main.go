@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // the baseline serves pprof like the controller
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,7 +45,8 @@ import (
 )
 
 func main() {
-	if len(os.Args) == 5 && os.Args[1] == "-serve-baseline" {
+	if len(os.Args) == 6 && os.Args[1] == "-serve-baseline" {
+		go func() { _ = http.ListenAndServe(os.Args[5], nil) }()
 		if err := serveBaseline(os.Args[2], os.Args[3], os.Args[4]); err != nil {
 			fmt.Fprintln(os.Stderr, "baseline:", err)
 			os.Exit(1)
@@ -96,16 +98,21 @@ func run(controllerBin, counts string, conc, samples int) error {
 			if err != nil {
 				return nil, server{}, err
 			}
-			cmd := exec.Command(self, "-serve-baseline", fmt.Sprintf("127.0.0.1:%d", port), cert, key)
-			return cmd, server{caPEM: ca.CertPEM(), boot: "baseline", name: "bare gRPC"}, nil
+			debug := freeAddr()
+			cmd := exec.Command(self, "-serve-baseline", fmt.Sprintf("127.0.0.1:%d", port), cert, key, debug)
+			return cmd, server{caPEM: ca.CertPEM(), boot: "baseline", name: "bare gRPC", debug: debug}, nil
 		})
 		if err != nil {
 			return fmt.Errorf("baseline, %d agents: %w", n, err)
 		}
 		an, err := fleet(n, conc, samples, func(dir string, port int) (*exec.Cmd, server, error) {
+			debug := os.Getenv("AGENTLOAD_DEBUG_ADDR")
+			if debug == "" {
+				debug = freeAddr()
+			}
 			cmd := exec.Command(controllerBin, "--data-dir", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", port),
-				"--log-level", "error", "--keepalive-interval", "1h", "--heartbeat-interval", "1h", "--debug-addr", os.Getenv("AGENTLOAD_DEBUG_ADDR"))
-			return cmd, server{name: "anvil-controller", anvil: true}, nil
+				"--log-level", "error", "--keepalive-interval", "1h", "--heartbeat-interval", "1h", "--debug-addr", debug)
+			return cmd, server{name: "anvil-controller", anvil: true, debug: debug}, nil
 		})
 		if err != nil {
 			return fmt.Errorf("anvil, %d agents: %w", n, err)
@@ -147,6 +154,7 @@ func verdict(ok bool, target string) string {
 }
 
 type server struct {
+	debug string // pprof address
 	caPEM []byte
 	boot  string
 	admin string
@@ -221,8 +229,8 @@ func fleet(n, conc, samples int, start func(dir string, port int) (*exec.Cmd, se
 	}
 	res.connPerSec = float64(n) / time.Since(tc).Seconds()
 	// Phase 2: every agent registers.
-	if dbg := os.Getenv("AGENTLOAD_DEBUG_ADDR"); dbg != "" && srv.anvil {
-		go profile(dbg, fmt.Sprintf("/tmp/agentload-register-%d.prof", n))
+	if os.Getenv("AGENTLOAD_PROFILE") != "" && srv.anvil {
+		go profile(srv.debug, fmt.Sprintf("/tmp/agentload-register-%d.prof", n))
 	}
 	lat := make([]time.Duration, n)
 	t0 := time.Now()
@@ -242,7 +250,15 @@ func fleet(n, conc, samples int, start func(dir string, port int) (*exec.Cmd, se
 			return res, err
 		}
 	}
-	time.Sleep(2 * time.Second)
+	// Waiting agents wait for hours: measure the steady state, after the
+	// garbage of the registration burst is collected (both servers serve
+	// pprof; heap?gc=1 runs a collection) and stacks have shrunk.
+	for range 3 {
+		if err := gc(srv.debug); err != nil {
+			return res, err
+		}
+		time.Sleep(time.Second)
+	}
 	rss1, err := rss(cmd.Process.Pid)
 	if err != nil {
 		return res, err
@@ -256,6 +272,16 @@ func fleet(n, conc, samples int, start func(dir string, port int) (*exec.Cmd, se
 		}
 	}
 	return res, nil
+}
+
+// gc makes the server collect garbage through its pprof endpoint.
+func gc(debugAddr string) error {
+	resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return fmt.Errorf("trigger GC: %w", err)
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	return errors.Join(err, resp.Body.Close())
 }
 
 // profile saves a 5 s CPU profile of the controller (run with --debug-addr).
@@ -273,6 +299,16 @@ func profile(addr, file string) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "profile:", err)
 	}
+}
+
+// freeAddr returns a free loopback address.
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 func waitPort(addr string) error {

@@ -1,0 +1,104 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/anvil-metal/anvil/agent/disks"
+	"github.com/anvil-metal/anvil/agent/erase"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+	"github.com/anvil-metal/anvil/test/loopdev"
+)
+
+type nopProgress struct{}
+
+func (nopProgress) Update(uint64, uint64) {}
+
+func wipeOf(mode anvilv1.EraseMode, paths ...string) *anvilv1.Instruction {
+	return &anvilv1.Instruction{Id: "in-1", Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: mode, Disks: paths}}}
+}
+
+func dirty(t *testing.T, dev string) {
+	t.Helper()
+	junk := []byte(strings.Repeat("GPT PART EFI\x00ext4\x53\xef", 200000))[:2<<20]
+	if err := os.WriteFile(dev, junk, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWipeQuickOnAllowedLoopDevices(t *testing.T) {
+	a, b, other := loopdev.New(t, 8<<20), loopdev.New(t, 8<<20), loopdev.New(t, 8<<20)
+	for _, d := range []string{a, b, other} {
+		dirty(t, d)
+	}
+	allow, err := disks.NewAllowlist([]string{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := &anvilv1.Inventory{Disks: []*anvilv1.Disk{{Path: a}, {Path: b}, {Path: other}}}
+	allow.Filter(inv)
+	w := &Wipe{Allow: allow, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil }}
+	out, err := w.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_QUICK), nopProgress{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Type != anvilv1.EventType_EVENT_TYPE_WIPED || !strings.Contains(out.Message, a) || !strings.Contains(out.Message, b) {
+		t.Fatalf("outcome %+v, want WIPED naming both disks", out)
+	}
+	for _, d := range []string{a, b} {
+		if err := erase.Verify(d, erase.QuickRegions(8<<20, 4096)); err != nil {
+			t.Errorf("allowed disk %s not erased: %v", d, err)
+		}
+	}
+	if err := erase.Verify(other, erase.QuickRegions(8<<20, 4096)); err == nil {
+		t.Errorf("disk %s off the allowlist was erased", other)
+	}
+}
+
+func TestWipeRefusesWhatItCannotDo(t *testing.T) {
+	dev := loopdev.New(t, 4<<20)
+	dirty(t, dev)
+	allow, err := disks.NewAllowlist([]string{dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := &anvilv1.Inventory{Disks: []*anvilv1.Disk{{Path: dev}}}
+	w := &Wipe{Allow: allow, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil }}
+	for _, mode := range []anvilv1.EraseMode{anvilv1.EraseMode_ERASE_MODE_SECURE, anvilv1.EraseMode_ERASE_MODE_FULL} {
+		if _, err := w.Execute(context.Background(), wipeOf(mode), nopProgress{}); !errors.Is(err, ErrModeUnavailable) {
+			t.Errorf("%s: err %v, want ErrModeUnavailable", mode, err)
+		}
+	}
+	if _, err := w.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_QUICK, "/dev/sda"), nopProgress{}); err == nil {
+		t.Error("wipe of a disk off the allowlist succeeded")
+	}
+	empty := &Wipe{Allow: allow, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return &anvilv1.Inventory{}, nil }}
+	if _, err := empty.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_QUICK), nopProgress{}); err == nil {
+		t.Error("wipe with no disk reported success")
+	}
+	// Nothing above touched the disk.
+	if err := erase.Verify(dev, erase.QuickRegions(4<<20, 4096)); err == nil {
+		t.Error("a refused wipe erased the disk")
+	}
+	out, err := w.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_NONE), nopProgress{})
+	if err != nil || out.Type != anvilv1.EventType_EVENT_TYPE_WIPED {
+		t.Errorf("mode none: %+v, %v; want WIPED without erasing", out, err)
+	}
+}
+
+func TestPowerInHostModeNeverTouchesTheHost(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		p := &Power{HostMode: true, Off: off}
+		out, err := p.Execute(context.Background(), nil, nopProgress{})
+		if err != nil || out.Then == nil {
+			t.Fatalf("off=%v: %+v, %v", off, out, err)
+		}
+		got := out.Then(context.Background())
+		if want := map[bool]string{false: "restart", true: "stop"}[off]; got == nil || !strings.Contains(got.Error(), want) {
+			t.Errorf("off=%v: Then() = %v, want the runner's %s request", off, got, want)
+		}
+	}
+}

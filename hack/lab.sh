@@ -4,13 +4,14 @@
 # touch only its own loop device. Everything lives under .lab/ and is removed
 # by `hack/lab.sh down`.
 #
-#   hack/lab.sh up     start (LAB_MACHINES=3, LAB_PORT=7443, LAB_DISK_MIB=1024)
+#   hack/lab.sh up     start (LAB_MACHINES=3, LAB_PORT=7443, LAB_DISK_MIB=1024,
+#                      LAB_DIR=.lab, LAB_BIN=bin)
 #   hack/lab.sh down   stop everything and detach the loop devices
 #   hack/lab.sh env    print the exports that point anvilctl at the lab
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-lab=$root/.lab
-bin=$root/bin
+lab=${LAB_DIR:-$root/.lab}
+bin=${LAB_BIN:-$root/bin}
 n=${LAB_MACHINES:-3}
 port=${LAB_PORT:-7443}
 disk_mib=${LAB_DISK_MIB:-1024}

@@ -87,15 +87,7 @@ func (s *script) got() []*anvilv1.ReportRequest {
 func serve(t *testing.T, s *script) (string, *tls.Config) {
 	t.Helper()
 	dir := t.TempDir()
-	ca, err := pki.EnsureCA(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key, err := ca.EnsureServingCert(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTLS, err := pki.LoadServerTLS(cert, key)
+	ca, srvTLS, err := pki.EnsureServerTLS(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

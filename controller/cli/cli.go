@@ -22,6 +22,7 @@ import (
 
 	"google.golang.org/grpc/status"
 
+	"github.com/anvil-metal/anvil/controller/pki"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -294,11 +295,11 @@ func (g *globals) resolve(getenv func(string) string) (connConfig, error) {
 	case g.token.set:
 		c.token = strings.TrimSpace(g.token.v)
 	case g.tokenFile.set:
-		c.token, err = readToken(g.tokenFile.v)
+		c.token, err = pki.ReadTokenFile(g.tokenFile.v)
 	case getenv(EnvToken) != "":
 		c.token = strings.TrimSpace(getenv(EnvToken))
 	case getenv(EnvTokenFile) != "":
-		c.token, err = readToken(getenv(EnvTokenFile))
+		c.token, err = pki.ReadTokenFile(getenv(EnvTokenFile))
 	}
 	if err != nil {
 		return c, err
@@ -316,18 +317,6 @@ func (g *globals) resolve(getenv func(string) string) (connConfig, error) {
 		return c, errors.New("no trust for the controller: give --ca or --ca-fingerprint, or set " + EnvCA + " or " + EnvCAFingerprint)
 	}
 	return c, nil
-}
-
-func readToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read token file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", fmt.Errorf("token file %s is empty", path)
-	}
-	return tok, nil
 }
 
 // trackedString is a string flag that remembers whether it was given.

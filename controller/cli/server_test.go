@@ -47,15 +47,7 @@ type harness struct {
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	ca, err := pki.EnsureCA(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile, err := ca.EnsureServingCert(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, err := pki.LoadServerTLS(certFile, keyFile)
+	ca, tlsCfg, err := pki.EnsureServerTLS(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -156,3 +156,21 @@ func ParseFingerprint(s string) ([]byte, error) {
 	}
 	return digest, nil
 }
+
+// EnsureServerTLS is EnsureCA, EnsureServingCert and LoadServerTLS in one:
+// the controller's own TLS from its data dir.
+func EnsureServerTLS(dir string, hosts []string) (*CA, *tls.Config, error) {
+	ca, err := EnsureCA(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	certFile, keyFile, err := ca.EnsureServingCert(dir, hosts)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := LoadServerTLS(certFile, keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ca, cfg, nil
+}

@@ -106,7 +106,7 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 	id, cred := machineFrom(ctx), credentialFrom(ctx)
 	w := a.hub.Subscribe(id) // before the first read: no wake-up is missed
 	defer w.Close()
-	if err := a.markWaiting(ctx, id); err != nil {
+	if err := onShortStack(func() error { return a.markWaiting(ctx, id) }); err != nil {
 		return toStatus(err)
 	}
 	if err := stream.SendHeader(nil); err != nil { // the agent knows it is waiting
@@ -117,13 +117,15 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 	defer keep.Stop()
 	for {
 		var pending []*store.Instruction
-		err := a.store.View(ctx, func(tx store.Tx) error {
-			if holder, err := tx.MachineIDByCredential(ctx, cred); err != nil || holder != id {
-				return errors.Join(store.ErrNotFound, err)
-			}
-			var err error
-			pending, err = tx.PendingInstructions(ctx, id)
-			return err
+		err := onShortStack(func() error {
+			return a.store.View(ctx, func(tx store.Tx) error {
+				if holder, err := tx.MachineIDByCredential(ctx, cred); err != nil || holder != id {
+					return errors.Join(store.ErrNotFound, err)
+				}
+				var err error
+				pending, err = tx.PendingInstructions(ctx, id)
+				return err
+			})
 		})
 		if errors.Is(err, store.ErrNotFound) {
 			return status.Errorf(codes.Unauthenticated, "machine %s was deleted or registered again; this credential is no longer valid", id)

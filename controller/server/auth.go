@@ -103,10 +103,12 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 		return ctx, nil
 	}
 	var id string
-	err = a.store.View(ctx, func(tx store.Tx) error {
-		var err error
-		id, err = tx.MachineIDByCredential(ctx, h)
-		return err
+	err = onShortStack(func() error { // Wait streams authenticate here, on their long-lived goroutine
+		return a.store.View(ctx, func(tx store.Tx) error {
+			var err error
+			id, err = tx.MachineIDByCredential(ctx, h)
+			return err
+		})
 	})
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, status.Error(codes.Unauthenticated, "invalid or superseded machine credential; register again")

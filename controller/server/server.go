@@ -132,6 +132,32 @@ func (s *Server) RegisterServices(g *grpc.Server) {
 	anvilv1.RegisterSizeServiceServer(g, &sizeAPI{Server: s})
 }
 
+// onShortStack runs fn on a short-lived goroutine and waits for it.
+// Long-lived stream goroutines (one per waiting agent, for hours) call the
+// store through it: SQLite's deep frames grow a goroutine's stack, and a
+// stack that grew stays grown while its goroutine lives. A panic in fn is
+// re-raised on the caller's goroutine, so the recovery interceptor sees it.
+func onShortStack(fn func() error) error {
+	type result struct {
+		err   error
+		panic any
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- result{panic: p}
+			}
+		}()
+		done <- result{err: fn()}
+	}()
+	r := <-done
+	if r.panic != nil {
+		panic(r.panic)
+	}
+	return r.err
+}
+
 // newID returns a random identifier with the given prefix.
 func newID(prefix string) string { return prefix + rand.Text()[:20] }
 

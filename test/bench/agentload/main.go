@@ -283,6 +283,9 @@ func fleet(n, conc, samples int, start func(dir string, port int) (*exec.Cmd, se
 		}
 		time.Sleep(time.Second)
 	}
+	if stats, err := memStats(srv.debug); err == nil {
+		fmt.Printf("%s after GC: %s\n", srv.name, stats)
+	}
 	rss1, err := rss(cmd.Process.Pid)
 	if err != nil {
 		return res, err
@@ -306,6 +309,30 @@ func gc(debugAddr string) error {
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	return errors.Join(err, resp.Body.Close())
+}
+
+// memStats returns the server's stack and heap in use (from pprof's heap
+// page), to split RSS per agent into goroutine stacks and heap.
+func memStats(debugAddr string) (string, error) {
+	resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"# HeapInuse = ", "# Stack = ", "# HeapIdle = ", "# HeapReleased = "} {
+			if strings.HasPrefix(line, k) {
+				v, _ := strconv.ParseInt(strings.Fields(strings.TrimPrefix(line, k))[0], 10, 64)
+				out = append(out, fmt.Sprintf("%s%d MiB", strings.TrimPrefix(k, "# "), v>>20))
+			}
+		}
+	}
+	return strings.Join(out, ", "), nil
 }
 
 // profile saves a 5 s CPU profile of the controller (run with --debug-addr).

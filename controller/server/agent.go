@@ -207,6 +207,9 @@ func (a *agentAPI) Report(ctx context.Context, req *anvilv1.ReportRequest) (*anv
 		}
 		if iid := req.GetInstructionId(); iid != "" {
 			in, err := tx.GetInstruction(ctx, iid)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
 			if err != nil || in.MachineID != id {
 				return status.Errorf(codes.NotFound, "instruction %q is not one of machine %s", iid, id)
 			}

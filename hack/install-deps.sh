@@ -10,6 +10,13 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v zstd >/dev/null || need+=(zstd)
 command -v curl >/dev/null || need+=(curl)
 command -v gcc >/dev/null || need+=(gcc)
+# Disk pipeline tests: partition tables and filesystem checks, and the
+# codecs' reference tools for the format tests and the image benchmark.
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v e2fsck >/dev/null || need+=(e2fsprogs)
+command -v fsck.vfat >/dev/null || need+=(dosfstools)
+command -v bzip2 >/dev/null || need+=(bzip2)
+command -v xz >/dev/null || need+=(xz-utils)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing ${need[*]}; run as root or install them" >&2

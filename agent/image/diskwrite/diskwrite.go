@@ -142,7 +142,7 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		case <-w.failed:
 			return total, w.err
 		}
-		n, err := io.ReadFull(r, buf)
+		n, err := fill(r, buf)
 		if n > 0 {
 			if w.dev.Block && w.off+int64(n) > w.dev.Size {
 				w.free <- buf
@@ -164,12 +164,28 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		}
 		switch {
 		case err == nil:
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		case err == io.EOF:
 			return total, nil
 		default:
 			return total, err
 		}
 	}
+}
+
+// fill reads until buf is full or r fails. Unlike io.ReadFull it passes
+// the source's own io.ErrUnexpectedEOF (a truncated compressed stream)
+// through instead of turning it into a short final block; only io.EOF ends
+// the image.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // Write implements io.Writer for callers that push bytes; it buffers so

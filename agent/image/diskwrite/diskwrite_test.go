@@ -163,3 +163,25 @@ func TestSourceErrorIsReturned(t *testing.T) {
 	}
 	w.Abort(err)
 }
+
+func TestTruncatedSourceIsAnError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w, err := Open(path, Options{BufferSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A decoder reports a truncated stream with io.ErrUnexpectedEOF; it must
+	// not be mistaken for the image's end.
+	src := io.MultiReader(bytes.NewReader(make([]byte, 100)), iotestErr{io.ErrUnexpectedEOF})
+	if _, err := w.ReadFrom(src); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v, want io.ErrUnexpectedEOF", err)
+	}
+	w.Abort(err)
+}
+
+type iotestErr struct{ err error }
+
+func (e iotestErr) Read([]byte) (int, error) { return 0, e.err }

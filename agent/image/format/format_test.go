@@ -92,7 +92,7 @@ func compress(t *testing.T, c Compression, p []byte) []byte {
 var allCompressions = []Compression{None, Zstd, Gzip, Xz, Lz4, Bzip2}
 
 func TestOpenDetectsEveryFormatAndDecodesIt(t *testing.T) {
-	raw, tb := rawDisk(3<<20+512), tarball(t)
+	raw, tb := rawDisk(1<<20+512), tarball(t)
 	for _, c := range allCompressions {
 		for _, p := range []Payload{Raw, Tar} {
 			want := Format{c, p}
@@ -164,7 +164,7 @@ func TestForeignContainersAreRefusedByName(t *testing.T) {
 }
 
 func TestTruncatedAndCorruptStreamsFail(t *testing.T) {
-	raw := rawDisk(2 << 20)
+	raw := rawDisk(512 << 10)
 	for _, c := range []Compression{Zstd, Gzip, Xz, Lz4, Bzip2} {
 		enc := compress(t, c, raw)
 		t.Run(c.String()+"/truncated", func(t *testing.T) {

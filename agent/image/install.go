@@ -1,0 +1,277 @@
+// Package image installs an OS image onto a disk in one streaming pass:
+// fetch → hash → detect and decode → write. The checksum is computed while
+// the bytes stream (sha256 or sha512 of the file as the catalogue lists it),
+// the detected format must match the declared one, and an install that
+// fails after the first byte reached the disk destroys the disk's partition
+// tables, so a half-written or unverified image can never boot.
+package image
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/anvil-metal/anvil/agent/erase"
+	"github.com/anvil-metal/anvil/agent/image/diskwrite"
+	"github.com/anvil-metal/anvil/agent/image/format"
+	"github.com/anvil-metal/anvil/agent/image/growpart"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// Errors callers branch on.
+var (
+	// ErrChecksum is an image whose digest differs from the catalogue's.
+	ErrChecksum = errors.New("image checksum mismatch")
+	// ErrBadChecksumSpec is a checksum that is not "sha256:<hex>" or
+	// "sha512:<hex>".
+	ErrBadChecksumSpec = errors.New("invalid image checksum")
+)
+
+// Request is one install.
+type Request struct {
+	URL string
+	// Checksum is "sha256:<hex>" or "sha512:<hex>"; required.
+	Checksum string
+	// Format is the catalogue's declared format (UNSPECIFIED: detect).
+	Format anvilv1.ImageFormat
+	// Target is the disk (block device, or an image file in tests).
+	Target string
+	// Zeroed says the target reads as zeroes, so zero blocks are skipped.
+	Zeroed bool
+}
+
+// Source opens the image at url and returns its size (-1 if unknown).
+type Source func(ctx context.Context, url string) (io.ReadCloser, int64, error)
+
+// TarInstaller lays a root filesystem tarball onto the target disk.
+type TarInstaller func(ctx context.Context, target string, tar io.Reader) (string, error)
+
+// Options wire the stages.
+type Options struct {
+	Source Source
+	// Tar handles tar payloads; nil refuses them.
+	Tar    TarInstaller
+	Write  diskwrite.Options
+	Decode format.DecodeOptions
+	// Progress receives (bytes fetched, image file size) at least every
+	// ProgressEvery while installing; size is 0 when unknown.
+	Progress      func(done, total uint64)
+	ProgressEvery time.Duration
+}
+
+// Result says what Install did.
+type Result struct {
+	Format format.Format
+	// Digest is "algo:hex" of the fetched file (verified).
+	Digest string
+	// Fetched bytes of the image file; Image bytes after decoding.
+	Fetched, Image int64
+	// Written and Skipped bytes on the disk (raw images).
+	Written, Skipped int64
+	Duration         time.Duration
+	// Grow says what happened to the partition table after a raw write.
+	Grow growpart.Result
+	// Tar is the tar installer's summary.
+	Tar string
+}
+
+// ParseChecksum parses "sha256:<hex>" or "sha512:<hex>".
+func ParseChecksum(s string) (hash.Hash, []byte, error) {
+	algo, hexsum, ok := strings.Cut(s, ":")
+	if !ok {
+		return nil, nil, fmt.Errorf("%w %q: want sha256:<hex> or sha512:<hex>", ErrBadChecksumSpec, s)
+	}
+	var h hash.Hash
+	switch strings.ToLower(algo) {
+	case "sha256":
+		h = sha256.New()
+	case "sha512":
+		h = sha512.New()
+	default:
+		return nil, nil, fmt.Errorf("%w %q: unknown algorithm %q", ErrBadChecksumSpec, s, algo)
+	}
+	want, err := hex.DecodeString(hexsum)
+	if err != nil || len(want) != h.Size() {
+		return nil, nil, fmt.Errorf("%w %q: want %d hex digits for %s", ErrBadChecksumSpec, s, 2*h.Size(), algo)
+	}
+	return h, want, nil
+}
+
+// countingReader counts bytes and feeds the hash as they stream.
+type countingReader struct {
+	r io.Reader
+	h hash.Hash
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.h.Write(p[:n])
+		c.n.Add(int64(n))
+	}
+	return n, err
+}
+
+// Install streams the image onto req.Target.
+func Install(ctx context.Context, req Request, o Options) (res Result, err error) {
+	start := time.Now()
+	h, want, err := ParseChecksum(req.Checksum)
+	if err != nil {
+		return res, err
+	}
+	declared, isDeclared, err := format.FromProto(req.Format)
+	if err != nil {
+		return res, err
+	}
+	if o.Source == nil {
+		return res, errors.New("image install: no source configured")
+	}
+	src, size, err := o.Source(ctx, req.URL)
+	if err != nil {
+		return res, fmt.Errorf("open image %s: %w", req.URL, err)
+	}
+	defer src.Close()
+	cr := &countingReader{r: src, h: h}
+	stop := reportProgress(ctx, o, cr, size)
+	defer stop()
+
+	dec, err := format.Open(cr, declared, isDeclared, o.Decode)
+	if err != nil {
+		return res, fmt.Errorf("image %s: %w", req.URL, err)
+	}
+	defer dec.Close()
+	res.Format = dec.Format
+
+	// Once the target changed, any failure must leave it unbootable.
+	touched := false
+	defer func() {
+		if err != nil && touched {
+			if derr := destroy(ctx, req.Target); derr != nil {
+				err = errors.Join(err, derr)
+			} else {
+				err = fmt.Errorf("%w (partition tables on %s destroyed so the partial image cannot boot)", err, req.Target)
+			}
+		}
+	}()
+	switch dec.Format.Payload {
+	case format.Raw:
+		res.Image, res.Written, res.Skipped, err = writeRaw(ctx, req, o, dec, &touched)
+	case format.Tar:
+		if o.Tar == nil {
+			return res, fmt.Errorf("%w: this agent cannot install %s images", format.ErrUnsupported, dec.Format)
+		}
+		touched = true
+		res.Tar, err = o.Tar(ctx, req.Target, dec)
+	}
+	if err != nil {
+		return res, err
+	}
+	// Hash every byte of the file, even past the end of the compressed
+	// stream (a trailing frame or garbage must not escape the checksum).
+	if _, err = io.Copy(io.Discard, cr); err != nil {
+		return res, fmt.Errorf("read the rest of %s: %w", req.URL, err)
+	}
+	res.Fetched = cr.n.Load()
+	got := h.Sum(nil)
+	algo, _, _ := strings.Cut(req.Checksum, ":")
+	res.Digest = strings.ToLower(algo) + ":" + hex.EncodeToString(got)
+	if string(got) != string(want) {
+		return res, fmt.Errorf("%w: %s has %s, the catalogue says %s", ErrChecksum, req.URL, res.Digest, req.Checksum)
+	}
+	if size >= 0 && res.Fetched != size {
+		return res, fmt.Errorf("image %s: fetched %d bytes, the server announced %d", req.URL, res.Fetched, size)
+	}
+	if dec.Format.Payload == format.Raw {
+		if res.Grow, err = growTarget(req.Target); err != nil {
+			return res, err
+		}
+	}
+	if o.Progress != nil {
+		o.Progress(uint64(res.Fetched), uint64(max(size, res.Fetched)))
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// writeRaw streams r onto the target; touched becomes true once the device
+// is open for writing.
+func writeRaw(ctx context.Context, req Request, o Options, r io.Reader, touched *bool) (image, written, skipped int64, err error) {
+	wo := o.Write
+	wo.Zeroed = req.Zeroed
+	w, err := diskwrite.Open(req.Target, wo)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	*touched = true
+	n, err := diskwrite.CopyContext(ctx, w, r)
+	if err != nil {
+		w.Abort(err)
+		return n, 0, 0, fmt.Errorf("write image to %s at byte %d: %w", req.Target, n, err)
+	}
+	if err := w.Close(); err != nil {
+		return n, 0, 0, err
+	}
+	st := w.Stats()
+	return n, st.Written, st.Skipped, nil
+}
+
+func growTarget(target string) (growpart.Result, error) {
+	d, err := openSize(target)
+	if err != nil {
+		return growpart.Result{}, err
+	}
+	return growpart.Grow(target, d.size, int(d.lbs))
+}
+
+// destroy clears both partition tables (the first and last MiB) even when
+// ctx was cancelled.
+func destroy(ctx context.Context, target string) error {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	if _, err := erase.Quick(dctx, target); err != nil {
+		return fmt.Errorf("destroy partition tables on %s after a failed install: %w", target, err)
+	}
+	return nil
+}
+
+// reportProgress calls o.Progress every o.ProgressEvery until stop.
+func reportProgress(ctx context.Context, o Options, cr *countingReader, size int64) (stop func()) {
+	if o.Progress == nil {
+		return func() {}
+	}
+	every := o.ProgressEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	total := uint64(max(size, 0))
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				o.Progress(uint64(cr.n.Load()), total)
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}

@@ -1,0 +1,192 @@
+package image
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/anvil-metal/anvil/agent/image/format"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+	"github.com/anvil-metal/anvil/test/loopdev"
+)
+
+// gptImage is a 12 MiB raw disk image: a GPT with a root partition and
+// half-random, half-zero contents.
+func gptImage(t *testing.T) []byte {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "img")
+	d, err := diskfs.Create(p, 12<<20, diskfs.SectorSizeDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Partition(&gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, Partitions: []*gpt.Partition{
+		{Index: 1, Start: 2048, End: 24000, Type: gpt.LinuxRootX86_64, Name: "root"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for off := 2 << 20; off < 10<<20; off += 128 << 10 {
+		if r.IntN(2) == 0 {
+			for i := off; i < off+128<<10; i++ {
+				b[i] = byte(r.Uint32())
+			}
+		}
+	}
+	return b
+}
+
+func zstdOf(t *testing.T, b []byte) []byte {
+	t.Helper()
+	e, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.EncodeAll(b, nil)
+}
+
+func sum256(b []byte) string { s := sha256.Sum256(b); return "sha256:" + hex.EncodeToString(s[:]) }
+func sum512(b []byte) string { s := sha512.Sum512(b); return "sha512:" + hex.EncodeToString(s[:]) }
+
+func memSource(file []byte) Source {
+	return func(context.Context, string) (io.ReadCloser, int64, error) {
+		return io.NopCloser(bytes.NewReader(file)), int64(len(file)), nil
+	}
+}
+
+func dirtyDisk(t *testing.T, size int64) string {
+	t.Helper()
+	dev := loopdev.New(t, size)
+	if err := os.WriteFile(dev, bytes.Repeat([]byte("OLD DATA"), int(size/8)), 0); err != nil {
+		t.Fatal(err)
+	}
+	return dev
+}
+
+func head(t *testing.T, dev string, n int) []byte {
+	t.Helper()
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(f, b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestInstallRawZstdOntoALoopDevice(t *testing.T) {
+	img := gptImage(t)
+	file := zstdOf(t, img)
+	for _, zeroed := range []bool{false, true} {
+		var dev string
+		if zeroed {
+			dev = loopdev.New(t, 32<<20) // a fresh sparse backing file reads as zeroes
+		} else {
+			dev = dirtyDisk(t, 32<<20)
+		}
+		var calls int
+		res, err := Install(context.Background(), Request{
+			URL: "mem://image", Checksum: sum256(file), Format: anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD,
+			Target: dev, Zeroed: zeroed,
+		}, Options{Source: memSource(file), Progress: func(done, total uint64) { calls++ }})
+		if err != nil {
+			t.Fatalf("zeroed=%v: %v", zeroed, err)
+		}
+		if res.Format != (format.Format{Compression: format.Zstd, Payload: format.Raw}) || res.Fetched != int64(len(file)) || res.Image != int64(len(img)) {
+			t.Errorf("result %+v", res)
+		}
+		if !res.Grow.Moved || !res.Grow.Grow {
+			t.Errorf("partition table not fitted to the disk: %+v", res.Grow)
+		}
+		got := head(t, dev, len(img))
+		// Everything but the GPT (which Grow rewrote) is the image.
+		if !bytes.Equal(got[1<<20:len(img)-(1<<20)], img[1<<20:len(img)-(1<<20)]) {
+			t.Errorf("zeroed=%v: disk contents differ from the image", zeroed)
+		}
+		if zeroed && res.Skipped == 0 {
+			t.Errorf("zeroed target: no zero block skipped")
+		}
+		if calls == 0 {
+			t.Error("no progress reported")
+		}
+	}
+}
+
+func TestInstallFailuresLeaveNothingBootable(t *testing.T) {
+	img := gptImage(t)
+	file := zstdOf(t, img)
+	cases := []struct {
+		name     string
+		file     []byte
+		checksum string
+		format   anvilv1.ImageFormat
+		want     error
+		// touched says the disk was written, so its tables must be gone;
+		// otherwise the old contents must be intact.
+		touched bool
+	}{
+		{"checksum mismatch", file, sum256(append(bytes.Clone(file), 0)), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrChecksum, true},
+		{"sha512 mismatch", file, sum512(img), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrChecksum, true},
+		{"truncated stream", file[:len(file)/2], sum256(file[:len(file)/2]), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, nil, true},
+		{"declared raw, is zstd", file, sum256(file), anvilv1.ImageFormat_IMAGE_FORMAT_RAW, format.ErrMismatch, false},
+		{"declared tar, is raw", file, sum256(file), anvilv1.ImageFormat_IMAGE_FORMAT_TAR_ZSTD, format.ErrMismatch, false},
+		{"qcow2 header", append([]byte("QFI\xfb"), make([]byte, 4096)...), sum256(nil), anvilv1.ImageFormat_IMAGE_FORMAT_UNSPECIFIED, format.ErrUnsupported, false},
+		{"malformed checksum", file, "md5:abc", anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrBadChecksumSpec, false},
+		{"no checksum", file, "", anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrBadChecksumSpec, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dev := dirtyDisk(t, 32<<20)
+			_, err := Install(context.Background(), Request{URL: "mem://image", Checksum: c.checksum, Format: c.format, Target: dev},
+				Options{Source: memSource(c.file)})
+			if err == nil {
+				t.Fatal("install succeeded")
+			}
+			if c.want != nil && !errors.Is(err, c.want) {
+				t.Fatalf("err = %v, want %v", err, c.want)
+			}
+			h := head(t, dev, 1<<20)
+			switch {
+			case c.touched && !bytes.Equal(h, make([]byte, 1<<20)):
+				t.Errorf("failed install left the first MiB (partition table) in place: %q...", h[512:520])
+			case c.touched && !strings.Contains(err.Error(), "destroyed"):
+				t.Errorf("error does not say the tables were destroyed: %v", err)
+			case !c.touched && !bytes.HasPrefix(h, []byte("OLD DATA")):
+				t.Errorf("an install refused before writing changed the disk")
+			}
+		})
+	}
+}
+
+func TestParseChecksum(t *testing.T) {
+	for _, s := range []string{"sha256:" + strings.Repeat("ab", 32), "SHA512:" + strings.Repeat("0F", 64)} {
+		if _, _, err := ParseChecksum(s); err != nil {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+	for _, s := range []string{"", "sha256", "sha256:xyz", "sha256:" + strings.Repeat("ab", 31), "sha1:" + strings.Repeat("ab", 20)} {
+		if _, _, err := ParseChecksum(s); !errors.Is(err, ErrBadChecksumSpec) {
+			t.Errorf("%q: err = %v", s, err)
+		}
+	}
+}

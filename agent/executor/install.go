@@ -1,0 +1,153 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	"github.com/anvil-metal/anvil/agent/disks"
+	"github.com/anvil-metal/anvil/agent/image"
+	"github.com/anvil-metal/anvil/agent/runner"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// ZeroLedger remembers which disks are known to read as zeroes in this
+// boot (a verified full erase, or a discard the device guarantees to
+// zero), so an install may skip writing zero blocks to them. Anything that
+// writes to a disk forgets it first.
+type ZeroLedger struct {
+	mu     sync.Mutex
+	zeroed map[string]bool
+}
+
+// MarkZeroed records that path reads as zeroes.
+func (l *ZeroLedger) MarkZeroed(path string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.zeroed == nil {
+		l.zeroed = map[string]bool{}
+	}
+	l.zeroed[canonical(path)] = true
+}
+
+// Forget records that path may hold data.
+func (l *ZeroLedger) Forget(path string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.zeroed, canonical(path))
+}
+
+// Take reports whether path reads as zeroes and forgets it (the caller is
+// about to write).
+func (l *ZeroLedger) Take(path string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := canonical(path)
+	z := l.zeroed[p]
+	delete(l.zeroed, p)
+	return z
+}
+
+func canonical(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return filepath.Clean(p)
+}
+
+// BootLookup finds the installed kernel on a written disk and describes it
+// (for the BOOTING event); the kexec itself belongs to the boot path.
+type BootLookup func(target string) (string, error)
+
+// Install writes the instruction's image onto the target disk.
+type Install struct {
+	Allow *disks.Allowlist
+	// Inventory returns the machine's current disks.
+	Inventory func(ctx context.Context) (*anvilv1.Inventory, error)
+	Zeroed    *ZeroLedger
+	Image     image.Options
+	// Lookup (optional) finds the installed kernel after the write.
+	Lookup BootLookup
+	// Boot (optional) runs after the BOOTING event was acknowledged: kexec
+	// or reboot into the installed system. Nil leaves the agent waiting
+	// (host mode: the host is never rebooted).
+	Boot func(ctx context.Context, target string) error
+}
+
+var _ runner.Executor = (*Install)(nil)
+
+// ErrNoTarget is an install with no disk it may write to.
+var ErrNoTarget = errors.New("no target disk for the install")
+
+// Execute implements runner.Executor.
+func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Progress) (runner.Outcome, error) {
+	spec := in.GetInstall()
+	if spec == nil {
+		return runner.Outcome{}, errors.New("install instruction without an install spec")
+	}
+	inv, err := x.Inventory(ctx)
+	if err != nil {
+		return runner.Outcome{}, fmt.Errorf("inventory for install: %w", err)
+	}
+	target, err := SelectTarget(x.Allow, inv, spec.GetTargetDisk())
+	if err != nil {
+		return runner.Outcome{}, err
+	}
+	zeroed := x.Zeroed != nil && x.Zeroed.Take(target.GetPath())
+	o := x.Image
+	o.Progress = p.Update
+	res, err := image.Install(ctx, image.Request{
+		URL: spec.GetUrl(), Checksum: spec.GetChecksum(), Format: spec.GetFormat(),
+		Target: target.GetPath(), Zeroed: zeroed,
+	}, o)
+	if err != nil {
+		return runner.Outcome{}, fmt.Errorf("install %s on %s: %w", spec.GetImageId(), target.GetPath(), err)
+	}
+	msg := fmt.Sprintf("installed %s (%s, %s) on %s: %d MiB in %s (%.0f MB/s), %d MiB of zero blocks skipped; %s",
+		spec.GetImageId(), res.Format, res.Digest, target.GetPath(), res.Image>>20, res.Duration.Round(1e7),
+		float64(res.Image)/max(res.Duration.Seconds(), 1e-3)/1e6, res.Skipped>>20, res.Grow.Reason)
+	if res.Tar != "" {
+		msg += "; " + res.Tar
+	}
+	if x.Lookup != nil {
+		boot, err := x.Lookup(target.GetPath())
+		if err != nil {
+			return runner.Outcome{}, fmt.Errorf("image %s written and verified on %s, but no bootable kernel found: %w", spec.GetImageId(), target.GetPath(), err)
+		}
+		msg += "; boot: " + boot
+	}
+	out := runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_BOOTING, Message: msg}
+	if x.Boot != nil {
+		dev := target.GetPath()
+		out.Then = func(ctx context.Context) error { return x.Boot(ctx, dev) }
+	}
+	return out, nil
+}
+
+// SelectTarget picks the install's disk: the one named by path (or a
+// symlink to it), serial or WWN, or, when none is named, the first allowed
+// non-removable disk of the inventory.
+func SelectTarget(allow *disks.Allowlist, inv *anvilv1.Inventory, want string) (*anvilv1.Disk, error) {
+	if want == "" {
+		ds, err := allow.Select(inv, nil)
+		if err != nil {
+			return nil, err
+		}
+		if len(ds) == 0 {
+			return nil, fmt.Errorf("%w: the inventory has no allowed non-removable disk", ErrNoTarget)
+		}
+		return ds[0], nil
+	}
+	wantPath := canonical(want)
+	for _, d := range inv.GetDisks() {
+		if canonical(d.GetPath()) == wantPath || (d.GetSerial() != "" && d.GetSerial() == want) || (d.GetWwn() != "" && d.GetWwn() == want) {
+			if !allow.Allows(d.GetPath()) {
+				return nil, fmt.Errorf("%w: disk %s is not on the agent's allowlist", ErrNoTarget, d.GetPath())
+			}
+			return d, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no disk %q (by path, serial or WWN) in the inventory", ErrNoTarget, want)
+}

@@ -67,7 +67,10 @@ type Install struct {
 	// Inventory returns the machine's current disks.
 	Inventory func(ctx context.Context) (*anvilv1.Inventory, error)
 	Zeroed    *ZeroLedger
-	Image     image.Options
+	// ProtectLabel names the GPT partition that protects a disk from any
+	// write (disks.CheckProtected); empty disables the check.
+	ProtectLabel string
+	Image        image.Options
 	// Lookup (optional) finds the installed kernel after the write.
 	Lookup BootLookup
 	// Boot (optional) runs after the BOOTING event was acknowledged: kexec
@@ -94,6 +97,9 @@ func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner
 	target, err := SelectTarget(x.Allow, inv, spec.GetTargetDisk())
 	if err != nil {
 		return runner.Outcome{}, err
+	}
+	if err := disks.CheckProtected(target.GetPath(), x.ProtectLabel); err != nil {
+		return runner.Outcome{}, fmt.Errorf("install refused: %w", err)
 	}
 	zeroed := x.Zeroed != nil && x.Zeroed.Take(target.GetPath())
 	o := x.Image

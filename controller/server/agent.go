@@ -88,7 +88,7 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 				return nil // already queued by an earlier registration
 			}
 		}
-		return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: a.cfg.RegisterEraseMode}}})
+		return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: a.cfg.RegisterEraseMode, AllowFallback: a.cfg.EraseFallback}}})
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))

@@ -251,7 +251,7 @@ func (a *machineAPI) FreeMachine(ctx context.Context, req *anvilv1.FreeMachineRe
 			return err
 		}
 		out = m
-		return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: mode}}})
+		return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: mode, AllowFallback: a.cfg.EraseFallback}}})
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("free %s: %w", req.GetId(), err))

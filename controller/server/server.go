@@ -35,6 +35,10 @@ type Config struct {
 	// RegisterEraseMode is queued as a Wipe when an unallocated machine
 	// registers; ERASE_MODE_NONE queues nothing.
 	RegisterEraseMode anvilv1.EraseMode
+	// EraseFallback lets a secure erase fall back to a verified full
+	// overwrite on disks without a usable hardware erase (the Wipe's
+	// allow_fallback); otherwise such a disk fails the wipe.
+	EraseFallback bool
 	// WatchBuffer is how many events a WatchEvents stream may lag behind
 	// before it is ended (the client resumes from its last seq).
 	WatchBuffer int

@@ -33,6 +33,7 @@ func main() {
 	flag.IntVar(&cfg.Server.EventHistory, "event-history", cfg.Server.EventHistory, "events kept per machine")
 	flag.StringVar(&freeErase, "free-erase", "quick", "erase mode when a machine is freed: none|quick|secure|full")
 	flag.StringVar(&registerErase, "register-erase", "none", "erase mode queued when an unallocated machine registers")
+	flag.BoolVar(&cfg.Server.EraseFallback, "erase-fallback", false, "secure erase: accept a verified full overwrite on disks without a usable hardware erase")
 	flag.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	debugAddr := flag.String("debug-addr", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	flag.Parse()

@@ -350,7 +350,11 @@ type Wipe struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Mode  EraseMode              `protobuf:"varint,1,opt,name=mode,proto3,enum=anvil.v1.EraseMode" json:"mode,omitempty"`
 	// Device paths to erase; empty means every disk the agent may touch.
-	Disks         []string `protobuf:"bytes,2,rep,name=disks,proto3" json:"disks,omitempty"`
+	Disks []string `protobuf:"bytes,2,rep,name=disks,proto3" json:"disks,omitempty"`
+	// Secure mode only: a disk without a usable hardware erase (none, or an
+	// ATA drive that is frozen) may instead be fully overwritten and verified.
+	// When false such a disk fails the wipe.
+	AllowFallback bool `protobuf:"varint,3,opt,name=allow_fallback,json=allowFallback,proto3" json:"allow_fallback,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -397,6 +401,13 @@ func (x *Wipe) GetDisks() []string {
 		return x.Disks
 	}
 	return nil
+}
+
+func (x *Wipe) GetAllowFallback() bool {
+	if x != nil {
+		return x.AllowFallback
+	}
+	return false
 }
 
 type Install struct {
@@ -781,10 +792,11 @@ const file_anvil_v1_agent_proto_rawDesc = "" +
 	"\x06reboot\x18\x05 \x01(\v2\x10.anvil.v1.RebootH\x00R\x06reboot\x121\n" +
 	"\tpower_off\x18\x06 \x01(\v2\x12.anvil.v1.PowerOffH\x00R\bpowerOffB\x06\n" +
 	"\x04kind\"\v\n" +
-	"\tKeepalive\"E\n" +
+	"\tKeepalive\"l\n" +
 	"\x04Wipe\x12'\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x13.anvil.v1.EraseModeR\x04mode\x12\x14\n" +
-	"\x05disks\x18\x02 \x03(\tR\x05disks\"\xb5\x02\n" +
+	"\x05disks\x18\x02 \x03(\tR\x05disks\x12%\n" +
+	"\x0eallow_fallback\x18\x03 \x01(\bR\rallowFallback\"\xb5\x02\n" +
 	"\aInstall\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1a\n" +

@@ -16,7 +16,6 @@ import (
 	"hash"
 	"io"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/anvil-metal/anvil/agent/erase"
@@ -105,22 +104,6 @@ func ParseChecksum(s string) (hash.Hash, []byte, error) {
 	return h, want, nil
 }
 
-// countingReader counts bytes and feeds the hash as they stream.
-type countingReader struct {
-	r io.Reader
-	h hash.Hash
-	n atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	if n > 0 {
-		c.h.Write(p[:n])
-		c.n.Add(int64(n))
-	}
-	return n, err
-}
-
 // Install streams the image onto req.Target.
 func Install(ctx context.Context, req Request, o Options) (res Result, err error) {
 	start := time.Now()
@@ -140,7 +123,8 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 		return res, fmt.Errorf("open image %s: %w", req.URL, err)
 	}
 	defer src.Close()
-	cr := &countingReader{r: src, h: h}
+	cr := newHashingReader(src, h, 1<<20, 4)
+	defer cr.Close()
 	stop := reportProgress(ctx, o, cr, size)
 	defer stop()
 
@@ -180,7 +164,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	if _, err = io.Copy(io.Discard, cr); err != nil {
 		return res, fmt.Errorf("read the rest of %s: %w", req.URL, err)
 	}
-	res.Fetched = cr.n.Load()
+	res.Fetched = cr.Count()
 	got := h.Sum(nil)
 	algo, _, _ := strings.Cut(req.Checksum, ":")
 	res.Digest = strings.ToLower(algo) + ":" + hex.EncodeToString(got)
@@ -244,7 +228,7 @@ func destroy(ctx context.Context, target string) error {
 }
 
 // reportProgress calls o.Progress every o.ProgressEvery until stop.
-func reportProgress(ctx context.Context, o Options, cr *countingReader, size int64) (stop func()) {
+func reportProgress(ctx context.Context, o Options, cr *hashingReader, size int64) (stop func()) {
 	if o.Progress == nil {
 		return func() {}
 	}
@@ -262,7 +246,7 @@ func reportProgress(ctx context.Context, o Options, cr *countingReader, size int
 		for {
 			select {
 			case <-t.C:
-				o.Progress(uint64(cr.n.Load()), total)
+				o.Progress(uint64(cr.Count()), total)
 			case <-done:
 				return
 			case <-ctx.Done():

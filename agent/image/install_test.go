@@ -190,3 +190,32 @@ func TestParseChecksum(t *testing.T) {
 		}
 	}
 }
+
+func TestHashingReaderDeliversEveryByteInOrder(t *testing.T) {
+	src := make([]byte, 5<<20+123)
+	for i := range src {
+		src[i] = byte(i * 7 % 251)
+	}
+	h := sha256.New()
+	r := newHashingReader(bytes.NewReader(src), h, 64<<10, 3)
+	defer r.Close()
+	// Odd read sizes so blocks are consumed across several reads.
+	var got []byte
+	buf := make([]byte, 10000)
+	for {
+		n, err := r.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, src) || r.Count() != int64(len(src)) {
+		t.Fatalf("read %d bytes (count %d), want the %d source bytes", len(got), r.Count(), len(src))
+	}
+	if want := sha256.Sum256(src); !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatal("hash differs")
+	}
+}

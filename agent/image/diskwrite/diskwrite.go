@@ -73,7 +73,14 @@ type Writer struct {
 	work chan chunk
 	wg   sync.WaitGroup
 
-	off              int64
+	// cur is the buffer being filled (fill bytes so far), off the image
+	// offset where it starts.
+	cur  blockdev.Buffer
+	fill int
+	off  int64
+	// ctx, when set by CopyContext, stops Write.
+	ctx context.Context
+
 	received         atomic.Int64
 	written, skipped atomic.Int64
 
@@ -136,31 +143,16 @@ func (w *Writer) fail(err error) {
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
 	for {
-		var buf blockdev.Buffer
-		select {
-		case buf = <-w.free:
-		case <-w.failed:
-			return total, w.err
+		if err := w.acquire(); err != nil {
+			return total, err
 		}
-		n, err := fill(r, buf)
-		if n > 0 {
-			if w.dev.Block && w.off+int64(n) > w.dev.Size {
-				w.free <- buf
-				e := fmt.Errorf("%w: %s holds %d bytes, the image is at least %d", ErrTooLarge, w.dev.Path, w.dev.Size, w.off+int64(n))
-				w.fail(e)
-				return total, e
+		n, err := fill(r, w.cur[w.fill:])
+		w.fill += n
+		total += int64(n)
+		if w.fill == len(w.cur) {
+			if err := w.dispatch(); err != nil {
+				return total, err
 			}
-			select {
-			case w.work <- chunk{buf: buf, off: w.off, n: n}:
-			case <-w.failed:
-				w.free <- buf
-				return total, w.err
-			}
-			w.off += int64(n)
-			total += int64(n)
-			w.received.Add(int64(n))
-		} else {
-			w.free <- buf
 		}
 		switch {
 		case err == nil:
@@ -170,6 +162,68 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// Write implements io.Writer for producers that push bytes (a decoder's
+// WriteTo): they are gathered into the aligned buffers, so the device still
+// sees large aligned writes.
+func (w *Writer) Write(p []byte) (int, error) {
+	var total int
+	for len(p) > 0 {
+		if w.ctx != nil {
+			if err := w.ctx.Err(); err != nil {
+				return total, err
+			}
+		}
+		if err := w.acquire(); err != nil {
+			return total, err
+		}
+		n := copy(w.cur[w.fill:], p)
+		w.fill += n
+		total += n
+		p = p[n:]
+		if w.fill == len(w.cur) {
+			if err := w.dispatch(); err != nil {
+				return total, err
+			}
+		}
+	}
+	return total, nil
+}
+
+// acquire makes sure a buffer is being filled.
+func (w *Writer) acquire() error {
+	if w.cur != nil {
+		return nil
+	}
+	select {
+	case w.cur = <-w.free:
+		w.fill = 0
+		return nil
+	case <-w.failed:
+		return w.err
+	}
+}
+
+// dispatch hands the current buffer to the write goroutines.
+func (w *Writer) dispatch() error {
+	if w.cur == nil || w.fill == 0 {
+		return nil
+	}
+	if w.dev.Block && w.off+int64(w.fill) > w.dev.Size {
+		e := fmt.Errorf("%w: %s holds %d bytes, the image is at least %d", ErrTooLarge, w.dev.Path, w.dev.Size, w.off+int64(w.fill))
+		w.fail(e)
+		return e
+	}
+	select {
+	case w.work <- chunk{buf: w.cur, off: w.off, n: w.fill}:
+	case <-w.failed:
+		return w.err
+	}
+	w.off += int64(w.fill)
+	w.received.Add(int64(w.fill))
+	w.cur, w.fill = nil, 0
+	return nil
 }
 
 // fill reads until buf is full or r fails. Unlike io.ReadFull it passes
@@ -186,13 +240,6 @@ func fill(r io.Reader, buf []byte) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// Write implements io.Writer for callers that push bytes; it buffers so
-// the device still sees large aligned writes.
-func (w *Writer) Write(p []byte) (int, error) {
-	n, err := w.ReadFrom(bytes.NewReader(p))
-	return int(n), err
 }
 
 func (w *Writer) writeLoop() {
@@ -285,11 +332,19 @@ func (w *Writer) Close() error {
 	if w.closed {
 		return w.err
 	}
+	dispatchErr := w.dispatch()
+	if w.cur != nil {
+		w.free <- w.cur
+		w.cur = nil
+	}
 	w.closed = true
 	close(w.work)
 	w.wg.Wait()
 	w.freeBuffers()
 	err := w.err
+	if err == nil {
+		err = dispatchErr
+	}
 	if err == nil && !w.dev.Block {
 		if st, e := w.dev.Stat(); e == nil && st.Size() < w.off {
 			if e := w.dev.Truncate(w.off); e != nil {
@@ -313,6 +368,10 @@ func (w *Writer) Close() error {
 // cancelled): queued writes are dropped and the device is closed.
 func (w *Writer) Abort(cause error) {
 	w.fail(cause)
+	if w.cur != nil {
+		w.free <- w.cur
+		w.cur = nil
+	}
 	if !w.closed {
 		w.closed = true
 		close(w.work)
@@ -333,8 +392,15 @@ func (w *Writer) freeBuffers() {
 	}
 }
 
-// CopyContext is io.Copy into w that stops when ctx is done.
+// CopyContext is io.Copy into w that stops when ctx is done. A source
+// that can write itself out (io.WriterTo, as a decoder can) hands its
+// output straight to w, saving a copy.
 func CopyContext(ctx context.Context, w *Writer, r io.Reader) (int64, error) {
+	if wt, ok := r.(io.WriterTo); ok {
+		w.ctx = ctx
+		defer func() { w.ctx = nil }()
+		return wt.WriteTo(w)
+	}
 	return w.ReadFrom(ctxReader{ctx, r})
 }
 

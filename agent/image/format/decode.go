@@ -16,7 +16,11 @@ import (
 
 // DecodeOptions tune the decompressors.
 type DecodeOptions struct {
-	// Threads bounds zstd's concurrent block decoding (default: GOMAXPROCS).
+	// Threads bounds the decoders' concurrency. The default is 1 on
+	// machines with up to two cores, where the image path's other stages
+	// (fetch, hash, the kernel's writes) need the second core and zstd's
+	// asynchronous decoding measured slower than its synchronous one (see
+	// docs/benchmarks.md), else GOMAXPROCS up to 4.
 	Threads int
 	// BufferSize is the read buffer in front of the decompressor.
 	BufferSize int
@@ -24,10 +28,17 @@ type DecodeOptions struct {
 
 // Stream is a detected, decompressing image stream.
 type Stream struct {
-	io.Reader
+	inner  *bufio.Reader
 	Format Format
 	close  func()
 }
+
+// Read implements io.Reader.
+func (s *Stream) Read(p []byte) (int, error) { return s.inner.Read(p) }
+
+// WriteTo writes the decoded image to w. Decoders that can write their
+// output blocks directly (zstd, gzip, lz4) do so without an extra copy.
+func (s *Stream) WriteTo(w io.Writer) (int64, error) { return s.inner.WriteTo(w) }
 
 // Close releases the decompressor (not the underlying source).
 func (s *Stream) Close() error {
@@ -46,7 +57,10 @@ func Open(src io.Reader, declared Format, isDeclared bool, o DecodeOptions) (*St
 		o.BufferSize = 1 << 20
 	}
 	if o.Threads <= 0 {
-		o.Threads = runtime.GOMAXPROCS(0)
+		o.Threads = 1
+		if n := runtime.GOMAXPROCS(0); n > 2 {
+			o.Threads = min(n, 4)
+		}
 	}
 	br := bufio.NewReaderSize(src, max(o.BufferSize, SniffLen))
 	head, eof, err := peek(br, SniffLen)
@@ -80,7 +94,7 @@ func Open(src io.Reader, declared Format, isDeclared bool, o DecodeOptions) (*St
 		closeFn()
 		return nil, err
 	}
-	return &Stream{Reader: inner, Format: got, close: closeFn}, nil
+	return &Stream{inner: inner, Format: got, close: closeFn}, nil
 }
 
 // peek returns up to n leading bytes and whether the stream ended there.
@@ -103,8 +117,12 @@ func decoder(c Compression, r io.Reader, o DecodeOptions) (io.Reader, func(), er
 	case None:
 		return r, nop, nil
 	case Zstd:
+		// The frame's xxhash is not checked: the image's sha256 over the
+		// compressed bytes already proves them, and decoding is
+		// deterministic.
 		d, err := zstd.NewReader(r,
 			zstd.WithDecoderConcurrency(o.Threads),
+			zstd.IgnoreChecksum(true),
 			zstd.WithDecoderMaxWindow(1<<31),
 			zstd.WithDecoderLowmem(false))
 		if err != nil {

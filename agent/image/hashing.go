@@ -15,13 +15,13 @@ type hashingReader struct {
 	blocks chan []byte
 	free   chan []byte
 	// block is the buffer being consumed, cur its unread rest.
-	block  []byte
-	cur    []byte
-	err    error // final error, valid once blocks is closed
-	n      atomic.Int64
-	done   chan struct{}
-	stop   sync.Once
-	quit   chan struct{}
+	block []byte
+	cur   []byte
+	err   error // final error, valid once blocks is closed
+	n     atomic.Int64
+	done  chan struct{}
+	stop  sync.Once
+	quit  chan struct{}
 }
 
 func newHashingReader(src io.Reader, h hash.Hash, blockSize, depth int) *hashingReader {

@@ -1,0 +1,293 @@
+// Command imagewrite benchmarks the agent's image writer against the ways
+// other provisioning tools write images, in one run on the same image, the
+// same loopback HTTP server and fresh loop devices (make bench; results in
+// docs/benchmarks.md):
+//
+//	(a) anvil: agent/image.Install, fetching with parallel Range requests,
+//	    decoding zstd on several cores, hashing while streaming, skipping
+//	    zero blocks on the (erased) target;
+//	(b) curl | zstd -d | dd bs=4M oflag=direct (MAAS/Tinkerbell style);
+//	(c) metal-hammer style: download to tmpfs, sha256sum, then decompress
+//	    onto the target;
+//	(d) the limit: zstd -d > /dev/null on the same file.
+//
+// Each candidate runs as its own process, so its peak RSS is its own. It
+// also measures a full-disk overwrite (agent/erase) against
+// dd if=/dev/zero oflag=direct bs=4M.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	var (
+		dir    = flag.String("dir", "/var/tmp/anvil-bench", "work directory (image cache, loop backing files)")
+		size   = flag.Int64("size", 2<<30, "raw image size in bytes")
+		small  = flag.Int64("small", 512<<20, "a second, smaller image: peak RSS must not grow with image size (0: skip)")
+		runs   = flag.Int("runs", 3, "runs per candidate (the median is reported)")
+		zero   = flag.Float64("zero", 0.45, "fraction of the image in all-zero blocks")
+		eraseB = flag.Int64("erase-size", 2<<30, "device size for the erase benchmark (0: skip)")
+		child  = flag.String("child", "", "internal: run one anvil candidate (write|erase) and print JSON")
+		target = flag.String("targets", "disk,ram", "where the loop devices' backing files live: disk (the work directory) and/or ram (/dev/shm)")
+	)
+	flag.Parse()
+	if *child != "" {
+		if err := runChild(*child, flag.Args()); err != nil {
+			fmt.Fprintln(os.Stderr, "imagewrite child:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(*dir, strings.Split(*target, ","), *size, *small, *runs, *zero, *eraseB); err != nil {
+		fmt.Fprintln(os.Stderr, "imagewrite:", err)
+		os.Exit(1)
+	}
+}
+
+// measurement is one candidate run.
+type measurement struct {
+	Wall   time.Duration
+	MaxRSS int64 // KiB
+	// CPU is user+system time of the candidate's processes.
+	CPU time.Duration
+}
+
+func run(dir string, targets []string, size, small int64, runs int, zero float64, eraseSize int64) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (loop devices)")
+	}
+	for _, tool := range []string{"curl", "zstd", "dd", "losetup", "sha256sum"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found (hack/install-deps.sh installs it)", tool)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	sizes := []int64{size}
+	if small > 0 && small < size {
+		sizes = append(sizes, small)
+	}
+	var peak []string
+	for i, sz := range sizes {
+		t0 := time.Now()
+		img, err := generate(dir, sz, zero)
+		if err != nil {
+			return fmt.Errorf("generate image: %w", err)
+		}
+		fmt.Printf("image: %d MiB raw (%.0f%% zero blocks), %d MiB zstd -3, ready in %s\n",
+			img.RawSize>>20, 100*img.Zero, img.ZstSize>>20, time.Since(t0).Round(time.Second))
+		url, stop, err := serve(img.Zst)
+		if err != nil {
+			return err
+		}
+		if i > 0 {
+			// Only the anvil writer, to show its peak RSS at another size.
+			m, err := median(runs, func() (measurement, error) { return anvilWrite(self, dir, img, url) })
+			stop()
+			if err != nil {
+				return err
+			}
+			peak = append(peak, fmt.Sprintf("%d MiB image: %d MiB", img.RawSize>>20, m.MaxRSS>>10))
+			continue
+		}
+		for _, t := range targets {
+			backing, what := dir, "loop devices on sparse files in "+dir+" (the host disk)"
+			if t == "ram" {
+				backing, what = "/dev/shm", "loop devices on sparse files in /dev/shm (RAM: the pipeline, not the host disk, is the limit)"
+			}
+			fmt.Printf("\ntargets: %s\n", what)
+			res, err := compare(self, backing, img, url, runs)
+			if err != nil {
+				stop()
+				return err
+			}
+			peak = append(peak, fmt.Sprintf("%d MiB image: %d MiB", img.RawSize>>20, res["a"].MaxRSS>>10))
+			report(img, res)
+		}
+		stop()
+	}
+	fmt.Printf("peak RSS of (a): %s\n", strings.Join(peak, ", "))
+	if eraseSize > 0 {
+		return eraseBench(self, dir, eraseSize, runs)
+	}
+	return nil
+}
+
+func compare(self, dir string, img testImage, url string, runs int) (map[string]measurement, error) {
+	tmpfs := "/dev/shm"
+	cands := []struct {
+		key string
+		fn  func() (measurement, error)
+	}{
+		{"a", func() (measurement, error) { return anvilWrite(self, dir, img, url) }},
+		{"b", func() (measurement, error) {
+			return onFreshDisk(dir, img, func(dev string) (measurement, error) {
+				return shell(fmt.Sprintf("set -o pipefail; curl -sSf %q | zstd -dc | dd of=%s bs=4M oflag=direct iflag=fullblock status=none", url, dev))
+			})
+		}},
+		{"c", func() (measurement, error) {
+			return onFreshDisk(dir, img, func(dev string) (measurement, error) {
+				f := filepath.Join(tmpfs, "anvil-bench-image.zst")
+				defer os.Remove(f)
+				want := strings.TrimPrefix(img.ZstSum, "sha256:")
+				return shell(fmt.Sprintf("set -o pipefail; curl -sSf -o %s %q && echo '%s  %s' | sha256sum -c --quiet && zstd -dc %s | dd of=%s bs=4M oflag=direct iflag=fullblock status=none",
+					f, url, want, f, f, dev))
+			})
+		}},
+		{"d", func() (measurement, error) { return shell(fmt.Sprintf("zstd -dc %s > /dev/null", img.Zst)) }},
+	}
+	res := map[string]measurement{}
+	for _, c := range cands {
+		m, err := median(runs, c.fn)
+		if err != nil {
+			return nil, fmt.Errorf("candidate (%s): %w", c.key, err)
+		}
+		res[c.key] = m
+	}
+	return res, nil
+}
+
+func report(img testImage, r map[string]measurement) {
+	mbps := func(m measurement) float64 { return float64(img.RawSize) / m.Wall.Seconds() / 1e6 }
+	fmt.Printf("%-52s %8s %9s %9s %9s\n", "candidate (median)", "time", "MB/s raw", "CPU", "peak RSS")
+	names := map[string]string{
+		"a": "(a) anvil image.Install",
+		"b": "(b) curl | zstd -d | dd bs=4M oflag=direct",
+		"c": "(c) download to tmpfs, sha256sum, zstd -d | dd",
+		"d": "(d) zstd -d > /dev/null (limit)",
+	}
+	for _, k := range []string{"a", "b", "c", "d"} {
+		m := r[k]
+		fmt.Printf("%-52s %7.2fs %9.0f %8.2fs %5d MiB\n", names[k], m.Wall.Seconds(), mbps(m), m.CPU.Seconds(), m.MaxRSS>>10)
+	}
+	a := r["a"].Wall.Seconds()
+	fmt.Printf("ratio (a) vs (b): %.2fx faster (target >= 2.0)\n", r["b"].Wall.Seconds()/a)
+	fmt.Printf("ratio (a) vs (c): %.2fx faster (target >= 3.0)\n", r["c"].Wall.Seconds()/a)
+	fmt.Printf("ratio (a) vs (d): %.2fx of the limit's speed (target >= 0.8)\n", r["d"].Wall.Seconds()/a)
+}
+
+// median runs fn n times and returns the run with the median wall time.
+func median(n int, fn func() (measurement, error)) (measurement, error) {
+	var ms []measurement
+	for range max(n, 1) {
+		// Start every run with no dirty pages from the previous one being
+		// written back underneath it.
+		syscall.Sync()
+		m, err := fn()
+		if err != nil {
+			return m, err
+		}
+		ms = append(ms, m)
+	}
+	slices.SortFunc(ms, func(a, b measurement) int { return int(a.Wall - b.Wall) })
+	return ms[len(ms)/2], nil
+}
+
+func anvilWrite(self, dir string, img testImage, url string) (measurement, error) {
+	return onFreshDisk(dir, img, func(dev string) (measurement, error) {
+		m, out, err := measure(exec.Command(self, "-child", "write", url, img.ZstSum, dev))
+		if err != nil {
+			return m, fmt.Errorf("%v: %s", err, out)
+		}
+		return m, nil
+	})
+}
+
+// onFreshDisk runs fn on a new loop device backed by a new sparse file (it
+// reads as zeroes, as after an erase), then checks the written image.
+func onFreshDisk(dir string, img testImage, fn func(dev string) (measurement, error)) (measurement, error) {
+	dev, detach, err := loop(dir, img.RawSize+(64<<20))
+	if err != nil {
+		return measurement{}, err
+	}
+	defer detach()
+	m, err := fn(dev)
+	if err != nil {
+		return m, err
+	}
+	sum, err := rangeSum(dev, 1<<20, img.RawSize-(2<<20))
+	if err != nil {
+		return m, err
+	}
+	if sum != img.RawSum {
+		return m, fmt.Errorf("the disk written does not hold the image (sha256 %s, want %s)", sum, img.RawSum)
+	}
+	return m, nil
+}
+
+func loop(dir string, size int64) (string, func(), error) {
+	f, err := os.CreateTemp(dir, "disk-*.img")
+	if err != nil {
+		return "", nil, err
+	}
+	name := f.Name()
+	err = f.Truncate(size)
+	f.Close()
+	if err != nil {
+		os.Remove(name)
+		return "", nil, err
+	}
+	out, err := exec.Command("losetup", "--find", "--show", name).CombinedOutput()
+	if err != nil {
+		os.Remove(name)
+		return "", nil, fmt.Errorf("losetup: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	return dev, func() {
+		_ = exec.Command("losetup", "--detach", dev).Run()
+		os.Remove(name)
+	}, nil
+}
+
+func shell(script string) (measurement, error) {
+	m, out, err := measure(exec.Command("bash", "-c", script))
+	if err != nil {
+		return m, fmt.Errorf("%s: %v: %s", script, err, out)
+	}
+	return m, nil
+}
+
+// measure runs cmd and returns its wall time and peak RSS (the largest of
+// the process and the children it waited for).
+func measure(cmd *exec.Cmd) (measurement, []byte, error) {
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	m := measurement{Wall: time.Since(start)}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		m.MaxRSS = ru.Maxrss
+	}
+	m.CPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return m, out, err
+}
+
+// serve serves path over loopback HTTP with Range support.
+func serve(path string) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, path)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String() + "/" + filepath.Base(path), func() { _ = srv.Shutdown(context.Background()) }, nil
+}
+
+func printJSON(v any) error {
+	return json.NewEncoder(os.Stdout).Encode(v)
+}

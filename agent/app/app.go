@@ -15,6 +15,8 @@ import (
 	"github.com/anvil-metal/anvil/agent/bootparams"
 	"github.com/anvil-metal/anvil/agent/disks"
 	"github.com/anvil-metal/anvil/agent/executor"
+	"github.com/anvil-metal/anvil/agent/image"
+	"github.com/anvil-metal/anvil/agent/image/fetch"
 	"github.com/anvil-metal/anvil/agent/inventory"
 	"github.com/anvil-metal/anvil/agent/runner"
 	"github.com/anvil-metal/anvil/controller/pki"
@@ -45,7 +47,10 @@ type Config struct {
 	// MachineUUID overrides the SMBIOS UUID (host mode only, to run several
 	// simulated machines on one host).
 	MachineUUID string
-	Version     string
+	// ProtectLabel is the GPT partition name that keeps a disk from being
+	// erased or written (empty: no protection by marker).
+	ProtectLabel string
+	Version      string
 }
 
 // Validate reports every problem.
@@ -136,6 +141,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return i, nil
 	}
+	zeroed := &executor.ZeroLedger{}
 	r, err := runner.New(runner.Config{
 		Controller:   cfg.Controller,
 		TLS:          tlsCfg,
@@ -143,7 +149,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		AgentVersion: cfg.Version,
 		Inventory:    inv,
 		Executors: runner.Executors{
-			Wipe:     &executor.Wipe{Allow: allow, Inventory: inv},
+			Wipe: &executor.Wipe{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel},
+			Install: &executor.Install{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel,
+				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log})},
+				Boot:  bootInstalled(cfg.Mode)},
 			Reboot:   &executor.Power{HostMode: cfg.Mode == ModeHost},
 			PowerOff: &executor.Power{HostMode: cfg.Mode == ModeHost, Off: true},
 		},
@@ -153,4 +162,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer r.Close()
 	return r.Run(ctx)
+}
+
+// bootInstalled is what follows a verified install: in boot mode a
+// firmware reboot into the installed disk (the boot service's loop guard
+// sends a provisioned machine to local boot); in host mode nothing, the
+// host is never rebooted.
+func bootInstalled(m Mode) func(context.Context, string) error {
+	if m != ModeBoot {
+		return nil
+	}
+	return func(ctx context.Context, _ string) error { return executor.Reboot(ctx) }
 }

@@ -31,3 +31,7 @@ func (p *Power) Execute(context.Context, *anvilv1.Instruction, runner.Progress) 
 	}
 	return runner.Outcome{Then: func(context.Context) error { return kernelReboot(p.Off) }}, nil
 }
+
+// Reboot syncs and restarts the machine through the firmware; it only
+// returns on failure.
+func Reboot(context.Context) error { return kernelReboot(false) }

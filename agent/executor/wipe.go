@@ -25,6 +25,11 @@ type Wipe struct {
 	Allow *disks.Allowlist
 	// Inventory returns the machine's current disks.
 	Inventory func(ctx context.Context) (*anvilv1.Inventory, error)
+	// Zeroed learns which disks read as zeroes after a verified full erase.
+	Zeroed *ZeroLedger
+	// ProtectLabel names the GPT partition that protects a disk from any
+	// erase (disks.CheckProtected); empty disables the check.
+	ProtectLabel string
 }
 
 var _ runner.Executor = (*Wipe)(nil)
@@ -50,11 +55,19 @@ func (w *Wipe) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Pr
 	if len(targets) == 0 {
 		return runner.Outcome{}, errors.New("no disk to erase: the inventory has no allowed non-removable disk")
 	}
+	for _, d := range targets {
+		if err := disks.CheckProtected(d.GetPath(), w.ProtectLabel); err != nil {
+			return runner.Outcome{}, fmt.Errorf("wipe refused: %w", err)
+		}
+	}
 	results := make([]string, len(targets))
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
 	for i, d := range targets {
 		wg.Go(func() {
+			if w.Zeroed != nil {
+				w.Zeroed.Forget(d.GetPath())
+			}
 			res, err := erase.Quick(ctx, d.GetPath())
 			if err != nil {
 				errs[i] = fmt.Errorf("disk %s (serial %q): %w", d.GetPath(), d.GetSerial(), err)

@@ -16,6 +16,7 @@ import (
 	"hash"
 	"io"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/anvil-metal/anvil/agent/erase"
@@ -157,6 +158,17 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 		res.Tar, err = o.Tar(ctx, req.Target, dec)
 	}
 	if err != nil {
+		// A stream that does not decode is most often a file that is not
+		// the catalogue's: finish hashing it to say so. Disk errors and
+		// cancellation are reported as they are.
+		var errno syscall.Errno
+		if ctx.Err() == nil && !errors.As(err, &errno) {
+			if _, derr := io.Copy(io.Discard, cr); derr == nil {
+				if got := h.Sum(nil); string(got) != string(want) {
+					return res, fmt.Errorf("%w: %s has %s:%s, the catalogue says %s (decoding failed: %v)", ErrChecksum, req.URL, algoOf(req.Checksum), hex.EncodeToString(got), req.Checksum, err)
+				}
+			}
+		}
 		return res, err
 	}
 	// Hash every byte of the file, even past the end of the compressed
@@ -166,8 +178,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	}
 	res.Fetched = cr.Count()
 	got := h.Sum(nil)
-	algo, _, _ := strings.Cut(req.Checksum, ":")
-	res.Digest = strings.ToLower(algo) + ":" + hex.EncodeToString(got)
+	res.Digest = algoOf(req.Checksum) + ":" + hex.EncodeToString(got)
 	if string(got) != string(want) {
 		return res, fmt.Errorf("%w: %s has %s, the catalogue says %s", ErrChecksum, req.URL, res.Digest, req.Checksum)
 	}
@@ -184,6 +195,12 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// algoOf is the lower-case algorithm name of "algo:hex".
+func algoOf(checksum string) string {
+	algo, _, _ := strings.Cut(checksum, ":")
+	return strings.ToLower(algo)
 }
 
 // writeRaw streams r onto the target; touched becomes true once the device

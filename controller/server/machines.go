@@ -117,13 +117,14 @@ func allocatable(m *store.Machine) error {
 	return nil
 }
 
-// targetDisk checks the requested disk, or picks the first non-removable
-// disk by path.
+// targetDisk checks the requested disk (by path, serial or WWN; kept as
+// given, since a serial survives the reboots that may rename /dev/sdX), or
+// picks the first non-removable disk by path.
 func targetDisk(m *store.Machine, want string) (string, error) {
 	disks := slices.Clone(m.Inventory.GetDisks())
 	sort.Slice(disks, func(i, j int) bool { return disks[i].GetPath() < disks[j].GetPath() })
 	for _, d := range disks {
-		if want != "" && d.GetPath() == want {
+		if want != "" && (d.GetPath() == want || d.GetSerial() == want || d.GetWwn() == want) {
 			return want, nil
 		}
 		if want == "" && !d.GetRemovable() {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/anvil-metal/anvil/agent/app"
 	"github.com/anvil-metal/anvil/agent/bootparams"
+	"github.com/anvil-metal/anvil/agent/disks"
 )
 
 // version is set with -ldflags "-X main.version=...".
@@ -23,14 +24,15 @@ var version = "dev"
 
 func main() {
 	var cfg app.Config
-	var mode, disks, logLevel string
+	var mode, diskList, logLevel string
 	flag.StringVar(&mode, "mode", "host", "host (a process on a host, --disks required) or boot (from RAM on the machine)")
 	flag.StringVar(&cfg.Controller, "controller", "", "controller address host:port")
 	flag.StringVar(&cfg.BootToken, "boot-token", "", "boot token (or ANVIL_BOOT_TOKEN; boot mode: anvil.token=)")
 	flag.StringVar(&cfg.CAFile, "ca", "", "CA certificate (PEM) to trust the controller")
 	flag.StringVar(&cfg.CAFingerprint, "ca-fingerprint", "", "sha256:HEX fingerprint of the controller's CA")
-	flag.StringVar(&disks, "disks", "", "comma-separated device paths the agent may touch (host mode)")
+	flag.StringVar(&diskList, "disks", "", "comma-separated device paths the agent may touch (host mode)")
 	flag.StringVar(&cfg.MachineUUID, "machine-uuid", "", "override the SMBIOS UUID (host mode, simulated machines)")
+	flag.StringVar(&cfg.ProtectLabel, "protect-label", disks.DefaultProtectLabel, "never erase or write a disk with a GPT partition of this name (empty: off)")
 	flag.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	flag.Parse()
 	cfg.Mode = app.Mode(mode)
@@ -38,7 +40,7 @@ func main() {
 	if cfg.BootToken == "" {
 		cfg.BootToken = os.Getenv("ANVIL_BOOT_TOKEN")
 	}
-	for _, d := range strings.Split(disks, ",") {
+	for _, d := range strings.Split(diskList, ",") {
 		if d = strings.TrimSpace(d); d != "" {
 			cfg.Disks = append(cfg.Disks, d)
 		}

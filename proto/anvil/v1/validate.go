@@ -196,8 +196,8 @@ func (x *AllocateMachineRequest) ValidateAll() error {
 	if n := len(x.GetExtraKernelCmdline()); n > MaxCmdlineBytes {
 		errs = append(errs, fmt.Errorf("kernel cmdline is %d bytes, more than %d", n, MaxCmdlineBytes))
 	}
-	if d := x.GetTargetDisk(); d != "" && !strings.HasPrefix(d, "/dev/") {
-		errs = append(errs, fmt.Errorf("target disk %q is not a /dev/ path", d))
+	if d := x.GetTargetDisk(); d != "" && !validTargetDisk(d) {
+		errs = append(errs, fmt.Errorf("target disk %q: want a /dev/ path, a serial number or a WWN (printable, no spaces, at most 128 bytes)", d))
 	}
 	return errors.Join(errs...)
 }
@@ -301,3 +301,20 @@ func (x *GetSizeRequest) ValidateAll() error { return checkID("size", x.GetId())
 
 // ValidateAll implements the validator interceptor's interface.
 func (x *DeleteSizeRequest) ValidateAll() error { return checkID("size", x.GetId()) }
+
+// validTargetDisk accepts a /dev/ path, or a disk serial number or WWN as
+// the agent's inventory reports them.
+func validTargetDisk(d string) bool {
+	if strings.HasPrefix(d, "/dev/") {
+		return !strings.Contains(d, "..")
+	}
+	if len(d) > 128 {
+		return false
+	}
+	for _, r := range d {
+		if r <= ' ' || r > '~' {
+			return false
+		}
+	}
+	return !strings.Contains(d, "/")
+}

@@ -149,7 +149,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		AgentVersion: cfg.Version,
 		Inventory:    inv,
 		Executors: runner.Executors{
-			Wipe: &executor.Wipe{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel},
+			Wipe: &executor.Wipe{Allow: allow, Inventory: inv, Methods: executor.DefaultMethods(), Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel},
 			Install: &executor.Install{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel,
 				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log})},
 				Boot:  bootInstalled(cfg.Mode)},

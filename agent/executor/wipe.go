@@ -1,7 +1,7 @@
 // Package executor holds the agent's instruction executors (runner.Executor
-// implementations): disk wipe and power actions. Each one acts only on what
-// the agent is allowed to touch (package disks) and reports failure per disk,
-// never swallowing an error.
+// implementations): disk wipe, image install and power actions. Each one
+// acts only on what the agent is allowed to touch (package disks) and
+// reports failure per disk, never swallowing an error.
 package executor
 
 import (
@@ -10,21 +10,44 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/anvil-metal/anvil/agent/disks"
-	"github.com/anvil-metal/anvil/agent/erase"
 	"github.com/anvil-metal/anvil/agent/runner"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
-// ErrModeUnavailable is returned for erase modes this agent cannot perform.
+// ErrModeUnavailable is an erase mode this agent cannot perform.
 var ErrModeUnavailable = errors.New("erase mode unavailable in this agent")
+
+// ErrStepUnavailable is an erase step this agent has no implementation of.
+var ErrStepUnavailable = errors.New("erase step unavailable in this agent")
+
+// ProgressFunc receives bytes done and total of one disk's erase.
+type ProgressFunc func(done, total uint64)
+
+// EraseMethods are the erase implementations a Wipe uses, one per step
+// kind; a nil one makes that step unavailable (the next step is tried).
+// Each returns a short description of what it did.
+type EraseMethods struct {
+	Steps map[StepKind]func(ctx context.Context, path string, p ProgressFunc) (string, error)
+	// VerifyZero checks a disk reads as zeroes (random offsets plus the
+	// first and last MiB).
+	VerifyZero func(ctx context.Context, path string) error
+	// Markers writes random markers and returns the check that they are
+	// gone (the proof of a hardware or crypto erase).
+	Markers func(path string) (gone func() error, err error)
+	// Size reports a disk's size in bytes, for progress.
+	Size func(path string) (int64, error)
+}
 
 // Wipe erases the selected disks, all in parallel.
 type Wipe struct {
 	Allow *disks.Allowlist
 	// Inventory returns the machine's current disks.
 	Inventory func(ctx context.Context) (*anvilv1.Inventory, error)
+	Methods   EraseMethods
 	// Zeroed learns which disks read as zeroes after a verified full erase.
 	Zeroed *ZeroLedger
 	// ProtectLabel names the GPT partition that protects a disk from any
@@ -36,19 +59,20 @@ var _ runner.Executor = (*Wipe)(nil)
 
 // Execute implements runner.Executor.
 func (w *Wipe) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Progress) (runner.Outcome, error) {
-	mode := in.GetWipe().GetMode()
+	spec := in.GetWipe()
+	mode := spec.GetMode()
 	switch mode {
 	case anvilv1.EraseMode_ERASE_MODE_NONE:
 		return runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_WIPED, Message: "erase skipped (mode none)"}, nil
-	case anvilv1.EraseMode_ERASE_MODE_QUICK:
+	case anvilv1.EraseMode_ERASE_MODE_QUICK, anvilv1.EraseMode_ERASE_MODE_SECURE, anvilv1.EraseMode_ERASE_MODE_FULL:
 	default:
-		return runner.Outcome{}, fmt.Errorf("%s: %w: only none and quick are implemented so far; secure and full erase belong to the disk pipeline", mode, ErrModeUnavailable)
+		return runner.Outcome{}, fmt.Errorf("%s: %w", mode, ErrModeUnavailable)
 	}
 	inv, err := w.Inventory(ctx)
 	if err != nil {
 		return runner.Outcome{}, fmt.Errorf("inventory for wipe: %w", err)
 	}
-	targets, err := w.Allow.Select(inv, in.GetWipe().GetDisks())
+	targets, err := w.Allow.Select(inv, spec.GetDisks())
 	if err != nil {
 		return runner.Outcome{}, err
 	}
@@ -60,25 +84,126 @@ func (w *Wipe) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Pr
 			return runner.Outcome{}, fmt.Errorf("wipe refused: %w", err)
 		}
 	}
+	prog := newMultiProgress(p, len(targets))
 	results := make([]string, len(targets))
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
 	for i, d := range targets {
 		wg.Go(func() {
-			if w.Zeroed != nil {
-				w.Zeroed.Forget(d.GetPath())
+			results[i], errs[i] = w.eraseDisk(ctx, d, mode, spec.GetAllowFallback(), prog.disk(i))
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("disk %s (serial %q): %w", d.GetPath(), d.GetSerial(), errs[i])
 			}
-			res, err := erase.Quick(ctx, d.GetPath())
-			if err != nil {
-				errs[i] = fmt.Errorf("disk %s (serial %q): %w", d.GetPath(), d.GetSerial(), err)
-				return
-			}
-			results[i] = fmt.Sprintf("%s: %s in %s", d.GetPath(), res.Method, res.Duration.Round(1e6))
 		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return runner.Outcome{}, err
 	}
-	return runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_WIPED, Message: "erased " + strings.Join(results, "; ")}, nil
+	return runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_WIPED, Message: mode.String() + ": " + strings.Join(results, "; ")}, nil
+}
+
+// eraseDisk tries the planned steps in order until one succeeds and its
+// verification passes. Every failed attempt is part of the error.
+func (w *Wipe) eraseDisk(ctx context.Context, d *anvilv1.Disk, mode anvilv1.EraseMode, allowFallback bool, p ProgressFunc) (string, error) {
+	path := d.GetPath()
+	if w.Zeroed != nil {
+		w.Zeroed.Forget(path)
+	}
+	if w.Methods.Size != nil {
+		if n, err := w.Methods.Size(path); err == nil {
+			p(0, uint64(n))
+		}
+	}
+	steps := PlanWipe(mode, KindOf(d), allowFallback)
+	var tried []error
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		start := time.Now()
+		what, err := w.runStep(ctx, path, s, p)
+		if err != nil {
+			tried = append(tried, fmt.Errorf("%s: %w", s.Kind, err))
+			continue
+		}
+		desc := fmt.Sprintf("%s %s in %s, verified by %s", path, what, time.Since(start).Round(time.Millisecond), s.Verify())
+		if s.Fallback {
+			desc += fmt.Sprintf(" (fallback allowed by policy; no hardware erase: %v)", errors.Join(tried...))
+		}
+		if s.Verify() == verifyZeroSample && w.Zeroed != nil {
+			w.Zeroed.MarkZeroed(path)
+		}
+		return desc, nil
+	}
+	if len(tried) == 0 {
+		return "", fmt.Errorf("%s: no erase step for this disk", mode)
+	}
+	err := errors.Join(tried...)
+	if mode == anvilv1.EraseMode_ERASE_MODE_SECURE && !allowFallback {
+		err = fmt.Errorf("%w (a verified overwrite instead is not allowed: the controller's --erase-fallback is off)", err)
+	}
+	return "", err
+}
+
+// runStep runs one step with its verification.
+func (w *Wipe) runStep(ctx context.Context, path string, s Step, p ProgressFunc) (string, error) {
+	run := w.Methods.Steps[s.Kind]
+	if run == nil {
+		return "", ErrStepUnavailable
+	}
+	var gone func() error
+	if s.Verify() == verifyMarkers {
+		if w.Methods.Markers == nil {
+			return "", fmt.Errorf("%w: no marker verification", ErrStepUnavailable)
+		}
+		g, err := w.Methods.Markers(path)
+		if err != nil {
+			return "", fmt.Errorf("write verification markers: %w", err)
+		}
+		gone = g
+	}
+	what, err := run(ctx, path, p)
+	if err != nil {
+		return "", err
+	}
+	switch s.Verify() {
+	case verifyMarkers:
+		if err := gone(); err != nil {
+			return "", fmt.Errorf("%s reported success but the data is still there: %w", what, err)
+		}
+	case verifyZeroSample:
+		if w.Methods.VerifyZero == nil {
+			return "", fmt.Errorf("%w: no zero verification", ErrStepUnavailable)
+		}
+		if err := w.Methods.VerifyZero(ctx, path); err != nil {
+			return "", fmt.Errorf("%s reported success but verification failed: %w", what, err)
+		}
+	}
+	return what, nil
+}
+
+// multiProgress sums the progress of disks erased in parallel.
+type multiProgress struct {
+	p           runner.Progress
+	done, total []atomic.Uint64
+}
+
+func newMultiProgress(p runner.Progress, n int) *multiProgress {
+	return &multiProgress{p: p, done: make([]atomic.Uint64, n), total: make([]atomic.Uint64, n)}
+}
+
+func (m *multiProgress) disk(i int) ProgressFunc {
+	return func(done, total uint64) {
+		m.done[i].Store(done)
+		if total > 0 {
+			m.total[i].Store(total)
+		}
+		var d, t uint64
+		for j := range m.done {
+			d += m.done[j].Load()
+			t += m.total[j].Load()
+		}
+		m.p.Update(d, t)
+	}
 }

@@ -40,7 +40,7 @@ func TestWipeQuickOnAllowedLoopDevices(t *testing.T) {
 	}
 	inv := &anvilv1.Inventory{Disks: []*anvilv1.Disk{{Path: a}, {Path: b}, {Path: other}}}
 	allow.Filter(inv)
-	w := &Wipe{Allow: allow, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil }}
+	w := &Wipe{Allow: allow, Methods: DefaultMethods(), Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil }}
 	out, err := w.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_QUICK), nopProgress{})
 	if err != nil {
 		t.Fatal(err)
@@ -66,16 +66,20 @@ func TestWipeRefusesWhatItCannotDo(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := &anvilv1.Inventory{Disks: []*anvilv1.Disk{{Path: dev}}}
-	w := &Wipe{Allow: allow, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil }}
-	for _, mode := range []anvilv1.EraseMode{anvilv1.EraseMode_ERASE_MODE_SECURE, anvilv1.EraseMode_ERASE_MODE_FULL} {
-		if _, err := w.Execute(context.Background(), wipeOf(mode), nopProgress{}); !errors.Is(err, ErrModeUnavailable) {
-			t.Errorf("%s: err %v, want ErrModeUnavailable", mode, err)
+	w := &Wipe{Allow: allow, Methods: EraseMethods{}, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil }}
+	for _, mode := range []anvilv1.EraseMode{anvilv1.EraseMode_ERASE_MODE_SECURE, anvilv1.EraseMode_ERASE_MODE_FULL, anvilv1.EraseMode_ERASE_MODE_QUICK} {
+		if _, err := w.Execute(context.Background(), wipeOf(mode), nopProgress{}); !errors.Is(err, ErrStepUnavailable) {
+			t.Errorf("%s without methods: err %v, want ErrStepUnavailable", mode, err)
 		}
+	}
+	if _, err := w.Execute(context.Background(), wipeOf(99), nopProgress{}); !errors.Is(err, ErrModeUnavailable) {
+		t.Errorf("unknown mode: err %v, want ErrModeUnavailable", err)
 	}
 	if _, err := w.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_QUICK, "/dev/sda"), nopProgress{}); err == nil {
 		t.Error("wipe of a disk off the allowlist succeeded")
 	}
-	empty := &Wipe{Allow: allow, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return &anvilv1.Inventory{}, nil }}
+	w.Methods = DefaultMethods()
+	empty := &Wipe{Allow: allow, Methods: DefaultMethods(), Inventory: func(context.Context) (*anvilv1.Inventory, error) { return &anvilv1.Inventory{}, nil }}
 	if _, err := empty.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_QUICK), nopProgress{}); err == nil {
 		t.Error("wipe with no disk reported success")
 	}

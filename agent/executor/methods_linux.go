@@ -9,6 +9,24 @@ import (
 	"github.com/anvil-metal/anvil/agent/erase"
 )
 
+// Tunables of the erase verification and overwrite.
+const (
+	// verifySamples random 4 KiB blocks are read after a zeroing erase,
+	// besides the first and last MiB.
+	verifySamples = 1024
+	// markerCount markers are spread over a disk before a hardware erase.
+	markerCount = 64
+	// overwriteDepth O_DIRECT writes are in flight during an overwrite.
+	overwriteDepth = 4
+)
+
+func describe(r erase.Result, err error) (string, error) {
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s (%d MiB, %.0f MB/s)", r.Method, r.Bytes>>20, float64(r.Bytes)/max(r.Duration.Seconds(), 1e-3)/1e6), nil
+}
+
 // DefaultMethods wires the erase implementations of this agent.
 func DefaultMethods() EraseMethods {
 	return EraseMethods{
@@ -21,6 +39,23 @@ func DefaultMethods() EraseMethods {
 				p(uint64(res.Bytes), uint64(res.Bytes))
 				return res.Method, nil
 			},
+			StepZeroOut: func(ctx context.Context, path string, p ProgressFunc) (string, error) {
+				return describe(erase.ZeroOut(ctx, path, erase.Progress(p)))
+			},
+			StepOverwrite: func(ctx context.Context, path string, p ProgressFunc) (string, error) {
+				return describe(erase.Overwrite(ctx, path, overwriteDepth, erase.Progress(p)))
+			},
+			StepSecDiscard: func(ctx context.Context, path string, p ProgressFunc) (string, error) {
+				return describe(erase.Discard(ctx, path, true, erase.Progress(p)))
+			},
+		},
+		VerifyZero: func(_ context.Context, path string) error { return erase.VerifySample(path, verifySamples) },
+		Markers: func(path string) (func() error, error) {
+			m, err := erase.WriteMarkers(path, markerCount)
+			if err != nil {
+				return nil, err
+			}
+			return m.CheckGone, nil
 		},
 		Size: func(path string) (int64, error) {
 			d, err := blockdev.Open(path, os.O_RDONLY)

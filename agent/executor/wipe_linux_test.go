@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -104,5 +105,46 @@ func TestPowerInHostModeNeverTouchesTheHost(t *testing.T) {
 		if want := map[bool]string{false: "restart", true: "stop"}[off]; got == nil || !strings.Contains(got.Error(), want) {
 			t.Errorf("off=%v: Then() = %v, want the runner's %s request", off, got, want)
 		}
+	}
+}
+
+func TestWipeFullAndSecureFallbackOnLoopDevices(t *testing.T) {
+	dev := loopdev.New(t, 16<<20)
+	dirty(t, dev)
+	allow, err := disks.NewAllowlist([]string{dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := &anvilv1.Inventory{Disks: []*anvilv1.Disk{{Path: dev, Controller: "loop"}}}
+	ledger := &ZeroLedger{}
+	w := &Wipe{Allow: allow, Methods: DefaultMethods(), Zeroed: ledger, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil }}
+	out, err := w.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_FULL), nopProgress{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.Message, "BLKZEROOUT") || !ledger.Take(dev) {
+		t.Errorf("full erase: %q; the ledger must know the disk reads as zeroes", out.Message)
+	}
+	if b, _ := os.ReadFile(dev); !bytes.Equal(b, make([]byte, 16<<20)) {
+		t.Fatal("full erase left data")
+	}
+
+	// A loop device has no secure erase: without the policy the wipe fails
+	// and says why; with it, a verified software erase is used and named.
+	dirty(t, dev)
+	secure := &anvilv1.Instruction{Id: "s", Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: anvilv1.EraseMode_ERASE_MODE_SECURE}}}
+	if _, err := w.Execute(context.Background(), secure, nopProgress{}); err == nil || !strings.Contains(err.Error(), "BLKSECDISCARD") || !strings.Contains(err.Error(), "erase-fallback") {
+		t.Fatalf("secure erase without hardware support: err = %v", err)
+	}
+	secure.GetWipe().AllowFallback = true
+	out, err = w.Execute(context.Background(), secure, nopProgress{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.Message, "fallback allowed by policy") {
+		t.Errorf("secure erase with fallback: %q", out.Message)
+	}
+	if b, _ := os.ReadFile(dev); !bytes.Equal(b, make([]byte, 16<<20)) {
+		t.Fatal("secure erase (fallback) left data")
 	}
 }

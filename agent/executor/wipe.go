@@ -88,12 +88,19 @@ func (w *Wipe) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Pr
 	results := make([]string, len(targets))
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
+	note := func(string) {}
+	if n, ok := p.(runner.Noter); ok {
+		note = n.Note
+	}
 	for i, d := range targets {
 		wg.Go(func() {
 			results[i], errs[i] = w.eraseDisk(ctx, d, mode, spec.GetAllowFallback(), prog.disk(i))
 			if errs[i] != nil {
 				errs[i] = fmt.Errorf("disk %s (serial %q): %w", d.GetPath(), d.GetSerial(), errs[i])
+				note("erase failed: " + errs[i].Error())
+				return
 			}
+			note("erased " + results[i])
 		})
 	}
 	wg.Wait()

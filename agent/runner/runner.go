@@ -48,6 +48,13 @@ type Progress interface {
 	Update(done, total uint64)
 }
 
+// Noter is implemented by the Progress the runner hands to executors: Note
+// reports a milestone (one disk erased, with its method and duration) as an
+// event right away, unthrottled.
+type Noter interface {
+	Note(msg string)
+}
+
 // Outcome is what a successful execution reports.
 type Outcome struct {
 	// Type and Message of the closing event; Type UNSPECIFIED sends none.
@@ -496,6 +503,20 @@ type progress struct {
 }
 
 var errWithdrawn = errors.New("instruction withdrawn by the controller")
+
+// Note implements Noter.
+func (p *progress) Note(msg string) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.r.cfg.CallTimeout)
+	defer cancel()
+	req := &anvilv1.ReportRequest{InstructionId: p.id, Type: p.typ, Message: msg}
+	if _, err := p.r.api.Report(ctx, req, p.r.machineCreds()); err != nil {
+		if withdrawn(err) == nil {
+			p.withdraw(fmt.Errorf("%w: %v", errWithdrawn, err))
+			return
+		}
+		p.r.log.Warn("milestone report failed; the closing event repeats it", "msg", msg, "err", err)
+	}
+}
 
 func (p *progress) Update(done, total uint64) {
 	p.mu.Lock()

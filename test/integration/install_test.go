@@ -83,12 +83,14 @@ func TestInstallOverTheLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ledger := &executor.ZeroLedger{}
 	rn, err := runner.New(runner.Config{
 		Controller: h.Addr(), TLS: tlsCfg, BootToken: h.Running().BootToken, AgentVersion: "test",
 		Inventory: invFn,
 		Executors: runner.Executors{
-			Install: &executor.Install{Allow: allow, Inventory: invFn, Zeroed: &executor.ZeroLedger{},
+			Install: &executor.Install{Allow: allow, Inventory: invFn, Zeroed: ledger,
 				Image: image.Options{Source: fetch.Source(fetch.Options{})}},
+			Wipe: &executor.Wipe{Allow: allow, Inventory: invFn, Zeroed: ledger, Methods: executor.DefaultMethods()},
 		},
 		Backoff: backoff.Policy{Base: 50 * time.Millisecond, Cap: time.Second},
 	}, runner.WithLogger(harness.Logger(t)))
@@ -144,6 +146,34 @@ func TestInstallOverTheLoop(t *testing.T) {
 	}
 	if !bytes.Equal(got[:1<<20], make([]byte, 1<<20)) {
 		t.Error("after a failed install the disk's first MiB (partition table) is still there")
+	}
+
+	// Free it with a full erase: the agent zeroes every block, reports the
+	// disk's method as a milestone, and the machine is Ready again.
+	if _, err := op.Machines.FreeMachine(ctx, &anvilv1.FreeMachineRequest{Id: id, EraseMode: anvilv1.EraseMode_ERASE_MODE_FULL}); err != nil {
+		t.Fatal(err)
+	}
+	waitStates(t, op, anvilv1.MachineState_MACHINE_STATE_READY, 1, 60*time.Second)
+	got, err = os.ReadFile(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, make([]byte, len(got))) {
+		t.Error("a full erase left data on the disk")
+	}
+	ev, err = op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := lastOf(ev.GetEvents(), anvilv1.EventType_EVENT_TYPE_WIPED); !strings.Contains(msg, "BLKZEROOUT") || !strings.Contains(msg, "zero-sample") {
+		t.Errorf("WIPED event %q does not name the method and its verification", msg)
+	}
+	var milestone bool
+	for _, e := range ev.GetEvents() {
+		milestone = milestone || e.GetType() == anvilv1.EventType_EVENT_TYPE_WIPING && strings.HasPrefix(e.GetMessage(), "erased "+dev)
+	}
+	if !milestone {
+		t.Error("no per-disk milestone event while wiping")
 	}
 }
 

@@ -7,7 +7,26 @@ import (
 
 	"github.com/anvil-metal/anvil/agent/blockdev"
 	"github.com/anvil-metal/anvil/agent/erase"
+	"github.com/anvil-metal/anvil/agent/nvme"
 )
+
+// nvmeErase runs the strongest erase the NVMe controller advertises
+// (sanitize, else Format NVM; crypto when offered).
+func nvmeErase(ctx context.Context, path string, p ProgressFunc) (string, error) {
+	d, err := nvme.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer d.Close()
+	plan, err := d.Plan()
+	if err != nil {
+		return "", err
+	}
+	if err := d.Erase(ctx, plan, p); err != nil {
+		return "", err
+	}
+	return plan.Method, nil
+}
 
 // Tunables of the erase verification and overwrite.
 const (
@@ -45,6 +64,7 @@ func DefaultMethods() EraseMethods {
 			StepOverwrite: func(ctx context.Context, path string, p ProgressFunc) (string, error) {
 				return describe(erase.Overwrite(ctx, path, overwriteDepth, erase.Progress(p)))
 			},
+			StepNVMe: nvmeErase,
 			StepSecDiscard: func(ctx context.Context, path string, p ProgressFunc) (string, error) {
 				return describe(erase.Discard(ctx, path, true, erase.Progress(p)))
 			},

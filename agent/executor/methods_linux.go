@@ -5,10 +5,26 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/anvil-metal/anvil/agent/ata"
 	"github.com/anvil-metal/anvil/agent/blockdev"
 	"github.com/anvil-metal/anvil/agent/erase"
 	"github.com/anvil-metal/anvil/agent/nvme"
 )
+
+// ataErase runs the ATA security erase (enhanced when supported). A frozen
+// or unsupported drive fails this step; the planner decides what follows.
+func ataErase(ctx context.Context, path string, p ProgressFunc) (string, error) {
+	t, err := ata.OpenSGIO(path)
+	if err != nil {
+		return "", err
+	}
+	defer t.Close()
+	res, err := (&ata.Disk{T: t}).SecureErase(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	return res.Method, nil
+}
 
 // nvmeErase runs the strongest erase the NVMe controller advertises
 // (sanitize, else Format NVM; crypto when offered).
@@ -65,6 +81,7 @@ func DefaultMethods() EraseMethods {
 				return describe(erase.Overwrite(ctx, path, overwriteDepth, erase.Progress(p)))
 			},
 			StepNVMe: nvmeErase,
+			StepATA:  ataErase,
 			StepSecDiscard: func(ctx context.Context, path string, p ProgressFunc) (string, error) {
 				return describe(erase.Discard(ctx, path, true, erase.Progress(p)))
 			},

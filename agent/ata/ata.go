@@ -1,0 +1,279 @@
+// Package ata erases SATA drives with the ATA Security feature set (ACS-4
+// §4.18: SECURITY SET PASSWORD F1h, SECURITY ERASE PREPARE F3h, SECURITY
+// ERASE UNIT F4h, SECURITY DISABLE PASSWORD F6h; IDENTIFY DEVICE ECh),
+// tunnelled through SCSI as ATA PASS-THROUGH(16) (SAT-4 §12.2.2) over
+// Linux's SG_IO. This file is the pure core: command descriptor blocks,
+// IDENTIFY DEVICE parsing and the decision what to do; ata_linux.go talks
+// to the device.
+package ata
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ATA commands (ACS-4 Table 206).
+const (
+	CmdIdentifyDevice          uint8 = 0xec
+	CmdSecuritySetPassword     uint8 = 0xf1
+	CmdSecurityErasePrepare    uint8 = 0xf3
+	CmdSecurityEraseUnit       uint8 = 0xf4
+	CmdSecurityDisablePassword uint8 = 0xf6
+)
+
+// Protocol is the PROTOCOL field of ATA PASS-THROUGH (SAT-4 Table 163).
+type Protocol uint8
+
+// Protocols used here.
+const (
+	NonData    Protocol = 3
+	PIODataIn  Protocol = 4
+	PIODataOut Protocol = 5
+)
+
+// Direction of a command's data.
+type Direction int
+
+// Directions.
+const (
+	NoData Direction = iota
+	FromDevice
+	ToDevice
+)
+
+// CDB is a 16-byte SCSI command descriptor block.
+type CDB [16]byte
+
+// OpPassThrough16 is the ATA PASS-THROUGH(16) operation code.
+const OpPassThrough16 = 0x85
+
+// PassThrough16 builds ATA PASS-THROUGH(16) (SAT-4 Table 162) for a 28-bit
+// command transferring count 512-byte blocks:
+//
+//	byte 1: PROTOCOL bits 4:1, EXTEND bit 0 (0: 28-bit command)
+//	byte 2: OFF_LINE 7:6 = 0, CK_COND bit 5, T_TYPE bit 4 = 0 (512-byte
+//	        blocks), T_DIR bit 3 (1: from the device), BYTE_BLOCK bit 2 = 1,
+//	        T_LENGTH 1:0 = 2 (length in the COUNT field) or 0 (no data)
+//	bytes 3-4 FEATURES, 5-6 COUNT, 7-12 LBA, 13 DEVICE, 14 COMMAND.
+func PassThrough16(p Protocol, dir Direction, count uint8, command uint8) CDB {
+	var c CDB
+	c[0] = OpPassThrough16
+	c[1] = uint8(p) << 1
+	flags := uint8(1 << 5) // CK_COND: return the ATA registers
+	switch dir {
+	case FromDevice:
+		flags |= 1<<3 | 1<<2 | 2
+	case ToDevice:
+		flags |= 1<<2 | 2
+	}
+	c[2] = flags
+	c[6] = count
+	c[13] = 0x40 // DEVICE: LBA mode
+	c[14] = command
+	return c
+}
+
+// IdentifyDevice reads the 512-byte IDENTIFY DEVICE data.
+func IdentifyDevice() CDB { return PassThrough16(PIODataIn, FromDevice, 1, CmdIdentifyDevice) }
+
+// SecuritySetPassword sends a PasswordBlock.
+func SecuritySetPassword() CDB {
+	return PassThrough16(PIODataOut, ToDevice, 1, CmdSecuritySetPassword)
+}
+
+// SecurityErasePrepare must immediately precede SECURITY ERASE UNIT.
+func SecurityErasePrepare() CDB { return PassThrough16(NonData, NoData, 0, CmdSecurityErasePrepare) }
+
+// SecurityEraseUnit sends a PasswordBlock with the erase mode.
+func SecurityEraseUnit() CDB { return PassThrough16(PIODataOut, ToDevice, 1, CmdSecurityEraseUnit) }
+
+// SecurityDisablePassword sends a PasswordBlock.
+func SecurityDisablePassword() CDB {
+	return PassThrough16(PIODataOut, ToDevice, 1, CmdSecurityDisablePassword)
+}
+
+// Password is the 32-byte ATA password.
+type Password [32]byte
+
+// PasswordBlock is the data of the security commands (ACS-4 Table 248 for
+// SECURITY SET PASSWORD, Table 246 for SECURITY ERASE UNIT): word 0 bit 0
+// selects the master password, bit 1 the enhanced erase (ERASE UNIT only);
+// words 1-16 hold the password.
+func PasswordBlock(master, enhanced bool, pw Password) [512]byte {
+	var b [512]byte
+	if master {
+		b[0] |= 1
+	}
+	if enhanced {
+		b[0] |= 2
+	}
+	copy(b[2:34], pw[:])
+	return b
+}
+
+// Identify is what the agent uses of IDENTIFY DEVICE (ACS-4 Table 45).
+type Identify struct {
+	Serial, Firmware, Model string
+	// Sectors is the 48-bit addressable capacity (words 103:100).
+	Sectors uint64
+	// LogicalSectorSize in bytes (word 106, words 118:117).
+	LogicalSectorSize uint32
+	Security          Security
+	// EraseTime and EnhancedEraseTime are the drive's estimates (words
+	// 89 and 90); 0 when not reported.
+	EraseTime, EnhancedEraseTime time.Duration
+	Sanitize                     SanitizeSupport
+}
+
+// Security is IDENTIFY word 128 (ACS-4 Table 45, "Security status").
+type Security struct {
+	Supported, Enabled, Locked, Frozen, CountExpired, EnhancedErase bool
+	// MasterMaximum is the master password capability (bit 8).
+	MasterMaximum bool
+}
+
+// SanitizeSupport is IDENTIFY word 59 bits 12-15.
+type SanitizeSupport struct {
+	Supported, CryptoScramble, Overwrite, BlockErase bool
+}
+
+// Errors.
+var (
+	ErrShort               = errors.New("ata: IDENTIFY data shorter than 512 bytes")
+	ErrChecksum            = errors.New("ata: IDENTIFY integrity word checksum mismatch")
+	ErrSecurityUnsupported = errors.New("ata: the drive does not support the security feature set")
+	ErrFrozen              = errors.New("ata: security is frozen (the firmware issued SECURITY FREEZE LOCK; a suspend/resume or power cycle unfreezes)")
+	ErrLocked              = errors.New("ata: the drive is locked by a password")
+	ErrSecurityEnabled     = errors.New("ata: a security password is already set by someone else")
+	ErrAborted             = errors.New("ata: command aborted by the device")
+)
+
+func atastring(b []byte) string {
+	s := make([]byte, len(b))
+	for i := 0; i+1 < len(b); i += 2 {
+		s[i], s[i+1] = b[i+1], b[i]
+	}
+	return strings.TrimSpace(strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return -1
+		}
+		return r
+	}, string(s)))
+}
+
+// eraseTime decodes words 89/90: bit 15 set means bits 14:0 give the time
+// in 2-minute units; otherwise bits 7:0 do. 0 means not reported.
+func eraseTime(w uint16) time.Duration {
+	units := w & 0xff
+	if w&0x8000 != 0 {
+		units = w & 0x7fff
+	}
+	return time.Duration(units) * 2 * time.Minute
+}
+
+// ParseIdentify parses 512 bytes of IDENTIFY DEVICE data.
+func ParseIdentify(b []byte) (Identify, error) {
+	if len(b) < 512 {
+		return Identify{}, ErrShort
+	}
+	b = b[:512]
+	w := func(i int) uint16 { return binary.LittleEndian.Uint16(b[2*i:]) }
+	if w(255)&0xff == 0xa5 { // integrity word: signature A5h, checksum in 15:8
+		var sum uint8
+		for _, c := range b {
+			sum += c
+		}
+		if sum != 0 {
+			return Identify{}, fmt.Errorf("%w (sum %#02x)", ErrChecksum, sum)
+		}
+	}
+	id := Identify{
+		Serial:            atastring(b[20:40]),
+		Firmware:          atastring(b[46:54]),
+		Model:             atastring(b[54:94]),
+		Sectors:           uint64(w(100)) | uint64(w(101))<<16 | uint64(w(102))<<32 | uint64(w(103))<<48,
+		LogicalSectorSize: 512,
+		EraseTime:         eraseTime(w(89)),
+		EnhancedEraseTime: eraseTime(w(90)),
+	}
+	if w106 := w(106); w106&0xc000 == 0x4000 && w106&(1<<12) != 0 {
+		id.LogicalSectorSize = 2 * (uint32(w(117)) | uint32(w(118))<<16)
+	}
+	s := w(128)
+	id.Security = Security{
+		Supported: s&1 != 0, Enabled: s&2 != 0, Locked: s&4 != 0, Frozen: s&8 != 0,
+		CountExpired: s&16 != 0, EnhancedErase: s&32 != 0, MasterMaximum: s&0x100 != 0,
+	}
+	// Word 82 bit 1 also announces the feature set; trust either.
+	id.Security.Supported = id.Security.Supported || w(82)&2 != 0
+	s59 := w(59)
+	id.Sanitize = SanitizeSupport{Supported: s59&(1<<12) != 0, CryptoScramble: s59&(1<<13) != 0, Overwrite: s59&(1<<14) != 0, BlockErase: s59&(1<<15) != 0}
+	return id, nil
+}
+
+// Steps is the security erase Plan chose.
+type Steps struct {
+	Enhanced bool
+	// Timeout for SECURITY ERASE UNIT.
+	Timeout time.Duration
+}
+
+// DefaultEraseTimeout is used when the drive gives no estimate.
+const DefaultEraseTimeout = 8 * time.Hour
+
+// Plan decides whether and how the drive can be security-erased.
+func Plan(id Identify) (Steps, error) {
+	s := id.Security
+	switch {
+	case !s.Supported:
+		return Steps{}, ErrSecurityUnsupported
+	case s.Frozen:
+		return Steps{}, ErrFrozen
+	case s.Locked:
+		return Steps{}, ErrLocked
+	case s.Enabled:
+		return Steps{}, ErrSecurityEnabled
+	}
+	st := Steps{Enhanced: s.EnhancedErase, Timeout: DefaultEraseTimeout}
+	est := id.EraseTime
+	if st.Enhanced {
+		est = id.EnhancedEraseTime
+	}
+	if est > 0 {
+		st.Timeout = est*3/2 + 10*time.Minute
+	}
+	return st, nil
+}
+
+// DecodeSense finds the ATA Status Return descriptor (code 09h, SAT-4
+// §12.2.2.6) in descriptor-format sense data and returns the ATA status and
+// error registers.
+func DecodeSense(sense []byte) (status, errReg uint8, ok bool) {
+	if len(sense) < 8 || sense[0]&0x7f != 0x72 && sense[0]&0x7f != 0x73 {
+		return 0, 0, false
+	}
+	end := min(len(sense), 8+int(sense[7]))
+	for i := 8; i+1 < end; {
+		code, n := sense[i], int(sense[i+1])
+		if code == 0x09 && n >= 0x0c && i+13 < len(sense) {
+			return sense[i+13], sense[i+3], true
+		}
+		i += 2 + n
+	}
+	return 0, 0, false
+}
+
+// CheckSense turns an ATA error in the sense data into an error.
+func CheckSense(command uint8, sense []byte) error {
+	status, errReg, ok := DecodeSense(sense)
+	if !ok || status&1 == 0 { // ERR bit of the status register
+		return nil
+	}
+	if errReg&4 != 0 { // ABRT
+		return fmt.Errorf("%w: command %#02x (status %#02x, error %#02x)", ErrAborted, command, status, errReg)
+	}
+	return fmt.Errorf("ata: command %#02x failed (status %#02x, error %#02x)", command, status, errReg)
+}

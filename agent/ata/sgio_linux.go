@@ -1,0 +1,103 @@
+package ata
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// sgIOHdr is struct sg_io_hdr (include/scsi/sg.h) on 64-bit Linux.
+type sgIOHdr struct {
+	interfaceID    int32
+	dxferDirection int32
+	cmdLen         uint8
+	mxSbLen        uint8
+	iovecCount     uint16
+	dxferLen       uint32
+	dxferp         uintptr
+	cmdp           uintptr
+	sbp            uintptr
+	timeout        uint32
+	flags          uint32
+	packID         int32
+	_              [4]byte
+	usrPtr         uintptr
+	status         uint8
+	maskedStatus   uint8
+	msgStatus      uint8
+	sbLenWr        uint8
+	hostStatus     uint16
+	driverStatus   uint16
+	resid          int32
+	duration       uint32
+	info           uint32
+}
+
+const (
+	sgIO           = 0x2285
+	sgDxferNone    = -1
+	sgDxferToDev   = -2
+	sgDxferFromDev = -3
+	// driverSense: the driver returned sense data (CK_COND asks for it).
+	driverSense = 0x08
+)
+
+// SGIO executes commands on a SCSI generic or block device (/dev/sdX).
+type SGIO struct{ F *os.File }
+
+// OpenSGIO opens a disk for SG_IO.
+func OpenSGIO(path string) (*SGIO, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &SGIO{F: f}, nil
+}
+
+// Close releases the device.
+func (s *SGIO) Close() error { return s.F.Close() }
+
+// Exec implements Transport.
+func (s *SGIO) Exec(ctx context.Context, cdb CDB, dir Direction, data []byte, timeout time.Duration) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// The header holds the buffers' addresses as integers, so the buffers
+	// are pinned for the call.
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	cmd := new(CDB)
+	*cmd = cdb
+	sense := make([]byte, 32)
+	pin.Pin(cmd)
+	pin.Pin(&sense[0])
+	h := sgIOHdr{interfaceID: 'S', cmdLen: 16, mxSbLen: uint8(len(sense)), timeout: uint32(timeout / time.Millisecond)}
+	h.cmdp = uintptr(unsafe.Pointer(cmd))
+	h.sbp = uintptr(unsafe.Pointer(&sense[0]))
+	switch dir {
+	case NoData:
+		h.dxferDirection = sgDxferNone
+	case ToDevice:
+		h.dxferDirection = sgDxferToDev
+	case FromDevice:
+		h.dxferDirection = sgDxferFromDev
+	}
+	if len(data) > 0 {
+		pin.Pin(&data[0])
+		h.dxferLen = uint32(len(data))
+		h.dxferp = uintptr(unsafe.Pointer(&data[0]))
+	}
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, s.F.Fd(), sgIO, uintptr(unsafe.Pointer(&h)))
+	if e != 0 {
+		return nil, fmt.Errorf("SG_IO on %s: %w", s.F.Name(), e)
+	}
+	if h.hostStatus != 0 || h.driverStatus&^driverSense != 0 {
+		return sense[:h.sbLenWr], fmt.Errorf("SG_IO on %s: host status %#x, driver status %#x", s.F.Name(), h.hostStatus, h.driverStatus)
+	}
+	return sense[:h.sbLenWr], nil
+}

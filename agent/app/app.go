@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/anvil-metal/anvil/agent/bootconfig"
 	"github.com/anvil-metal/anvil/agent/bootparams"
 	"github.com/anvil-metal/anvil/agent/disks"
 	"github.com/anvil-metal/anvil/agent/executor"
@@ -152,7 +153,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			Wipe: &executor.Wipe{Allow: allow, Inventory: inv, Methods: executor.DefaultMethods(), Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel},
 			Install: &executor.Install{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel,
 				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log})},
-				Boot:  bootInstalled(cfg.Mode)},
+				Lookup: func(target string) (string, error) {
+					b, err := bootconfig.Lookup(target)
+					return b.Describe(), err
+				},
+				Boot: bootInstalled(cfg.Mode)},
 			Reboot:   &executor.Power{HostMode: cfg.Mode == ModeHost},
 			PowerOff: &executor.Power{HostMode: cfg.Mode == ModeHost, Off: true},
 		},

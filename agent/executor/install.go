@@ -118,11 +118,13 @@ func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner
 		msg += "; " + res.Tar
 	}
 	if x.Lookup != nil {
-		boot, err := x.Lookup(target.GetPath())
-		if err != nil {
-			return runner.Outcome{}, fmt.Errorf("image %s written and verified on %s, but no bootable kernel found: %w", spec.GetImageId(), target.GetPath(), err)
+		// No kernel found is not a failure: the disk may still boot through
+		// the firmware, which is the fallback when kexec is impossible.
+		if boot, err := x.Lookup(target.GetPath()); err != nil {
+			msg += "; kexec lookup: " + err.Error()
+		} else {
+			msg += "; boot: " + boot
 		}
-		msg += "; boot: " + boot
 	}
 	out := runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_BOOTING, Message: msg}
 	if x.Boot != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/anvil-metal/anvil/agent/executor"
 	"github.com/anvil-metal/anvil/agent/image"
 	"github.com/anvil-metal/anvil/agent/image/fetch"
+	"github.com/anvil-metal/anvil/agent/image/rootfs"
 	"github.com/anvil-metal/anvil/agent/inventory"
 	"github.com/anvil-metal/anvil/agent/runner"
 	"github.com/anvil-metal/anvil/controller/pki"
@@ -152,7 +153,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Executors: runner.Executors{
 			Wipe: &executor.Wipe{Allow: allow, Inventory: inv, Methods: executor.DefaultMethods(), Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel},
 			Install: &executor.Install{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel,
-				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log})},
+				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log}), Tar: rootfs.Installer(rootfs.Options{})},
 				Lookup: func(target string) (string, error) {
 					b, err := bootconfig.Lookup(target)
 					return b.Describe(), err

@@ -35,6 +35,17 @@ type Device struct {
 // Open opens path with flags (os.O_RDONLY, os.O_RDWR, os.O_WRONLY plus
 // extras) for direct I/O.
 func Open(path string, flags int) (*Device, error) {
+	return open(path, flags, true)
+}
+
+// OpenBuffered opens path like Open but through the page cache, for
+// writers that make small unaligned writes (filesystem builders); call
+// Sync before trusting the medium.
+func OpenBuffered(path string, flags int) (*Device, error) {
+	return open(path, flags, false)
+}
+
+func open(path string, flags int, wantDirect bool) (*Device, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -43,9 +54,12 @@ func Open(path string, flags int) (*Device, error) {
 	if block && flags&(os.O_WRONLY|os.O_RDWR) != 0 {
 		flags |= unix.O_EXCL
 	}
-	direct := true
-	f, err := os.OpenFile(path, flags|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.EINVAL) { // a filesystem without O_DIRECT
+	direct := wantDirect
+	var f *os.File
+	if direct {
+		f, err = os.OpenFile(path, flags|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	}
+	if !direct || errors.Is(err, unix.EINVAL) { // buffered, or a filesystem without O_DIRECT
 		direct = false
 		f, err = os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
 	}

@@ -51,8 +51,9 @@ type Request struct {
 // Source opens the image at url and returns its size (-1 if unknown).
 type Source func(ctx context.Context, url string) (io.ReadCloser, int64, error)
 
-// TarInstaller lays a root filesystem tarball onto the target disk.
-type TarInstaller func(ctx context.Context, target string, tar io.Reader) (string, error)
+// TarInstaller lays a root filesystem tarball onto the target disk and
+// returns a summary; zeroed says the target reads as zeroes.
+type TarInstaller func(ctx context.Context, target string, zeroed bool, tar io.Reader) (string, error)
 
 // Options wire the stages.
 type Options struct {
@@ -155,7 +156,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 			return res, fmt.Errorf("%w: this agent cannot install %s images", format.ErrUnsupported, dec.Format)
 		}
 		touched = true
-		res.Tar, err = o.Tar(ctx, req.Target, dec)
+		res.Tar, err = o.Tar(ctx, req.Target, req.Zeroed, dec)
 	}
 	if err != nil {
 		// A stream that does not decode is most often a file that is not

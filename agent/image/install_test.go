@@ -1,6 +1,7 @@
 package image
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -18,7 +19,9 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/anvil-metal/anvil/agent/bootconfig"
 	"github.com/anvil-metal/anvil/agent/image/format"
+	"github.com/anvil-metal/anvil/agent/image/rootfs"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/loopdev"
 )
@@ -217,5 +220,67 @@ func TestHashingReaderDeliversEveryByteInOrder(t *testing.T) {
 	}
 	if want := sha256.Sum256(src); !bytes.Equal(h.Sum(nil), want[:]) {
 		t.Fatal("hash differs")
+	}
+}
+
+// rootfsTar is a small root filesystem archive with a kernel.
+func rootfsTar(t *testing.T) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range []struct{ name, body string }{
+		{"etc/hostname", "web-1\n"},
+		{"boot/vmlinuz-6.1.0-10-amd64", "kernel"},
+		{"boot/initrd.img-6.1.0-10-amd64", "initrd"},
+		{"usr/lib/data", strings.Repeat("data ", 100000)},
+	} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.body))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(f.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestInstallRootfsTarballOntoALoopDevice(t *testing.T) {
+	file := zstdOf(t, rootfsTar(t))
+	o := Options{Source: memSource(file), Tar: rootfs.Installer(rootfs.Options{})}
+	dev := loopdev.New(t, 1<<30)
+	res, err := Install(context.Background(), Request{
+		URL: "mem://rootfs", Checksum: sum256(file), Format: anvilv1.ImageFormat_IMAGE_FORMAT_TAR_ZSTD, Target: dev, Zeroed: true,
+	}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Format != (format.Format{Compression: format.Zstd, Payload: format.Tar}) || !strings.Contains(res.Tar, "manifest names kernel boot/vmlinuz-6.1.0-10-amd64") {
+		t.Errorf("result %+v", res)
+	}
+	b, err := bootconfig.Lookup(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Kernel.Path != "boot/vmlinuz-6.1.0-10-amd64" || !strings.HasPrefix(b.Cmdline, "root=PARTUUID=") {
+		t.Errorf("boot lookup on the installed disk: %s", b.Describe())
+	}
+
+	// The same archive under a wrong checksum is extracted, then found
+	// out: the disk must not keep a bootable partition table.
+	dev = loopdev.New(t, 1<<30)
+	_, err = Install(context.Background(), Request{
+		URL: "mem://rootfs", Checksum: sum256(append(bytes.Clone(file), 0)), Format: anvilv1.ImageFormat_IMAGE_FORMAT_TAR_ZSTD, Target: dev,
+	}, o)
+	if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "destroyed") {
+		t.Fatalf("err = %v, want a checksum mismatch that destroyed the tables", err)
+	}
+	if h := head(t, dev, 1<<20); !bytes.Equal(h, make([]byte, 1<<20)) {
+		t.Error("the partition table of a rootfs install with a bad checksum survived")
+	}
+	if _, err := bootconfig.Lookup(dev); err == nil {
+		t.Error("a kernel is still found on the disk of a failed install")
 	}
 }

@@ -18,17 +18,7 @@ func New(t testing.TB, size int64) string {
 	if os.Geteuid() != 0 {
 		t.Skip("loop devices need root")
 	}
-	backing := filepath.Join(t.TempDir(), "disk.img")
-	f, err := os.Create(backing)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	backing := SparseFile(t, size)
 	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
 	if err != nil {
 		t.Fatalf("losetup %s: %v: %s", backing, err, out)
@@ -40,4 +30,22 @@ func New(t testing.TB, size int64) string {
 		}
 	})
 	return dev
+}
+
+// SparseFile creates a sparse file of size bytes in the test's temp dir (a
+// disk image that reads as zeroes) and returns its path.
+func SparseFile(t testing.TB, size int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -1,0 +1,198 @@
+package rootfs
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/diskfs/go-diskfs/backend"
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem/ext4"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/google/uuid"
+
+	"github.com/anvil-metal/anvil/agent/blockdev"
+)
+
+// Options configure an install.
+type Options struct {
+	Layout Layout
+	// GUID returns fresh GUIDs (default: random version 4 UUIDs); a test
+	// seam for reproducible layouts.
+	GUID func() string
+}
+
+// Result says what Install did.
+type Result struct {
+	Plan   Plan
+	Counts Counts
+	// Kernel is the kernel the manifest names (empty Path: none written).
+	Kernel Kernel
+	// OwnManifest says the archive brought its own anvil/boot.json.
+	OwnManifest bool
+	// FstabKept is where the archive's own /etc/fstab was kept, if any.
+	FstabKept string
+	// Written and Skipped bytes on the medium (skipped: zero writes onto
+	// a zeroed target).
+	Written, Skipped int64
+	Duration         time.Duration
+}
+
+// String is the one-line summary for the install event.
+func (r Result) String() string {
+	s := fmt.Sprintf("GPT: p1 ESP %d MiB FAT32 PARTUUID=%s, p2 root %d MiB ext4 PARTUUID=%s; %s",
+		r.Plan.ESP.Bytes(r.Plan.Sector)>>20, r.Plan.ESP.GUID, r.Plan.Root.Bytes(r.Plan.Sector)>>20, r.Plan.Root.GUID, r.Counts)
+	switch {
+	case r.OwnManifest:
+		s += "; the archive's anvil/boot.json kept"
+	case r.Kernel.Path != "":
+		s += "; manifest names kernel " + r.Kernel.Path
+	default:
+		s += "; no boot/vmlinuz-* in the archive, no manifest written"
+	}
+	if r.FstabKept != "" {
+		s += "; the archive's fstab kept as /" + r.FstabKept
+	}
+	if r.Skipped > 0 {
+		s += fmt.Sprintf("; %d MiB of zero writes skipped on the erased disk", r.Skipped>>20)
+	}
+	return s
+}
+
+// Install partitions target (a whole disk, or an image file), makes the
+// filesystems and extracts the archive r onto them. zeroed says the target
+// reads as zeroes, so zero writes to untouched regions are skipped. On
+// error the target is left as it is; the caller destroys the partition
+// tables (agent/image does).
+func Install(ctx context.Context, target string, zeroed bool, r io.Reader, o Options) (res Result, err error) {
+	start := time.Now()
+	dev, err := blockdev.OpenBuffered(target, os.O_RDWR)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if cerr := dev.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("close %s: %w", target, cerr)
+		}
+	}()
+	if res.Plan, err = PlanDisk(dev.Size, dev.LogicalBlock, o.Layout, o.guid); err != nil {
+		return res, fmt.Errorf("%s: %w", target, err)
+	}
+	var store backend.Storage = file.New(dev.File, false)
+	var zs *zeroSkipping
+	if zeroed {
+		if zs, err = newZeroSkipping(store, dev.Size); err != nil {
+			return res, err
+		}
+		store = zs
+	}
+	if err := build(ctx, store, dev.Size, r, &res, o); err != nil {
+		return res, fmt.Errorf("rootfs on %s: %w", target, err)
+	}
+	if err := dev.Sync(); err != nil {
+		return res, err
+	}
+	if err := dev.RereadPartitions(); err != nil {
+		return res, err
+	}
+	if zs != nil {
+		res.Written, res.Skipped = zs.Stats()
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+func (o Options) guid() string {
+	if o.GUID != nil {
+		return o.GUID()
+	}
+	return uuid.NewString()
+}
+
+// build writes the partition table and filesystems, extracts the archive
+// and adds fstab, the ESP mount point and the boot manifest.
+func build(ctx context.Context, store backend.Storage, size int64, r io.Reader, res *Result, o Options) error {
+	p := res.Plan
+	l := o.Layout.withDefaults()
+	table := &gpt.Table{
+		LogicalSectorSize: int(p.Sector), PhysicalSectorSize: int(p.Sector), ProtectiveMBR: true,
+		GUID: o.guid(),
+		Partitions: []*gpt.Partition{
+			{Index: 1, Start: p.ESP.Start, End: p.ESP.End, Type: gpt.EFISystemPartition, Name: "EFI System Partition", GUID: p.ESP.GUID},
+			{Index: 2, Start: p.Root.Start, End: p.Root.End, Type: gpt.LinuxFilesystem, Name: l.RootLabel, GUID: p.Root.GUID},
+		},
+	}
+	// Written directly, not through disk.Partition: that one insists on
+	// the kernel re-reading the table at once, which devices without
+	// partition scanning refuse; Install re-reads once everything is
+	// written.
+	w, err := store.Writable()
+	if err != nil {
+		return err
+	}
+	if err := table.Write(w, size); err != nil {
+		return fmt.Errorf("write GPT: %w", err)
+	}
+	esp, err := makeFAT32(store, p.ESP.Bytes(p.Sector), int64(p.ESP.Start)*p.Sector, p.Sector, l.ESPLabel)
+	if err != nil {
+		return fmt.Errorf("make FAT32 on p1: %w", err)
+	}
+	rootUUID, err := uuid.Parse(p.Root.GUID)
+	if err != nil {
+		return fmt.Errorf("root partition GUID %q: %w", p.Root.GUID, err)
+	}
+	root, err := ext4.Create(store, p.Root.Bytes(p.Sector), int64(p.Root.Start)*p.Sector, 512, &ext4.Params{UUID: &rootUUID, VolumeName: l.RootLabel})
+	if err != nil {
+		return fmt.Errorf("make ext4 on p2: %w", err)
+	}
+	x := newExtractor(l, root, esp)
+	if err := x.extract(ctx, r); err != nil {
+		return err
+	}
+	res.Counts = x.counts
+	return finish(x, p, l, res)
+}
+
+// finish adds what the installed system needs from the layout: the ESP's
+// mount point, an fstab naming the partitions, and the boot manifest.
+func finish(x *extractor, p Plan, l Layout, res *Result) error {
+	if err := x.mkdirAll(x.root, x.made[0], l.ESPMount); err != nil {
+		return fmt.Errorf("ESP mount point: %w", err)
+	}
+	if x.fstabKept {
+		res.FstabKept = fstabKept
+	}
+	if err := x.writeText(Root, fstab, []byte(Fstab(p, l))); err != nil {
+		return err
+	}
+	res.OwnManifest = x.hasManifest
+	if x.hasManifest {
+		return nil
+	}
+	k, ok := PickKernel(x.regularFiles())
+	if !ok {
+		return nil
+	}
+	m, err := Manifest(k, p)
+	if err != nil {
+		return err
+	}
+	if err := x.writeText(ESP, "anvil/boot.json", m); err != nil {
+		return err
+	}
+	res.Kernel = k
+	return nil
+}
+
+// Installer adapts Install to agent/image's TarInstaller.
+func Installer(o Options) func(ctx context.Context, target string, zeroed bool, r io.Reader) (string, error) {
+	return func(ctx context.Context, target string, zeroed bool, r io.Reader) (string, error) {
+		res, err := Install(ctx, target, zeroed, r, o)
+		if err != nil {
+			return "", err
+		}
+		return res.String(), nil
+	}
+}

@@ -5,6 +5,8 @@
 set -euo pipefail
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# protoc finds the well-known types (google/protobuf/*.proto) there.
+[ -e /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 command -v losetup >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
 command -v zstd >/dev/null || need+=(zstd)

@@ -422,8 +422,13 @@ type Install struct {
 	Hostname           string      `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	SshPublicKeys      []string    `protobuf:"bytes,8,rep,name=ssh_public_keys,json=sshPublicKeys,proto3" json:"ssh_public_keys,omitempty"`
 	UserData           string      `protobuf:"bytes,9,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Where and with what the installed OS reports that it booted: an HTTP
+	// POST to phone_home_url with "Authorization: Bearer <phone_home_token>".
+	// The token is bound to this allocation and good for nothing else.
+	PhoneHomeUrl   string `protobuf:"bytes,10,opt,name=phone_home_url,json=phoneHomeUrl,proto3" json:"phone_home_url,omitempty"`
+	PhoneHomeToken string `protobuf:"bytes,11,opt,name=phone_home_token,json=phoneHomeToken,proto3" json:"phone_home_token,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Install) Reset() {
@@ -515,6 +520,20 @@ func (x *Install) GetSshPublicKeys() []string {
 func (x *Install) GetUserData() string {
 	if x != nil {
 		return x.UserData
+	}
+	return ""
+}
+
+func (x *Install) GetPhoneHomeUrl() string {
+	if x != nil {
+		return x.PhoneHomeUrl
+	}
+	return ""
+}
+
+func (x *Install) GetPhoneHomeToken() string {
+	if x != nil {
+		return x.PhoneHomeToken
 	}
 	return ""
 }
@@ -796,7 +815,7 @@ const file_anvil_v1_agent_proto_rawDesc = "" +
 	"\x04Wipe\x12'\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x13.anvil.v1.EraseModeR\x04mode\x12\x14\n" +
 	"\x05disks\x18\x02 \x03(\tR\x05disks\x12%\n" +
-	"\x0eallow_fallback\x18\x03 \x01(\bR\rallowFallback\"\xb5\x02\n" +
+	"\x0eallow_fallback\x18\x03 \x01(\bR\rallowFallback\"\x85\x03\n" +
 	"\aInstall\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1a\n" +
@@ -807,7 +826,10 @@ const file_anvil_v1_agent_proto_rawDesc = "" +
 	"\x14extra_kernel_cmdline\x18\x06 \x01(\tR\x12extraKernelCmdline\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12&\n" +
 	"\x0fssh_public_keys\x18\b \x03(\tR\rsshPublicKeys\x12\x1b\n" +
-	"\tuser_data\x18\t \x01(\tR\buserData\"\b\n" +
+	"\tuser_data\x18\t \x01(\tR\buserData\x12$\n" +
+	"\x0ephone_home_url\x18\n" +
+	" \x01(\tR\fphoneHomeUrl\x12(\n" +
+	"\x10phone_home_token\x18\v \x01(\tR\x0ephoneHomeToken\"\b\n" +
 	"\x06Reboot\"\n" +
 	"\n" +
 	"\bPowerOff\"\xa9\x01\n" +

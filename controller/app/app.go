@@ -1,6 +1,6 @@
 // Package app assembles anvil-controller from its parts: the data directory
 // (SQLite store, CA, serving certificate, tokens), the gRPC server with its
-// interceptors, and the listener. The command in cmd/anvil-controller only
+// interceptors and its listener, and the optional HTTP boot service. The command in cmd/anvil-controller only
 // parses flags into Config; tests start, kill and restart controllers
 // in-process through Start.
 package app
@@ -11,14 +11,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/anvil-metal/anvil/controller/boot"
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/server"
 	"github.com/anvil-metal/anvil/controller/store/sqlstore"
@@ -38,6 +41,10 @@ type Config struct {
 	// BootTokens are accepted at Register besides the data dir's boot.token.
 	BootTokens []string
 	Server     server.Config
+	// Boot, when set, runs the HTTP boot service (iPXE scripts, boot files,
+	// images, phone home). Empty AgentController and CAFingerprint are
+	// filled from the gRPC listener and the CA.
+	Boot *boot.Config
 }
 
 // Defaults returns a config for a data dir.
@@ -57,6 +64,9 @@ func (c Config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("give both a TLS certificate and key, or neither"))
 	}
+	if c.Boot != nil && c.Boot.Listen == "" {
+		errs = append(errs, errors.New("boot service: listen address is required"))
+	}
 	return errors.Join(append(errs, c.Server.Validate())...)
 }
 
@@ -75,11 +85,16 @@ type Controller struct {
 	// CAFile and CAFingerprint identify the CA agents and anvilctl trust.
 	CAFile, CAFingerprint string
 	AdminToken, BootToken string
+	// BootAddr is the boot service's bound address (nil when off).
+	BootAddr net.Addr
 
 	store *sqlstore.Store
 	grpc  *grpc.Server
+	http  *http.Server
 	done  chan error
 }
+
+var _ boot.Machines = (*server.Server)(nil)
 
 // Start opens (or initializes) the data dir and serves until Stop.
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, error) {
@@ -117,7 +132,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 			"hint", fmt.Sprintf("export ANVIL_TOKEN_FILE=%s ANVIL_CA=%s",
 				filepath.Join(cfg.DataDir, AdminTokenFile), filepath.Join(cfg.DataDir, CAFile)))
 	}
-	boot, _, err := pki.EnsureTokenFile(filepath.Join(cfg.DataDir, BootTokenFile))
+	bootTok, _, err := pki.EnsureTokenFile(filepath.Join(cfg.DataDir, BootTokenFile))
 	if err != nil {
 		return nil, fmt.Errorf("boot token: %w", err)
 	}
@@ -125,16 +140,50 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	if err != nil {
 		return nil, err
 	}
-	srv, err := server.New(st, server.Credentials{AdminTokens: []string{admin}, BootTokens: append([]string{boot}, cfg.BootTokens...)},
-		cfg.Server, server.WithLogger(log))
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	var bootLis net.Listener
+	if cfg.Boot != nil {
+		if bootLis, err = net.Listen("tcp", cfg.Boot.Listen); err != nil {
+			lis.Close()
+			st.Close()
+			return nil, fmt.Errorf("boot service: listen %s: %w", cfg.Boot.Listen, err)
+		}
+		if cfg.Server.PhoneHomeURL == "" {
+			cfg.Server.PhoneHomeURL = strings.TrimSuffix(cfg.Boot.BaseURL, "/") + "/phone-home"
+		}
+	}
+	closeAll := func() {
+		lis.Close()
+		if bootLis != nil {
+			bootLis.Close()
+		}
+		st.Close()
+	}
+	srv, err := server.New(st, server.Credentials{AdminTokens: []string{admin}, BootTokens: append([]string{bootTok}, cfg.BootTokens...)},
+		cfg.Server, server.WithLogger(log))
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	var httpSrv *http.Server
+	if cfg.Boot != nil {
+		bc := *cfg.Boot
+		if bc.AgentController == "" {
+			bc.AgentController = lis.Addr().String()
+		}
+		if bc.CAFingerprint == "" {
+			bc.CAFingerprint = ca.Fingerprint()
+		}
+		bs, err := boot.New(bc, srv, boot.WithLogger(log.With("service", "boot")))
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		httpSrv = &http.Server{Handler: bs.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	}
 	g := srv.NewGRPCServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
@@ -148,9 +197,18 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	)
 	c := &Controller{
 		Addr: lis.Addr(), CAFile: filepath.Join(cfg.DataDir, CAFile), CAFingerprint: ca.Fingerprint(),
-		AdminToken: admin, BootToken: boot, store: st, grpc: g, done: make(chan error, 1),
+		AdminToken: admin, BootToken: bootTok, store: st, grpc: g, http: httpSrv, done: make(chan error, 1),
 	}
 	log.Info("controller listening", "addr", lis.Addr().String(), "ca_fingerprint", c.CAFingerprint, "data_dir", cfg.DataDir)
+	if httpSrv != nil {
+		c.BootAddr = bootLis.Addr()
+		log.Info("boot service listening", "addr", bootLis.Addr().String(), "base_url", cfg.Boot.BaseURL)
+		go func() {
+			if err := httpSrv.Serve(bootLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("boot service stopped", "err", err)
+			}
+		}()
+	}
 	go func() { c.done <- g.Serve(lis) }()
 	return c, nil
 }
@@ -158,12 +216,18 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 // Stop ends every stream at once (as a crash would, from the agents' side)
 // and closes the store.
 func (c *Controller) Stop() error {
+	var herr error
+	if c.http != nil {
+		if herr = c.http.Close(); herr != nil {
+			herr = fmt.Errorf("boot service: %w", herr)
+		}
+	}
 	c.grpc.Stop()
 	err := <-c.done
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
-	return errors.Join(err, c.store.Close())
+	return errors.Join(herr, err, c.store.Close())
 }
 
 // Shutdown stops gracefully: no new calls, unary calls finish, then streams

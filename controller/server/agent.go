@@ -44,6 +44,9 @@ func (a *agentAPI) event(t anvilv1.EventType, msg string) *anvilv1.Event {
 func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
 	inv := req.GetInventory()
 	uuid := inv.GetProduct().GetUuid()
+	if subject, ok := bootSubject(ctx); ok && subject != "" && subject != uuid {
+		return nil, status.Errorf(codes.PermissionDenied, "register %s: the boot token was issued to the network boot of machine %s", uuid, subject)
+	}
 	cred, err := pki.NewToken()
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"google.golang.org/grpc/codes"
@@ -18,10 +19,12 @@ type authenticator struct {
 	store  store.Store
 	admin  [][]byte
 	bootTk [][]byte
+	signer *pki.Signer
+	now    func() time.Time
 }
 
-func newAuthenticator(st store.Store, c Credentials) *authenticator {
-	a := &authenticator{store: st}
+func newAuthenticator(st store.Store, c Credentials, boot *pki.Signer, now func() time.Time) *authenticator {
+	a := &authenticator{store: st, signer: boot, now: now}
 	for _, t := range c.AdminTokens {
 		a.admin = append(a.admin, pki.HashToken(t))
 	}
@@ -70,6 +73,17 @@ func (a *authenticator) operator(ctx context.Context) (context.Context, error) {
 
 type machineKey struct{}
 
+// bootSubjectKey holds the SMBIOS UUID a per-boot boot token was minted
+// for ("" when the firmware gave none).
+type bootSubjectKey struct{}
+
+// bootSubject returns the UUID the Register call's boot token is bound
+// to, and whether it was such a token.
+func bootSubject(ctx context.Context) (string, bool) {
+	s, ok := ctx.Value(bootSubjectKey{}).(string)
+	return s, ok
+}
+
 // caller is the authenticated machine of an agent call.
 type caller struct {
 	id       string
@@ -97,10 +111,17 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 	}
 	h := pki.HashToken(tok)
 	if method == anvilv1.AgentService_Register_FullMethodName {
-		if !anyEqual(a.bootTk, h) {
-			return nil, status.Error(codes.Unauthenticated, "invalid boot token")
+		if anyEqual(a.bootTk, h) {
+			return ctx, nil
 		}
-		return ctx, nil
+		if a.signer.Is(tok) {
+			fields, err := a.signer.Verify(tok, a.now())
+			if err != nil || len(fields) != 1 {
+				return nil, status.Errorf(codes.Unauthenticated, "boot token of a network boot: %v", err)
+			}
+			return context.WithValue(ctx, bootSubjectKey{}, fields[0]), nil
+		}
+		return nil, status.Error(codes.Unauthenticated, "invalid boot token")
 	}
 	var id string
 	err = onShortStack(func() error { // Wait streams authenticate here, on their long-lived goroutine

@@ -137,20 +137,6 @@ func targetDisk(m *store.Machine, want string) (string, error) {
 	return "", status.Errorf(codes.FailedPrecondition, "machine %s has no non-removable disk to install to", m.ID)
 }
 
-func installFor(img *anvilv1.Image, al *anvilv1.Allocation) *anvilv1.Instruction {
-	return &anvilv1.Instruction{Kind: &anvilv1.Instruction_Install{Install: &anvilv1.Install{
-		ImageId:            img.GetId(),
-		Url:                img.GetUrl(),
-		Checksum:           img.GetChecksum(),
-		Format:             img.GetFormat(),
-		TargetDisk:         al.GetTargetDisk(),
-		ExtraKernelCmdline: al.GetExtraKernelCmdline(),
-		Hostname:           al.GetHostname(),
-		SshPublicKeys:      al.GetSshPublicKeys(),
-		UserData:           al.GetUserData(),
-	}}}
-}
-
 // AllocateMachine reserves one Ready machine and queues its Install.
 func (a *machineAPI) AllocateMachine(ctx context.Context, req *anvilv1.AllocateMachineRequest) (*anvilv1.Machine, error) {
 	var out *store.Machine
@@ -186,7 +172,11 @@ func (a *machineAPI) AllocateMachine(ctx context.Context, req *anvilv1.AllocateM
 			return err
 		}
 		out = m
-		return a.queue(ctx, tx, fx, m, installFor(img, al))
+		in, err := a.installFor(m, img, al)
+		if err != nil {
+			return err
+		}
+		return a.queue(ctx, tx, fx, m, in)
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("allocate: %w", err))
@@ -289,7 +279,11 @@ func (a *machineAPI) ReinstallMachine(ctx context.Context, req *anvilv1.Reinstal
 			return err
 		}
 		out = m
-		return a.queue(ctx, tx, fx, m, installFor(img, m.Allocation))
+		in, err := a.installFor(m, img, m.Allocation)
+		if err != nil {
+			return err
+		}
+		return a.queue(ctx, tx, fx, m, in)
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("reinstall %s: %w", req.GetId(), err))

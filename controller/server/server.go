@@ -17,6 +17,7 @@ import (
 
 	"github.com/anvil-metal/anvil/controller/hub"
 	"github.com/anvil-metal/anvil/controller/lifecycle"
+	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/store"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
@@ -42,7 +43,14 @@ type Config struct {
 	// WatchBuffer is how many events a WatchEvents stream may lag behind
 	// before it is ended (the client resumes from its last seq).
 	WatchBuffer int
-	Lifecycle   lifecycle.Config
+	// PhoneHomeURL is where installed systems report that they booted (the
+	// boot service's /phone-home); empty: Install instructions carry no
+	// phone-home token and only the agent reports.
+	PhoneHomeURL string
+	// BootTokenTTL is how long a boot token minted for one network boot
+	// is accepted at Register.
+	BootTokenTTL time.Duration
+	Lifecycle    lifecycle.Config
 }
 
 // DefaultConfig returns the production defaults.
@@ -54,6 +62,7 @@ func DefaultConfig() Config {
 		FreeEraseMode:     anvilv1.EraseMode_ERASE_MODE_QUICK,
 		RegisterEraseMode: anvilv1.EraseMode_ERASE_MODE_NONE,
 		WatchBuffer:       1024,
+		BootTokenTTL:      time.Hour,
 		Lifecycle:         lifecycle.DefaultConfig(),
 	}
 }
@@ -76,6 +85,9 @@ func (c Config) Validate() error {
 	if c.RegisterEraseMode == anvilv1.EraseMode_ERASE_MODE_UNSPECIFIED {
 		errs = append(errs, errors.New("register erase mode must be set (none to disable)"))
 	}
+	if c.BootTokenTTL <= 0 {
+		errs = append(errs, fmt.Errorf("boot token TTL %v must be positive", c.BootTokenTTL))
+	}
 	if c.WatchBuffer < 1 {
 		errs = append(errs, fmt.Errorf("watch buffer %d must be positive", c.WatchBuffer))
 	}
@@ -86,7 +98,8 @@ func (c Config) Validate() error {
 type Credentials struct {
 	// AdminTokens authorize the operator API.
 	AdminTokens []string
-	// BootTokens authorize Register.
+	// BootTokens authorize Register. The first one is also the secret the
+	// per-boot boot tokens and the phone-home tokens are signed with.
 	BootTokens []string
 }
 
@@ -98,6 +111,9 @@ type Server struct {
 	log   *slog.Logger
 	now   func() time.Time
 	auth  *authenticator
+	// bootSigner mints the short-lived boot tokens of network boots;
+	// phoneHome the allocation-bound tokens of installed systems.
+	bootSigner, phoneHome *pki.Signer
 }
 
 // Option configures a Server.
@@ -121,7 +137,14 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 	for _, o := range opts {
 		o(s)
 	}
-	s.auth = newAuthenticator(st, creds)
+	var err error
+	if s.bootSigner, err = pki.NewSigner(creds.BootTokens[0], "boot", BootTokenPrefix); err != nil {
+		return nil, fmt.Errorf("boot token signer: %w", err)
+	}
+	if s.phoneHome, err = pki.NewSigner(creds.BootTokens[0], "phone-home", PhoneHomeTokenPrefix); err != nil {
+		return nil, fmt.Errorf("phone-home token signer: %w", err)
+	}
+	s.auth = newAuthenticator(st, creds, s.bootSigner, s.now)
 	return s, nil
 }
 

@@ -190,6 +190,7 @@ type Recorder struct {
 	mu    sync.Mutex
 	runs  map[string]int
 	order []string
+	last  *anvilv1.Instruction
 }
 
 // Execute implements runner.Executor.
@@ -200,6 +201,7 @@ func (r *Recorder) Execute(_ context.Context, in *anvilv1.Instruction, p runner.
 	}
 	r.runs[in.GetId()]++
 	r.order = append(r.order, in.GetId())
+	r.last = in
 	r.mu.Unlock()
 	p.Update(1, 1)
 	return runner.Outcome{Type: r.Close, Message: "recorded"}, nil
@@ -214,6 +216,13 @@ func (r *Recorder) Runs() (map[string]int, []string) {
 		m[k] = v
 	}
 	return m, append([]string(nil), r.order...)
+}
+
+// Last returns the instruction executed last (nil before the first).
+func (r *Recorder) Last() *anvilv1.Instruction {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
 }
 
 // Agent is one simulated machine: the real runner, with recording executors.

@@ -1,0 +1,197 @@
+// Package boot is anvil-controller's boot service over HTTP: the iPXE
+// scripts that network-booting machines fetch (a chain script for DHCP to
+// hand out, and a per-machine script keyed by the SMBIOS UUID and MAC that
+// iPXE fills in), the agent's kernel and initramfs and the OS images (with
+// Range requests, ETag and exact lengths, RFC 9110 §14 and §8.8.3), and the
+// phone-home endpoint installed systems call with their allocation's token.
+//
+// Every script request of a known machine is recorded as a PXE_BOOTING
+// event (at most once per RecordEvery, since firmware retries); the loop
+// guard (Decide) sends a machine whose image is installed to its disk. The
+// pure parts (Decide, the script templates) are apart from the HTTP shell.
+// DHCP and TFTP, which point machines here, live in boot/dhcp and boot/tftp.
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/anvil-metal/anvil/controller/store"
+)
+
+// Machines is what the boot service needs from the controller
+// (implemented by controller/server.Server).
+type Machines interface {
+	// BootLookup finds a machine by SMBIOS UUID, else by MAC; nil when
+	// unknown.
+	BootLookup(ctx context.Context, uuid, mac string) (*store.Machine, error)
+	// RecordBoot appends a PXE_BOOTING event.
+	RecordBoot(ctx context.Context, machineID, msg string) error
+	// MintBootToken returns a short-lived boot token bound to uuid.
+	MintBootToken(uuid string) (string, error)
+	// PhoneHome verifies an installed system's token and records that it
+	// booted; it returns the machine id.
+	PhoneHome(ctx context.Context, token, msg string) (string, error)
+}
+
+// Config is the boot service's configuration.
+type Config struct {
+	// Listen is the HTTP address, e.g. ":8080".
+	Listen string
+	// BaseURL is how machines reach this service, e.g.
+	// "http://10.0.2.2:8080"; it goes into every script.
+	BaseURL string
+	// AgentController is the controller's gRPC address as the agents dial
+	// it (anvil.controller=); the serving certificate must name its host.
+	AgentController string
+	// CAFingerprint is the "sha256:HEX" fingerprint agents pin.
+	CAFingerprint string
+	// Kernel and Initramfs are the agent's boot files.
+	Kernel, Initramfs string
+	// KernelArgs are appended to the agent's command line (console=...).
+	KernelArgs string
+	// ImageDir, when set, is served under /images/.
+	ImageDir string
+	// Files are extra files served under /files/NAME (e.g. iPXE binaries).
+	Files map[string]string
+	// RecordEvery is the shortest interval between two PXE_BOOTING events
+	// of one machine.
+	RecordEvery time.Duration
+}
+
+// Defaults returns the defaults for the optional fields.
+func Defaults() Config {
+	return Config{Listen: ":8080", KernelArgs: "console=tty0 console=ttyS0,115200", RecordEvery: 30 * time.Second}
+}
+
+// Validate reports every invalid field.
+func (c Config) Validate() error {
+	var errs []error
+	if err := checkURL(c.BaseURL); err != nil {
+		errs = append(errs, fmt.Errorf("base URL: %w", err))
+	}
+	if err := checkValue(c.AgentController); err != nil {
+		errs = append(errs, fmt.Errorf("agent controller address: %w", err))
+	}
+	if err := checkValue(c.CAFingerprint); err != nil {
+		errs = append(errs, fmt.Errorf("CA fingerprint: %w", err))
+	}
+	for what, p := range map[string]string{"kernel": c.Kernel, "initramfs": c.Initramfs} {
+		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+			errs = append(errs, fmt.Errorf("agent %s %q: not a readable file", what, p))
+		}
+	}
+	if c.ImageDir != "" {
+		if st, err := os.Stat(c.ImageDir); err != nil || !st.IsDir() {
+			errs = append(errs, fmt.Errorf("image dir %q: not a directory", c.ImageDir))
+		}
+	}
+	for name := range c.Files {
+		if name == "" || name != filepath.Base(name) || name == agentKernel || name == agentInitramfs {
+			errs = append(errs, fmt.Errorf("file name %q: want a plain name other than %s and %s", name, agentKernel, agentInitramfs))
+		}
+	}
+	if c.RecordEvery < 0 {
+		errs = append(errs, fmt.Errorf("record interval %v is negative", c.RecordEvery))
+	}
+	return errors.Join(errs...)
+}
+
+// Names of the agent's boot files under /files/.
+const (
+	agentKernel    = "agent-kernel"
+	agentInitramfs = "agent-initramfs"
+)
+
+// Service serves the boot endpoints.
+type Service struct {
+	cfg   Config
+	m     Machines
+	log   *slog.Logger
+	files map[string]string
+	now   func() time.Time
+
+	mu       sync.Mutex
+	recorded map[string]time.Time // machine id → last PXE_BOOTING event
+}
+
+// Option configures a Service.
+type Option func(*Service)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.log = l } }
+
+// WithClock sets the time source (tests).
+func WithClock(now func() time.Time) Option { return func(s *Service) { s.now = now } }
+
+// New checks cfg and builds the service.
+func New(cfg Config, m Machines, opts ...Option) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("boot service: %w", err)
+	}
+	s := &Service{cfg: cfg, m: m, log: slog.Default(), now: time.Now, recorded: map[string]time.Time{},
+		files: map[string]string{agentKernel: cfg.Kernel, agentInitramfs: cfg.Initramfs}}
+	for n, p := range cfg.Files {
+		s.files[n] = p
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// Handler returns the HTTP routes.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ipxe/boot.ipxe", s.chain)
+	mux.HandleFunc("GET /ipxe/script", s.script)
+	mux.HandleFunc("GET /files/{name}", s.file)
+	mux.HandleFunc("GET /images/{name...}", s.image)
+	mux.HandleFunc("POST /phone-home", s.phoneHome)
+	return mux
+}
+
+// ChainURL is the URL DHCP hands to iPXE clients.
+func (s *Service) ChainURL() string { return s.cfg.BaseURL + "/ipxe/boot.ipxe" }
+
+// url joins the base URL and a path with a query.
+func (s *Service) url(path string, q url.Values) string {
+	u := s.cfg.BaseURL + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+// shouldRecord reports whether a PXE_BOOTING event of machine id is due,
+// and marks it recorded.
+func (s *Service) shouldRecord(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for k, t := range s.recorded {
+		if now.Sub(t) >= s.cfg.RecordEvery {
+			delete(s.recorded, k)
+		}
+	}
+	if _, recent := s.recorded[id]; recent {
+		return false
+	}
+	s.recorded[id] = now
+	return true
+}
+
+// forget undoes shouldRecord after a failed write, so a retry records.
+func (s *Service) forget(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.recorded, id)
+}

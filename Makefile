@@ -3,11 +3,18 @@ SHELL   := /bin/bash
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 BINARIES := anvil-agent anvil-controller anvilctl
+# Kernel and initramfs for the agent's boot path (hack/fetch-kernel.sh,
+# initramfs/). The boot test (test/vm) reads them from the same places.
+export ANVIL_CACHE ?= /var/cache/anvil
+KERNEL_DIR := $(ANVIL_CACHE)/kernel
+INITRAMFS  := bin/anvil-initramfs.cpio.zst
+INITRAMFS_MAX_MIB ?= 12
 
-.PHONY: help deps build proto test test-unit lint bench lab lab-down clean
+.PHONY: help deps build kernel initramfs proto test test-unit lint bench lab lab-down clean
 
 help:
 	@echo "make build     static binaries in bin/"
+	@echo "make initramfs agent initramfs for Debian's cloud kernel: $(INITRAMFS) (budget $(INITRAMFS_MAX_MIB) MiB)"
 	@echo "make proto     regenerate proto/ Go code (pinned plugins)"
 	@echo "make test      install dependencies, lint, run every test"
 	@echo "make bench     benchmarks with ratios against baselines (docs/benchmarks.md)"
@@ -23,6 +30,16 @@ build:
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-controller ./controller/cmd/anvil-controller
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvilctl ./controller/cmd/anvilctl
 
+# Debian's cloud kernel and the modules the initramfs loads, through apt,
+# cached in $(KERNEL_DIR).
+kernel: deps
+	hack/fetch-kernel.sh $(KERNEL_DIR)
+
+# Always rebuilt (u-root, ~40 s warm): the same sources give the same bytes.
+initramfs: kernel
+	go run ./initramfs/cmd/mkinitramfs -modules $(KERNEL_DIR)/modules -o $(INITRAMFS) \
+		-max-mib $(INITRAMFS_MAX_MIB) -version $(VERSION)
+
 proto:
 	hack/gen-proto.sh
 
@@ -30,7 +47,7 @@ lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	go vet ./...
 
-test: deps lint build
+test: deps lint build initramfs
 	go test -race -count=1 -timeout 20m ./...
 
 bench: deps build

@@ -19,6 +19,15 @@ command -v e2fsck >/dev/null || need+=(e2fsprogs)
 command -v fsck.vfat >/dev/null || need+=(dosfstools)
 command -v bzip2 >/dev/null || need+=(bzip2)
 command -v xz >/dev/null || need+=(xz-utils)
+# The agent initramfs and the QEMU boot test: apt and dpkg-deb fetch and
+# unpack the kernel (hack/fetch-kernel.sh; strings reads module depends=),
+# the image ships Debian's CA bundle, QEMU runs it (virtio-net-pci needs
+# iPXE's option ROM even when booting -kernel).
+command -v strings >/dev/null || need+=(binutils)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing ${need[*]}; run as root or install them" >&2

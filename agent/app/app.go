@@ -122,6 +122,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Mode == ModeBoot {
+		if err := prepareBoot(ctx, cfg, caPEM, host, log); err != nil {
+			return err
+		}
+	}
 	var allow *disks.Allowlist
 	if cfg.Mode == ModeHost {
 		if allow, err = disks.NewAllowlist(cfg.Disks); err != nil {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -22,6 +23,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/anvil-metal/anvil/controller/boot"
+	"github.com/anvil-metal/anvil/controller/boot/dhcp"
+	"github.com/anvil-metal/anvil/controller/boot/tftp"
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/server"
 	"github.com/anvil-metal/anvil/controller/store/sqlstore"
@@ -45,6 +48,14 @@ type Config struct {
 	// images, phone home). Empty AgentController and CAFingerprint are
 	// filled from the gRPC listener and the CA.
 	Boot *boot.Config
+	// DHCP, when set (it needs Boot), answers DHCP on DHCPInterface; an
+	// empty ChainURL is the boot service's chain script.
+	DHCP          *dhcp.Config
+	DHCPInterface string
+	// TFTPFiles, when set, are served by name over TFTP on TFTPListen
+	// (iPXE for legacy PXE ROMs).
+	TFTPFiles  map[string]string
+	TFTPListen string
 }
 
 // Defaults returns a config for a data dir.
@@ -66,6 +77,12 @@ func (c Config) Validate() error {
 	}
 	if c.Boot != nil && c.Boot.Listen == "" {
 		errs = append(errs, errors.New("boot service: listen address is required"))
+	}
+	if c.DHCP != nil && (c.Boot == nil || c.DHCPInterface == "") {
+		errs = append(errs, errors.New("DHCP needs the boot service and an interface"))
+	}
+	if len(c.TFTPFiles) > 0 && c.TFTPListen == "" {
+		errs = append(errs, errors.New("TFTP needs a listen address"))
 	}
 	return errors.Join(append(errs, c.Server.Validate())...)
 }
@@ -92,6 +109,11 @@ type Controller struct {
 	grpc  *grpc.Server
 	http  *http.Server
 	done  chan error
+	// stopUDP ends the DHCP and TFTP servers; udp waits for them.
+	stopUDP context.CancelFunc
+	udp     sync.WaitGroup
+	udpErr  []error
+	udpMu   sync.Mutex
 }
 
 var _ boot.Machines = (*server.Server)(nil)
@@ -184,6 +206,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 			return nil, err
 		}
 		httpSrv = &http.Server{Handler: bs.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		if cfg.DHCP != nil && cfg.DHCP.ChainURL == "" {
+			cfg.DHCP.ChainURL = bs.ChainURL()
+		}
+	}
+	udp, err := startUDP(cfg, log)
+	if err != nil {
+		closeAll()
+		return nil, err
 	}
 	g := srv.NewGRPCServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
@@ -199,6 +229,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		Addr: lis.Addr(), CAFile: filepath.Join(cfg.DataDir, CAFile), CAFingerprint: ca.Fingerprint(),
 		AdminToken: admin, BootToken: bootTok, store: st, grpc: g, http: httpSrv, done: make(chan error, 1),
 	}
+	c.runUDP(udp, log)
 	log.Info("controller listening", "addr", lis.Addr().String(), "ca_fingerprint", c.CAFingerprint, "data_dir", cfg.DataDir)
 	if httpSrv != nil {
 		c.BootAddr = bootLis.Addr()
@@ -216,6 +247,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 // Stop ends every stream at once (as a crash would, from the agents' side)
 // and closes the store.
 func (c *Controller) Stop() error {
+	if c.stopUDP != nil {
+		c.stopUDP()
+		c.udp.Wait()
+	}
 	var herr error
 	if c.http != nil {
 		if herr = c.http.Close(); herr != nil {
@@ -227,7 +262,7 @@ func (c *Controller) Stop() error {
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
-	return errors.Join(herr, err, c.store.Close())
+	return errors.Join(append(c.udpErr, herr, err, c.store.Close())...)
 }
 
 // Shutdown stops gracefully: no new calls, unary calls finish, then streams
@@ -244,3 +279,58 @@ func (c *Controller) Shutdown(timeout time.Duration) error {
 
 // Done returns the Serve result once the server stops.
 func (c *Controller) Done() <-chan error { return c.done }
+
+// udpServer is a DHCP or TFTP server to run until Stop.
+type udpServer struct {
+	name  string
+	serve func(context.Context) error
+}
+
+// startUDP opens the DHCP and TFTP sockets the config asks for.
+func startUDP(cfg Config, log *slog.Logger) ([]udpServer, error) {
+	var out []udpServer
+	if cfg.DHCP != nil {
+		opts, err := dhcp.Listen(cfg.DHCPInterface, cfg.DHCP.Mode)
+		if err != nil {
+			return nil, err
+		}
+		d, err := dhcp.New(*cfg.DHCP, append(opts, dhcp.WithLogger(log.With("service", "dhcp")))...)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("DHCP serving", "mode", cfg.DHCP.Mode, "interface", cfg.DHCPInterface, "chain_url", cfg.DHCP.ChainURL)
+		out = append(out, udpServer{"DHCP", d.Serve})
+	}
+	if len(cfg.TFTPFiles) > 0 {
+		t, err := tftp.New(cfg.TFTPFiles, tftp.WithLogger(log.With("service", "tftp")))
+		if err != nil {
+			return nil, err
+		}
+		pc, err := net.ListenPacket("udp4", cfg.TFTPListen)
+		if err != nil {
+			return nil, fmt.Errorf("TFTP listen %s: %w", cfg.TFTPListen, err)
+		}
+		log.Info("TFTP serving", "addr", pc.LocalAddr().String(), "files", len(cfg.TFTPFiles))
+		out = append(out, udpServer{"TFTP", func(ctx context.Context) error { return t.Serve(ctx, pc) }})
+	}
+	return out, nil
+}
+
+// runUDP runs the servers until Stop; a server that fails is logged and
+// its error returned by Stop.
+func (c *Controller) runUDP(servers []udpServer, log *slog.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stopUDP = cancel
+	for _, s := range servers {
+		c.udp.Add(1)
+		go func() {
+			defer c.udp.Done()
+			if err := s.serve(ctx); err != nil {
+				log.Error(s.name+" server stopped", "err", err)
+				c.udpMu.Lock()
+				c.udpErr = append(c.udpErr, fmt.Errorf("%s: %w", s.name, err))
+				c.udpMu.Unlock()
+			}
+		}()
+	}
+}

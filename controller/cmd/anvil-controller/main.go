@@ -4,18 +4,23 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
 	_ "net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/anvil-metal/anvil/controller/app"
+	"github.com/anvil-metal/anvil/controller/boot"
+	"github.com/anvil-metal/anvil/controller/boot/dhcp"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -36,7 +41,41 @@ func main() {
 	flag.BoolVar(&cfg.Server.EraseFallback, "erase-fallback", false, "secure erase: accept a verified full overwrite on disks without a usable hardware erase")
 	flag.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	debugAddr := flag.String("debug-addr", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060); off by default")
+	bc := boot.Defaults()
+	flag.StringVar(&bc.Listen, "boot-listen", "", "HTTP boot service address (iPXE scripts, agent files, images, phone home), e.g. :8080; off when empty")
+	flag.StringVar(&bc.BaseURL, "boot-url", "", "URL machines reach the boot service at, e.g. http://192.168.77.1:8080")
+	flag.StringVar(&bc.AgentController, "agent-controller", "", "gRPC address agents dial (default: the --listen address); the serving certificate must name its host (--hosts)")
+	flag.StringVar(&bc.Kernel, "boot-kernel", "", "the agent's kernel (vmlinuz)")
+	flag.StringVar(&bc.Initramfs, "boot-initramfs", "", "the agent's initramfs (make initramfs)")
+	flag.StringVar(&bc.KernelArgs, "boot-kernel-args", bc.KernelArgs, "extra kernel arguments for the agent")
+	flag.StringVar(&bc.ImageDir, "image-dir", "", "directory served under /images/ by the boot service")
+	dc := dhcp.Defaults()
+	var dhcpMode, dhcpIface, dhcpServer, dhcpPool, dhcpMask, dhcpRouter, dhcpDNS, ipxeDir string
+	flag.StringVar(&dhcpMode, "dhcp", "off", "DHCP: off, proxy (another server leases addresses) or full (this one does)")
+	flag.StringVar(&dhcpIface, "dhcp-interface", "", "interface of the provisioning network")
+	flag.StringVar(&dhcpServer, "dhcp-server-ip", "", "this controller's IPv4 address on that network")
+	flag.StringVar(&dhcpPool, "dhcp-pool", "", "full mode: address range FIRST-LAST")
+	flag.StringVar(&dhcpMask, "dhcp-netmask", "255.255.255.0", "full mode: netmask")
+	flag.StringVar(&dhcpRouter, "dhcp-router", "", "full mode: default gateway (optional)")
+	flag.StringVar(&dhcpDNS, "dhcp-dns", "", "full mode: comma-separated DNS servers (optional)")
+	flag.DurationVar(&dc.LeaseTime, "dhcp-lease", dc.LeaseTime, "full mode: lease time")
+	tftpListen := flag.String("tftp-listen", "", "TFTP address for legacy PXE clients (e.g. :69); serves iPXE from --ipxe-dir")
+	flag.StringVar(&ipxeDir, "ipxe-dir", "/usr/lib/ipxe", "directory with Debian's iPXE binaries (undionly.kpxe, ipxe.efi)")
 	flag.Parse()
+	if bc.Listen != "" {
+		cfg.Boot = &bc
+	}
+	if dhcpMode != "off" {
+		var err error
+		if cfg.DHCP, err = dhcpConfig(dc, dhcpMode, dhcpServer, dhcpPool, dhcpMask, dhcpRouter, dhcpDNS); err != nil {
+			fail(err)
+		}
+		cfg.DHCPInterface = dhcpIface
+	}
+	if *tftpListen != "" {
+		cfg.TFTPListen = *tftpListen
+		cfg.TFTPFiles = map[string]string{dc.BIOSFile: filepath.Join(ipxeDir, "undionly.kpxe"), dc.EFIFile: filepath.Join(ipxeDir, "ipxe.efi")}
+	}
 
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
@@ -101,4 +140,37 @@ func eraseMode(s string) (anvilv1.EraseMode, error) {
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "anvil-controller:", err)
 	os.Exit(1)
+}
+
+// dhcpConfig parses the DHCP flags.
+func dhcpConfig(c dhcp.Config, mode, server, pool, mask, router, dns string) (*dhcp.Config, error) {
+	var errs []error
+	parse := func(what, v string) netip.Addr {
+		if v == "" {
+			return netip.Addr{}
+		}
+		a, err := netip.ParseAddr(strings.TrimSpace(v))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--%s: %w", what, err))
+		}
+		return a
+	}
+	c.Mode = dhcp.Mode(mode)
+	c.ServerIP = parse("dhcp-server-ip", server)
+	if c.Mode == dhcp.Full {
+		first, last, ok := strings.Cut(pool, "-")
+		if !ok {
+			errs = append(errs, fmt.Errorf("--dhcp-pool %q: want FIRST-LAST", pool))
+		}
+		c.PoolStart, c.PoolEnd = parse("dhcp-pool", first), parse("dhcp-pool", last)
+		c.Netmask = parse("dhcp-netmask", mask)
+		c.Router = parse("dhcp-router", router)
+		for _, d := range split(dns) {
+			c.DNS = append(c.DNS, parse("dhcp-dns", d))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &c, nil
 }

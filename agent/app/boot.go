@@ -1,0 +1,51 @@
+package app
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/anvil-metal/anvil/agent/backoff"
+	"github.com/anvil-metal/anvil/agent/bootenv"
+	"github.com/anvil-metal/anvil/controller/pki"
+)
+
+// prepareBoot readies the RAM-booted machine (file systems, modules, disks,
+// DHCP: bootenv.Prepare), then makes its clock plausible from the
+// controller's certificate chain (bootenv.SeedClock), retrying until the
+// controller answers: nothing else can work before.
+func prepareBoot(ctx context.Context, cfg Config, caPEM []byte, host string, log *slog.Logger) error {
+	log = log.With("phase", "boot")
+	if _, err := bootenv.Prepare(ctx, bootenv.Defaults(), bootenv.WithLogger(log)); err != nil {
+		return fmt.Errorf("prepare the boot environment: %w", err)
+	}
+	cc := bootenv.ClockConfig{Addr: cfg.Controller, ServerName: host}
+	if len(caPEM) > 0 {
+		cc.Roots = x509.NewCertPool()
+		if !cc.Roots.AppendCertsFromPEM(caPEM) {
+			return errors.New("CA file holds no certificate")
+		}
+	}
+	if cfg.CAFingerprint != "" {
+		fp, err := pki.ParseFingerprint(cfg.CAFingerprint)
+		if err != nil {
+			return err
+		}
+		cc.Fingerprint = fp
+	}
+	bo := backoff.Default()
+	for attempt := 0; ; attempt++ {
+		step, err := bootenv.SeedClock(ctx, cc, bootenv.WithLogger(log))
+		if err == nil {
+			log.Info("clock checked against the controller's certificate", "clock", step.After.UTC().Format(time.RFC3339), "stepped", step.Stepped)
+			return nil
+		}
+		log.Warn("clock check failed; retrying", "attempt", attempt, "err", err)
+		if err := bo.Sleep(ctx, attempt); err != nil {
+			return fmt.Errorf("seed the clock from the controller: %w", err)
+		}
+	}
+}

@@ -1,0 +1,337 @@
+// Package dhcp points network-booting machines at anvil's boot service. It
+// answers DHCPv4 (RFC 2131, options RFC 2132) in one of two modes:
+//
+//   - proxy: another DHCP server stays in charge of addresses; anvil only
+//     answers PXE clients (option 60 "PXEClient") with boot information,
+//     as a ProxyDHCP server of the PXE 2.1 specification does (on port 67
+//     and on 4011), never with an address;
+//   - full: anvil leases addresses from a pool too, for an isolated
+//     provisioning network such as the lab's.
+//
+// Boot information depends on the client (RFC 4578): a client that already
+// runs iPXE (user class option 77 "iPXE") gets the HTTP URL of the chain
+// script; a legacy PXE ROM gets iPXE itself over TFTP, undionly.kpxe for
+// BIOS or ipxe.efi for x86-64 UEFI (option 93 architecture types 7 and 9).
+//
+// Reply is the pure core; Server is the UDP loop around it.
+package dhcp
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
+)
+
+// Mode says how much of DHCP anvil serves.
+type Mode string
+
+// Modes.
+const (
+	Proxy Mode = "proxy"
+	Full  Mode = "full"
+)
+
+// Config configures the replies.
+type Config struct {
+	Mode Mode
+	// ServerIP is this server's address on the provisioning network: the
+	// server identifier and the TFTP next-server.
+	ServerIP netip.Addr
+	// ChainURL is the iPXE chain script's URL (boot service /ipxe/boot.ipxe).
+	ChainURL string
+	// BIOSFile and EFIFile are the TFTP names of iPXE for legacy clients.
+	BIOSFile, EFIFile string
+
+	// Full mode only.
+	// Pool is the range of addresses leased, both ends included.
+	PoolStart, PoolEnd netip.Addr
+	Netmask            netip.Addr
+	Router             netip.Addr   // optional
+	DNS                []netip.Addr // optional
+	LeaseTime          time.Duration
+}
+
+// Defaults returns the defaults for the optional fields.
+func Defaults() Config {
+	return Config{Mode: Proxy, BIOSFile: "undionly.kpxe", EFIFile: "ipxe.efi", LeaseTime: time.Hour}
+}
+
+// Validate reports every invalid field.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Mode != Proxy && c.Mode != Full {
+		errs = append(errs, fmt.Errorf("mode %q: want proxy or full", c.Mode))
+	}
+	if !c.ServerIP.Is4() {
+		errs = append(errs, fmt.Errorf("server IP %v: want an IPv4 address", c.ServerIP))
+	}
+	if !strings.HasPrefix(c.ChainURL, "http://") && !strings.HasPrefix(c.ChainURL, "https://") {
+		errs = append(errs, fmt.Errorf("chain URL %q: want http(s)://", c.ChainURL))
+	}
+	if c.BIOSFile == "" || c.EFIFile == "" {
+		errs = append(errs, errors.New("the iPXE file names for BIOS and EFI clients are required"))
+	}
+	if c.Mode == Full {
+		if !c.PoolStart.Is4() || !c.PoolEnd.Is4() || c.PoolEnd.Less(c.PoolStart) {
+			errs = append(errs, fmt.Errorf("pool %v-%v: want two IPv4 addresses, start first", c.PoolStart, c.PoolEnd))
+		}
+		if !c.Netmask.Is4() {
+			errs = append(errs, fmt.Errorf("netmask %v: want an IPv4 mask", c.Netmask))
+		}
+		if c.LeaseTime < time.Minute {
+			errs = append(errs, fmt.Errorf("lease time %v: want at least a minute", c.LeaseTime))
+		}
+		if c.PoolStart.Is4() && c.PoolEnd.Is4() && c.ServerIP.Is4() && !c.ServerIP.Less(c.PoolStart) && !c.PoolEnd.Less(c.ServerIP) {
+			errs = append(errs, fmt.Errorf("server IP %v lies inside the pool", c.ServerIP))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Client is what a request says about the booting client.
+type Client struct {
+	PXE  bool // option 60 starts with "PXEClient"
+	IPXE bool // user class "iPXE"
+	// Arch is the first option 93 architecture (RFC 4578 §2.1); 0 BIOS.
+	Arch iana.Arch
+}
+
+// Identify reads the client's kind from its request.
+func Identify(req *dhcpv4.DHCPv4) Client {
+	c := Client{PXE: strings.HasPrefix(req.ClassIdentifier(), "PXEClient")}
+	for _, uc := range req.UserClass() {
+		if uc == "iPXE" {
+			c.IPXE = true
+		}
+	}
+	if archs := req.ClientArch(); len(archs) > 0 {
+		c.Arch = archs[0]
+	}
+	return c
+}
+
+// bootfile is what the client should load.
+func (c Config) bootfile(cl Client) (file string, tftp bool) {
+	if cl.IPXE {
+		return c.ChainURL, false
+	}
+	switch cl.Arch {
+	case iana.EFI_X86_64, iana.EFI_BC, iana.EFI_X86_64_HTTP:
+		return c.EFIFile, true
+	}
+	return c.BIOSFile, true
+}
+
+// Leases is the full mode's address book: one address per MAC, the same
+// one again while the lease lives, and a MAC's preferred address (from a
+// hash of the MAC) when it is free, so addresses survive a restart of the
+// controller as far as possible.
+type Leases struct {
+	mu    sync.Mutex
+	start uint32
+	size  uint32
+	byMAC map[string]lease
+	byIP  map[uint32]string
+}
+
+type lease struct {
+	ip      uint32
+	expires time.Time
+}
+
+// NewLeases returns an empty book for the pool [start, end].
+func NewLeases(start, end netip.Addr) *Leases {
+	s, e := u32(start), u32(end)
+	return &Leases{start: s, size: e - s + 1, byMAC: map[string]lease{}, byIP: map[uint32]string{}}
+}
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func addr(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// ErrPoolExhausted is a pool with no free address.
+var ErrPoolExhausted = errors.New("address pool exhausted")
+
+// Offer returns the address for mac, reserving it until now+ttl.
+func (l *Leases) Offer(mac string, now time.Time, ttl time.Duration) (netip.Addr, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if le, ok := l.byMAC[mac]; ok {
+		l.byMAC[mac] = lease{le.ip, now.Add(ttl)}
+		return addr(le.ip), nil
+	}
+	h := fnv.New32a()
+	h.Write([]byte(mac))
+	first := h.Sum32() % l.size
+	for i := uint32(0); i < l.size; i++ {
+		ip := l.start + (first+i)%l.size
+		if owner, taken := l.byIP[ip]; taken {
+			if l.byMAC[owner].expires.After(now) {
+				continue
+			}
+			delete(l.byMAC, owner) // expired: reuse
+		}
+		l.byIP[ip] = mac
+		l.byMAC[mac] = lease{ip, now.Add(ttl)}
+		return addr(ip), nil
+	}
+	return netip.Addr{}, fmt.Errorf("%w: %d addresses, all leased", ErrPoolExhausted, l.size)
+}
+
+// Holds reports whether mac holds a live lease on ip.
+func (l *Leases) Holds(mac string, ip netip.Addr, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	le, ok := l.byMAC[mac]
+	return ok && addr(le.ip) == ip && le.expires.After(now)
+}
+
+// Release ends mac's lease.
+func (l *Leases) Release(mac string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if le, ok := l.byMAC[mac]; ok {
+		delete(l.byIP, le.ip)
+		delete(l.byMAC, mac)
+	}
+}
+
+// ErrIgnore is a request this server does not answer (not an error on
+// the client's side: another server may).
+var ErrIgnore = errors.New("not answered")
+
+// Reply builds the answer to req, or returns ErrIgnore (wrapped with why).
+// proxyPort says the request came to the PXE boot server port 4011.
+func Reply(c Config, leases *Leases, req *dhcpv4.DHCPv4, now time.Time, proxyPort bool) (*dhcpv4.DHCPv4, error) {
+	if req.OpCode != dhcpv4.OpcodeBootRequest {
+		return nil, fmt.Errorf("%w: not a BOOTREQUEST", ErrIgnore)
+	}
+	if req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
+		return nil, fmt.Errorf("%w: not an Ethernet client", ErrIgnore)
+	}
+	cl := Identify(req)
+	mac := req.ClientHWAddr.String()
+	mt := req.MessageType()
+	if c.Mode == Proxy || proxyPort {
+		return proxyReply(c, req, cl, mt)
+	}
+	switch mt {
+	case dhcpv4.MessageTypeDiscover:
+		ip, err := leases.Offer(mac, now, 2*time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		return fullReply(c, req, cl, dhcpv4.MessageTypeOffer, ip)
+	case dhcpv4.MessageTypeRequest:
+		// A REQUEST names the server it chose (option 54) when it answers
+		// an OFFER; one for another server is not ours to answer.
+		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(net.IP(c.ServerIP.AsSlice())) {
+			leases.Release(mac)
+			return nil, fmt.Errorf("%w: %s chose server %v", ErrIgnore, mac, sid)
+		}
+		want := req.RequestedIPAddress()
+		if want == nil || want.IsUnspecified() {
+			want = req.ClientIPAddr // renewing (RFC 2131 §4.3.2)
+		}
+		ip, ok := netip.AddrFromSlice(want.To4())
+		if !ok || !leases.Holds(mac, ip, now) {
+			// An address we did not offer (or the lease lapsed): NAK, so
+			// the client starts over with a DISCOVER.
+			return nak(c, req)
+		}
+		if _, err := leases.Offer(mac, now, c.LeaseTime); err != nil {
+			return nil, err
+		}
+		return fullReply(c, req, cl, dhcpv4.MessageTypeAck, ip)
+	case dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
+		leases.Release(mac)
+		return nil, fmt.Errorf("%w: %s from %s", ErrIgnore, mt, mac)
+	}
+	return nil, fmt.Errorf("%w: message type %s", ErrIgnore, mt)
+}
+
+func serverIP(c Config) net.IP { return net.IP(c.ServerIP.AsSlice()) }
+
+// withBoot adds the boot information for cl.
+func withBoot(c Config, cl Client) []dhcpv4.Modifier {
+	file, tftp := c.bootfile(cl)
+	mods := []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptBootFileName(file))}
+	if tftp {
+		mods = append(mods, dhcpv4.WithServerIP(serverIP(c)), dhcpv4.WithOption(dhcpv4.OptTFTPServerName(c.ServerIP.String())))
+	}
+	if cl.PXE {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")))
+	}
+	return mods
+}
+
+func fullReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType, ip netip.Addr) (*dhcpv4.DHCPv4, error) {
+	mods := []dhcpv4.Modifier{
+		dhcpv4.WithMessageType(mt),
+		dhcpv4.WithYourIP(net.IP(ip.AsSlice())),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(serverIP(c))),
+		dhcpv4.WithOption(dhcpv4.OptSubnetMask(net.IPMask(c.Netmask.AsSlice()))),
+		dhcpv4.WithLeaseTime(uint32(c.LeaseTime / time.Second)),
+	}
+	if c.Router.IsValid() {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptRouter(net.IP(c.Router.AsSlice()))))
+	}
+	if len(c.DNS) > 0 {
+		var dns []net.IP
+		for _, d := range c.DNS {
+			dns = append(dns, net.IP(d.AsSlice()))
+		}
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptDNS(dns...)))
+	}
+	if cl.PXE || cl.IPXE {
+		mods = append(mods, withBoot(c, cl)...)
+	}
+	return dhcpv4.NewReplyFromRequest(req, mods...)
+}
+
+func nak(c Config, req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
+	return dhcpv4.NewReplyFromRequest(req,
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(serverIP(c))),
+		dhcpv4.WithOption(dhcpv4.OptMessage("requested address not leased by this server")))
+}
+
+// proxyReply is the ProxyDHCP answer: boot information only, to PXE
+// clients only (PXE 2.1 §2.2.3: OFFER to a DISCOVER on port 67, ACK to a
+// REQUEST on port 4011).
+func proxyReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType) (*dhcpv4.DHCPv4, error) {
+	if !cl.PXE && !cl.IPXE {
+		return nil, fmt.Errorf("%w: proxy mode answers PXE clients only", ErrIgnore)
+	}
+	var reply dhcpv4.MessageType
+	switch mt {
+	case dhcpv4.MessageTypeDiscover:
+		reply = dhcpv4.MessageTypeOffer
+	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
+		reply = dhcpv4.MessageTypeAck
+	default:
+		return nil, fmt.Errorf("%w: message type %s in proxy mode", ErrIgnore, mt)
+	}
+	mods := append([]dhcpv4.Modifier{
+		dhcpv4.WithMessageType(reply),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(serverIP(c))),
+		dhcpv4.WithYourIP(net.IPv4zero),
+		// PXE vendor options (option 43): PXE_DISCOVERY_CONTROL (6) = 8,
+		// "use the boot file name given, no boot server discovery".
+		dhcpv4.WithGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}),
+	}, withBoot(c, Client{PXE: true, IPXE: cl.IPXE, Arch: cl.Arch})...)
+	return dhcpv4.NewReplyFromRequest(req, mods...)
+}

@@ -18,7 +18,7 @@ help:
 	@echo "make proto     regenerate proto/ Go code (pinned plugins)"
 	@echo "make test      install dependencies, lint, run every test"
 	@echo "make bench     benchmarks with ratios against baselines (docs/benchmarks.md)"
-	@echo "make lab       controller + simulated machines on loop devices, to Ready"
+	@echo "make lab       QEMU mini-lab: LAB_MACHINES VMs network-boot the agent, install LAB_IMAGE, end Provisioned"
 	@echo "make lab-down  remove everything the lab created"
 
 deps:
@@ -53,11 +53,19 @@ test: deps lint build initramfs
 bench: deps build
 	hack/bench.sh
 
-lab: deps build
-	hack/lab.sh up
+# The QEMU mini-lab (test/labkit): LAB_MACHINES VMs in a network namespace
+# of the lab's own network-boot the agent, get erased and, when LAB_IMAGE
+# names an image catalogue entry, install it, kexec and phone home.
+LAB_MACHINES ?= 3
+LAB_IMAGE    ?=
+lab: deps build initramfs
+	go build -o bin/anvil-lab ./test/labkit/cmd/anvil-lab
+	bin/anvil-lab -machines $(LAB_MACHINES) -kernel $(KERNEL_DIR)/vmlinuz -initramfs $(INITRAMFS) \
+		$(if $(LAB_IMAGE),-image $(LAB_IMAGE)) up
 
 lab-down:
-	hack/lab.sh down
+	go build -o bin/anvil-lab ./test/labkit/cmd/anvil-lab
+	bin/anvil-lab down
 
 clean:
 	rm -rf bin .tools

@@ -1,84 +1,234 @@
-// Package lab runs the lab script (hack/lab.sh) end to end, as `make lab`
-// does, in a directory and on a port of its own: the controller and
-// host-mode agents on loop devices must reach Ready, and `down` must remove
-// every process and loop device it created.
+// Package lab is the end-to-end suite on the QEMU mini-lab (package
+// labkit), as `make lab` runs it: VMs network-boot the real agent from the
+// real controller's DHCP, TFTP and boot service inside a network namespace
+// of the test's own, and are driven through the operator API.
 package lab
 
 import (
+	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+	"github.com/anvil-metal/anvil/test/labkit"
 )
 
-func TestLabUpAndDown(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root for loop devices")
-	}
-	root, err := filepath.Abs("../..")
+// suite is one lab shared by the tests, booted once.
+type suite struct {
+	lab *labkit.Lab
+	op  *labkit.Operator
+	ids []string
+	dir string // images served under /images/
+}
+
+func root(t *testing.T) string {
+	r, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+func startSuite(t *testing.T, machines int) *suite {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the lab needs root (network namespace, taps)")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 missing (hack/install-deps.sh)")
+	}
+	r := root(t)
+	cache := os.Getenv("ANVIL_CACHE")
+	if cache == "" {
+		cache = "/var/cache/anvil"
+	}
 	bin := t.TempDir()
-	for _, c := range []string{"anvil-agent", "anvil-controller", "anvilctl"} {
-		dir := "./controller/cmd/" + c
-		if c == "anvil-agent" {
-			dir = "./agent/cmd/anvil-agent"
-		}
-		build := exec.Command("go", "build", "-o", filepath.Join(bin, c), dir)
-		build.Dir = root
+	for _, c := range []string{"anvil-controller", "anvilctl"} {
+		build := exec.Command("go", "build", "-o", filepath.Join(bin, c), "./controller/cmd/"+c)
+		build.Dir = r
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", c, err, out)
 		}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	images := t.TempDir()
+	c := labkit.Defaults(filepath.Join(t.TempDir(), "lab"))
+	c.Namespace = fmt.Sprintf("anvil-e2e-%d", os.Getpid())
+	c.Machines = machines
+	c.Bin = bin
+	c.Kernel = filepath.Join(cache, "kernel", "vmlinuz")
+	c.Initramfs = filepath.Join(r, "bin", "anvil-initramfs.cpio.zst")
+	c.ImageDir = images
+	c.DiskMiB, c.NVMeMiB = 512, 256
+	c.MemoryMiB = 768
+	for _, p := range []string{c.Kernel, c.Initramfs} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s missing (make test builds it): %v", p, err)
+		}
+	}
+	ctx := context.Background()
+	l, err := labkit.Up(ctx, c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	labDir := filepath.Join(t.TempDir(), "lab")
-	env := append(os.Environ(), "LAB_DIR="+labDir, "LAB_BIN="+bin, fmt.Sprintf("LAB_PORT=%d", port),
-		"LAB_MACHINES=2", "LAB_DISK_MIB=64")
-	run := func(arg string) string {
-		cmd := exec.Command(filepath.Join(root, "hack/lab.sh"), arg)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("lab.sh %s: %v\n%s", arg, err, out)
-		}
-		return string(out)
-	}
-	var loops []string
+	s := &suite{lab: l, dir: images}
 	t.Cleanup(func() {
-		if _, err := os.Stat(labDir); err == nil {
-			run("down")
+		if t.Failed() {
+			for _, vm := range l.VMs {
+				t.Logf("console of VM %d:\n%s", vm.Index, tail(l.ConsoleText(vm), 4000))
+			}
+			b, _ := os.ReadFile(filepath.Join(c.Dir, "controller.log"))
+			t.Logf("controller log:\n%s", tail(string(b), 6000))
+		}
+		if s.op != nil {
+			s.op.Close()
+		}
+		if err := labkit.Down(c); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join("/run/netns", c.Namespace)); err == nil {
+			t.Errorf("netns %s left behind", c.Namespace)
 		}
 	})
-	out := run("up")
-	if !strings.Contains(out, "2 machines Ready") {
-		t.Fatalf("lab did not report 2 Ready machines:\n%s", out)
+	if s.op, err = l.Operator(); err != nil {
+		t.Fatal(err)
 	}
-	if n := strings.Count(out, " Ready "); n < 2 {
-		t.Fatalf("anvilctl machine ls shows %d Ready machines:\n%s", n, out)
+	for _, vm := range l.VMs {
+		s.ids = append(s.ids, vm.UUID)
 	}
-	b, err := os.ReadFile(filepath.Join(labDir, "loops"))
+	return s
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+func (s *suite) wait(t *testing.T, ids []string, st anvilv1.MachineState, d time.Duration) {
+	t.Helper()
+	if err := labkit.WaitState(context.Background(), s.op, ids, st, d); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *suite) machine(t *testing.T, id string) *anvilv1.Machine {
+	t.Helper()
+	m, err := s.op.Machines.GetMachine(context.Background(), &anvilv1.GetMachineRequest{Id: id})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		loops = append(loops, strings.Fields(line)[0])
+	return m
+}
+
+func (s *suite) events(t *testing.T, id string) []*anvilv1.Event {
+	t.Helper()
+	r, err := s.op.Machines.ListEvents(context.Background(), &anvilv1.ListEventsRequest{MachineId: id})
+	if err != nil {
+		t.Fatal(err)
 	}
-	run("down")
-	if _, err := os.Stat(labDir); !os.IsNotExist(err) {
-		t.Errorf("lab dir still there after down: %v", err)
+	return r.GetEvents()
+}
+
+// smallImage writes a 64 MiB raw GPT disk image into the image dir.
+func (s *suite) smallImage(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(s.dir, name)
+	d, err := diskfs.Create(p, 64<<20, diskfs.SectorSizeDefault)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, dev := range loops {
-		if out, _ := exec.Command("losetup", "-nO", "BACK-FILE", dev).Output(); strings.Contains(string(out), labDir) {
-			t.Errorf("%s still attached to the lab's image after down", dev)
+	if err := d.Partition(&gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, Partitions: []*gpt.Partition{
+		{Index: 1, Start: 2048, End: 100000, Type: gpt.LinuxFilesystem, Name: "root"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	return p
+}
+
+func TestLab(t *testing.T) {
+	s := startSuite(t, 2)
+	ctx := context.Background()
+
+	t.Run("network boot to Ready with real inventory and erase", func(t *testing.T) {
+		s.wait(t, s.ids, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
+		for i, vm := range s.lab.VMs {
+			m := s.machine(t, s.ids[i])
+			var serials []string
+			for _, d := range m.GetInventory().GetDisks() {
+				serials = append(serials, d.GetSerial())
+			}
+			if got := strings.Join(serials, ","); !strings.Contains(got, vm.DiskSerial) || !strings.Contains(got, vm.NVMeSerial) {
+				t.Errorf("VM %d disks %s, want %s and %s", vm.Index, got, vm.DiskSerial, vm.NVMeSerial)
+			}
+			if macs := m.GetMacs(); len(macs) != 1 || macs[0] != vm.MAC {
+				t.Errorf("VM %d MACs %v, want %s", vm.Index, macs, vm.MAC)
+			}
+			var wiped string
+			for _, e := range s.events(t, s.ids[i]) {
+				if e.GetType() == anvilv1.EventType_EVENT_TYPE_WIPED {
+					wiped = e.GetMessage()
+				}
+			}
+			// The NVMe disk is erased by the drive itself (Format NVM).
+			if !strings.Contains(wiped, "/dev/nvme0n1 nvme-format") || !strings.Contains(wiped, "verified by markers") {
+				t.Errorf("VM %d erase: %q", vm.Index, wiped)
+			}
 		}
-	}
+	})
+
+	t.Run("controller restarted while agents wait", func(t *testing.T) {
+		if err := s.lab.StopController(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		if err := s.lab.StartController(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The agents reconnect; an allocation reaches the waiting agent
+		// (checked by the next test, on the same streams).
+		s.wait(t, s.ids, anvilv1.MachineState_MACHINE_STATE_READY, time.Minute)
+		for _, id := range s.ids {
+			if l := s.machine(t, id).GetLiveliness(); l != anvilv1.Liveliness_LIVELINESS_ALIVE {
+				t.Errorf("%s liveliness %v after the restart", id, l)
+			}
+		}
+	})
+
+	t.Run("corrupt image is never booted; free erases; Ready again", func(t *testing.T) {
+		s.smallImage(t, "corrupt.raw")
+		id := s.ids[0]
+		if _, err := s.op.Images.CreateImage(ctx, &anvilv1.CreateImageRequest{Image: &anvilv1.Image{
+			Id: "corrupt", Url: labkit.BootURL() + "/images/corrupt.raw", Checksum: "sha256:" + strings.Repeat("ab", 32),
+			Format: anvilv1.ImageFormat_IMAGE_FORMAT_RAW, Os: "none", Version: "1", Features: []anvilv1.ImageFeature{anvilv1.ImageFeature_IMAGE_FEATURE_MACHINE},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: "corrupt"}); err != nil {
+			t.Fatal(err)
+		}
+		s.wait(t, []string{id}, anvilv1.MachineState_MACHINE_STATE_FAILED, 2*time.Minute)
+		m := s.machine(t, id)
+		if r := m.GetFailureReason(); !strings.Contains(r, "checksum mismatch") || !strings.Contains(r, "destroyed") {
+			t.Errorf("failure reason %q: want the checksum mismatch and the destroyed tables", r)
+		}
+		for _, e := range s.events(t, id) {
+			if e.GetType() == anvilv1.EventType_EVENT_TYPE_BOOTING || e.GetType() == anvilv1.EventType_EVENT_TYPE_PHONED_HOME {
+				t.Errorf("a corrupt image got to %v: %s", e.GetType(), e.GetMessage())
+			}
+		}
+		if _, err := s.op.Machines.FreeMachine(ctx, &anvilv1.FreeMachineRequest{Id: id, EraseMode: anvilv1.EraseMode_ERASE_MODE_QUICK}); err != nil {
+			t.Fatal(err)
+		}
+		s.wait(t, []string{id}, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
+	})
 }

@@ -1,0 +1,120 @@
+package labkit
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/anvil-metal/anvil/controller/pki"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// Operator is a set of operator API clients connected to the lab's
+// controller inside its namespace.
+type Operator struct {
+	Machines anvilv1.MachineServiceClient
+	Images   anvilv1.ImageServiceClient
+	Sizes    anvilv1.SizeServiceClient
+	conn     *grpc.ClientConn
+}
+
+// Close closes the connection.
+func (o *Operator) Close() error { return o.conn.Close() }
+
+// DialInNamespace opens a TCP connection from inside the namespace: the
+// socket is created while this goroutine's OS thread is in the namespace,
+// and stays there. The thread goes back to the host's namespace before it
+// is released; if that fails, the thread is never released (Go then ends
+// it with the goroutine), so no other code runs in the lab's namespace.
+func DialInNamespace(ctx context.Context, ns, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		host, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("current netns: %w", err)}
+			return
+		}
+		defer host.Close()
+		lab, err := netns.GetFromName(ns)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("netns %s: %w", ns, err)}
+			return
+		}
+		defer lab.Close()
+		if err := netns.Set(lab); err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("enter netns %s: %w", ns, err)}
+			return
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err := netns.Set(host); err == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- result{c, err}
+	}()
+	r := <-done
+	return r.c, r.err
+}
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// Operator connects to the controller with the admin token.
+func (l *Lab) Operator() (*Operator, error) {
+	ca, err := os.ReadFile(filepath.Join(l.DataDir(), "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	tok, err := pki.ReadTokenFile(filepath.Join(l.DataDir(), "admin.token"))
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := pki.ClientTLS(ca, "")
+	if err != nil {
+		return nil, err
+	}
+	ns := l.cfg.Namespace
+	conn, err := grpc.NewClient("passthrough:///"+ControllerAddr(),
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithPerRPCCredentials(bearer(tok)),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return DialInNamespace(ctx, ns, addr) }))
+	if err != nil {
+		return nil, err
+	}
+	return &Operator{
+		Machines: anvilv1.NewMachineServiceClient(conn),
+		Images:   anvilv1.NewImageServiceClient(conn),
+		Sizes:    anvilv1.NewSizeServiceClient(conn),
+		conn:     conn,
+	}, nil
+}
+
+// Anvilctl is the environment and command prefix that run anvilctl
+// against the lab from a shell.
+func (l *Lab) Anvilctl() (env []string, prefix []string) {
+	env = []string{
+		"ANVIL_CONTROLLER=" + ControllerAddr(),
+		"ANVIL_CA=" + filepath.Join(l.DataDir(), "ca.crt"),
+		"ANVIL_TOKEN_FILE=" + filepath.Join(l.DataDir(), "admin.token"),
+	}
+	return env, []string{"ip", "netns", "exec", l.cfg.Namespace, filepath.Join(l.cfg.Bin, "anvilctl")}
+}

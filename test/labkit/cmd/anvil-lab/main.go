@@ -1,0 +1,160 @@
+// Command anvil-lab runs the QEMU mini-lab (package labkit): `up` boots
+// the VMs from the network to Ready and, with an image catalogue entry,
+// installs it on every machine and waits until all of them phoned home;
+// `down` removes everything the lab created; `env` prints how to point
+// anvilctl at it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/anvil-metal/anvil/test/labkit"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+func main() {
+	root, _ := os.Getwd()
+	c := labkit.Defaults(filepath.Join(root, ".lab"))
+	flag.StringVar(&c.Dir, "dir", c.Dir, "lab directory")
+	flag.StringVar(&c.Namespace, "netns", c.Namespace, "network namespace of the lab")
+	flag.IntVar(&c.Machines, "machines", c.Machines, "number of VMs")
+	flag.StringVar(&c.Bin, "bin", filepath.Join(root, "bin"), "directory with anvil-controller and anvilctl")
+	flag.StringVar(&c.Kernel, "kernel", "/var/cache/anvil/kernel/vmlinuz", "agent kernel")
+	flag.StringVar(&c.Initramfs, "initramfs", filepath.Join(root, "bin/anvil-initramfs.cpio.zst"), "agent initramfs")
+	flag.IntVar(&c.MemoryMiB, "memory", c.MemoryMiB, "MiB of RAM per VM")
+	flag.StringVar(&c.Accel, "accel", c.Accel, "tcg, kvm or auto")
+	image := flag.String("image", "", "image catalogue entry (JSON: id, file, checksum, format, os, version) to install on every machine")
+	timeout := flag.Duration("timeout", 10*time.Minute, "how long each phase may take")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch flag.Arg(0) {
+	case "up":
+		err = up(ctx, c, *image, *timeout)
+	case "down":
+		err = labkit.Down(c)
+		if err == nil {
+			fmt.Println("lab removed")
+		}
+	case "env":
+		printEnv(c)
+	default:
+		err = fmt.Errorf("usage: anvil-lab [flags] up|down|env")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "anvil-lab:", err)
+		os.Exit(1)
+	}
+}
+
+func say(f string, a ...any) { fmt.Printf("\033[1m==> "+f+"\033[0m\n", a...) }
+
+func printEnv(c labkit.Config) {
+	l, err := labkit.Open(c)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "anvil-lab:", err)
+		os.Exit(1)
+	}
+	env, prefix := l.Anvilctl()
+	fmt.Printf("export %s\nalias anvilctl='%s'\n", strings.Join(env, " "), strings.Join(prefix, " "))
+}
+
+// catalogue is an image's entry as images/ writes it.
+type catalogue struct {
+	ID       string `json:"id"`
+	File     string `json:"file"`
+	Checksum string `json:"checksum"`
+	Format   string `json:"format"`
+	OS       string `json:"os"`
+	Version  string `json:"version"`
+}
+
+func up(ctx context.Context, c labkit.Config, imagePath string, timeout time.Duration) error {
+	var img *catalogue
+	if imagePath != "" {
+		b, err := os.ReadFile(imagePath)
+		if err != nil {
+			return fmt.Errorf("image catalogue: %w", err)
+		}
+		img = &catalogue{}
+		if err := json.Unmarshal(b, img); err != nil {
+			return fmt.Errorf("image catalogue %s: %w", imagePath, err)
+		}
+		c.ImageDir = filepath.Dir(imagePath)
+	}
+	say("starting the lab: %d VMs, controller %s in netns %s (logs in %s)", c.Machines, labkit.ControllerAddr(), c.Namespace, c.Dir)
+	l, err := labkit.Up(ctx, c)
+	if err != nil {
+		return err
+	}
+	say("accelerator: %s; the VMs network-boot the agent from the controller's DHCP and iPXE", l.Accel)
+	op, err := l.Operator()
+	if err != nil {
+		return err
+	}
+	defer op.Close()
+	var ids []string
+	for _, vm := range l.VMs {
+		ids = append(ids, vm.UUID)
+	}
+	if err := labkit.WaitState(ctx, op, ids, anvilv1.MachineState_MACHINE_STATE_READY, timeout); err != nil {
+		return fmt.Errorf("%w (consoles: %s/vm*/console.log)", err, c.Dir)
+	}
+	say("%d machines Ready in %s", len(ids), time.Since(l.Started).Round(time.Second))
+	if img != nil {
+		format, ok := anvilv1.ImageFormat_value["IMAGE_FORMAT_"+strings.ToUpper(strings.ReplaceAll(img.Format, "-", "_"))]
+		if !ok {
+			return fmt.Errorf("image format %q unknown", img.Format)
+		}
+		if _, err := op.Images.CreateImage(ctx, &anvilv1.CreateImageRequest{Image: &anvilv1.Image{
+			Id: img.ID, Url: labkit.BootURL() + "/images/" + img.File, Checksum: img.Checksum,
+			Format: anvilv1.ImageFormat(format), Os: img.OS, Version: img.Version,
+			Features: []anvilv1.ImageFeature{anvilv1.ImageFeature_IMAGE_FEATURE_MACHINE},
+		}}); err != nil {
+			return fmt.Errorf("add image %s: %w", img.ID, err)
+		}
+		for i, id := range ids {
+			if _, err := op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: img.ID,
+				Hostname: fmt.Sprintf("lab-%d", i+1)}); err != nil {
+				return fmt.Errorf("allocate %s: %w", id, err)
+			}
+		}
+		say("allocated every machine with %s; waiting for them to install, kexec and phone home", img.ID)
+		if err := labkit.WaitState(ctx, op, ids, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, timeout); err != nil {
+			return fmt.Errorf("%w (consoles: %s/vm*/console.log)", err, c.Dir)
+		}
+	}
+	var ps []labkit.Phases
+	for i, id := range ids {
+		evs, err := op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
+		if err != nil {
+			return err
+		}
+		ps = append(ps, labkit.PhasesOf(fmt.Sprintf("lab-%d (%s)", i+1, id[:8]), evs.GetEvents(), l.VMs[i].PoweredOn))
+	}
+	fmt.Println()
+	labkit.PrintPhases(os.Stdout, ps)
+	fmt.Println()
+	env, prefix := l.Anvilctl()
+	ls := exec.CommandContext(ctx, prefix[0], append(prefix[1:], "machine", "ls")...)
+	ls.Env = append(os.Environ(), env...)
+	ls.Stdout, ls.Stderr = os.Stdout, os.Stderr
+	if err := ls.Run(); err != nil {
+		return fmt.Errorf("anvilctl machine ls: %w", err)
+	}
+	say("the lab is up. Use anvilctl inside it with:")
+	fmt.Printf("  export %s\n  %s machine ls\n", strings.Join(env, " "), strings.Join(prefix, " "))
+	fmt.Printf("Consoles: %s/vm*/console.log. Remove everything with: make lab-down\n", c.Dir)
+	return nil
+}

@@ -1,0 +1,471 @@
+// Package labkit runs anvil's QEMU mini-lab: a network namespace of its
+// own holding a Linux bridge (the provisioning network, 192.168.77.0/24)
+// and one tap device per VM; the real anvil-controller inside it, serving
+// full-mode DHCP, TFTP and the HTTP boot service on the bridge; and QEMU
+// VMs (TCG, or KVM where a probe shows it works) that network-boot the
+// agent from it through their iPXE option ROM. Nothing touches the host's
+// own network: every interface and address lives in the namespace, which
+// Down deletes with everything else the lab created.
+//
+// The lab outlives the process that started it (make lab leaves it up):
+// its processes run in their own sessions and are found again through
+// the pid files in the lab's directory. Open attaches to a running lab.
+package labkit
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The provisioning network inside the lab's namespace: the controller's
+// address on the bridge and the ports it serves there.
+const (
+	ControllerIP = "192.168.77.1"
+	GRPCPort     = 7443
+	HTTPPort     = 8080
+)
+
+// Config describes a lab.
+type Config struct {
+	// Dir holds the controller's data, the VMs' disks, consoles and QMP
+	// sockets, the logs and the pid files.
+	Dir string
+	// Namespace is the network namespace's name (one lab per name).
+	Namespace string
+	// Machines is how many VMs to boot.
+	Machines int
+	// Bin holds anvil-controller and anvilctl.
+	Bin string
+	// Kernel and Initramfs are the agent's boot files.
+	Kernel, Initramfs string
+	// ImageDir is served under /images/ (the tiny CI image).
+	ImageDir string
+	// MemoryMiB and CPUs of each VM.
+	MemoryMiB, CPUs int
+	// DiskMiB is the virtio disk, NVMeMiB the emulated NVMe disk.
+	DiskMiB, NVMeMiB int64
+	// Accel is "tcg", "kvm" or "auto" (probe KVM, else TCG).
+	Accel string
+	// ControllerArgs are extra anvil-controller flags.
+	ControllerArgs []string
+}
+
+// Defaults returns a 3-VM lab in dir.
+func Defaults(dir string) Config {
+	return Config{Dir: dir, Namespace: "anvil-lab", Machines: 3, MemoryMiB: 1024, CPUs: 1, DiskMiB: 1024, NVMeMiB: 1024, Accel: "auto"}
+}
+
+// Validate reports every invalid field.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Dir == "" || !filepath.IsAbs(c.Dir) {
+		errs = append(errs, fmt.Errorf("lab dir %q must be an absolute path", c.Dir))
+	}
+	if c.Namespace == "" || len(c.Namespace) > 32 || strings.ContainsAny(c.Namespace, "/ ") {
+		errs = append(errs, fmt.Errorf("namespace name %q: want a short plain name", c.Namespace))
+	}
+	if c.Machines < 1 || c.Machines > 50 {
+		errs = append(errs, fmt.Errorf("%d machines: want 1-50", c.Machines))
+	}
+	for what, p := range map[string]string{"controller": filepath.Join(c.Bin, "anvil-controller"), "kernel": c.Kernel, "initramfs": c.Initramfs} {
+		if _, err := os.Stat(p); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+		}
+	}
+	if c.MemoryMiB < 256 || c.CPUs < 1 || c.DiskMiB < 256 || c.NVMeMiB < 64 {
+		errs = append(errs, fmt.Errorf("VM size %d MiB / %d CPUs / disks %d+%d MiB too small", c.MemoryMiB, c.CPUs, c.DiskMiB, c.NVMeMiB))
+	}
+	switch c.Accel {
+	case "tcg", "kvm", "auto":
+	default:
+		errs = append(errs, fmt.Errorf("accel %q: want tcg, kvm or auto", c.Accel))
+	}
+	return errors.Join(errs...)
+}
+
+// VM is one lab machine.
+type VM struct {
+	Index int
+	UUID  string
+	MAC   string
+	// Disk and NVMe are the backing files; DiskSerial and NVMeSerial the
+	// serials the guest sees.
+	Disk, NVMe             string
+	DiskSerial, NVMeSerial string
+	// Console is the serial console log, QMP the monitor socket.
+	Console, QMP string
+	// PoweredOn is when its QEMU process last started.
+	PoweredOn time.Time
+	tap       string
+}
+
+// vmFor is the deterministic identity of VM i (1-based).
+func vmFor(c Config, i int) *VM {
+	s := sha256.Sum256(fmt.Appendf(nil, "anvil-lab/%s/%d", c.Namespace, i))
+	s[6] = s[6]&0x0f | 0x40 // version 4
+	s[8] = s[8]&0x3f | 0x80 // RFC 4122 variant
+	uuid := fmt.Sprintf("%x-%x-%x-%x-%x", s[0:4], s[4:6], s[6:8], s[8:10], s[10:16])
+	dir := filepath.Join(c.Dir, fmt.Sprintf("vm%d", i))
+	return &VM{
+		Index: i, UUID: uuid, MAC: fmt.Sprintf("52:54:00:77:%02x:%02x", s[16], i),
+		Disk: filepath.Join(dir, "disk.img"), NVMe: filepath.Join(dir, "nvme.img"),
+		DiskSerial: fmt.Sprintf("LABVD%04d", i), NVMeSerial: fmt.Sprintf("LABNV%04d", i),
+		Console: filepath.Join(dir, "console.log"), QMP: filepath.Join(dir, "qmp.sock"),
+		tap: fmt.Sprintf("tap%d", i),
+	}
+}
+
+// Lab is a running lab.
+type Lab struct {
+	cfg   Config
+	VMs   []*VM
+	Accel string
+	// Started is when Up began (phase times count from it).
+	Started time.Time
+}
+
+// ControllerAddr is the gRPC address inside the namespace.
+func ControllerAddr() string { return fmt.Sprintf("%s:%d", ControllerIP, GRPCPort) }
+
+// BootURL is the boot service's URL inside the namespace.
+func BootURL() string { return fmt.Sprintf("http://%s:%d", ControllerIP, HTTPPort) }
+
+// DataDir is the controller's data dir (CA, tokens, database).
+func (l *Lab) DataDir() string { return filepath.Join(l.cfg.Dir, "controller") }
+
+// Up creates the namespace, starts the controller and boots the VMs. A
+// previous lab of the same namespace or directory is removed first.
+func Up(ctx context.Context, c Config) (*Lab, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	if err := Down(c); err != nil {
+		return nil, fmt.Errorf("remove the previous lab: %w", err)
+	}
+	l := &Lab{cfg: c, Started: time.Now()}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			Down(c) //nolint:errcheck // the setup error is what the caller needs
+		}
+	}()
+	if err := l.network(ctx); err != nil {
+		return nil, err
+	}
+	accel, err := chooseAccel(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	l.Accel = accel
+	if err := l.startController(ctx); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= c.Machines; i++ {
+		vm := vmFor(c, i)
+		if err := l.createDisks(vm); err != nil {
+			return nil, err
+		}
+		l.VMs = append(l.VMs, vm)
+		if err := l.StartVM(vm); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return l, nil
+}
+
+// Open attaches to the lab Up left running in c.Dir.
+func Open(c Config) (*Lab, error) {
+	if _, err := readPid(filepath.Join(c.Dir, "controller.pid")); err != nil {
+		return nil, fmt.Errorf("no lab running in %s: %w", c.Dir, err)
+	}
+	l := &Lab{cfg: c}
+	for i := 1; i <= c.Machines; i++ {
+		vm := vmFor(c, i)
+		if st, err := os.Stat(filepath.Join(c.Dir, fmt.Sprintf("vm%d.pid", i))); err == nil {
+			vm.PoweredOn = st.ModTime()
+		}
+		l.VMs = append(l.VMs, vm)
+	}
+	return l, nil
+}
+
+// ip runs an iproute2 command.
+func ip(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// network creates the namespace, the bridge and the taps.
+func (l *Lab) network(ctx context.Context) error {
+	ns := l.cfg.Namespace
+	steps := [][]string{
+		{"netns", "add", ns},
+		{"-n", ns, "link", "set", "lo", "up"},
+		{"-n", ns, "link", "add", "br0", "type", "bridge"},
+		{"-n", ns, "addr", "add", ControllerIP + "/24", "dev", "br0"},
+		{"-n", ns, "link", "set", "br0", "up"},
+	}
+	for i := 1; i <= l.cfg.Machines; i++ {
+		tap := fmt.Sprintf("tap%d", i)
+		steps = append(steps,
+			[]string{"-n", ns, "tuntap", "add", tap, "mode", "tap"},
+			[]string{"-n", ns, "link", "set", tap, "master", "br0"},
+			[]string{"-n", ns, "link", "set", tap, "up"})
+	}
+	for _, s := range steps {
+		if err := ip(ctx, s...); err != nil {
+			return fmt.Errorf("lab network: %w", err)
+		}
+	}
+	return nil
+}
+
+// spawn starts cmd inside the namespace in a session of its own, logging
+// to logFile, and records its pid in pidFile.
+func (l *Lab) spawn(pidFile, logFile string, cmd ...string) error {
+	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	c := exec.Command("ip", append([]string{"netns", "exec", l.cfg.Namespace}, cmd...)...)
+	c.Stdout, c.Stderr = lf, lf
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := c.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", cmd[0], err)
+	}
+	// ip netns exec execs the command: the pid is the command's own.
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(c.Process.Pid)+"\n"), 0o644); err != nil {
+		return err
+	}
+	go c.Wait() //nolint:errcheck // reaps it; its fate shows in its log
+	return nil
+}
+
+func (l *Lab) startController(ctx context.Context) error {
+	c := l.cfg
+	data := l.DataDir()
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	args := []string{filepath.Join(c.Bin, "anvil-controller"),
+		"--data-dir", data,
+		"--listen", ControllerAddr(), "--hosts", ControllerIP,
+		"--heartbeat-interval", "5s",
+		"--boot-listen", fmt.Sprintf("%s:%d", ControllerIP, HTTPPort), "--boot-url", BootURL(),
+		"--boot-kernel", c.Kernel, "--boot-initramfs", c.Initramfs,
+		"--boot-kernel-args", "console=ttyS0,115200 panic=10",
+		"--dhcp", "full", "--dhcp-interface", "br0", "--dhcp-server-ip", ControllerIP,
+		"--dhcp-pool", "192.168.77.100-192.168.77.199", "--dhcp-netmask", "255.255.255.0",
+		"--tftp-listen", fmt.Sprintf("%s:69", ControllerIP),
+		// Registration erases every disk with its own secure erase: the
+		// NVMe disk through Format NVM on QEMU's emulated controller, the
+		// virtio disk (no hardware erase) by the verified overwrite the
+		// fallback policy allows.
+		"--register-erase", "secure", "--erase-fallback",
+	}
+	if c.ImageDir != "" {
+		args = append(args, "--image-dir", c.ImageDir)
+	}
+	args = append(args, c.ControllerArgs...)
+	log := filepath.Join(c.Dir, "controller.log")
+	if err := l.spawn(filepath.Join(c.Dir, "controller.pid"), log, args...); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(log)
+		if strings.Contains(string(b), "boot service listening") {
+			return nil
+		}
+		if pid, err := readPid(filepath.Join(c.Dir, "controller.pid")); err != nil || syscall.Kill(pid, 0) != nil {
+			return fmt.Errorf("controller exited:\n%s", b)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	b, _ := os.ReadFile(log)
+	return fmt.Errorf("controller not ready after 20 s:\n%s", b)
+}
+
+func (l *Lab) createDisks(vm *VM) error {
+	if err := os.MkdirAll(filepath.Dir(vm.Disk), 0o755); err != nil {
+		return err
+	}
+	for p, mib := range map[string]int64{vm.Disk: l.cfg.DiskMiB, vm.NVMe: l.cfg.NVMeMiB} {
+		f, err := os.Create(p)
+		if err != nil {
+			return err
+		}
+		err = f.Truncate(mib << 20)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("disk %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// qemuArgs is the command line of a lab VM: network boot first, then
+// disk; a virtio disk and an emulated NVMe disk with serials; SMBIOS
+// identity; a QMP socket for the fake BMC; entropy from -cpu max and
+// virtio-rng (the guest's CRNG otherwise never becomes ready under TCG).
+func (l *Lab) qemuArgs(vm *VM) []string {
+	c := l.cfg
+	cpu := "max"
+	if l.Accel == "kvm" {
+		cpu = "host"
+	}
+	return []string{"qemu-system-x86_64",
+		"-name", fmt.Sprintf("anvil-lab-%d", vm.Index),
+		"-machine", "pc", "-accel", l.Accel, "-cpu", cpu,
+		"-m", strconv.Itoa(c.MemoryMiB), "-smp", strconv.Itoa(c.CPUs),
+		"-nographic", "-vga", "none", "-monitor", "none",
+		"-serial", "file:" + vm.Console,
+		"-qmp", "unix:" + vm.QMP + ",server=on,wait=off",
+		"-no-shutdown",
+		"-boot", "order=nc",
+		"-smbios", fmt.Sprintf("type=1,manufacturer=anvil,product=lab-vm,version=1,serial=LAB%04d,uuid=%s,family=lab", vm.Index, vm.UUID),
+		"-smbios", fmt.Sprintf("type=2,manufacturer=anvil,product=lab-board,serial=BOARD%04d", vm.Index),
+		"-smbios", fmt.Sprintf("type=3,manufacturer=anvil,serial=CHASSIS%04d", vm.Index),
+		"-netdev", fmt.Sprintf("tap,id=n0,ifname=%s,script=no,downscript=no", vm.tap),
+		"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=%s,speed=10000,duplex=full", vm.MAC),
+		"-device", "virtio-rng-pci",
+		"-drive", fmt.Sprintf("file=%s,if=none,id=vd0,format=raw,cache=unsafe", vm.Disk),
+		"-device", fmt.Sprintf("virtio-blk-pci,drive=vd0,serial=%s", vm.DiskSerial),
+		"-drive", fmt.Sprintf("file=%s,if=none,id=nv0,format=raw,cache=unsafe", vm.NVMe),
+		"-device", fmt.Sprintf("nvme,drive=nv0,serial=%s", vm.NVMeSerial),
+	}
+}
+
+// StartVM powers vm on (a new QEMU process).
+func (l *Lab) StartVM(vm *VM) error {
+	pidf := filepath.Join(l.cfg.Dir, fmt.Sprintf("vm%d.pid", vm.Index))
+	if pid, err := readPid(pidf); err == nil && syscall.Kill(pid, 0) == nil {
+		return fmt.Errorf("VM %d is running (pid %d)", vm.Index, pid)
+	}
+	os.Remove(vm.QMP)
+	vm.PoweredOn = time.Now()
+	return l.spawn(pidf, filepath.Join(l.cfg.Dir, fmt.Sprintf("vm%d.log", vm.Index)), l.qemuArgs(vm)...)
+}
+
+// KillVM pulls vm's plug: its QEMU process is killed at once.
+func (l *Lab) KillVM(vm *VM) error {
+	pidf := filepath.Join(l.cfg.Dir, fmt.Sprintf("vm%d.pid", vm.Index))
+	pid, err := readPid(pidf)
+	if err != nil {
+		return fmt.Errorf("VM %d: %w", vm.Index, err)
+	}
+	if err := killWait(pid, 5*time.Second); err != nil {
+		return fmt.Errorf("VM %d: %w", vm.Index, err)
+	}
+	return os.Remove(pidf)
+}
+
+// StopController kills the controller; StartController starts it again
+// on the same data dir.
+func (l *Lab) StopController() error {
+	pidf := filepath.Join(l.cfg.Dir, "controller.pid")
+	pid, err := readPid(pidf)
+	if err != nil {
+		return err
+	}
+	if err := killWait(pid, 10*time.Second); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	return os.Remove(pidf)
+}
+
+// StartController starts the controller again (after StopController).
+func (l *Lab) StartController(ctx context.Context) error { return l.startController(ctx) }
+
+// ConsoleText returns what vm printed on its serial console.
+func (l *Lab) ConsoleText(vm *VM) string {
+	b, _ := os.ReadFile(vm.Console)
+	return string(b)
+}
+
+func readPid(p string) (int, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("pid file %s: %q", p, b)
+	}
+	return pid, nil
+}
+
+// killWait sends SIGKILL to pid and waits until it is gone.
+func killWait(pid int, timeout time.Duration) error {
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return nil
+		}
+		return fmt.Errorf("kill %d: %w", pid, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if syscall.Kill(pid, 0) != nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("pid %d still alive %v after SIGKILL", pid, timeout)
+}
+
+// Down removes the lab of c: kills its processes (pid files, then
+// anything left in the namespace), deletes the namespace with its bridge
+// and taps, and removes the directory. A lab that does not exist is fine.
+func Down(c Config) error {
+	var errs []error
+	pids, _ := filepath.Glob(filepath.Join(c.Dir, "*.pid"))
+	for _, p := range pids {
+		if pid, err := readPid(p); err == nil {
+			if err := killWait(pid, 10*time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", c.Namespace)); err == nil {
+		out, _ := exec.Command("ip", "netns", "pids", c.Namespace).Output()
+		for _, f := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				if err := killWait(pid, 10*time.Second); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if err := ip(context.Background(), "netns", "del", c.Namespace); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Dir != "" {
+		if err := os.RemoveAll(c.Dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

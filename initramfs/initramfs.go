@@ -4,7 +4,10 @@
 //
 // The archive is built by u-root's builder (pinned as a Go tool of this
 // module) with u-root's init as /init and anvil-agent --mode boot as its
-// uinit, in one busybox-style binary. There is no shell. Next to them it
+// uinit, in one busybox-style binary, together with u-root's gosh shell and
+// a few core tools (DebugCommands). The shell never runs unless the kernel
+// command line says anvil.debug=1: then the agent starts it on the console
+// beside its own log (agent/bootenv.StartDebugShell). Next to them it
 // holds
 //
 //   - the kernel modules the agent loads itself, under /lib/anvil/modules
@@ -50,7 +53,19 @@ const (
 	AgentPackage = "github.com/anvil-metal/anvil/agent/cmd/anvil-agent"
 	// InitPackage is u-root's init.
 	InitPackage = "github.com/u-root/u-root/cmds/core/init"
+	// DebugShell is where the debug shell lands in the image.
+	DebugShell = "/bbin/gosh"
 )
+
+// DebugCommands are the u-root commands of the debug shell: gosh and what
+// one needs to look at a machine that does not provision.
+func DebugCommands() []string {
+	var out []string
+	for _, c := range []string{"gosh", "ls", "cat", "ip", "dmesg", "ps", "mount", "lsmod", "blkid", "hexdump", "ping", "free", "df", "kill", "wget", "dd", "mkdir", "rm"} {
+		out = append(out, "github.com/u-root/u-root/cmds/core/"+c)
+	}
+	return out
+}
 
 // ErrOverBudget is returned when the compressed image exceeds MaxBytes.
 var ErrOverBudget = errors.New("initramfs over its size budget")
@@ -152,7 +167,7 @@ func urootArgs(c Config, mods []modorder.Module, orderPath, out string) []string
 		"-files", c.CABundle+":"+CABundle,
 		InitPackage, "./agent/cmd/anvil-agent",
 	)
-	return args
+	return append(args, DebugCommands()...)
 }
 
 // Build builds the image described by c.

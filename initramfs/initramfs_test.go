@@ -123,3 +123,13 @@ func TestCompressDeterministicAndBudget(t *testing.T) {
 		t.Errorf("temporary files left: %v", left)
 	}
 }
+
+func TestDebugShellPathAgrees(t *testing.T) {
+	if DebugShell != bootenv.DebugShellPath {
+		t.Errorf("image has the shell at %s, the agent starts %s", DebugShell, bootenv.DebugShellPath)
+	}
+	args := strings.Join(urootArgs(Defaults(), nil, "/o", "/c"), "\n")
+	if !strings.Contains(args, "github.com/u-root/u-root/cmds/core/gosh") {
+		t.Error("the image has no shell")
+	}
+}

@@ -18,9 +18,12 @@ import (
 	"github.com/anvil-metal/anvil/agent/executor"
 	"github.com/anvil-metal/anvil/agent/image"
 	"github.com/anvil-metal/anvil/agent/image/fetch"
+	"github.com/anvil-metal/anvil/agent/image/growpart"
 	"github.com/anvil-metal/anvil/agent/image/rootfs"
 	"github.com/anvil-metal/anvil/agent/inventory"
+	"github.com/anvil-metal/anvil/agent/kexec"
 	"github.com/anvil-metal/anvil/agent/runner"
+	"github.com/anvil-metal/anvil/agent/seed"
 	"github.com/anvil-metal/anvil/controller/pki"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
@@ -52,7 +55,10 @@ type Config struct {
 	// ProtectLabel is the GPT partition name that keeps a disk from being
 	// erased or written (empty: no protection by marker).
 	ProtectLabel string
-	Version      string
+	// DebugShell starts the initramfs's shell on the console (boot mode,
+	// anvil.debug=1 on the kernel command line).
+	DebugShell bool
+	Version    string
 }
 
 // Validate reports every problem.
@@ -69,6 +75,9 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("mode %q: want host or boot", c.Mode))
+	}
+	if c.DebugShell && c.Mode != ModeBoot {
+		errs = append(errs, errors.New("the debug shell is for boot mode only"))
 	}
 	if c.MachineUUID != "" && !anvilv1.ValidUUID(c.MachineUUID) {
 		errs = append(errs, fmt.Errorf("machine UUID %q is not a lower-case canonical UUID", c.MachineUUID))
@@ -96,6 +105,7 @@ func (c Config) FromCmdline(p bootparams.Params) Config {
 	if c.CAFingerprint == "" {
 		c.CAFingerprint = p.CAFingerprint
 	}
+	c.DebugShell = c.DebugShell || p.Debug
 	return c
 }
 
@@ -158,12 +168,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Executors: runner.Executors{
 			Wipe: &executor.Wipe{Allow: allow, Inventory: inv, Methods: executor.DefaultMethods(), Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel},
 			Install: &executor.Install{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel,
-				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log}), Tar: rootfs.Installer(rootfs.Options{})},
+				// Raw images grow to leave the seed's room at the disk's
+				// end; rootfs layouts leave it by default.
+				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log}), Tar: rootfs.Installer(rootfs.Options{}),
+					Grow: growpart.Options{Reserve: seed.Reserve, Drop: []string{seed.PartName}}},
+				Seed: seed.Writer(),
 				Lookup: func(target string) (string, error) {
 					b, err := bootconfig.Lookup(target)
 					return b.Describe(), err
 				},
-				Boot: bootInstalled(cfg.Mode)},
+				Boot: bootInstalled(cfg.Mode, executor.Reboot, kexec.WithLogger(log))},
 			Reboot:   &executor.Power{HostMode: cfg.Mode == ModeHost},
 			PowerOff: &executor.Power{HostMode: cfg.Mode == ModeHost, Off: true},
 		},
@@ -175,13 +189,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return r.Run(ctx)
 }
 
-// bootInstalled is what follows a verified install: in boot mode a
-// firmware reboot into the installed disk (the boot service's loop guard
-// sends a provisioned machine to local boot); in host mode nothing, the
-// host is never rebooted.
-func bootInstalled(m Mode) func(context.Context, string) error {
+// bootInstalled is what follows a verified install: in boot mode a kexec
+// into the installed system, with the install's extra kernel command line,
+// falling back to reboot (a firmware reboot into the installed disk; the
+// boot service's loop guard sends a provisioned machine to local boot); in
+// host mode nothing: the host is never kexec'd or rebooted.
+func bootInstalled(m Mode, reboot func(context.Context) error, opts ...kexec.Option) func(context.Context, string, *anvilv1.Install) error {
 	if m != ModeBoot {
 		return nil
 	}
-	return func(ctx context.Context, _ string) error { return executor.Reboot(ctx) }
+	return func(ctx context.Context, target string, spec *anvilv1.Install) error {
+		return kexec.BootOrReboot(ctx, target, spec.GetExtraKernelCmdline(), reboot, opts...)
+	}
 }

@@ -19,6 +19,11 @@ import (
 // controller answers: nothing else can work before.
 func prepareBoot(ctx context.Context, cfg Config, caPEM []byte, host string, log *slog.Logger) error {
 	log = log.With("phase", "boot")
+	if cfg.DebugShell {
+		if err := bootenv.StartDebugShell(ctx, bootenv.DebugShellPath, log); err != nil {
+			log.Error("no debug shell", "path", bootenv.DebugShellPath, "err", err)
+		}
+	}
 	if _, err := bootenv.Prepare(ctx, bootenv.Defaults(), bootenv.WithLogger(log)); err != nil {
 		return fmt.Errorf("prepare the boot environment: %w", err)
 	}

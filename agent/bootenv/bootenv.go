@@ -32,6 +32,10 @@ import (
 	"time"
 )
 
+// DebugShellPath is where the initramfs keeps its shell (u-root's gosh;
+// initramfs.DebugShell).
+const DebugShellPath = "/bbin/gosh"
+
 // ErrUnsupported is returned by Prepare on systems other than Linux.
 var ErrUnsupported = errors.New("boot environment preparation is only supported on Linux")
 

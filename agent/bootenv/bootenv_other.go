@@ -4,6 +4,7 @@ package bootenv
 
 import (
 	"context"
+	"log/slog"
 	"time"
 )
 
@@ -11,3 +12,6 @@ import (
 func Prepare(context.Context, Config, ...Option) (*Result, error) { return nil, ErrUnsupported }
 
 func setSystemClock(time.Time) error { return ErrUnsupported }
+
+// StartDebugShell returns ErrUnsupported: the debug shell is Linux's.
+func StartDebugShell(context.Context, string, *slog.Logger) error { return ErrUnsupported }

@@ -10,6 +10,7 @@ import (
 	"github.com/anvil-metal/anvil/agent/disks"
 	"github.com/anvil-metal/anvil/agent/image"
 	"github.com/anvil-metal/anvil/agent/runner"
+	"github.com/anvil-metal/anvil/agent/seed"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -71,12 +72,19 @@ type Install struct {
 	// write (disks.CheckProtected); empty disables the check.
 	ProtectLabel string
 	Image        image.Options
+	// Seed (optional) writes the installed system's first-boot
+	// configuration (agent/seed's NoCloud partition) after the image was
+	// verified, before the BOOTING event, and summarises it. A failure
+	// fails the install and destroys the disk's partition tables, like
+	// any failure after the first write.
+	Seed func(ctx context.Context, target string, c seed.Config) (string, error)
 	// Lookup (optional) finds the installed kernel after the write.
 	Lookup BootLookup
 	// Boot (optional) runs after the BOOTING event was acknowledged: kexec
-	// or reboot into the installed system. Nil leaves the agent waiting
-	// (host mode: the host is never rebooted).
-	Boot func(ctx context.Context, target string) error
+	// or reboot into the installed system; spec carries the extra kernel
+	// command line. Nil leaves the agent waiting (host mode: the host is
+	// never rebooted).
+	Boot func(ctx context.Context, target string, spec *anvilv1.Install) error
 }
 
 var _ runner.Executor = (*Install)(nil)
@@ -117,6 +125,22 @@ func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner
 	if res.Tar != "" {
 		msg += "; " + res.Tar
 	}
+	if x.Seed != nil {
+		c := seed.Config{
+			InstanceID: seed.InstanceID(inv.GetProduct().GetUuid(), in.GetId()),
+			Hostname:   spec.GetHostname(), SSHKeys: spec.GetSshPublicKeys(), UserData: []byte(spec.GetUserData()),
+			PhoneHomeURL: spec.GetPhoneHomeUrl(), PhoneHomeToken: spec.GetPhoneHomeToken(),
+		}
+		sum, err := x.Seed(ctx, target.GetPath(), c)
+		if err != nil {
+			err = fmt.Errorf("install %s on %s: first-boot seed: %w", spec.GetImageId(), target.GetPath(), err)
+			if derr := image.Destroy(ctx, target.GetPath()); derr != nil {
+				return runner.Outcome{}, errors.Join(err, derr)
+			}
+			return runner.Outcome{}, fmt.Errorf("%w (partition tables on %s destroyed so the unseeded image cannot boot)", err, target.GetPath())
+		}
+		msg += "; " + sum
+	}
 	if x.Lookup != nil {
 		// No kernel found is not a failure: the disk may still boot through
 		// the firmware, which is the fallback when kexec is impossible.
@@ -129,7 +153,7 @@ func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner
 	out := runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_BOOTING, Message: msg}
 	if x.Boot != nil {
 		dev := target.GetPath()
-		out.Then = func(ctx context.Context) error { return x.Boot(ctx, dev) }
+		out.Then = func(ctx context.Context) error { return x.Boot(ctx, dev, spec) }
 	}
 	return out, nil
 }

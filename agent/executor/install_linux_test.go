@@ -49,7 +49,7 @@ func TestInstallWritesTheAllowedTargetAndReportsBooting(t *testing.T) {
 			return io.NopCloser(bytes.NewReader(file)), int64(len(file)), nil
 		}},
 		Lookup: func(string) (string, error) { return "kernel /boot/vmlinuz", nil },
-		Boot:   func(_ context.Context, dev string) error { booted = dev; return nil },
+		Boot:   func(_ context.Context, dev string, _ *anvilv1.Install) error { booted = dev; return nil },
 	}
 	p := &countProgress{}
 	out, err := x.Execute(context.Background(), installOf("SB", file), p)

@@ -62,6 +62,9 @@ type Options struct {
 	Tar    TarInstaller
 	Write  diskwrite.Options
 	Decode format.DecodeOptions
+	// Grow tunes the partition table fit after a raw write (room kept at
+	// the disk's end for agent/seed).
+	Grow growpart.Options
 	// Progress receives (bytes fetched, image file size) at least every
 	// ProgressEvery while installing; size is 0 when unknown.
 	Progress      func(done, total uint64)
@@ -141,7 +144,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	touched := false
 	defer func() {
 		if err != nil && touched {
-			if derr := destroy(ctx, req.Target); derr != nil {
+			if derr := Destroy(ctx, req.Target); derr != nil {
 				err = errors.Join(err, derr)
 			} else {
 				err = fmt.Errorf("%w (partition tables on %s destroyed so the partial image cannot boot)", err, req.Target)
@@ -187,7 +190,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 		return res, fmt.Errorf("image %s: fetched %d bytes, the server announced %d", req.URL, res.Fetched, size)
 	}
 	if dec.Format.Payload == format.Raw {
-		if res.Grow, err = growTarget(req.Target); err != nil {
+		if res.Grow, err = growTarget(req.Target, o.Grow); err != nil {
 			return res, err
 		}
 	}
@@ -226,17 +229,18 @@ func writeRaw(ctx context.Context, req Request, o Options, r io.Reader, touched 
 	return n, st.Written, st.Skipped, nil
 }
 
-func growTarget(target string) (growpart.Result, error) {
+func growTarget(target string, o growpart.Options) (growpart.Result, error) {
 	d, err := openSize(target)
 	if err != nil {
 		return growpart.Result{}, err
 	}
-	return growpart.Grow(target, d.size, int(d.lbs))
+	return growpart.Grow(target, d.size, int(d.lbs), o)
 }
 
-// destroy clears both partition tables (the first and last MiB) even when
-// ctx was cancelled.
-func destroy(ctx context.Context, target string) error {
+// Destroy clears both partition tables (the first and last MiB) even when
+// ctx was cancelled, so a disk whose install failed after Install returned
+// (a later step such as the first-boot seed) cannot boot either.
+func Destroy(ctx context.Context, target string) error {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	if _, err := erase.Quick(dctx, target); err != nil {

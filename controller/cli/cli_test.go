@@ -36,6 +36,9 @@ func TestGolden(t *testing.T) {
 		{"machine-show-failed", []string{"machine", "show", "m-failed"}},
 		{"machine-events", []string{"machine", "events", "m-installing"}},
 		{"machine-events-limit", []string{"machine", "events", "m-installing", "--limit", "2"}},
+		{"machine-power-status", []string{"machine", "power", "m-ready", "status"}},
+		{"machine-power-off", []string{"machine", "power", "m-ready", "off", "--next-boot", "disk"}},
+		{"machine-bmc", []string{"machine", "bmc", "m-ready", "qmp:///run/anvil/m-ready.qmp"}},
 		{"image-ls", []string{"image", "ls"}},
 		{"image-show", []string{"image", "show", "debian-12"}},
 		{"size-ls", []string{"size", "ls"}},
@@ -192,6 +195,32 @@ func TestRequests(t *testing.T) {
 			want: &anvilv1.SetMachineLabelsRequest{Id: "m-installing", Labels: map[string]string{"role": "db", "env": "prod"}},
 		},
 		{
+			name: "power on with next boot",
+			args: []string{"machine", "power", "m-ready", "on", "--next-boot", "pxe"},
+			want: &anvilv1.PowerMachineRequest{Id: "m-ready", Action: anvilv1.PowerAction_POWER_ACTION_ON, NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE},
+		},
+		{
+			name: "power reset, flag first",
+			args: []string{"machine", "power", "--next-boot", "disk", "m-ready", "reset"},
+			want: &anvilv1.PowerMachineRequest{Id: "m-ready", Action: anvilv1.PowerAction_POWER_ACTION_RESET, NextBoot: anvilv1.BootDevice_BOOT_DEVICE_DISK},
+		},
+		{
+			name: "power status",
+			args: []string{"machine", "power", "m-ready", "status"},
+			want: &anvilv1.PowerMachineRequest{Id: "m-ready", Action: anvilv1.PowerAction_POWER_ACTION_STATUS},
+		},
+		{
+			name:       "bmc set",
+			args:       []string{"machine", "bmc", "m-ready", "qmp:///run/vm.qmp"},
+			want:       &anvilv1.SetMachineBMCRequest{Id: "m-ready", Address: "qmp:///run/vm.qmp"},
+			wantStdout: "ID       BMC\nm-ready  qmp:///run/vm.qmp\n",
+		},
+		{
+			name: "bmc clear",
+			args: []string{"machine", "bmc", "m-ready", "--clear"},
+			want: &anvilv1.SetMachineBMCRequest{Id: "m-ready"},
+		},
+		{
 			name: "image add",
 			args: []string{"image", "add", "debian-13", "--url", "http://x/d.raw.gz", "--checksum", "sha256:" + strings.Repeat("0f", 32),
 				"--format", "raw-gzip", "--feature", "machine", "--feature", "firewall", "--os", "debian", "--version", "13",
@@ -274,6 +303,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"machine", "free", "m1", "--erase", "shred"}, `"shred" is not one of none, quick, secure, full`},
 		{[]string{"machine", "label", "m1", "novalue"}, "want key=value"},
 		{[]string{"machine", "events", "--limit", "-1"}, "must not be negative"},
+		{[]string{"machine", "power", "m1"}, "wrong number of arguments"},
+		{[]string{"machine", "power", "m1", "cycle"}, `"cycle" is not one of on, off, reset, status`},
+		{[]string{"machine", "power", "m1", "on", "--next-boot", "usb"}, `"usb" is not one of pxe, disk`},
+		{[]string{"machine", "bmc", "m1"}, "give the BMC address"},
+		{[]string{"machine", "bmc", "m1", "qmp:///x", "--clear"}, "not both"},
 		{[]string{"image", "add", "x", "--url", "u", "--checksum", "md5:00", "--format", "raw"}, "not sha256 or sha512"},
 		{[]string{"image", "add", "x", "--url", "u", "--checksum", "sha256:" + strings.Repeat("0", 64)}, "--format is required"},
 		{[]string{"image", "add", "x", "--format", "raw-zip"}, `"raw-zip" is not one of raw, raw-zstd`},
@@ -310,6 +344,8 @@ func TestHelp(t *testing.T) {
 		{[]string{"help", "size"}, "Usage: anvilctl size <subcommand>"},
 		{[]string{"machine", "--help"}, "allocate (ID | --size ID"},
 		{[]string{"machine", "allocate", "-h"}, "--ssh-key-file file"},
+		{[]string{"machine", "--help"}, "power ID on|off|reset|status"},
+		{[]string{"machine", "power", "-h"}, "--next-boot device"},
 	} {
 		r := h.runEnv(context.Background(), nil, tc.args...)
 		if r.code != ExitOK || r.stderr != "" {
@@ -332,6 +368,15 @@ func TestGRPCErrors(t *testing.T) {
 	r = h.runEnv(context.Background(), nil, "--controller", h.addr, "--ca", h.caFile, "--token", "anv_wrong", "size", "ls")
 	if r.code != ExitError || r.stderr != "anvilctl: Unauthenticated: bad operator token\n" {
 		t.Errorf("wrong token: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	r = h.run("machine", "power", "m-failed", "on")
+	if want := "anvilctl: FailedPrecondition: power m-failed: the machine has no BMC\n"; r.code != ExitError || r.stderr != want {
+		t.Errorf("power without BMC: exit %d, stderr %q, want %q", r.code, r.stderr, want)
+	}
+	r = h.run("machine", "bmc", "m-ready", "ipmi://10.0.0.5")
+	if r.code != ExitError || !strings.Contains(r.stderr, "InvalidArgument: ") || !strings.Contains(r.stderr, "unsupported BMC type") {
+		t.Errorf("ipmi BMC: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	r = h.run("image", "show", "nope", "-o", "json")

@@ -21,10 +21,10 @@ const showEvents = 10
 func machineCommands() *group {
 	return &group{
 		name:    "machine",
-		summary: "Inspect, allocate and free machines",
+		summary: "Inspect, allocate, free and power machines",
 		cmds: []*command{
 			machineList(), machineShow(), machineAllocate(), machineFree(), machineReinstall(),
-			machineDelete(), machineLabel(), machineEvents(),
+			machineDelete(), machineLabel(), machineEvents(), machinePower(), machineBMC(),
 		},
 	}
 }
@@ -473,6 +473,9 @@ func (a *app) machineDetail(w io.Writer, m *anvilv1.Machine, events []*anvilv1.E
 	b.add("Liveliness", title(m.GetLiveliness()))
 	b.add("Size", m.GetSizeId())
 	b.add("Labels", formatLabels(m.GetLabels()))
+	if addr := m.GetBmcAddress(); addr != "" {
+		b.add("BMC", addr)
+	}
 	b.add("Created", timeAndAge(m.GetCreatedAt(), now))
 	b.add("Last seen", timeAndAge(m.GetLastSeen(), now))
 	if ev := m.GetLastEvent(); ev != nil {

@@ -234,6 +234,51 @@ func (f *fakeMachines) ListEvents(_ context.Context, req *anvilv1.ListEventsRequ
 	return &anvilv1.ListEventsResponse{Events: evs}, nil
 }
 
+// SetMachineBMC refuses what the real server refuses by type, and keeps the
+// address otherwise.
+func (f *fakeMachines) SetMachineBMC(_ context.Context, req *anvilv1.SetMachineBMCRequest) (*anvilv1.Machine, error) {
+	f.rec.add(req)
+	m, err := f.find(req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if a := req.GetAddress(); a != "" && !strings.HasPrefix(a, "qmp:///") {
+		return nil, status.Errorf(codes.InvalidArgument, "set BMC of %s: unsupported BMC type %q (supported: qmp)", m.GetId(), strings.SplitN(a, ":", 2)[0])
+	}
+	m.BmcAddress = req.GetAddress()
+	return m, nil
+}
+
+// PowerMachine answers for m-ready (which has a BMC in this fake); the
+// other machines have none.
+func (f *fakeMachines) PowerMachine(_ context.Context, req *anvilv1.PowerMachineRequest) (*anvilv1.PowerMachineResponse, error) {
+	f.rec.add(req)
+	m, err := f.find(req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if m.GetId() != "m-ready" {
+		return nil, status.Errorf(codes.FailedPrecondition, "power %s: the machine has no BMC", m.GetId())
+	}
+	resp := &anvilv1.PowerMachineResponse{MachineId: m.GetId(), State: anvilv1.PowerState_POWER_STATE_ON,
+		NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE, Detail: "running"}
+	if n := req.GetNextBoot(); n != anvilv1.BootDevice_BOOT_DEVICE_UNSPECIFIED {
+		resp.NextBoot = n
+	}
+	if req.GetAction() == anvilv1.PowerAction_POWER_ACTION_OFF {
+		resp.State, resp.Detail = anvilv1.PowerState_POWER_STATE_OFF, "prelaunch"
+	}
+	if req.GetAction() != anvilv1.PowerAction_POWER_ACTION_STATUS {
+		what := "power " + strings.ToLower(strings.TrimPrefix(req.GetAction().String(), "POWER_ACTION_"))
+		if n := req.GetNextBoot(); n != anvilv1.BootDevice_BOOT_DEVICE_UNSPECIFIED {
+			what += " (next boot " + strings.ToLower(strings.TrimPrefix(n.String(), "BOOT_DEVICE_")) + ")"
+		}
+		resp.Event = &anvilv1.Event{Seq: 21, MachineId: m.GetId(), Time: ago(0), Type: anvilv1.EventType_EVENT_TYPE_POWER,
+			Message: what + " by operator through qmp:///run/anvil/m-ready.qmp: now " + strings.ToLower(strings.TrimPrefix(resp.GetState().String(), "POWER_STATE_"))}
+	}
+	return resp, nil
+}
+
 func (f *fakeMachines) WatchEvents(req *anvilv1.WatchEventsRequest, stream anvilv1.MachineService_WatchEventsServer) error {
 	f.rec.add(req)
 	f.mu.Lock()

@@ -36,6 +36,7 @@ const (
 	evRebooting   = anvilv1.EventType_EVENT_TYPE_REBOOTING
 	evPoweringOff = anvilv1.EventType_EVENT_TYPE_POWERING_OFF
 	evReinstall   = anvilv1.EventType_EVENT_TYPE_REINSTALL
+	evPower       = anvilv1.EventType_EVENT_TYPE_POWER
 )
 
 // Apply folds one event into s and returns the result. It is pure: the
@@ -66,11 +67,15 @@ const (
 //	FAILED       any state            → FAILED; FailureReason is the message,
 //	                                    or a generated reason when it is empty
 //	REBOOTING, POWERING_OFF           state kept; the next boot cycle is planned
+//	POWER        any state            state kept; the next boot cycle is planned
+//	                                    (an operator powered the machine on, off
+//	                                    or reset it through its BMC: the boot
+//	                                    that follows is no crash)
 //
 // READY clears ReclaimSince, Reclaiming and FailedReclaim. READY and
 // PROVISIONED complete the boot cycle: IncompleteCycles goes back to 0. A boot
 // cycle that starts while the previous one is still open counts as
-// incomplete, unless a RECLAIM, REBOOTING or POWERING_OFF announced it;
+// incomplete, unless a RECLAIM, REBOOTING, POWERING_OFF or POWER announced it;
 // CrashLoop is IncompleteCycles >= cfg.CrashLoopCycles. FailureReason is kept
 // exactly while the state is FAILED.
 //
@@ -206,7 +211,7 @@ func step(s *Status, e *anvilv1.Event, t time.Time) bool {
 		s.RebootPlanned = false
 		s.State = stFailed
 		s.FailureReason = reason
-	case evRebooting, evPoweringOff:
+	case evRebooting, evPoweringOff, evPower:
 		s.RebootPlanned = true
 	default:
 		return false

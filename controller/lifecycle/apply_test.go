@@ -152,6 +152,11 @@ func TestApplyTransitions(t *testing.T) {
 			Status{State: stProvisioned, Allocated: true, Installed: true, RebootPlanned: true}},
 		{"rebooting a failed machine keeps the reason", Status{State: stFailed, FailureReason: "boom"}, evRebooting, "",
 			Status{State: stFailed, FailureReason: "boom", RebootPlanned: true}},
+		// POWER
+		{"power through the BMC keeps the state and announces the boot", Status{State: stInstalling, Allocated: true, CycleOpen: true}, evPower, "power reset by operator: now on",
+			Status{State: stInstalling, Allocated: true, CycleOpen: true, RebootPlanned: true}},
+		{"power of a failed machine keeps the reason", Status{State: stFailed, FailureReason: "boom"}, evPower, "power off by operator: now off",
+			Status{State: stFailed, FailureReason: "boom", RebootPlanned: true}},
 	}
 	covered := map[anvilv1.EventType]bool{}
 	for _, tt := range tests {
@@ -337,6 +342,8 @@ func TestFoldCrashLoop(t *testing.T) {
 			cat(boot, ts(evAllocated, evInstalling, evBooting, evPhonedHome, evReclaim), boot, ts(evWiping, evFailed), boot, ts(evWiping, evFailed), boot, ts(evWiping, evFailed), boot), 3, true},
 		{"announced reboots do not count", DefaultConfig(),
 			cat(boot, ts(evAllocated), boot, ts(evRebooting), boot, ts(evPoweringOff), boot, ts(evRebooting), boot), 0, false},
+		{"power actions through the BMC do not count", DefaultConfig(),
+			cat(boot, ts(evAllocated), boot, ts(evPower), boot, ts(evPower), boot), 0, false},
 		{"the same reboots unannounced do count", DefaultConfig(),
 			cat(boot, ts(evAllocated), boot, boot, boot, boot), 3, true},
 		{"reclaim announces its reboot", DefaultConfig(),

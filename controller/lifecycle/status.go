@@ -42,7 +42,7 @@ type Status struct {
 	// CycleOpen is true while the current boot cycle has not yet reached
 	// READY or PROVISIONED.
 	CycleOpen bool `json:"cycle_open,omitempty"`
-	// RebootPlanned is true after a RECLAIM, REBOOTING or POWERING_OFF until
+	// RebootPlanned is true after a RECLAIM, REBOOTING, POWERING_OFF or POWER until
 	// the next boot cycle starts or the machine shows it kept running; the
 	// boot cycle it announces is not counted in IncompleteCycles.
 	RebootPlanned bool `json:"reboot_planned,omitempty"`

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/anvil-metal/anvil/controller/lifecycle"
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/sizes"
 	"github.com/anvil-metal/anvil/controller/store"
@@ -65,6 +66,7 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 		case err != nil:
 			return err
 		}
+		before := m.Status
 		m.MACs = macsOf(inv)
 		m.Inventory = inv
 		m.SizeID = sizes.Match(all, inv)
@@ -79,6 +81,9 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 		}
 		id = m.ID
 		fx.notify = append(fx.notify, m.ID) // streams of a superseded credential end
+		if done, err := a.requeueInterrupted(ctx, tx, fx, m, before); done || err != nil {
+			return err
+		}
 		if a.cfg.RegisterEraseMode == anvilv1.EraseMode_ERASE_MODE_NONE || m.Allocation != nil {
 			return nil
 		}
@@ -252,4 +257,89 @@ func (a *agentAPI) Heartbeat(ctx context.Context, _ *anvilv1.HeartbeatRequest) (
 		return nil, toStatus(fmt.Errorf("heartbeat from %s: %w", id, err))
 	}
 	return &anvilv1.HeartbeatResponse{}, nil
+}
+
+// requeueInterrupted queues again the work a reboot cut short: a machine
+// that registers while its allocation's image was being installed (power
+// lost, reset mid-write) gets a fresh Install; one whose reclaim erase was
+// cut short gets the same erase again (the RECLAIM event names it). The old
+// instruction is cancelled, so a late report on it is refused. It reports
+// whether it queued something. A Failed machine is left for the operator.
+func (a *agentAPI) requeueInterrupted(ctx context.Context, tx store.Tx, fx *effects, m *store.Machine, before lifecycle.Status) (bool, error) {
+	if before.State == anvilv1.MachineState_MACHINE_STATE_FAILED || before.State == anvilv1.MachineState_MACHINE_STATE_UNSPECIFIED {
+		return false, nil
+	}
+	pending, err := tx.PendingInstructions(ctx, m.ID)
+	if err != nil {
+		return false, err
+	}
+	has := func(kind func(*anvilv1.Instruction) bool) bool {
+		for _, p := range pending {
+			if kind(p.Instruction) {
+				return true
+			}
+		}
+		return false
+	}
+	isInstall := func(in *anvilv1.Instruction) bool { return in.GetInstall() != nil }
+	isWipe := func(in *anvilv1.Instruction) bool { return in.GetWipe() != nil }
+	var in *anvilv1.Instruction
+	var why string
+	switch {
+	case m.Allocation != nil && !before.Installed && !has(isInstall):
+		img, err := tx.GetImage(ctx, m.Allocation.GetImageId())
+		if errors.Is(err, store.ErrNotFound) {
+			return true, a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_FAILED,
+				fmt.Sprintf("the install of image %s was interrupted and the image no longer exists", m.Allocation.GetImageId())))
+		}
+		if err != nil {
+			return false, err
+		}
+		if in, err = a.installFor(m, img, m.Allocation); err != nil {
+			return false, err
+		}
+		why = fmt.Sprintf("the install of image %s did not finish before the machine rebooted (it was %s): installing again", img.GetId(), stateName(before.State))
+	case before.Reclaiming && !has(isWipe):
+		wipe, err := a.reclaimWipe(ctx, tx, m.ID)
+		if err != nil {
+			return false, err
+		}
+		in = &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: wipe}}
+		why = fmt.Sprintf("the reclaim erase (%s) did not finish before the machine rebooted: erasing again", wipe.GetMode())
+	default:
+		return false, nil
+	}
+	if err := tx.CancelPending(ctx, m.ID, a.now()); err != nil {
+		return false, err
+	}
+	if err := a.queue(ctx, tx, fx, m, in); err != nil {
+		return false, err
+	}
+	a.log.Info("re-queued interrupted work", "machine", m.ID, "why", why)
+	return true, nil
+}
+
+// reclaimWipe is the erase the machine's last RECLAIM asked for; if the
+// history no longer holds it, the configured free erase mode.
+func (a *agentAPI) reclaimWipe(ctx context.Context, tx store.Tx, id string) (*anvilv1.Wipe, error) {
+	evs, err := tx.LastEvents(ctx, id, a.cfg.EventHistory)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range evs {
+		if e.GetType() != anvilv1.EventType_EVENT_TYPE_RECLAIM {
+			continue
+		}
+		if e.GetInstructionId() != "" {
+			in, err := tx.GetInstruction(ctx, e.GetInstructionId())
+			if err == nil && in.Instruction.GetWipe() != nil {
+				return in.Instruction.GetWipe(), nil
+			}
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return nil, err
+			}
+		}
+		break
+	}
+	return &anvilv1.Wipe{Mode: a.cfg.FreeEraseMode, AllowFallback: a.cfg.EraseFallback}, nil
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/anvil-metal/anvil/controller/bmc"
 	"github.com/anvil-metal/anvil/controller/lifecycle"
 	"github.com/anvil-metal/anvil/controller/store"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
@@ -40,6 +41,7 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 		Inventory:     m.Inventory,
 		Labels:        m.Labels,
 		Progress:      m.Progress,
+		BmcAddress:    bmc.Redact(m.BMC),
 	}
 	if !m.CreatedAt.IsZero() {
 		pm.CreatedAt = timestamppb.New(m.CreatedAt)
@@ -224,6 +226,7 @@ func (a *machineAPI) FreeMachine(ctx context.Context, req *anvilv1.FreeMachineRe
 		mode = a.cfg.FreeEraseMode
 	}
 	var out *store.Machine
+	var osRunning bool
 	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
 		m, err := tx.GetMachine(ctx, req.GetId())
 		if err != nil {
@@ -235,17 +238,27 @@ func (a *machineAPI) FreeMachine(ctx context.Context, req *anvilv1.FreeMachineRe
 		if err := tx.CancelPending(ctx, m.ID, a.now()); err != nil {
 			return err
 		}
+		osRunning = m.Status.Installed
 		m.Allocation = nil
 		m.Progress = nil
-		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_RECLAIM, Message: "freed; erase mode " + mode.String()}
+		wipe := &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: mode, AllowFallback: a.cfg.EraseFallback}}}
+		if err := a.queue(ctx, tx, fx, m, wipe); err != nil {
+			return err
+		}
+		// The RECLAIM event names its erase, so an erase cut short by a
+		// power loss is queued again with the same mode (requeueInterrupted).
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_RECLAIM, Message: "freed; erase mode " + mode.String(), InstructionId: wipe.GetId()}
 		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
 			return err
 		}
 		out = m
-		return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: mode, AllowFallback: a.cfg.EraseFallback}}})
+		return nil
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("free %s: %w", req.GetId(), err))
+	}
+	if err := a.rebootIntoAgent(ctx, out, osRunning, "free"); err != nil {
+		return nil, err
 	}
 	return a.toProto(out), nil
 }
@@ -253,6 +266,7 @@ func (a *machineAPI) FreeMachine(ctx context.Context, req *anvilv1.FreeMachineRe
 // ReinstallMachine queues a new Install for an allocated machine.
 func (a *machineAPI) ReinstallMachine(ctx context.Context, req *anvilv1.ReinstallMachineRequest) (*anvilv1.Machine, error) {
 	var out *store.Machine
+	var osRunning bool
 	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
 		m, err := tx.GetMachine(ctx, req.GetId())
 		if err != nil {
@@ -272,6 +286,7 @@ func (a *machineAPI) ReinstallMachine(ctx context.Context, req *anvilv1.Reinstal
 		if err := tx.CancelPending(ctx, m.ID, a.now()); err != nil {
 			return err
 		}
+		osRunning = m.Status.Installed
 		m.Allocation.ImageId = img.GetId()
 		m.Progress = nil
 		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_REINSTALL, Message: "reinstall with image " + img.GetId()}
@@ -287,6 +302,9 @@ func (a *machineAPI) ReinstallMachine(ctx context.Context, req *anvilv1.Reinstal
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("reinstall %s: %w", req.GetId(), err))
+	}
+	if err := a.rebootIntoAgent(ctx, out, osRunning, "reinstall"); err != nil {
+		return nil, err
 	}
 	return a.toProto(out), nil
 }
@@ -403,4 +421,20 @@ func (a *machineAPI) WatchEvents(req *anvilv1.WatchEventsRequest, stream anvilv1
 			}
 		}
 	}
+}
+
+// rebootIntoAgent resets a machine whose installed OS is running into the
+// agent (next boot PXE) through its BMC, so the queued erase or install
+// reaches it. A machine running the agent already gets the instruction on
+// its Wait stream. Without a BMC the operator must reboot it; a BMC that
+// fails is an error saying so (the free or reinstall itself is recorded).
+func (a *machineAPI) rebootIntoAgent(ctx context.Context, m *store.Machine, osRunning bool, what string) error {
+	if !osRunning || m.BMC == "" {
+		return nil
+	}
+	if _, err := a.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: m.ID, Action: anvilv1.PowerAction_POWER_ACTION_RESET, NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE}); err != nil {
+		st, _ := status.FromError(err)
+		return status.Errorf(st.Code(), "%s %s: recorded, but resetting it into the agent failed: %s; reboot it into the agent by hand", what, m.ID, st.Message())
+	}
+	return nil
 }

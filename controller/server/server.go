@@ -1,8 +1,10 @@
 // Package server implements anvil-controller's gRPC services: the agent API
-// (Register, Wait, Report, Heartbeat) and the operator API (machines, images,
-// sizes). Handlers are thin: they check what the store must confirm, fold
-// events through the lifecycle state machine, write one transaction and wake
-// waiting streams through the hub after it committed.
+// (Register, Wait, Report, Heartbeat) and the operator API (machines, their
+// power through controller/bmc, images, sizes). Handlers are thin: they
+// check what the store must confirm, fold events through the lifecycle
+// state machine, write one transaction and wake waiting streams through the
+// hub after it committed. Power calls talk to the BMC outside any
+// transaction and record their event afterwards.
 package server
 
 import (
@@ -15,6 +17,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/anvil-metal/anvil/controller/bmc"
 	"github.com/anvil-metal/anvil/controller/hub"
 	"github.com/anvil-metal/anvil/controller/lifecycle"
 	"github.com/anvil-metal/anvil/controller/pki"
@@ -50,7 +53,9 @@ type Config struct {
 	// BootTokenTTL is how long a boot token minted for one network boot
 	// is accepted at Register.
 	BootTokenTTL time.Duration
-	Lifecycle    lifecycle.Config
+	// BMCTimeout bounds each power operation on a machine's BMC.
+	BMCTimeout time.Duration
+	Lifecycle  lifecycle.Config
 }
 
 // DefaultConfig returns the production defaults.
@@ -63,6 +68,7 @@ func DefaultConfig() Config {
 		RegisterEraseMode: anvilv1.EraseMode_ERASE_MODE_NONE,
 		WatchBuffer:       1024,
 		BootTokenTTL:      time.Hour,
+		BMCTimeout:        bmc.DefaultTimeout,
 		Lifecycle:         lifecycle.DefaultConfig(),
 	}
 }
@@ -87,6 +93,9 @@ func (c Config) Validate() error {
 	}
 	if c.BootTokenTTL <= 0 {
 		errs = append(errs, fmt.Errorf("boot token TTL %v must be positive", c.BootTokenTTL))
+	}
+	if c.BMCTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("BMC timeout %v must be positive", c.BMCTimeout))
 	}
 	if c.WatchBuffer < 1 {
 		errs = append(errs, fmt.Errorf("watch buffer %d must be positive", c.WatchBuffer))
@@ -114,6 +123,10 @@ type Server struct {
 	// bootSigner mints the short-lived boot tokens of network boots;
 	// phoneHome the allocation-bound tokens of installed systems.
 	bootSigner, phoneHome *pki.Signer
+	// openBMC returns the driver of a BMC address; bmcLocks serializes the
+	// operations on one BMC (QEMU serves one QMP client at a time).
+	openBMC  func(addr string) (bmc.Driver, error)
+	bmcLocks keyedLocks
 }
 
 // Option configures a Server.
@@ -134,6 +147,7 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 		return nil, errors.New("controller needs at least one admin token and one boot token")
 	}
 	s := &Server{store: st, hub: hub.New(), cfg: cfg, log: slog.Default(), now: time.Now}
+	s.openBMC = func(addr string) (bmc.Driver, error) { return bmc.Open(addr, bmc.WithTimeout(cfg.BMCTimeout)) }
 	for _, o := range opts {
 		o(s)
 	}

@@ -42,6 +42,9 @@ type Machine struct {
 	LastSeen       time.Time
 	// Progress of the running instruction, if any (not history).
 	Progress *anvilv1.Progress
+	// BMC is the address of the machine's BMC (see controller/bmc), set by
+	// the operator; "" when none.
+	BMC string
 }
 
 // MachineFilter selects machines; zero fields match everything.

@@ -328,7 +328,7 @@ func (l *Lab) createDisks(vm *VM) error {
 }
 
 // qemuArgs is the command line of a lab VM: network boot first, then
-// disk; a virtio disk and an emulated NVMe disk with serials; SMBIOS
+// disk (by bootindex); a virtio disk and an emulated NVMe disk with serials; SMBIOS
 // identity; a QMP socket for the fake BMC; entropy from -cpu max and
 // virtio-rng (the guest's CRNG otherwise never becomes ready under TCG).
 func (l *Lab) qemuArgs(vm *VM) []string {
@@ -345,17 +345,19 @@ func (l *Lab) qemuArgs(vm *VM) []string {
 		"-serial", "file:" + vm.Console,
 		"-qmp", "unix:" + vm.QMP + ",server=on,wait=off",
 		"-no-shutdown",
-		"-boot", "order=nc",
 		"-smbios", fmt.Sprintf("type=1,manufacturer=anvil,product=lab-vm,version=1,serial=LAB%04d,uuid=%s,family=lab", vm.Index, vm.UUID),
 		"-smbios", fmt.Sprintf("type=2,manufacturer=anvil,product=lab-board,serial=BOARD%04d", vm.Index),
 		"-smbios", fmt.Sprintf("type=3,manufacturer=anvil,serial=CHASSIS%04d", vm.Index),
 		"-netdev", fmt.Sprintf("tap,id=n0,ifname=%s,script=no,downscript=no", vm.tap),
-		"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=%s,speed=10000,duplex=full", vm.MAC),
+		// Boot order by bootindex, which the fake BMC changes at run time
+		// (next boot PXE or disk): the NIC first, then the NVMe disk (the
+		// one the agent installs to, /dev/nvme0n1 sorting first), then vda.
+		"-device", fmt.Sprintf("virtio-net-pci,id=nic0,netdev=n0,mac=%s,speed=10000,duplex=full,bootindex=1", vm.MAC),
 		"-device", "virtio-rng-pci",
 		"-drive", fmt.Sprintf("file=%s,if=none,id=vd0,format=raw,cache=unsafe", vm.Disk),
-		"-device", fmt.Sprintf("virtio-blk-pci,drive=vd0,serial=%s", vm.DiskSerial),
+		"-device", fmt.Sprintf("virtio-blk-pci,id=vd0dev,drive=vd0,serial=%s,bootindex=3", vm.DiskSerial),
 		"-drive", fmt.Sprintf("file=%s,if=none,id=nv0,format=raw,cache=unsafe", vm.NVMe),
-		"-device", fmt.Sprintf("nvme,drive=nv0,serial=%s", vm.NVMeSerial),
+		"-device", fmt.Sprintf("nvme,id=nv0dev,drive=nv0,serial=%s,bootindex=2", vm.NVMeSerial),
 	}
 }
 

@@ -6,11 +6,14 @@
 // range to match, and extends the last partition to the end when it is a
 // Linux root or data partition. The filesystem inside is not resized here;
 // cloud-init's resize_rootfs (or the image's own first-boot unit) does that.
+// Options can keep room at the disk's end (agent/seed puts its NoCloud
+// partition there) and drop a stale partition the caller rewrites.
 package growpart
 
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
@@ -42,9 +45,11 @@ type Decision struct {
 	Reason string
 }
 
-// Plan decides whether the partition that ends last can grow to lastUsable
-// (the disk's last usable LBA after the backup GPT moved).
-func Plan(parts []Part, lastUsable uint64) Decision {
+// Plan decides whether the partition that ends last can grow to limit
+// (the disk's last usable LBA after the backup GPT moved, or the last one
+// before a reserve). A partition already ending at or past limit is left
+// as it is, never shrunk.
+func Plan(parts []Part, limit uint64) Decision {
 	var last *Part
 	for i := range parts {
 		if last == nil || parts[i].End > last.End {
@@ -54,15 +59,27 @@ func Plan(parts []Part, lastUsable uint64) Decision {
 	switch {
 	case last == nil:
 		return Decision{Reason: "no partition"}
-	case last.End >= lastUsable:
-		return Decision{Index: last.Index, Reason: fmt.Sprintf("partition %d already ends at the disk's last usable block", last.Index)}
+	case last.End >= limit:
+		return Decision{Index: last.Index, Reason: fmt.Sprintf("partition %d already ends at block %d, at or past the grow limit %d", last.Index, last.End, limit)}
 	}
 	name, ok := growable[strings.ToUpper(last.Type)]
 	if !ok {
 		return Decision{Index: last.Index, Reason: fmt.Sprintf("last partition %d has type %s, not a Linux root or data partition", last.Index, last.Type)}
 	}
-	return Decision{Grow: true, Index: last.Index, NewEnd: lastUsable,
-		Reason: fmt.Sprintf("partition %d (%s) grown from block %d to %d", last.Index, name, last.End, lastUsable)}
+	return Decision{Grow: true, Index: last.Index, NewEnd: limit,
+		Reason: fmt.Sprintf("partition %d (%s) grown from block %d to %d", last.Index, name, last.End, limit)}
+}
+
+// Options tune Grow; the zero value grows to the last usable block.
+type Options struct {
+	// Reserve is how many bytes at the disk's end stay outside the grown
+	// partition, backup GPT included; the partition then ends at the last
+	// whole MiB before them. 0 grows to the last usable block.
+	Reserve int64
+	// Drop names GPT partitions removed before planning (a first-boot
+	// seed the caller writes afresh), so they do not stop the partition
+	// before them from growing.
+	Drop []string
 }
 
 // Result says what Grow did.
@@ -71,12 +88,17 @@ type Result struct {
 	GPT bool
 	// Moved is true when the backup GPT was moved to the disk's end.
 	Moved bool
+	// Dropped are the indexes of partitions removed by Options.Drop.
+	Dropped []int
 	Decision
 }
 
 // Grow fits the GPT on the device or file at path (size bytes, logical
 // block size lbs) to the whole device.
-func Grow(path string, size int64, lbs int) (Result, error) {
+func Grow(path string, size int64, lbs int, o Options) (Result, error) {
+	if o.Reserve < 0 || o.Reserve >= size {
+		return Result{}, fmt.Errorf("grow %s: reserve of %d bytes on a %d-byte disk", path, o.Reserve, size)
+	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return Result{}, fmt.Errorf("open %s: %w", path, err)
@@ -92,21 +114,34 @@ func Grow(path string, size int64, lbs int) (Result, error) {
 		res.Moved = true
 	}
 	var parts []Part
+	var kept []*gpt.Partition
 	byIndex := map[int]*gpt.Partition{}
 	for _, p := range t.Partitions {
 		if p == nil || p.Type == gpt.Unused {
 			continue
 		}
+		if slices.Contains(o.Drop, p.Name) {
+			res.Dropped = append(res.Dropped, p.Index)
+			continue
+		}
+		kept = append(kept, p)
 		byIndex[p.Index] = p
 		parts = append(parts, Part{Index: p.Index, Start: p.Start, End: p.End, Type: string(p.Type)})
 	}
-	res.Decision = Plan(parts, t.LastDataSector())
+	t.Partitions = kept
+	res.Decision = Plan(parts, growLimit(t.LastDataSector(), size, lbs, o.Reserve))
+	if res.Grow && o.Reserve > 0 {
+		res.Reason += fmt.Sprintf(", leaving %d MiB at the disk's end", (size-int64(res.NewEnd+1)*int64(lbs))>>20)
+	}
+	if len(res.Dropped) > 0 {
+		res.Reason += fmt.Sprintf("; dropped partitions %v named %q", res.Dropped, o.Drop)
+	}
 	if res.Grow {
 		p := byIndex[res.Index]
 		p.End = res.NewEnd
 		p.Size = (p.End - p.Start + 1) * uint64(lbs)
 	}
-	if !res.Moved && !res.Grow {
+	if !res.Moved && !res.Grow && len(res.Dropped) == 0 {
 		return res, nil
 	}
 	if err := t.Write(f, size); err != nil {
@@ -116,4 +151,18 @@ func Grow(path string, size int64, lbs int) (Result, error) {
 		return res, fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return res, nil
+}
+
+// growLimit is the last block a grown partition may use: the last usable
+// one, or with a reserve the last one before the final reserve bytes,
+// aligned down to a MiB.
+func growLimit(lastUsable uint64, size int64, lbs int, reserve int64) uint64 {
+	if reserve <= 0 {
+		return lastUsable
+	}
+	end := (size - reserve) / (1 << 20) * (1 << 20) // exclusive, in bytes
+	if end < int64(lbs) {
+		return 0
+	}
+	return min(lastUsable, uint64(end/int64(lbs))-1)
 }

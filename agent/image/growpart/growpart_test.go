@@ -77,7 +77,7 @@ func TestGrowMovesTheBackupGPTAndGrowsRoot(t *testing.T) {
 	if err := os.Truncate(disk, size); err != nil {
 		t.Fatal(err)
 	}
-	res, err := Grow(disk, size, 512)
+	res, err := Grow(disk, size, 512, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestGrowMovesTheBackupGPTAndGrowsRoot(t *testing.T) {
 		}
 	}
 	// A second Grow finds nothing to do.
-	again, err := Grow(disk, size, 512)
+	again, err := Grow(disk, size, 512, Options{})
 	if err != nil || again.Moved || again.Grow {
 		t.Errorf("second grow: %+v, %v", again, err)
 	}
@@ -127,7 +127,7 @@ func TestGrowLeavesAForeignLastPartitionButMovesTheBackup(t *testing.T) {
 	if err := os.WriteFile(disk, append(img, make([]byte, 16<<20)...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	res, err := Grow(disk, 32<<20, 512)
+	res, err := Grow(disk, 32<<20, 512, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,12 +141,89 @@ func TestGrowWithoutGPTIsANoOp(t *testing.T) {
 	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	res, err := Grow(disk, 1<<20, 512)
+	res, err := Grow(disk, 1<<20, 512, Options{})
 	if err != nil || res.GPT {
 		t.Fatalf("%+v, %v", res, err)
 	}
 	b, _ := os.ReadFile(disk)
 	if n, _ := io.Copy(io.Discard, bytes.NewReader(b)); n != 1<<20 || !bytes.Equal(b, make([]byte, 1<<20)) {
 		t.Error("a disk without GPT was modified")
+	}
+}
+
+func TestGrowLeavesTheReserveAndDropsAStaleSeed(t *testing.T) {
+	// A 16 MiB image whose last partition is a seed left from an earlier
+	// install: dropped, so the root partition before it grows.
+	p := filepath.Join(t.TempDir(), "seeded.img")
+	d, err := diskfs.Create(p, 16<<20, diskfs.SectorSizeDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Partition(&gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, Partitions: []*gpt.Partition{
+		{Index: 1, Start: 2048, End: 8191, Type: gpt.EFISystemPartition, Name: "ESP"},
+		{Index: 2, Start: 8192, End: 24575, Type: gpt.LinuxRootX86_64, Name: "root"},
+		{Index: 3, Start: 24576, End: 32734, Type: gpt.MicrosoftBasicData, Name: "cidata"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	const size = 256 << 20
+	if err := os.Truncate(p, size); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Grow(p, size, 512, Options{Reserve: 65 << 20, Drop: []string{"cidata"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Moved || !res.Grow || res.Index != 2 || len(res.Dropped) != 1 || res.Dropped[0] != 3 {
+		t.Fatalf("result %+v", res)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tbl, err := gpt.Read(f, 512, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tbl.Partitions) != 2 {
+		t.Fatalf("partitions %+v: want the seed gone", tbl.Partitions)
+	}
+	if want := uint64((size-65<<20)/512 - 1); tbl.Partitions[1].End != want {
+		t.Errorf("root ends at %d, want %d (65 MiB before the end)", tbl.Partitions[1].End, want)
+	}
+	if out, err := exec.Command("sfdisk", "--verify", p).CombinedOutput(); err == nil && !bytes.Contains(out, []byte("No errors detected")) {
+		t.Errorf("sfdisk --verify:\n%s", out)
+	}
+	// The reserve never shrinks a partition that already reaches into it.
+	again, err := Grow(p, size, 512, Options{Reserve: 100 << 20})
+	if err != nil || again.Grow || again.Moved {
+		t.Errorf("second grow: %+v, %v", again, err)
+	}
+	if _, err := Grow(p, size, 512, Options{Reserve: size}); err == nil {
+		t.Error("a reserve of the whole disk was accepted")
+	}
+}
+
+func TestGrowLimit(t *testing.T) {
+	cases := []struct {
+		lastUsable uint64
+		size       int64
+		lbs        int
+		reserve    int64
+		want       uint64
+	}{
+		{1000, 1 << 30, 512, 0, 1000},
+		{(1<<30)/512 - 34, 1 << 30, 512, 65 << 20, (1<<30-65<<20)/512 - 1},
+		{(1<<30)/4096 - 6, 1 << 30, 4096, 65 << 20, (1<<30-65<<20)/4096 - 1},
+		// Not a whole MiB: aligned down.
+		{(1<<30 + 4096) / 512, 1<<30 + 4096, 512, 65 << 20, (1<<30-65<<20)/512 - 1},
+		{100, 1 << 20, 512, 1 << 20, 0},
+	}
+	for _, c := range cases {
+		if got := growLimit(c.lastUsable, c.size, c.lbs, c.reserve); got != c.want {
+			t.Errorf("growLimit(%d, %d, %d, %d) = %d, want %d", c.lastUsable, c.size, c.lbs, c.reserve, got, c.want)
+		}
 	}
 }

@@ -1,7 +1,8 @@
 // Package rootfs installs a root filesystem archive (POSIX tar) onto a whole
 // disk. It lays out a fresh GUID Partition Table (UEFI 2.10 §5.3): an EFI
 // System Partition formatted FAT32 and a Linux root partition formatted
-// ext4, both made with go-diskfs, then extracts the archive onto them.
+// ext4, both made with go-diskfs, leaving the disk's last 65 MiB free for
+// agent/seed's NoCloud partition (p3), then extracts the archive onto them.
 // Entries under boot/efi/ go to the ESP, everything else to the root
 // filesystem. It then writes /etc/fstab naming both partitions by
 // PARTUUID and, unless the archive ships its own, an anvil boot manifest
@@ -44,12 +45,17 @@ type Layout struct {
 	ESPLabel, RootLabel string
 	// MinRoot is the smallest root partition accepted, in bytes.
 	MinRoot int64
+	// Reserve is how many bytes at the disk's end stay outside the
+	// partitions: the backup GPT and the first-boot seed partition that
+	// agent/seed adds as p3. At least 1 MiB.
+	Reserve int64
 }
 
 // Defaults returns the layout used when fields are zero: a 512 MiB ESP at
-// /boot/efi and a root filesystem of at least 256 MiB.
+// /boot/efi, a root filesystem of at least 256 MiB, and 65 MiB left at the
+// disk's end (agent/seed's 64 MiB NoCloud partition and the backup GPT).
 func Defaults() Layout {
-	return Layout{ESPSize: 512 << 20, ESPMount: "boot/efi", ESPLabel: "ESP", RootLabel: "root", MinRoot: 256 << 20}
+	return Layout{ESPSize: 512 << 20, ESPMount: "boot/efi", ESPLabel: "ESP", RootLabel: "root", MinRoot: 256 << 20, Reserve: 65 << 20}
 }
 
 // withDefaults fills zero fields from Defaults.
@@ -70,6 +76,9 @@ func (l Layout) withDefaults() Layout {
 	}
 	if l.MinRoot == 0 {
 		l.MinRoot = d.MinRoot
+	}
+	if l.Reserve == 0 {
+		l.Reserve = d.Reserve
 	}
 	return l
 }
@@ -96,8 +105,8 @@ const align = 1 << 20
 
 // PlanDisk lays the partitions out on a disk of size bytes with the given
 // logical sector size: the ESP from 1 MiB, the root partition after it up
-// to the last whole MiB before the backup GPT. guid returns fresh
-// partition GUIDs.
+// to the last whole MiB before the layout's reserve at the disk's end
+// (backup GPT and seed partition). guid returns fresh partition GUIDs.
 func PlanDisk(size, sector int64, l Layout, guid func() string) (Plan, error) {
 	l = l.withDefaults()
 	if sector != 512 && sector != 4096 {
@@ -106,11 +115,14 @@ func PlanDisk(size, sector int64, l Layout, guid func() string) (Plan, error) {
 	if l.ESPSize < 64<<20 || l.ESPSize%align != 0 {
 		return Plan{}, fmt.Errorf("ESP size %d: want a multiple of 1 MiB of at least 64 MiB (FAT32's smallest useful size)", l.ESPSize)
 	}
+	if l.Reserve < align {
+		return Plan{}, fmt.Errorf("reserve %d: want at least 1 MiB for the backup GPT", l.Reserve)
+	}
 	espStart := int64(align)
 	rootStart := espStart + l.ESPSize
 	// The backup GPT takes the last 33 sectors (512-byte) or 6 (4 KiB);
-	// keep the last MiB free for it, aligned down.
-	rootEnd := (size-align)/align*align - 1
+	// it and the seed partition live in the reserve, aligned down.
+	rootEnd := (size-l.Reserve)/align*align - 1
 	if rootEnd+1-rootStart < l.MinRoot {
 		return Plan{}, fmt.Errorf("%w: %d MiB leave %d MiB for the root filesystem after a %d MiB ESP, want at least %d MiB",
 			ErrDiskTooSmall, size>>20, max(rootEnd+1-rootStart, 0)>>20, l.ESPSize>>20, l.MinRoot>>20)

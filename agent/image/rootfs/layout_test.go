@@ -26,14 +26,19 @@ func TestPlanDisk(t *testing.T) {
 		wantErrText          bool
 		espBytes, rootMinMiB int64
 	}{
-		// 8 GiB, 512-byte sectors: ESP [1 MiB, 513 MiB), root up to the last MiB.
+		// 8 GiB, 512-byte sectors: ESP [1 MiB, 513 MiB), root up to the
+		// 65 MiB reserve (seed partition and backup GPT).
 		{name: "8GiB/512", size: 8 << 30, sector: 512, espStart: 2048, espEnd: 2048 + 512*2048 - 1,
-			rootStart: 2048 + 512*2048, rootEnd: (8<<30-1<<20)/512 - 1},
+			rootStart: 2048 + 512*2048, rootEnd: (8<<30-65<<20)/512 - 1},
 		{name: "8GiB/4096", size: 8 << 30, sector: 4096, espStart: 256, espEnd: 256 + 512*256 - 1,
-			rootStart: 256 + 512*256, rootEnd: (8<<30-1<<20)/4096 - 1},
+			rootStart: 256 + 512*256, rootEnd: (8<<30-65<<20)/4096 - 1},
 		// A size that is not a whole MiB: the root end is aligned down.
 		{name: "unaligned size", size: 1<<30 + 12345, sector: 512, l: Layout{ESPSize: 64 << 20},
-			espStart: 2048, espEnd: 2048 + 64*2048 - 1, rootStart: 2048 + 64*2048, rootEnd: (1<<30-1<<20)/512 - 1},
+			espStart: 2048, espEnd: 2048 + 64*2048 - 1, rootStart: 2048 + 64*2048, rootEnd: (1<<30-65<<20)/512 - 1},
+		// Only the backup GPT's MiB reserved.
+		{name: "no seed room", size: 8 << 30, sector: 512, l: Layout{Reserve: 1 << 20}, espStart: 2048, espEnd: 2048 + 512*2048 - 1,
+			rootStart: 2048 + 512*2048, rootEnd: (8<<30-1<<20)/512 - 1},
+		{name: "reserve below the backup GPT", size: 8 << 30, sector: 512, l: Layout{Reserve: 4096}, wantErrText: true},
 		{name: "too small", size: 600 << 20, sector: 512, wantErr: ErrDiskTooSmall},
 		{name: "odd sector", size: 8 << 30, sector: 520, wantErrText: true},
 		{name: "tiny ESP", size: 8 << 30, sector: 512, l: Layout{ESPSize: 1 << 20}, wantErrText: true},

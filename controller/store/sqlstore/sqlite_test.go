@@ -232,8 +232,65 @@ func TestRefusesNewerSchema(t *testing.T) {
 	if !strings.Contains(err.Error(), "999") {
 		t.Errorf("error %q does not name the database's version", err)
 	}
-	if got := schemaVersions(t, path); len(got) != 2 {
+	ms, err := loadMigrations(migrationFiles, "migrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := schemaVersions(t, path); len(got) != len(ms)+1 {
 		t.Errorf("schema_migrations after refusal: %v", got)
+	}
+}
+
+// TestUpgradeAddsBMC opens a database written by a binary that knew only
+// migration 0001: its machines come through with no BMC, and a BMC can be
+// set.
+func TestUpgradeAddsBMC(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "anvil.db")
+	ctx := t.Context()
+	ms, err := loadMigrations(migrationFiles, "migrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(ctx, db, sqliteDialect(), ms[:1], slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO machines (id, uuid, macs, size_id, labels, allocated, status, state)
+		VALUES ('m1', 'u1', '[]', '', '{}', false, '{"state":3}', 3)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s := openTest(t, path)
+	defer s.Close()
+	m := &store.Machine{}
+	err = s.Tx(ctx, func(tx store.Tx) error {
+		got, err := tx.GetMachine(ctx, "m1")
+		if err != nil {
+			return err
+		}
+		if got.BMC != "" || got.Status.State != anvilv1.MachineState_MACHINE_STATE_READY {
+			t.Errorf("upgraded machine: BMC %q, state %v", got.BMC, got.Status.State)
+		}
+		got.BMC = "qmp:///run/m1.qmp"
+		m = got
+		return tx.UpdateMachine(ctx, got)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.View(ctx, func(tx store.Tx) error {
+		got, err := tx.GetMachine(ctx, "m1")
+		if err == nil && got.BMC != m.BMC {
+			t.Errorf("BMC after update %q, want %q", got.BMC, m.BMC)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

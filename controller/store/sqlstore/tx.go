@@ -16,15 +16,15 @@ import (
 // Queries, in "?" form. Those in preparedQueries are prepared at Open.
 const (
 	machineCols = "id, uuid, macs, inventory, inventory IS NOT NULL, size_id, labels, allocation, allocated, " +
-		"status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL"
+		"status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL, bmc"
 	qGetMachine             = "SELECT " + machineCols + " FROM machines WHERE id = ?"
 	qGetMachineByUUID       = "SELECT " + machineCols + " FROM machines WHERE uuid = ?"
 	qGetMachineByCredential = "SELECT id FROM machines WHERE credential_hash = ?"
 	qListMachines           = "SELECT " + machineCols + " FROM machines"
 	qInsertMachine          = "INSERT INTO machines (id, uuid, macs, inventory, size_id, labels, allocation, allocated, hostname, " +
-		"status, state, credential_hash, created_at, last_seen, progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+		"status, state, credential_hash, created_at, last_seen, progress, bmc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 	qUpdateMachine = "UPDATE machines SET uuid = ?, macs = ?, inventory = ?, size_id = ?, labels = ?, allocation = ?, allocated = ?, " +
-		"hostname = ?, status = ?, state = ?, credential_hash = ?, created_at = ?, last_seen = ?, progress = ? WHERE id = ?"
+		"hostname = ?, status = ?, state = ?, credential_hash = ?, created_at = ?, last_seen = ?, progress = ?, bmc = ? WHERE id = ?"
 	qDeleteMachine = "DELETE FROM machines WHERE id = ?"
 	qTouchMachine  = "UPDATE machines SET last_seen = ? WHERE id = ?"
 
@@ -184,7 +184,7 @@ func scanMachine(r scanner) (*store.Machine, error) {
 		created, seen             sql.NullInt64
 	)
 	if err := r.Scan(&m.ID, &m.UUID, &macs, &inv, &hasInv, &m.SizeID, &labels, &alloc, &allocated,
-		&status, &cred, &created, &seen, &prog, &hasPrg); err != nil {
+		&status, &cred, &created, &seen, &prog, &hasPrg, &m.BMC); err != nil {
 		return nil, err
 	}
 	var err error
@@ -213,7 +213,7 @@ func scanMachine(r scanner) (*store.Machine, error) {
 }
 
 // machineArgs are the column values of m in the order of qUpdateMachine
-// (uuid ... progress), without the id.
+// (uuid ... bmc), without the id.
 func machineArgs(m *store.Machine) ([]any, error) {
 	if m.UUID == "" {
 		return nil, errors.New("empty UUID")
@@ -259,7 +259,7 @@ func machineArgs(m *store.Machine) ([]any, error) {
 		return nil, fmt.Errorf("encode progress: %w", err)
 	}
 	return []any{m.UUID, macs, inv, m.SizeID, labels, alloc, alloc != nil, hostname,
-		status, int64(m.Status.State), cred, created, seen, prog}, nil
+		status, int64(m.Status.State), cred, created, seen, prog, m.BMC}, nil
 }
 
 func (t *tx) GetMachine(ctx context.Context, id string) (*store.Machine, error) {

@@ -148,6 +148,7 @@ func fullMachine(id string) *store.Machine {
 		CreatedAt:      ts(4),
 		LastSeen:       ts(5),
 		Progress:       &anvilv1.Progress{BytesDone: 1 << 30, BytesTotal: 4 << 30, RateBytesPerSecond: 100 << 20},
+		BMC:            "qmp:///run/anvil/" + id + ".qmp",
 	}
 }
 
@@ -191,6 +192,9 @@ func diffMachine(want, got *store.Machine) []string {
 	}
 	if !msgEqual(want.Progress, got.Progress) {
 		add("Progress", want.Progress, got.Progress)
+	}
+	if want.BMC != got.BMC {
+		add("BMC", want.BMC, got.BMC)
 	}
 	return d
 }
@@ -366,6 +370,7 @@ func testUpdateMachine(t *testing.T, s store.Store) {
 	upd.Labels = map[string]string{"k": "v"}
 	upd.Status = lifecycle.Status{State: anvilv1.MachineState_MACHINE_STATE_READY, LastEventTime: ts(9)}
 	upd.CreatedAt = ts(10)
+	upd.BMC = "qmp:///other.qmp"
 	mustTx(t, s, func(tx store.Tx) error { return tx.UpdateMachine(ctx, upd) })
 	checkMachine(t, "after update", upd, get(t, s, "m1"))
 

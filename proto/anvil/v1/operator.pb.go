@@ -22,6 +22,166 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type PowerAction int32
+
+const (
+	PowerAction_POWER_ACTION_UNSPECIFIED PowerAction = 0
+	// Power on; a machine that is on already is left alone.
+	PowerAction_POWER_ACTION_ON PowerAction = 1
+	// Hard power off (no guest shutdown).
+	PowerAction_POWER_ACTION_OFF PowerAction = 2
+	// Hard reset; a machine that is off is powered on.
+	PowerAction_POWER_ACTION_RESET PowerAction = 3
+	// Only read the power state.
+	PowerAction_POWER_ACTION_STATUS PowerAction = 4
+)
+
+// Enum value maps for PowerAction.
+var (
+	PowerAction_name = map[int32]string{
+		0: "POWER_ACTION_UNSPECIFIED",
+		1: "POWER_ACTION_ON",
+		2: "POWER_ACTION_OFF",
+		3: "POWER_ACTION_RESET",
+		4: "POWER_ACTION_STATUS",
+	}
+	PowerAction_value = map[string]int32{
+		"POWER_ACTION_UNSPECIFIED": 0,
+		"POWER_ACTION_ON":          1,
+		"POWER_ACTION_OFF":         2,
+		"POWER_ACTION_RESET":       3,
+		"POWER_ACTION_STATUS":      4,
+	}
+)
+
+func (x PowerAction) Enum() *PowerAction {
+	p := new(PowerAction)
+	*p = x
+	return p
+}
+
+func (x PowerAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PowerAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_anvil_v1_operator_proto_enumTypes[0].Descriptor()
+}
+
+func (PowerAction) Type() protoreflect.EnumType {
+	return &file_anvil_v1_operator_proto_enumTypes[0]
+}
+
+func (x PowerAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PowerAction.Descriptor instead.
+func (PowerAction) EnumDescriptor() ([]byte, []int) {
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{0}
+}
+
+// BootDevice is the device the machine's firmware tries first.
+type BootDevice int32
+
+const (
+	BootDevice_BOOT_DEVICE_UNSPECIFIED BootDevice = 0
+	// Network boot (PXE) first, then the disks.
+	BootDevice_BOOT_DEVICE_PXE BootDevice = 1
+	// Disks first, then the network.
+	BootDevice_BOOT_DEVICE_DISK BootDevice = 2
+)
+
+// Enum value maps for BootDevice.
+var (
+	BootDevice_name = map[int32]string{
+		0: "BOOT_DEVICE_UNSPECIFIED",
+		1: "BOOT_DEVICE_PXE",
+		2: "BOOT_DEVICE_DISK",
+	}
+	BootDevice_value = map[string]int32{
+		"BOOT_DEVICE_UNSPECIFIED": 0,
+		"BOOT_DEVICE_PXE":         1,
+		"BOOT_DEVICE_DISK":        2,
+	}
+)
+
+func (x BootDevice) Enum() *BootDevice {
+	p := new(BootDevice)
+	*p = x
+	return p
+}
+
+func (x BootDevice) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BootDevice) Descriptor() protoreflect.EnumDescriptor {
+	return file_anvil_v1_operator_proto_enumTypes[1].Descriptor()
+}
+
+func (BootDevice) Type() protoreflect.EnumType {
+	return &file_anvil_v1_operator_proto_enumTypes[1]
+}
+
+func (x BootDevice) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BootDevice.Descriptor instead.
+func (BootDevice) EnumDescriptor() ([]byte, []int) {
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{1}
+}
+
+type PowerState int32
+
+const (
+	PowerState_POWER_STATE_UNSPECIFIED PowerState = 0
+	PowerState_POWER_STATE_ON          PowerState = 1
+	PowerState_POWER_STATE_OFF         PowerState = 2
+)
+
+// Enum value maps for PowerState.
+var (
+	PowerState_name = map[int32]string{
+		0: "POWER_STATE_UNSPECIFIED",
+		1: "POWER_STATE_ON",
+		2: "POWER_STATE_OFF",
+	}
+	PowerState_value = map[string]int32{
+		"POWER_STATE_UNSPECIFIED": 0,
+		"POWER_STATE_ON":          1,
+		"POWER_STATE_OFF":         2,
+	}
+)
+
+func (x PowerState) Enum() *PowerState {
+	p := new(PowerState)
+	*p = x
+	return p
+}
+
+func (x PowerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PowerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_anvil_v1_operator_proto_enumTypes[2].Descriptor()
+}
+
+func (PowerState) Type() protoreflect.EnumType {
+	return &file_anvil_v1_operator_proto_enumTypes[2]
+}
+
+func (x PowerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PowerState.Descriptor instead.
+func (PowerState) EnumDescriptor() ([]byte, []int) {
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{2}
+}
+
 type ImageFeature int32
 
 const (
@@ -55,11 +215,11 @@ func (x ImageFeature) String() string {
 }
 
 func (ImageFeature) Descriptor() protoreflect.EnumDescriptor {
-	return file_anvil_v1_operator_proto_enumTypes[0].Descriptor()
+	return file_anvil_v1_operator_proto_enumTypes[3].Descriptor()
 }
 
 func (ImageFeature) Type() protoreflect.EnumType {
-	return &file_anvil_v1_operator_proto_enumTypes[0]
+	return &file_anvil_v1_operator_proto_enumTypes[3]
 }
 
 func (x ImageFeature) Number() protoreflect.EnumNumber {
@@ -68,7 +228,7 @@ func (x ImageFeature) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ImageFeature.Descriptor instead.
 func (ImageFeature) EnumDescriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{0}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{3}
 }
 
 type ConstraintType int32
@@ -114,11 +274,11 @@ func (x ConstraintType) String() string {
 }
 
 func (ConstraintType) Descriptor() protoreflect.EnumDescriptor {
-	return file_anvil_v1_operator_proto_enumTypes[1].Descriptor()
+	return file_anvil_v1_operator_proto_enumTypes[4].Descriptor()
 }
 
 func (ConstraintType) Type() protoreflect.EnumType {
-	return &file_anvil_v1_operator_proto_enumTypes[1]
+	return &file_anvil_v1_operator_proto_enumTypes[4]
 }
 
 func (x ConstraintType) Number() protoreflect.EnumNumber {
@@ -127,7 +287,7 @@ func (x ConstraintType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConstraintType.Descriptor instead.
 func (ConstraintType) EnumDescriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{1}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{4}
 }
 
 type Machine struct {
@@ -151,7 +311,11 @@ type Machine struct {
 	LastSeen   *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	LastEvent  *Event                 `protobuf:"bytes,15,opt,name=last_event,json=lastEvent,proto3" json:"last_event,omitempty"`
 	// Progress of the running wipe or install, if any.
-	Progress      *Progress `protobuf:"bytes,16,opt,name=progress,proto3" json:"progress,omitempty"`
+	Progress *Progress `protobuf:"bytes,16,opt,name=progress,proto3" json:"progress,omitempty"`
+	// The machine's BMC address (SetMachineBMC), e.g. "qmp:///run/vm1.qmp";
+	// empty when none is set. Credentials, should an address carry any, are
+	// never returned.
+	BmcAddress    string `protobuf:"bytes,17,opt,name=bmc_address,json=bmcAddress,proto3" json:"bmc_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -296,6 +460,13 @@ func (x *Machine) GetProgress() *Progress {
 		return x.Progress
 	}
 	return nil
+}
+
+func (x *Machine) GetBmcAddress() string {
+	if x != nil {
+		return x.BmcAddress
+	}
+	return ""
 }
 
 type Allocation struct {
@@ -1061,6 +1232,203 @@ func (x *WatchEventsRequest) GetAfterSeq() int64 {
 	return 0
 }
 
+type SetMachineBMCRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// "qmp:///absolute/path"; empty clears the BMC.
+	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMachineBMCRequest) Reset() {
+	*x = SetMachineBMCRequest{}
+	mi := &file_anvil_v1_operator_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMachineBMCRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMachineBMCRequest) ProtoMessage() {}
+
+func (x *SetMachineBMCRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_anvil_v1_operator_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMachineBMCRequest.ProtoReflect.Descriptor instead.
+func (*SetMachineBMCRequest) Descriptor() ([]byte, []int) {
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SetMachineBMCRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SetMachineBMCRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type PowerMachineRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Action PowerAction            `protobuf:"varint,2,opt,name=action,proto3,enum=anvil.v1.PowerAction" json:"action,omitempty"`
+	// Set before the action; it applies from the next (re)boot on and stays
+	// until changed. Unspecified keeps the current boot order.
+	NextBoot      BootDevice `protobuf:"varint,3,opt,name=next_boot,json=nextBoot,proto3,enum=anvil.v1.BootDevice" json:"next_boot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PowerMachineRequest) Reset() {
+	*x = PowerMachineRequest{}
+	mi := &file_anvil_v1_operator_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PowerMachineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PowerMachineRequest) ProtoMessage() {}
+
+func (x *PowerMachineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_anvil_v1_operator_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PowerMachineRequest.ProtoReflect.Descriptor instead.
+func (*PowerMachineRequest) Descriptor() ([]byte, []int) {
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PowerMachineRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PowerMachineRequest) GetAction() PowerAction {
+	if x != nil {
+		return x.Action
+	}
+	return PowerAction_POWER_ACTION_UNSPECIFIED
+}
+
+func (x *PowerMachineRequest) GetNextBoot() BootDevice {
+	if x != nil {
+		return x.NextBoot
+	}
+	return BootDevice_BOOT_DEVICE_UNSPECIFIED
+}
+
+type PowerMachineResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	MachineId string                 `protobuf:"bytes,1,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	// The state after the action.
+	State PowerState `protobuf:"varint,2,opt,name=state,proto3,enum=anvil.v1.PowerState" json:"state,omitempty"`
+	// The device the next boot tries first, as the BMC reports it;
+	// unspecified when the BMC has no explicit boot order.
+	NextBoot BootDevice `protobuf:"varint,3,opt,name=next_boot,json=nextBoot,proto3,enum=anvil.v1.BootDevice" json:"next_boot,omitempty"`
+	// The BMC's own description of the state, e.g. QMP's "running",
+	// "prelaunch" or "shutdown".
+	Detail string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The POWER event recorded for ON, OFF and RESET; unset for STATUS.
+	Event         *Event `protobuf:"bytes,5,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PowerMachineResponse) Reset() {
+	*x = PowerMachineResponse{}
+	mi := &file_anvil_v1_operator_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PowerMachineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PowerMachineResponse) ProtoMessage() {}
+
+func (x *PowerMachineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_anvil_v1_operator_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PowerMachineResponse.ProtoReflect.Descriptor instead.
+func (*PowerMachineResponse) Descriptor() ([]byte, []int) {
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PowerMachineResponse) GetMachineId() string {
+	if x != nil {
+		return x.MachineId
+	}
+	return ""
+}
+
+func (x *PowerMachineResponse) GetState() PowerState {
+	if x != nil {
+		return x.State
+	}
+	return PowerState_POWER_STATE_UNSPECIFIED
+}
+
+func (x *PowerMachineResponse) GetNextBoot() BootDevice {
+	if x != nil {
+		return x.NextBoot
+	}
+	return BootDevice_BOOT_DEVICE_UNSPECIFIED
+}
+
+func (x *PowerMachineResponse) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *PowerMachineResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 type Image struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Lower-case name such as "debian-12"; [a-z0-9][a-z0-9._-]*.
@@ -1080,7 +1448,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[14]
+	mi := &file_anvil_v1_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1460,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[14]
+	mi := &file_anvil_v1_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1473,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{14}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Image) GetId() string {
@@ -1180,7 +1548,7 @@ type CreateImageRequest struct {
 
 func (x *CreateImageRequest) Reset() {
 	*x = CreateImageRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[15]
+	mi := &file_anvil_v1_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1560,7 @@ func (x *CreateImageRequest) String() string {
 func (*CreateImageRequest) ProtoMessage() {}
 
 func (x *CreateImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[15]
+	mi := &file_anvil_v1_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1573,7 @@ func (x *CreateImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateImageRequest.ProtoReflect.Descriptor instead.
 func (*CreateImageRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{15}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateImageRequest) GetImage() *Image {
@@ -1223,7 +1591,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[16]
+	mi := &file_anvil_v1_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1603,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[16]
+	mi := &file_anvil_v1_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1616,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{16}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{19}
 }
 
 type ListImagesResponse struct {
@@ -1260,7 +1628,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[17]
+	mi := &file_anvil_v1_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1640,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[17]
+	mi := &file_anvil_v1_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1653,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{17}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -1304,7 +1672,7 @@ type GetImageRequest struct {
 
 func (x *GetImageRequest) Reset() {
 	*x = GetImageRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[18]
+	mi := &file_anvil_v1_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1684,7 @@ func (x *GetImageRequest) String() string {
 func (*GetImageRequest) ProtoMessage() {}
 
 func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[18]
+	mi := &file_anvil_v1_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1697,7 @@ func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageRequest.ProtoReflect.Descriptor instead.
 func (*GetImageRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{18}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetImageRequest) GetId() string {
@@ -1348,7 +1716,7 @@ type DeleteImageRequest struct {
 
 func (x *DeleteImageRequest) Reset() {
 	*x = DeleteImageRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[19]
+	mi := &file_anvil_v1_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1728,7 @@ func (x *DeleteImageRequest) String() string {
 func (*DeleteImageRequest) ProtoMessage() {}
 
 func (x *DeleteImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[19]
+	mi := &file_anvil_v1_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1741,7 @@ func (x *DeleteImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteImageRequest.ProtoReflect.Descriptor instead.
 func (*DeleteImageRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{19}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteImageRequest) GetId() string {
@@ -1391,7 +1759,7 @@ type DeleteImageResponse struct {
 
 func (x *DeleteImageResponse) Reset() {
 	*x = DeleteImageResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[20]
+	mi := &file_anvil_v1_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1771,7 @@ func (x *DeleteImageResponse) String() string {
 func (*DeleteImageResponse) ProtoMessage() {}
 
 func (x *DeleteImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[20]
+	mi := &file_anvil_v1_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1784,7 @@ func (x *DeleteImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteImageResponse.ProtoReflect.Descriptor instead.
 func (*DeleteImageResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{20}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{23}
 }
 
 type Constraint struct {
@@ -1432,7 +1800,7 @@ type Constraint struct {
 
 func (x *Constraint) Reset() {
 	*x = Constraint{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[21]
+	mi := &file_anvil_v1_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1812,7 @@ func (x *Constraint) String() string {
 func (*Constraint) ProtoMessage() {}
 
 func (x *Constraint) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[21]
+	mi := &file_anvil_v1_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1825,7 @@ func (x *Constraint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Constraint.ProtoReflect.Descriptor instead.
 func (*Constraint) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{21}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Constraint) GetType() ConstraintType {
@@ -1499,7 +1867,7 @@ type Size struct {
 
 func (x *Size) Reset() {
 	*x = Size{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[22]
+	mi := &file_anvil_v1_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1511,7 +1879,7 @@ func (x *Size) String() string {
 func (*Size) ProtoMessage() {}
 
 func (x *Size) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[22]
+	mi := &file_anvil_v1_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1524,7 +1892,7 @@ func (x *Size) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Size.ProtoReflect.Descriptor instead.
 func (*Size) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{22}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Size) GetId() string {
@@ -1557,7 +1925,7 @@ type CreateSizeRequest struct {
 
 func (x *CreateSizeRequest) Reset() {
 	*x = CreateSizeRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[23]
+	mi := &file_anvil_v1_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1937,7 @@ func (x *CreateSizeRequest) String() string {
 func (*CreateSizeRequest) ProtoMessage() {}
 
 func (x *CreateSizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[23]
+	mi := &file_anvil_v1_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1950,7 @@ func (x *CreateSizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSizeRequest.ProtoReflect.Descriptor instead.
 func (*CreateSizeRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{23}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateSizeRequest) GetSize() *Size {
@@ -1600,7 +1968,7 @@ type ListSizesRequest struct {
 
 func (x *ListSizesRequest) Reset() {
 	*x = ListSizesRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[24]
+	mi := &file_anvil_v1_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1980,7 @@ func (x *ListSizesRequest) String() string {
 func (*ListSizesRequest) ProtoMessage() {}
 
 func (x *ListSizesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[24]
+	mi := &file_anvil_v1_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1993,7 @@ func (x *ListSizesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSizesRequest.ProtoReflect.Descriptor instead.
 func (*ListSizesRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{24}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{27}
 }
 
 type ListSizesResponse struct {
@@ -1637,7 +2005,7 @@ type ListSizesResponse struct {
 
 func (x *ListSizesResponse) Reset() {
 	*x = ListSizesResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[25]
+	mi := &file_anvil_v1_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +2017,7 @@ func (x *ListSizesResponse) String() string {
 func (*ListSizesResponse) ProtoMessage() {}
 
 func (x *ListSizesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[25]
+	mi := &file_anvil_v1_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +2030,7 @@ func (x *ListSizesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSizesResponse.ProtoReflect.Descriptor instead.
 func (*ListSizesResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{25}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListSizesResponse) GetSizes() []*Size {
@@ -1681,7 +2049,7 @@ type GetSizeRequest struct {
 
 func (x *GetSizeRequest) Reset() {
 	*x = GetSizeRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[26]
+	mi := &file_anvil_v1_operator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +2061,7 @@ func (x *GetSizeRequest) String() string {
 func (*GetSizeRequest) ProtoMessage() {}
 
 func (x *GetSizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[26]
+	mi := &file_anvil_v1_operator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +2074,7 @@ func (x *GetSizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSizeRequest.ProtoReflect.Descriptor instead.
 func (*GetSizeRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{26}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetSizeRequest) GetId() string {
@@ -1725,7 +2093,7 @@ type DeleteSizeRequest struct {
 
 func (x *DeleteSizeRequest) Reset() {
 	*x = DeleteSizeRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[27]
+	mi := &file_anvil_v1_operator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +2105,7 @@ func (x *DeleteSizeRequest) String() string {
 func (*DeleteSizeRequest) ProtoMessage() {}
 
 func (x *DeleteSizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[27]
+	mi := &file_anvil_v1_operator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +2118,7 @@ func (x *DeleteSizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSizeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSizeRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{27}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteSizeRequest) GetId() string {
@@ -1768,7 +2136,7 @@ type DeleteSizeResponse struct {
 
 func (x *DeleteSizeResponse) Reset() {
 	*x = DeleteSizeResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[28]
+	mi := &file_anvil_v1_operator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +2148,7 @@ func (x *DeleteSizeResponse) String() string {
 func (*DeleteSizeResponse) ProtoMessage() {}
 
 func (x *DeleteSizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[28]
+	mi := &file_anvil_v1_operator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,14 +2161,14 @@ func (x *DeleteSizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSizeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSizeResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{28}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{31}
 }
 
 var File_anvil_v1_operator_proto protoreflect.FileDescriptor
 
 const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x17anvil/v1/operator.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x05\n" +
+	"\x17anvil/v1/operator.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x05\n" +
 	"\aMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1825,7 +2193,9 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12.\n" +
 	"\n" +
 	"last_event\x18\x0f \x01(\v2\x0f.anvil.v1.EventR\tlastEvent\x12.\n" +
-	"\bprogress\x18\x10 \x01(\v2\x12.anvil.v1.ProgressR\bprogress\x1a9\n" +
+	"\bprogress\x18\x10 \x01(\v2\x12.anvil.v1.ProgressR\bprogress\x12\x1f\n" +
+	"\vbmc_address\x18\x11 \x01(\tR\n" +
+	"bmcAddress\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9a\x02\n" +
@@ -1897,7 +2267,21 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\x12WatchEventsRequest\x12\x1d\n" +
 	"\n" +
 	"machine_id\x18\x01 \x01(\tR\tmachineId\x12\x1b\n" +
-	"\tafter_seq\x18\x02 \x01(\x03R\bafterSeq\"\xaf\x02\n" +
+	"\tafter_seq\x18\x02 \x01(\x03R\bafterSeq\"@\n" +
+	"\x14SetMachineBMCRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x87\x01\n" +
+	"\x13PowerMachineRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12-\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x15.anvil.v1.PowerActionR\x06action\x121\n" +
+	"\tnext_boot\x18\x03 \x01(\x0e2\x14.anvil.v1.BootDeviceR\bnextBoot\"\xd3\x01\n" +
+	"\x14PowerMachineResponse\x12\x1d\n" +
+	"\n" +
+	"machine_id\x18\x01 \x01(\tR\tmachineId\x12*\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x14.anvil.v1.PowerStateR\x05state\x121\n" +
+	"\tnext_boot\x18\x03 \x01(\x0e2\x14.anvil.v1.BootDeviceR\bnextBoot\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12%\n" +
+	"\x05event\x18\x05 \x01(\v2\x0f.anvil.v1.EventR\x05event\"\xaf\x02\n" +
 	"\x05Image\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1a\n" +
@@ -1939,7 +2323,23 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"#\n" +
 	"\x11DeleteSizeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
-	"\x12DeleteSizeResponse*d\n" +
+	"\x12DeleteSizeResponse*\x87\x01\n" +
+	"\vPowerAction\x12\x1c\n" +
+	"\x18POWER_ACTION_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fPOWER_ACTION_ON\x10\x01\x12\x14\n" +
+	"\x10POWER_ACTION_OFF\x10\x02\x12\x16\n" +
+	"\x12POWER_ACTION_RESET\x10\x03\x12\x17\n" +
+	"\x13POWER_ACTION_STATUS\x10\x04*T\n" +
+	"\n" +
+	"BootDevice\x12\x1b\n" +
+	"\x17BOOT_DEVICE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fBOOT_DEVICE_PXE\x10\x01\x12\x14\n" +
+	"\x10BOOT_DEVICE_DISK\x10\x02*R\n" +
+	"\n" +
+	"PowerState\x12\x1b\n" +
+	"\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0ePOWER_STATE_ON\x10\x01\x12\x13\n" +
+	"\x0fPOWER_STATE_OFF\x10\x02*d\n" +
 	"\fImageFeature\x12\x1d\n" +
 	"\x19IMAGE_FEATURE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15IMAGE_FEATURE_MACHINE\x10\x01\x12\x1a\n" +
@@ -1949,7 +2349,7 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\x15CONSTRAINT_TYPE_CORES\x10\x01\x12\x1a\n" +
 	"\x16CONSTRAINT_TYPE_MEMORY\x10\x02\x12\x1b\n" +
 	"\x17CONSTRAINT_TYPE_STORAGE\x10\x03\x12\x17\n" +
-	"\x13CONSTRAINT_TYPE_GPU\x10\x042\x94\x05\n" +
+	"\x13CONSTRAINT_TYPE_GPU\x10\x042\xa7\x06\n" +
 	"\x0eMachineService\x12M\n" +
 	"\fListMachines\x12\x1d.anvil.v1.ListMachinesRequest\x1a\x1e.anvil.v1.ListMachinesResponse\x12<\n" +
 	"\n" +
@@ -1961,7 +2361,9 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\x10SetMachineLabels\x12!.anvil.v1.SetMachineLabelsRequest\x1a\x11.anvil.v1.Machine\x12G\n" +
 	"\n" +
 	"ListEvents\x12\x1b.anvil.v1.ListEventsRequest\x1a\x1c.anvil.v1.ListEventsResponse\x12>\n" +
-	"\vWatchEvents\x12\x1c.anvil.v1.WatchEventsRequest\x1a\x0f.anvil.v1.Event0\x012\x99\x02\n" +
+	"\vWatchEvents\x12\x1c.anvil.v1.WatchEventsRequest\x1a\x0f.anvil.v1.Event0\x01\x12B\n" +
+	"\rSetMachineBMC\x12\x1e.anvil.v1.SetMachineBMCRequest\x1a\x11.anvil.v1.Machine\x12M\n" +
+	"\fPowerMachine\x12\x1d.anvil.v1.PowerMachineRequest\x1a\x1e.anvil.v1.PowerMachineResponse2\x99\x02\n" +
 	"\fImageService\x12<\n" +
 	"\vCreateImage\x12\x1c.anvil.v1.CreateImageRequest\x1a\x0f.anvil.v1.Image\x12G\n" +
 	"\n" +
@@ -1988,120 +2390,135 @@ func file_anvil_v1_operator_proto_rawDescGZIP() []byte {
 	return file_anvil_v1_operator_proto_rawDescData
 }
 
-var file_anvil_v1_operator_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_anvil_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_anvil_v1_operator_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_anvil_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_anvil_v1_operator_proto_goTypes = []any{
-	(ImageFeature)(0),               // 0: anvil.v1.ImageFeature
-	(ConstraintType)(0),             // 1: anvil.v1.ConstraintType
-	(*Machine)(nil),                 // 2: anvil.v1.Machine
-	(*Allocation)(nil),              // 3: anvil.v1.Allocation
-	(*ListMachinesRequest)(nil),     // 4: anvil.v1.ListMachinesRequest
-	(*ListMachinesResponse)(nil),    // 5: anvil.v1.ListMachinesResponse
-	(*GetMachineRequest)(nil),       // 6: anvil.v1.GetMachineRequest
-	(*AllocateMachineRequest)(nil),  // 7: anvil.v1.AllocateMachineRequest
-	(*FreeMachineRequest)(nil),      // 8: anvil.v1.FreeMachineRequest
-	(*ReinstallMachineRequest)(nil), // 9: anvil.v1.ReinstallMachineRequest
-	(*DeleteMachineRequest)(nil),    // 10: anvil.v1.DeleteMachineRequest
-	(*DeleteMachineResponse)(nil),   // 11: anvil.v1.DeleteMachineResponse
-	(*SetMachineLabelsRequest)(nil), // 12: anvil.v1.SetMachineLabelsRequest
-	(*ListEventsRequest)(nil),       // 13: anvil.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 14: anvil.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),      // 15: anvil.v1.WatchEventsRequest
-	(*Image)(nil),                   // 16: anvil.v1.Image
-	(*CreateImageRequest)(nil),      // 17: anvil.v1.CreateImageRequest
-	(*ListImagesRequest)(nil),       // 18: anvil.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),      // 19: anvil.v1.ListImagesResponse
-	(*GetImageRequest)(nil),         // 20: anvil.v1.GetImageRequest
-	(*DeleteImageRequest)(nil),      // 21: anvil.v1.DeleteImageRequest
-	(*DeleteImageResponse)(nil),     // 22: anvil.v1.DeleteImageResponse
-	(*Constraint)(nil),              // 23: anvil.v1.Constraint
-	(*Size)(nil),                    // 24: anvil.v1.Size
-	(*CreateSizeRequest)(nil),       // 25: anvil.v1.CreateSizeRequest
-	(*ListSizesRequest)(nil),        // 26: anvil.v1.ListSizesRequest
-	(*ListSizesResponse)(nil),       // 27: anvil.v1.ListSizesResponse
-	(*GetSizeRequest)(nil),          // 28: anvil.v1.GetSizeRequest
-	(*DeleteSizeRequest)(nil),       // 29: anvil.v1.DeleteSizeRequest
-	(*DeleteSizeResponse)(nil),      // 30: anvil.v1.DeleteSizeResponse
-	nil,                             // 31: anvil.v1.Machine.LabelsEntry
-	nil,                             // 32: anvil.v1.ListMachinesRequest.LabelsEntry
-	nil,                             // 33: anvil.v1.AllocateMachineRequest.SelectorEntry
-	nil,                             // 34: anvil.v1.SetMachineLabelsRequest.LabelsEntry
-	(MachineState)(0),               // 35: anvil.v1.MachineState
-	(Liveliness)(0),                 // 36: anvil.v1.Liveliness
-	(*Inventory)(nil),               // 37: anvil.v1.Inventory
-	(*timestamppb.Timestamp)(nil),   // 38: google.protobuf.Timestamp
-	(*Event)(nil),                   // 39: anvil.v1.Event
-	(*Progress)(nil),                // 40: anvil.v1.Progress
-	(EraseMode)(0),                  // 41: anvil.v1.EraseMode
-	(ImageFormat)(0),                // 42: anvil.v1.ImageFormat
+	(PowerAction)(0),                // 0: anvil.v1.PowerAction
+	(BootDevice)(0),                 // 1: anvil.v1.BootDevice
+	(PowerState)(0),                 // 2: anvil.v1.PowerState
+	(ImageFeature)(0),               // 3: anvil.v1.ImageFeature
+	(ConstraintType)(0),             // 4: anvil.v1.ConstraintType
+	(*Machine)(nil),                 // 5: anvil.v1.Machine
+	(*Allocation)(nil),              // 6: anvil.v1.Allocation
+	(*ListMachinesRequest)(nil),     // 7: anvil.v1.ListMachinesRequest
+	(*ListMachinesResponse)(nil),    // 8: anvil.v1.ListMachinesResponse
+	(*GetMachineRequest)(nil),       // 9: anvil.v1.GetMachineRequest
+	(*AllocateMachineRequest)(nil),  // 10: anvil.v1.AllocateMachineRequest
+	(*FreeMachineRequest)(nil),      // 11: anvil.v1.FreeMachineRequest
+	(*ReinstallMachineRequest)(nil), // 12: anvil.v1.ReinstallMachineRequest
+	(*DeleteMachineRequest)(nil),    // 13: anvil.v1.DeleteMachineRequest
+	(*DeleteMachineResponse)(nil),   // 14: anvil.v1.DeleteMachineResponse
+	(*SetMachineLabelsRequest)(nil), // 15: anvil.v1.SetMachineLabelsRequest
+	(*ListEventsRequest)(nil),       // 16: anvil.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 17: anvil.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),      // 18: anvil.v1.WatchEventsRequest
+	(*SetMachineBMCRequest)(nil),    // 19: anvil.v1.SetMachineBMCRequest
+	(*PowerMachineRequest)(nil),     // 20: anvil.v1.PowerMachineRequest
+	(*PowerMachineResponse)(nil),    // 21: anvil.v1.PowerMachineResponse
+	(*Image)(nil),                   // 22: anvil.v1.Image
+	(*CreateImageRequest)(nil),      // 23: anvil.v1.CreateImageRequest
+	(*ListImagesRequest)(nil),       // 24: anvil.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),      // 25: anvil.v1.ListImagesResponse
+	(*GetImageRequest)(nil),         // 26: anvil.v1.GetImageRequest
+	(*DeleteImageRequest)(nil),      // 27: anvil.v1.DeleteImageRequest
+	(*DeleteImageResponse)(nil),     // 28: anvil.v1.DeleteImageResponse
+	(*Constraint)(nil),              // 29: anvil.v1.Constraint
+	(*Size)(nil),                    // 30: anvil.v1.Size
+	(*CreateSizeRequest)(nil),       // 31: anvil.v1.CreateSizeRequest
+	(*ListSizesRequest)(nil),        // 32: anvil.v1.ListSizesRequest
+	(*ListSizesResponse)(nil),       // 33: anvil.v1.ListSizesResponse
+	(*GetSizeRequest)(nil),          // 34: anvil.v1.GetSizeRequest
+	(*DeleteSizeRequest)(nil),       // 35: anvil.v1.DeleteSizeRequest
+	(*DeleteSizeResponse)(nil),      // 36: anvil.v1.DeleteSizeResponse
+	nil,                             // 37: anvil.v1.Machine.LabelsEntry
+	nil,                             // 38: anvil.v1.ListMachinesRequest.LabelsEntry
+	nil,                             // 39: anvil.v1.AllocateMachineRequest.SelectorEntry
+	nil,                             // 40: anvil.v1.SetMachineLabelsRequest.LabelsEntry
+	(MachineState)(0),               // 41: anvil.v1.MachineState
+	(Liveliness)(0),                 // 42: anvil.v1.Liveliness
+	(*Inventory)(nil),               // 43: anvil.v1.Inventory
+	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
+	(*Event)(nil),                   // 45: anvil.v1.Event
+	(*Progress)(nil),                // 46: anvil.v1.Progress
+	(EraseMode)(0),                  // 47: anvil.v1.EraseMode
+	(ImageFormat)(0),                // 48: anvil.v1.ImageFormat
 }
 var file_anvil_v1_operator_proto_depIdxs = []int32{
-	35, // 0: anvil.v1.Machine.state:type_name -> anvil.v1.MachineState
-	36, // 1: anvil.v1.Machine.liveliness:type_name -> anvil.v1.Liveliness
-	3,  // 2: anvil.v1.Machine.allocation:type_name -> anvil.v1.Allocation
-	37, // 3: anvil.v1.Machine.inventory:type_name -> anvil.v1.Inventory
-	31, // 4: anvil.v1.Machine.labels:type_name -> anvil.v1.Machine.LabelsEntry
-	38, // 5: anvil.v1.Machine.created_at:type_name -> google.protobuf.Timestamp
-	38, // 6: anvil.v1.Machine.last_seen:type_name -> google.protobuf.Timestamp
-	39, // 7: anvil.v1.Machine.last_event:type_name -> anvil.v1.Event
-	40, // 8: anvil.v1.Machine.progress:type_name -> anvil.v1.Progress
-	38, // 9: anvil.v1.Allocation.allocated_at:type_name -> google.protobuf.Timestamp
-	35, // 10: anvil.v1.ListMachinesRequest.state:type_name -> anvil.v1.MachineState
-	36, // 11: anvil.v1.ListMachinesRequest.liveliness:type_name -> anvil.v1.Liveliness
-	32, // 12: anvil.v1.ListMachinesRequest.labels:type_name -> anvil.v1.ListMachinesRequest.LabelsEntry
-	2,  // 13: anvil.v1.ListMachinesResponse.machines:type_name -> anvil.v1.Machine
-	33, // 14: anvil.v1.AllocateMachineRequest.selector:type_name -> anvil.v1.AllocateMachineRequest.SelectorEntry
-	41, // 15: anvil.v1.FreeMachineRequest.erase_mode:type_name -> anvil.v1.EraseMode
-	34, // 16: anvil.v1.SetMachineLabelsRequest.labels:type_name -> anvil.v1.SetMachineLabelsRequest.LabelsEntry
-	39, // 17: anvil.v1.ListEventsResponse.events:type_name -> anvil.v1.Event
-	42, // 18: anvil.v1.Image.format:type_name -> anvil.v1.ImageFormat
-	0,  // 19: anvil.v1.Image.features:type_name -> anvil.v1.ImageFeature
-	38, // 20: anvil.v1.Image.created_at:type_name -> google.protobuf.Timestamp
-	16, // 21: anvil.v1.CreateImageRequest.image:type_name -> anvil.v1.Image
-	16, // 22: anvil.v1.ListImagesResponse.images:type_name -> anvil.v1.Image
-	1,  // 23: anvil.v1.Constraint.type:type_name -> anvil.v1.ConstraintType
-	23, // 24: anvil.v1.Size.constraints:type_name -> anvil.v1.Constraint
-	24, // 25: anvil.v1.CreateSizeRequest.size:type_name -> anvil.v1.Size
-	24, // 26: anvil.v1.ListSizesResponse.sizes:type_name -> anvil.v1.Size
-	4,  // 27: anvil.v1.MachineService.ListMachines:input_type -> anvil.v1.ListMachinesRequest
-	6,  // 28: anvil.v1.MachineService.GetMachine:input_type -> anvil.v1.GetMachineRequest
-	7,  // 29: anvil.v1.MachineService.AllocateMachine:input_type -> anvil.v1.AllocateMachineRequest
-	8,  // 30: anvil.v1.MachineService.FreeMachine:input_type -> anvil.v1.FreeMachineRequest
-	9,  // 31: anvil.v1.MachineService.ReinstallMachine:input_type -> anvil.v1.ReinstallMachineRequest
-	10, // 32: anvil.v1.MachineService.DeleteMachine:input_type -> anvil.v1.DeleteMachineRequest
-	12, // 33: anvil.v1.MachineService.SetMachineLabels:input_type -> anvil.v1.SetMachineLabelsRequest
-	13, // 34: anvil.v1.MachineService.ListEvents:input_type -> anvil.v1.ListEventsRequest
-	15, // 35: anvil.v1.MachineService.WatchEvents:input_type -> anvil.v1.WatchEventsRequest
-	17, // 36: anvil.v1.ImageService.CreateImage:input_type -> anvil.v1.CreateImageRequest
-	18, // 37: anvil.v1.ImageService.ListImages:input_type -> anvil.v1.ListImagesRequest
-	20, // 38: anvil.v1.ImageService.GetImage:input_type -> anvil.v1.GetImageRequest
-	21, // 39: anvil.v1.ImageService.DeleteImage:input_type -> anvil.v1.DeleteImageRequest
-	25, // 40: anvil.v1.SizeService.CreateSize:input_type -> anvil.v1.CreateSizeRequest
-	26, // 41: anvil.v1.SizeService.ListSizes:input_type -> anvil.v1.ListSizesRequest
-	28, // 42: anvil.v1.SizeService.GetSize:input_type -> anvil.v1.GetSizeRequest
-	29, // 43: anvil.v1.SizeService.DeleteSize:input_type -> anvil.v1.DeleteSizeRequest
-	5,  // 44: anvil.v1.MachineService.ListMachines:output_type -> anvil.v1.ListMachinesResponse
-	2,  // 45: anvil.v1.MachineService.GetMachine:output_type -> anvil.v1.Machine
-	2,  // 46: anvil.v1.MachineService.AllocateMachine:output_type -> anvil.v1.Machine
-	2,  // 47: anvil.v1.MachineService.FreeMachine:output_type -> anvil.v1.Machine
-	2,  // 48: anvil.v1.MachineService.ReinstallMachine:output_type -> anvil.v1.Machine
-	11, // 49: anvil.v1.MachineService.DeleteMachine:output_type -> anvil.v1.DeleteMachineResponse
-	2,  // 50: anvil.v1.MachineService.SetMachineLabels:output_type -> anvil.v1.Machine
-	14, // 51: anvil.v1.MachineService.ListEvents:output_type -> anvil.v1.ListEventsResponse
-	39, // 52: anvil.v1.MachineService.WatchEvents:output_type -> anvil.v1.Event
-	16, // 53: anvil.v1.ImageService.CreateImage:output_type -> anvil.v1.Image
-	19, // 54: anvil.v1.ImageService.ListImages:output_type -> anvil.v1.ListImagesResponse
-	16, // 55: anvil.v1.ImageService.GetImage:output_type -> anvil.v1.Image
-	22, // 56: anvil.v1.ImageService.DeleteImage:output_type -> anvil.v1.DeleteImageResponse
-	24, // 57: anvil.v1.SizeService.CreateSize:output_type -> anvil.v1.Size
-	27, // 58: anvil.v1.SizeService.ListSizes:output_type -> anvil.v1.ListSizesResponse
-	24, // 59: anvil.v1.SizeService.GetSize:output_type -> anvil.v1.Size
-	30, // 60: anvil.v1.SizeService.DeleteSize:output_type -> anvil.v1.DeleteSizeResponse
-	44, // [44:61] is the sub-list for method output_type
-	27, // [27:44] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	41, // 0: anvil.v1.Machine.state:type_name -> anvil.v1.MachineState
+	42, // 1: anvil.v1.Machine.liveliness:type_name -> anvil.v1.Liveliness
+	6,  // 2: anvil.v1.Machine.allocation:type_name -> anvil.v1.Allocation
+	43, // 3: anvil.v1.Machine.inventory:type_name -> anvil.v1.Inventory
+	37, // 4: anvil.v1.Machine.labels:type_name -> anvil.v1.Machine.LabelsEntry
+	44, // 5: anvil.v1.Machine.created_at:type_name -> google.protobuf.Timestamp
+	44, // 6: anvil.v1.Machine.last_seen:type_name -> google.protobuf.Timestamp
+	45, // 7: anvil.v1.Machine.last_event:type_name -> anvil.v1.Event
+	46, // 8: anvil.v1.Machine.progress:type_name -> anvil.v1.Progress
+	44, // 9: anvil.v1.Allocation.allocated_at:type_name -> google.protobuf.Timestamp
+	41, // 10: anvil.v1.ListMachinesRequest.state:type_name -> anvil.v1.MachineState
+	42, // 11: anvil.v1.ListMachinesRequest.liveliness:type_name -> anvil.v1.Liveliness
+	38, // 12: anvil.v1.ListMachinesRequest.labels:type_name -> anvil.v1.ListMachinesRequest.LabelsEntry
+	5,  // 13: anvil.v1.ListMachinesResponse.machines:type_name -> anvil.v1.Machine
+	39, // 14: anvil.v1.AllocateMachineRequest.selector:type_name -> anvil.v1.AllocateMachineRequest.SelectorEntry
+	47, // 15: anvil.v1.FreeMachineRequest.erase_mode:type_name -> anvil.v1.EraseMode
+	40, // 16: anvil.v1.SetMachineLabelsRequest.labels:type_name -> anvil.v1.SetMachineLabelsRequest.LabelsEntry
+	45, // 17: anvil.v1.ListEventsResponse.events:type_name -> anvil.v1.Event
+	0,  // 18: anvil.v1.PowerMachineRequest.action:type_name -> anvil.v1.PowerAction
+	1,  // 19: anvil.v1.PowerMachineRequest.next_boot:type_name -> anvil.v1.BootDevice
+	2,  // 20: anvil.v1.PowerMachineResponse.state:type_name -> anvil.v1.PowerState
+	1,  // 21: anvil.v1.PowerMachineResponse.next_boot:type_name -> anvil.v1.BootDevice
+	45, // 22: anvil.v1.PowerMachineResponse.event:type_name -> anvil.v1.Event
+	48, // 23: anvil.v1.Image.format:type_name -> anvil.v1.ImageFormat
+	3,  // 24: anvil.v1.Image.features:type_name -> anvil.v1.ImageFeature
+	44, // 25: anvil.v1.Image.created_at:type_name -> google.protobuf.Timestamp
+	22, // 26: anvil.v1.CreateImageRequest.image:type_name -> anvil.v1.Image
+	22, // 27: anvil.v1.ListImagesResponse.images:type_name -> anvil.v1.Image
+	4,  // 28: anvil.v1.Constraint.type:type_name -> anvil.v1.ConstraintType
+	29, // 29: anvil.v1.Size.constraints:type_name -> anvil.v1.Constraint
+	30, // 30: anvil.v1.CreateSizeRequest.size:type_name -> anvil.v1.Size
+	30, // 31: anvil.v1.ListSizesResponse.sizes:type_name -> anvil.v1.Size
+	7,  // 32: anvil.v1.MachineService.ListMachines:input_type -> anvil.v1.ListMachinesRequest
+	9,  // 33: anvil.v1.MachineService.GetMachine:input_type -> anvil.v1.GetMachineRequest
+	10, // 34: anvil.v1.MachineService.AllocateMachine:input_type -> anvil.v1.AllocateMachineRequest
+	11, // 35: anvil.v1.MachineService.FreeMachine:input_type -> anvil.v1.FreeMachineRequest
+	12, // 36: anvil.v1.MachineService.ReinstallMachine:input_type -> anvil.v1.ReinstallMachineRequest
+	13, // 37: anvil.v1.MachineService.DeleteMachine:input_type -> anvil.v1.DeleteMachineRequest
+	15, // 38: anvil.v1.MachineService.SetMachineLabels:input_type -> anvil.v1.SetMachineLabelsRequest
+	16, // 39: anvil.v1.MachineService.ListEvents:input_type -> anvil.v1.ListEventsRequest
+	18, // 40: anvil.v1.MachineService.WatchEvents:input_type -> anvil.v1.WatchEventsRequest
+	19, // 41: anvil.v1.MachineService.SetMachineBMC:input_type -> anvil.v1.SetMachineBMCRequest
+	20, // 42: anvil.v1.MachineService.PowerMachine:input_type -> anvil.v1.PowerMachineRequest
+	23, // 43: anvil.v1.ImageService.CreateImage:input_type -> anvil.v1.CreateImageRequest
+	24, // 44: anvil.v1.ImageService.ListImages:input_type -> anvil.v1.ListImagesRequest
+	26, // 45: anvil.v1.ImageService.GetImage:input_type -> anvil.v1.GetImageRequest
+	27, // 46: anvil.v1.ImageService.DeleteImage:input_type -> anvil.v1.DeleteImageRequest
+	31, // 47: anvil.v1.SizeService.CreateSize:input_type -> anvil.v1.CreateSizeRequest
+	32, // 48: anvil.v1.SizeService.ListSizes:input_type -> anvil.v1.ListSizesRequest
+	34, // 49: anvil.v1.SizeService.GetSize:input_type -> anvil.v1.GetSizeRequest
+	35, // 50: anvil.v1.SizeService.DeleteSize:input_type -> anvil.v1.DeleteSizeRequest
+	8,  // 51: anvil.v1.MachineService.ListMachines:output_type -> anvil.v1.ListMachinesResponse
+	5,  // 52: anvil.v1.MachineService.GetMachine:output_type -> anvil.v1.Machine
+	5,  // 53: anvil.v1.MachineService.AllocateMachine:output_type -> anvil.v1.Machine
+	5,  // 54: anvil.v1.MachineService.FreeMachine:output_type -> anvil.v1.Machine
+	5,  // 55: anvil.v1.MachineService.ReinstallMachine:output_type -> anvil.v1.Machine
+	14, // 56: anvil.v1.MachineService.DeleteMachine:output_type -> anvil.v1.DeleteMachineResponse
+	5,  // 57: anvil.v1.MachineService.SetMachineLabels:output_type -> anvil.v1.Machine
+	17, // 58: anvil.v1.MachineService.ListEvents:output_type -> anvil.v1.ListEventsResponse
+	45, // 59: anvil.v1.MachineService.WatchEvents:output_type -> anvil.v1.Event
+	5,  // 60: anvil.v1.MachineService.SetMachineBMC:output_type -> anvil.v1.Machine
+	21, // 61: anvil.v1.MachineService.PowerMachine:output_type -> anvil.v1.PowerMachineResponse
+	22, // 62: anvil.v1.ImageService.CreateImage:output_type -> anvil.v1.Image
+	25, // 63: anvil.v1.ImageService.ListImages:output_type -> anvil.v1.ListImagesResponse
+	22, // 64: anvil.v1.ImageService.GetImage:output_type -> anvil.v1.Image
+	28, // 65: anvil.v1.ImageService.DeleteImage:output_type -> anvil.v1.DeleteImageResponse
+	30, // 66: anvil.v1.SizeService.CreateSize:output_type -> anvil.v1.Size
+	33, // 67: anvil.v1.SizeService.ListSizes:output_type -> anvil.v1.ListSizesResponse
+	30, // 68: anvil.v1.SizeService.GetSize:output_type -> anvil.v1.Size
+	36, // 69: anvil.v1.SizeService.DeleteSize:output_type -> anvil.v1.DeleteSizeResponse
+	51, // [51:70] is the sub-list for method output_type
+	32, // [32:51] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_anvil_v1_operator_proto_init() }
@@ -2116,8 +2533,8 @@ func file_anvil_v1_operator_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_anvil_v1_operator_proto_rawDesc), len(file_anvil_v1_operator_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   33,
+			NumEnums:      5,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -28,6 +28,8 @@ const (
 	MachineService_SetMachineLabels_FullMethodName = "/anvil.v1.MachineService/SetMachineLabels"
 	MachineService_ListEvents_FullMethodName       = "/anvil.v1.MachineService/ListEvents"
 	MachineService_WatchEvents_FullMethodName      = "/anvil.v1.MachineService/WatchEvents"
+	MachineService_SetMachineBMC_FullMethodName    = "/anvil.v1.MachineService/SetMachineBMC"
+	MachineService_PowerMachine_FullMethodName     = "/anvil.v1.MachineService/PowerMachine"
 )
 
 // MachineServiceClient is the client API for MachineService service.
@@ -52,6 +54,19 @@ type MachineServiceClient interface {
 	// WatchEvents streams events as they are appended, after replaying those
 	// with seq > after_seq.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// SetMachineBMC sets, or with an empty address clears, the machine's BMC:
+	// how the controller switches its power. Only "qmp:///path/to/vm.qmp" (a
+	// QEMU QMP unix socket, see controller/bmc) is supported; any other type
+	// (ipmi://, redfish://, ...) is refused with InvalidArgument.
+	SetMachineBMC(ctx context.Context, in *SetMachineBMCRequest, opts ...grpc.CallOption) (*Machine, error)
+	// PowerMachine sets the next boot device (when given) and switches the
+	// machine's power through its BMC, then returns the power state. ON, OFF
+	// and RESET append a POWER event to the machine's history; STATUS only
+	// reads (and sets the next boot device when one is given). Errors:
+	// NotFound (no such machine), FailedPrecondition (no BMC set, or the BMC
+	// refused the command), Unavailable (the BMC cannot be reached or did not
+	// answer in time).
+	PowerMachine(ctx context.Context, in *PowerMachineRequest, opts ...grpc.CallOption) (*PowerMachineResponse, error)
 }
 
 type machineServiceClient struct {
@@ -161,6 +176,26 @@ func (c *machineServiceClient) WatchEvents(ctx context.Context, in *WatchEventsR
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MachineService_WatchEventsClient = grpc.ServerStreamingClient[Event]
 
+func (c *machineServiceClient) SetMachineBMC(ctx context.Context, in *SetMachineBMCRequest, opts ...grpc.CallOption) (*Machine, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Machine)
+	err := c.cc.Invoke(ctx, MachineService_SetMachineBMC_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *machineServiceClient) PowerMachine(ctx context.Context, in *PowerMachineRequest, opts ...grpc.CallOption) (*PowerMachineResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PowerMachineResponse)
+	err := c.cc.Invoke(ctx, MachineService_PowerMachine_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MachineServiceServer is the server API for MachineService service.
 // All implementations must embed UnimplementedMachineServiceServer
 // for forward compatibility.
@@ -183,6 +218,19 @@ type MachineServiceServer interface {
 	// WatchEvents streams events as they are appended, after replaying those
 	// with seq > after_seq.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[Event]) error
+	// SetMachineBMC sets, or with an empty address clears, the machine's BMC:
+	// how the controller switches its power. Only "qmp:///path/to/vm.qmp" (a
+	// QEMU QMP unix socket, see controller/bmc) is supported; any other type
+	// (ipmi://, redfish://, ...) is refused with InvalidArgument.
+	SetMachineBMC(context.Context, *SetMachineBMCRequest) (*Machine, error)
+	// PowerMachine sets the next boot device (when given) and switches the
+	// machine's power through its BMC, then returns the power state. ON, OFF
+	// and RESET append a POWER event to the machine's history; STATUS only
+	// reads (and sets the next boot device when one is given). Errors:
+	// NotFound (no such machine), FailedPrecondition (no BMC set, or the BMC
+	// refused the command), Unavailable (the BMC cannot be reached or did not
+	// answer in time).
+	PowerMachine(context.Context, *PowerMachineRequest) (*PowerMachineResponse, error)
 	mustEmbedUnimplementedMachineServiceServer()
 }
 
@@ -219,6 +267,12 @@ func (UnimplementedMachineServiceServer) ListEvents(context.Context, *ListEvents
 }
 func (UnimplementedMachineServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[Event]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedMachineServiceServer) SetMachineBMC(context.Context, *SetMachineBMCRequest) (*Machine, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetMachineBMC not implemented")
+}
+func (UnimplementedMachineServiceServer) PowerMachine(context.Context, *PowerMachineRequest) (*PowerMachineResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PowerMachine not implemented")
 }
 func (UnimplementedMachineServiceServer) mustEmbedUnimplementedMachineServiceServer() {}
 func (UnimplementedMachineServiceServer) testEmbeddedByValue()                        {}
@@ -396,6 +450,42 @@ func _MachineService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MachineService_WatchEventsServer = grpc.ServerStreamingServer[Event]
 
+func _MachineService_SetMachineBMC_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetMachineBMCRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).SetMachineBMC(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_SetMachineBMC_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).SetMachineBMC(ctx, req.(*SetMachineBMCRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MachineService_PowerMachine_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PowerMachineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).PowerMachine(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_PowerMachine_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).PowerMachine(ctx, req.(*PowerMachineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MachineService_ServiceDesc is the grpc.ServiceDesc for MachineService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -434,6 +524,14 @@ var MachineService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListEvents",
 			Handler:    _MachineService_ListEvents_Handler,
+		},
+		{
+			MethodName: "SetMachineBMC",
+			Handler:    _MachineService_SetMachineBMC_Handler,
+		},
+		{
+			MethodName: "PowerMachine",
+			Handler:    _MachineService_PowerMachine_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

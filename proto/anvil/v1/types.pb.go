@@ -317,6 +317,9 @@ const (
 	EventType_EVENT_TYPE_POWERING_OFF EventType = 13
 	// An operator asked for the allocated machine to be installed again.
 	EventType_EVENT_TYPE_REINSTALL EventType = 14
+	// An operator switched the machine's power through its BMC; the message
+	// names the action, the next boot device and the resulting state.
+	EventType_EVENT_TYPE_POWER EventType = 15
 )
 
 // Enum value maps for EventType.
@@ -337,6 +340,7 @@ var (
 		12: "EVENT_TYPE_REBOOTING",
 		13: "EVENT_TYPE_POWERING_OFF",
 		14: "EVENT_TYPE_REINSTALL",
+		15: "EVENT_TYPE_POWER",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":  0,
@@ -354,6 +358,7 @@ var (
 		"EVENT_TYPE_REBOOTING":    12,
 		"EVENT_TYPE_POWERING_OFF": 13,
 		"EVENT_TYPE_REINSTALL":    14,
+		"EVENT_TYPE_POWER":        15,
 	}
 )
 
@@ -1655,7 +1660,7 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x16LIVELINESS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LIVELINESS_ALIVE\x10\x01\x12\x13\n" +
 	"\x0fLIVELINESS_DEAD\x10\x02\x12\x16\n" +
-	"\x12LIVELINESS_UNKNOWN\x10\x03*\x8d\x03\n" +
+	"\x12LIVELINESS_UNKNOWN\x10\x03*\xa3\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16EVENT_TYPE_PXE_BOOTING\x10\x01\x12\x1a\n" +
@@ -1672,7 +1677,8 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x11EVENT_TYPE_FAILED\x10\v\x12\x18\n" +
 	"\x14EVENT_TYPE_REBOOTING\x10\f\x12\x1b\n" +
 	"\x17EVENT_TYPE_POWERING_OFF\x10\r\x12\x18\n" +
-	"\x14EVENT_TYPE_REINSTALL\x10\x0eB5Z3github.com/anvil-metal/anvil/proto/anvil/v1;anvilv1b\x06proto3"
+	"\x14EVENT_TYPE_REINSTALL\x10\x0e\x12\x14\n" +
+	"\x10EVENT_TYPE_POWER\x10\x0fB5Z3github.com/anvil-metal/anvil/proto/anvil/v1;anvilv1b\x06proto3"
 
 var (
 	file_anvil_v1_types_proto_rawDescOnce sync.Once

@@ -318,3 +318,33 @@ func validTargetDisk(d string) bool {
 	}
 	return !strings.Contains(d, "/")
 }
+
+// MaxBMCAddressBytes bounds a machine's BMC address.
+const MaxBMCAddressBytes = 1024
+
+// ValidateAll implements the validator interceptor's interface. Which BMC
+// types are supported is the server's decision (controller/bmc); this only
+// checks the shape.
+func (x *SetMachineBMCRequest) ValidateAll() error {
+	errs := []error{checkMachineID(x.GetId())}
+	a := x.GetAddress()
+	if len(a) > MaxBMCAddressBytes {
+		errs = append(errs, fmt.Errorf("BMC address is %d bytes, more than %d", len(a), MaxBMCAddressBytes))
+	}
+	for _, r := range a {
+		if r <= ' ' || r == 0x7f {
+			errs = append(errs, fmt.Errorf("BMC address %q contains white space or a control character", a))
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ValidateAll implements the validator interceptor's interface.
+func (x *PowerMachineRequest) ValidateAll() error {
+	return errors.Join(
+		checkMachineID(x.GetId()),
+		checkEnum("power action", x.GetAction(), PowerAction_name, false),
+		checkEnum("next boot device", x.GetNextBoot(), BootDevice_name, true),
+	)
+}

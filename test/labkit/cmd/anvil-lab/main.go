@@ -112,6 +112,10 @@ func up(ctx context.Context, c labkit.Config, imagePath string, timeout time.Dur
 		return fmt.Errorf("%w (consoles: %s/vm*/console.log)", err, c.Dir)
 	}
 	say("%d machines Ready in %s", len(ids), time.Since(l.Started).Round(time.Second))
+	if err := l.AttachBMCs(ctx, op); err != nil {
+		return err
+	}
+	say("each machine's BMC is its VM's QMP socket: anvilctl machine power ID on|off|reset|status")
 	if img != nil {
 		format, ok := anvilv1.ImageFormat_value["IMAGE_FORMAT_"+strings.ToUpper(strings.ReplaceAll(img.Format, "-", "_"))]
 		if !ok {

@@ -1,0 +1,60 @@
+package app
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/anvil-metal/anvil/agent/image/rootfs"
+	"github.com/anvil-metal/anvil/agent/kexec"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+	"github.com/anvil-metal/anvil/test/loopdev"
+)
+
+func TestHostModeNeverBootsTheInstalledSystem(t *testing.T) {
+	if b := bootInstalled(ModeHost, func(context.Context) error { t.Fatal("rebooted"); return nil }); b != nil {
+		t.Fatal("host mode has a boot step after installs")
+	}
+}
+
+func TestBootModeKexecsWithTheExtraCmdlineAndFallsBack(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, body := range map[string]string{"boot/vmlinuz-6.1": "the kernel", "boot/initrd.img-6.1": "the initrd"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	img := loopdev.SparseFile(t, 1<<30)
+	res, err := rootfs.Install(context.Background(), img, true, &buf, rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := &anvilv1.Install{ExtraKernelCmdline: "console=ttyS0"}
+
+	reboots := 0
+	reboot := func(context.Context) error { reboots++; return errors.New("no firmware here") }
+	dry := &kexec.DryRun{}
+	if err := bootInstalled(ModeBoot, reboot, kexec.WithSyscalls(dry))(context.Background(), img, spec); err != nil {
+		t.Fatal(err)
+	}
+	im, loaded, rebooted := dry.Loaded()
+	if !loaded || !rebooted || reboots != 0 || string(im.Kernel) != "the kernel" || string(im.Initrd) != "the initrd" ||
+		im.Cmdline != "root=PARTUUID="+res.Plan.Root.GUID+" ro rootwait console=ttyS0" {
+		t.Errorf("loaded %v rebooted %v firmware reboots %d: %q %q %q", loaded, rebooted, reboots, im.Kernel, im.Initrd, im.Cmdline)
+	}
+
+	failing := &kexec.DryRun{LoadErr: errors.New("EPERM")}
+	err = bootInstalled(ModeBoot, reboot, kexec.WithSyscalls(failing))(context.Background(), img, spec)
+	if reboots != 1 || !errors.Is(err, failing.LoadErr) {
+		t.Errorf("failed kexec: %d firmware reboots, err %v", reboots, err)
+	}
+}

@@ -1,0 +1,159 @@
+// Package qemutest starts real QEMU VMs (qemu-system-x86_64, TCG, SeaBIOS)
+// for tests of the QMP BMC driver and of the power API: a VM with a QMP
+// socket and the flags of bmc.QEMUArgs, optionally a virtio NIC (user
+// networking with restrict=on: nothing leaves the QEMU process) and a blank
+// virtio disk, and SeaBIOS's debug console (I/O port 0x402) written to a
+// file, so that tests can read which boot order the firmware saw and which
+// device it booted. No kernel is needed: a VM with nothing bootable loops
+// in SeaBIOS and iPXE.
+package qemutest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anvil-metal/anvil/controller/bmc"
+)
+
+// Options describe the VM.
+type Options struct {
+	// Running starts the VM running; otherwise it starts off (-S).
+	Running bool
+	// NIC adds virtio-net-pci with id "net0"; Disk adds a 16 MiB blank
+	// virtio-blk-pci with id "disk0".
+	NIC, Disk bool
+	// PowerOffDisk writes a boot sector to the disk that powers the VM off
+	// at once (ACPI S5: SLP_EN written to PM1a_CNT at 0x604, the PM base
+	// SeaBIOS programs), as a guest shutdown does; with -no-shutdown QEMU
+	// then shows status "shutdown". Implies Disk.
+	PowerOffDisk bool
+	// BootIndexes gives the NIC bootindex=1 and the disk bootindex=2 on the
+	// command line; without it the devices start outside the boot order.
+	BootIndexes bool
+}
+
+// VM is a running QEMU process, killed when the test ends.
+type VM struct {
+	// Socket is the QMP socket; Address is "qmp://" + Socket.
+	Socket, Address string
+	// DebugLog is the file SeaBIOS's debug output goes to.
+	DebugLog string
+	// Stderr holds QEMU's own messages.
+	Stderr *bytes.Buffer
+	cmd    *exec.Cmd
+}
+
+// Start boots a VM. It fails the test when qemu-system-x86_64 is missing
+// (hack/install-deps.sh installs qemu-system-x86).
+func Start(t testing.TB, o Options) *VM {
+	t.Helper()
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Fatal("qemu-system-x86_64 not found: run hack/install-deps.sh (make test does)")
+	}
+	// Unix socket paths are limited to 108 bytes; t.TempDir() can be long.
+	dir, err := os.MkdirTemp("", "anvil-qmp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	vm := &VM{Socket: filepath.Join(dir, "vm.qmp"), DebugLog: filepath.Join(dir, "seabios.log"), Stderr: &bytes.Buffer{}}
+	vm.Address = "qmp://" + vm.Socket
+	args := []string{"-machine", "pc", "-accel", "tcg", "-m", "64", "-display", "none", "-nodefaults", "-no-user-config",
+		"-chardev", "file,id=dbg,path=" + vm.DebugLog, "-device", "isa-debugcon,iobase=0x402,chardev=dbg"}
+	args = append(args, bmc.QEMUArgs(vm.Socket, !o.Running)...)
+	bootindex := func(n int) string {
+		if o.BootIndexes {
+			return fmt.Sprintf(",bootindex=%d", n)
+		}
+		return ""
+	}
+	if o.NIC {
+		args = append(args, "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,id=net0"+bootindex(1))
+	}
+	if o.Disk || o.PowerOffDisk {
+		img := filepath.Join(dir, "disk.img")
+		var mbr []byte
+		if o.PowerOffDisk {
+			mbr = powerOffMBR()
+		}
+		if err := os.WriteFile(img, mbr, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(img, 16<<20); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "-drive", "file="+img+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0,id=disk0"+bootindex(2))
+	}
+	vm.cmd = exec.Command(qemu, args...)
+	vm.cmd.Stderr = vm.Stderr
+	if err := vm.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", qemu, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- vm.cmd.Wait() }()
+	t.Cleanup(func() {
+		vm.cmd.Process.Kill()
+		<-exited
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			t.Fatalf("QEMU exited before its QMP socket was up: %v\n%s", err, vm.Stderr)
+		default:
+		}
+		if c, err := net.DialTimeout("unix", vm.Socket, time.Second); err == nil {
+			c.Close() // QEMU accepts the next client once this one is gone
+			return vm
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QMP socket %s not up after 15s\n%s", vm.Socket, vm.Stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// powerOffMBR is a boot sector running: mov dx, 0x604; mov ax, 0x2000;
+// out dx, ax; hlt; jmp $-3.
+func powerOffMBR() []byte {
+	b := make([]byte, 512)
+	copy(b, []byte{0xba, 0x04, 0x06, 0xb8, 0x00, 0x20, 0xef, 0xf4, 0xeb, 0xfd})
+	b[510], b[511] = 0x55, 0xaa
+	return b
+}
+
+// Log returns SeaBIOS's debug output so far.
+func (vm *VM) Log(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(vm.DebugLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// WaitLog waits until SeaBIOS's output after offset contains want and
+// returns that output.
+func (vm *VM) WaitLog(ctx context.Context, t testing.TB, offset int, want string) string {
+	t.Helper()
+	for {
+		if l := vm.Log(t); len(l) >= offset && strings.Contains(l[offset:], want) {
+			return l[offset:]
+		}
+		select {
+		case <-ctx.Done():
+			l := vm.Log(t)
+			t.Fatalf("SeaBIOS did not print %q: %v; output after byte %d:\n%s", want, ctx.Err(), offset, l[min(offset, len(l)):])
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,527 @@
+package bmc
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// maxSessionBytes caps what one QMP session may read: a qom-list of a
+// device is a few KiB, a whole SetNextBoot session well under 1 MiB.
+const maxSessionBytes = 8 << 20
+
+// QMP is the Driver for one QEMU VM, spoken to over its QMP unix socket.
+// See the package comment for the power model and the boot order.
+type QMP struct {
+	socket  string
+	timeout time.Duration
+	dial    func(ctx context.Context) (net.Conn, error)
+}
+
+var _ Driver = (*QMP)(nil)
+
+// NewQMP returns the driver for the QMP socket at socket; timeout bounds
+// each operation as a whole (connect, greeting and every command).
+func NewQMP(socket string, timeout time.Duration) *QMP {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return &QMP{socket: socket, timeout: timeout, dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}
+}
+
+// CommandError is a QMP error reply. It matches ErrRefused with errors.Is.
+type CommandError struct {
+	Command string
+	// Class is QMP's error class, e.g. "GenericError", "DeviceNotFound".
+	Class string
+	Desc  string
+}
+
+func (e *CommandError) Error() string {
+	return fmt.Sprintf("%v: %s: %s: %s", ErrRefused, e.Command, e.Class, e.Desc)
+}
+
+// Is makes errors.Is(err, ErrRefused) true.
+func (e *CommandError) Is(target error) bool { return target == ErrRefused }
+
+// PowerOn resets and starts a VM that is not running; a running one is left
+// alone.
+func (q *QMP) PowerOn(ctx context.Context) error {
+	return q.do(ctx, "power on", func(s *session) error {
+		st, err := s.queryStatus()
+		if err != nil {
+			return err
+		}
+		if powerOf(st.Status) == PowerOn {
+			return nil
+		}
+		if err := s.reset(); err != nil {
+			return err
+		}
+		return s.execute("cont", nil, nil)
+	})
+}
+
+// PowerOff stops the VM and resets it: it stays frozen at reset.
+func (q *QMP) PowerOff(ctx context.Context) error {
+	return q.do(ctx, "power off", func(s *session) error {
+		if err := s.execute("stop", nil, nil); err != nil {
+			return err
+		}
+		return s.reset()
+	})
+}
+
+// Reset resets the VM and makes it run (an off VM is powered on).
+func (q *QMP) Reset(ctx context.Context) error {
+	return q.do(ctx, "reset", func(s *session) error {
+		if err := s.reset(); err != nil {
+			return err
+		}
+		st, err := s.queryStatus()
+		if err != nil {
+			return err
+		}
+		if st.Running {
+			return nil
+		}
+		return s.execute("cont", nil, nil)
+	})
+}
+
+// Status reads the run state and the boot order.
+func (q *QMP) Status(ctx context.Context) (Status, error) {
+	var out Status
+	err := q.do(ctx, "status", func(s *session) error {
+		st, err := s.queryStatus()
+		if err != nil {
+			return err
+		}
+		devs, err := s.bootDevices()
+		if err != nil {
+			return err
+		}
+		out = Status{Power: powerOf(st.Status), NextBoot: firstBoot(devs), Detail: st.Status}
+		return nil
+	})
+	return out, err
+}
+
+// SetNextBoot renumbers the devices' boot indexes so that dev's kind comes
+// first; QEMU hands the new order to the firmware at the next reset.
+func (q *QMP) SetNextBoot(ctx context.Context, dev BootDevice) error {
+	if dev != BootPXE && dev != BootDisk {
+		return fmt.Errorf("set next boot: unknown boot device %v", dev)
+	}
+	return q.do(ctx, "set next boot "+dev.String(), func(s *session) error {
+		devs, err := s.bootDevices()
+		if err != nil {
+			return err
+		}
+		steps, err := planBootOrder(devs, dev)
+		if err != nil {
+			return err
+		}
+		for _, st := range steps {
+			if err := s.execute("qom-set", qomSetArgs{Path: st.path, Property: "bootindex", Value: st.index}, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// powerOf maps a QMP RunState to a power state.
+func powerOf(status string) PowerState {
+	switch status {
+	case "running", "suspended":
+		return PowerOn
+	case "":
+		return PowerUnknown
+	}
+	return PowerOff
+}
+
+func (q *QMP) do(ctx context.Context, op string, fn func(*session) error) error {
+	s, err := q.open(ctx)
+	if err == nil {
+		err = fn(s)
+		if cerr := s.close(); err == nil && cerr != nil {
+			err = fmt.Errorf("%w: close: %v", ErrUnreachable, cerr)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%s via qmp://%s: %w", op, q.socket, err)
+	}
+	return nil
+}
+
+// session is one QMP connection, after the capabilities negotiation.
+type session struct {
+	conn    net.Conn
+	lim     *io.LimitedReader
+	dec     *json.Decoder
+	parent  context.Context // the caller's
+	ctx     context.Context // with the timeout
+	timeout time.Duration
+	cancel  context.CancelFunc
+	stop    func() bool
+	nextID  int
+	events  []string
+}
+
+// message is any QMP server message: greeting, reply or event.
+type message struct {
+	QMP    json.RawMessage `json:"QMP"`
+	Return json.RawMessage `json:"return"`
+	Error  *struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	} `json:"error"`
+	Event string          `json:"event"`
+	ID    json.RawMessage `json:"id"`
+}
+
+type command struct {
+	Execute   string `json:"execute"`
+	Arguments any    `json:"arguments,omitempty"`
+	ID        string `json:"id"`
+}
+
+func (q *QMP) open(parent context.Context) (*session, error) {
+	ctx, cancel := context.WithTimeout(parent, q.timeout)
+	conn, err := q.dial(ctx)
+	if err != nil {
+		cancel()
+		if perr := parent.Err(); perr != nil {
+			return nil, fmt.Errorf("connect: %w", perr)
+		}
+		return nil, fmt.Errorf("%w: connect: %v", ErrUnreachable, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		if err := conn.SetDeadline(dl); err != nil {
+			conn.Close()
+			cancel()
+			return nil, fmt.Errorf("%w: set deadline: %v", ErrUnreachable, err)
+		}
+	}
+	lim := &io.LimitedReader{R: conn, N: maxSessionBytes}
+	s := &session{conn: conn, lim: lim, dec: json.NewDecoder(lim), parent: parent, ctx: ctx, timeout: q.timeout, cancel: cancel}
+	// A cancelled context unblocks reads and writes at once.
+	s.stop = context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	m, err := s.read("greeting")
+	if err == nil && m.QMP == nil {
+		err = fmt.Errorf("%w: the first message is not a QMP greeting", ErrProtocol)
+	}
+	if err == nil {
+		err = s.execute("qmp_capabilities", nil, nil)
+	}
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *session) close() error {
+	s.stop()
+	s.cancel()
+	return s.conn.Close()
+}
+
+// fail classifies an I/O or decoding error of what.
+func (s *session) fail(what string, err error) error {
+	if perr := s.parent.Err(); perr != nil {
+		return fmt.Errorf("%s: %w", what, perr)
+	}
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case s.ctx.Err() != nil || errors.Is(err, syscall.ETIMEDOUT) || isTimeout(err):
+		return fmt.Errorf("%w: %s: no answer within %v (is another QMP client connected?)", ErrUnreachable, what, s.timeout)
+	case s.lim.N <= 0:
+		return fmt.Errorf("%w: %s: the BMC sent more than %d bytes", ErrProtocol, what, maxSessionBytes)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return fmt.Errorf("%w: %s: connection closed by QEMU", ErrUnreachable, what)
+	case errors.As(err, &syn), errors.As(err, &typ):
+		return fmt.Errorf("%w: %s: malformed message: %v", ErrProtocol, what, err)
+	}
+	return fmt.Errorf("%w: %s: %v", ErrUnreachable, what, err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// read decodes the next message.
+func (s *session) read(what string) (*message, error) {
+	var m message
+	if err := s.dec.Decode(&m); err != nil {
+		return nil, s.fail(what, err)
+	}
+	return &m, nil
+}
+
+// execute sends one command and waits for its reply, keeping the names of
+// the events that arrive meanwhile. out, when not nil, receives the return
+// value.
+func (s *session) execute(cmd string, args, out any) error {
+	s.nextID++
+	id := fmt.Sprintf("anvil-%d", s.nextID)
+	b, err := json.Marshal(command{Execute: cmd, Arguments: args, ID: id})
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", cmd, err)
+	}
+	if _, err := s.conn.Write(append(b, '\n')); err != nil {
+		return s.fail("send "+cmd, err)
+	}
+	wantID, _ := json.Marshal(id)
+	for {
+		m, err := s.read("reply to " + cmd)
+		if err != nil {
+			return err
+		}
+		if m.Event != "" {
+			s.events = append(s.events, m.Event)
+			continue
+		}
+		if m.Error == nil && m.Return == nil {
+			return fmt.Errorf("%w: reply to %s has neither return nor error", ErrProtocol, cmd)
+		}
+		// QEMU echoes the id; only an error to a command it could not
+		// parse comes without one.
+		if (m.ID != nil || m.Error == nil) && string(m.ID) != string(wantID) {
+			return fmt.Errorf("%w: reply to %s carries id %s, want %s", ErrProtocol, cmd, m.ID, wantID)
+		}
+		if m.Error != nil {
+			return &CommandError{Command: cmd, Class: m.Error.Class, Desc: m.Error.Desc}
+		}
+		if out != nil {
+			if err := json.Unmarshal(m.Return, out); err != nil {
+				return fmt.Errorf("%w: reply to %s: %v", ErrProtocol, cmd, err)
+			}
+		}
+		return nil
+	}
+}
+
+// reset executes system_reset and waits for QEMU's RESET event: the reset
+// is carried out by QEMU's main loop, and a cont sent before it would find
+// a shut-down VM still needing its reset.
+func (s *session) reset() error {
+	mark := len(s.events)
+	if err := s.execute("system_reset", nil, nil); err != nil {
+		return err
+	}
+	for {
+		if slices.Contains(s.events[mark:], "RESET") {
+			return nil
+		}
+		m, err := s.read("RESET event")
+		if err != nil {
+			return err
+		}
+		if m.Event == "" {
+			return fmt.Errorf("%w: unexpected reply while waiting for the RESET event", ErrProtocol)
+		}
+		s.events = append(s.events, m.Event)
+	}
+}
+
+type runStatus struct {
+	Status  string `json:"status"`
+	Running bool   `json:"running"`
+}
+
+func (s *session) queryStatus() (runStatus, error) {
+	var st runStatus
+	if err := s.execute("query-status", nil, &st); err != nil {
+		return st, err
+	}
+	if st.Status == "" {
+		return st, fmt.Errorf("%w: query-status returned no status", ErrProtocol)
+	}
+	return st, nil
+}
+
+type pathArgs struct {
+	Path string `json:"path"`
+}
+
+type qomGetArgs struct {
+	Path     string `json:"path"`
+	Property string `json:"property"`
+}
+
+type qomSetArgs struct {
+	Path     string `json:"path"`
+	Property string `json:"property"`
+	Value    int64  `json:"value"`
+}
+
+type qomProperty struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+}
+
+// devKind is how a device takes part in the boot order.
+type devKind int
+
+const (
+	kindOther devKind = iota
+	kindNIC
+	kindDisk
+)
+
+// bootDevice is a QOM device with a bootindex property.
+type bootDevice struct {
+	path  string
+	kind  devKind
+	index int64 // -1: not in the boot order
+}
+
+// Containers of the user-created devices: with an id, and without.
+const (
+	peripheral     = "/machine/peripheral"
+	peripheralAnon = "/machine/peripheral-anon"
+)
+
+// bootDevices lists the devices with a bootindex property, by path.
+func (s *session) bootDevices() ([]bootDevice, error) {
+	var devs []bootDevice
+	for _, root := range []string{peripheral, peripheralAnon} {
+		var children []qomProperty
+		if err := s.execute("qom-list", pathArgs{root}, &children); err != nil {
+			var ce *CommandError
+			if root == peripheralAnon && errors.As(err, &ce) && ce.Class == "DeviceNotFound" {
+				continue // created only once a device without id exists
+			}
+			return nil, err
+		}
+		for _, c := range children {
+			if !strings.HasPrefix(c.Type, "child<") {
+				continue
+			}
+			p := root + "/" + c.Name
+			var props []qomProperty
+			if err := s.execute("qom-list", pathArgs{p}, &props); err != nil {
+				return nil, err
+			}
+			has := map[string]bool{}
+			for _, pr := range props {
+				has[pr.Name] = true
+			}
+			if !has["bootindex"] {
+				continue
+			}
+			d := bootDevice{path: p}
+			if err := s.execute("qom-get", qomGetArgs{Path: p, Property: "bootindex"}, &d.index); err != nil {
+				return nil, err
+			}
+			switch {
+			case has["netdev"] && has["mac"]:
+				d.kind = kindNIC
+			case has["drive"]:
+				d.kind = kindDisk
+			}
+			devs = append(devs, d)
+		}
+	}
+	slices.SortFunc(devs, func(a, b bootDevice) int { return cmp.Compare(a.path, b.path) })
+	return devs, nil
+}
+
+// firstBoot is the kind of the device with the lowest boot index.
+func firstBoot(devs []bootDevice) BootDevice {
+	var first *bootDevice
+	for i := range devs {
+		if d := &devs[i]; d.index >= 0 && (first == nil || d.index < first.index) {
+			first = d
+		}
+	}
+	switch {
+	case first == nil:
+		return BootUnspecified
+	case first.kind == kindNIC:
+		return BootPXE
+	case first.kind == kindDisk:
+		return BootDisk
+	}
+	return BootUnspecified
+}
+
+// setStep is one qom-set of a bootindex.
+type setStep struct {
+	path  string
+	index int64
+}
+
+// planBootOrder computes the qom-set steps that put the devices of kind
+// want first: those, then the other kind of NIC/disk, then the other
+// devices that are in the order; each group by its current index (unset
+// last), then by path. Final indexes are 1, 2, 3, ... QEMU refuses an
+// index another device holds, so devices that change move to fresh
+// indexes above every current one first, then to their final ones. Nothing
+// to change gives no steps.
+func planBootOrder(devs []bootDevice, want BootDevice) ([]setStep, error) {
+	first, second := kindNIC, kindDisk
+	if want == BootDisk {
+		first, second = kindDisk, kindNIC
+	}
+	group := func(k devKind) []bootDevice {
+		var g []bootDevice
+		for _, d := range devs {
+			if d.kind == k && (k != kindOther || d.index >= 0) {
+				g = append(g, d)
+			}
+		}
+		slices.SortStableFunc(g, func(a, b bootDevice) int {
+			if (a.index < 0) != (b.index < 0) {
+				return cmp.Compare(b.index, a.index) // set before unset
+			}
+			return cmp.Or(cmp.Compare(a.index, b.index), cmp.Compare(a.path, b.path))
+		})
+		return g
+	}
+	lead := group(first)
+	if len(lead) == 0 {
+		what := "NIC (a device with netdev, mac and bootindex properties)"
+		if want == BootDisk {
+			what = "disk (a device with drive and bootindex properties)"
+		}
+		return nil, fmt.Errorf("%w: boot from %v: the VM has no %s", ErrRefused, want, what)
+	}
+	order := slices.Concat(lead, group(second), group(kindOther))
+	var highest int64
+	for _, d := range devs {
+		highest = max(highest, d.index)
+	}
+	base := max(highest, int64(len(order))) + 1
+	if base+int64(len(order)) > math.MaxInt32 {
+		return nil, fmt.Errorf("%w: boot indexes up to %d leave no room to reorder", ErrRefused, highest)
+	}
+	var moves, finals []setStep
+	for i, d := range order {
+		final := int64(i + 1)
+		if d.index == final {
+			continue
+		}
+		moves = append(moves, setStep{d.path, base + int64(i)})
+		finals = append(finals, setStep{d.path, final})
+	}
+	return append(moves, finals...), nil
+}

@@ -1,0 +1,198 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/anvil-metal/anvil/controller/bmc"
+	"github.com/anvil-metal/anvil/controller/store"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// SetMachineBMC stores the machine's BMC address after checking that a
+// driver exists for it; an empty address clears it.
+func (a *machineAPI) SetMachineBMC(ctx context.Context, req *anvilv1.SetMachineBMCRequest) (*anvilv1.Machine, error) {
+	addr := req.GetAddress()
+	if addr != "" {
+		parsed, err := bmc.ParseAddress(addr)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "set BMC of %s: %v", req.GetId(), err)
+		}
+		addr = parsed.String()
+	}
+	var out *store.Machine
+	err := a.commit(ctx, func(tx store.Tx, _ *effects) error {
+		m, err := tx.GetMachine(ctx, req.GetId())
+		if err != nil {
+			return err
+		}
+		m.BMC = addr
+		out = m
+		return tx.UpdateMachine(ctx, m)
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("set BMC of %s: %w", req.GetId(), err))
+	}
+	return a.toProto(out), nil
+}
+
+// PowerMachine runs the power action on the machine's BMC, outside any
+// transaction (a BMC may take seconds), then records a POWER event for ON,
+// OFF and RESET. Operations on one BMC are serialized.
+func (a *machineAPI) PowerMachine(ctx context.Context, req *anvilv1.PowerMachineRequest) (*anvilv1.PowerMachineResponse, error) {
+	id, action, next := req.GetId(), req.GetAction(), req.GetNextBoot()
+	what := "power " + actionName(action)
+	if next != anvilv1.BootDevice_BOOT_DEVICE_UNSPECIFIED {
+		what += " (next boot " + bootName(next) + ")"
+	}
+	m, err := a.getMachine(ctx, id)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("%s %s: %w", what, id, err))
+	}
+	if m.BMC == "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s %s: the machine has no BMC; set one with SetMachineBMC (anvilctl machine bmc %s qmp:///path/to/vm.qmp)", what, id, id)
+	}
+	drv, err := a.openBMC(m.BMC)
+	if err != nil {
+		return nil, bmcStatus(fmt.Errorf("%s %s: %w", what, id, err))
+	}
+	unlock, err := a.bmcLocks.lock(ctx, m.BMC)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("%s %s: waiting for the BMC: %w", what, id, err))
+	}
+	st, err := runPower(ctx, drv, action, next)
+	unlock()
+	if err != nil {
+		return nil, bmcStatus(fmt.Errorf("%s %s: %w", what, id, err))
+	}
+	resp := &anvilv1.PowerMachineResponse{MachineId: id, State: powerState(st.Power), NextBoot: bootDevice(st.NextBoot), Detail: st.Detail}
+	if action == anvilv1.PowerAction_POWER_ACTION_STATUS {
+		return resp, nil
+	}
+	ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_POWER,
+		Message: fmt.Sprintf("%s by operator through %s: now %s", what, bmc.Redact(m.BMC), st.Power)}
+	err = a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, err := tx.GetMachine(ctx, id)
+		if err != nil {
+			return err
+		}
+		return a.record(ctx, tx, fx, m, false, ev)
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("%s %s: done (now %s), but recording the event failed: %w", what, id, st.Power, err))
+	}
+	resp.Event = ev
+	return resp, nil
+}
+
+// runPower sets the next boot device, runs the action and reads the state.
+func runPower(ctx context.Context, drv bmc.Driver, action anvilv1.PowerAction, next anvilv1.BootDevice) (bmc.Status, error) {
+	switch next {
+	case anvilv1.BootDevice_BOOT_DEVICE_PXE:
+		if err := drv.SetNextBoot(ctx, bmc.BootPXE); err != nil {
+			return bmc.Status{}, err
+		}
+	case anvilv1.BootDevice_BOOT_DEVICE_DISK:
+		if err := drv.SetNextBoot(ctx, bmc.BootDisk); err != nil {
+			return bmc.Status{}, err
+		}
+	}
+	var err error
+	switch action {
+	case anvilv1.PowerAction_POWER_ACTION_ON:
+		err = drv.PowerOn(ctx)
+	case anvilv1.PowerAction_POWER_ACTION_OFF:
+		err = drv.PowerOff(ctx)
+	case anvilv1.PowerAction_POWER_ACTION_RESET:
+		err = drv.Reset(ctx)
+	case anvilv1.PowerAction_POWER_ACTION_STATUS:
+	default:
+		return bmc.Status{}, status.Errorf(codes.InvalidArgument, "unknown power action %v", action)
+	}
+	if err != nil {
+		return bmc.Status{}, err
+	}
+	return drv.Status(ctx)
+}
+
+// bmcStatus maps BMC errors to gRPC statuses: a BMC that cannot be reached
+// or answers garbage is Unavailable, one that refuses (or an unsupported
+// type) FailedPrecondition.
+func bmcStatus(err error) error {
+	switch {
+	case errors.Is(err, bmc.ErrUnreachable), errors.Is(err, bmc.ErrProtocol):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, bmc.ErrRefused), errors.Is(err, bmc.ErrUnsupported), errors.Is(err, bmc.ErrInvalidAddress):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return toStatus(err)
+}
+
+func actionName(a anvilv1.PowerAction) string {
+	return strings.ToLower(strings.TrimPrefix(a.String(), "POWER_ACTION_"))
+}
+
+func bootName(b anvilv1.BootDevice) string {
+	return strings.ToLower(strings.TrimPrefix(b.String(), "BOOT_DEVICE_"))
+}
+
+func powerState(p bmc.PowerState) anvilv1.PowerState {
+	switch p {
+	case bmc.PowerOn:
+		return anvilv1.PowerState_POWER_STATE_ON
+	case bmc.PowerOff:
+		return anvilv1.PowerState_POWER_STATE_OFF
+	}
+	return anvilv1.PowerState_POWER_STATE_UNSPECIFIED
+}
+
+func bootDevice(b bmc.BootDevice) anvilv1.BootDevice {
+	switch b {
+	case bmc.BootPXE:
+		return anvilv1.BootDevice_BOOT_DEVICE_PXE
+	case bmc.BootDisk:
+		return anvilv1.BootDevice_BOOT_DEVICE_DISK
+	}
+	return anvilv1.BootDevice_BOOT_DEVICE_UNSPECIFIED
+}
+
+// keyedLocks is a set of mutexes by key whose Lock honours a context.
+type keyedLocks struct {
+	mu   sync.Mutex
+	held map[string]chan struct{}
+}
+
+// lock waits until key is free or ctx ends; unlock frees it.
+func (l *keyedLocks) lock(ctx context.Context, key string) (unlock func(), err error) {
+	for {
+		l.mu.Lock()
+		busy, ok := l.held[key]
+		if !ok {
+			if l.held == nil {
+				l.held = map[string]chan struct{}{}
+			}
+			done := make(chan struct{})
+			l.held[key] = done
+			l.mu.Unlock()
+			return func() {
+				l.mu.Lock()
+				delete(l.held, key)
+				l.mu.Unlock()
+				close(done)
+			}, nil
+		}
+		l.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}

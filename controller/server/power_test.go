@@ -1,0 +1,151 @@
+package server_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/anvil-metal/anvil/controller/bmc/qemutest"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// TestPowerThroughQMP drives a real QEMU VM through the real controller's
+// API (gRPC with TLS on loopback, SQLite store).
+func TestPowerThroughQMP(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	_, id := e.register(t, 0)
+	ms := e.op.Machines
+	power := func(action anvilv1.PowerAction, next anvilv1.BootDevice) (*anvilv1.PowerMachineResponse, error) {
+		return ms.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: action, NextBoot: next})
+	}
+	const (
+		on     = anvilv1.PowerAction_POWER_ACTION_ON
+		off    = anvilv1.PowerAction_POWER_ACTION_OFF
+		reset  = anvilv1.PowerAction_POWER_ACTION_RESET
+		query  = anvilv1.PowerAction_POWER_ACTION_STATUS
+		none   = anvilv1.BootDevice_BOOT_DEVICE_UNSPECIFIED
+		pxe    = anvilv1.BootDevice_BOOT_DEVICE_PXE
+		disk   = anvilv1.BootDevice_BOOT_DEVICE_DISK
+		stOn   = anvilv1.PowerState_POWER_STATE_ON
+		stOff  = anvilv1.PowerState_POWER_STATE_OFF
+		evType = anvilv1.EventType_EVENT_TYPE_POWER
+	)
+
+	_, err := power(query, none)
+	wantCode(t, err, codes.FailedPrecondition, "power without a BMC")
+	if !strings.Contains(status.Convert(err).Message(), "no BMC") {
+		t.Errorf("no-BMC message: %v", err)
+	}
+	_, err = ms.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: "nope", Action: on})
+	wantCode(t, err, codes.NotFound, "power of an unknown machine")
+	_, err = power(anvilv1.PowerAction_POWER_ACTION_UNSPECIFIED, none)
+	wantCode(t, err, codes.InvalidArgument, "power without an action")
+	for _, addr := range []string{"ipmi://admin:pw@10.0.0.5", "redfish://10.0.0.5/redfish/v1", "qmp://host/x.qmp", "vm.qmp"} {
+		_, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: addr})
+		wantCode(t, err, codes.InvalidArgument, "BMC "+addr)
+		if strings.Contains(err.Error(), ":pw@") {
+			t.Errorf("the error shows the password: %v", err)
+		}
+	}
+	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "ipmi://10.0.0.5"})
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "unsupported BMC type") {
+		t.Errorf("ipmi: %q, want unsupported BMC type", msg)
+	}
+	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: "nope", Address: "qmp:///x.qmp"})
+	wantCode(t, err, codes.NotFound, "BMC of an unknown machine")
+
+	// Unreachable BMC.
+	if _, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "qmp:///nonexistent/vm.qmp"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = power(on, none)
+	wantCode(t, err, codes.Unavailable, "power through a missing socket")
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "connect") || !strings.Contains(msg, "/nonexistent/vm.qmp") {
+		t.Errorf("unreachable BMC message lacks the reason: %q", msg)
+	}
+
+	vm := qemutest.Start(t, qemutest.Options{NIC: true, Disk: true, BootIndexes: true})
+	m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: vm.Address})
+	if err != nil || m.GetBmcAddress() != vm.Address {
+		t.Fatalf("set BMC: %v, address %q", err, m.GetBmcAddress())
+	}
+	before := events(t, e, id)
+
+	r, err := power(query, none)
+	if err != nil || r.GetState() != stOff || r.GetDetail() != "prelaunch" || r.GetNextBoot() != pxe || r.GetEvent() != nil {
+		t.Fatalf("status: %v %v", r, err)
+	}
+	if n := len(events(t, e, id)); n != len(before) {
+		t.Errorf("STATUS recorded %d events", n-len(before))
+	}
+
+	for i, step := range []struct {
+		action   anvilv1.PowerAction
+		next     anvilv1.BootDevice
+		state    anvilv1.PowerState
+		nextBoot anvilv1.BootDevice
+		message  string
+	}{
+		{on, disk, stOn, disk, "power on (next boot disk) by operator through " + vm.Address + ": now on"},
+		{off, none, stOff, disk, "power off by operator through " + vm.Address + ": now off"},
+		{reset, pxe, stOn, pxe, "power reset (next boot pxe) by operator through " + vm.Address + ": now on"},
+		{on, none, stOn, pxe, "power on by operator through " + vm.Address + ": now on"},
+	} {
+		r, err := power(step.action, step.next)
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if r.GetMachineId() != id || r.GetState() != step.state || r.GetNextBoot() != step.nextBoot {
+			t.Fatalf("step %d: %v", i, r)
+		}
+		if ev := r.GetEvent(); ev.GetType() != evType || ev.GetMessage() != step.message || ev.GetSeq() == 0 {
+			t.Fatalf("step %d: event %v, want %q", i, ev, step.message)
+		}
+		evs := events(t, e, id)
+		if last := evs[len(evs)-1]; last.GetType() != evType || last.GetMessage() != step.message {
+			t.Fatalf("step %d: last event in the history %v", i, last)
+		}
+	}
+	// Concurrent calls on one BMC are serialized, none times out.
+	errs := make(chan error, 4)
+	for range cap(errs) {
+		go func() { _, err := power(query, none); errs <- err }()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent status: %v", err)
+		}
+	}
+	// Setting only the next boot device.
+	if r, err := power(query, disk); err != nil || r.GetNextBoot() != disk || r.GetState() != stOn {
+		t.Fatalf("status with next boot: %v %v", r, err)
+	}
+	m, err = ms.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id})
+	if err != nil || m.GetState() != anvilv1.MachineState_MACHINE_STATE_REGISTERING || m.GetLastEvent().GetType() != evType {
+		t.Fatalf("machine after power actions: %v, state %v, last event %v", err, m.GetState(), m.GetLastEvent())
+	}
+
+	// The BMC survives a re-registration; an empty address clears it.
+	e.register(t, 0)
+	if m, err := ms.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id}); err != nil || m.GetBmcAddress() != vm.Address {
+		t.Fatalf("BMC after re-registration: %q, %v", m.GetBmcAddress(), err)
+	}
+	if m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id}); err != nil || m.GetBmcAddress() != "" {
+		t.Fatalf("clear BMC: %v, %q", err, m.GetBmcAddress())
+	}
+	_, err = power(query, none)
+	wantCode(t, err, codes.FailedPrecondition, "power after the BMC was cleared")
+}
+
+func events(t *testing.T, e env, id string) []*anvilv1.Event {
+	t.Helper()
+	r, err := e.op.Machines.ListEvents(context.Background(), &anvilv1.ListEventsRequest{MachineId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.GetEvents()
+}

@@ -30,6 +30,8 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 # iPXE for legacy PXE ROMs, served by the controller over TFTP.
 [ -e /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
+# The Debian image (make images-debian) is bootstrapped from Debian's mirror.
+command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing ${need[*]}; run as root or install them" >&2

@@ -6,7 +6,13 @@ package lab
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,7 +72,7 @@ func startSuite(t *testing.T, machines int) *suite {
 	c.Kernel = filepath.Join(cache, "kernel", "vmlinuz")
 	c.Initramfs = filepath.Join(r, "bin", "anvil-initramfs.cpio.zst")
 	c.ImageDir = images
-	c.DiskMiB, c.NVMeMiB = 512, 256
+	c.DiskMiB, c.NVMeMiB = 512, 1024
 	c.MemoryMiB = 768
 	for _, p := range []string{c.Kernel, c.Initramfs} {
 		if _, err := os.Stat(p); err != nil {
@@ -155,12 +161,120 @@ func (s *suite) smallImage(t *testing.T, name string) string {
 	return p
 }
 
+// tinyImage copies the tiny CI image (make images-tiny) into the image
+// dir and registers it; it skips when the image was not built.
+func (s *suite) tinyImage(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(root(t), "images", "out")
+	b, err := os.ReadFile(filepath.Join(out, "tiny.json"))
+	if err != nil {
+		t.Skipf("no tiny image (make images-tiny): %v", err)
+	}
+	var cat struct{ ID, File, Checksum string }
+	if err := json.Unmarshal(b, &cat); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyFile(filepath.Join(out, cat.File), filepath.Join(s.dir, cat.File)); err != nil {
+		t.Fatal(err)
+	}
+	s.addImage(t, "tiny", cat.File, cat.Checksum, anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD)
+	return "tiny"
+}
+
+// slowImage is the tiny image followed by 300 MiB of random bytes, raw:
+// bootable, and slow enough to install that a test can pull the plug in
+// the middle.
+func (s *suite) slowImage(t *testing.T) string {
+	t.Helper()
+	raw := filepath.Join(root(t), "images", "out", "tiny.raw")
+	p := filepath.Join(s.dir, "slow.raw")
+	if err := copyFile(raw, p); err != nil {
+		t.Skipf("no tiny image (make images-tiny): %v", err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(7, 7))
+	buf := make([]byte, 1<<20)
+	for range 300 {
+		for i := 0; i < len(buf); i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], r.Uint64())
+		}
+		if _, err := f.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := sha256File(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addImage(t, "slow", "slow.raw", sum, anvilv1.ImageFormat_IMAGE_FORMAT_RAW)
+	return "slow"
+}
+
+func (s *suite) addImage(t *testing.T, id, file, checksum string, format anvilv1.ImageFormat) {
+	t.Helper()
+	if _, err := s.op.Images.CreateImage(context.Background(), &anvilv1.CreateImageRequest{Image: &anvilv1.Image{
+		Id: id, Url: labkit.BootURL() + "/images/" + file, Checksum: checksum, Format: format, Os: "anvil-tiny", Version: "1",
+		Features: []anvilv1.ImageFeature{anvilv1.ImageFeature_IMAGE_FEATURE_MACHINE},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(to)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func sha256File(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func count(evs []*anvilv1.Event, typ anvilv1.EventType) int {
+	n := 0
+	for _, e := range evs {
+		if e.GetType() == typ {
+			n++
+		}
+	}
+	return n
+}
+
 func TestLab(t *testing.T) {
 	s := startSuite(t, 2)
 	ctx := context.Background()
 
 	t.Run("network boot to Ready with real inventory and erase", func(t *testing.T) {
 		s.wait(t, s.ids, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
+		if err := s.lab.AttachBMCs(ctx, s.op); err != nil {
+			t.Fatal(err)
+		}
 		for i, vm := range s.lab.VMs {
 			m := s.machine(t, s.ids[i])
 			var serials []string
@@ -230,5 +344,102 @@ func TestLab(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.wait(t, []string{id}, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
+	})
+
+	t.Run("full provisioning: install, kexec, phone home", func(t *testing.T) {
+		img := s.tinyImage(t)
+		for i, id := range s.ids {
+			if _, err := s.op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: img, Hostname: fmt.Sprintf("e2e-%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.wait(t, s.ids, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, 4*time.Minute)
+		for i, id := range s.ids {
+			evs := s.events(t, id)
+			var booting, phoned string
+			for _, e := range evs {
+				switch e.GetType() {
+				case anvilv1.EventType_EVENT_TYPE_BOOTING:
+					booting = e.GetMessage()
+				case anvilv1.EventType_EVENT_TYPE_PHONED_HOME:
+					phoned = e.GetMessage()
+				}
+			}
+			if !strings.Contains(booting, "NoCloud seed") && !strings.Contains(booting, "seed") {
+				t.Errorf("%s BOOTING without a seed: %s", id, booting)
+			}
+			// The installed OS read its hostname from the seed the agent wrote.
+			if !strings.Contains(phoned, fmt.Sprintf("hostname e2e-%d", i)) {
+				t.Errorf("%s phoned home without its hostname: %q", id, phoned)
+			}
+			ph := labkit.PhasesOf(id, evs, s.lab.VMs[i].PoweredOn)
+			t.Logf("%s: registered %v, ready %v, installing %v, booting %v, phoned home %v after allocation", id[:8], ph.Registered, ph.Ready, ph.Installing, ph.Booting, ph.PhonedHome)
+		}
+	})
+
+	t.Run("reinstall through the BMC", func(t *testing.T) {
+		id := s.ids[1]
+		before := count(s.events(t, id), anvilv1.EventType_EVENT_TYPE_PHONED_HOME)
+		if _, err := s.op.Machines.ReinstallMachine(ctx, &anvilv1.ReinstallMachineRequest{Id: id}); err != nil {
+			t.Fatal(err)
+		}
+		s.wait(t, []string{id}, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, 4*time.Minute)
+		evs := s.events(t, id)
+		if n := count(evs, anvilv1.EventType_EVENT_TYPE_PHONED_HOME); n != before+1 {
+			t.Errorf("phoned home %d times, want %d", n, before+1)
+		}
+		if count(evs, anvilv1.EventType_EVENT_TYPE_POWER) == 0 || count(evs, anvilv1.EventType_EVENT_TYPE_PXE_BOOTING) == 0 {
+			t.Error("reinstall did not reset the machine into the agent")
+		}
+	})
+
+	t.Run("free a provisioned machine: erase, Ready again", func(t *testing.T) {
+		id := s.ids[0]
+		if _, err := s.op.Machines.FreeMachine(ctx, &anvilv1.FreeMachineRequest{Id: id, EraseMode: anvilv1.EraseMode_ERASE_MODE_QUICK}); err != nil {
+			t.Fatal(err)
+		}
+		s.wait(t, []string{id}, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
+		if m := s.machine(t, id); m.GetAllocation() != nil || m.GetFailedReclaim() {
+			t.Errorf("after free: allocation %v, failed reclaim %v", m.GetAllocation(), m.GetFailedReclaim())
+		}
+	})
+
+	t.Run("powered off mid-install, re-provisions cleanly", func(t *testing.T) {
+		id := s.ids[0]
+		img := s.slowImage(t)
+		if _, err := s.op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: img, Hostname: "e2e-slow"}); err != nil {
+			t.Fatal(err)
+		}
+		// Pull the plug once the image is streaming onto the disk.
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			m := s.machine(t, id)
+			if m.GetState() == anvilv1.MachineState_MACHINE_STATE_INSTALLING && m.GetProgress().GetBytesDone() > 32<<20 {
+				break
+			}
+			if m.GetState() != anvilv1.MachineState_MACHINE_STATE_ALLOCATED && m.GetState() != anvilv1.MachineState_MACHINE_STATE_INSTALLING {
+				t.Fatalf("machine went to %v before the plug was pulled", m.GetState())
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the install never got going")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		off, err := s.op.Machines.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_OFF})
+		if err != nil || off.GetState() != anvilv1.PowerState_POWER_STATE_OFF {
+			t.Fatalf("power off: %v %v", off, err)
+		}
+		time.Sleep(2 * time.Second)
+		if _, err := s.op.Machines.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_ON, NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE}); err != nil {
+			t.Fatal(err)
+		}
+		s.wait(t, []string{id}, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, 5*time.Minute)
+		evs := s.events(t, id)
+		if count(evs, anvilv1.EventType_EVENT_TYPE_INSTALLING) < 2 {
+			t.Error("the install did not run again after the power loss")
+		}
+		if !strings.Contains(evs[len(evs)-1].GetMessage(), "hostname e2e-slow") {
+			t.Errorf("last event %q: want the phone home of e2e-slow", evs[len(evs)-1].GetMessage())
+		}
 	})
 }

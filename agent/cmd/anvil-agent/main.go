@@ -19,8 +19,10 @@ import (
 	"github.com/anvil-metal/anvil/agent/disks"
 )
 
-// version is set with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set with -ldflags "-X main.version=...". It has no
+// initializer: u-root's busybox build turns package initializers into code
+// that runs at start and would overwrite the linker's value.
+var version string
 
 func main() {
 	var cfg app.Config
@@ -37,6 +39,9 @@ func main() {
 	flag.Parse()
 	cfg.Mode = app.Mode(mode)
 	cfg.Version = version
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
 	if cfg.BootToken == "" {
 		cfg.BootToken = os.Getenv("ANVIL_BOOT_TOKEN")
 	}

@@ -1,0 +1,344 @@
+// Package images boots the anvil-tiny CI image (images/tiny) in QEMU under
+// TCG, the way a machine boots it after anvil-agent installed it: the
+// image on a virtio disk with a NoCloud seed partition appended (package
+// nocloud, in the agent's place), the kernel, initrd and command line
+// taken from the image's own boot manifest (agent/bootconfig, as for the
+// kexec). User networking maps the guest's 10.0.2.2 to the host's
+// loopback, where an HTTP server takes the phone home. The image comes
+// from `make images-tiny` (images/out, or ANVIL_TINY_DIR); `make test`
+// builds it first.
+package images
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/images/nocloud"
+	"github.com/anvil-metal/anvil/images/tiny"
+)
+
+// guestHost is the host's loopback as QEMU's user networking shows it to
+// the guest.
+const guestHost = "10.0.2.2"
+
+// image finds QEMU and the built image, or skips.
+func image(t *testing.T) (qemu, raw string, cat tiny.Catalogue) {
+	t.Helper()
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not found (hack/install-deps.sh installs qemu-system-x86)")
+	}
+	dir := os.Getenv("ANVIL_TINY_DIR")
+	if dir == "" {
+		if dir, err = filepath.Abs("../../images/out"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cat, err = tiny.ReadCatalogue(filepath.Join(dir, tiny.CatalogueFile))
+	if err != nil {
+		t.Skipf("no tiny image in %s (make images-tiny): %v", dir, err)
+	}
+	return qemu, filepath.Join(dir, cat.RawFile), cat
+}
+
+// sparseCopy copies src to dst, leaving zero blocks as holes.
+func sparseCopy(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if err := out.Truncate(st.Size()); err != nil {
+		t.Fatal(err)
+	}
+	buf, zero := make([]byte, 64<<10), make([]byte, 64<<10)
+	for off := int64(0); ; {
+		n, err := in.ReadAt(buf, off)
+		if n > 0 && !bytes.Equal(buf[:n], zero[:n]) {
+			if _, werr := out.WriteAt(buf[:n], off); werr != nil {
+				t.Fatal(werr)
+			}
+		}
+		off += int64(n)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// bootFiles extracts the kernel and initrd the image's boot configuration
+// names, as the agent does before its kexec.
+func bootFiles(t *testing.T, disk string) (kernel, initrd, cmdline string) {
+	t.Helper()
+	b, err := bootconfig.Lookup(disk)
+	if err != nil {
+		t.Fatalf("boot configuration of %s: %v", disk, err)
+	}
+	if len(b.Initrds) != 1 {
+		t.Fatalf("boot configuration %s: want one initrd", b.Describe())
+	}
+	dir := t.TempDir()
+	for _, f := range []struct {
+		ref  bootconfig.FileRef
+		path *string
+		name string
+	}{{b.Kernel, &kernel, "vmlinuz"}, {b.Initrds[0], &initrd, "initrd"}} {
+		data, err := bootconfig.ReadFile(disk, f.ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*f.path = filepath.Join(dir, f.name)
+		if err := os.WriteFile(*f.path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return kernel, initrd, b.Cmdline
+}
+
+// vm is one running guest.
+type vm struct {
+	cmd     *exec.Cmd
+	console string
+	exited  chan error
+	started time.Time
+}
+
+func (v *vm) consoleText() string {
+	b, err := os.ReadFile(v.console)
+	if err != nil {
+		return fmt.Sprintf("(console unreadable: %v)", err)
+	}
+	return string(b)
+}
+
+// waitConsole waits until the console matches re, QEMU exits or the
+// timeout passes.
+func (v *vm) waitConsole(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if m := re.FindStringSubmatch(v.consoleText()); m != nil {
+			return m
+		}
+		select {
+		case err := <-v.exited:
+			v.exited <- err
+			t.Fatalf("QEMU exited (%v) before the console showed %q", err, re)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("console did not show %q within %v", re, timeout)
+		}
+	}
+}
+
+// boot starts QEMU on disk with the kernel, initrd and command line.
+func boot(t *testing.T, qemu, disk, kernel, initrd, cmdline string) *vm {
+	t.Helper()
+	accel := os.Getenv("ANVIL_QEMU_ACCEL") // e.g. kvm on a laptop; TCG by default
+	if accel == "" {
+		accel = "tcg"
+	}
+	v := &vm{console: filepath.Join(t.TempDir(), "console.log"), exited: make(chan error, 1)}
+	out, err := os.Create(v.console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { out.Close() })
+	v.cmd = exec.Command(qemu,
+		"-accel", accel, "-cpu", "max", "-smp", "1", "-m", "512",
+		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+		// Entropy: without it the guest CRNG may never be ready.
+		"-device", "virtio-rng-pci",
+		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+		"-drive", "file="+disk+",if=none,id=vd0,format=raw", "-device", "virtio-blk-pci,drive=vd0,serial=TINY-VD0",
+	)
+	v.cmd.Stdout, v.cmd.Stderr = out, out
+	v.started = time.Now()
+	if err := v.cmd.Start(); err != nil {
+		t.Fatalf("start QEMU: %v", err)
+	}
+	go func() { v.exited <- v.cmd.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case <-v.exited:
+		default:
+			if err := v.cmd.Process.Kill(); err != nil {
+				t.Errorf("kill QEMU: %v", err)
+			}
+			<-v.exited
+		}
+		if t.Failed() {
+			t.Logf("serial console (%s):\n%s", v.console, v.consoleText())
+		}
+	})
+	return v
+}
+
+// phoneHome is one request the server saw.
+type phoneHome struct {
+	method, path, auth, body string
+	status                   int
+}
+
+// TestTinyPhonesHome boots the image with a seed and waits for its phone
+// home: POST to the seed's url with the seed's bearer token, naming the
+// seed's hostname. The first answer is 503, so the image must retry.
+func TestTinyPhonesHome(t *testing.T) {
+	t.Parallel()
+	qemu, raw, cat := image(t)
+	var (
+		mu   sync.Mutex
+		seen []phoneHome
+		ok   = make(chan phoneHome, 1)
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		p := phoneHome{method: r.Method, path: r.URL.Path, auth: r.Header.Get("Authorization"), body: string(b), status: http.StatusOK}
+		if len(seen) == 0 {
+			p.status = http.StatusServiceUnavailable
+		}
+		seen = append(seen, p)
+		if p.status != http.StatusOK {
+			http.Error(w, "controller busy", p.status)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+		select {
+		case ok <- p:
+		default:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	_, port, err := net.SplitHostPort(srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tok := make([]byte, 16)
+	if _, err := rand.Read(tok); err != nil {
+		t.Fatal(err)
+	}
+	token := "anvp_" + hex.EncodeToString(tok)
+	disk := filepath.Join(t.TempDir(), "disk.raw")
+	sparseCopy(t, raw, disk)
+	seed := nocloud.Seed{
+		MetaData:      []byte("instance-id: tiny-test-1\nlocal-hostname: tiny-vm-1\n"),
+		UserData:      []byte("#cloud-config\n"),
+		NetworkConfig: []byte("version: 2\nethernets:\n  all:\n    match: {name: \"e*\"}\n    dhcp4: true\n"),
+		PhoneHome:     &nocloud.PhoneHome{URL: "http://" + guestHost + ":" + port + "/phone-home", Token: token},
+	}
+	if _, err := nocloud.Append(disk, seed, nocloud.AppendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kernel, initrd, cmdline := bootFiles(t, disk)
+	if !strings.Contains(cmdline, "console=ttyS0") {
+		t.Errorf("cmdline %q has no console=ttyS0", cmdline)
+	}
+
+	v := boot(t, qemu, disk, kernel, initrd, cmdline)
+	var got phoneHome
+	select {
+	case got = <-ok:
+	case err := <-v.exited:
+		v.exited <- err
+		t.Fatalf("QEMU exited before the phone home: %v", err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("no phone home within 90 s")
+	}
+	phoned := time.Since(v.started)
+	if got.method != http.MethodPost || got.path != "/phone-home" {
+		t.Errorf("phone home was %s %s, want POST /phone-home", got.method, got.path)
+	}
+	if got.auth != "Bearer "+token {
+		t.Errorf("Authorization %q, want the seed's bearer token", got.auth)
+	}
+	for _, want := range []string{"tiny image up", "hostname tiny-vm-1", "kernel " + cat.Kernel, "instance-id tiny-test-1", "anvil-tiny " + cat.Version} {
+		if !strings.Contains(got.body, want) {
+			t.Errorf("phone-home body %q has no %q", got.body, want)
+		}
+	}
+	mu.Lock()
+	attempts := len(seen)
+	mu.Unlock()
+	if attempts != 2 {
+		t.Errorf("%d requests, want 2 (503, then 200)", attempts)
+	}
+
+	m := v.waitConsole(t, regexp.MustCompile(`anvil-tiny: phoned home .*uptime=(\S+)`), 10*time.Second)
+	v.waitConsole(t, regexp.MustCompile(`anvil-tiny: idling outcome="phoned home"`), 5*time.Second)
+	console := v.consoleText()
+	for _, want := range []string{"anvil-tiny: seed found where=\"/dev/vda partition 3", "anvil-tiny: hostname set hostname=tiny-vm-1",
+		"anvil-tiny: WARN: phone home failed; retrying"} {
+		if !strings.Contains(console, want) {
+			t.Errorf("console has no %q", want)
+		}
+	}
+	// Idling, not exited: the kernel would panic, and QEMU stop, if
+	// u-root's init ran out of children.
+	select {
+	case err := <-v.exited:
+		v.exited <- err
+		t.Fatalf("QEMU exited after the phone home: %v", err)
+	case <-time.After(time.Second):
+	}
+	t.Logf("phoned home %.1f s after QEMU started (guest uptime %s); body %q", phoned.Seconds(), m[1], got.body)
+}
+
+// TestTinyWithoutSeed boots the image as it is, without a seed: it must
+// say so and idle.
+func TestTinyWithoutSeed(t *testing.T) {
+	t.Parallel()
+	qemu, raw, _ := image(t)
+	disk := filepath.Join(t.TempDir(), "disk.raw")
+	sparseCopy(t, raw, disk)
+	kernel, initrd, cmdline := bootFiles(t, disk)
+	v := boot(t, qemu, disk, kernel, initrd, cmdline)
+	v.waitConsole(t, regexp.MustCompile(`anvil-tiny: WARN: no seed: nothing to phone home to`), 60*time.Second)
+	v.waitConsole(t, regexp.MustCompile(`anvil-tiny: idling outcome="no seed"`), 5*time.Second)
+	select {
+	case err := <-v.exited:
+		v.exited <- err
+		t.Fatalf("QEMU exited after the no-seed message: %v", err)
+	case <-time.After(time.Second):
+	}
+	t.Logf("no seed reported %.1f s after QEMU started", time.Since(v.started).Seconds())
+}

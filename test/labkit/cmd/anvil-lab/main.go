@@ -18,8 +18,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/anvil-metal/anvil/test/labkit"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+	"github.com/anvil-metal/anvil/test/labkit"
 )
 
 func main() {

@@ -85,7 +85,7 @@ func blsDisk(t *testing.T, files map[string][]byte) string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	fsys, err := fatfs.Create(file.New(f, false), 128<<20, start*512, 512, "ESP")
+	fsys, err := fatfs.Create(file.New(f, false), 128<<20, start*512, 512, "ESP", false)
 	if err != nil {
 		t.Fatal(err)
 	}

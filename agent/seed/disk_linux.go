@@ -102,7 +102,7 @@ func Write(ctx context.Context, target string, c Config) (res Result, err error)
 	if err := t.Write(w, dev.Size); err != nil {
 		return res, fmt.Errorf("write GPT with the seed partition on %s: %w", target, err)
 	}
-	fsys, err := fatfs.Create(store, Size, int64(e.Start)*dev.LogicalBlock, dev.LogicalBlock, Label)
+	fsys, err := fatfs.Create(store, Size, int64(e.Start)*dev.LogicalBlock, dev.LogicalBlock, Label, false)
 	if err != nil {
 		return res, fmt.Errorf("seed filesystem on %s p%d: %w", target, e.Index, err)
 	}

@@ -3,7 +3,8 @@
 // FAT32 extended BPB, §3.5 FAT size). go-diskfs v1.9.4 sizes the FAT a few
 // entries short for some volume sizes; Create detects that and shrinks the
 // volume until the FAT maps every cluster. The ESP of a rootfs install
-// (agent/image/rootfs) and the NoCloud seed (agent/seed) are made here.
+// (agent/image/rootfs), the NoCloud seed (agent/seed) and the FAT volumes
+// of the images (images/internal/diskimg) are made here.
 package fatfs
 
 import (
@@ -42,8 +43,18 @@ func ParseGeometry(bs []byte) (Geometry, error) {
 	}, nil
 }
 
+// Clusters is the number of data clusters.
+func (g Geometry) Clusters() uint64 {
+	meta := uint64(g.Reserved) + uint64(g.FATs)*uint64(g.FATSectors)
+	if g.SectorsPerCluster == 0 || meta >= uint64(g.TotalSectors) {
+		return 0
+	}
+	return (uint64(g.TotalSectors) - meta) / uint64(g.SectorsPerCluster)
+}
+
 // Check verifies the FAT has an entry for every data cluster (§3.5: the
-// count of clusters plus the two reserved entries must fit in FATSz32).
+// count of clusters plus the two reserved entries must fit in FATSz32) and
+// that the volume is FAT32 by its cluster count (at least 65525).
 func (g Geometry) Check() error {
 	if g.BytesPerSector == 0 || g.SectorsPerCluster == 0 || g.FATs == 0 {
 		return fmt.Errorf("boot sector has zero geometry fields: %+v", g)
@@ -52,10 +63,13 @@ func (g Geometry) Check() error {
 	if meta >= uint64(g.TotalSectors) {
 		return fmt.Errorf("FATs of %d sectors fill the %d-sector volume", g.FATSectors, g.TotalSectors)
 	}
-	clusters := (uint64(g.TotalSectors) - meta) / uint64(g.SectorsPerCluster)
+	clusters := g.Clusters()
 	entries := uint64(g.FATSectors)*uint64(g.BytesPerSector)/4 - 2
 	if clusters > entries {
 		return fmt.Errorf("%d clusters but the FAT maps only %d", clusters, entries)
+	}
+	if clusters < 65525 {
+		return fmt.Errorf("%d clusters: a FAT32 volume needs at least 65525", clusters)
 	}
 	return nil
 }
@@ -66,11 +80,13 @@ func (g Geometry) Check() error {
 // clusters but only space for 129022 FAT entries", Linux refuses to mount
 // it), the volume is shrunk by 32 KiB steps until it is right; the slack
 // stays unused at the partition's end.
-func Create(store backend.Storage, size, start, sector int64, label string) (*fat32.FileSystem, error) {
+// reproducible zeroes the volume serial number (otherwise taken from the
+// clock), so the same inputs give the same bytes.
+func Create(store backend.Storage, size, start, sector int64, label string, reproducible bool) (*fat32.FileSystem, error) {
 	var last error
 	for try := int64(0); try < 8; try++ {
 		sz := size - try*32<<10
-		fsys, err := fat32.Create(store, sz, start, sector, label, false)
+		fsys, err := fat32.Create(store, sz, start, sector, label, reproducible)
 		if err != nil {
 			return nil, fmt.Errorf("FAT32 of %d bytes at byte %d: %w", sz, start, err)
 		}

@@ -43,7 +43,7 @@ func TestCreateMakesAVolumeFsckAccepts(t *testing.T) {
 		if err := f.Truncate(start + size); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Create(file.New(f, false), size, start, 512, "TESTVOL"); err != nil {
+		if _, err := Create(file.New(f, false), size, start, 512, "TESTVOL", false); err != nil {
 			t.Fatalf("%d bytes: %v", size, err)
 		}
 		bs := make([]byte, 512)
@@ -69,6 +69,26 @@ func TestCreateMakesAVolumeFsckAccepts(t *testing.T) {
 		out, _ := exec.Command("fsck.vfat", "-n", vol).CombinedOutput()
 		if strings.Contains(string(out), "clusters but only space for") || !strings.Contains(string(out), " files, ") {
 			t.Errorf("%d bytes: fsck.vfat:\n%s", size, out)
+		}
+	}
+}
+
+func TestGeometryCheckFAT32Rules(t *testing.T) {
+	ok := Geometry{BytesPerSector: 512, SectorsPerCluster: 1, Reserved: 32, FATs: 2, TotalSectors: 81920, FATSectors: 630}
+	tests := []struct {
+		name string
+		g    Geometry
+		ok   bool
+	}{
+		{"fits", ok, true},
+		{"FAT two entries short", Geometry{BytesPerSector: 512, SectorsPerCluster: 1, Reserved: 32, FATs: 2, TotalSectors: 81920, FATSectors: 600}, false},
+		{"too few clusters for FAT32", Geometry{BytesPerSector: 512, SectorsPerCluster: 1, Reserved: 32, FATs: 2, TotalSectors: 40960, FATSectors: 320}, false},
+		{"FATs fill the volume", Geometry{BytesPerSector: 512, SectorsPerCluster: 1, Reserved: 32, FATs: 2, TotalSectors: 1000, FATSectors: 600}, false},
+		{"zero fields", Geometry{}, false},
+	}
+	for _, tc := range tests {
+		if err := tc.g.Check(); (err == nil) != tc.ok {
+			t.Errorf("%s: Check() = %v, want ok %v", tc.name, err, tc.ok)
 		}
 	}
 }

@@ -136,7 +136,7 @@ func build(ctx context.Context, store backend.Storage, size int64, r io.Reader, 
 	if err := table.Write(w, size); err != nil {
 		return fmt.Errorf("write GPT: %w", err)
 	}
-	esp, err := fatfs.Create(store, p.ESP.Bytes(p.Sector), int64(p.ESP.Start)*p.Sector, p.Sector, l.ESPLabel)
+	esp, err := fatfs.Create(store, p.ESP.Bytes(p.Sector), int64(p.ESP.Start)*p.Sector, p.Sector, l.ESPLabel, false)
 	if err != nil {
 		return fmt.Errorf("make FAT32 on p1: %w", err)
 	}

@@ -157,7 +157,7 @@ func fatImage(t *testing.T, dir, name, label string) string {
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fatfs.Create(file.New(f, false), size, 0, 512, label); err != nil {
+	if _, err := fatfs.Create(file.New(f, false), size, 0, 512, label, false); err != nil {
 		t.Fatal(err)
 	}
 	return p

@@ -1,16 +1,13 @@
 // Package diskimg holds what anvil's image builders share: FAT32
-// filesystems (Microsoft FAT specification 1.03) made with go-diskfs and
-// checked, and whole-file writes through go-diskfs. go-diskfs v1.9.4 sizes
-// the FAT a few entries short for some volume sizes (fsck.fat: "Filesystem
-// has 129024 clusters but only space for 129022 FAT entries"; Linux refuses
-// to mount it), so every volume made here is read back, checked against the
-// specification and shrunk in 32 KiB steps until its FAT maps every
-// cluster. agent/image/rootfs has the same check, unexported.
+// filesystems (Microsoft FAT specification 1.03) made with go-diskfs —
+// created through agent/image/fatfs, whose geometry check works around
+// go-diskfs v1.9.4 sizing the FAT short — and finished so fsck.fat finds
+// nothing and the bytes do not depend on the clock (FinishFAT32), and
+// whole-file writes through go-diskfs.
 package diskimg
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -18,6 +15,8 @@ import (
 
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
+
+	"github.com/anvil-metal/anvil/agent/image/fatfs"
 )
 
 // MinSize is the smallest FAT32 volume go-diskfs makes with 512-byte
@@ -25,89 +24,11 @@ import (
 // 65525 clusters, §3.5), rounded up to whole MiB.
 const MinSize = 33 << 20
 
-// Geometry is the part of a FAT32 boot sector (§3.1 BPB and §3.3 FAT32
-// extended BPB) that decides whether the FAT can map every cluster.
-type Geometry struct {
-	BytesPerSector    uint16 // BPB_BytsPerSec, offset 11
-	SectorsPerCluster uint8  // BPB_SecPerClus, offset 13
-	Reserved          uint16 // BPB_RsvdSecCnt, offset 14
-	FATs              uint8  // BPB_NumFATs, offset 16
-	TotalSectors      uint32 // BPB_TotSec32, offset 32
-	FATSectors        uint32 // BPB_FATSz32, offset 36
-}
-
-// ParseGeometry reads the geometry from a boot sector.
-func ParseGeometry(bs []byte) (Geometry, error) {
-	if len(bs) < 512 || bs[510] != 0x55 || bs[511] != 0xAA {
-		return Geometry{}, errors.New("no boot sector signature 55 AA")
-	}
-	return Geometry{
-		BytesPerSector:    binary.LittleEndian.Uint16(bs[11:]),
-		SectorsPerCluster: bs[13],
-		Reserved:          binary.LittleEndian.Uint16(bs[14:]),
-		FATs:              bs[16],
-		TotalSectors:      binary.LittleEndian.Uint32(bs[32:]),
-		FATSectors:        binary.LittleEndian.Uint32(bs[36:]),
-	}, nil
-}
-
-// Clusters is the number of data clusters.
-func (g Geometry) Clusters() uint64 {
-	meta := uint64(g.Reserved) + uint64(g.FATs)*uint64(g.FATSectors)
-	if g.SectorsPerCluster == 0 || meta >= uint64(g.TotalSectors) {
-		return 0
-	}
-	return (uint64(g.TotalSectors) - meta) / uint64(g.SectorsPerCluster)
-}
-
-// Check verifies the FAT has an entry for every data cluster (§3.5: the
-// count of clusters plus the two reserved entries must fit in FATSz32) and
-// that the volume is FAT32 by its cluster count.
-func (g Geometry) Check() error {
-	if g.BytesPerSector == 0 || g.SectorsPerCluster == 0 || g.FATs == 0 {
-		return fmt.Errorf("boot sector has zero geometry fields: %+v", g)
-	}
-	meta := uint64(g.Reserved) + uint64(g.FATs)*uint64(g.FATSectors)
-	if meta >= uint64(g.TotalSectors) {
-		return fmt.Errorf("FATs of %d sectors fill the %d-sector volume", g.FATSectors, g.TotalSectors)
-	}
-	clusters := g.Clusters()
-	entries := uint64(g.FATSectors)*uint64(g.BytesPerSector)/4 - 2
-	if clusters > entries {
-		return fmt.Errorf("%d clusters but the FAT maps only %d", clusters, entries)
-	}
-	if clusters < 65525 {
-		return fmt.Errorf("%d clusters: a FAT32 volume needs at least 65525", clusters)
-	}
-	return nil
-}
-
-// MakeFAT32 creates a FAT32 filesystem labelled label in [start, start+size) of
-// store, with logical sectors of sector bytes. reproducible zeroes the
-// volume serial number (otherwise taken from the clock), so the same
-// inputs give the same bytes. The volume may end up to 224 KiB short of
-// size; the slack stays unused.
+// MakeFAT32 creates a FAT32 filesystem with a checked geometry
+// (agent/image/fatfs.Create; the volume may end up to 224 KiB short of
+// size).
 func MakeFAT32(store backend.Storage, size, start, sector int64, label string, reproducible bool) (*fat32.FileSystem, error) {
-	var last error
-	for try := int64(0); try < 8; try++ {
-		sz := size - try*32<<10
-		fsys, err := fat32.Create(store, sz, start, sector, label, reproducible)
-		if err != nil {
-			return nil, fmt.Errorf("create FAT32 of %d bytes at %d: %w", sz, start, err)
-		}
-		bs := make([]byte, 512)
-		if _, err := store.ReadAt(bs, start); err != nil && err != io.EOF {
-			return nil, fmt.Errorf("read back the FAT32 boot sector at %d: %w", start, err)
-		}
-		g, err := ParseGeometry(bs)
-		if err != nil {
-			return nil, fmt.Errorf("FAT32 boot sector at %d: %w", start, err)
-		}
-		if last = g.Check(); last == nil {
-			return fsys, nil
-		}
-	}
-	return nil, fmt.Errorf("FAT32 of %d bytes at %d: %w", size, start, last)
+	return fatfs.Create(store, size, start, sector, label, reproducible)
 }
 
 // FinishFAT32 completes a FAT32 filesystem go-diskfs wrote at start,
@@ -172,7 +93,7 @@ func FinishFAT32(store backend.Storage, start int64, t time.Time) error {
 type volume struct {
 	store                     backend.Storage
 	start                     int64
-	g                         Geometry
+	g                         fatfs.Geometry
 	sector, clusterBytes      int64
 	dataStart                 int64
 	rootCluster, fsinfoSector uint32
@@ -184,7 +105,7 @@ func openVolume(store backend.Storage, start int64) (*volume, error) {
 	if _, err := store.ReadAt(bs, start); err != nil && err != io.EOF {
 		return nil, fmt.Errorf("read the FAT32 boot sector at %d: %w", start, err)
 	}
-	g, err := ParseGeometry(bs)
+	g, err := fatfs.ParseGeometry(bs)
 	if err != nil {
 		return nil, fmt.Errorf("FAT32 boot sector at %d: %w", start, err)
 	}

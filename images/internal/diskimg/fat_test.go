@@ -11,26 +11,6 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 )
 
-func TestGeometryCheck(t *testing.T) {
-	ok := Geometry{BytesPerSector: 512, SectorsPerCluster: 1, Reserved: 32, FATs: 2, TotalSectors: 81920, FATSectors: 630}
-	tests := []struct {
-		name string
-		g    Geometry
-		ok   bool
-	}{
-		{"fits", ok, true},
-		{"FAT two entries short", Geometry{BytesPerSector: 512, SectorsPerCluster: 1, Reserved: 32, FATs: 2, TotalSectors: 81920, FATSectors: 600}, false},
-		{"too few clusters for FAT32", Geometry{BytesPerSector: 512, SectorsPerCluster: 1, Reserved: 32, FATs: 2, TotalSectors: 40960, FATSectors: 320}, false},
-		{"FATs fill the volume", Geometry{BytesPerSector: 512, SectorsPerCluster: 1, Reserved: 32, FATs: 2, TotalSectors: 1000, FATSectors: 600}, false},
-		{"zero fields", Geometry{}, false},
-	}
-	for _, tc := range tests {
-		if err := tc.g.Check(); (err == nil) != tc.ok {
-			t.Errorf("%s: Check() = %v, want ok %v", tc.name, err, tc.ok)
-		}
-	}
-}
-
 func TestDOSTime(t *testing.T) {
 	tests := []struct {
 		in        time.Time

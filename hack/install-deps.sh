@@ -30,6 +30,12 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 # iPXE for legacy PXE ROMs, served by the controller over TFTP.
 [ -e /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
+# Firewall tests: nft for the baseline and for reading rulesets back, and
+# etcd + kubectl for the end-to-end test against a real kube-apiserver
+# (hack/build-kube-apiserver.sh builds that one from the module proxy).
+command -v nft >/dev/null || need+=(nftables)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v kubectl >/dev/null || need+=(kubectl)
 # The Debian image (make images-debian) is bootstrapped from Debian's mirror.
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ "${#need[@]}" -gt 0 ]; then

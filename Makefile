@@ -2,7 +2,7 @@
 SHELL   := /bin/bash
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
-BINARIES := anvil-agent anvil-controller anvilctl
+BINARIES := anvil-agent anvil-controller anvilctl anvil-firewall
 # Kernel and initramfs for the agent's boot path (hack/fetch-kernel.sh,
 # initramfs/). The boot test (test/vm) reads them from the same places.
 export ANVIL_CACHE ?= /var/cache/anvil
@@ -10,7 +10,7 @@ KERNEL_DIR := $(ANVIL_CACHE)/kernel
 INITRAMFS  := bin/anvil-initramfs.cpio.zst
 INITRAMFS_MAX_MIB ?= 12
 
-.PHONY: help deps build kernel initramfs proto test test-unit lint bench lab lab-down clean
+.PHONY: help deps build kernel initramfs kube-apiserver proto test test-unit lint bench lab lab-down clean
 
 help:
 	@echo "make build     static binaries in bin/"
@@ -31,6 +31,7 @@ build:
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-agent ./agent/cmd/anvil-agent
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-controller ./controller/cmd/anvil-controller
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvilctl ./controller/cmd/anvilctl
+	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-firewall ./firewall/cmd/anvil-firewall
 
 # Debian's cloud kernel and the modules the initramfs loads, through apt,
 # cached in $(KERNEL_DIR).
@@ -49,7 +50,12 @@ lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	go vet ./...
 
-test: deps lint build initramfs images-tiny
+# kube-apiserver for the firewall's end-to-end test (test/kubeapi), built
+# from the Go module proxy and cached in $(ANVIL_CACHE)/kube (cold ~5 min).
+kube-apiserver: deps
+	hack/build-kube-apiserver.sh
+
+test: deps lint build initramfs images-tiny kube-apiserver
 	go test -race -count=1 -timeout 20m ./...
 
 bench: deps build
@@ -77,10 +83,18 @@ clean:
 # image made by anvil's rootfs installer, zstd, catalogue entries in
 # images/out. Not part of make test (minutes); its test in images/debian
 # runs once the image exists.
-.PHONY: images images-debian images-tiny
+.PHONY: images images-debian images-tiny images-firewall
 images: images-tiny images-debian
 images-debian: deps
 	images/debian/build.sh
+
+# The firewall image (images/firewall/build.sh, as root): the Debian 12
+# image's build with images/firewall/recipe.sh (nftables, forwarding,
+# anvil-firewall and its units); catalogue entries in images/out carry the
+# "firewall" feature. Not part of make test (minutes); its tests in
+# images/firewall run once the image exists. docs/firewall-image.md.
+images-firewall: deps
+	VERSION=$(VERSION) images/firewall/build.sh
 
 # The anvil-tiny CI image (images/tiny): Debian's cloud kernel and a u-root
 # initramfs whose tiny-init finds the NoCloud seed and phones home, on a

@@ -1,0 +1,257 @@
+package apply
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+
+	"github.com/anvil-metal/anvil/firewall/model"
+)
+
+// ErrClosed is returned by an Applier after Close.
+var ErrClosed = errors.New("apply: applier closed")
+
+// ErrNotApplied is returned by Counters before a ruleset was applied.
+var ErrNotApplied = errors.New("apply: no ruleset applied yet")
+
+// Applier programs rulesets into one network namespace's nftables. It is
+// safe for concurrent use; Apply calls are serialised.
+type Applier struct {
+	opts options
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	closed    bool
+	applied   bool // the kernel holds the ruleset with fingerprint last
+	last      [sha256.Size]byte
+	table     string // its table
+	use       uint32 // the table's use count (chains + sets) right after it was applied; 0: unknown
+	uncertain bool   // the outcome of the last batch is unknown: send the next one regardless
+	stats     Stats
+}
+
+// New returns an Applier after checking that nf_tables answers (it needs
+// CAP_NET_ADMIN in the target namespace).
+func New(opts ...Option) (*Applier, error) {
+	o := options{}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.Default()
+	}
+	if o.hasNS && o.netns <= 0 {
+		return nil, fmt.Errorf("apply: network namespace descriptor %d is not valid", o.netns)
+	}
+	a := &Applier{opts: o, log: o.logger}
+	c, err := a.conn()
+	if err != nil {
+		return nil, fmt.Errorf("apply: nftables connection: %w", err)
+	}
+	if _, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
+		return nil, fmt.Errorf("apply: list nftables tables of family inet: %w", err)
+	}
+	return a, nil
+}
+
+func (a *Applier) conn(extra ...nftables.ConnOption) (*nftables.Conn, error) {
+	var o []nftables.ConnOption
+	if a.opts.hasNS {
+		o = append(o, nftables.WithNetNSFd(a.opts.netns))
+	}
+	return nftables.New(append(o, extra...)...)
+}
+
+// Apply makes rs the kernel's table rs.Table, replacing whatever table of
+// that name (and the previously applied table, if it had another name) was
+// there, in one netlink transaction. It reports whether a batch was
+// committed: false with a nil error when rs equals the last applied
+// ruleset (same content, order included) and the table is still there as
+// it was left. When the kernel rejects the batch nothing changed, and the
+// last good ruleset remains the reference for the next call. (Should the
+// kernel's acknowledgements be lost, ENOBUFS, the outcome is unknown: the
+// next call sends its batch whatever it holds.)
+func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false, ErrClosed
+	}
+	fp := fingerprint(rs)
+	repair := false
+	if a.applied && !a.uncertain && fp == a.last {
+		why, err := a.drift()
+		if err != nil {
+			return false, fmt.Errorf("apply table inet %s: check the applied table: %w", rs.Table, err)
+		}
+		if why == "" {
+			a.stats.Unchanged++
+			return false, nil
+		}
+		a.log.Warn("nftables table changed outside the applier; applying it again", "table", rs.Table, "reason", why)
+		repair = true
+	}
+
+	start := time.Now()
+	previous := ""
+	if a.applied {
+		previous = a.table
+	}
+	p, err := translate(rs, previous)
+	if err != nil {
+		return false, fmt.Errorf("apply table inet %s: %w", rs.Table, err)
+	}
+	c, err := a.conn(nftables.WithSockOptions(bufferSizes(p)))
+	if err != nil {
+		return false, fmt.Errorf("apply table inet %s: nftables connection: %w", rs.Table, err)
+	}
+	if err := p.queue(c); err != nil {
+		return false, fmt.Errorf("apply table inet %s: %w", rs.Table, err)
+	}
+	built := time.Since(start)
+	a.stats.Batches++
+	a.stats.LastMessages, a.stats.LastBytes = p.messages+2, p.bytes
+	if err := c.Flush(); err != nil {
+		a.stats.Rejected++
+		// A kernel rejection arrives as an errno in the acks, and the
+		// transaction was aborted. Anything else (ENOBUFS: acks were
+		// lost) leaves the outcome unknown, so the next Apply sends its
+		// batch even if its ruleset is the last good one.
+		var errno syscall.Errno
+		if !errors.As(err, &errno) || errno == syscall.ENOBUFS {
+			a.uncertain = true
+		}
+		return false, fmt.Errorf("apply table inet %s (%d sets, %d chains, %d rules; %d netlink messages, %d bytes)%s: %w",
+			rs.Table, len(p.sets), len(p.chains), len(p.rules), p.messages+2, p.bytes, hint(err), err)
+	}
+	if repair {
+		a.stats.Repaired++
+	}
+	a.applied, a.last, a.table, a.uncertain = true, fp, rs.Table, false
+	a.use = 0
+	if t, err := a.listTable(rs.Table); err == nil {
+		a.use = tableUse(t)
+	} else {
+		a.log.Warn("reading back the applied table", "table", rs.Table, "err", err)
+	}
+	a.log.Debug("nftables table applied", "table", rs.Table, "sets", len(p.sets), "chains", len(p.chains),
+		"rules", len(p.rules), "messages", p.messages+2, "bytes", p.bytes, "build", built, "took", time.Since(start))
+	return true, nil
+}
+
+// hint names the usual cause of a kernel's rejection (the acks carry only
+// an errno, not which object failed).
+func hint(err error) string {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return ""
+	}
+	switch errno {
+	case syscall.ENOENT:
+		return ", rejected by the kernel: a jump, goto, verdict map element or lookup names a chain or set that does not exist"
+	case syscall.ELOOP, syscall.EMLINK:
+		return ", rejected by the kernel: jumps form a loop or nest deeper than 16 chains"
+	case syscall.EEXIST:
+		return ", rejected by the kernel: a duplicate name, or set elements that overlap"
+	case syscall.EOPNOTSUPP:
+		return ", rejected by the kernel: an expression, hook or set type this kernel does not support"
+	case syscall.ENOBUFS:
+		return ", acknowledgements lost: the outcome is unknown and the next apply resends"
+	}
+	return ", rejected by the kernel"
+}
+
+// drift reports why the applied table no longer looks as it was left
+// ("" when it does): gone, or holding another number of chains and sets.
+func (a *Applier) drift() (string, error) {
+	t, err := a.listTable(a.table)
+	if errors.Is(err, syscall.ENOENT) {
+		return "table missing", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if use := tableUse(t); a.use != 0 && use != a.use {
+		return fmt.Sprintf("table holds %d chains and sets, %d were applied", use, a.use), nil
+	}
+	return "", nil
+}
+
+// tableUse is the table's use count (its chains, sets and other objects).
+// google/nftables v0.3.0 decodes NFTA_TABLE_USE in host byte order; the
+// kernel sends it in network byte order.
+func tableUse(t *nftables.Table) uint32 {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], t.Use)
+	return binary.BigEndian.Uint32(b[:])
+}
+
+func (a *Applier) listTable(name string) (*nftables.Table, error) {
+	c, err := a.conn()
+	if err != nil {
+		return nil, err
+	}
+	return c.ListTableOfFamily(name, nftables.TableFamilyINet)
+}
+
+// bufferSizes sizes the socket for the batch: the whole batch goes out in
+// one sendmsg, which the kernel refuses beyond the send buffer, and the
+// kernel answers every message with an acknowledgement (a rejected one
+// with a copy of the message), which it drops — reporting ENOBUFS — when
+// they overflow the receive buffer. As root, SO_SNDBUFFORCE and
+// SO_RCVBUFFORCE lift the system limits, as nft does for large batches.
+func bufferSizes(p *plan) nftables.SockOption {
+	snd := p.bytes + p.bytes/4 + 1<<20
+	rcv := p.bytes + p.messages*ackTruesize + 1<<20
+	return func(c *netlink.Conn) error {
+		if err := c.SetWriteBuffer(snd); err != nil {
+			return fmt.Errorf("set send buffer to %d bytes: %w", snd, err)
+		}
+		if err := c.SetReadBuffer(rcv); err != nil {
+			return fmt.Errorf("set receive buffer to %d bytes: %w", rcv, err)
+		}
+		return nil
+	}
+}
+
+// ackTruesize is what one acknowledgement costs in the receive buffer (the
+// kernel accounts the whole socket buffer, not the 36 bytes of message).
+const ackTruesize = 1024
+
+// PacketCounts is Counters reduced to packets per comment (the shape
+// firewall/app and firewall/metrics read).
+func (a *Applier) PacketCounts() (map[string]uint64, error) {
+	cs, err := a.Counters()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(cs))
+	for k, v := range cs {
+		out[k] = v.Packets
+	}
+	return out, nil
+}
+
+// Stats returns what the Applier has done so far.
+func (a *Applier) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stats
+}
+
+// Close releases the Applier; the applied table stays in the kernel. It
+// does not close the namespace descriptor given to WithNetNS.
+func (a *Applier) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	return nil
+}

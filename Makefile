@@ -21,6 +21,7 @@ help:
 	@echo "make lab       QEMU mini-lab: LAB_MACHINES VMs network-boot the agent, install LAB_IMAGE, end Provisioned"
 	@echo "make lab-down  remove everything the lab created"
 	@echo "make images-tiny  CI OS image (Debian cloud kernel, u-root, phones home): images/out/tiny.{raw,raw.zst,json}"
+	@echo "make images-firewall  firewall image (Debian 12 + nftables, ip_forward, anvil-firewall service; feature firewall): images/out/debian-12-firewall.*"
 	@echo "make images-debian  Debian 12 image (debootstrap, cloud-init NoCloud, phone-home): images/out/debian-12.{raw.zst,tar.zst} + catalogue entries"
 
 deps:
@@ -84,7 +85,7 @@ clean:
 # images/out. Not part of make test (minutes); its test in images/debian
 # runs once the image exists.
 .PHONY: images images-debian images-tiny images-firewall
-images: images-tiny images-debian
+images: images-tiny images-debian images-firewall
 images-debian: deps
 	images/debian/build.sh
 

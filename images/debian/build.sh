@@ -18,6 +18,18 @@
 # Outputs in $OUT (default images/out): debian-12.raw (sparse, kept for
 # the tests), debian-12.raw.zst + debian-12.json, debian-12.tar.zst +
 # debian-12-tar.json.
+#
+# RECIPE=FILE builds a variant of this image (images/firewall/recipe.sh):
+# a bash file sourced before anything is built, which may set
+#   image_id        the output files' and catalogue entries' name
+#                   (default debian-12; ID.raw, ID.json, ID-tar.json ...)
+#   image_hostname  /etc/hostname (default debian)
+#   image_packages  an array of packages installed besides PACKAGES
+#   image_features  an array of catalogue features ("machine", "firewall");
+#                   the entries carry "features" only when it is not empty
+# and may define recipe_configure, run after this image's own
+# configuration and before per-machine state is removed, with $root,
+# $work, $repo, log, die and in_root at hand.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,6 +41,10 @@ security_mirror=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 suite=bookworm
 level=${ZSTD_LEVEL:-19}
 image_mib=${DEBIAN_IMAGE_MIB:-2048}
+image_id=debian-12
+image_hostname=debian
+image_packages=()
+image_features=()
 packages=(
   systemd systemd-sysv udev dbus
   linux-image-cloud-amd64 initramfs-tools
@@ -39,8 +55,18 @@ packages=(
   openssh-server ca-certificates e2fsprogs dosfstools
 )
 
-log() { printf '[debian %(%T)T] %s\n' -1 "$*" >&2; }
+log_name=debian
+log() { printf '[%s %(%T)T] %s\n' "$log_name" -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+if [ -n "${RECIPE:-}" ]; then
+  [ -r "$RECIPE" ] || die "recipe $RECIPE not readable"
+  # shellcheck source=/dev/null
+  . "$RECIPE"
+  packages+=("${image_packages[@]}")
+  log_name=$image_id
+  log "recipe $RECIPE"
+fi
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot)"
 for t in debootstrap zstd go tar sha256sum findmnt; do
@@ -49,7 +75,7 @@ done
 
 start=$(date +%s)
 mkdir -p "$out" "$cache/debs" "$cache/archives/partial"
-work=$(mktemp -d /var/tmp/anvil-debian.XXXXXX)
+work=$(mktemp -d "/var/tmp/anvil-$image_id.XXXXXX")
 root=$work/root
 
 # unmount_all unmounts everything below $root, deepest first.
@@ -116,8 +142,12 @@ install -m 0755 "$phbin" "$root/usr/local/sbin/anvil-phone-home"
 install -m 0644 "$here/overlay/etc/cloud/cloud.cfg.d/90-anvil.cfg" "$root/etc/cloud/cloud.cfg.d/"
 install -m 0644 "$here/overlay/etc/systemd/system/anvil-phone-home.service" "$root/etc/systemd/system/"
 in_root systemctl enable anvil-phone-home.service systemd-networkd.service systemd-resolved.service >>"$work/apt.log" 2>&1
-echo debian >"$root/etc/hostname"
+echo "$image_hostname" >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+if declare -F recipe_configure >/dev/null; then
+  log "configure: recipe"
+  recipe_configure
+fi
 # The installer writes fstab by PARTUUID; without this placeholder it
 # keeps nothing as fstab.anvil-orig.
 rm -f "$root/etc/fstab"
@@ -137,30 +167,33 @@ kver=$(cd "$root/boot" && ls vmlinuz-* | sed 's/^vmlinuz-//' | sort -V | tail -n
 log "kernel $kver, tree $(du -sh --apparent-size "$root" | cut -f1)"
 
 log "tar"
-tarfile=$work/debian-12.tar
+tarfile=$work/$image_id.tar
 tar --create --file "$tarfile" --directory "$root" --numeric-owner --sort=name \
   --xattrs --xattrs-include='*' --one-file-system .
 
 log "raw image (${image_mib} MiB, anvil's rootfs installer)"
-raw=$out/debian-12.raw
+raw=$out/$image_id.raw
 rm -f "$raw"
 (cd "$repo" && go run ./images/debian/cmd/debian-raw -tar "$tarfile" -o "$raw" -mib "$image_mib")
 
 log "zstd -$level"
-zstd -q -f -T0 "-$level" "$raw" -o "$out/debian-12.raw.zst"
-zstd -q -f -T0 "-$level" "$tarfile" -o "$out/debian-12.tar.zst"
+zstd -q -f -T0 "-$level" "$raw" -o "$out/$image_id.raw.zst"
+zstd -q -f -T0 "-$level" "$tarfile" -o "$out/$image_id.tar.zst"
 
 catalogue() { # id file format
-  local sum
+  local sum features="" f
   sum=$(sha256sum "$out/$2" | cut -d' ' -f1)
-  printf '{"id":"%s","file":"%s","checksum":"sha256:%s","format":"%s","os":"debian","version":"12"}\n' \
-    "$1" "$2" "$sum" "$3"
+  for f in "${image_features[@]}"; do
+    features+="${features:+,}\"$f\""
+  done
+  printf '{"id":"%s","file":"%s","checksum":"sha256:%s","format":"%s","os":"debian","version":"12"%s}\n' \
+    "$1" "$2" "$sum" "$3" "${features:+,\"features\":[$features]}"
 }
-catalogue debian-12 debian-12.raw.zst raw-zstd >"$out/debian-12.json"
-catalogue debian-12-tar debian-12.tar.zst tar-zstd >"$out/debian-12-tar.json"
+catalogue "$image_id" "$image_id.raw.zst" raw-zstd >"$out/$image_id.json"
+catalogue "$image_id-tar" "$image_id.tar.zst" tar-zstd >"$out/$image_id-tar.json"
 
 log "done in $(( $(date +%s) - start )) s:"
-for f in debian-12.raw debian-12.raw.zst debian-12.tar.zst; do
-  printf '  %-20s %6d MiB (%d MiB allocated)\n' "$f" "$(( $(stat -c %s "$out/$f") >> 20 ))" "$(( $(du -k "$out/$f" | cut -f1) >> 10 ))" >&2
+for f in "$image_id.raw" "$image_id.raw.zst" "$image_id.tar.zst"; do
+  printf '  %-28s %6d MiB (%d MiB allocated)\n' "$f" "$(( $(stat -c %s "$out/$f") >> 20 ))" "$(( $(du -k "$out/$f" | cut -f1) >> 10 ))" >&2
 done
 printf '  tree: %d MiB in the tar\n' "$(( $(stat -c %s "$tarfile") >> 20 ))" >&2

@@ -15,3 +15,13 @@ if [ "$which" = all ] || [ "$which" = image ]; then
   go build -o bin/imagewrite-bench ./test/bench/imagewrite
   bin/imagewrite-bench -runs "${BENCH_RUNS:-3}"
 fi
+if [ "$which" = all ] || [ "$which" = fwapply ]; then
+  echo "== firewall: compile + apply vs nft -f of the same ruleset text, and the anchor's nft -c -f + nft -f"
+  go build -o bin/fwapply-bench ./test/bench/fwapply
+  bin/fwapply-bench -runs "${BENCH_RUNS:-3}" ${BENCH_FW_SIZES:+-policies "$BENCH_FW_SIZES"}
+fi
+if [ "$which" = all ] || [ "$which" = fwconn ]; then
+  echo "== firewall: new connections/s through the fw namespace: no table vs conntrack only vs anvil with 10,000 CIDRs"
+  go build -o bin/fwconn-bench ./test/bench/fwconn
+  bin/fwconn-bench -runs "${BENCH_RUNS:-5}"
+fi

@@ -94,12 +94,17 @@ func (r *reconciler) update(u watch.Update) {
 	start := time.Now()
 	rs, invalid := compile.Compile(u.Snapshot, r.o.Config)
 	r.reportErrors(append(append([]error(nil), u.Errors...), invalid...))
+	var pending metrics.Pending
 	if m := r.o.Metrics; m != nil {
-		if err := m.Checkpoint(); err != nil {
+		var err error
+		if pending, err = m.Pending(); err != nil {
 			r.log.Warn("reading counters before the swap", "err", err)
 		}
 	}
 	changed, err := r.o.Applier.Apply(rs)
+	if m := r.o.Metrics; m != nil && changed && err == nil {
+		m.Fold(pending) // only a committed swap resets the counters
+	}
 	d := time.Since(start)
 	if err != nil {
 		r.log.Error("applying the ruleset failed; the kernel keeps the last good one", "err", err, "policies", len(u.Snapshot.Policies))

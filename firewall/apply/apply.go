@@ -5,7 +5,9 @@
 // in a single netlink batch, so the kernel either commits all of it or
 // nothing. The translation follows what nft(8) sends for the same ruleset
 // text (model.Render), so `nft list table` shows the same table either
-// way.
+// way. google/nftables encodes the batch; the applier sends it asking for
+// one acknowledgement instead of one per message (see batch_linux.go), and
+// a rejection names the rule or set the kernel refused.
 //
 // An Applier remembers the fingerprint of the last ruleset the kernel
 // accepted and sends nothing when asked to apply the same ruleset again
@@ -15,7 +17,8 @@
 // keeps treating it as the current one.
 //
 // Counters reads the per-rule counters back, summed by rule comment (the
-// compiler names each counted rule after its policies).
+// compiler names each counted rule after its policies); WithCarryCounters
+// keeps them running across applies.
 package apply
 
 import (
@@ -35,6 +38,7 @@ type options struct {
 	netns  int
 	hasNS  bool
 	logger *slog.Logger
+	carry  bool
 }
 
 // WithNetNS programs the network namespace the descriptor refers to
@@ -49,6 +53,18 @@ func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
 
+// WithCarryCounters makes every replacing batch start the new table's
+// counters at the old table's sums, by rule comment (the first counted
+// rule with a comment gets the sum), so that Counters never goes backwards
+// across applies while a comment persists. The old counters are read just
+// before the batch is sent; packets counted in between are lost. Without
+// it, each applied table starts at zero (and a reader such as
+// firewall/metrics must fold the old counters in itself, but only when a
+// batch actually committed).
+func WithCarryCounters() Option {
+	return func(o *options) { o.carry = true }
+}
+
 // Counter is the sum of the counters of the rules sharing one comment.
 type Counter struct {
 	Packets, Bytes uint64
@@ -56,8 +72,8 @@ type Counter struct {
 
 // Stats describes what an Applier has done so far.
 type Stats struct {
-	// Batches is the number of netlink batches sent (one Flush each),
-	// rejected ones included.
+	// Batches is the number of netlink batches sent (one transaction,
+	// one sendmsg each), rejected ones included.
 	Batches uint64
 	// Rejected counts batches that returned an error.
 	Rejected uint64

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/anvil-metal/anvil/firewall/model"
 )
@@ -105,32 +106,38 @@ func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 	if a.applied {
 		previous = a.table
 	}
-	p, err := translate(rs, previous)
+	var seeds map[string]Counter
+	if a.opts.carry && a.applied {
+		if seeds, err = a.readCounters(a.table); err != nil {
+			a.log.Warn("reading counters to carry over; the new table's start at zero", "table", a.table, "err", err)
+			seeds = nil
+		}
+	}
+	p, err := translate(rs, previous, seeds)
 	if err != nil {
 		return false, fmt.Errorf("apply table inet %s: %w", rs.Table, err)
 	}
-	c, err := a.conn(nftables.WithSockOptions(bufferSizes(p)))
+	batch, what, err := p.encode()
 	if err != nil {
-		return false, fmt.Errorf("apply table inet %s: nftables connection: %w", rs.Table, err)
-	}
-	if err := p.queue(c); err != nil {
 		return false, fmt.Errorf("apply table inet %s: %w", rs.Table, err)
 	}
+	nl, err := a.dialBatch(p)
+	if err != nil {
+		return false, fmt.Errorf("apply table inet %s: %w", rs.Table, err)
+	}
+	defer nl.Close()
 	built := time.Since(start)
 	a.stats.Batches++
-	a.stats.LastMessages, a.stats.LastBytes = p.messages+2, p.bytes
-	if err := c.Flush(); err != nil {
+	a.stats.LastMessages, a.stats.LastBytes = len(batch), p.bytes
+	if err := send(nl, batch, what); err != nil {
 		a.stats.Rejected++
-		// A kernel rejection arrives as an errno in the acks, and the
-		// transaction was aborted. Anything else (ENOBUFS: acks were
-		// lost) leaves the outcome unknown, so the next Apply sends its
-		// batch even if its ruleset is the last good one.
-		var errno syscall.Errno
-		if !errors.As(err, &errno) || errno == syscall.ENOBUFS {
+		if errors.Is(err, errUncertain) {
+			// The batch may have committed: send the next one whatever
+			// it holds.
 			a.uncertain = true
 		}
-		return false, fmt.Errorf("apply table inet %s (%d sets, %d chains, %d rules; %d netlink messages, %d bytes)%s: %w",
-			rs.Table, len(p.sets), len(p.chains), len(p.rules), p.messages+2, p.bytes, hint(err), err)
+		return false, fmt.Errorf("apply table inet %s (%d sets, %d chains, %d rules; %d netlink messages, %d bytes): %w",
+			rs.Table, len(p.sets), len(p.chains), len(p.rules), len(batch), p.bytes, err)
 	}
 	if repair {
 		a.stats.Repaired++
@@ -143,30 +150,8 @@ func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 		a.log.Warn("reading back the applied table", "table", rs.Table, "err", err)
 	}
 	a.log.Debug("nftables table applied", "table", rs.Table, "sets", len(p.sets), "chains", len(p.chains),
-		"rules", len(p.rules), "messages", p.messages+2, "bytes", p.bytes, "build", built, "took", time.Since(start))
+		"rules", len(p.rules), "messages", len(batch), "bytes", p.bytes, "build", built, "took", time.Since(start))
 	return true, nil
-}
-
-// hint names the usual cause of a kernel's rejection (the acks carry only
-// an errno, not which object failed).
-func hint(err error) string {
-	var errno syscall.Errno
-	if !errors.As(err, &errno) {
-		return ""
-	}
-	switch errno {
-	case syscall.ENOENT:
-		return ", rejected by the kernel: a jump, goto, verdict map element or lookup names a chain or set that does not exist"
-	case syscall.ELOOP, syscall.EMLINK:
-		return ", rejected by the kernel: jumps form a loop or nest deeper than 16 chains"
-	case syscall.EEXIST:
-		return ", rejected by the kernel: a duplicate name, or set elements that overlap"
-	case syscall.EOPNOTSUPP:
-		return ", rejected by the kernel: an expression, hook or set type this kernel does not support"
-	case syscall.ENOBUFS:
-		return ", acknowledgements lost: the outcome is unknown and the next apply resends"
-	}
-	return ", rejected by the kernel"
 }
 
 // drift reports why the applied table no longer looks as it was left
@@ -202,29 +187,38 @@ func (a *Applier) listTable(name string) (*nftables.Table, error) {
 	return c.ListTableOfFamily(name, nftables.TableFamilyINet)
 }
 
-// bufferSizes sizes the socket for the batch: the whole batch goes out in
-// one sendmsg, which the kernel refuses beyond the send buffer, and the
-// kernel answers every message with an acknowledgement (a rejected one
-// with a copy of the message), which it drops — reporting ENOBUFS — when
-// they overflow the receive buffer. As root, SO_SNDBUFFORCE and
-// SO_RCVBUFFORCE lift the system limits, as nft does for large batches.
-func bufferSizes(p *plan) nftables.SockOption {
-	snd := p.bytes + p.bytes/4 + 1<<20
-	rcv := p.bytes + p.messages*ackTruesize + 1<<20
-	return func(c *netlink.Conn) error {
-		if err := c.SetWriteBuffer(snd); err != nil {
-			return fmt.Errorf("set send buffer to %d bytes: %w", snd, err)
-		}
-		if err := c.SetReadBuffer(rcv); err != nil {
-			return fmt.Errorf("set receive buffer to %d bytes: %w", rcv, err)
-		}
-		return nil
+// dialBatch opens the netlink socket for one batch, its buffers sized for
+// it: the whole batch goes out in one sendmsg, which the kernel refuses
+// beyond the send buffer, and each refused message comes back with a copy
+// of it, which the kernel drops — reporting ENOBUFS — beyond the receive
+// buffer. As root, SO_SNDBUFFORCE and SO_RCVBUFFORCE lift the system
+// limits, as nft does for large batches.
+func (a *Applier) dialBatch(p *plan) (*netlink.Conn, error) {
+	cfg := &netlink.Config{}
+	if a.opts.hasNS {
+		cfg.NetNS = a.opts.netns
 	}
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	snd := p.bytes + p.bytes/4 + 1<<20
+	rcv := p.bytes + p.messages*errTruesize + 1<<20
+	if err := c.SetWriteBuffer(snd); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("set the netlink send buffer to %d bytes: %w", snd, err)
+	}
+	if err := c.SetReadBuffer(rcv); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("set the netlink receive buffer to %d bytes: %w", rcv, err)
+	}
+	return c, nil
 }
 
-// ackTruesize is what one acknowledgement costs in the receive buffer (the
-// kernel accounts the whole socket buffer, not the 36 bytes of message).
-const ackTruesize = 1024
+// errTruesize is what one error message costs in the receive buffer
+// beyond the copy of the refused message (the kernel accounts the socket
+// buffer, not the message).
+const errTruesize = 1024
 
 // PacketCounts is Counters reduced to packets per comment (the shape
 // firewall/app and firewall/metrics read).

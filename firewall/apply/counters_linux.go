@@ -11,7 +11,8 @@ import (
 
 // Counters reads the counters of every rule in the applied table and sums
 // them by rule comment; rules without a comment or a counter are left
-// out. A newly applied table starts its counters at zero.
+// out. A newly applied table starts its counters at zero, or, with
+// WithCarryCounters, at the sums of the table it replaced.
 //
 // It asks for the whole table in one rule dump (google/nftables' GetRules
 // dumps one chain per request and decodes every expression), read in large
@@ -26,6 +27,10 @@ func (a *Applier) Counters() (map[string]Counter, error) {
 	if !applied {
 		return nil, ErrNotApplied
 	}
+	return a.readCounters(table)
+}
+
+func (a *Applier) readCounters(table string) (map[string]Counter, error) {
 	cfg := &netlink.Config{}
 	if a.opts.hasNS {
 		cfg.NetNS = a.opts.netns

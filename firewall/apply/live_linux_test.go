@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -339,17 +340,26 @@ func TestAtomicity(t *testing.T) {
 		}
 	}
 	for _, bad := range []struct {
-		name string
-		rs   model.Ruleset
-	}{{"jump to a missing chain", missing}, {"jump loop", loop}, {"overlapping interval", overlap}} {
+		name  string
+		rs    model.Ruleset
+		errno syscall.Errno
+		what  string // the object the error must name
+	}{
+		{"jump to a missing chain", missing, syscall.ENOENT, "chain eg_b rules[3]"},
+		{"jump loop", loop, syscall.EMLINK, "chain eg_b rules[3]"},
+		{"overlapping interval", overlap, syscall.EEXIST, "elements of set peers4"},
+	} {
 		t.Run(bad.name, func(t *testing.T) {
 			batches := ap.Stats().Batches
 			changed, err := ap.Apply(bad.rs)
 			if err == nil || changed {
 				t.Fatalf("Apply: changed %v, err %v; want a kernel error", changed, err)
 			}
-			if errors.Is(err, ErrInvalid) {
-				t.Fatalf("rejected before the kernel saw it: %v", err)
+			if !errors.Is(err, ErrRejected) || errors.Is(err, ErrInvalid) {
+				t.Fatalf("want a kernel rejection, got %v", err)
+			}
+			if !errors.Is(err, bad.errno) || !strings.Contains(err.Error(), bad.what) {
+				t.Errorf("error %q: want %v naming %q", err, bad.errno, bad.what)
 			}
 			t.Logf("kernel error: %v", err)
 			if ap.Stats().Batches != batches+1 {
@@ -629,5 +639,76 @@ func largeRuleset(n4, n6, nc int) model.Ruleset {
 			{Lookups: []model.Lookup{lookup("big6", model.DstAddr)}, Counter: true, Verdict: verdict(model.Accept), Comment: "big6"},
 			{Lookups: []model.Lookup{{Fields: fieldsDstPP, Set: "bigc"}}, Counter: true, Verdict: verdict(model.Accept), Comment: "bigc"},
 		}}},
+	}
+}
+
+// TestCarryCounters re-applies a changed ruleset: with WithCarryCounters
+// the counters continue from the old table's sums; without, they restart.
+func TestCarryCounters(t *testing.T) {
+	requireRoot(t)
+	for _, carry := range []bool{true, false} {
+		ns := newNS(t)
+		opts := []Option{WithNetNS(ns.FD)}
+		if carry {
+			opts = append(opts, WithCarryCounters())
+		}
+		ap, err := New(opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := func(extra bool) model.Ruleset {
+			rules := []model.Rule{
+				{Lookups: []model.Lookup{lookup("pp", model.L4Proto, model.DstPort)}, Counter: true, Comment: "ns/udp"},
+				{Lookups: []model.Lookup{lookup("pp", model.L4Proto, model.DstPort)}, Counter: true, Comment: "ns/udp"},
+			}
+			if extra {
+				rules = append([]model.Rule{{Counter: true, Comment: "ns/new"}}, rules...)
+			}
+			return model.Ruleset{Table: "anvil",
+				Sets:   []model.Set{{Name: "pp", Key: keyProtoPort, Interval: true, Elements: []model.Element{{Proto: model.ProtoUDP, Port: ports(9005, 9005)}}}},
+				Chains: []model.Chain{{Name: "out", Hook: &model.Hook{Type: "filter", Hook: "output", Policy: model.Accept}, Rules: rules}},
+			}
+		}
+		if _, err := ap.Apply(rs(false)); err != nil {
+			t.Fatal(err)
+		}
+		var rx net.PacketConn
+		send := func(n int) {
+			inNS(t, ns, func() {
+				if rx == nil {
+					if rx, err = net.ListenPacket("udp4", "127.0.0.1:9005"); err != nil {
+						t.Fatal(err)
+					}
+				}
+				c, err := net.Dial("udp4", "127.0.0.1:9005")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				for range n {
+					if _, err := c.Write([]byte("x")); err != nil {
+						t.Fatal(err)
+					}
+				}
+			})
+		}
+		send(5) // two rules count each packet: 10
+		if changed, err := ap.Apply(rs(true)); err != nil || !changed {
+			t.Fatalf("re-Apply: %v, %v", changed, err)
+		}
+		send(2) // 10 carried (or not) + 4
+		got, err := ap.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(4)
+		if carry {
+			want = 14
+		}
+		if got["ns/udp"].Packets != want || got["ns/new"].Packets != 2 {
+			t.Errorf("carry %v: counters %v, want ns/udp %d packets, ns/new 2", carry, got, want)
+		}
+		rx.Close()
+		ap.Close()
 	}
 }

@@ -34,6 +34,8 @@ type plan struct {
 	sets   []planSet
 	chains []*nftables.Chain
 	rules  []*nftables.Rule
+	// ruleNames says where each rule comes from ("chain x rules[2]").
+	ruleNames []string
 
 	messages int // netlink messages, batch begin/end excluded
 	bytes    int // approximate size of the batch
@@ -46,40 +48,50 @@ type planSet struct {
 
 // queue adds the plan's messages to c in nft's order: the table replace
 // (add, delete, add — valid whether the table exists or not), the chains,
-// the sets with their elements, then the rules; nothing is sent until
-// c.Flush.
-func (p *plan) queue(c *nftables.Conn) error {
+// the sets with their elements, then the rules. It returns what each
+// message creates, in order, for error messages.
+func (p *plan) queue(c *nftables.Conn) ([]string, error) {
+	var what []string
+	table := "table inet " + p.table.Name
 	if p.drop != "" {
 		old := &nftables.Table{Name: p.drop, Family: nftables.TableFamilyINet}
 		c.AddTable(old)
 		c.DelTable(old)
+		what = append(what, "replaced table inet "+p.drop, "replaced table inet "+p.drop)
 	}
 	c.AddTable(p.table)
 	c.DelTable(p.table)
 	c.AddTable(p.table)
+	what = append(what, table, table, table)
 	// Chains before sets: verdict map elements name chains.
 	for _, ch := range p.chains {
 		c.AddChain(ch)
+		what = append(what, "chain "+ch.Name)
 	}
 	for _, s := range p.sets {
 		if err := c.AddSet(s.set, nil); err != nil {
-			return fmt.Errorf("set %s: %w", s.set.Name, err)
+			return nil, fmt.Errorf("set %s: %w", s.set.Name, err)
 		}
-		for _, chunk := range s.chunks {
+		what = append(what, "set "+s.set.Name)
+		for i, chunk := range s.chunks {
 			if err := c.SetAddElements(s.set, chunk); err != nil {
-				return fmt.Errorf("set %s elements: %w", s.set.Name, err)
+				return nil, fmt.Errorf("set %s elements: %w", s.set.Name, err)
 			}
+			what = append(what, fmt.Sprintf("elements of set %s (message %d of %d)", s.set.Name, i+1, len(s.chunks)))
 		}
 	}
-	for _, r := range p.rules {
+	for i, r := range p.rules {
 		c.AddRule(r)
+		what = append(what, p.ruleNames[i])
 	}
-	return nil
+	return what, nil
 }
 
 // translate builds the plan for rs. previous is the name of the table
-// applied before (replaced as well when it differs from rs.Table).
-func translate(rs model.Ruleset, previous string) (*plan, error) {
+// applied before (replaced as well when it differs from rs.Table). seeds,
+// when not nil, are initial counter values by comment, given to the first
+// counted rule with that comment.
+func translate(rs model.Ruleset, previous string, seeds map[string]Counter) (*plan, error) {
 	if rs.Table == "" {
 		return nil, fmt.Errorf("%w: no table name", ErrInvalid)
 	}
@@ -132,21 +144,25 @@ func translate(rs model.Ruleset, previous string) (*plan, error) {
 		p.messages++
 		p.bytes += 128 + len(c.Name)
 	}
-	t := ruleTranslator{sets: sets, ids: setIDs}
+	t := ruleTranslator{sets: sets, ids: setIDs, seeds: map[string]Counter{}}
+	for k, v := range seeds {
+		t.seeds[k] = v
+	}
 	for _, c := range rs.Chains {
 		for i, r := range c.Rules {
 			exprs, size, err := t.rule(r)
 			if err != nil {
-				return nil, fmt.Errorf("chain %s rule %d: %w", c.Name, i, err)
+				return nil, fmt.Errorf("chain %s rules[%d]: %w", c.Name, i, err)
 			}
 			nr := &nftables.Rule{Table: p.table, Chain: chains[c.Name], Exprs: exprs}
 			if r.Comment != "" {
 				if len(r.Comment) > maxComment {
-					return nil, fmt.Errorf("%w: chain %s rule %d: comment of %d bytes (at most %d)", ErrInvalid, c.Name, i, len(r.Comment), maxComment)
+					return nil, fmt.Errorf("%w: chain %s rules[%d]: comment of %d bytes (at most %d)", ErrInvalid, c.Name, i, len(r.Comment), maxComment)
 				}
 				nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.Comment)
 			}
 			p.rules = append(p.rules, nr)
+			p.ruleNames = append(p.ruleNames, fmt.Sprintf("chain %s rules[%d]", c.Name, i))
 			p.messages++
 			p.bytes += 64 + len(c.Name) + size + len(nr.UserData)
 		}
@@ -291,14 +307,15 @@ func policyRef(p nftables.ChainPolicy) *nftables.ChainPolicy { return &p }
 var nfproto = map[model.Family]byte{model.IPv4: unix.NFPROTO_IPV4, model.IPv6: unix.NFPROTO_IPV6}
 
 type ruleTranslator struct {
-	sets map[string]*model.Set
-	ids  map[string]uint32
+	sets  map[string]*model.Set
+	ids   map[string]uint32
+	seeds map[string]Counter // consumed: each seed goes to one rule
 }
 
 // rule translates one rule into expressions, in nft's order: the matches
 // (meta nfproto, iifname, oifname, ct state, lookups), then counter, limit
 // and log, then the verdict. It returns an estimate of the encoded size.
-func (t ruleTranslator) rule(r model.Rule) ([]expr.Any, int, error) {
+func (t *ruleTranslator) rule(r model.Rule) ([]expr.Any, int, error) {
 	var x []expr.Any
 	size := 0
 	add := func(n int, e ...expr.Any) {
@@ -394,7 +411,12 @@ func (t ruleTranslator) rule(r model.Rule) ([]expr.Any, int, error) {
 		add(64+len(l.Set), &expr.Lookup{SourceRegister: lp.Regs[0], SetName: l.Set, SetID: t.ids[l.Set], Invert: l.Negate})
 	}
 	if r.Counter {
-		add(48, &expr.Counter{})
+		ctr := &expr.Counter{}
+		if seed, ok := t.seeds[r.Comment]; ok && r.Comment != "" {
+			ctr.Packets, ctr.Bytes = seed.Packets, seed.Bytes
+			delete(t.seeds, r.Comment)
+		}
+		add(48, ctr)
 	}
 	if r.Log != nil {
 		if r.Verdict.Kind != model.None {

@@ -31,7 +31,7 @@ type Metrics struct {
 	owners map[string]model.Owner
 	read   CounterReader
 	// Totals of rulesets replaced since start: a new table's counters
-	// start at zero, so Checkpoint folds the old ones in first.
+	// start at zero, so the old ones are folded in (Pending, Fold).
 	basePolicy map[model.PolicyRef][2]uint64
 	baseOther  map[string][2]uint64
 }
@@ -85,32 +85,46 @@ func (m *Metrics) Result(d time.Duration, changed bool, err error, invalid int, 
 	m.lastApplied.Set(float64(at.UnixNano()) / 1e9)
 }
 
-// Checkpoint reads the counters of the ruleset about to be replaced and
-// keeps their totals, so the exported counters never go backwards.
-// Packets counted between this read and the swap are lost (microseconds).
-func (m *Metrics) Checkpoint() error {
+// Pending reads the counters of the ruleset now in the kernel, attributed
+// to policies; Fold adds such a reading to the totals once that ruleset
+// has been replaced (a new table's counters start at zero), so exported
+// counters never go backwards. Packets counted between the read and the
+// swap are lost (microseconds).
+type Pending struct {
+	policy map[model.PolicyRef][2]uint64
+	other  map[string][2]uint64
+}
+
+// Pending reads the current counters without folding them.
+func (m *Metrics) Pending() (Pending, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.read == nil {
-		return nil
+		return Pending{}, nil
 	}
 	counts, err := m.read()
 	if err != nil {
-		return err
+		return Pending{}, err
 	}
 	pp, other := Attribute(m.owners, counts)
+	return Pending{pp, other}, nil
+}
+
+// Fold adds a reading taken before a swap to the totals.
+func (m *Metrics) Fold(p Pending) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.basePolicy == nil {
 		m.basePolicy, m.baseOther = map[model.PolicyRef][2]uint64{}, map[string][2]uint64{}
 	}
-	for k, v := range pp {
+	for k, v := range p.policy {
 		b := m.basePolicy[k]
 		m.basePolicy[k] = [2]uint64{b[0] + v[0], b[1] + v[1]}
 	}
-	for k, v := range other {
+	for k, v := range p.other {
 		b := m.baseOther[k]
 		m.baseOther[k] = [2]uint64{b[0] + v[0], b[1] + v[1]}
 	}
-	return nil
 }
 
 // Totals returns packets per policy ([0] accepted, [1] dropped) and per

@@ -10,6 +10,10 @@ import (
 // Render prints the table in nft(8) syntax, deterministically: the same
 // Ruleset always gives the same bytes.
 func Render(rs Ruleset) string {
+	fams := make(map[string]Family, len(rs.Sets))
+	for _, s := range rs.Sets {
+		fams[s.Name] = s.Family
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {\n", rs.Table)
 	for _, s := range rs.Sets {
@@ -22,7 +26,7 @@ func Render(rs Ruleset) string {
 		}
 		for _, r := range c.Rules {
 			b.WriteString("\t\t")
-			b.WriteString(RenderRule(rs, r))
+			b.WriteString(renderRule(fams, r))
 			b.WriteByte('\n')
 		}
 		b.WriteString("\t}\n")
@@ -100,7 +104,7 @@ func renderElement(s Set, e Element) string {
 	}
 	out := strings.Join(parts, " . ")
 	if s.Verdicts {
-		out += " : " + renderVerdict(Ruleset{}, e.Verdict)
+		out += " : " + renderVerdict(nil, e.Verdict)
 	}
 	return out
 }
@@ -159,6 +163,14 @@ func ProtoName(p uint8) string {
 // RenderRule prints one rule as nft would accept it; rs supplies the
 // families of the sets the rule looks up.
 func RenderRule(rs Ruleset, r Rule) string {
+	fams := make(map[string]Family, len(rs.Sets))
+	for _, s := range rs.Sets {
+		fams[s.Name] = s.Family
+	}
+	return renderRule(fams, r)
+}
+
+func renderRule(fams map[string]Family, r Rule) string {
 	var w []string
 	if r.Family != FamilyAny {
 		w = append(w, "meta nfproto "+map[Family]string{IPv4: "ipv4", IPv6: "ipv6"}[r.Family])
@@ -177,7 +189,7 @@ func RenderRule(rs Ruleset, r Rule) string {
 		if l.Negate {
 			op = "!= @"
 		}
-		w = append(w, lookupFields(rs, l)+" "+op+l.Set)
+		w = append(w, lookupFields(fams, l)+" "+op+l.Set)
 	}
 	if r.Counter {
 		w = append(w, "counter")
@@ -185,7 +197,7 @@ func RenderRule(rs Ruleset, r Rule) string {
 	if r.Log != nil {
 		w = append(w, fmt.Sprintf("limit rate %d/second burst %d packets log prefix %q", r.Log.Rate, r.Log.Burst, r.Log.Prefix))
 	}
-	if v := renderVerdict(rs, r.Verdict); v != "" {
+	if v := renderVerdict(fams, r.Verdict); v != "" {
 		w = append(w, v)
 	}
 	if r.Comment != "" {
@@ -224,8 +236,8 @@ func SetFamily(rs Ruleset, name string) Family {
 	return FamilyAny
 }
 
-func lookupFields(rs Ruleset, l Lookup) string {
-	fam := SetFamily(rs, l.Set)
+func lookupFields(fams map[string]Family, l Lookup) string {
+	fam := fams[l.Set]
 	parts := make([]string, len(l.Fields))
 	for i, f := range l.Fields {
 		switch f {
@@ -256,7 +268,7 @@ func verdictWord(k VerdictKind) string {
 	return ""
 }
 
-func renderVerdict(rs Ruleset, v Verdict) string {
+func renderVerdict(fams map[string]Family, v Verdict) string {
 	switch v.Kind {
 	case Accept, Drop, Return:
 		return verdictWord(v.Kind)
@@ -268,7 +280,7 @@ func renderVerdict(rs Ruleset, v Verdict) string {
 		if v.Map == nil {
 			return "vmap <nil>"
 		}
-		return lookupFields(rs, *v.Map) + " vmap @" + v.Map.Set
+		return lookupFields(fams, *v.Map) + " vmap @" + v.Map.Set
 	case Masquerade:
 		return "masquerade"
 	case SNAT:

@@ -77,6 +77,7 @@ type result struct {
 	compile, apply, total           time.Duration
 	applyUser, applySys             time.Duration // CPU of the apply runs' median: the Go side and the kernel's
 	nft, nftCPU, anchor, anchorHalf time.Duration
+	counters                        time.Duration // Applier.Counters: one rule dump of the table
 	messages, batchKiB              int
 }
 
@@ -166,7 +167,7 @@ func measureSize(sz size, runs int, warmup bool, cfg config.Config, dir, nftBin 
 	if warmup {
 		first = 0
 	}
-	var comp, app, tot, user, sys []time.Duration
+	var comp, app, tot, user, sys, ctrs []time.Duration
 	var last apply.Stats
 	var stopProf func()
 	for i := first; i <= runs; i++ {
@@ -180,19 +181,20 @@ func measureSize(sz size, runs int, warmup bool, cfg config.Config, dir, nftBin 
 			}
 			stopProf = func() { pprof.StopCPUProfile(); f.Close() }
 		}
-		c, a, u, s, st, err := anvilRun(snap, cfg, anvilNS)
+		c, a, u, s, rd, st, err := anvilRun(snap, cfg, anvilNS)
 		if err != nil {
 			return r, err
 		}
 		if i > 0 {
 			comp, app, tot, user, sys = append(comp, c), append(app, a), append(tot, c+a), append(user, u), append(sys, s)
+			ctrs = append(ctrs, rd)
 			last = st
 		}
 	}
 	if stopProf != nil {
 		stopProf()
 	}
-	r.compile, r.apply, r.total = median(comp), median(app), median(tot)
+	r.compile, r.apply, r.total, r.counters = median(comp), median(app), median(tot), median(ctrs)
 	mi := medianIndex(app)
 	r.applyUser, r.applySys = user[mi], sys[mi]
 	r.messages, r.batchKiB = last.LastMessages, last.LastBytes>>10
@@ -240,7 +242,7 @@ func measureSize(sz size, runs int, warmup bool, cfg config.Config, dir, nftBin 
 // anvilRun times one compile and one apply (with the CPU time the apply
 // took in user space and in the kernel, which processes the batch inside
 // sendmsg).
-func anvilRun(snap cluster.Snapshot, cfg config.Config, ns *namedNS) (comp, app, user, sys time.Duration, st apply.Stats, err error) {
+func anvilRun(snap cluster.Snapshot, cfg config.Config, ns *namedNS) (comp, app, user, sys, counters time.Duration, st apply.Stats, err error) {
 	ap, err := apply.New(apply.WithNetNS(int(ns.h)))
 	if err != nil {
 		return
@@ -262,7 +264,15 @@ func anvilRun(snap cluster.Snapshot, cfg config.Config, ns *namedNS) (comp, app,
 	if err == nil && !changed {
 		err = fmt.Errorf("apply sent nothing")
 	}
-	return t1.Sub(t0), t3.Sub(t2), u1 - u0, s1 - s0, ap.Stats(), err
+	if err != nil {
+		return
+	}
+	// What a metrics scrape costs: reading every rule's counter.
+	t4 := time.Now()
+	if _, err = ap.Counters(); err != nil {
+		return
+	}
+	return t1.Sub(t0), t3.Sub(t2), u1 - u0, s1 - s0, time.Since(t4), ap.Stats(), nil
 }
 
 func cpuTimes() (user, sys time.Duration) {
@@ -285,8 +295,8 @@ func report(rs []result) {
 	}
 	fmt.Println("\ntimes in ms; anchor = nft -c -f then nft -f (two passes); ratios > 1: anvil is faster")
 	for _, r := range rs {
-		fmt.Printf("%d policies, %d CIDRs: batch %d KiB; nft -f CPU %s ms; anchor's nft -c pass alone %s ms\n",
-			r.policies, r.cidrs, r.batchKiB, ms(r.nftCPU), ms(r.anchorHalf))
+		fmt.Printf("%d policies, %d CIDRs: batch %d KiB; nft -f CPU %s ms; anchor's nft -c pass alone %s ms; reading all counters %s ms\n",
+			r.policies, r.cidrs, r.batchKiB, ms(r.nftCPU), ms(r.anchorHalf), ms(r.counters))
 	}
 	for _, r := range rs {
 		if r.cidrs >= 10000 && r.cidrs <= 10000*11/10 {

@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
@@ -15,13 +14,11 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/anvil-metal/anvil/firewall/cluster"
 	"github.com/anvil-metal/anvil/firewall/compile"
 	"github.com/anvil-metal/anvil/firewall/config"
+	"github.com/anvil-metal/anvil/firewall/internal/policygen"
 	"github.com/anvil-metal/anvil/firewall/model"
 )
 
@@ -274,42 +271,15 @@ func loadCase(t *testing.T, path string) (cluster.Snapshot, config.Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.Defaults()
-	if first, _, _ := strings.Cut(string(raw), "\n"); strings.HasPrefix(first, "# config: ") {
-		if err := json.Unmarshal([]byte(strings.TrimPrefix(first, "# config: ")), &cfg); err != nil {
-			t.Fatalf("%s: config line: %v", path, err)
-		}
+	s, cfg, err := policygen.Parse(string(raw))
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
-	var s cluster.Snapshot
-	for i, doc := range strings.Split(string(raw), "\n---\n") {
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatalf("%s doc %d: %v", path, i, err)
-		}
-		var err error
-		switch meta.Kind {
-		case "NetworkPolicy":
-			var o networkingv1.NetworkPolicy
-			err = yaml.Unmarshal([]byte(doc), &o)
-			s.Policies = append(s.Policies, o)
-		case "Pod":
-			var o corev1.Pod
-			err = yaml.Unmarshal([]byte(doc), &o)
-			s.Pods = append(s.Pods, o)
-		case "Namespace":
-			var o corev1.Namespace
-			err = yaml.Unmarshal([]byte(doc), &o)
-			s.Namespaces = append(s.Namespaces, o)
-		case "Service":
-			var o corev1.Service
-			err = yaml.Unmarshal([]byte(doc), &o)
-			s.Services = append(s.Services, o)
-		}
-		if err != nil {
-			t.Fatalf("%s doc %d: %v", path, i, err)
-		}
+	if cfg == nil {
+		c := config.Defaults()
+		cfg = &c
 	}
-	return s, cfg
+	return s, *cfg
 }
 
 func TestAtomicity(t *testing.T) {

@@ -136,6 +136,15 @@ func fingerprint(rs model.Ruleset) [sha256.Size]byte {
 			e.str(r.Oif.Name)
 			e.bool(r.Oif.Negate)
 			e.u32(uint32(r.CtState))
+			e.int(len(r.Matches))
+			for _, m := range r.Matches {
+				e.u8(uint8(m.Field))
+				e.addr(m.Addr.From)
+				e.addr(m.Addr.To)
+				e.u8(m.Proto)
+				e.u16(m.Port.From)
+				e.u16(m.Port.To)
+			}
 			e.int(len(r.Lookups))
 			for _, l := range r.Lookups {
 				e.lookup(l)

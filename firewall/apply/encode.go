@@ -367,3 +367,73 @@ func comment(ud []byte) (string, bool) {
 	}
 	return "", false
 }
+
+// matchPlan is how one inline Match is loaded and compared, the way nft
+// does it (checked with nft --debug=netlink): an address prefix that ends
+// on a byte boundary loads only its bytes and compares them; another
+// prefix loads the whole address, masks it and compares; any other range
+// compares with >= and <=; a single value compares for equality. The
+// protocol is meta l4proto, one byte.
+type matchPlan struct {
+	Family    model.Family // address matches: the packet family they need
+	Meta      bool         // meta l4proto instead of a payload load
+	Transport bool         // payload base: transport header, else network
+	Offset    uint32
+	Len       uint32
+	Mask      []byte // bitwise mask before the comparison, when set
+	Eq        []byte // compare for equality, when set
+	Lo, Hi    []byte // else compare >= Lo and <= Hi
+}
+
+func planMatch(m model.Match) (matchPlan, error) {
+	switch m.Field {
+	case model.SrcAddr, model.DstAddr:
+		from, to := m.Addr.From, m.Addr.To
+		if !from.IsValid() || !to.IsValid() || from.Is4() != to.Is4() || from.Is4In6() || to.Is4In6() || to.Less(from) {
+			return matchPlan{}, fmt.Errorf("%w: address match %v-%v", ErrInvalid, from, to)
+		}
+		p := matchPlan{Family: model.IPv4, Offset: 12, Len: 4}
+		if from.Is6() {
+			p.Family, p.Offset, p.Len = model.IPv6, 8, 16
+		}
+		if m.Field == model.DstAddr {
+			p.Offset += p.Len
+		}
+		a, b := from.AsSlice(), to.AsSlice()
+		if from == to {
+			p.Eq = a
+			return p, nil
+		}
+		if pfx, ok := model.AsPrefix(m.Addr); ok {
+			bits := pfx.Bits()
+			if bits%8 == 0 {
+				p.Len = uint32(bits / 8)
+				p.Eq = a[:bits/8]
+				return p, nil
+			}
+			mask := make([]byte, len(a))
+			for i := 0; i < bits; i++ {
+				mask[i/8] |= 0x80 >> (i % 8)
+			}
+			p.Mask, p.Eq = mask, a
+			return p, nil
+		}
+		p.Lo, p.Hi = a, b
+		return p, nil
+	case model.L4Proto:
+		return matchPlan{Meta: true, Len: 1, Eq: []byte{m.Proto}}, nil
+	case model.DstPort:
+		if m.Port.To < m.Port.From {
+			return matchPlan{}, fmt.Errorf("%w: port match %d-%d", ErrInvalid, m.Port.From, m.Port.To)
+		}
+		p := matchPlan{Transport: true, Offset: 2, Len: 2}
+		lo, hi := binary.BigEndian.AppendUint16(nil, m.Port.From), binary.BigEndian.AppendUint16(nil, m.Port.To)
+		if m.Port.From == m.Port.To {
+			p.Eq = lo
+		} else {
+			p.Lo, p.Hi = lo, hi
+		}
+		return p, nil
+	}
+	return matchPlan{}, fmt.Errorf("%w: match of unknown field %d", ErrInvalid, m.Field)
+}

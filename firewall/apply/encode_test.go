@@ -258,3 +258,70 @@ func TestPlanLookup(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanMatch checks each inline match against the expressions nft
+// v1.0.6 generates for the same text (nft --debug=netlink add rule ...).
+func TestPlanMatch(t *testing.T) {
+	a := netip.MustParseAddr
+	rng := func(from, to string) model.AddrRange { return model.AddrRange{From: a(from), To: a(to)} }
+	h := func(s string) []byte {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		nft  string
+		m    model.Match
+		want matchPlan
+	}{
+		// [ payload load 3b @ network header + 16 => reg 1 ] [ cmp eq reg 1 0x0000000a ]
+		{"ip daddr 10.0.0.0/24", model.Match{Field: model.DstAddr, Addr: rng("10.0.0.0", "10.0.0.255")},
+			matchPlan{Family: model.IPv4, Offset: 16, Len: 3, Eq: h("0a0000")}},
+		// [ payload load 4b @ network header + 16 ] [ bitwise reg 1 = ( reg 1 & 0xf0ffffff ) ^ 0 ] [ cmp eq reg 1 0x1000000a ]
+		{"ip daddr 10.0.0.16/28", model.Match{Field: model.DstAddr, Addr: rng("10.0.0.16", "10.0.0.31")},
+			matchPlan{Family: model.IPv4, Offset: 16, Len: 4, Mask: h("fffffff0"), Eq: h("0a000010")}},
+		// [ payload load 4b @ network header + 16 ] [ cmp gte reg 1 0x0500000a ] [ cmp lte reg 1 0x0900000a ]
+		{"ip daddr 10.0.0.5-10.0.0.9", model.Match{Field: model.DstAddr, Addr: rng("10.0.0.5", "10.0.0.9")},
+			matchPlan{Family: model.IPv4, Offset: 16, Len: 4, Lo: h("0a000005"), Hi: h("0a000009")}},
+		// [ payload load 4b @ network header + 12 ] [ cmp eq reg 1 0x0500000a ]
+		{"ip saddr 10.0.0.5", model.Match{Field: model.SrcAddr, Addr: rng("10.0.0.5", "10.0.0.5")},
+			matchPlan{Family: model.IPv4, Offset: 12, Len: 4, Eq: h("0a000005")}},
+		// [ payload load 6b @ network header + 24 ] [ cmp eq reg 1 0xb80d0120 0x00000100 ]
+		{"ip6 daddr 2001:db8:1::/48", model.Match{Field: model.DstAddr, Addr: rng("2001:db8:1::", "2001:db8:1:ffff:ffff:ffff:ffff:ffff")},
+			matchPlan{Family: model.IPv6, Offset: 24, Len: 6, Eq: h("20010db80001")}},
+		// [ payload load 16b @ network header + 8 ] [ bitwise ... & 0xffffffff 0x0000feff 0 0 ] [ cmp eq ... ]
+		{"ip6 saddr 2001:db8::/47", model.Match{Field: model.SrcAddr, Addr: rng("2001:db8::", "2001:db8:1:ffff:ffff:ffff:ffff:ffff")},
+			matchPlan{Family: model.IPv6, Offset: 8, Len: 16, Mask: h("fffffffffffe00000000000000000000"), Eq: h("20010db8000000000000000000000000")}},
+		// [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ]
+		{"meta l4proto tcp", model.Match{Field: model.L4Proto, Proto: model.ProtoTCP}, matchPlan{Meta: true, Len: 1, Eq: []byte{6}}},
+		// [ payload load 2b @ transport header + 2 ] [ cmp eq reg 1 0x0000bb01 ]
+		{"th dport 443", model.Match{Field: model.DstPort, Port: model.PortRange{From: 443, To: 443}},
+			matchPlan{Transport: true, Offset: 2, Len: 2, Eq: h("01bb")}},
+		// [ cmp gte reg 1 0x0000b80b ] [ cmp lte reg 1 0x0000c20b ]
+		{"th dport 3000-3010", model.Match{Field: model.DstPort, Port: model.PortRange{From: 3000, To: 3010}},
+			matchPlan{Transport: true, Offset: 2, Len: 2, Lo: h("0bb8"), Hi: h("0bc2")}},
+	} {
+		got, err := planMatch(tc.m)
+		if err != nil {
+			t.Errorf("%s: %v", tc.nft, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s:\n got %+v\nwant %+v", tc.nft, got, tc.want)
+		}
+	}
+	for _, m := range []model.Match{
+		{Field: model.DstAddr},
+		{Field: model.DstAddr, Addr: rng("10.0.0.9", "10.0.0.5")},
+		{Field: model.DstAddr, Addr: rng("10.0.0.1", "2001:db8::1")},
+		{Field: model.SrcAddr, Addr: rng("::ffff:10.0.0.1", "::ffff:10.0.0.1")},
+		{Field: model.DstPort, Port: model.PortRange{From: 9, To: 1}},
+		{Field: 99},
+	} {
+		if _, err := planMatch(m); !errors.Is(err, ErrInvalid) {
+			t.Errorf("planMatch(%+v): err %v, want ErrInvalid", m, err)
+		}
+	}
+}

@@ -21,7 +21,9 @@ func full() model.Ruleset {
 				Proto: 6, Port: model.PortRange{From: 1, To: 2}, Verdict: v}}}},
 		Chains: []model.Chain{{Name: "c", Hook: &model.Hook{Type: "filter", Hook: "forward", Priority: 1, Policy: model.Drop},
 			Rules: []model.Rule{{Family: model.IPv4, Iif: model.IfMatch{Name: "a", Negate: true}, Oif: model.IfMatch{Name: "b", Negate: true},
-				CtState: model.CtNew, Lookups: []model.Lookup{lk}, Counter: true, Log: &model.Log{Prefix: "p", Rate: 1, Burst: 2},
+				CtState: model.CtNew, Matches: []model.Match{{Field: model.DstAddr, Addr: model.AddrRange{From: netip.MustParseAddr("10.0.0.1"), To: netip.MustParseAddr("10.0.0.9")},
+					Proto: 6, Port: model.PortRange{From: 1, To: 2}}},
+				Lookups: []model.Lookup{lk}, Counter: true, Log: &model.Log{Prefix: "p", Rate: 1, Burst: 2},
 				Verdict: v, Comment: "x"}}}},
 		Owners: map[string]model.Owner{"x": {Accept: true}},
 	}

@@ -2,6 +2,7 @@ package apply
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -177,6 +178,18 @@ func realistic(table string) model.Ruleset {
 				{Lookups: []model.Lookup{{Fields: fieldsDstPP, Set: "named6"}}, Counter: true, Verdict: verdict(model.Accept), Comment: "shop/b"},
 				{Lookups: []model.Lookup{{Fields: []model.Field{model.DstAddr}, Set: "peers4", Negate: true}}, Verdict: verdict(model.Return)},
 				{Lookups: []model.Lookup{lookup("protos", model.L4Proto), lookup("svc", model.DstPort)}, Counter: true, Verdict: verdict(model.Accept), Comment: "shop/b"},
+				// Inline matches, one of each encoding nft uses: a prefix on
+				// a byte boundary (shorter load), another prefix (mask), a
+				// range (>=, <=), one address, IPv6, protocol, port and
+				// port range, and an inline match before a lookup.
+				{Matches: []model.Match{{Field: model.DstAddr, Addr: prefix("10.20.0.0/16")}, {Field: model.L4Proto, Proto: model.ProtoTCP},
+					{Field: model.DstPort, Port: ports(443, 443)}}, Counter: true, Verdict: verdict(model.Accept), Comment: "shop/b"},
+				{Matches: []model.Match{{Field: model.SrcAddr, Addr: prefix("10.21.16.0/20")}, {Field: model.DstAddr, Addr: model.AddrRange{From: addr("10.22.0.5"), To: addr("10.22.0.9")}}},
+					Counter: true, Verdict: verdict(model.Accept), Comment: "shop/b"},
+				{Family: model.IPv4, Matches: []model.Match{{Field: model.DstAddr, Addr: one("10.23.0.1")}, {Field: model.L4Proto, Proto: model.ProtoSCTP},
+					{Field: model.DstPort, Port: ports(3000, 3010)}}, Lookups: []model.Lookup{lookup("peers4", model.SrcAddr)}, Counter: true, Verdict: verdict(model.Accept), Comment: "shop/b"},
+				{Matches: []model.Match{{Field: model.DstAddr, Addr: prefix("2001:db8:1::/48")}, {Field: model.SrcAddr, Addr: prefix("2001:db8::/47")},
+					{Field: model.L4Proto, Proto: model.ProtoUDP}}, Counter: true, Verdict: verdict(model.Accept), Comment: "shop/b"},
 			}},
 		},
 	}
@@ -303,6 +316,7 @@ func TestAtomicity(t *testing.T) {
 			loop.Chains[i].Rules = append(loop.Chains[i].Rules, model.Rule{Verdict: jump("egress_g1")}) // egress_g1 → eg_b → egress_g1
 		}
 	}
+	appended := fmt.Sprintf("chain eg_b rules[%d]", len(good.Chains[len(good.Chains)-1].Rules))
 	overlap := realistic("anvil")
 	for i := range overlap.Sets {
 		if overlap.Sets[i].Name == "peers4" {
@@ -315,8 +329,8 @@ func TestAtomicity(t *testing.T) {
 		errno syscall.Errno
 		what  string // the object the error must name
 	}{
-		{"jump to a missing chain", missing, syscall.ENOENT, "chain eg_b rules[3]"},
-		{"jump loop", loop, syscall.EMLINK, "chain eg_b rules[3]"},
+		{"jump to a missing chain", missing, syscall.ENOENT, appended},
+		{"jump loop", loop, syscall.EMLINK, appended},
 		{"overlapping interval", overlap, syscall.EEXIST, "elements of set peers4"},
 	} {
 		t.Run(bad.name, func(t *testing.T) {
@@ -364,10 +378,20 @@ func TestInvalidSendsNothing(t *testing.T) {
 	requireRoot(t)
 	ns := newNS(t)
 	ap := newApplier(t, ns)
-	rs := realistic("anvil")
-	rs.Chains[0].Rules = append(rs.Chains[0].Rules, model.Rule{Lookups: []model.Lookup{lookup("no_such_set", model.DstAddr)}, Verdict: verdict(model.Drop)})
-	if _, err := ap.Apply(rs); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("err %v, want ErrInvalid", err)
+	for _, bad := range []model.Rule{
+		{Lookups: []model.Lookup{lookup("no_such_set", model.DstAddr)}, Verdict: verdict(model.Drop)},
+		// a port without a protocol that has ports
+		{Matches: []model.Match{{Field: model.DstPort, Port: ports(80, 80)}}, Verdict: verdict(model.Drop)},
+		{Matches: []model.Match{{Field: model.L4Proto, Proto: 1}, {Field: model.DstPort, Port: ports(80, 80)}}, Verdict: verdict(model.Drop)},
+		// an IPv6 address in a rule for IPv4 packets
+		{Family: model.IPv4, Matches: []model.Match{{Field: model.DstAddr, Addr: one("2001:db8::1")}}, Verdict: verdict(model.Drop)},
+		{Matches: []model.Match{{Field: model.DstAddr, Addr: one("10.0.0.1")}, {Field: model.SrcAddr, Addr: one("2001:db8::1")}}, Verdict: verdict(model.Drop)},
+	} {
+		rs := realistic("anvil")
+		rs.Chains[0].Rules = append(rs.Chains[0].Rules, bad)
+		if _, err := ap.Apply(rs); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: err %v, want ErrInvalid", model.RenderRule(rs, bad), err)
+		}
 	}
 	if s := ap.Stats(); s.Batches != 0 {
 		t.Errorf("%d batches sent for an untranslatable ruleset", s.Batches)

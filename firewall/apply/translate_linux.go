@@ -313,7 +313,7 @@ type ruleTranslator struct {
 }
 
 // rule translates one rule into expressions, in nft's order: the matches
-// (meta nfproto, iifname, oifname, ct state, lookups), then counter, limit
+// (meta nfproto, iifname, oifname, ct state, inline matches, lookups), then counter, limit
 // and log, then the verdict. It returns an estimate of the encoded size.
 func (t *ruleTranslator) rule(r model.Rule) ([]expr.Any, int, error) {
 	var x []expr.Any
@@ -357,19 +357,56 @@ func (t *ruleTranslator) rule(r model.Rule) ([]expr.Any, int, error) {
 				Mask: binaryutil.NativeEndian.PutUint32(uint32(r.CtState)), Xor: make([]byte, 4)},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)})
 	}
+	// needFamily adds the meta nfproto dependency of an address load.
+	needFamily := func(f model.Family, what string) error {
+		switch fam {
+		case model.FamilyAny:
+			add(64, nfprotoMatch(f)...)
+			fam = f
+		case f:
+		default:
+			return fmt.Errorf("%w: %s of %s addresses in a rule for %s packets", ErrInvalid, what, f, fam)
+		}
+		return nil
+	}
+	transport := false // an l4proto match of a protocol with ports came first
+	for _, m := range r.Matches {
+		mp, err := planMatch(m)
+		if err != nil {
+			return nil, 0, err
+		}
+		switch {
+		case mp.Meta:
+			add(48, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1})
+			transport = m.Proto == model.ProtoTCP || m.Proto == model.ProtoUDP || m.Proto == model.ProtoSCTP
+		case mp.Transport:
+			if !transport {
+				return nil, 0, fmt.Errorf("%w: port match without a preceding TCP, UDP or SCTP protocol match", ErrInvalid)
+			}
+			add(64, &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: mp.Offset, Len: mp.Len})
+		default:
+			if err := needFamily(mp.Family, "match"); err != nil {
+				return nil, 0, err
+			}
+			add(64, &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: mp.Offset, Len: mp.Len})
+		}
+		if mp.Mask != nil {
+			add(64, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: mp.Len, Mask: mp.Mask, Xor: make([]byte, mp.Len)})
+		}
+		if mp.Eq != nil {
+			add(48, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: mp.Eq})
+		} else {
+			add(96, &expr.Cmp{Op: expr.CmpOpGte, Register: reg1, Data: mp.Lo}, &expr.Cmp{Op: expr.CmpOpLte, Register: reg1, Data: mp.Hi})
+		}
+	}
 	load := func(l model.Lookup) (lookupPlan, error) {
 		lp, err := planLookup(t.sets, l)
 		if err != nil {
 			return lp, err
 		}
 		if lp.Family != model.FamilyAny {
-			switch fam {
-			case model.FamilyAny:
-				add(64, nfprotoMatch(lp.Family)...)
-				fam = lp.Family
-			case lp.Family:
-			default:
-				return lp, fmt.Errorf("%w: lookup of %s addresses in set %q in a rule for %s packets", ErrInvalid, lp.Family, l.Set, fam)
+			if err := needFamily(lp.Family, fmt.Sprintf("lookup in set %q", l.Set)); err != nil {
+				return lp, err
 			}
 		}
 		concatInterval := len(l.Fields) > 1 && lp.Set.Interval

@@ -85,12 +85,36 @@ func Compile(s cluster.Snapshot, cfg config.Config) (model.Ruleset, []error) {
 		c.loadBalancers(s.Services)
 	}
 	c.defaults()
-	sort.Slice(c.sets, func(i, j int) bool { return c.sets[i].Name < c.sets[j].Name })
-	rs := model.Ruleset{Table: cfg.Table, Sets: c.sets, Owners: c.owners}
+	rs := model.Ruleset{Table: cfg.Table, Owners: c.owners}
 	rs.Chains = append(rs.Chains, c.base...)
 	rs.Chains = append(rs.Chains, c.groupChains...)
 	rs.Chains = append(rs.Chains, c.policyChains...)
+	rs.Sets = orderSets(c.sets, rs.Chains)
 	return rs, errs
+}
+
+// orderSets puts the sets most looked up first, then by name: the kernel
+// finds a rule's set by walking the table's sets in the order they were
+// created, so this keeps the walks of a large ruleset short.
+func orderSets(sets []model.Set, chains []model.Chain) []model.Set {
+	uses := make(map[string]int, len(sets))
+	for _, c := range chains {
+		for _, r := range c.Rules {
+			for _, l := range r.Lookups {
+				uses[l.Set]++
+			}
+			if r.Verdict.Map != nil {
+				uses[r.Verdict.Map.Set]++
+			}
+		}
+	}
+	sort.Slice(sets, func(i, j int) bool {
+		if ui, uj := uses[sets[i].Name], uses[sets[j].Name]; ui != uj {
+			return ui > uj
+		}
+		return sets[i].Name < sets[j].Name
+	})
+	return sets
 }
 
 type policy struct {
@@ -117,6 +141,8 @@ type compiler struct {
 	setCount map[string]int
 	owners   map[string]model.Owner
 	peerMemo map[string][]int
+	// byPortName indexes the pods' named ports (see namedIndex).
+	byPortName map[namedPort][]podPort
 }
 
 func newCompiler(s cluster.Snapshot, cfg config.Config) *compiler {
@@ -364,11 +390,6 @@ func (c *compiler) policyChain(d direction, pi int) string {
 	return ch.Name
 }
 
-type namedPort struct {
-	name  string
-	proto uint8
-}
-
 func protoOf(p *corev1.Protocol) uint8 {
 	if p == nil {
 		return model.ProtoTCP
@@ -380,157 +401,6 @@ func protoOf(p *corev1.Protocol) uint8 {
 		return model.ProtoSCTP
 	}
 	return model.ProtoTCP
-}
-
-// policyRule compiles one ingress or egress rule of a policy.
-func (c *compiler) policyRule(d direction, p *policy, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, comment string) []model.Rule {
-	allAddr := len(peers) == 0
-	var ranges [2]addrRanges
-	for _, peer := range peers {
-		if b := peer.IPBlock; b != nil {
-			cidr, err := netip.ParsePrefix(b.CIDR)
-			if err != nil {
-				continue
-			}
-			var cut addrRanges
-			for _, ex := range b.Except {
-				if e, err := netip.ParsePrefix(ex); err == nil {
-					cut = append(cut, prefixRange(e))
-				}
-			}
-			fi := famIndex(cidr.Addr())
-			ranges[fi] = append(ranges[fi], addrRanges{prefixRange(cidr)}.subtract(cut.normalize())...)
-			continue
-		}
-		for _, pod := range c.peerPods(p.ref.Namespace, peer) {
-			for _, ip := range c.pods[pod].IPs {
-				ranges[famIndex(ip)] = append(ranges[famIndex(ip)], model.AddrRange{From: ip, To: ip})
-			}
-		}
-	}
-	for i := range ranges {
-		ranges[i] = ranges[i].normalize()
-	}
-	allPorts := len(ports) == 0
-	var numeric []portRange
-	var named []namedPort
-	for _, pt := range ports {
-		proto := protoOf(pt.Protocol)
-		switch {
-		case pt.Port == nil:
-			numeric = append(numeric, portRange{proto, 0, 65535})
-		case pt.Port.Type == 1:
-			named = append(named, namedPort{pt.Port.StrVal, proto})
-		default:
-			to := pt.Port.IntVal
-			if pt.EndPort != nil {
-				to = *pt.EndPort
-			}
-			numeric = append(numeric, portRange{proto, uint16(pt.Port.IntVal), uint16(to)})
-		}
-	}
-	peerField := model.DstAddr
-	if d == ingress {
-		peerField = model.SrcAddr
-	}
-	base := model.Rule{Counter: true, Verdict: model.Verdict{Kind: model.Accept}, Comment: comment}
-	var out []model.Rule
-	peerRule := func(fi int) (model.Rule, bool) {
-		r := base
-		if allAddr {
-			return r, true
-		}
-		if len(ranges[fi]) == 0 {
-			return r, false
-		}
-		r.Family = families[fi]
-		r.Lookups = []model.Lookup{{Fields: []model.Field{peerField}, Set: c.addrSet(families[fi], ranges[fi])}}
-		return r, true
-	}
-	portLookup := func() model.Lookup {
-		return model.Lookup{Fields: []model.Field{model.L4Proto, model.DstPort}, Set: c.portSet(normalizePorts(numeric))}
-	}
-	if allPorts || len(numeric) > 0 {
-		if allAddr {
-			r := base
-			if !allPorts {
-				r.Lookups = []model.Lookup{portLookup()}
-			}
-			out = append(out, r)
-		} else {
-			for fi := range families {
-				r, ok := peerRule(fi)
-				if !ok {
-					continue
-				}
-				if !allPorts {
-					r.Lookups = append(r.Lookups, portLookup())
-				}
-				out = append(out, r)
-			}
-		}
-	}
-	if len(named) > 0 {
-		for fi, f := range families {
-			els := c.namedElements(d, p, named, allAddr, ranges[fi], f)
-			if len(els) == 0 {
-				continue
-			}
-			set := c.internSet(model.Set{Family: f, Key: []model.KeyKind{model.KeyAddr, model.KeyProto, model.KeyService}, Elements: els}, "named"+famSuffix(f))
-			r := base
-			r.Family = f
-			if d == ingress && !allAddr {
-				// The peer is the source: its family is the packet's.
-				if len(ranges[fi]) == 0 {
-					continue
-				}
-				r.Lookups = append(r.Lookups, model.Lookup{Fields: []model.Field{model.SrcAddr}, Set: c.addrSet(f, ranges[fi])})
-			}
-			r.Lookups = append(r.Lookups, model.Lookup{Fields: []model.Field{model.DstAddr, model.L4Proto, model.DstPort}, Set: set})
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// namedElements resolves named ports on the pods at the destination: the
-// policy's selected pods for ingress, the pods inside the peers for
-// egress.
-func (c *compiler) namedElements(d direction, p *policy, named []namedPort, allAddr bool, peers addrRanges, f model.Family) []model.Element {
-	var targets []int
-	if d == ingress {
-		targets = p.selected
-	} else {
-		for i := range c.pods {
-			targets = append(targets, i)
-		}
-	}
-	seen := map[model.Element]bool{}
-	var els []model.Element
-	for _, pod := range targets {
-		for _, ip := range c.pods[pod].IPs {
-			if (f == model.IPv4) != ip.Is4() {
-				continue
-			}
-			if d == egress && !allAddr && !peers.contains(ip) {
-				continue
-			}
-			for _, n := range named {
-				for _, cp := range c.pods[pod].Ports {
-					if cp.Name != n.name || protoOf(&cp.Protocol) != n.proto || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
-						continue
-					}
-					e := model.Element{Addr: model.AddrRange{From: ip, To: ip}, Proto: n.proto, Port: model.PortRange{From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)}}
-					if !seen[e] {
-						seen[e] = true
-						els = append(els, e)
-					}
-				}
-			}
-		}
-	}
-	sortElements(els)
-	return els
 }
 
 func sortElements(els []model.Element) {

@@ -98,12 +98,33 @@ func (e *evaluator) matches(r Rule, p Packet) bool {
 	if r.CtState != 0 && r.CtState&CtNew == 0 {
 		return false
 	}
+	for _, m := range r.Matches {
+		if !matchField(m, p) {
+			return false
+		}
+	}
 	for _, l := range r.Lookups {
 		if _, ok := e.lookup(l, p); ok == l.Negate {
 			return false
 		}
 	}
 	return true
+}
+
+func matchField(m Match, p Packet) bool {
+	switch m.Field {
+	case SrcAddr, DstAddr:
+		a := p.Src
+		if m.Field == DstAddr {
+			a = p.Dst
+		}
+		return a.Is4() == m.Addr.From.Is4() && a.Compare(m.Addr.From) >= 0 && a.Compare(m.Addr.To) <= 0
+	case L4Proto:
+		return p.Proto == m.Proto
+	case DstPort:
+		return p.DstPort >= m.Port.From && p.DstPort <= m.Port.To
+	}
+	return false
 }
 
 // IfMatches compares an interface name with a pattern ("*" suffix = prefix).

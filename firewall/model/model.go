@@ -72,7 +72,7 @@ const (
 // Ruleset is a whole table: it is applied as one unit.
 type Ruleset struct {
 	Table  string
-	Sets   []Set   // sorted by name
+	Sets   []Set   // in the order they are created (the compiler puts the most used first)
 	Chains []Chain // base chains first, then in the order they are jumped to
 	// Owners maps each counted rule's comment to the policies its
 	// counter is attributed to (metrics use it).
@@ -136,6 +136,9 @@ type Rule struct {
 	Iif     IfMatch // iifname, when Name is set
 	Oif     IfMatch // oifname, when Name is set
 	CtState CtState // ct state in this mask, when not zero
+	// Matches compare single fields with a value or a range, inline;
+	// they are tested before the Lookups.
+	Matches []Match
 	Lookups []Lookup
 	Counter bool
 	Log     *Log
@@ -159,6 +162,18 @@ const (
 	CtRelated     CtState = 4
 	CtNew         CtState = 8
 )
+
+// Match compares one packet field with an inclusive range, written into
+// the rule instead of a set: SrcAddr or DstAddr with Addr (the rule's
+// Family must be the address's), L4Proto with Proto, DstPort with Port
+// (after an L4Proto match of TCP, UDP or SCTP). A range that is one value
+// is an equality.
+type Match struct {
+	Field Field
+	Addr  AddrRange
+	Proto uint8
+	Port  PortRange
+}
 
 // Lookup matches when the tuple of Fields is (not, with Negate) in Set.
 // For a verdict map it is used by a Verdict of kind VMap.

@@ -184,6 +184,9 @@ func renderRule(fams map[string]Family, r Rule) string {
 	if r.CtState != 0 {
 		w = append(w, "ct state "+ctStates(r.CtState))
 	}
+	for _, m := range r.Matches {
+		w = append(w, renderMatch(m))
+	}
 	for _, l := range r.Lookups {
 		op := "@"
 		if l.Negate {
@@ -204,6 +207,28 @@ func renderRule(fams map[string]Family, r Rule) string {
 		w = append(w, fmt.Sprintf("comment %q", r.Comment))
 	}
 	return strings.Join(w, " ")
+}
+
+func renderMatch(m Match) string {
+	switch m.Field {
+	case SrcAddr, DstAddr:
+		fam, dir := IPv4, "saddr"
+		if !m.Addr.From.Is4() {
+			fam = IPv6
+		}
+		if m.Field == DstAddr {
+			dir = "daddr"
+		}
+		return fam.String() + " " + dir + " " + RenderAddrRange(m.Addr)
+	case L4Proto:
+		return "meta l4proto " + ProtoName(m.Proto)
+	case DstPort:
+		if m.Port.From == m.Port.To {
+			return fmt.Sprintf("th dport %d", m.Port.From)
+		}
+		return fmt.Sprintf("th dport %d-%d", m.Port.From, m.Port.To)
+	}
+	return fmt.Sprintf("<field %d>", m.Field)
 }
 
 func ifMatch(m IfMatch) string {

@@ -23,7 +23,6 @@ import (
 	"net/netip"
 	"sort"
 	"strconv"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -141,20 +140,25 @@ type compiler struct {
 	setCount map[string]int
 	owners   map[string]model.Owner
 	peerMemo map[string][]int
-	// byPortName indexes the pods' named ports (see namedIndex).
-	byPortName map[namedPort][]podPort
+	addrMemo map[string][2]addrRanges
+	// namedMemo holds resolved egress named ports (see namedElements).
+	namedMemo map[string]*namedSet
+	// byAddr indexes the pods by address (see addrIndex).
+	byAddr *[2][]podAddr
 }
 
 func newCompiler(s cluster.Snapshot, cfg config.Config) *compiler {
 	c := &compiler{
-		cfg:      cfg,
-		pods:     cluster.Pods(s),
-		podsByNS: map[string][]int{},
-		nsLabels: cluster.NamespaceLabels(s),
-		setByKey: map[string]string{},
-		setCount: map[string]int{},
-		owners:   map[string]model.Owner{},
-		peerMemo: map[string][]int{},
+		cfg:       cfg,
+		pods:      cluster.Pods(s),
+		podsByNS:  map[string][]int{},
+		nsLabels:  cluster.NamespaceLabels(s),
+		setByKey:  map[string]string{},
+		setCount:  map[string]int{},
+		owners:    map[string]model.Owner{},
+		peerMemo:  map[string][]int{},
+		addrMemo:  map[string][2]addrRanges{},
+		namedMemo: map[string]*namedSet{},
 	}
 	for i, p := range c.pods {
 		c.podsByNS[p.Namespace] = append(c.podsByNS[p.Namespace], i)
@@ -424,19 +428,44 @@ func (rs addrRanges) contains(a netip.Addr) bool {
 // peerPods resolves a selector peer to pod indexes, memoised per
 // namespace and selectors.
 func (c *compiler) peerPods(ns string, peer networkingv1.NetworkPolicyPeer) []int {
+	pods, _ := c.peerPodsKey(ns, peer)
+	return pods
+}
+
+// peerAddrs is the addresses of a selector peer's pods per family,
+// normalized and memoised (shared: not to be modified).
+func (c *compiler) peerAddrs(ns string, peer networkingv1.NetworkPolicyPeer) [2]addrRanges {
+	pods, key := c.peerPodsKey(ns, peer)
+	if got, ok := c.addrMemo[key]; ok {
+		return got
+	}
+	var out [2]addrRanges
+	for _, pod := range pods {
+		for _, ip := range c.pods[pod].IPs {
+			out[famIndex(ip)] = append(out[famIndex(ip)], model.AddrRange{From: ip, To: ip})
+		}
+	}
+	for i := range out {
+		out[i] = out[i].normalize()
+	}
+	c.addrMemo[key] = out
+	return out
+}
+
+func (c *compiler) peerPodsKey(ns string, peer networkingv1.NetworkPolicyPeer) ([]int, string) {
 	var nsSel, podSel labels.Selector
 	key := ns
 	if peer.NamespaceSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
 		if err != nil {
-			return nil
+			return nil, "invalid"
 		}
 		nsSel, key = s, "ns:"+s.String()
 	}
 	if peer.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
 		if err != nil {
-			return nil
+			return nil, "invalid"
 		}
 		podSel = s
 		key += "|pod:" + s.String()
@@ -444,7 +473,7 @@ func (c *compiler) peerPods(ns string, peer networkingv1.NetworkPolicyPeer) []in
 		key += "|all"
 	}
 	if got, ok := c.peerMemo[key]; ok {
-		return got
+		return got, key
 	}
 	var out []int
 	for i, pod := range c.pods {
@@ -461,7 +490,7 @@ func (c *compiler) peerPods(ns string, peer networkingv1.NetworkPolicyPeer) []in
 		out = append(out, i)
 	}
 	c.peerMemo[key] = out
-	return out
+	return out, key
 }
 
 func (c *compiler) addrSet(f model.Family, rs addrRanges) string {
@@ -483,26 +512,20 @@ func (c *compiler) portSet(ps []portRange) string {
 // internSet names a set by its prefix and a counter, sharing one set
 // among all lookups of identical content.
 func (c *compiler) internSet(s model.Set, prefix string) string {
-	var k strings.Builder
-	fmt.Fprintf(&k, "%s|%d|%v|%v|", prefix, s.Family, s.Key, s.Interval)
+	k := make([]byte, 0, 64+len(s.Elements)*37)
+	k = fmt.Appendf(k, "%s|%d|%v|%v|", prefix, s.Family, s.Key, s.Interval)
 	for _, e := range s.Elements {
-		k.WriteString(e.Addr.From.String())
-		k.WriteByte('-')
-		k.WriteString(e.Addr.To.String())
-		k.WriteByte('/')
-		k.WriteString(strconv.Itoa(int(e.Proto)))
-		k.WriteByte('/')
-		k.WriteString(strconv.Itoa(int(e.Port.From)))
-		k.WriteByte('-')
-		k.WriteString(strconv.Itoa(int(e.Port.To)))
-		k.WriteByte(',')
+		from, to := e.Addr.From.As16(), e.Addr.To.As16()
+		k = append(k, from[:]...)
+		k = append(k, to[:]...)
+		k = append(k, e.Proto, byte(e.Port.From>>8), byte(e.Port.From), byte(e.Port.To>>8), byte(e.Port.To))
 	}
-	if name, ok := c.setByKey[k.String()]; ok {
+	if name, ok := c.setByKey[string(k)]; ok {
 		return name
 	}
-	s.Name = fmt.Sprintf("%s_%d", prefix, c.setCount[prefix])
+	s.Name = prefix + "_" + strconv.Itoa(c.setCount[prefix])
 	c.setCount[prefix]++
-	c.setByKey[k.String()] = s.Name
+	c.setByKey[string(k)] = s.Name
 	c.sets = append(c.sets, s)
 	return s.Name
 }

@@ -1,7 +1,9 @@
 package compile
 
 import (
+	"fmt"
 	"net/netip"
+	"sort"
 
 	networkingv1 "k8s.io/api/networking/v1"
 
@@ -15,8 +17,9 @@ import (
 // time quadratic in their number to load, while a few inline comparisons
 // cost one rule each and are as cheap on the packet path as a lookup.
 const (
-	// inlineMax is the most alternatives (address ranges, port ranges or
-	// named-port destinations) of one part written inline.
+	// inlineMax is the most alternatives (address ranges or named-port
+	// destinations) of one part written inline; a list of ports is inline
+	// only when it is one protocol and range.
 	inlineMax = 4
 	// maxRules bounds the rules one policy rule expands into per family:
 	// the inline parts' alternatives multiply.
@@ -26,16 +29,22 @@ const (
 // part is a union of alternatives that one rule condition accepts:
 // either inline (one rule per alternative) or one set lookup.
 type part struct {
-	inline [][]model.Match
+	count  int                 // alternatives
+	inline [][]model.Match     // the alternatives, built only when count <= inlineMax
 	toSet  func() model.Lookup // interns the set holding all alternatives
+	// shared: a set even when small. Port lists are: many policies
+	// repeat the same few, so their sets are shared, and inline they
+	// would multiply the rules of every address alternative.
+	shared bool
 	asSet  bool
+	lookup *model.Lookup // made by toSet, once
 }
 
 func (p *part) alternatives() int {
 	if p.asSet {
 		return 1
 	}
-	return len(p.inline)
+	return p.count
 }
 
 // cond is a condition of a rule: the packet must match one of its parts.
@@ -55,7 +64,7 @@ func (c cond) alternatives() int {
 func expand(base model.Rule, conds []cond) []model.Rule {
 	for _, c := range conds {
 		for _, p := range c {
-			p.asSet = len(p.inline) > inlineMax
+			p.asSet = (p.shared && p.count > 1) || p.count > inlineMax
 		}
 	}
 	for {
@@ -64,7 +73,7 @@ func expand(base model.Rule, conds []cond) []model.Rule {
 		for _, c := range conds {
 			n *= c.alternatives()
 			for _, p := range c {
-				if !p.asSet && len(p.inline) > 1 && (widest == nil || len(p.inline) > len(widest.inline)) {
+				if !p.asSet && p.count > 1 && (widest == nil || p.count > widest.count) {
 					widest = p
 				}
 			}
@@ -80,8 +89,12 @@ func expand(base model.Rule, conds []cond) []model.Rule {
 		for _, r := range out {
 			for _, p := range c {
 				if p.asSet {
+					if p.lookup == nil {
+						l := p.toSet()
+						p.lookup = &l
+					}
 					nr := r
-					nr.Lookups = append(append([]model.Lookup(nil), r.Lookups...), p.toSet())
+					nr.Lookups = append(append([]model.Lookup(nil), r.Lookups...), *p.lookup)
 					next = append(next, nr)
 					continue
 				}
@@ -103,9 +116,12 @@ func (c *compiler) addrPart(field model.Field, f model.Family, rs addrRanges) *p
 	if len(rs) == 0 {
 		return nil
 	}
-	p := &part{toSet: func() model.Lookup {
+	p := &part{count: len(rs), toSet: func() model.Lookup {
 		return model.Lookup{Fields: []model.Field{field}, Set: c.addrSet(f, rs)}
 	}}
+	if p.count > inlineMax {
+		return p
+	}
 	for _, r := range rs {
 		if r == fullRange(f) {
 			p.inline = append(p.inline, nil)
@@ -133,7 +149,7 @@ func protoPort(proto uint8, from, to uint16) []model.Match {
 }
 
 func (c *compiler) portPart(ps []portRange) *part {
-	p := &part{toSet: func() model.Lookup {
+	p := &part{count: len(ps), shared: true, toSet: func() model.Lookup {
 		return model.Lookup{Fields: []model.Field{model.L4Proto, model.DstPort}, Set: c.portSet(ps)}
 	}}
 	for _, r := range ps {
@@ -143,13 +159,18 @@ func (c *compiler) portPart(ps []portRange) *part {
 }
 
 // namedPart matches destination address, protocol and port against the
-// resolved named ports els of family f.
-func (c *compiler) namedPart(f model.Family, els []model.Element) *part {
-	p := &part{toSet: func() model.Lookup {
-		set := c.internSet(model.Set{Family: f, Key: []model.KeyKind{model.KeyAddr, model.KeyProto, model.KeyService}, Elements: els}, "named"+famSuffix(f))
-		return model.Lookup{Fields: []model.Field{model.DstAddr, model.L4Proto, model.DstPort}, Set: set}
+// resolved named ports n of family f.
+func (c *compiler) namedPart(f model.Family, n *namedSet) *part {
+	p := &part{count: len(n.els), toSet: func() model.Lookup {
+		if n.set == "" {
+			n.set = c.internSet(model.Set{Family: f, Key: []model.KeyKind{model.KeyAddr, model.KeyProto, model.KeyService}, Elements: n.els}, "named"+famSuffix(f))
+		}
+		return model.Lookup{Fields: []model.Field{model.DstAddr, model.L4Proto, model.DstPort}, Set: n.set}
 	}}
-	for _, e := range els {
+	if p.count > inlineMax {
+		return p
+	}
+	for _, e := range n.els {
 		ms := []model.Match{{Field: model.DstAddr, Addr: e.Addr}}
 		p.inline = append(p.inline, append(ms, protoPort(e.Proto, e.Port.From, e.Port.To)...))
 	}
@@ -161,9 +182,8 @@ func (c *compiler) namedPart(f model.Family, els []model.Element) *part {
 // Small unions are inline as a whole; otherwise the ipBlocks (usually the
 // policy's own) and the selected pods (often shared by many policies of a
 // namespace, so their set is too) are separate parts.
-func (c *compiler) peerCond(field model.Field, fi int, blocks, pods addrRanges) cond {
+func (c *compiler) peerCond(field model.Field, fi int, blocks, pods, union addrRanges) cond {
 	f := families[fi]
-	union := append(append(addrRanges(nil), blocks...), pods...).normalize()
 	if len(union) == 0 {
 		return nil
 	}
@@ -188,6 +208,7 @@ type namedPort struct {
 func (c *compiler) policyRule(d direction, p *policy, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, comment string) []model.Rule {
 	allAddr := len(peers) == 0
 	var blocks, pods [2]addrRanges
+	selectors := 0
 	for _, peer := range peers {
 		if b := peer.IPBlock; b != nil {
 			cidr, err := netip.ParsePrefix(b.CIDR)
@@ -204,16 +225,25 @@ func (c *compiler) policyRule(d direction, p *policy, peers []networkingv1.Netwo
 			blocks[fi] = append(blocks[fi], addrRanges{prefixRange(cidr)}.subtract(cut.normalize())...)
 			continue
 		}
-		for _, pod := range c.peerPods(p.ref.Namespace, peer) {
-			for _, ip := range c.pods[pod].IPs {
-				pods[famIndex(ip)] = append(pods[famIndex(ip)], model.AddrRange{From: ip, To: ip})
-			}
+		selectors++
+		for i, rs := range c.peerAddrs(p.ref.Namespace, peer) {
+			pods[i] = append(pods[i], rs...)
 		}
 	}
 	var union [2]addrRanges
 	for i := range families {
-		blocks[i], pods[i] = blocks[i].normalize(), pods[i].normalize()
-		union[i] = append(append(addrRanges(nil), blocks[i]...), pods[i]...).normalize()
+		blocks[i] = blocks[i].normalize()
+		if selectors > 1 {
+			pods[i] = pods[i].normalize()
+		}
+		switch {
+		case len(blocks[i]) == 0:
+			union[i] = pods[i]
+		case len(pods[i]) == 0:
+			union[i] = blocks[i]
+		default:
+			union[i] = append(append(addrRanges(nil), blocks[i]...), pods[i]...).normalize()
+		}
 	}
 	allPorts := len(ports) == 0
 	var numeric []portRange
@@ -249,7 +279,7 @@ func (c *compiler) policyRule(d direction, p *policy, peers []networkingv1.Netwo
 			out = append(out, expand(base, portConds)...)
 		} else {
 			for fi, f := range families {
-				pc := c.peerCond(peerField, fi, blocks[fi], pods[fi])
+				pc := c.peerCond(peerField, fi, blocks[fi], pods[fi], union[fi])
 				if pc == nil {
 					continue
 				}
@@ -261,14 +291,14 @@ func (c *compiler) policyRule(d direction, p *policy, peers []networkingv1.Netwo
 	}
 	if len(named) > 0 {
 		for fi, f := range families {
-			els := c.namedElements(d, p, named, allAddr, union[fi], f)
-			if len(els) == 0 {
+			ns := c.namedElements(d, p, named, allAddr, union[fi], f)
+			if len(ns.els) == 0 {
 				continue
 			}
-			conds := []cond{{c.namedPart(f, els)}}
+			conds := []cond{{c.namedPart(f, ns)}}
 			if d == ingress && !allAddr {
 				// The peer is the source: its family is the packet's.
-				pc := c.peerCond(model.SrcAddr, fi, blocks[fi], pods[fi])
+				pc := c.peerCond(model.SrcAddr, fi, blocks[fi], pods[fi], union[fi])
 				if pc == nil {
 					continue
 				}
@@ -284,64 +314,103 @@ func (c *compiler) policyRule(d direction, p *policy, peers []networkingv1.Netwo
 
 // namedElements resolves named ports on the pods at the destination: the
 // policy's selected pods for ingress, the pods inside the peers for
-// egress.
-func (c *compiler) namedElements(d direction, p *policy, named []namedPort, allAddr bool, peers addrRanges, f model.Family) []model.Element {
+// egress (found through the address index, so the cost follows the pods
+// in the peers, not all pods).
+func (c *compiler) namedElements(d direction, p *policy, named []namedPort, allAddr bool, peers addrRanges, f model.Family) *namedSet {
+	// Egress elements depend only on the peers and the names: many
+	// policies share them (memoised with their set).
+	var key []byte
+	if d == egress {
+		key = fmt.Appendf(nil, "%d|%v|%v|", f, allAddr, named)
+		for _, r := range peers {
+			from, to := r.From.As16(), r.To.As16()
+			key = append(append(key, from[:]...), to[:]...)
+		}
+		if got, ok := c.namedMemo[string(key)]; ok {
+			return got
+		}
+	}
 	seen := map[model.Element]bool{}
 	var els []model.Element
-	add := func(pod int, n namedPort, port int32) {
-		for _, ip := range c.pods[pod].IPs {
-			if (f == model.IPv4) != ip.Is4() {
-				continue
-			}
-			if d == egress && !allAddr && !peers.contains(ip) {
-				continue
-			}
-			e := model.Element{Addr: model.AddrRange{From: ip, To: ip}, Proto: n.proto, Port: model.PortRange{From: uint16(port), To: uint16(port)}}
-			if !seen[e] {
-				seen[e] = true
-				els = append(els, e)
+	add := func(pod int, ip netip.Addr) {
+		for _, n := range named {
+			for _, cp := range c.pods[pod].Ports {
+				if cp.Name != n.name || protoOf(&cp.Protocol) != n.proto || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
+					continue
+				}
+				e := model.Element{Addr: model.AddrRange{From: ip, To: ip}, Proto: n.proto, Port: model.PortRange{From: uint16(cp.ContainerPort), To: uint16(cp.ContainerPort)}}
+				if !seen[e] {
+					seen[e] = true
+					els = append(els, e)
+				}
 			}
 		}
 	}
-	for _, n := range named {
-		if d == ingress {
-			for _, pod := range p.selected {
-				for _, cp := range c.pods[pod].Ports {
-					if cp.Name == n.name && protoOf(&cp.Protocol) == n.proto && cp.ContainerPort >= 1 && cp.ContainerPort <= 65535 {
-						add(pod, n, cp.ContainerPort)
-					}
+	fi := 1
+	if f == model.IPv4 {
+		fi = 0
+	}
+	switch {
+	case d == ingress:
+		for _, pod := range p.selected {
+			for _, ip := range c.pods[pod].IPs {
+				if famIndex(ip) == fi {
+					add(pod, ip)
 				}
 			}
-			continue
 		}
-		for _, pp := range c.namedIndex()[n] {
-			add(pp.pod, n, pp.port)
+	case allAddr:
+		for _, a := range c.addrIndex()[fi] {
+			add(a.pod, a.ip)
+		}
+	default:
+		idx := c.addrIndex()[fi]
+		for _, r := range peers {
+			i := sort.Search(len(idx), func(i int) bool { return !idx[i].ip.Less(r.From) })
+			for ; i < len(idx) && !r.To.Less(idx[i].ip); i++ {
+				add(idx[i].pod, idx[i].ip)
+			}
 		}
 	}
 	sortElements(els)
-	return els
-}
-
-type podPort struct {
-	pod  int
-	port int32
-}
-
-// namedIndex lists, for each port name and protocol, the pods that
-// declare it, built on first use.
-func (c *compiler) namedIndex() map[namedPort][]podPort {
-	if c.byPortName != nil {
-		return c.byPortName
+	out := &namedSet{els: els}
+	if key != nil {
+		c.namedMemo[string(key)] = out
 	}
-	c.byPortName = map[namedPort][]podPort{}
+	return out
+}
+
+// namedSet is resolved named-port destinations and, once made, their set.
+type namedSet struct {
+	els []model.Element
+	set string
+}
+
+type podAddr struct {
+	ip  netip.Addr
+	pod int
+}
+
+// addrIndex lists the pods' addresses of each family in address order,
+// built on first use.
+func (c *compiler) addrIndex() *[2][]podAddr {
+	if c.byAddr != nil {
+		return c.byAddr
+	}
+	c.byAddr = new([2][]podAddr)
 	for i, pod := range c.pods {
-		for _, cp := range pod.Ports {
-			if cp.Name == "" || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
-				continue
-			}
-			k := namedPort{cp.Name, protoOf(&cp.Protocol)}
-			c.byPortName[k] = append(c.byPortName[k], podPort{i, cp.ContainerPort})
+		for _, ip := range pod.IPs {
+			c.byAddr[famIndex(ip)] = append(c.byAddr[famIndex(ip)], podAddr{ip, i})
 		}
 	}
-	return c.byPortName
+	for fi := range c.byAddr {
+		idx := c.byAddr[fi]
+		sort.Slice(idx, func(i, j int) bool {
+			if idx[i].ip != idx[j].ip {
+				return idx[i].ip.Less(idx[j].ip)
+			}
+			return idx[i].pod < idx[j].pod
+		})
+	}
+	return c.byAddr
 }

@@ -58,7 +58,7 @@ func (p *plan) encode() ([]netlink.Message, []string, error) {
 	for i := range batch {
 		h := &batch[i].Header
 		h.Flags &^= netlink.Acknowledge | netlink.Echo
-		h.Length, h.Sequence, h.PID = 0, 0, 0 // assigned by the sending Conn
+		h.Length, h.Sequence, h.PID = 0, 0, 0 // assigned by marshalBatch
 	}
 	batch[len(batch)-2].Header.Flags |= netlink.Acknowledge
 	return batch, what, nil
@@ -81,23 +81,30 @@ const batchTimeout = time.Minute
 // wrapping ErrRejected, listing each refused message, when it was
 // aborted; or an error wrapping errUncertain when the answer was lost.
 func send(c *netlink.Conn, batch []netlink.Message, what []string) error {
-	sent, err := c.SendMessages(batch)
+	rc, err := c.SyscallConn()
 	if err != nil {
-		// Not processed: nothing changed.
 		return fmt.Errorf("send the batch: %w", err)
 	}
-	begin, last := sent[0].Header.Sequence, sent[len(sent)-2].Header.Sequence
+	// The messages are numbered from begin; the kernel answers with the
+	// number of the message it refers to.
+	begin := uint32(time.Now().UnixNano())
+	wire := marshalBatch(batch, begin)
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), wire, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		return serr != unix.EAGAIN
+	}); err != nil || serr != nil {
+		// Not processed: nothing changed.
+		return fmt.Errorf("send the batch: %w", errors.Join(err, serr))
+	}
+	last := begin + uint32(len(batch)) - 2
 	objectOf := func(seq uint32) string {
-		if i := int(seq - sent[1].Header.Sequence); seq != begin && i >= 0 && i < len(what) {
+		if i := int(seq - begin - 1); seq != begin && i >= 0 && i < len(what) {
 			return what[i]
 		}
 		return "the batch"
 	}
 	if err := c.SetReadDeadline(time.Now().Add(batchTimeout)); err != nil {
-		return fmt.Errorf("%w: %v", errUncertain, err)
-	}
-	rc, err := c.SyscallConn()
-	if err != nil {
 		return fmt.Errorf("%w: %v", errUncertain, err)
 	}
 	var refused []error
@@ -148,6 +155,30 @@ func send(c *netlink.Conn, batch []netlink.Message, what []string) error {
 			return rejected(refused)
 		}
 	}
+}
+
+// marshalBatch lays the messages out for one sendmsg, numbered from
+// seq, in a buffer allocated once (a batch is megabytes; appending
+// message by message copied it over and over).
+func marshalBatch(batch []netlink.Message, seq uint32) []byte {
+	const hdr = unix.SizeofNlMsghdr
+	size := 0
+	for _, m := range batch {
+		size += hdr + (len(m.Data)+3)&^3
+	}
+	out := make([]byte, size)
+	at := 0
+	for i, m := range batch {
+		b := out[at:]
+		binary.NativeEndian.PutUint32(b[0:4], uint32(hdr+len(m.Data)))
+		binary.NativeEndian.PutUint16(b[4:6], uint16(m.Header.Type))
+		binary.NativeEndian.PutUint16(b[6:8], uint16(m.Header.Flags|netlink.Request))
+		binary.NativeEndian.PutUint32(b[8:12], seq+uint32(i))
+		// b[12:16], the port ID, stays 0: the message is for the kernel.
+		copy(b[hdr:], m.Data)
+		at += hdr + (len(m.Data)+3)&^3
+	}
+	return out
 }
 
 // rejected summarises the kernel's refusals (a wrong reference can make

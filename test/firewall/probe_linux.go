@@ -128,6 +128,23 @@ func (t *Topology) Arrived(p Probe, sport uint16) bool {
 	return t.seen[flowKey{p.Proto, netip.AddrPortFrom(p.Src, sport), netip.AddrPortFrom(p.Dst, p.Port)}]
 }
 
+// SourcesSeen returns the source addresses with which the server at
+// p.Dst:p.Port received the first packet of a p.Proto flow from source
+// port sport: the pod's own address, or the address NAT rewrote it to
+// (NAT keeps the source port when it is free, as it is here).
+func (t *Topology) SourcesSeen(p Probe, sport uint16) []netip.Addr {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	dst := netip.AddrPortFrom(p.Dst, p.Port)
+	var out []netip.Addr
+	for k := range t.seen {
+		if k.proto == p.Proto && k.dst == dst && k.src.Port() == sport {
+			out = append(out, k.src.Addr())
+		}
+	}
+	return out
+}
+
 // DialTCP opens a TCP connection for p (a fresh source port) and returns
 // it; the servers echo what they receive.
 func (t *Topology) DialTCP(p Probe, timeout time.Duration) (net.Conn, error) {

@@ -3,16 +3,12 @@ package app
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,6 +18,7 @@ import (
 	"github.com/anvil-metal/anvil/firewall/config"
 	"github.com/anvil-metal/anvil/firewall/metrics"
 	"github.com/anvil-metal/anvil/firewall/watch"
+	"github.com/anvil-metal/anvil/test/netnstest"
 )
 
 // chanSource delivers the updates sent on it.
@@ -36,33 +33,6 @@ func (c chanSource) Run(ctx context.Context, notify func(watch.Update)) error {
 			notify(u)
 		}
 	}
-}
-
-func testNetNS(t *testing.T) (name string, fd int) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	name = fmt.Sprintf("anvil-app-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return name, int(h)
-}
-
-func nftList(t *testing.T, ns, table string) string {
-	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "table", "inet", table).CombinedOutput()
-	if err != nil {
-		t.Fatalf("nft list: %v: %s", err, out)
-	}
-	return string(out)
 }
 
 func snapshot(cidr string, withBad bool) cluster.Snapshot {
@@ -95,10 +65,11 @@ func snapshot(cidr string, withBad bool) cluster.Snapshot {
 // TestRunReconciles drives the loop with updates and checks the kernel's
 // table, the error report and the metrics after each.
 func TestRunReconciles(t *testing.T) {
-	ns, fd := testNetNS(t)
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "anvil-app")
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	a, err := apply.New(apply.WithNetNS(fd), apply.WithLogger(log))
+	a, err := apply.New(apply.WithNetNS(ns.FD), apply.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +104,7 @@ func TestRunReconciles(t *testing.T) {
 	if len(r.Invalid) != 1 || !strings.Contains(r.Invalid[0].Error(), "prod/typo") {
 		t.Fatalf("invalid policies: %v", r.Invalid)
 	}
-	table := nftList(t, ns, cfg.Table)
+	table := ns.List(t, cfg.Table)
 	for _, want := range []string{"203.0.113.0/24", "chain eg_prod_web-out", `comment "prod/web-out"`} {
 		if !strings.Contains(table, want) {
 			t.Errorf("kernel table lacks %q:\n%s", want, table)
@@ -155,7 +126,7 @@ func TestRunReconciles(t *testing.T) {
 	if r.Err != nil || !r.Changed || len(r.Invalid) != 0 {
 		t.Errorf("update: changed=%v err=%v invalid=%v", r.Changed, r.Err, r.Invalid)
 	}
-	if table := nftList(t, ns, cfg.Table); !strings.Contains(table, "198.51.100.0/24") || strings.Contains(table, "203.0.113.0/24") {
+	if table := ns.List(t, cfg.Table); !strings.Contains(table, "198.51.100.0/24") || strings.Contains(table, "203.0.113.0/24") {
 		t.Errorf("kernel table did not follow the update:\n%s", table)
 	}
 	want := `

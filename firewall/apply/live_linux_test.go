@@ -21,12 +21,13 @@ import (
 	"github.com/anvil-metal/anvil/firewall/config"
 	"github.com/anvil-metal/anvil/firewall/internal/policygen"
 	"github.com/anvil-metal/anvil/firewall/model"
+	"github.com/anvil-metal/anvil/test/netnstest"
 )
 
 // Live tests: each creates its own network namespaces, programs nftables
 // there and deletes them. go test -race ./firewall/apply/ (as root).
 
-func newApplier(t *testing.T, ns testNS) *Applier {
+func newApplier(t *testing.T, ns netnstest.NS) *Applier {
 	t.Helper()
 	a, err := New(WithNetNS(ns.FD))
 	if err != nil {
@@ -207,16 +208,16 @@ var openFlag = regexp.MustCompile(`  userdata = \{ \\x01\\x04\\x01\\x00\\x00\\x0
 // holds: the listing and the netlink expressions.
 func equivalent(t *testing.T, rs model.Ruleset) {
 	t.Helper()
-	a, b := newNS(t), newNS(t)
+	a, b := netnstest.New(t, "anvil-apply"), netnstest.New(t, "anvil-apply")
 	ap := newApplier(t, a)
 	if changed, err := ap.Apply(rs); err != nil || !changed {
 		t.Fatalf("Apply: changed %v, err %v", changed, err)
 	}
-	b.nft(t, model.RenderReplace(rs), "-f", "-")
-	if got, want := a.list(t, rs.Table), b.list(t, rs.Table); got != want {
+	b.Nft(t, model.RenderReplace(rs), "-f", "-")
+	if got, want := a.List(t, rs.Table), b.List(t, rs.Table); got != want {
 		t.Errorf("nft list table differs\n--- applier\n%s\n--- nft -f\n%s\n--- diff\n%s", got, want, lineDiff(got, want))
 	}
-	if got, want := sortElements(a.listNetlink(t, rs.Table)), sortElements(openFlag.ReplaceAllString(b.listNetlink(t, rs.Table), "")); got != want {
+	if got, want := sortElements(a.ListNetlink(t, rs.Table)), sortElements(openFlag.ReplaceAllString(b.ListNetlink(t, rs.Table), "")); got != want {
 		t.Errorf("netlink expressions differ\n%s", lineDiff(got, want))
 	}
 }
@@ -254,12 +255,12 @@ func lineDiff(a, b string) string {
 	if err := os.WriteFile(pb, []byte(b), 0o600); err != nil {
 		return err.Error()
 	}
-	out, _ := runErr("", "diff", "-u", pa, pb)
+	out, _ := netnstest.RunErr("", "diff", "-u", pa, pb)
 	return out
 }
 
 func TestEquivalentToNft(t *testing.T) {
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	t.Run("realistic", func(t *testing.T) { equivalent(t, realistic("anvil_eq")) })
 	// The compiler's own golden cases, compiled for real.
 	cases, _ := filepath.Glob("../compile/testdata/*.yaml")
@@ -296,15 +297,15 @@ func loadCase(t *testing.T, path string) (cluster.Snapshot, config.Config) {
 }
 
 func TestAtomicity(t *testing.T) {
-	requireRoot(t)
-	ns := newNS(t)
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "anvil-apply")
 	ap := newApplier(t, ns)
 	good := realistic("anvil")
 	if _, err := ap.Apply(good); err != nil {
 		t.Fatal(err)
 	}
-	before := ns.list(t, "anvil")
-	beforeNL := ns.listNetlink(t, "anvil")
+	before := ns.List(t, "anvil")
+	beforeNL := ns.ListNetlink(t, "anvil")
 
 	// Each is valid for the applier and only the kernel refuses it, late
 	// in the batch: after the table was deleted and most of it re-added.
@@ -349,10 +350,10 @@ func TestAtomicity(t *testing.T) {
 			if ap.Stats().Batches != batches+1 {
 				t.Errorf("batches %d → %d: want one sent", batches, ap.Stats().Batches)
 			}
-			if after := ns.list(t, "anvil"); after != before {
+			if after := ns.List(t, "anvil"); after != before {
 				t.Errorf("the table changed although the batch failed\n%s", lineDiff(before, after))
 			}
-			if after := ns.listNetlink(t, "anvil"); after != beforeNL {
+			if after := ns.ListNetlink(t, "anvil"); after != beforeNL {
 				t.Errorf("the rules changed although the batch failed\n%s", lineDiff(beforeNL, after))
 			}
 			// The last good ruleset is still the reference: applying it
@@ -369,14 +370,14 @@ func TestAtomicity(t *testing.T) {
 	if changed, err := ap.Apply(next); err != nil || !changed {
 		t.Fatalf("Apply after failures: changed %v, err %v", changed, err)
 	}
-	if got := ns.list(t, "anvil"); strings.Contains(got, "ct state established,related accept") {
+	if got := ns.List(t, "anvil"); strings.Contains(got, "ct state established,related accept") {
 		t.Errorf("the new ruleset was not applied:\n%s", got)
 	}
 }
 
 func TestInvalidSendsNothing(t *testing.T) {
-	requireRoot(t)
-	ns := newNS(t)
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "anvil-apply")
 	ap := newApplier(t, ns)
 	for _, bad := range []model.Rule{
 		{Lookups: []model.Lookup{lookup("no_such_set", model.DstAddr)}, Verdict: verdict(model.Drop)},
@@ -399,8 +400,8 @@ func TestInvalidSendsNothing(t *testing.T) {
 }
 
 func TestChangeDetection(t *testing.T) {
-	requireRoot(t)
-	ns := newNS(t)
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "anvil-apply")
 	ap := newApplier(t, ns)
 	rs := realistic("anvil")
 	mustApply := func(rs model.Ruleset, wantChanged bool) {
@@ -429,7 +430,7 @@ func TestChangeDetection(t *testing.T) {
 	r := swapped.Chains[0].Rules
 	r[0], r[1] = r[1], r[0]
 	mustApply(swapped, true)
-	if got := ns.list(t, "anvil"); strings.Index(got, "ct state invalid drop") > strings.Index(got, "ct state established,related accept") {
+	if got := ns.List(t, "anvil"); strings.Index(got, "ct state invalid drop") > strings.Index(got, "ct state established,related accept") {
 		t.Errorf("rule order not applied:\n%s", got)
 	}
 	mustApply(swapped, false)
@@ -441,26 +442,26 @@ func TestChangeDetection(t *testing.T) {
 	mustApply(owned, false)
 
 	// The table deleted behind the applier's back is put back.
-	ns.nft(t, "", "delete", "table", "inet", "anvil")
+	ns.Nft(t, "", "delete", "table", "inet", "anvil")
 	mustApply(rs, true)
 	if s := ap.Stats(); s.Repaired != 1 {
 		t.Errorf("Repaired = %d, want 1", s.Repaired)
 	}
-	if !strings.Contains(ns.list(t, "anvil"), "chain eg_b") {
+	if !strings.Contains(ns.List(t, "anvil"), "chain eg_b") {
 		t.Error("table not re-applied")
 	}
 	// A chain added behind its back (the table's use count changes).
-	ns.nft(t, "", "add", "chain", "inet", "anvil", "intruder")
+	ns.Nft(t, "", "add", "chain", "inet", "anvil", "intruder")
 	mustApply(rs, true)
-	if strings.Contains(ns.list(t, "anvil"), "intruder") {
+	if strings.Contains(ns.List(t, "anvil"), "intruder") {
 		t.Error("foreign chain survived the re-apply")
 	}
 	mustApply(rs, false)
 }
 
 func TestRenameTable(t *testing.T) {
-	requireRoot(t)
-	ns := newNS(t)
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "anvil-apply")
 	ap := newApplier(t, ns)
 	if _, err := ap.Apply(realistic("first")); err != nil {
 		t.Fatal(err)
@@ -468,7 +469,7 @@ func TestRenameTable(t *testing.T) {
 	if _, err := ap.Apply(realistic("second")); err != nil {
 		t.Fatal(err)
 	}
-	out := ns.nft(t, "", "list", "tables")
+	out := ns.Nft(t, "", "list", "tables")
 	if strings.Contains(out, "first") || !strings.Contains(out, "table inet second") {
 		t.Errorf("after renaming, tables are:\n%s", out)
 	}
@@ -477,8 +478,8 @@ func TestRenameTable(t *testing.T) {
 // TestCounters sends loopback traffic through a chain hooked at output,
 // inside the test's namespace, and reads the counters back by comment.
 func TestCounters(t *testing.T) {
-	requireRoot(t)
-	ns := newNS(t)
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "anvil-apply")
 	ap := newApplier(t, ns)
 	if _, err := ap.Counters(); !errors.Is(err, ErrNotApplied) {
 		t.Errorf("Counters before Apply: %v, want ErrNotApplied", err)
@@ -503,7 +504,7 @@ func TestCounters(t *testing.T) {
 	}
 	// Receivers, so that no ICMP errors are sent back.
 	var conns []net.PacketConn
-	inNS(t, ns, func() {
+	ns.Do(t, func() {
 		for _, l := range [][2]string{{"udp4", "127.0.0.1:9005"}, {"udp6", "[::1]:9010"}, {"udp4", "127.0.0.1:9100"}} {
 			c, err := net.ListenPacket(l[0], l[1])
 			if err != nil {
@@ -518,7 +519,7 @@ func TestCounters(t *testing.T) {
 		}
 	}()
 	send := func(network, to string, n, size int) {
-		inNS(t, ns, func() {
+		ns.Do(t, func() {
 			c, err := net.Dial(network, to)
 			if err != nil {
 				t.Fatal(err)
@@ -564,8 +565,8 @@ func TestCounters(t *testing.T) {
 // elements are split into NEWSETELEM messages under the 64 KiB attribute
 // limit, all in the one batch, and the kernel holds every element.
 func TestLargeSets(t *testing.T) {
-	requireRoot(t)
-	ns := newNS(t)
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "anvil-apply")
 	ap := newApplier(t, ns)
 	rs := largeRuleset(40000, 15000, 5000)
 	start := time.Now()
@@ -639,9 +640,9 @@ func largeRuleset(n4, n6, nc int) model.Ruleset {
 // TestCarryCounters re-applies a changed ruleset: with WithCarryCounters
 // the counters continue from the old table's sums; without, they restart.
 func TestCarryCounters(t *testing.T) {
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	for _, carry := range []bool{true, false} {
-		ns := newNS(t)
+		ns := netnstest.New(t, "anvil-apply")
 		opts := []Option{WithNetNS(ns.FD)}
 		if carry {
 			opts = append(opts, WithCarryCounters())
@@ -668,7 +669,7 @@ func TestCarryCounters(t *testing.T) {
 		}
 		var rx net.PacketConn
 		send := func(n int) {
-			inNS(t, ns, func() {
+			ns.Do(t, func() {
 				if rx == nil {
 					if rx, err = net.ListenPacket("udp4", "127.0.0.1:9005"); err != nil {
 						t.Fatal(err)

@@ -1,65 +1,26 @@
 package firewall
 
 import (
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/anvil-metal/anvil/firewall/apply"
 	"github.com/anvil-metal/anvil/firewall/cluster"
 	"github.com/anvil-metal/anvil/firewall/compile"
 	"github.com/anvil-metal/anvil/firewall/config"
+	"github.com/anvil-metal/anvil/test/netnstest"
 )
-
-// newNetNS creates a named network namespace for the test (deleted at its
-// end); the creating thread returns to the original namespace.
-func newNetNS(t *testing.T) (string, netns.NsHandle) {
-	t.Helper()
-	name := fmt.Sprintf("anvil-fwimage-%d", os.Getpid())
-	h := func() netns.NsHandle {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			t.Fatalf("current netns: %v", err)
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			t.Fatalf("create netns %s: %v", name, err)
-		}
-		if err := netns.Set(orig); err != nil {
-			panic(fmt.Sprintf("return to the original netns: %v", err))
-		}
-		return h
-	}()
-	t.Cleanup(func() {
-		h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	return name, h
-}
 
 // TestGuardReplacedByApply plays the boot in a network namespace of the
 // test's own: the guard unit's command loads guard.nft, anvil-firewall's
 // applier replaces the guard table with a compiled ruleset, and the
 // guard's command run again leaves that ruleset alone.
 func TestGuardReplacedByApply(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and programs nftables in it")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skipf("no nft(8): %v", err)
-	}
-	ns, h := newNetNS(t)
+	netnstest.RequireRoot(t)
+	nns := netnstest.New(t, "anvil-fwimage")
+	ns, h := nns.Name, nns.FD
 	table := config.Defaults().Table
 
 	// The unit's ExecStart, with the overlay's guard.nft for the image's.
@@ -100,7 +61,7 @@ func TestGuardReplacedByApply(t *testing.T) {
 		t.Errorf("the guard run twice changed the ruleset:\n%s\nthen\n%s", booted, again)
 	}
 
-	a, err := apply.New(apply.WithNetNS(int(h)))
+	a, err := apply.New(apply.WithNetNS(h))
 	if err != nil {
 		t.Fatal(err)
 	}

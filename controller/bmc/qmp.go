@@ -192,6 +192,7 @@ type message struct {
 	} `json:"error"`
 	Event string          `json:"event"`
 	ID    json.RawMessage `json:"id"`
+	raw   json.RawMessage // the message as received, for errors
 }
 
 type command struct {
@@ -222,8 +223,15 @@ func (q *QMP) open(parent context.Context) (*session, error) {
 	// A cancelled context unblocks reads and writes at once.
 	s.stop = context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	m, err := s.read("greeting")
+	// QEMU keeps one output buffer per monitor, not per connection: an
+	// event queued while the previous client was leaving (a guest
+	// SHUTDOWN, say) reaches the next client before its greeting. Such
+	// stale events are skipped; anything else first is a protocol error.
+	for err == nil && m.QMP == nil && m.Event != "" {
+		m, err = s.read("greeting")
+	}
 	if err == nil && m.QMP == nil {
-		err = fmt.Errorf("%w: the first message is not a QMP greeting", ErrProtocol)
+		err = fmt.Errorf("%w: the first message is not a QMP greeting: %.200s", ErrProtocol, m.raw)
 	}
 	if err == nil {
 		err = s.execute("qmp_capabilities", nil, nil)
@@ -269,10 +277,15 @@ func isTimeout(err error) bool {
 
 // read decodes the next message.
 func (s *session) read(what string) (*message, error) {
-	var m message
-	if err := s.dec.Decode(&m); err != nil {
+	var raw json.RawMessage
+	if err := s.dec.Decode(&raw); err != nil {
 		return nil, s.fail(what, err)
 	}
+	var m message
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, s.fail(what, err)
+	}
+	m.raw = raw
 	return &m, nil
 }
 

@@ -325,6 +325,22 @@ func TestBrokenPeers(t *testing.T) {
 	}
 }
 
+// TestEventsBeforeTheGreeting: QEMU sends events queued for the previous
+// client (one output buffer per monitor) before the next client's
+// greeting, seen on real QEMU in TestQEMUNextBoot under load.
+func TestEventsBeforeTheGreeting(t *testing.T) {
+	answer := replies(map[string]string{"query-status": paused, "qom-list": noDevs})
+	f := newFake(t, func(p *peer) {
+		p.send(`{"timestamp": {"seconds": 1796217863, "microseconds": 193172}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}` + "\r\n")
+		p.send(`{"timestamp": {"seconds": 1796217863, "microseconds": 193180}, "event": "STOP"}` + "\r\n")
+		answer(p)
+	})
+	st, err := NewQMP(f.socket, 5*time.Second).Status(t.Context())
+	if err != nil || st.Power != PowerOff {
+		t.Fatalf("status after stale events: %+v, %v", st, err)
+	}
+}
+
 func TestNoRESETEvent(t *testing.T) {
 	f := newFake(t, script(false, `{"return": {}, "id": $ID}`, `{"return": {}, "id": $ID}`, `{"return": {}, "id": $ID}`))
 	err := NewQMP(f.socket, 300*time.Millisecond).PowerOff(t.Context())

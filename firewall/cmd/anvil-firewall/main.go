@@ -121,6 +121,7 @@ func parseFlags(args []string) (cli, error) {
 }
 
 func main() {
+	app.TuneGC()
 	c, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -31,6 +32,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/anvil-metal/anvil/firewall/app"
 	"github.com/anvil-metal/anvil/firewall/apply"
 	"github.com/anvil-metal/anvil/firewall/cluster"
 	"github.com/anvil-metal/anvil/firewall/compile"
@@ -47,6 +49,9 @@ func main() {
 		cpuprof = flag.String("cpuprofile", "", "write a CPU profile of anvil's compile + apply runs at the largest size")
 	)
 	flag.Parse()
+	// The daemon's GC settings (GOGC=400, a 1 GiB soft limit, unless set
+	// in the environment): the benchmark measures what anvil-firewall runs.
+	app.TuneGC()
 	var ns []size
 	for _, f := range strings.Split(*sizes, ",") {
 		np, per, wide := strings.Cut(strings.TrimSpace(f), "x")
@@ -116,7 +121,10 @@ func run(sizes []size, runs, big int, dir, cpuprof string) error {
 	cfg := config.Defaults()
 	cfg.Masquerade = true
 	cfg.LogDrops = true
-	fmt.Printf("nft: %s; %d CPUs; median of %d runs (1 from %d policies); every run replaces an existing table\n\n", nftVersion(nftBin), runtime.NumCPU(), runs, big)
+	gcPercent := debug.SetGCPercent(100) // read it: put it back at once
+	debug.SetGCPercent(gcPercent)
+	fmt.Printf("nft: %s; %d CPUs; median of %d runs (1 from %d policies); every run replaces an existing table; anvil's GC: GOGC=%d, soft limit %d MiB\n\n",
+		nftVersion(nftBin), runtime.NumCPU(), runs, big, gcPercent, debug.SetMemoryLimit(-1)>>20)
 	var results []result
 	for i, n := range sizes {
 		prof := ""

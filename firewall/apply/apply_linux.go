@@ -33,9 +33,10 @@ type Applier struct {
 	closed    bool
 	applied   bool // the kernel holds the ruleset with fingerprint last
 	last      [sha256.Size]byte
-	table     string // its table
-	use       uint32 // the table's use count (chains + sets) right after it was applied; 0: unknown
-	uncertain bool   // the outcome of the last batch is unknown: send the next one regardless
+	table     string            // its table
+	use       uint32            // the table's use count (chains + sets) right after it was applied; 0: unknown
+	uncertain bool              // the outcome of the last batch is unknown: send the next one regardless
+	counterOf map[string]string // the table's counter objects: name to comment
 	stats     Stats
 }
 
@@ -108,7 +109,7 @@ func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 	}
 	var seeds map[string]Counter
 	if a.opts.carry && a.applied {
-		if seeds, err = a.readCounters(a.table); err != nil {
+		if seeds, err = a.readCounters(a.table, a.counterOf); err != nil {
 			a.log.Warn("reading counters to carry over; the new table's start at zero", "table", a.table, "err", err)
 			seeds = nil
 		}
@@ -143,6 +144,7 @@ func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 		a.stats.Repaired++
 	}
 	a.applied, a.last, a.table, a.uncertain = true, fp, rs.Table, false
+	a.counterOf = p.counterOf
 	a.use = 0
 	if t, err := a.listTable(rs.Table); err == nil {
 		a.use = tableUse(t)

@@ -9,17 +9,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Counters reads the counters of every rule in the applied table and sums
-// them by rule comment; rules without a comment or a counter are left
-// out. A newly applied table starts its counters at zero, or, with
-// WithCarryCounters, at the sums of the table it replaced.
+// Counters reads the applied table's counter objects — one per comment of
+// the counted rules, shared by all rules with that comment — and returns
+// them by comment. A newly applied table starts its counters at zero, or,
+// with WithCarryCounters, at the values of the table it replaced.
 //
-// It asks for the whole table in one rule dump (google/nftables' GetRules
-// dumps one chain per request and decodes every expression), read in large
-// messages, and decodes only comments and counters.
+// It is one object dump of the table (a few messages even for tens of
+// thousands of rules), read in large messages.
 func (a *Applier) Counters() (map[string]Counter, error) {
 	a.mu.Lock()
-	closed, table, applied := a.closed, a.table, a.applied
+	closed, table, applied, names := a.closed, a.table, a.applied, a.counterOf
 	a.mu.Unlock()
 	if closed {
 		return nil, ErrClosed
@@ -27,10 +26,13 @@ func (a *Applier) Counters() (map[string]Counter, error) {
 	if !applied {
 		return nil, ErrNotApplied
 	}
-	return a.readCounters(table)
+	return a.readCounters(table, names)
 }
 
-func (a *Applier) readCounters(table string) (map[string]Counter, error) {
+// readCounters dumps the counter objects of table and maps them to their
+// comments through names (object name to comment, from the apply that
+// made them); objects not in names are left out.
+func (a *Applier) readCounters(table string, names map[string]string) (map[string]Counter, error) {
 	cfg := &netlink.Config{}
 	if a.opts.hasNS {
 		cfg.NetNS = a.opts.netns
@@ -40,13 +42,16 @@ func (a *Applier) readCounters(table string) (map[string]Counter, error) {
 		return nil, fmt.Errorf("counters of table inet %s: netlink: %w", table, err)
 	}
 	defer c.Close()
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: append([]byte(table), 0)}})
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_OBJ_TABLE, Data: append([]byte(table), 0)},
+		{Type: unix.NFTA_OBJ_TYPE, Data: binary.BigEndian.AppendUint32(nil, nftObjectCounter)},
+	})
 	if err != nil {
 		return nil, err
 	}
 	req := netlink.Message{
 		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETOBJ),
 			Flags: netlink.Request | netlink.Dump,
 		},
 		// nfgenmsg: family, version NFNETLINK_V0, resource id 0
@@ -54,27 +59,27 @@ func (a *Applier) readCounters(table string) (map[string]Counter, error) {
 	}
 	// A dump that overlaps a commit is flagged as interrupted: read again.
 	for attempt := 0; ; attempt++ {
-		out, interrupted, err := dumpCounters(c, req)
+		out, interrupted, err := dumpCounters(c, req, names)
 		if err != nil {
-			return nil, fmt.Errorf("counters of table inet %s: dump rules: %w", table, err)
+			return nil, fmt.Errorf("counters of table inet %s: dump counter objects: %w", table, err)
 		}
 		if !interrupted {
 			return out, nil
 		}
 		if attempt == 2 {
-			return nil, fmt.Errorf("counters of table inet %s: the rule dump was interrupted by ruleset changes three times", table)
+			return nil, fmt.Errorf("counters of table inet %s: the object dump was interrupted by ruleset changes three times", table)
 		}
 	}
 }
 
-// dumpBuf is the receive buffer for rule dumps. The kernel sizes each
-// dump message to the reader's last buffer (up to 32 KiB) and, for every
-// message, walks the table's rules from the first one to where the last
-// message stopped, so bigger messages make a large dump several times
-// cheaper than netlink.Conn.Receive's page-sized first read.
+// dumpBuf is the receive buffer for dumps. The kernel sizes each dump
+// message to the reader's last buffer (up to 32 KiB) and, for every
+// message, walks the objects from the first one to where the last message
+// stopped, so bigger messages make a large dump cheaper than
+// netlink.Conn.Receive's page-sized first read.
 const dumpBuf = 64 << 10
 
-func dumpCounters(c *netlink.Conn, req netlink.Message) (map[string]Counter, bool, error) {
+func dumpCounters(c *netlink.Conn, req netlink.Message, names map[string]string) (map[string]Counter, bool, error) {
 	sent, err := c.Send(req)
 	if err != nil {
 		return nil, false, err
@@ -124,15 +129,12 @@ func dumpCounters(c *netlink.Conn, req netlink.Message) (map[string]Counter, boo
 			if len(m.Data) < 4 {
 				continue
 			}
-			name, ctr, ok, err := ruleCounter(m.Data[4:])
+			name, ctr, ok, err := objCounter(m.Data[4:])
 			if err != nil {
 				return nil, false, err
 			}
-			if ok {
-				sum := out[name]
-				sum.Packets += ctr.Packets
-				sum.Bytes += ctr.Bytes
-				out[name] = sum
+			if comment, known := names[name]; ok && known {
+				out[comment] = ctr
 			}
 		}
 	}

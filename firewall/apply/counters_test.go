@@ -7,26 +7,18 @@ import (
 	"github.com/mdlayher/netlink"
 )
 
-// rule encodes a NEWRULE payload as the kernel dumps it: expressions
-// (each name + data) and userdata.
-func rule(t *testing.T, userdata []byte, exprs ...[2][]byte) []byte {
+// object encodes a NEWOBJ payload as the kernel dumps it.
+func object(t *testing.T, name string, typ uint32, data []byte) []byte {
 	t.Helper()
 	ae := netlink.NewAttributeEncoder()
 	ae.ByteOrder = binary.BigEndian
-	ae.String(1, "anvil") // NFTA_RULE_TABLE, ignored
-	ae.Nested(nftaRuleExpressions, func(list *netlink.AttributeEncoder) error {
-		for _, x := range exprs {
-			list.Nested(nftaListElem, func(e *netlink.AttributeEncoder) error {
-				e.String(nftaExprName, string(x[0]))
-				e.Bytes(nftaExprData, x[1])
-				return nil
-			})
-		}
-		return nil
-	})
-	if userdata != nil {
-		ae.Bytes(nftaRuleUserdata, userdata)
+	ae.String(1, "anvil") // NFTA_OBJ_TABLE, ignored
+	ae.String(nftaObjName, name)
+	ae.Uint32(nftaObjType, typ)
+	if data != nil {
+		ae.Bytes(nftaObjData, data)
 	}
+	ae.Uint32(5, 3) // NFTA_OBJ_USE, ignored
 	b, err := ae.Encode()
 	if err != nil {
 		t.Fatal(err)
@@ -47,9 +39,7 @@ func counterData(t *testing.T, bytes, packets uint64) []byte {
 	return b
 }
 
-func TestRuleCounter(t *testing.T) {
-	ud := []byte("\x00\x07ns/pol\x00")
-	lookup := [2][]byte{[]byte("lookup"), {0, 0, 0, 0}}
+func TestObjCounter(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		in    []byte
@@ -57,20 +47,22 @@ func TestRuleCounter(t *testing.T) {
 		named string
 		ok    bool
 	}{
-		{"counted", rule(t, ud, lookup, [2][]byte{[]byte("counter"), counterData(t, 1500, 3)}), Counter{Packets: 3, Bytes: 1500}, "ns/pol", true},
-		{"two counters", rule(t, ud, [2][]byte{[]byte("counter"), counterData(t, 1, 1)}, [2][]byte{[]byte("counter"), counterData(t, 2, 2)}), Counter{Packets: 3, Bytes: 3}, "ns/pol", true},
-		{"no counter", rule(t, ud, lookup), Counter{}, "ns/pol", false},
-		{"no comment", rule(t, nil, [2][]byte{[]byte("counter"), counterData(t, 9, 9)}), Counter{Packets: 9, Bytes: 9}, "", false},
+		{"counter", object(t, "ns/pol", nftObjectCounter, counterData(t, 1500, 3)), Counter{Packets: 3, Bytes: 1500}, "ns/pol", true},
+		{"zero", object(t, "default_egress", nftObjectCounter, counterData(t, 0, 0)), Counter{}, "default_egress", true},
+		{"a quota object", object(t, "q", 2, counterData(t, 9, 9)), Counter{}, "q", false},
 	} {
-		name, c, ok, err := ruleCounter(tc.in)
+		name, c, ok, err := objCounter(tc.in)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		if ok != tc.ok || (ok && (c != tc.want || name != tc.named)) {
+		if ok != tc.ok || name != tc.named || (ok && c != tc.want) {
 			t.Errorf("%s: %q %+v %v; want %q %+v %v", tc.name, name, c, ok, tc.named, tc.want, tc.ok)
 		}
 	}
-	if _, _, _, err := ruleCounter([]byte{0xff, 0xff, 0, 0, 1}); err == nil {
+	if _, _, _, err := objCounter([]byte{0xff, 0xff, 0, 0, 1}); err == nil {
 		t.Error("garbage decoded without error")
+	}
+	if _, _, _, err := objCounter(object(t, "x", nftObjectCounter, []byte{0xff, 0xff, 0, 0, 1})); err == nil {
+		t.Error("garbage counter data decoded without error")
 	}
 }

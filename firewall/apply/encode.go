@@ -346,28 +346,6 @@ func ifname(name string) ([]byte, error) {
 	return b, nil
 }
 
-// comment extracts a rule's comment from its userdata: TLVs of one byte of
-// type, one of length and the value; the comment (type 0,
-// NFTNL_UDATA_RULE_COMMENT) NUL-terminated. Malformed data yields false.
-func comment(ud []byte) (string, bool) {
-	const typeComment = 0
-	for len(ud) >= 2 {
-		typ, n := ud[0], int(ud[1])
-		if len(ud) < 2+n {
-			return "", false
-		}
-		if typ == typeComment {
-			v := ud[2 : 2+n]
-			if len(v) > 0 && v[len(v)-1] == 0 {
-				v = v[:len(v)-1]
-			}
-			return string(v), true
-		}
-		ud = ud[2+n:]
-	}
-	return "", false
-}
-
 // matchPlan is how one inline Match is loaded and compared, the way nft
 // does it (checked with nft --debug=netlink): an address prefix that ends
 // on a byte boundary loads only its bytes and compares them; another

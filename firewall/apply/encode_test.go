@@ -217,24 +217,6 @@ func TestIfname(t *testing.T) {
 	}
 }
 
-func TestComment(t *testing.T) {
-	for _, tc := range []struct {
-		ud   []byte
-		want string
-		ok   bool
-	}{
-		{[]byte("\x00\x07ns/pol\x00"), "ns/pol", true},
-		{[]byte("\x01\x02ab\x00\x03hi\x00"), "hi", true}, // after another TLV
-		{[]byte("\x00\x09short"), "", false},             // truncated
-		{nil, "", false},
-	} {
-		got, ok := comment(tc.ud)
-		if got != tc.want || ok != tc.ok {
-			t.Errorf("comment(%q) = %q, %v; want %q, %v", tc.ud, got, ok, tc.want, tc.ok)
-		}
-	}
-}
-
 func TestPlanLookup(t *testing.T) {
 	sets := map[string]*model.Set{
 		"a4": {Name: "a4", Family: model.IPv4, Key: []model.KeyKind{model.KeyAddr}},

@@ -33,7 +33,11 @@ type plan struct {
 	drop   string // a previously applied table of another name, replaced too
 	sets   []planSet
 	chains []*nftables.Chain
-	rules  []*nftables.Rule
+	// counters are the named counter objects, one per counted comment;
+	// counterOf maps each object's name back to its comment.
+	counters  []*nftables.CounterObj
+	counterOf map[string]string
+	rules     []*nftables.Rule
 	// ruleNames says where each rule comes from ("chain x rules[2]").
 	ruleNames []string
 
@@ -48,7 +52,7 @@ type planSet struct {
 
 // queue adds the plan's messages to c in nft's order: the table replace
 // (add, delete, add — valid whether the table exists or not), the chains,
-// the sets with their elements, then the rules. It returns what each
+// the sets with their elements, the counter objects, then the rules. It returns what each
 // message creates, in order, for error messages.
 func (p *plan) queue(c *nftables.Conn) ([]string, error) {
 	var what []string
@@ -80,6 +84,10 @@ func (p *plan) queue(c *nftables.Conn) ([]string, error) {
 			what = append(what, fmt.Sprintf("elements of set %s (message %d of %d)", s.set.Name, i+1, len(s.chunks)))
 		}
 	}
+	for _, o := range p.counters {
+		c.AddObj(o)
+		what = append(what, "counter "+o.Name)
+	}
 	for i, r := range p.rules {
 		c.AddRule(r)
 		what = append(what, p.ruleNames[i])
@@ -90,7 +98,7 @@ func (p *plan) queue(c *nftables.Conn) ([]string, error) {
 // translate builds the plan for rs. previous is the name of the table
 // applied before (replaced as well when it differs from rs.Table). seeds,
 // when not nil, are initial counter values by comment, given to the first
-// counted rule with that comment.
+// counter object of that comment.
 func translate(rs model.Ruleset, previous string, seeds map[string]Counter) (*plan, error) {
 	if rs.Table == "" {
 		return nil, fmt.Errorf("%w: no table name", ErrInvalid)
@@ -144,10 +152,20 @@ func translate(rs model.Ruleset, previous string, seeds map[string]Counter) (*pl
 		p.messages++
 		p.bytes += 128 + len(c.Name)
 	}
-	t := ruleTranslator{sets: sets, ids: setIDs, seeds: map[string]Counter{}}
-	for k, v := range seeds {
-		t.seeds[k] = v
+	// One counter object per counted comment, started at its seed.
+	comments, names := model.CounterNames(rs)
+	p.counterOf = make(map[string]string, len(names))
+	for i, name := range names {
+		if other, dup := p.counterOf[name]; dup {
+			return nil, fmt.Errorf("%w: comments %q and %q give the same counter name %q", ErrInvalid, other, comments[i], name)
+		}
+		p.counterOf[name] = comments[i]
+		seed := seeds[comments[i]]
+		p.counters = append(p.counters, &nftables.CounterObj{Table: p.table, Name: name, Packets: seed.Packets, Bytes: seed.Bytes})
+		p.messages++
+		p.bytes += 96 + len(name)
 	}
+	t := ruleTranslator{sets: sets, ids: setIDs}
 	for _, c := range rs.Chains {
 		for i, r := range c.Rules {
 			exprs, size, err := t.rule(r)
@@ -307,9 +325,8 @@ func policyRef(p nftables.ChainPolicy) *nftables.ChainPolicy { return &p }
 var nfproto = map[model.Family]byte{model.IPv4: unix.NFPROTO_IPV4, model.IPv6: unix.NFPROTO_IPV6}
 
 type ruleTranslator struct {
-	sets  map[string]*model.Set
-	ids   map[string]uint32
-	seeds map[string]Counter // consumed: each seed goes to one rule
+	sets map[string]*model.Set
+	ids  map[string]uint32
 }
 
 // rule translates one rule into expressions, in nft's order: the matches
@@ -447,13 +464,12 @@ func (t *ruleTranslator) rule(r model.Rule) ([]expr.Any, int, error) {
 		}
 		add(64+len(l.Set), &expr.Lookup{SourceRegister: lp.Regs[0], SetName: l.Set, SetID: t.ids[l.Set], Invert: l.Negate})
 	}
-	if r.Counter {
-		ctr := &expr.Counter{}
-		if seed, ok := t.seeds[r.Comment]; ok && r.Comment != "" {
-			ctr.Packets, ctr.Bytes = seed.Packets, seed.Bytes
-			delete(t.seeds, r.Comment)
-		}
-		add(48, ctr)
+	switch {
+	case r.Counter && r.Comment != "":
+		name := model.CounterName(r.Comment)
+		add(48+len(name), &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name})
+	case r.Counter:
+		add(48, &expr.Counter{})
 	}
 	if r.Log != nil {
 		if r.Verdict.Kind != model.None {

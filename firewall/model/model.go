@@ -140,6 +140,9 @@ type Rule struct {
 	// they are tested before the Lookups.
 	Matches []Match
 	Lookups []Lookup
+	// Counter counts matching packets: in the named counter object
+	// CounterName(Comment) when the rule has a comment (all rules with the
+	// same comment share it), else in the rule's own counter.
 	Counter bool
 	Log     *Log
 	Verdict Verdict
@@ -173,6 +176,40 @@ type Match struct {
 	Addr  AddrRange
 	Proto uint8
 	Port  PortRange
+}
+
+// CounterName is the name of the counter object that the counted rules
+// with comment c share: c with every byte nft(8) does not accept in an
+// unquoted name (letters, digits, "/", "-", "_", ".") replaced by "_",
+// and "c_" in front unless it starts with a letter.
+func CounterName(c string) string {
+	b := []byte(c)
+	for i, x := range b {
+		ok := x >= 'a' && x <= 'z' || x >= 'A' && x <= 'Z' || x >= '0' && x <= '9' || x == '/' || x == '-' || x == '_' || x == '.'
+		if !ok {
+			b[i] = '_'
+		}
+	}
+	if len(b) == 0 || !(b[0] >= 'a' && b[0] <= 'z' || b[0] >= 'A' && b[0] <= 'Z') {
+		return "c_" + string(b)
+	}
+	return string(b)
+}
+
+// CounterNames lists the counter objects of rs: the comments of its
+// counted rules in order of first use, with their names.
+func CounterNames(rs Ruleset) (comments, names []string) {
+	seen := map[string]bool{}
+	for _, c := range rs.Chains {
+		for _, r := range c.Rules {
+			if r.Counter && r.Comment != "" && !seen[r.Comment] {
+				seen[r.Comment] = true
+				comments = append(comments, r.Comment)
+				names = append(names, CounterName(r.Comment))
+			}
+		}
+	}
+	return comments, names
 }
 
 // Lookup matches when the tuple of Fields is (not, with Negate) in Set.

@@ -16,6 +16,10 @@ func Render(rs Ruleset) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {\n", rs.Table)
+	_, names := CounterNames(rs)
+	for _, n := range names {
+		fmt.Fprintf(&b, "\tcounter %s {\n\t}\n", n)
+	}
 	for _, s := range rs.Sets {
 		renderSet(&b, s)
 	}
@@ -194,7 +198,10 @@ func renderRule(fams map[string]Family, r Rule) string {
 		}
 		w = append(w, lookupFields(fams, l)+" "+op+l.Set)
 	}
-	if r.Counter {
+	switch {
+	case r.Counter && r.Comment != "":
+		w = append(w, fmt.Sprintf("counter name %q", CounterName(r.Comment)))
+	case r.Counter:
 		w = append(w, "counter")
 	}
 	if r.Log != nil {

@@ -203,9 +203,13 @@ func TestQEMUNextBoot(t *testing.T) {
 				if err := d.PowerOn(ctx); err != nil {
 					t.Fatal(err)
 				}
-				order := vm.WaitLog(logCtx(t), t, mark, "boot order:\n")
-				order = order[strings.Index(order, "boot order:\n"):]
+				vm.WaitLog(logCtx(t), t, mark, "boot order:\n")
 				got := firstBoot(t, vm, mark)
+				// SeaBIOS prints the whole order before it boots: read the
+				// log again now (the wait above can return before the
+				// order's entries are written).
+				order := vm.Log(t)[mark:]
+				order = order[strings.Index(order, "boot order:\n"):]
 				wantFirst, wantOrder := "ROM", "1: /pci@i0cf8/ethernet@"
 				if want == bmc.BootDisk {
 					wantFirst, wantOrder = "Hard Disk", "1: /pci@i0cf8/scsi@"

@@ -425,17 +425,10 @@ func (rs addrRanges) contains(a netip.Addr) bool {
 	return i < len(rs) && !a.Less(rs[i].From)
 }
 
-// peerPods resolves a selector peer to pod indexes, memoised per
-// namespace and selectors.
-func (c *compiler) peerPods(ns string, peer networkingv1.NetworkPolicyPeer) []int {
-	pods, _ := c.peerPodsKey(ns, peer)
-	return pods
-}
-
 // peerAddrs is the addresses of a selector peer's pods per family,
 // normalized and memoised (shared: not to be modified).
 func (c *compiler) peerAddrs(ns string, peer networkingv1.NetworkPolicyPeer) [2]addrRanges {
-	pods, key := c.peerPodsKey(ns, peer)
+	pods, key := c.peerPods(ns, peer)
 	if got, ok := c.addrMemo[key]; ok {
 		return got
 	}
@@ -452,9 +445,11 @@ func (c *compiler) peerAddrs(ns string, peer networkingv1.NetworkPolicyPeer) [2]
 	return out
 }
 
-func (c *compiler) peerPodsKey(ns string, peer networkingv1.NetworkPolicyPeer) ([]int, string) {
+// peerPods resolves a selector peer to pod indexes, memoised per
+// namespace and selectors; key names the memo entry.
+func (c *compiler) peerPods(ns string, peer networkingv1.NetworkPolicyPeer) (pods []int, key string) {
 	var nsSel, podSel labels.Selector
-	key := ns
+	key = ns
 	if peer.NamespaceSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
 		if err != nil {

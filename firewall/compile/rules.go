@@ -134,10 +134,9 @@ func (c *compiler) addrPart(field model.Field, f model.Family, rs addrRanges) *p
 
 func fullRange(f model.Family) model.AddrRange {
 	if f == model.IPv4 {
-		return model.AddrRange{From: netip.IPv4Unspecified(), To: netip.AddrFrom4([4]byte{255, 255, 255, 255})}
+		return prefixRange(netip.PrefixFrom(netip.IPv4Unspecified(), 0))
 	}
-	all := [16]byte{0: 0xff, 1: 0xff, 2: 0xff, 3: 0xff, 4: 0xff, 5: 0xff, 6: 0xff, 7: 0xff, 8: 0xff, 9: 0xff, 10: 0xff, 11: 0xff, 12: 0xff, 13: 0xff, 14: 0xff, 15: 0xff}
-	return model.AddrRange{From: netip.IPv6Unspecified(), To: netip.AddrFrom16(all)}
+	return prefixRange(netip.PrefixFrom(netip.IPv6Unspecified(), 0))
 }
 
 func protoPort(proto uint8, from, to uint16) []model.Match {
@@ -291,7 +290,7 @@ func (c *compiler) policyRule(d direction, p *policy, peers []networkingv1.Netwo
 	}
 	if len(named) > 0 {
 		for fi, f := range families {
-			ns := c.namedElements(d, p, named, allAddr, union[fi], f)
+			ns := c.namedElements(d, p, named, allAddr, union[fi], fi)
 			if len(ns.els) == 0 {
 				continue
 			}
@@ -316,12 +315,12 @@ func (c *compiler) policyRule(d direction, p *policy, peers []networkingv1.Netwo
 // policy's selected pods for ingress, the pods inside the peers for
 // egress (found through the address index, so the cost follows the pods
 // in the peers, not all pods).
-func (c *compiler) namedElements(d direction, p *policy, named []namedPort, allAddr bool, peers addrRanges, f model.Family) *namedSet {
+func (c *compiler) namedElements(d direction, p *policy, named []namedPort, allAddr bool, peers addrRanges, fi int) *namedSet {
 	// Egress elements depend only on the peers and the names: many
 	// policies share them (memoised with their set).
 	var key []byte
 	if d == egress {
-		key = fmt.Appendf(nil, "%d|%v|%v|", f, allAddr, named)
+		key = fmt.Appendf(nil, "%d|%v|%v|", fi, allAddr, named)
 		for _, r := range peers {
 			from, to := r.From.As16(), r.To.As16()
 			key = append(append(key, from[:]...), to[:]...)
@@ -345,10 +344,6 @@ func (c *compiler) namedElements(d direction, p *policy, named []namedPort, allA
 				}
 			}
 		}
-	}
-	fi := 1
-	if f == model.IPv4 {
-		fi = 0
 	}
 	switch {
 	case d == ingress:

@@ -104,7 +104,7 @@ func TestRunReconciles(t *testing.T) {
 	if len(r.Invalid) != 1 || !strings.Contains(r.Invalid[0].Error(), "prod/typo") {
 		t.Fatalf("invalid policies: %v", r.Invalid)
 	}
-	table := ns.List(t, cfg.Table)
+	table := ns.ListLive(t, cfg.Table, apply.AltTable(cfg.Table))
 	for _, want := range []string{"203.0.113.0/24", "chain eg_prod_web-out", `comment "prod/web-out"`} {
 		if !strings.Contains(table, want) {
 			t.Errorf("kernel table lacks %q:\n%s", want, table)
@@ -126,7 +126,7 @@ func TestRunReconciles(t *testing.T) {
 	if r.Err != nil || !r.Changed || len(r.Invalid) != 0 {
 		t.Errorf("update: changed=%v err=%v invalid=%v", r.Changed, r.Err, r.Invalid)
 	}
-	if table := ns.List(t, cfg.Table); !strings.Contains(table, "198.51.100.0/24") || strings.Contains(table, "203.0.113.0/24") {
+	if table := ns.ListLive(t, cfg.Table, apply.AltTable(cfg.Table)); !strings.Contains(table, "198.51.100.0/24") || strings.Contains(table, "203.0.113.0/24") {
 		t.Errorf("kernel table did not follow the update:\n%s", table)
 	}
 	want := `

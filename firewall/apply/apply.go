@@ -72,10 +72,14 @@ type Counter struct {
 
 // Stats describes what an Applier has done so far.
 type Stats struct {
-	// Batches is the number of netlink batches sent (one transaction,
-	// one sendmsg each), rejected ones included.
-	Batches uint64
-	// Rejected counts batches that returned an error.
+	// Replacements is the number of tables sent to the kernel,
+	// rejected ones included.
+	Replacements uint64
+	// Transactions counts the netlink batches (one transaction, one
+	// sendmsg each) of those: one per replacement, or two when a live
+	// table was replaced (see Apply).
+	Transactions uint64
+	// Rejected counts replacements that returned an error.
 	Rejected uint64
 	// Unchanged counts Apply calls answered without a batch because the
 	// ruleset equalled the one in the kernel.

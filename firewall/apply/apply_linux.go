@@ -72,15 +72,23 @@ func (a *Applier) conn(extra ...nftables.ConnOption) (*nftables.Conn, error) {
 	return nftables.New(append(o, extra...)...)
 }
 
-// Apply makes rs the kernel's table rs.Table, replacing whatever table of
-// that name (and the previously applied table, if it had another name) was
-// there, in one netlink transaction. It reports whether a batch was
-// committed: false with a nil error when rs equals the last applied
-// ruleset (same content, order included) and the table is still there as
-// it was left. When the kernel rejects the batch nothing changed, and the
-// last good ruleset remains the reference for the next call. (Should the
-// kernel's acknowledgements be lost, ENOBUFS, the outcome is unknown: the
-// next call sends its batch whatever it holds.)
+// Apply makes rs the kernel's live table of family inet, named rs.Table
+// or AltTable(rs.Table), replacing the live table of either name (and the
+// previously applied table, if it had another name). When there is no
+// live table to replace, one netlink transaction creates it. Otherwise a
+// first transaction creates the new table, dormant, under the name the
+// live one does not have, and a second deletes the old table and wakes
+// the new one: traffic moves from the old ruleset to the new one in that
+// second transaction, and no packet meets a new set before the kernel
+// published its elements (see swap.go). Table says which name is live.
+//
+// It reports whether a new table went live: false with a nil error when
+// rs equals the last applied ruleset (same content, order included) and
+// the table is still there as it was left. When the kernel rejects either
+// transaction, the old table is the live one as before, the new one is
+// deleted, and the last good ruleset remains the reference for the next
+// call. (Should the kernel's acknowledgements be lost, ENOBUFS, the
+// outcome is unknown: the next call sends its batch whatever it holds.)
 func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -107,6 +115,11 @@ func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 	if a.applied {
 		previous = a.table
 	}
+	tables, err := a.listTables()
+	if err != nil {
+		return false, fmt.Errorf("apply table inet %s: list the tables: %w", rs.Table, err)
+	}
+	sw := planSwap(rs.Table, previous, tables)
 	var seeds map[string]Counter
 	if a.opts.carry && a.applied {
 		if seeds, err = a.readCounters(a.table, a.counterOf); err != nil {
@@ -114,7 +127,7 @@ func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 			seeds = nil
 		}
 	}
-	p, err := translate(rs, previous, seeds)
+	p, err := translate(rs, sw, seeds)
 	if err != nil {
 		return false, fmt.Errorf("apply table inet %s: %w", rs.Table, err)
 	}
@@ -128,9 +141,10 @@ func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 	}
 	defer nl.Close()
 	built := time.Since(start)
-	a.stats.Batches++
+	a.stats.Replacements++
+	a.stats.Transactions++
 	a.stats.LastMessages, a.stats.LastBytes = len(batch), p.bytes
-	if err := send(nl, batch, what); err != nil {
+	fail := func(err error) (bool, error) {
 		a.stats.Rejected++
 		if errors.Is(err, errUncertain) {
 			// The batch may have committed: send the next one whatever
@@ -138,22 +152,69 @@ func (a *Applier) Apply(rs model.Ruleset) (changed bool, err error) {
 			a.uncertain = true
 		}
 		return false, fmt.Errorf("apply table inet %s (%d sets, %d chains, %d rules; %d netlink messages, %d bytes): %w",
-			rs.Table, len(p.sets), len(p.chains), len(p.rules), len(batch), p.bytes, err)
+			sw.target, len(p.sets), len(p.chains), len(p.rules), len(batch), p.bytes, err)
+	}
+	if err := send(nl, batch, what); err != nil {
+		return fail(err)
+	}
+	if sw.dormant {
+		// The new table and its sets are committed, dormant; now swap.
+		wake, wakeWhat, err := sw.wakeOps()
+		if err == nil {
+			a.stats.Transactions++
+			err = send(nl, wake, wakeWhat)
+		}
+		if err != nil {
+			if !errors.Is(err, errUncertain) {
+				a.removeDormant(sw.target)
+			}
+			return fail(fmt.Errorf("swap to the new table: %w", err))
+		}
 	}
 	if repair {
 		a.stats.Repaired++
 	}
-	a.applied, a.last, a.table, a.uncertain = true, fp, rs.Table, false
+	a.applied, a.last, a.table, a.uncertain = true, fp, sw.target, false
 	a.counterOf = p.counterOf
 	a.use = 0
-	if t, err := a.listTable(rs.Table); err == nil {
+	if t, err := a.listTable(sw.target); err == nil {
 		a.use = tableUse(t)
 	} else {
-		a.log.Warn("reading back the applied table", "table", rs.Table, "err", err)
+		a.log.Warn("reading back the applied table", "table", sw.target, "err", err)
 	}
-	a.log.Debug("nftables table applied", "table", rs.Table, "sets", len(p.sets), "chains", len(p.chains),
-		"rules", len(p.rules), "messages", len(batch), "bytes", p.bytes, "build", built, "took", time.Since(start))
+	a.log.Debug("nftables table applied", "table", sw.target, "replaced", len(sw.drop), "two transactions", sw.dormant,
+		"sets", len(p.sets), "chains", len(p.chains), "rules", len(p.rules), "messages", len(batch), "bytes", p.bytes,
+		"build", built, "took", time.Since(start))
 	return true, nil
+}
+
+// removeDormant deletes the dormant table a failed swap left behind
+// (the next apply would, too).
+func (a *Applier) removeDormant(name string) {
+	var o tableOps
+	o.remove(liveTable{name: name, dormant: true})
+	err := o.err
+	if err == nil {
+		var nl *netlink.Conn
+		if nl, err = a.dialBatch(&plan{}); err == nil {
+			err = send(nl, frame(o.msgs), o.what)
+			nl.Close()
+		}
+	}
+	if err != nil {
+		a.log.Warn("deleting the dormant table of a failed swap", "table", name, "err", err)
+	}
+}
+
+// Table is the name of the table the last successful Apply left live:
+// the ruleset's name or AltTable of it ("" before the first).
+func (a *Applier) Table() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.applied {
+		return ""
+	}
+	return a.table
 }
 
 // drift reports why the applied table no longer looks as it was left
@@ -166,6 +227,9 @@ func (a *Applier) drift() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if tableFlags(t)&unix.NFT_TABLE_F_DORMANT != 0 {
+		return "table dormant", nil
+	}
 	if use := tableUse(t); a.use != 0 && use != a.use {
 		return fmt.Sprintf("table holds %d chains and sets, %d were applied", use, a.use), nil
 	}
@@ -173,11 +237,17 @@ func (a *Applier) drift() (string, error) {
 }
 
 // tableUse is the table's use count (its chains, sets and other objects).
-// google/nftables v0.3.0 decodes NFTA_TABLE_USE in host byte order; the
-// kernel sends it in network byte order.
-func tableUse(t *nftables.Table) uint32 {
+func tableUse(t *nftables.Table) uint32 { return netOrder(t.Use) }
+
+// tableFlags are the table's flags (NFT_TABLE_F_DORMANT, ...).
+func tableFlags(t *nftables.Table) uint32 { return netOrder(t.Flags) }
+
+// netOrder undoes google/nftables v0.3.0's decoding of a table's
+// NFTA_TABLE_USE and NFTA_TABLE_FLAGS in host byte order; the kernel
+// sends them in network byte order.
+func netOrder(v uint32) uint32 {
 	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], t.Use)
+	binary.NativeEndian.PutUint32(b[:], v)
 	return binary.BigEndian.Uint32(b[:])
 }
 

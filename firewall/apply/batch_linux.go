@@ -28,11 +28,11 @@ import (
 // acknowledgement; each error names the message by its sequence number,
 // so a rejection says which rule or set the kernel refused.
 
-// encode returns the plan's batch as google/nftables encodes it
-// (BATCH_BEGIN, the messages, BATCH_END) and what each message between
-// begin and end creates. It runs Conn.Flush against a recording dialer;
-// the recorder answers ENOBUFS, on which Flush gives up reading
-// acknowledgements at once.
+// encode returns the plan's (first) batch: BATCH_BEGIN, the table
+// messages of its swap, the objects as google/nftables encodes them,
+// BATCH_END; and what each message between begin and end does. It runs
+// Conn.Flush against a recording dialer; the recorder answers ENOBUFS,
+// on which Flush gives up reading acknowledgements at once.
 func (p *plan) encode() ([]netlink.Message, []string, error) {
 	var batch []netlink.Message
 	sends := 0
@@ -55,13 +55,17 @@ func (p *plan) encode() ([]netlink.Message, []string, error) {
 		batch[0].Header.Type != unix.NFNL_MSG_BATCH_BEGIN || batch[len(batch)-1].Header.Type != unix.NFNL_MSG_BATCH_END {
 		return nil, nil, fmt.Errorf("encode the batch: google/nftables produced %d sends of %d messages for %d objects", sends, len(batch), len(what))
 	}
-	for i := range batch {
-		h := &batch[i].Header
+	tables, tableWhat, err := p.swap.firstOps()
+	if err != nil {
+		return nil, nil, err
+	}
+	msgs := append(tables, batch[1:len(batch)-1]...)
+	for i := range msgs {
+		h := &msgs[i].Header
 		h.Flags &^= netlink.Acknowledge | netlink.Echo
 		h.Length, h.Sequence, h.PID = 0, 0, 0 // assigned by marshalBatch
 	}
-	batch[len(batch)-2].Header.Flags |= netlink.Acknowledge
-	return batch, what, nil
+	return frame(msgs), append(tableWhat, what...), nil
 }
 
 // ErrRejected marks an apply the kernel refused; the transaction was

@@ -13,7 +13,7 @@ import (
 // together carry every element.
 func TestOneBatchLargeSets(t *testing.T) {
 	rs := largeRuleset(40000, 15000, 5000)
-	p, err := translate(rs, "", nil)
+	p, err := translate(rs, planSwap(rs.Table, "", nil), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -304,8 +304,8 @@ func TestAtomicity(t *testing.T) {
 	if _, err := ap.Apply(good); err != nil {
 		t.Fatal(err)
 	}
-	before := ns.List(t, "anvil")
-	beforeNL := ns.ListNetlink(t, "anvil")
+	before := ns.List(t, ap.Table())
+	beforeNL := ns.ListNetlink(t, ap.Table())
 
 	// Each is valid for the applier and only the kernel refuses it, late
 	// in the batch: after the table was deleted and most of it re-added.
@@ -335,7 +335,7 @@ func TestAtomicity(t *testing.T) {
 		{"overlapping interval", overlap, syscall.EEXIST, "elements of set peers4"},
 	} {
 		t.Run(bad.name, func(t *testing.T) {
-			batches := ap.Stats().Batches
+			batches := ap.Stats().Replacements
 			changed, err := ap.Apply(bad.rs)
 			if err == nil || changed {
 				t.Fatalf("Apply: changed %v, err %v; want a kernel error", changed, err)
@@ -347,13 +347,16 @@ func TestAtomicity(t *testing.T) {
 				t.Errorf("error %q: want %v naming %q", err, bad.errno, bad.what)
 			}
 			t.Logf("kernel error: %v", err)
-			if ap.Stats().Batches != batches+1 {
-				t.Errorf("batches %d → %d: want one sent", batches, ap.Stats().Batches)
+			if ap.Stats().Replacements != batches+1 {
+				t.Errorf("batches %d → %d: want one sent", batches, ap.Stats().Replacements)
 			}
-			if after := ns.List(t, "anvil"); after != before {
+			if after := ns.List(t, ap.Table()); after != before {
 				t.Errorf("the table changed although the batch failed\n%s", lineDiff(before, after))
 			}
-			if after := ns.ListNetlink(t, "anvil"); after != beforeNL {
+			if tables := strings.TrimSpace(ns.Nft(t, "", "list", "tables")); tables != "table inet "+ap.Table() {
+				t.Errorf("tables after the rejection:\n%s\nwant only the live table inet %s", tables, ap.Table())
+			}
+			if after := ns.ListNetlink(t, ap.Table()); after != beforeNL {
 				t.Errorf("the rules changed although the batch failed\n%s", lineDiff(beforeNL, after))
 			}
 			// The last good ruleset is still the reference: applying it
@@ -370,7 +373,7 @@ func TestAtomicity(t *testing.T) {
 	if changed, err := ap.Apply(next); err != nil || !changed {
 		t.Fatalf("Apply after failures: changed %v, err %v", changed, err)
 	}
-	if got := ns.List(t, "anvil"); strings.Contains(got, "ct state established,related accept") {
+	if got := ns.List(t, ap.Table()); strings.Contains(got, "ct state established,related accept") {
 		t.Errorf("the new ruleset was not applied:\n%s", got)
 	}
 }
@@ -394,8 +397,8 @@ func TestInvalidSendsNothing(t *testing.T) {
 			t.Errorf("%s: err %v, want ErrInvalid", model.RenderRule(rs, bad), err)
 		}
 	}
-	if s := ap.Stats(); s.Batches != 0 {
-		t.Errorf("%d batches sent for an untranslatable ruleset", s.Batches)
+	if s := ap.Stats(); s.Replacements != 0 {
+		t.Errorf("%d replacements sent for an untranslatable ruleset", s.Replacements)
 	}
 }
 
@@ -406,7 +409,7 @@ func TestChangeDetection(t *testing.T) {
 	rs := realistic("anvil")
 	mustApply := func(rs model.Ruleset, wantChanged bool) {
 		t.Helper()
-		before := ap.Stats().Batches
+		before := ap.Stats().Replacements
 		changed, err := ap.Apply(rs)
 		if err != nil {
 			t.Fatal(err)
@@ -414,9 +417,9 @@ func TestChangeDetection(t *testing.T) {
 		if changed != wantChanged {
 			t.Fatalf("changed = %v, want %v", changed, wantChanged)
 		}
-		sent := ap.Stats().Batches - before
+		sent := ap.Stats().Replacements - before
 		if wantChanged && sent != 1 || !wantChanged && sent != 0 {
-			t.Fatalf("%d batches sent, want %d", sent, map[bool]int{true: 1}[wantChanged])
+			t.Fatalf("%d replacements sent, want %d", sent, map[bool]int{true: 1}[wantChanged])
 		}
 	}
 	mustApply(rs, true)
@@ -430,7 +433,7 @@ func TestChangeDetection(t *testing.T) {
 	r := swapped.Chains[0].Rules
 	r[0], r[1] = r[1], r[0]
 	mustApply(swapped, true)
-	if got := ns.List(t, "anvil"); strings.Index(got, "ct state invalid drop") > strings.Index(got, "ct state established,related accept") {
+	if got := ns.List(t, ap.Table()); strings.Index(got, "ct state invalid drop") > strings.Index(got, "ct state established,related accept") {
 		t.Errorf("rule order not applied:\n%s", got)
 	}
 	mustApply(swapped, false)
@@ -442,18 +445,18 @@ func TestChangeDetection(t *testing.T) {
 	mustApply(owned, false)
 
 	// The table deleted behind the applier's back is put back.
-	ns.Nft(t, "", "delete", "table", "inet", "anvil")
+	ns.Nft(t, "", "delete", "table", "inet", ap.Table())
 	mustApply(rs, true)
 	if s := ap.Stats(); s.Repaired != 1 {
 		t.Errorf("Repaired = %d, want 1", s.Repaired)
 	}
-	if !strings.Contains(ns.List(t, "anvil"), "chain eg_b") {
+	if !strings.Contains(ns.List(t, ap.Table()), "chain eg_b") {
 		t.Error("table not re-applied")
 	}
 	// A chain added behind its back (the table's use count changes).
-	ns.Nft(t, "", "add", "chain", "inet", "anvil", "intruder")
+	ns.Nft(t, "", "add", "chain", "inet", ap.Table(), "intruder")
 	mustApply(rs, true)
-	if strings.Contains(ns.List(t, "anvil"), "intruder") {
+	if strings.Contains(ns.List(t, ap.Table()), "intruder") {
 		t.Error("foreign chain survived the re-apply")
 	}
 	mustApply(rs, false)
@@ -472,6 +475,82 @@ func TestRenameTable(t *testing.T) {
 	out := ns.Nft(t, "", "list", "tables")
 	if strings.Contains(out, "first") || !strings.Contains(out, "table inet second") {
 		t.Errorf("after renaming, tables are:\n%s", out)
+	}
+}
+
+// TestSwap follows the table through applies: created live when there is
+// none (one transaction), then alternating between its two names (a
+// dormant table, then the swap), with exactly one table left, awake and
+// equal to what a first apply makes; leftovers of a failed swap and a
+// table put to sleep behind the applier's back are dealt with.
+func TestSwap(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns, fresh := netnstest.New(t, "anvil-apply"), netnstest.New(t, "anvil-apply")
+	ap := newApplier(t, ns)
+	tables := func() string {
+		t.Helper()
+		return strings.TrimSpace(ns.Nft(t, "", "list", "tables"))
+	}
+	// listing is the live table under the ruleset's name, as a first
+	// apply in another namespace would leave it.
+	listing := func(name string) string {
+		t.Helper()
+		return strings.Replace(ns.List(t, name), "table inet "+name+" {", "table inet anvil {", 1)
+	}
+	rs := realistic("anvil")
+	next := realistic("anvil")
+	next.Chains[0].Rules = next.Chains[0].Rules[1:]
+	fa := newApplier(t, fresh)
+	if _, err := fa.Apply(next); err != nil {
+		t.Fatal(err)
+	}
+	wantNext := fresh.List(t, "anvil")
+
+	step := func(rs model.Ruleset, wantTable string, wantTransactions uint64) {
+		t.Helper()
+		before := ap.Stats().Transactions
+		if changed, err := ap.Apply(rs); err != nil || !changed {
+			t.Fatalf("Apply: changed %v, err %v", changed, err)
+		}
+		if got := ap.Stats().Transactions - before; got != wantTransactions {
+			t.Errorf("%d transactions, want %d", got, wantTransactions)
+		}
+		if ap.Table() != wantTable || tables() != "table inet "+wantTable {
+			t.Fatalf("Table() = %q, the kernel's tables:\n%s\nwant only table inet %s", ap.Table(), tables(), wantTable)
+		}
+		if l := ns.List(t, wantTable); strings.Contains(l, "dormant") {
+			t.Errorf("the live table is dormant:\n%s", l)
+		}
+	}
+	step(rs, "anvil", 1)
+	step(next, "anvil_b", 2)
+	if got := listing("anvil_b"); got != wantNext {
+		t.Errorf("the swapped-in table differs from a first apply's\n%s", lineDiff(got, wantNext))
+	}
+	step(rs, "anvil", 2)
+	step(next, "anvil_b", 2)
+
+	// A dormant leftover under the other name (a swap that failed after
+	// its first transaction) is replaced by the next swap.
+	ns.Nft(t, "table inet anvil {\n\tflags dormant\n\tchain leftover {\n\t}\n}\n", "-f", "-")
+	step(rs, "anvil", 2)
+	if strings.Contains(ns.List(t, "anvil"), "leftover") {
+		t.Error("the leftover's chain survived")
+	}
+	// The live table put to sleep behind the applier's back: a drift,
+	// repaired by a new table.
+	ns.Nft(t, "", "add", "table", "inet", "anvil", "{", "flags", "dormant", ";", "}")
+	repaired := ap.Stats().Repaired
+	step(rs, "anvil", 1) // nothing live to swap from: one transaction
+	if ap.Stats().Repaired != repaired+1 {
+		t.Errorf("a dormant table was not seen as drift")
+	}
+	// The clean-up of a failed swap removes a dormant table, and only
+	// that.
+	ns.Nft(t, "table inet anvil_b {\n\tflags dormant\n}\n", "-f", "-")
+	ap.removeDormant("anvil_b")
+	if tables() != "table inet anvil" {
+		t.Errorf("after removeDormant: %s", tables())
 	}
 }
 
@@ -576,8 +655,8 @@ func TestLargeSets(t *testing.T) {
 		t.Fatalf("Apply: %v, %v", changed, err)
 	}
 	st := ap.Stats()
-	if st.Batches != 1 {
-		t.Errorf("%d batches, want 1", st.Batches)
+	if st.Replacements != 1 {
+		t.Errorf("%d batches, want 1", st.Replacements)
 	}
 	t.Logf("60,000 elements in one batch of %d messages, ~%d KiB, applied in %v", st.LastMessages, st.LastBytes>>10, took)
 	c, err := nftables.New(nftables.WithNetNSFd(ns.FD))

@@ -30,7 +30,7 @@ const maxComment = 128
 // is opened (the socket buffers are sized for it).
 type plan struct {
 	table  *nftables.Table
-	drop   string // a previously applied table of another name, replaced too
+	swap   swapPlan // how the table replaces what the kernel holds
 	sets   []planSet
 	chains []*nftables.Chain
 	// counters are the named counter objects, one per counted comment;
@@ -50,23 +50,12 @@ type planSet struct {
 	chunks [][]nftables.SetElement
 }
 
-// queue adds the plan's messages to c in nft's order: the table replace
-// (add, delete, add — valid whether the table exists or not), the chains,
-// the sets with their elements, the counter objects, then the rules. It returns what each
-// message creates, in order, for error messages.
+// queue adds the plan's objects to c in nft's order: the chains, the
+// sets with their elements, the counter objects, then the rules (the
+// table messages are added by encode). It returns what each message
+// creates, in order, for error messages.
 func (p *plan) queue(c *nftables.Conn) ([]string, error) {
 	var what []string
-	table := "table inet " + p.table.Name
-	if p.drop != "" {
-		old := &nftables.Table{Name: p.drop, Family: nftables.TableFamilyINet}
-		c.AddTable(old)
-		c.DelTable(old)
-		what = append(what, "replaced table inet "+p.drop, "replaced table inet "+p.drop)
-	}
-	c.AddTable(p.table)
-	c.DelTable(p.table)
-	c.AddTable(p.table)
-	what = append(what, table, table, table)
 	// Chains before sets: verdict map elements name chains.
 	for _, ch := range p.chains {
 		c.AddChain(ch)
@@ -95,20 +84,15 @@ func (p *plan) queue(c *nftables.Conn) ([]string, error) {
 	return what, nil
 }
 
-// translate builds the plan for rs. previous is the name of the table
-// applied before (replaced as well when it differs from rs.Table). seeds,
+// translate builds the plan for rs, its table named sw.target. seeds,
 // when not nil, are initial counter values by comment, given to the first
 // counter object of that comment.
-func translate(rs model.Ruleset, previous string, seeds map[string]Counter) (*plan, error) {
-	if rs.Table == "" {
-		return nil, fmt.Errorf("%w: no table name", ErrInvalid)
+func translate(rs model.Ruleset, sw swapPlan, seeds map[string]Counter) (*plan, error) {
+	if err := checkTableName(rs.Table); err != nil {
+		return nil, err
 	}
-	p := &plan{table: &nftables.Table{Name: rs.Table, Family: nftables.TableFamilyINet}}
-	p.messages = 3
-	if previous != "" && previous != rs.Table {
-		p.drop = previous
-		p.messages += 2
-	}
+	p := &plan{table: &nftables.Table{Name: sw.target, Family: nftables.TableFamilyINet}, swap: sw}
+	p.messages = 3 + 2*len(sw.drop)
 	p.bytes = 256
 
 	sets := make(map[string]*model.Set, len(rs.Sets))

@@ -29,7 +29,7 @@ import (
 const probeScript = `for i in $(seq 600); do nft list chain inet anvil guard >/dev/null 2>&1 || break; sleep 1; done
 echo "anvil-test: ip_forward=$(sysctl -n net.ipv4.ip_forward) ipv6_forwarding=$(sysctl -n net.ipv6.conf.all.forwarding)" >/dev/console
 echo "anvil-test: guard=$(nft list chain inet anvil guard >/dev/null 2>&1 && echo present || echo gone) service=$(systemctl is-active anvil-firewall.service) guard_unit=$(systemctl is-active anvil-firewall-guard.service) nftables_unit=$(systemctl is-enabled nftables.service)" >/dev/console
-echo "anvil-test: chains $(nft -a list table inet anvil | grep -c 'chain ')" >/dev/console
+echo "anvil-test: tables $(nft list tables | tr '\n' ' ') chains $(nft list ruleset | grep -c 'chain ')" >/dev/console
 `
 
 // userData is UserData for the boot test, plus a runcmd with probeScript.
@@ -210,7 +210,7 @@ func TestBootFirewall(t *testing.T) {
 			}
 			if !probed {
 				b, _ := os.ReadFile(console)
-				probed = strings.Contains(string(b), "anvil-test: chains ")
+				probed = strings.Contains(string(b), "anvil-test: tables ")
 			}
 		}
 	}

@@ -77,7 +77,8 @@ func TestGuardReplacedByApply(t *testing.T) {
 		t.Fatalf("apply over the guard: changed %v, %v", changed, err)
 	}
 	applied := list()
-	if strings.Contains(applied, "chain guard {") || strings.Count(applied, "table inet "+table+" {") != 1 {
+	if strings.Contains(applied, "chain guard {") || strings.Count(applied, "table inet ") != 1 ||
+		!strings.Contains(applied, "table inet "+a.Table()+" {") {
 		t.Fatalf("after the first apply the guard is still there:\n%s", applied)
 	}
 	if !strings.Contains(applied, "hook forward") {

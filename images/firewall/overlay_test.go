@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/anvil-metal/anvil/firewall/apply"
 	"github.com/anvil-metal/anvil/firewall/config"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
@@ -171,8 +172,10 @@ func TestGuard(t *testing.T) {
 	if !slices.Contains(u.words("Unit", "Wants"), "network-pre.target") {
 		t.Errorf("Wants=%v lacks network-pre.target (nothing else pulls it in)", u.words("Unit", "Wants"))
 	}
-	if s := u.one(t, "Service", "ExecStart"); !strings.Contains(s, "nft -f "+GuardRuleset) || !strings.Contains(s, "nft list table inet "+config.Defaults().Table+" ") {
-		t.Errorf("ExecStart=%s: want nft -f %s unless table inet %s exists", s, GuardRuleset, config.Defaults().Table)
+	table := config.Defaults().Table
+	if s := u.one(t, "Service", "ExecStart"); !strings.Contains(s, "nft -f "+GuardRuleset) ||
+		!strings.Contains(s, "nft list table inet "+table+" ") || !strings.Contains(s, "nft list table inet "+apply.AltTable(table)+" ") {
+		t.Errorf("ExecStart=%s: want nft -f %s unless table inet %s or %s exists", s, GuardRuleset, table, apply.AltTable(table))
 	}
 	if r := u.one(t, "Service", "RemainAfterExit"); r != "yes" {
 		t.Errorf("RemainAfterExit=%s, want yes (loaded once per boot)", r)

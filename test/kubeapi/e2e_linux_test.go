@@ -29,6 +29,7 @@ import (
 	"github.com/anvil-metal/anvil/firewall/model"
 	"github.com/anvil-metal/anvil/firewall/watch"
 	fwtest "github.com/anvil-metal/anvil/test/firewall"
+	"github.com/anvil-metal/anvil/test/netnstest"
 )
 
 // followLimit is how soon the kernel's ruleset must follow an API change.
@@ -118,11 +119,8 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	listing := func() (string, error) {
-		out, err := exec.Command("ip", "netns", "exec", topo.FW.Name, "nft", "list", "table", "inet", cfg.Table).CombinedOutput()
-		if err != nil {
-			return "", fmt.Errorf("nft list table inet %s in %s: %v: %s", cfg.Table, topo.FW.Name, err, out)
-		}
-		return string(out), nil
+		_, out, err := netnstest.LiveTable(topo.FW.Name, cfg.Table, apply.AltTable(cfg.Table))
+		return out, err
 	}
 
 	// Addresses: pods from the topology's plan, clients outside.

@@ -136,3 +136,31 @@ func (ns NS) ListNetlink(t testing.TB, table string) string {
 	t.Helper()
 	return ns.Nft(t, "", "--debug=netlink", "list", "table", "inet", table)
 }
+
+// LiveTable finds, in the namespace named ns, the first of the inet
+// tables names that exists and is not dormant (firewall/apply alternates
+// its table between two names) and returns its name and listing without
+// handles. It looks a few times: a swap between two listings can hide
+// both.
+func LiveTable(ns string, names ...string) (name, listing string, err error) {
+	for try := 0; try < 5; try++ {
+		for _, n := range names {
+			out, err := RunErr("", "ip", "netns", "exec", ns, "nft", "list", "table", "inet", n)
+			if err == nil && !strings.Contains(out, "\n\tflags dormant\n") {
+				return n, handleRE.ReplaceAllString(out, ""), nil
+			}
+		}
+	}
+	return "", "", fmt.Errorf("none of the tables inet %s is live in %s", strings.Join(names, ", "), ns)
+}
+
+// ListLive is LiveTable's listing in ns, failing the test when there is
+// none.
+func (ns NS) ListLive(t testing.TB, names ...string) string {
+	t.Helper()
+	_, out, err := LiveTable(ns.Name, names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

@@ -3,7 +3,8 @@
 // (make bench, BENCH=fwapply; results in docs/benchmarks.md):
 //
 //	anvil: compile.Compile of a synthetic cluster snapshot, then
-//	       apply.Applier.Apply (one netlink batch replacing the table);
+//	       apply.Applier.Apply (the new table, dormant, in one netlink
+//	       batch; then a second that deletes the old one and wakes it);
 //	nft -f: the same ruleset as text (model.RenderReplace, written to a file
 //	       beforehand; only nft is timed);
 //	anchor: the two passes metal-stack's firewall-controller pays for a
@@ -233,9 +234,14 @@ func measureSize(sz size, runs int, warmup bool, cfg config.Config, dir, nftBin 
 	r.anchor, r.anchorHalf = median(anchorT), median(checkT)
 
 	// Both sides must hold the same table.
-	la, err := anvilNS.output(nftBin, "list", "table", "inet", cfg.Table)
-	if err != nil {
-		return r, err
+	// The applier's table is live under one of its two names.
+	var la string
+	for _, name := range []string{cfg.Table, apply.AltTable(cfg.Table)} {
+		out, err := anvilNS.output(nftBin, "list", "table", "inet", name)
+		if err == nil && !strings.Contains(out, "\n\tflags dormant\n") {
+			la = strings.Replace(out, "table inet "+name+" {", "table inet "+cfg.Table+" {", 1)
+			break
+		}
 	}
 	lb, err := nftNS.output(nftBin, "list", "table", "inet", cfg.Table)
 	if err != nil {

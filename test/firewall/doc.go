@@ -3,7 +3,8 @@
 // "fw" (the forwarding firewall, with interfaces cluster0 and uplink0) and
 // "outside" — with TCP, UDP-echo and SCTP servers in the cluster and
 // outside namespaces and a client that reports whether a NEW connection
-// from a given source address got through the firewall. Its tests apply
+// (or an ICMP echo, answered by the kernel) from a given source address
+// got through the firewall. Its tests apply
 // compiled rulesets in the fw namespace and compare every observed verdict
 // with the reference evaluator (firewall/oracle); test/bench/fwconn uses it
 // to measure the new-connection rate through the firewall.

@@ -97,8 +97,59 @@ func (t *Topology) AttemptFrom(ctx context.Context, p Probe, timeout time.Durati
 			return sport, c.Close()
 		}
 		return sport, t.sctpRawInit(ns, p, sport, timeout, false)
+	case ProtoICMP, ProtoICMPv6:
+		if (p.Proto == ProtoICMP) != p.Dst.Is4() {
+			return 0, fmt.Errorf("probe %s: the ICMP version does not match the address family", p)
+		}
+		return sport, ping(ns, p, sport, timeout)
 	}
 	return sport, fmt.Errorf("probe %s: unknown protocol", p)
+}
+
+// ping sends one ICMP echo request from p.Src to p.Dst with identifier
+// id (which conntrack uses as the flow's port, so each attempt is a new
+// flow) and waits up to timeout for the reply carrying its token: nil
+// when it came, ErrBlocked when not. It uses a ping socket (SOCK_DGRAM,
+// IPPROTO_ICMP{,V6}: the kernel fills in identifier and checksum and
+// hands back only the replies to it), which the topology's
+// ping_group_range allows.
+func ping(ns *NS, p Probe, id uint16, timeout time.Duration) error {
+	proto, request, reply := unix.IPPROTO_ICMP, byte(8), byte(0) // echo request, echo reply (RFC 792)
+	if p.Dst.Is6() {
+		proto, request, reply = unix.IPPROTO_ICMPV6, 128, 129 // RFC 4443
+	}
+	fd, err := boundSocket(ns, p.Src, id, unix.SOCK_DGRAM, proto)
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", p, err)
+	}
+	if err := unix.Connect(fd, sockaddr(p.Dst, 0)); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("probe %s: connect: %w", p, err)
+	}
+	f := os.NewFile(uintptr(fd), p.String())
+	defer f.Close()
+	msg := make([]byte, 8+16) // type, code, checksum, identifier, sequence; then the token
+	msg[0], msg[7] = request, 1
+	rand.Read(msg[8:])
+	if _, err := f.Write(msg); err != nil {
+		return fmt.Errorf("probe %s: send: %w", p, err)
+	}
+	if err := f.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	buf := make([]byte, 256)
+	for {
+		n, err := f.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return ErrBlocked
+		}
+		if err != nil {
+			return fmt.Errorf("probe %s: receive: %w", p, err)
+		}
+		if n == len(msg) && buf[0] == reply && bytes.Equal(buf[8:n], msg[8:]) {
+			return nil
+		}
+	}
 }
 
 // flowKey names a connection's first packet as a server sees it.

@@ -380,6 +380,8 @@ func (t *Topology) wire() error {
 			{"net/ipv6/conf/all/accept_dad", "0"},
 			{"net/ipv6/conf/default/accept_dad", "0"},
 			{"net/core/somaxconn", fmt.Sprint(listenBacklog)},
+			// Ping sockets for the ICMP probes (every group may open one).
+			{"net/ipv4/ping_group_range", "0 2147483647"},
 		} {
 			if err := n.Sysctl(kv[0], kv[1]); err != nil {
 				return err

@@ -109,15 +109,19 @@ func TestProbesDetectDrops(t *testing.T) {
 		iifname "cluster0" oifname "uplink0" ip6 saddr %s udp dport 8000 drop
 		iifname "uplink0" oifname "cluster0" ip daddr %s meta l4proto sctp drop
 		iifname "uplink0" oifname "cluster0" ip6 saddr %s ip6 daddr %s th dport 443 drop
+		iifname "cluster0" oifname "uplink0" ip saddr %s icmp type echo-request drop
+		iifname "uplink0" oifname "cluster0" ip6 daddr %s meta l4proto ipv6-icmp drop
 	}
 }
-`, pod.V4, out[0], pod.V6, pod.V4, out[6], p.Pods[1].V6), "-f", "-")
+`, pod.V4, out[0], pod.V6, pod.V4, out[6], p.Pods[1].V6, p.Pods[1].V4, p.Pods[2].V6), "-f", "-")
 	dropped := func(pr Probe) bool {
 		switch {
 		case pr.Src == pod.V4 && pr.Dst == out[0] && pr.Proto == model.ProtoTCP && pr.Port == 80:
 		case pr.Src == pod.V6 && pr.Proto == model.ProtoUDP && pr.Port == 8000 && !pr.Dst.Is4():
 		case pr.Dst == pod.V4 && pr.Proto == model.ProtoSCTP:
 		case pr.Src == out[6] && pr.Dst == p.Pods[1].V6 && pr.Port == 443:
+		case pr.Src == p.Pods[1].V4 && pr.Proto == ProtoICMP:
+		case pr.Dst == p.Pods[2].V6 && pr.Proto == ProtoICMPv6:
 		default:
 			return false
 		}

@@ -9,7 +9,7 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -e /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 command -v losetup >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
-command -v zstd >/dev/null || need+=(zstd)
+command -v zstd >/dev/null && command -v pzstd >/dev/null || need+=(zstd) # pzstd ships in the zstd package
 command -v curl >/dev/null || need+=(curl)
 command -v gcc >/dev/null || need+=(gcc)
 # Disk pipeline tests: partition tables and filesystem checks, and the

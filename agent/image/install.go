@@ -167,6 +167,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 		// cancellation are reported as they are.
 		var errno syscall.Errno
 		if ctx.Err() == nil && !errors.As(err, &errno) {
+			dec.Close() // its goroutines stop reading cr
 			if _, derr := io.Copy(io.Discard, cr); derr == nil {
 				if got := h.Sum(nil); string(got) != string(want) {
 					return res, fmt.Errorf("%w: %s has %s:%s, the catalogue says %s (decoding failed: %v)", ErrChecksum, req.URL, algoOf(req.Checksum), hex.EncodeToString(got), req.Checksum, err)

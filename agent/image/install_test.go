@@ -65,6 +65,23 @@ func zstdOf(t *testing.T, b []byte) []byte {
 	return e.EncodeAll(b, nil)
 }
 
+// zstdFramesOf compresses b as independent frames of frame bytes each, as
+// pzstd does.
+func zstdFramesOf(t *testing.T, b []byte, frame int) []byte {
+	t.Helper()
+	e, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for len(b) > 0 {
+		n := min(frame, len(b))
+		out = e.EncodeAll(b[:n], out)
+		b = b[n:]
+	}
+	return out
+}
+
 func sum256(b []byte) string { s := sha256.Sum256(b); return "sha256:" + hex.EncodeToString(s[:]) }
 func sum512(b []byte) string { s := sha512.Sum512(b); return "sha512:" + hex.EncodeToString(s[:]) }
 
@@ -138,6 +155,8 @@ func TestInstallRawZstdOntoALoopDevice(t *testing.T) {
 func TestInstallFailuresLeaveNothingBootable(t *testing.T) {
 	img := gptImage(t)
 	file := zstdOf(t, img)
+	framed := zstdFramesOf(t, img, 1<<20)
+	cut := framed[:len(framed)*2/3]
 	cases := []struct {
 		name     string
 		file     []byte
@@ -150,7 +169,9 @@ func TestInstallFailuresLeaveNothingBootable(t *testing.T) {
 	}{
 		{"checksum mismatch", file, sum256(append(bytes.Clone(file), 0)), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrChecksum, true},
 		{"sha512 mismatch", file, sum512(img), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrChecksum, true},
-		{"truncated stream", file[:len(file)/2], sum256(file[:len(file)/2]), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, nil, true},
+		{"truncated stream", cut, sum256(cut), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, nil, true},
+		// One frame is decoded whole before any of it is written.
+		{"truncated single frame", file[:len(file)/2], sum256(file[:len(file)/2]), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, io.ErrUnexpectedEOF, false},
 		{"declared raw, is zstd", file, sum256(file), anvilv1.ImageFormat_IMAGE_FORMAT_RAW, format.ErrMismatch, false},
 		{"declared tar, is raw", file, sum256(file), anvilv1.ImageFormat_IMAGE_FORMAT_TAR_ZSTD, format.ErrMismatch, false},
 		{"qcow2 header", append([]byte("QFI\xfb"), make([]byte, 4096)...), sum256(nil), anvilv1.ImageFormat_IMAGE_FORMAT_UNSPECIFIED, format.ErrUnsupported, false},

@@ -13,7 +13,8 @@
 #      installer (cmd/debian-raw: GPT, FAT32 ESP, ext4 root, fstab and
 #      kexec manifest by PARTUUID), whose boot configuration is then
 #      looked up as the agent would.
-#   4. Both are compressed with zstd; catalogue entries are written.
+#   4. Both are compressed with pzstd (zstd frames a few MiB each);
+#      catalogue entries are written.
 #
 # Outputs in $OUT (default images/out): debian-12.raw (sparse, kept for
 # the tests), debian-12.raw.zst + debian-12.json, debian-12.tar.zst +
@@ -69,7 +70,7 @@ if [ -n "${RECIPE:-}" ]; then
 fi
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot)"
-for t in debootstrap zstd go tar sha256sum findmnt; do
+for t in debootstrap zstd pzstd go tar sha256sum findmnt; do
   command -v "$t" >/dev/null || die "$t not found (make deps installs it)"
 done
 
@@ -176,9 +177,12 @@ raw=$out/$image_id.raw
 rm -f "$raw"
 (cd "$repo" && go run ./images/debian/cmd/debian-raw -tar "$tarfile" -o "$raw" -mib "$image_mib")
 
-log "zstd -$level"
-zstd -q -f -T0 "-$level" "$raw" -o "$out/$image_id.raw.zst"
-zstd -q -f -T0 "-$level" "$tarfile" -o "$out/$image_id.tar.zst"
+# pzstd writes independent frames (a few MiB of image each, 32 MiB at
+# most at level 19), which anvil-agent decodes on several cores at once;
+# any zstd decoder reads the file as usual.
+log "pzstd -$level"
+pzstd -q -f -p "$(nproc)" "-$level" "$raw" -o "$out/$image_id.raw.zst"
+pzstd -q -f -p "$(nproc)" "-$level" "$tarfile" -o "$out/$image_id.tar.zst"
 
 catalogue() { # id file format
   local sum features="" f

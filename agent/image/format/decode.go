@@ -3,6 +3,7 @@ package format
 import (
 	"bufio"
 	"compress/bzip2"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,14 @@ type DecodeOptions struct {
 	Threads int
 	// BufferSize is the read buffer in front of the decompressor.
 	BufferSize int
+	// FrameWorkers is how many zstd frames are decoded at once when an
+	// image consists of many frames (pzstd writes one per few MiB):
+	// default GOMAXPROCS, at most 4.
+	FrameWorkers int
+	// MaxFrame is the largest zstd frame, compressed or decoded, that is
+	// decoded in memory by a frame worker (default 32 MiB); larger ones
+	// are decoded as a stream.
+	MaxFrame int
 }
 
 // Stream is a detected, decompressing image stream.
@@ -61,6 +70,12 @@ func Open(src io.Reader, declared Format, isDeclared bool, o DecodeOptions) (*St
 		if n := runtime.GOMAXPROCS(0); n > 2 {
 			o.Threads = min(n, 4)
 		}
+	}
+	if o.FrameWorkers <= 0 {
+		o.FrameWorkers = min(runtime.GOMAXPROCS(0), 4)
+	}
+	if o.MaxFrame <= 0 {
+		o.MaxFrame = 32 << 20
 	}
 	br := bufio.NewReaderSize(src, max(o.BufferSize, SniffLen))
 	head, eof, err := peek(br, SniffLen)
@@ -111,6 +126,22 @@ func peek(br *bufio.Reader, n int) ([]byte, bool, error) {
 	return nil, false, err
 }
 
+// framed tells whether a zstd stream looks like many frames, worth the
+// frame-parallel decoder: it starts with a skippable frame (as pzstd's
+// output does), or its first frame announces a content size of at most
+// maxFrame, or none (then the frame decoder finds out, reading at most
+// maxFrame bytes before it falls back to streaming). A first frame that
+// announces more — `zstd -T0` of a file writes one frame with the whole
+// size — is decoded as a stream from the start.
+func framed(br *bufio.Reader, maxFrame int) bool {
+	head, _ := br.Peek(maxFrameHeader)
+	if len(head) >= 4 && binary.LittleEndian.Uint32(head)&^0xF == skippableMagic {
+		return true
+	}
+	h, err := parseFrameHeader(head)
+	return err == nil && h.contentSize <= int64(maxFrame)
+}
+
 func decoder(c Compression, r io.Reader, o DecodeOptions) (io.Reader, func(), error) {
 	nop := func() {}
 	switch c {
@@ -120,11 +151,21 @@ func decoder(c Compression, r io.Reader, o DecodeOptions) (io.Reader, func(), er
 		// The frame's xxhash is not checked: the image's sha256 over the
 		// compressed bytes already proves them, and decoding is
 		// deterministic.
-		d, err := zstd.NewReader(r,
-			zstd.WithDecoderConcurrency(o.Threads),
-			zstd.IgnoreChecksum(true),
-			zstd.WithDecoderMaxWindow(1<<31),
-			zstd.WithDecoderLowmem(false))
+		stream := func(r io.Reader) (*zstd.Decoder, error) {
+			return zstd.NewReader(r,
+				zstd.WithDecoderConcurrency(o.Threads),
+				zstd.IgnoreChecksum(true),
+				zstd.WithDecoderMaxWindow(1<<31),
+				zstd.WithDecoderLowmem(false))
+		}
+		if br, ok := r.(*bufio.Reader); ok && framed(br, o.MaxFrame) {
+			d, err := newFrameDecoder(br, o.FrameWorkers, o.MaxFrame, stream)
+			if err != nil {
+				return nil, nil, err
+			}
+			return d, d.Close, nil
+		}
+		d, err := stream(r)
 		if err != nil {
 			return nil, nil, err
 		}

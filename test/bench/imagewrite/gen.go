@@ -125,19 +125,9 @@ func generate(dir string, size int64, zeroFrac float64) (testImage, error) {
 	}
 	// The reference zstd at its default level, multi-threaded, with a
 	// content checksum: what an image pipeline publishes.
-	if out, err := exec.Command("zstd", "-q", "-f", "-T0", "-3", img.Raw, "-o", img.Zst).CombinedOutput(); err != nil {
-		return img, fmt.Errorf("zstd: %v: %s", err, out)
-	}
-	zsum, err := rangeSum(img.Zst, 0, -1)
-	if err != nil {
+	if err := compressImage(&img, "zstd", "-q", "-f", "-T0", "-3", img.Raw, "-o", img.Zst); err != nil {
 		return img, err
 	}
-	img.ZstSum = "sha256:" + zsum
-	st, err := os.Stat(img.Zst)
-	if err != nil {
-		return img, err
-	}
-	img.ZstSize = st.Size()
 	return img, os.WriteFile(meta, fmt.Appendf(nil, "%d %s %s %d %f\n", img.RawSize, img.RawSum, img.ZstSum, img.ZstSize, img.Zero), 0o644)
 }
 
@@ -173,4 +163,43 @@ func rangeSum(path string, off, n int64) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// pzstdVariant is img compressed with pzstd instead (cached next to it):
+// independent frames of a few MiB each, each after a skippable frame
+// holding its size, which anvil's writer decodes on several cores at
+// once. The raw image is the same.
+func pzstdVariant(img testImage) (testImage, error) {
+	v := img
+	v.Zst = strings.TrimSuffix(img.Zst, ".zst") + ".pz.zst"
+	meta := v.Zst + ".meta"
+	if b, err := os.ReadFile(meta); err == nil {
+		if _, err := fmt.Sscan(string(b), &v.ZstSum, &v.ZstSize); err == nil {
+			if st, err := os.Stat(v.Zst); err == nil && st.Size() == v.ZstSize {
+				return v, nil
+			}
+		}
+	}
+	if err := compressImage(&v, "pzstd", "-q", "-f", "-3", "-p", "2", img.Raw, "-o", v.Zst); err != nil {
+		return v, err
+	}
+	return v, os.WriteFile(meta, fmt.Appendf(nil, "%s %d\n", v.ZstSum, v.ZstSize), 0o644)
+}
+
+// compressImage runs the compressor writing img.Zst and records the
+// file's checksum and size.
+func compressImage(img *testImage, tool string, args ...string) error {
+	if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v: %s", tool, err, out)
+	}
+	zsum, err := rangeSum(img.Zst, 0, -1)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(img.Zst)
+	if err != nil {
+		return err
+	}
+	img.ZstSum, img.ZstSize = "sha256:"+zsum, st.Size()
+	return nil
 }

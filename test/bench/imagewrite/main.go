@@ -11,6 +11,11 @@
 //	    onto the target;
 //	(d) the limit: zstd -d > /dev/null on the same file.
 //
+// The image is compressed twice, and every candidate runs on each: with
+// zstd -3 -T0 (one frame, decoded on one core by everyone) and with
+// pzstd -3 (independent frames: anvil decodes several at once, zstd -d
+// still one after the other).
+//
 // Each candidate runs as its own process, so its peak RSS is its own. It
 // also measures a full-disk overwrite (agent/erase) against
 // dd if=/dev/zero oflag=direct bs=4M.
@@ -42,6 +47,7 @@ func main() {
 		eraseB = flag.Int64("erase-size", 2<<30, "device size for the erase benchmark (0: skip)")
 		child  = flag.String("child", "", "internal: run one anvil candidate (write|erase) and print JSON")
 		target = flag.String("targets", "disk,ram", "where the loop devices' backing files live: disk (the work directory) and/or ram (/dev/shm)")
+		comps  = flag.String("compress", "zstd,pzstd", "how the image is compressed: zstd (zstd -3 -T0: one frame) and/or pzstd (pzstd -3: independent frames)")
 	)
 	flag.Parse()
 	if *child != "" {
@@ -51,7 +57,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(*dir, strings.Split(*target, ","), *size, *small, *runs, *zero, *eraseB); err != nil {
+	if err := run(*dir, strings.Split(*target, ","), strings.Split(*comps, ","), *size, *small, *runs, *zero, *eraseB); err != nil {
 		fmt.Fprintln(os.Stderr, "imagewrite:", err)
 		os.Exit(1)
 	}
@@ -65,13 +71,18 @@ type measurement struct {
 	CPU time.Duration
 }
 
-func run(dir string, targets []string, size, small int64, runs int, zero float64, eraseSize int64) error {
+func run(dir string, targets, comps []string, size, small int64, runs int, zero float64, eraseSize int64) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (loop devices)")
 	}
-	for _, tool := range []string{"curl", "zstd", "dd", "losetup", "sha256sum"} {
+	for _, tool := range []string{"curl", "zstd", "pzstd", "dd", "losetup", "sha256sum"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found (hack/install-deps.sh installs it)", tool)
+		}
+	}
+	for _, c := range comps {
+		if c != "zstd" && c != "pzstd" {
+			return fmt.Errorf("-compress %q: want zstd and/or pzstd", c)
 		}
 	}
 	self, err := os.Executable()
@@ -85,41 +96,49 @@ func run(dir string, targets []string, size, small int64, runs int, zero float64
 	var peak []string
 	for i, sz := range sizes {
 		t0 := time.Now()
-		img, err := generate(dir, sz, zero)
+		base, err := generate(dir, sz, zero)
 		if err != nil {
 			return fmt.Errorf("generate image: %w", err)
 		}
-		fmt.Printf("image: %d MiB raw (%.0f%% zero blocks), %d MiB zstd -3, ready in %s\n",
-			img.RawSize>>20, 100*img.Zero, img.ZstSize>>20, time.Since(t0).Round(time.Second))
-		url, stop, err := serve(img.Zst)
-		if err != nil {
-			return err
-		}
-		if i > 0 {
-			// Only the anvil writer, to show its peak RSS at another size.
-			m, err := median(runs, func() (measurement, error) { return anvilWrite(self, dir, img, url) })
-			stop()
+		for _, c := range comps {
+			img := base
+			if c == "pzstd" {
+				if img, err = pzstdVariant(base); err != nil {
+					return fmt.Errorf("compress the image with pzstd: %w", err)
+				}
+			}
+			fmt.Printf("\nimage: %d MiB raw (%.0f%% zero blocks), %d MiB %s -3, ready in %s\n",
+				img.RawSize>>20, 100*img.Zero, img.ZstSize>>20, c, time.Since(t0).Round(time.Second))
+			url, stop, err := serve(img.Zst)
 			if err != nil {
 				return err
 			}
-			peak = append(peak, fmt.Sprintf("%d MiB image: %d MiB", img.RawSize>>20, m.MaxRSS>>10))
-			continue
-		}
-		for _, t := range targets {
-			backing, what := dir, "loop devices on sparse files in "+dir+" (the host disk)"
-			if t == "ram" {
-				backing, what = "/dev/shm", "loop devices on sparse files in /dev/shm (RAM: the pipeline, not the host disk, is the limit)"
-			}
-			fmt.Printf("\ntargets: %s\n", what)
-			res, err := compare(self, backing, img, url, runs)
-			if err != nil {
+			if i > 0 {
+				// Only the anvil writer, to show its peak RSS at another size.
+				m, err := median(runs, func() (measurement, error) { return anvilWrite(self, dir, img, url) })
 				stop()
-				return err
+				if err != nil {
+					return err
+				}
+				peak = append(peak, fmt.Sprintf("%d MiB image, %s: %d MiB", img.RawSize>>20, c, m.MaxRSS>>10))
+				continue
 			}
-			peak = append(peak, fmt.Sprintf("%d MiB image: %d MiB", img.RawSize>>20, res["a"].MaxRSS>>10))
-			report(img, res)
+			for _, t := range targets {
+				backing, what := dir, "loop devices on sparse files in "+dir+" (the host disk)"
+				if t == "ram" {
+					backing, what = "/dev/shm", "loop devices on sparse files in /dev/shm (RAM: the pipeline, not the host disk, is the limit)"
+				}
+				fmt.Printf("\n%s image; targets: %s\n", c, what)
+				res, err := compare(self, backing, img, url, runs)
+				if err != nil {
+					stop()
+					return err
+				}
+				peak = append(peak, fmt.Sprintf("%d MiB image, %s, %s: %d MiB", img.RawSize>>20, c, t, res["a"].MaxRSS>>10))
+				report(img, res)
+			}
+			stop()
 		}
-		stop()
 	}
 	fmt.Printf("peak RSS of (a): %s\n", strings.Join(peak, ", "))
 	if eraseSize > 0 {

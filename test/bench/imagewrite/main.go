@@ -100,7 +100,10 @@ func run(dir string, targets, comps []string, size, small int64, runs int, zero 
 		if err != nil {
 			return fmt.Errorf("generate image: %w", err)
 		}
-		for _, c := range comps {
+		for k, c := range comps {
+			if k > 0 {
+				t0 = time.Now()
+			}
 			img := base
 			if c == "pzstd" {
 				if img, err = pzstdVariant(base); err != nil {
@@ -170,13 +173,23 @@ func compare(self, dir string, img testImage, url string, runs int) (map[string]
 		}},
 		{"d", func() (measurement, error) { return shell(fmt.Sprintf("zstd -dc %s > /dev/null", img.Zst)) }},
 	}
-	res := map[string]measurement{}
+	var fns []func() (measurement, error)
 	for _, c := range cands {
-		m, err := median(runs, c.fn)
-		if err != nil {
-			return nil, fmt.Errorf("candidate (%s): %w", c.key, err)
-		}
-		res[c.key] = m
+		fns = append(fns, func() (measurement, error) {
+			m, err := c.fn()
+			if err != nil {
+				err = fmt.Errorf("candidate (%s): %w", c.key, err)
+			}
+			return m, err
+		})
+	}
+	ms, err := interleaved(runs, fns...)
+	if err != nil {
+		return nil, err
+	}
+	res := map[string]measurement{}
+	for i, c := range cands {
+		res[c.key] = ms[i]
 	}
 	return res, nil
 }
@@ -202,19 +215,37 @@ func report(img testImage, r map[string]measurement) {
 
 // median runs fn n times and returns the run with the median wall time.
 func median(n int, fn func() (measurement, error)) (measurement, error) {
-	var ms []measurement
-	for range max(n, 1) {
-		// Start every run with no dirty pages from the previous one being
-		// written back underneath it.
-		syscall.Sync()
-		m, err := fn()
-		if err != nil {
-			return m, err
-		}
-		ms = append(ms, m)
+	ms, err := interleaved(n, fn)
+	if err != nil {
+		return measurement{}, err
 	}
-	slices.SortFunc(ms, func(a, b measurement) int { return int(a.Wall - b.Wall) })
-	return ms[len(ms)/2], nil
+	return ms[0], nil
+}
+
+// interleaved runs the candidates n times each, taking turns (a, b, c,
+// a, b, c, ...) so that a drifting machine or a disk still writing back
+// an earlier run's pages weighs on all of them alike, and returns each
+// one's run with the median wall time.
+func interleaved(n int, fns ...func() (measurement, error)) ([]measurement, error) {
+	runs := make([][]measurement, len(fns))
+	for range max(n, 1) {
+		for i, fn := range fns {
+			// Start every run with no dirty pages from the previous one
+			// being written back underneath it.
+			syscall.Sync()
+			m, err := fn()
+			if err != nil {
+				return nil, err
+			}
+			runs[i] = append(runs[i], m)
+		}
+	}
+	out := make([]measurement, len(fns))
+	for i, ms := range runs {
+		slices.SortFunc(ms, func(a, b measurement) int { return int(a.Wall - b.Wall) })
+		out[i] = ms[len(ms)/2]
+	}
+	return out, nil
 }
 
 func anvilWrite(self, dir string, img testImage, url string) (measurement, error) {

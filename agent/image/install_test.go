@@ -116,7 +116,22 @@ func head(t *testing.T, dev string, n int) []byte {
 
 func TestInstallRawZstdOntoALoopDevice(t *testing.T) {
 	img := gptImage(t)
-	file := zstdOf(t, img)
+	// One frame; and frames of 1 MiB, decoded several at once, with
+	// the sequential fallback for a stream over the frame limit.
+	for _, v := range []struct {
+		name string
+		file []byte
+		o    format.DecodeOptions
+	}{
+		{"one frame", zstdOf(t, img), format.DecodeOptions{}},
+		{"frames", zstdFramesOf(t, img, 1<<20), format.DecodeOptions{FrameWorkers: 3}},
+		{"frames over the limit", zstdFramesOf(t, img, 1<<20), format.DecodeOptions{FrameWorkers: 2, MaxFrame: 256 << 10}},
+	} {
+		t.Run(v.name, func(t *testing.T) { installRawZstd(t, img, v.file, v.o) })
+	}
+}
+
+func installRawZstd(t *testing.T, img, file []byte, o format.DecodeOptions) {
 	for _, zeroed := range []bool{false, true} {
 		var dev string
 		if zeroed {
@@ -128,7 +143,7 @@ func TestInstallRawZstdOntoALoopDevice(t *testing.T) {
 		res, err := Install(context.Background(), Request{
 			URL: "mem://image", Checksum: sum256(file), Format: anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD,
 			Target: dev, Zeroed: zeroed,
-		}, Options{Source: memSource(file), Progress: func(done, total uint64) { calls++ }})
+		}, Options{Source: memSource(file), Decode: o, Progress: func(done, total uint64) { calls++ }})
 		if err != nil {
 			t.Fatalf("zeroed=%v: %v", zeroed, err)
 		}

@@ -2,8 +2,10 @@
 // fetch → hash → detect and decode → write. The checksum is computed while
 // the bytes stream (sha256 or sha512 of the file as the catalogue lists it),
 // the detected format must match the declared one, and an install that
-// fails after the first byte reached the disk destroys the disk's partition
-// tables, so a half-written or unverified image can never boot.
+// fails after the first byte reached the disk, or whose image does not
+// decode or verify, destroys the disk's partition tables, so a
+// half-written or unverified image can never boot (nor the one the disk
+// held before). A format refused before decoding leaves the disk alone.
 package image
 
 import (
@@ -133,24 +135,33 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	stop := reportProgress(ctx, o, cr, size)
 	defer stop()
 
-	dec, err := format.Open(cr, declared, isDeclared, o.Decode)
-	if err != nil {
-		return res, fmt.Errorf("image %s: %w", req.URL, err)
-	}
-	defer dec.Close()
-	res.Format = dec.Format
-
-	// Once the target changed, any failure must leave it unbootable.
+	// Once the target changed, or the image's data proved bad, any
+	// failure must leave the target unbootable.
 	touched := false
 	defer func() {
 		if err != nil && touched {
 			if derr := Destroy(ctx, req.Target); derr != nil {
 				err = errors.Join(err, derr)
 			} else {
-				err = fmt.Errorf("%w (partition tables on %s destroyed so the partial image cannot boot)", err, req.Target)
+				err = fmt.Errorf("%w (partition tables on %s destroyed: the disk boots neither a partial image nor the one it held)", err, req.Target)
 			}
 		}
 	}()
+	dec, err := format.Open(cr, declared, isDeclared, o.Decode)
+	if err != nil {
+		err = fmt.Errorf("image %s: %w", req.URL, err)
+		if refused(err) {
+			return res, err // nothing decoded: the disk is left as it was
+		}
+		// The image did not decode: whether the decoder failed on the
+		// first bytes (a frame decoded whole before it is written) or
+		// after writing some, the outcome is the same.
+		touched, err = badImage(ctx, cr, h, want, req, err, nil)
+		return res, err
+	}
+	defer dec.Close()
+	res.Format = dec.Format
+
 	switch dec.Format.Payload {
 	case format.Raw:
 		res.Image, res.Written, res.Skipped, err = writeRaw(ctx, req, o, dec, &touched)
@@ -162,18 +173,8 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 		res.Tar, err = o.Tar(ctx, req.Target, req.Zeroed, dec)
 	}
 	if err != nil {
-		// A stream that does not decode is most often a file that is not
-		// the catalogue's: finish hashing it to say so. Disk errors and
-		// cancellation are reported as they are.
-		var errno syscall.Errno
-		if ctx.Err() == nil && !errors.As(err, &errno) {
-			dec.Close() // its goroutines stop reading cr
-			if _, derr := io.Copy(io.Discard, cr); derr == nil {
-				if got := h.Sum(nil); string(got) != string(want) {
-					return res, fmt.Errorf("%w: %s has %s:%s, the catalogue says %s (decoding failed: %v)", ErrChecksum, req.URL, algoOf(req.Checksum), hex.EncodeToString(got), req.Checksum, err)
-				}
-			}
-		}
+		bad, berr := badImage(ctx, cr, h, want, req, err, dec)
+		touched, err = touched || bad, berr
 		return res, err
 	}
 	// Hash every byte of the file, even past the end of the compressed
@@ -200,6 +201,37 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// refused tells a format refusal (unsupported, mismatching the
+// declaration, too short to tell), decided before any of the image is
+// decoded, from a failure of the image's data.
+func refused(err error) bool {
+	return errors.Is(err, format.ErrUnsupported) || errors.Is(err, format.ErrMismatch) || errors.Is(err, format.ErrTooShort)
+}
+
+// badImage explains a failure while decoding or writing: a stream that
+// does not decode is most often a file that is not the catalogue's, so
+// the rest of it is hashed to say so. It returns whether the file was
+// read to its end (the failure lies in the image's
+// bytes, not in the transport) and the error to report. Disk errors and cancellation are
+// reported as they are. dec, when set, is closed first: its goroutines
+// stop reading cr.
+func badImage(ctx context.Context, cr *hashingReader, h hash.Hash, want []byte, req Request, err error, dec *format.Stream) (bool, error) {
+	var errno syscall.Errno
+	if ctx.Err() != nil || errors.As(err, &errno) {
+		return false, err
+	}
+	if dec != nil {
+		dec.Close()
+	}
+	if _, derr := io.Copy(io.Discard, cr); derr != nil {
+		return false, err
+	}
+	if got := h.Sum(nil); string(got) != string(want) {
+		return true, fmt.Errorf("%w: %s has %s:%s, the catalogue says %s (decoding failed: %v)", ErrChecksum, req.URL, algoOf(req.Checksum), hex.EncodeToString(got), req.Checksum, err)
+	}
+	return true, err
 }
 
 // algoOf is the lower-case algorithm name of "algo:hex".

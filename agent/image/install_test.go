@@ -172,6 +172,10 @@ func TestInstallFailuresLeaveNothingBootable(t *testing.T) {
 	file := zstdOf(t, img)
 	framed := zstdFramesOf(t, img, 1<<20)
 	cut := framed[:len(framed)*2/3]
+	corrupt := bytes.Clone(file)
+	for i := len(corrupt) / 3; i < len(corrupt)/3+64; i++ {
+		corrupt[i] ^= 0x5a
+	}
 	cases := []struct {
 		name     string
 		file     []byte
@@ -185,8 +189,10 @@ func TestInstallFailuresLeaveNothingBootable(t *testing.T) {
 		{"checksum mismatch", file, sum256(append(bytes.Clone(file), 0)), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrChecksum, true},
 		{"sha512 mismatch", file, sum512(img), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrChecksum, true},
 		{"truncated stream", cut, sum256(cut), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, nil, true},
-		// One frame is decoded whole before any of it is written.
-		{"truncated single frame", file[:len(file)/2], sum256(file[:len(file)/2]), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, io.ErrUnexpectedEOF, false},
+		// One frame is decoded whole before any of it is written: the
+		// outcome is the same as when the decoder fails after writing.
+		{"truncated single frame", file[:len(file)/2], sum256(file[:len(file)/2]), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, io.ErrUnexpectedEOF, true},
+		{"corrupt single frame", corrupt, sum256(file), anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, ErrChecksum, true},
 		{"declared raw, is zstd", file, sum256(file), anvilv1.ImageFormat_IMAGE_FORMAT_RAW, format.ErrMismatch, false},
 		{"declared tar, is raw", file, sum256(file), anvilv1.ImageFormat_IMAGE_FORMAT_TAR_ZSTD, format.ErrMismatch, false},
 		{"qcow2 header", append([]byte("QFI\xfb"), make([]byte, 4096)...), sum256(nil), anvilv1.ImageFormat_IMAGE_FORMAT_UNSPECIFIED, format.ErrUnsupported, false},

@@ -259,6 +259,15 @@ func FuzzOpen(f *testing.F) {
 		}
 		f.Add(buf.Bytes()[:min(buf.Len(), 2048)])
 	}
+	// Many frames with skippable frames between them (the frame-parallel
+	// decoder's input), as pzstd writes.
+	var many []byte
+	e, _ := zstd.NewWriter(nil)
+	for i := 0; i < 3; i++ {
+		many = append(many, 0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4)
+		many = e.EncodeAll(raw[i*1024:(i+1)*1024], many)
+	}
+	f.Add(many)
 	f.Add([]byte("QFI\xfb"))
 	f.Add([]byte("BZh9"))
 	f.Fuzz(func(t *testing.T, b []byte) {

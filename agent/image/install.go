@@ -159,7 +159,9 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 		touched, err = badImage(ctx, cr, h, want, req, err, nil)
 		return res, err
 	}
-	defer dec.Close()
+	// The decoder's goroutines may be waiting for the source: closing
+	// the source first ends that wait when the install failed early.
+	defer func() { src.Close(); dec.Close() }()
 	res.Format = dec.Format
 
 	switch dec.Format.Payload {

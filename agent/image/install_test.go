@@ -13,7 +13,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
@@ -324,5 +326,49 @@ func TestInstallRootfsTarballOntoALoopDevice(t *testing.T) {
 	}
 	if _, err := bootconfig.Lookup(dev); err == nil {
 		t.Error("a kernel is still found on the disk of a failed install")
+	}
+}
+
+// stallingSource gives the first n bytes of file, then blocks until it is
+// closed: a server that stopped sending.
+type stallingSource struct {
+	r      io.Reader
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (s *stallingSource) Read(p []byte) (int, error) {
+	if n, err := s.r.Read(p); err == nil || n > 0 {
+		return n, nil
+	}
+	<-s.closed
+	return 0, errors.New("closed")
+}
+
+func (s *stallingSource) Close() error { s.once.Do(func() { close(s.closed) }); return nil }
+
+// TestInstallFailsPromptlyWhileTheSourceStalls: the disk fails (here the
+// target cannot be opened for writing) while the frame decoder waits for
+// a source that stopped sending; Install returns at once instead of
+// waiting for the source.
+func TestInstallFailsPromptlyWhileTheSourceStalls(t *testing.T) {
+	img := gptImage(t)
+	file := zstdFramesOf(t, img, 1<<20)
+	// One and a half frames, then nothing: the decoder waits inside a frame.
+	src := &stallingSource{r: bytes.NewReader(file[:len(file)/8]), closed: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Install(context.Background(), Request{URL: "mem://image", Checksum: sum256(file), Format: anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, Target: t.TempDir()},
+			Options{Source: func(context.Context, string) (io.ReadCloser, int64, error) { return src, int64(len(file)), nil }})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("install onto a directory succeeded")
+		}
+		t.Logf("install failed: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Install still waits for the stalled source 10 s after the disk failed")
 	}
 }

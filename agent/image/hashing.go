@@ -14,7 +14,9 @@ import (
 type hashingReader struct {
 	blocks chan []byte
 	free   chan []byte
-	// block is the buffer being consumed, cur its unread rest.
+	// mu serialises Read; block is the buffer being consumed, cur its
+	// unread rest.
+	mu    sync.Mutex
 	block []byte
 	cur   []byte
 	err   error // final error, valid once blocks is closed
@@ -67,8 +69,12 @@ func (r *hashingReader) run(src io.Reader, h hash.Hash) {
 	}
 }
 
-// Read implements io.Reader.
+// Read implements io.Reader. It is safe for concurrent use (a decoder's
+// goroutine may still be inside a read when Install drains the rest), and
+// the digest does not depend on who reads: run hashes every byte in order.
 func (r *hashingReader) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.block == nil {
 		b, ok := <-r.blocks
 		if !ok {

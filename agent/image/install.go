@@ -181,6 +181,9 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	}
 	// Hash every byte of the file, even past the end of the compressed
 	// stream (a trailing frame or garbage must not escape the checksum).
+	// A tar installer stops at the archive's end: stop the decoder's
+	// read-ahead first.
+	dec.Close()
 	if _, err = io.Copy(io.Discard, cr); err != nil {
 		return res, fmt.Errorf("read the rest of %s: %w", req.URL, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -354,21 +355,36 @@ func (s *stallingSource) Close() error { s.once.Do(func() { close(s.closed) }); 
 func TestInstallFailsPromptlyWhileTheSourceStalls(t *testing.T) {
 	img := gptImage(t)
 	file := zstdFramesOf(t, img, 1<<20)
-	// One and a half frames, then nothing: the decoder waits inside a frame.
-	src := &stallingSource{r: bytes.NewReader(file[:len(file)/8]), closed: make(chan struct{})}
-	done := make(chan error, 1)
-	go func() {
-		_, err := Install(context.Background(), Request{URL: "mem://image", Checksum: sum256(file), Format: anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, Target: t.TempDir()},
-			Options{Source: func(context.Context, string) (io.ReadCloser, int64, error) { return src, int64(len(file)), nil }})
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("install onto a directory succeeded")
-		}
-		t.Logf("install failed: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Install still waits for the stalled source 10 s after the disk failed")
+	for _, c := range []struct {
+		name   string
+		format anvilv1.ImageFormat
+		target string
+		want   error
+	}{
+		// The target cannot be opened for writing.
+		{"disk error", anvilv1.ImageFormat_IMAGE_FORMAT_RAW_ZSTD, t.TempDir(), syscall.EISDIR},
+		// Refused after the first frame decoded: format.Open closes the
+		// decoder itself.
+		{"refused payload", anvilv1.ImageFormat_IMAGE_FORMAT_TAR_ZSTD, loopdev.New(t, 32<<20), format.ErrMismatch},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// One and a half frames, then nothing: the decoder waits
+			// inside a frame.
+			src := &stallingSource{r: bytes.NewReader(file[:len(file)/8]), closed: make(chan struct{})}
+			done := make(chan error, 1)
+			go func() {
+				_, err := Install(context.Background(), Request{URL: "mem://image", Checksum: sum256(file), Format: c.format, Target: c.target},
+					Options{Source: func(context.Context, string) (io.ReadCloser, int64, error) { return src, int64(len(file)), nil }})
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, c.want) {
+					t.Fatalf("install: %v, want %v", err, c.want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Install still waits for the stalled source 10 s after it failed")
+			}
+		})
 	}
 }

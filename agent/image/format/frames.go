@@ -108,7 +108,10 @@ func readFrame(r *bufio.Reader, dst []byte, limit int) (frame []byte, skip bool,
 		}
 		n := 8 + int64(binary.LittleEndian.Uint32(head[4:]))
 		if d, err := r.Discard(int(n)); err != nil {
-			return frame, false, fmt.Errorf("%w: skippable frame of %d bytes ends after %d", io.ErrUnexpectedEOF, n, d)
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return frame, false, fmt.Errorf("skippable frame of %d bytes ends after %d: %w", n, d, err)
 		}
 		return frame, true, nil
 	}

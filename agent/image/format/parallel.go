@@ -32,7 +32,7 @@ type frameDecoder struct {
 	free  chan *frameJob // the pool: bounds the frames in memory
 	quit  chan struct{}
 	stop  sync.Once
-	wg    sync.WaitGroup // reader and workers
+	wg    sync.WaitGroup // the workers (not the reader: see Close)
 
 	// The consumer's side.
 	cur  *frameJob
@@ -101,7 +101,7 @@ func newFrameDecoder(src io.Reader, workers, maxFrame int, newSeq func(io.Reader
 	for range pool {
 		d.free <- &frameJob{in: make([]byte, 0, d.inLimit()), out: make([]byte, 0, maxFrame+2*maxBlockSize)}
 	}
-	d.wg.Add(1 + workers)
+	d.wg.Add(workers)
 	go d.read()
 	for range workers {
 		go d.work()
@@ -117,7 +117,6 @@ func (d *frameDecoder) inLimit() int { return d.maxFrame + d.maxFrame/64 + 64 }
 // read cuts the source into frames until its end, an error, or an
 // oversized frame (which hands the source over to the consumer).
 func (d *frameDecoder) read() {
-	defer d.wg.Done()
 	defer close(d.order)
 	defer close(d.jobs)
 	for {
@@ -161,7 +160,17 @@ func (d *frameDecoder) read() {
 
 func (d *frameDecoder) work() {
 	defer d.wg.Done()
-	for j := range d.jobs {
+	for {
+		var j *frameJob
+		var ok bool
+		select {
+		case j, ok = <-d.jobs:
+		case <-d.quit:
+			return
+		}
+		if !ok {
+			return
+		}
 		j.out, j.err = d.dec.DecodeAll(j.in, j.out[:0])
 		if errors.Is(j.err, zstd.ErrDecoderSizeExceeded) || errors.Is(j.err, zstd.ErrWindowSizeExceeded) {
 			j.stream, j.err = true, nil
@@ -278,10 +287,13 @@ func (d *frameDecoder) WriteTo(w io.Writer) (int64, error) {
 	return total, d.err
 }
 
-// Close stops the goroutines and releases the decoders. It waits for the
-// reader goroutine, which may be inside one read of the source (the
-// reads after Close fail at once: see stopReader), so the caller may read
-// the source itself afterwards.
+// Close stops the goroutines and releases the decoders; reads after it
+// fail with errStopped. It waits for the workers, not for the reader
+// goroutine: that one may be inside a read of a source that stalled, and
+// leaves as soon as the read returns (every later read of the source
+// fails at once, see stopReader). So the caller may close the source, or
+// read it itself, right after Close — the source must then allow
+// concurrent reads, as agent/image's hashing reader does.
 func (d *frameDecoder) Close() {
 	d.stop.Do(func() {
 		close(d.quit)
@@ -289,6 +301,9 @@ func (d *frameDecoder) Close() {
 		d.dec.Close()
 		if d.seq != nil {
 			d.seq.Close()
+		}
+		if d.err == nil || errors.Is(d.err, io.EOF) {
+			d.err = errStopped
 		}
 	})
 }

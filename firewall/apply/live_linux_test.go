@@ -335,7 +335,7 @@ func TestAtomicity(t *testing.T) {
 		{"overlapping interval", overlap, syscall.EEXIST, "elements of set peers4"},
 	} {
 		t.Run(bad.name, func(t *testing.T) {
-			batches := ap.Stats().Replacements
+			sent := ap.Stats().Replacements
 			changed, err := ap.Apply(bad.rs)
 			if err == nil || changed {
 				t.Fatalf("Apply: changed %v, err %v; want a kernel error", changed, err)
@@ -347,8 +347,8 @@ func TestAtomicity(t *testing.T) {
 				t.Errorf("error %q: want %v naming %q", err, bad.errno, bad.what)
 			}
 			t.Logf("kernel error: %v", err)
-			if ap.Stats().Replacements != batches+1 {
-				t.Errorf("batches %d → %d: want one sent", batches, ap.Stats().Replacements)
+			if ap.Stats().Replacements != sent+1 {
+				t.Errorf("replacements %d → %d: want one sent", sent, ap.Stats().Replacements)
 			}
 			if after := ns.List(t, ap.Table()); after != before {
 				t.Errorf("the table changed although the batch failed\n%s", lineDiff(before, after))
@@ -656,7 +656,7 @@ func TestLargeSets(t *testing.T) {
 	}
 	st := ap.Stats()
 	if st.Replacements != 1 {
-		t.Errorf("%d batches, want 1", st.Replacements)
+		t.Errorf("%d replacements, want 1", st.Replacements)
 	}
 	t.Logf("60,000 elements in one batch of %d messages, ~%d KiB, applied in %v", st.LastMessages, st.LastBytes>>10, took)
 	c, err := nftables.New(nftables.WithNetNSFd(ns.FD))

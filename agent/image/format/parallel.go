@@ -38,7 +38,6 @@ type frameDecoder struct {
 	cur  *frameJob
 	rest []byte
 	seq  *zstd.Decoder // a streaming decoder, for oversized frames and the tail
-	tail io.Reader     // set once the rest of the stream is decoded sequentially
 	err  error
 	// seen counts the frames by how they were decoded.
 	seen struct{ parallel, streamed, tail int }
@@ -197,33 +196,27 @@ func (d *frameDecoder) next() error {
 	case j.tail:
 		// The reader goroutine has stopped: the source is ours.
 		d.seen.tail++
-		return d.sequential(io.MultiReader(bytes.NewReader(j.in), d.src), true)
+		return d.sequential(io.MultiReader(bytes.NewReader(j.in), d.src))
 	case j.stream:
 		d.seen.streamed++
-		return d.sequential(bytes.NewReader(j.in), false)
+		return d.sequential(bytes.NewReader(j.in))
 	}
 	d.seen.parallel++
 	d.rest = j.out
 	return nil
 }
 
-// sequential starts decoding r with the streaming decoder; tail says it
-// is the rest of the stream.
-func (d *frameDecoder) sequential(r io.Reader, tail bool) error {
+// sequential starts decoding r with the streaming decoder.
+func (d *frameDecoder) sequential(r io.Reader) error {
 	if d.seq == nil {
 		s, err := d.newSeq(r)
 		if err != nil {
 			return err
 		}
 		d.seq = s
-	} else if err := d.seq.Reset(r); err != nil {
-		return err
+		return nil
 	}
-	d.tail = nil
-	if tail {
-		d.tail = d.seq
-	}
-	return nil
+	return d.seq.Reset(r)
 }
 
 // Read implements io.Reader.

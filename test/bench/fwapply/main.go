@@ -39,6 +39,7 @@ import (
 	"github.com/anvil-metal/anvil/firewall/compile"
 	"github.com/anvil-metal/anvil/firewall/config"
 	"github.com/anvil-metal/anvil/firewall/model"
+	"github.com/anvil-metal/anvil/test/netnstest"
 )
 
 func main() {
@@ -235,14 +236,11 @@ func measureSize(sz size, runs int, warmup bool, cfg config.Config, dir, nftBin 
 
 	// Both sides must hold the same table.
 	// The applier's table is live under one of its two names.
-	var la string
-	for _, name := range []string{cfg.Table, apply.AltTable(cfg.Table)} {
-		out, err := anvilNS.output(nftBin, "list", "table", "inet", name)
-		if err == nil && !strings.Contains(out, "\n\tflags dormant\n") {
-			la = strings.Replace(out, "table inet "+name+" {", "table inet "+cfg.Table+" {", 1)
-			break
-		}
+	name, la, err := netnstest.LiveTable(anvilNS.name, cfg.Table, apply.AltTable(cfg.Table))
+	if err != nil {
+		return r, err
 	}
+	la = strings.Replace(la, "table inet "+name+" {", "table inet "+cfg.Table+" {", 1)
 	lb, err := nftNS.output(nftBin, "list", "table", "inet", cfg.Table)
 	if err != nil {
 		return r, err

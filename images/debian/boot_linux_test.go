@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
 	"github.com/anvil-metal/anvil/agent/seed"
+	"github.com/anvil-metal/anvil/test/labkit/qemu"
 )
 
 // phoneHome is one report the test server received.
@@ -40,10 +40,7 @@ func TestBootPhonesHome(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM for minutes; not with -short")
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skipf("no qemu-system-x86_64 (make deps installs it): %v", err)
-	}
+	var err error
 	timeout := 10 * time.Minute
 	if v := os.Getenv("ANVIL_DEBIAN_BOOT_TIMEOUT"); v != "" {
 		if timeout, err = time.ParseDuration(v); err != nil {
@@ -109,31 +106,16 @@ func TestBootPhonesHome(t *testing.T) {
 		}
 	}
 	console := filepath.Join(dir, "console.log")
-	args := []string{
-		"-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1024",
-		"-display", "none", "-monitor", "none", "-serial", "file:" + console, "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", boot.Cmdline + " console=ttyS0,115200 panic=-1",
-		"-drive", "file=" + disk + ",format=raw,if=virtio,cache=unsafe",
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-		"-device", "virtio-rng-pci",
-	}
-	t.Logf("%s %s", qemu, strings.Join(args, " "))
-	cmd := exec.CommandContext(ctx, qemu, args...)
-	var qerr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &qerr, &qerr
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	v, err := qemu.Start(qemu.Options{
+		Name: "image-boot", MemoryMiB: 1024, CPUs: 2, Console: console, NoReboot: true,
+		Kernel: kernel, Initrd: initrd, Append: boot.Cmdline + " console=ttyS0,115200 panic=-1",
+		Devices: []qemu.Device{qemu.Disk{ID: "vd0", File: disk, Unsafe: true}, qemu.NIC{Net: qemu.User{}}, qemu.RNG{}},
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	defer v.Kill()
+	start := v.Started
 	tail := func() string {
 		b, _ := os.ReadFile(console)
 		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
@@ -161,9 +143,8 @@ func TestBootPhonesHome(t *testing.T) {
 		if t.Failed() {
 			t.Logf("console:\n%s", tail())
 		}
-	case err := <-exited:
-		cmd.ProcessState = &os.ProcessState{}
-		t.Fatalf("QEMU exited before the phone-home (%v): %s\nconsole:\n%s", err, qerr.String(), tail())
+	case <-v.Exited():
+		t.Fatalf("QEMU exited before the phone-home (%v): %s\nconsole:\n%s", v.Err(), v.Output(), tail())
 	case <-time.After(timeout):
 		t.Fatalf("no phone-home within %v\nconsole:\n%s", timeout, tail())
 	}

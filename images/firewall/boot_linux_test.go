@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
 	"github.com/anvil-metal/anvil/agent/seed"
+	"github.com/anvil-metal/anvil/test/labkit/qemu"
 )
 
 // probeScript runs from the test's runcmd (cloud-init's final stage): it
@@ -65,10 +65,7 @@ func TestBootFirewall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM for minutes; not with -short")
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skipf("no qemu-system-x86_64 (make deps installs it): %v", err)
-	}
+	var err error
 	timeout := 12 * time.Minute
 	if v := os.Getenv("ANVIL_FIREWALL_BOOT_TIMEOUT"); v != "" {
 		if timeout, err = time.ParseDuration(v); err != nil {
@@ -144,33 +141,16 @@ func TestBootFirewall(t *testing.T) {
 		}
 	}
 	console := filepath.Join(dir, "console.log")
-	args := []string{
-		"-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1024",
-		"-display", "none", "-monitor", "none", "-serial", "file:" + console, "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", boot.Cmdline + " console=ttyS0,115200 panic=-1",
-		"-drive", "file=" + disk + ",format=raw,if=virtio,cache=unsafe",
-		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:9105", metricsPort),
-		"-device", "virtio-net-pci,netdev=n0",
-		"-device", "virtio-rng-pci",
-	}
-	t.Logf("%s %s", qemu, strings.Join(args, " "))
-	cmd := exec.CommandContext(ctx, qemu, args...)
-	var qerr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &qerr, &qerr
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	v, err := qemu.Start(qemu.Options{
+		Name: "image-boot", MemoryMiB: 1024, CPUs: 2, Console: console, NoReboot: true,
+		Kernel: kernel, Initrd: initrd, Append: boot.Cmdline + " console=ttyS0,115200 panic=-1",
+		Devices: []qemu.Device{qemu.Disk{ID: "vd0", File: disk, Unsafe: true}, qemu.NIC{Net: qemu.User{HostFwd: []string{fmt.Sprintf("tcp:127.0.0.1:%d-:9105", metricsPort)}}}, qemu.RNG{}},
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	running := true
-	defer func() {
-		if running {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	defer v.Kill()
+	start := v.Started
 	tail := func() string {
 		b, _ := os.ReadFile(console)
 		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
@@ -196,9 +176,8 @@ func TestBootFirewall(t *testing.T) {
 				}
 			}
 			phoned = true
-		case err := <-exited:
-			running = false
-			t.Fatalf("QEMU exited (%v): %s\nconsole:\n%s", err, qerr.String(), tail())
+		case <-v.Exited():
+			t.Fatalf("QEMU exited (%v): %s\nconsole:\n%s", v.Err(), v.Output(), tail())
 		case <-deadline:
 			t.Fatalf("after %v: phoned home %v, metrics report an apply %v, console probe %v\nconsole:\n%s", timeout, phoned, applied, probed, tail())
 		case <-tick.C:

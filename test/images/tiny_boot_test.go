@@ -11,6 +11,7 @@ package images
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -19,7 +20,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -30,20 +30,18 @@ import (
 	"github.com/anvil-metal/anvil/agent/bootconfig"
 	"github.com/anvil-metal/anvil/images/nocloud"
 	"github.com/anvil-metal/anvil/images/tiny"
+	"github.com/anvil-metal/anvil/test/labkit/qemu"
 )
 
 // guestHost is the host's loopback as QEMU's user networking shows it to
 // the guest.
 const guestHost = "10.0.2.2"
 
-// image finds QEMU and the built image, or skips.
-func image(t *testing.T) (qemu, raw string, cat tiny.Catalogue) {
+// image finds the built image.
+func image(t *testing.T) (raw string, cat tiny.Catalogue) {
 	t.Helper()
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not found (hack/install-deps.sh installs qemu-system-x86)")
-	}
 	dir := os.Getenv("ANVIL_TINY_DIR")
+	var err error
 	if dir == "" {
 		if dir, err = filepath.Abs("../../images/out"); err != nil {
 			t.Fatal(err)
@@ -51,9 +49,9 @@ func image(t *testing.T) (qemu, raw string, cat tiny.Catalogue) {
 	}
 	cat, err = tiny.ReadCatalogue(filepath.Join(dir, tiny.CatalogueFile))
 	if err != nil {
-		t.Skipf("no tiny image in %s (make images-tiny): %v", dir, err)
+		t.Fatalf("no tiny image in %s (make images-tiny; make test builds it): %v", dir, err)
 	}
-	return qemu, filepath.Join(dir, cat.RawFile), cat
+	return filepath.Join(dir, cat.RawFile), cat
 }
 
 // sparseCopy copies src to dst, leaving zero blocks as holes.
@@ -126,85 +124,34 @@ func bootFiles(t *testing.T, disk string) (kernel, initrd, cmdline string) {
 	return kernel, initrd, b.Cmdline
 }
 
-// vm is one running guest.
-type vm struct {
-	cmd     *exec.Cmd
-	console string
-	exited  chan error
-	started time.Time
-}
-
-func (v *vm) consoleText() string {
-	b, err := os.ReadFile(v.console)
-	if err != nil {
-		return fmt.Sprintf("(console unreadable: %v)", err)
-	}
-	return string(b)
-}
-
-// waitConsole waits until the console matches re, QEMU exits or the
-// timeout passes.
-func (v *vm) waitConsole(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if m := re.FindStringSubmatch(v.consoleText()); m != nil {
-			return m
-		}
-		select {
-		case err := <-v.exited:
-			v.exited <- err
-			t.Fatalf("QEMU exited (%v) before the console showed %q", err, re)
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("console did not show %q within %v", re, timeout)
-		}
-	}
-}
-
 // boot starts QEMU on disk with the kernel, initrd and command line.
-func boot(t *testing.T, qemu, disk, kernel, initrd, cmdline string) *vm {
+func boot(t *testing.T, disk, kernel, initrd, cmdline string) *qemu.VM {
 	t.Helper()
-	accel := os.Getenv("ANVIL_QEMU_ACCEL") // e.g. kvm on a laptop; TCG by default
-	if accel == "" {
-		accel = "tcg"
-	}
-	v := &vm{console: filepath.Join(t.TempDir(), "console.log"), exited: make(chan error, 1)}
-	out, err := os.Create(v.console)
+	accel, err := qemu.ChooseAccel(context.Background(), "", kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { out.Close() })
-	v.cmd = exec.Command(qemu,
-		"-accel", accel, "-cpu", "max", "-smp", "1", "-m", "512",
-		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-		// Entropy: without it the guest CRNG may never be ready.
-		"-device", "virtio-rng-pci",
-		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-		"-drive", "file="+disk+",if=none,id=vd0,format=raw", "-device", "virtio-blk-pci,drive=vd0,serial=TINY-VD0",
-	)
-	v.cmd.Stdout, v.cmd.Stderr = out, out
-	v.started = time.Now()
-	if err := v.cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	go func() { v.exited <- v.cmd.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case <-v.exited:
-		default:
-			if err := v.cmd.Process.Kill(); err != nil {
-				t.Errorf("kill QEMU: %v", err)
-			}
-			<-v.exited
-		}
-		if t.Failed() {
-			t.Logf("serial console (%s):\n%s", v.console, v.consoleText())
-		}
+	return qemu.StartT(t, qemu.Options{
+		Name: "tiny", Accel: accel, Console: filepath.Join(t.TempDir(), "console.log"), NoReboot: true,
+		Kernel: kernel, Initrd: initrd, Append: cmdline,
+		Devices: []qemu.Device{
+			qemu.RNG{},
+			qemu.NIC{Net: qemu.User{}},
+			qemu.Disk{ID: "vd0", File: disk, Serial: "TINY-VD0"},
+		},
 	})
-	return v
+}
+
+// waitConsole waits until the console matches re.
+func waitConsole(t *testing.T, v *qemu.VM, re *regexp.Regexp, timeout time.Duration) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	m, err := v.WaitConsole(ctx, re)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // phoneHome is one request the server saw.
@@ -218,7 +165,7 @@ type phoneHome struct {
 // seed's hostname. The first answer is 503, so the image must retry.
 func TestTinyPhonesHome(t *testing.T) {
 	t.Parallel()
-	qemu, raw, cat := image(t)
+	raw, cat := image(t)
 	var (
 		mu   sync.Mutex
 		seen []phoneHome
@@ -274,17 +221,16 @@ func TestTinyPhonesHome(t *testing.T) {
 		t.Errorf("cmdline %q has no console=ttyS0", cmdline)
 	}
 
-	v := boot(t, qemu, disk, kernel, initrd, cmdline)
+	v := boot(t, disk, kernel, initrd, cmdline)
 	var got phoneHome
 	select {
 	case got = <-ok:
-	case err := <-v.exited:
-		v.exited <- err
-		t.Fatalf("QEMU exited before the phone home: %v", err)
+	case <-v.Exited():
+		t.Fatalf("QEMU exited before the phone home: %v", v.Err())
 	case <-time.After(90 * time.Second):
 		t.Fatal("no phone home within 90 s")
 	}
-	phoned := time.Since(v.started)
+	phoned := time.Since(v.Started)
 	if got.method != http.MethodPost || got.path != "/phone-home" {
 		t.Errorf("phone home was %s %s, want POST /phone-home", got.method, got.path)
 	}
@@ -303,9 +249,9 @@ func TestTinyPhonesHome(t *testing.T) {
 		t.Errorf("%d requests, want 2 (503, then 200)", attempts)
 	}
 
-	m := v.waitConsole(t, regexp.MustCompile(`anvil-tiny: phoned home .*uptime=(\S+)`), 10*time.Second)
-	v.waitConsole(t, regexp.MustCompile(`anvil-tiny: idling outcome="phoned home"`), 5*time.Second)
-	console := v.consoleText()
+	m := waitConsole(t, v, regexp.MustCompile(`anvil-tiny: phoned home .*uptime=(\S+)`), 10*time.Second)
+	waitConsole(t, v, regexp.MustCompile(`anvil-tiny: idling outcome="phoned home"`), 5*time.Second)
+	console := v.ConsoleText()
 	for _, want := range []string{"anvil-tiny: seed found where=\"/dev/vda partition 3", "anvil-tiny: hostname set hostname=tiny-vm-1",
 		"anvil-tiny: WARN: phone home failed; retrying"} {
 		if !strings.Contains(console, want) {
@@ -315,9 +261,8 @@ func TestTinyPhonesHome(t *testing.T) {
 	// Idling, not exited: the kernel would panic, and QEMU stop, if
 	// u-root's init ran out of children.
 	select {
-	case err := <-v.exited:
-		v.exited <- err
-		t.Fatalf("QEMU exited after the phone home: %v", err)
+	case <-v.Exited():
+		t.Fatalf("QEMU exited after the phone home: %v", v.Err())
 	case <-time.After(time.Second):
 	}
 	t.Logf("phoned home %.1f s after QEMU started (guest uptime %s); body %q", phoned.Seconds(), m[1], got.body)
@@ -327,18 +272,17 @@ func TestTinyPhonesHome(t *testing.T) {
 // say so and idle.
 func TestTinyWithoutSeed(t *testing.T) {
 	t.Parallel()
-	qemu, raw, _ := image(t)
+	raw, _ := image(t)
 	disk := filepath.Join(t.TempDir(), "disk.raw")
 	sparseCopy(t, raw, disk)
 	kernel, initrd, cmdline := bootFiles(t, disk)
-	v := boot(t, qemu, disk, kernel, initrd, cmdline)
-	v.waitConsole(t, regexp.MustCompile(`anvil-tiny: WARN: no seed: nothing to phone home to`), 60*time.Second)
-	v.waitConsole(t, regexp.MustCompile(`anvil-tiny: idling outcome="no seed"`), 5*time.Second)
+	v := boot(t, disk, kernel, initrd, cmdline)
+	waitConsole(t, v, regexp.MustCompile(`anvil-tiny: WARN: no seed: nothing to phone home to`), 60*time.Second)
+	waitConsole(t, v, regexp.MustCompile(`anvil-tiny: idling outcome="no seed"`), 5*time.Second)
 	select {
-	case err := <-v.exited:
-		v.exited <- err
-		t.Fatalf("QEMU exited after the no-seed message: %v", err)
+	case <-v.Exited():
+		t.Fatalf("QEMU exited after the no-seed message: %v", v.Err())
 	case <-time.After(time.Second):
 	}
-	t.Logf("no seed reported %.1f s after QEMU started", time.Since(v.started).Seconds())
+	t.Logf("no seed reported %.1f s after QEMU started", time.Since(v.Started).Seconds())
 }

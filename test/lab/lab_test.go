@@ -48,9 +48,6 @@ func startSuite(t *testing.T, machines int) *suite {
 	if os.Geteuid() != 0 {
 		t.Skip("the lab needs root (network namespace, taps)")
 	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 missing (hack/install-deps.sh)")
-	}
 	r := root(t)
 	cache := os.Getenv("ANVIL_CACHE")
 	if cache == "" {

@@ -24,6 +24,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/anvil-metal/anvil/test/labkit/qemu"
 )
 
 // The provisioning network inside the lab's namespace: the controller's
@@ -53,15 +55,18 @@ type Config struct {
 	MemoryMiB, CPUs int
 	// DiskMiB is the virtio disk, NVMeMiB the emulated NVMe disk.
 	DiskMiB, NVMeMiB int64
-	// Accel is "tcg", "kvm" or "auto" (probe KVM, else TCG).
+	// Accel is "tcg", "kvm" or "auto" (probe KVM, else TCG); empty takes
+	// $ANVIL_QEMU_ACCEL, else auto (qemu.ChooseAccel).
 	Accel string
+	// Firmware is "mix" (odd VMs UEFI, even VMs BIOS), "uefi" or "bios".
+	Firmware string
 	// ControllerArgs are extra anvil-controller flags.
 	ControllerArgs []string
 }
 
 // Defaults returns a 3-VM lab in dir.
 func Defaults(dir string) Config {
-	return Config{Dir: dir, Namespace: "anvil-lab", Machines: 3, MemoryMiB: 1024, CPUs: 1, DiskMiB: 1024, NVMeMiB: 1024, Accel: "auto"}
+	return Config{Dir: dir, Namespace: "anvil-lab", Machines: 3, MemoryMiB: 1024, CPUs: 1, DiskMiB: 1024, NVMeMiB: 1024, Firmware: "mix"}
 }
 
 // Validate reports every invalid field.
@@ -85,9 +90,14 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("VM size %d MiB / %d CPUs / disks %d+%d MiB too small", c.MemoryMiB, c.CPUs, c.DiskMiB, c.NVMeMiB))
 	}
 	switch c.Accel {
-	case "tcg", "kvm", "auto":
+	case "", "tcg", "kvm", "auto":
 	default:
 		errs = append(errs, fmt.Errorf("accel %q: want tcg, kvm or auto", c.Accel))
+	}
+	switch c.Firmware {
+	case "mix", "uefi", "bios":
+	default:
+		errs = append(errs, fmt.Errorf("firmware %q: want mix, uefi or bios", c.Firmware))
 	}
 	return errors.Join(errs...)
 }
@@ -103,6 +113,8 @@ type VM struct {
 	DiskSerial, NVMeSerial string
 	// Console is the serial console log, QMP the monitor socket.
 	Console, QMP string
+	// Firmware is OVMF (UEFI, with the VM's own variable store) or SeaBIOS.
+	Firmware qemu.Firmware
 	// PoweredOn is when its QEMU process last started.
 	PoweredOn time.Time
 	tap       string
@@ -115,7 +127,11 @@ func vmFor(c Config, i int) *VM {
 	s[8] = s[8]&0x3f | 0x80 // RFC 4122 variant
 	uuid := fmt.Sprintf("%x-%x-%x-%x-%x", s[0:4], s[4:6], s[6:8], s[8:10], s[10:16])
 	dir := filepath.Join(c.Dir, fmt.Sprintf("vm%d", i))
-	return &VM{
+	fw := qemu.Firmware{UEFI: c.Firmware == "uefi" || (c.Firmware == "mix" && i%2 == 1)}
+	if fw.UEFI {
+		fw.Vars = filepath.Join(dir, "ovmf-vars.fd")
+	}
+	return &VM{Firmware: fw,
 		Index: i, UUID: uuid, MAC: fmt.Sprintf("52:54:00:77:%02x:%02x", s[16], i),
 		Disk: filepath.Join(dir, "disk.img"), NVMe: filepath.Join(dir, "nvme.img"),
 		DiskSerial: fmt.Sprintf("LABVD%04d", i), NVMeSerial: fmt.Sprintf("LABNV%04d", i),
@@ -164,7 +180,7 @@ func Up(ctx context.Context, c Config) (*Lab, error) {
 	if err := l.network(ctx); err != nil {
 		return nil, err
 	}
-	accel, err := chooseAccel(ctx, c)
+	accel, err := qemu.ChooseAccel(ctx, c.Accel, c.Kernel)
 	if err != nil {
 		return nil, err
 	}
@@ -324,40 +340,39 @@ func (l *Lab) createDisks(vm *VM) error {
 			return fmt.Errorf("disk %s: %w", p, err)
 		}
 	}
+	if vm.Firmware.UEFI {
+		return qemu.EnsureVars(vm.Firmware.Vars)
+	}
 	return nil
 }
 
-// qemuArgs is the command line of a lab VM: network boot first, then
-// disk (by bootindex); a virtio disk and an emulated NVMe disk with serials; SMBIOS
-// identity; a QMP socket for the fake BMC; entropy from -cpu max and
-// virtio-rng (the guest's CRNG otherwise never becomes ready under TCG).
-func (l *Lab) qemuArgs(vm *VM) []string {
+// vmOptions is a lab VM: network boot first, then the NVMe disk the agent
+// installs to (/dev/nvme0n1 sorts first), then the virtio disk, by
+// bootindex, which the BMC changes at run time (next boot PXE or disk);
+// serials on both disks; SMBIOS identity; a QMP socket for the BMC. A UEFI
+// VM boots OVMF with its own variable store, and its NIC carries no option
+// ROM: the firmware's own PXE client fetches iPXE over TFTP, as a real
+// server's does. A BIOS VM boots SeaBIOS and the iPXE ROM QEMU ships.
+func (l *Lab) vmOptions(vm *VM) qemu.Options {
 	c := l.cfg
-	cpu := "max"
-	if l.Accel == "kvm" {
-		cpu = "host"
+	nic := qemu.NIC{Net: qemu.Tap{Ifname: vm.tap}, MAC: vm.MAC, Speed: true, BootIndex: 1}
+	if vm.Firmware.UEFI {
+		nic.ROM = qemu.NoROM
 	}
-	return []string{"qemu-system-x86_64",
-		"-name", fmt.Sprintf("anvil-lab-%d", vm.Index),
-		"-machine", "pc", "-accel", l.Accel, "-cpu", cpu,
-		"-m", strconv.Itoa(c.MemoryMiB), "-smp", strconv.Itoa(c.CPUs),
-		"-nographic", "-vga", "none", "-monitor", "none",
-		"-serial", "file:" + vm.Console,
-		"-qmp", "unix:" + vm.QMP + ",server=on,wait=off",
-		"-no-shutdown",
-		"-smbios", fmt.Sprintf("type=1,manufacturer=anvil,product=lab-vm,version=1,serial=LAB%04d,uuid=%s,family=lab", vm.Index, vm.UUID),
-		"-smbios", fmt.Sprintf("type=2,manufacturer=anvil,product=lab-board,serial=BOARD%04d", vm.Index),
-		"-smbios", fmt.Sprintf("type=3,manufacturer=anvil,serial=CHASSIS%04d", vm.Index),
-		"-netdev", fmt.Sprintf("tap,id=n0,ifname=%s,script=no,downscript=no", vm.tap),
-		// Boot order by bootindex, which the fake BMC changes at run time
-		// (next boot PXE or disk): the NIC first, then the NVMe disk (the
-		// one the agent installs to, /dev/nvme0n1 sorting first), then vda.
-		"-device", fmt.Sprintf("virtio-net-pci,id=nic0,netdev=n0,mac=%s,speed=10000,duplex=full,bootindex=1", vm.MAC),
-		"-device", "virtio-rng-pci",
-		"-drive", fmt.Sprintf("file=%s,if=none,id=vd0,format=raw,cache=unsafe", vm.Disk),
-		"-device", fmt.Sprintf("virtio-blk-pci,id=vd0dev,drive=vd0,serial=%s,bootindex=3", vm.DiskSerial),
-		"-drive", fmt.Sprintf("file=%s,if=none,id=nv0,format=raw,cache=unsafe", vm.NVMe),
-		"-device", fmt.Sprintf("nvme,id=nv0dev,drive=nv0,serial=%s,bootindex=2", vm.NVMeSerial),
+	return qemu.Options{
+		Name:  fmt.Sprintf("anvil-lab-%d", vm.Index),
+		Accel: l.Accel, MemoryMiB: c.MemoryMiB, CPUs: c.CPUs,
+		Firmware: vm.Firmware,
+		Console:  vm.Console,
+		Devices: []qemu.Device{
+			qemu.QMP{Socket: vm.QMP},
+			qemu.SMBIOS{Manufacturer: "anvil", Product: "lab-vm", Serial: fmt.Sprintf("LAB%04d", vm.Index), UUID: vm.UUID, Family: "lab",
+				BoardProduct: "lab-board", BoardSerial: fmt.Sprintf("BOARD%04d", vm.Index), ChassisSerial: fmt.Sprintf("CHASSIS%04d", vm.Index)},
+			nic,
+			qemu.RNG{},
+			qemu.Disk{ID: "vd0", File: vm.Disk, Serial: vm.DiskSerial, BootIndex: 3, Unsafe: true},
+			qemu.Disk{ID: "nv0", File: vm.NVMe, Serial: vm.NVMeSerial, NVMe: true, BootIndex: 2, Unsafe: true},
+		},
 	}
 }
 
@@ -367,9 +382,13 @@ func (l *Lab) StartVM(vm *VM) error {
 	if pid, err := readPid(pidf); err == nil && syscall.Kill(pid, 0) == nil {
 		return fmt.Errorf("VM %d is running (pid %d)", vm.Index, pid)
 	}
+	args, err := l.vmOptions(vm).Command()
+	if err != nil {
+		return err
+	}
 	os.Remove(vm.QMP)
 	vm.PoweredOn = time.Now()
-	return l.spawn(pidf, filepath.Join(l.cfg.Dir, fmt.Sprintf("vm%d.log", vm.Index)), l.qemuArgs(vm)...)
+	return l.spawn(pidf, filepath.Join(l.cfg.Dir, fmt.Sprintf("vm%d.log", vm.Index)), args...)
 }
 
 // KillVM pulls vm's plug: its QEMU process is killed at once.

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -23,6 +22,7 @@ import (
 	"github.com/anvil-metal/anvil/controller/app"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/harness"
+	"github.com/anvil-metal/anvil/test/labkit/qemu"
 	"github.com/anvil-metal/anvil/test/loopdev"
 )
 
@@ -30,20 +30,16 @@ import (
 // loopback inside the guest.
 const guestHost = "10.0.2.2"
 
-// artifacts finds QEMU, the kernel and the initramfs, or skips.
-func artifacts(t *testing.T) (qemu, kernel, initrd string) {
+// artifacts finds the kernel and the initramfs (make test builds both).
+func artifacts(t *testing.T) (kernel, initrd string) {
 	t.Helper()
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not found (hack/install-deps.sh installs qemu-system-x86)")
-	}
 	cache := os.Getenv("ANVIL_CACHE")
 	if cache == "" {
 		cache = "/var/cache/anvil"
 	}
 	kernel = filepath.Join(cache, "kernel", "vmlinuz")
 	if _, err := os.Stat(kernel); err != nil {
-		t.Skipf("no kernel at %s (hack/fetch-kernel.sh): %v", kernel, err)
+		t.Fatalf("no kernel at %s (hack/fetch-kernel.sh; make test fetches it): %v", kernel, err)
 	}
 	initrd = os.Getenv("ANVIL_INITRAMFS")
 	if initrd == "" {
@@ -54,34 +50,13 @@ func artifacts(t *testing.T) (qemu, kernel, initrd string) {
 		initrd = filepath.Join(root, "bin", "anvil-initramfs.cpio.zst")
 	}
 	if _, err := os.Stat(initrd); err != nil {
-		t.Skipf("no initramfs at %s (make initramfs): %v", initrd, err)
+		t.Fatalf("no initramfs at %s (make initramfs; make test builds it): %v", initrd, err)
 	}
-	return qemu, kernel, initrd
-}
-
-// vm is one running QEMU guest.
-type vm struct {
-	cmd     *exec.Cmd
-	console string
-	exited  chan error
-	started time.Time
-}
-
-// consoleText returns the serial console so far.
-func (v *vm) consoleText() string {
-	b, err := os.ReadFile(v.console)
-	if err != nil {
-		return fmt.Sprintf("(console unreadable: %v)", err)
-	}
-	return string(b)
+	return kernel, initrd
 }
 
 func TestBootRegistersReady(t *testing.T) {
-	qemu, kernel, initrd := artifacts(t)
-	accel := os.Getenv("ANVIL_QEMU_ACCEL") // e.g. kvm on a laptop; TCG by default
-	if accel == "" {
-		accel = "tcg"
-	}
+	kernel, initrd := artifacts(t)
 
 	h := harness.StartController(t, t.TempDir(), func(c *app.Config) {
 		// The guest dials the host as 10.0.2.2; the serving certificate
@@ -101,51 +76,30 @@ func TestBootRegistersReady(t *testing.T) {
 
 	dir := t.TempDir()
 	vd, nv := loopdev.SparseFile(t, 256<<20), loopdev.SparseFile(t, 512<<20)
-	v := &vm{console: filepath.Join(dir, "console.log"), exited: make(chan error, 1)}
-	out, err := os.Create(v.console)
+	accel, err := qemu.ChooseAccel(context.Background(), "", kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer out.Close()
-	args := []string{
-		"-accel", accel, "-cpu", "max", "-smp", "2", "-m", "1024",
-		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-		// Entropy: without it the guest CRNG may never be ready.
-		"-device", "virtio-rng-pci",
+	v := qemu.StartT(t, qemu.Options{
+		Name: "boot-test", Accel: accel, MemoryMiB: 1024, CPUs: 2,
+		Console: filepath.Join(dir, "console.log"), NoReboot: true,
 		// A flat RTC far in the past: the agent must step the clock
 		// from the controller's certificate before TLS can work.
-		"-rtc", "base=2001-01-01T00:00:00",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", strings.Join([]string{
+		RTC:    "2001-01-01T00:00:00",
+		Kernel: kernel, Initrd: initrd,
+		Append: strings.Join([]string{
 			"console=ttyS0", "panic=-1",
 			"anvil.controller=" + guestHost + ":" + port,
 			"anvil.token=" + ctl.BootToken,
 			"anvil.ca_fp=" + ctl.CAFingerprint,
 		}, " "),
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac=" + mac,
-		"-smbios", "type=1,manufacturer=anvil,product=lab-vm,serial=LAB-" + uuid[:8] + ",uuid=" + uuid,
-		"-drive", "file=" + vd + ",if=none,id=vd0,format=raw", "-device", "virtio-blk-pci,drive=vd0,serial=" + vdSerial,
-		"-drive", "file=" + nv + ",if=none,id=nv0,format=raw", "-device", "nvme,drive=nv0,serial=" + nvSerial,
-	}
-	v.cmd = exec.Command(qemu, args...)
-	v.cmd.Stdout, v.cmd.Stderr = out, out
-	v.started = time.Now()
-	if err := v.cmd.Start(); err != nil {
-		t.Fatalf("start QEMU: %v", err)
-	}
-	go func() { v.exited <- v.cmd.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case <-v.exited:
-		default:
-			if err := v.cmd.Process.Kill(); err != nil {
-				t.Errorf("kill QEMU: %v", err)
-			}
-			<-v.exited
-		}
-		if t.Failed() {
-			t.Logf("serial console (%s):\n%s", v.console, v.consoleText())
-		}
+		Devices: []qemu.Device{
+			qemu.RNG{},
+			qemu.NIC{Net: qemu.User{}, MAC: mac},
+			qemu.SMBIOS{Manufacturer: "anvil", Product: "lab-vm", Serial: "LAB-" + uuid[:8], UUID: uuid},
+			qemu.Disk{ID: "vd0", File: vd, Serial: vdSerial},
+			qemu.Disk{ID: "nv0", File: nv, Serial: nvSerial, NVMe: true},
+		},
 	})
 
 	op := h.Operator()
@@ -155,9 +109,8 @@ func TestBootRegistersReady(t *testing.T) {
 	defer tick.Stop()
 	for m == nil {
 		select {
-		case err := <-v.exited:
-			v.exited <- err // for the cleanup
-			t.Fatalf("QEMU exited before the machine was Ready: %v", err)
+		case <-v.Exited():
+			t.Fatalf("QEMU exited before the machine was Ready: %v %s", v.Err(), v.Output())
 		case <-deadline:
 			t.Fatalf("machine %s not Ready within 100 s", uuid)
 		case <-tick.C:
@@ -169,7 +122,7 @@ func TestBootRegistersReady(t *testing.T) {
 			m = got
 		}
 	}
-	ready := time.Since(v.started)
+	ready := time.Since(v.Started)
 
 	if got := m.GetInventory().GetProduct().GetUuid(); got != uuid {
 		t.Errorf("inventory UUID %q, want the SMBIOS UUID %q", got, uuid)
@@ -191,7 +144,7 @@ func TestBootRegistersReady(t *testing.T) {
 		t.Errorf("NIC MAC %s missing: inventory %q, machine %q", mac, macs, m.GetMacs())
 	}
 
-	console := v.consoleText()
+	console := v.ConsoleText()
 	for _, want := range []string{"modules loaded", "network configured", "stepped forward", "registered"} {
 		if !strings.Contains(console, want) {
 			t.Errorf("console has no %q", want)

@@ -1,6 +1,6 @@
-// Package qemutest starts real QEMU VMs (qemu-system-x86_64, TCG, SeaBIOS)
-// for tests of the QMP BMC driver and of the power API: a VM with a QMP
-// socket and the flags of bmc.QEMUArgs, optionally a virtio NIC (user
+// Package qemutest starts real QEMU VMs (qemu-system-x86_64, TCG, SeaBIOS,
+// built by test/labkit/qemu) for tests of the QMP BMC driver and of the
+// power API: a VM with a QMP socket and the flags of bmc.QEMUArgs, optionally a virtio NIC (user
 // networking with restrict=on: nothing leaves the QEMU process) and a blank
 // virtio disk, and SeaBIOS's debug console (I/O port 0x402) written to a
 // file, so that tests can read which boot order the firmware saw and which
@@ -9,18 +9,15 @@
 package qemutest
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/anvil-metal/anvil/controller/bmc"
+	"github.com/anvil-metal/anvil/test/labkit/qemu"
 )
 
 // Options describe the VM.
@@ -46,38 +43,34 @@ type VM struct {
 	Socket, Address string
 	// DebugLog is the file SeaBIOS's debug output goes to.
 	DebugLog string
-	// Stderr holds QEMU's own messages.
-	Stderr *bytes.Buffer
-	cmd    *exec.Cmd
+	proc     *qemu.VM
 }
 
-// Start boots a VM. It fails the test when qemu-system-x86_64 is missing
-// (hack/install-deps.sh installs qemu-system-x86).
+// Stderr is what QEMU itself printed.
+func (vm *VM) Stderr() string { return vm.proc.Output() }
+
+// Start boots a VM (package qemu builds its command line). It fails the
+// test when qemu-system-x86_64 is missing (hack/install-deps.sh installs
+// qemu-system-x86).
 func Start(t testing.TB, o Options) *VM {
 	t.Helper()
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Fatal("qemu-system-x86_64 not found: run hack/install-deps.sh (make test does)")
-	}
 	// Unix socket paths are limited to 108 bytes; t.TempDir() can be long.
 	dir, err := os.MkdirTemp("", "anvil-qmp-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	vm := &VM{Socket: filepath.Join(dir, "vm.qmp"), DebugLog: filepath.Join(dir, "seabios.log"), Stderr: &bytes.Buffer{}}
+	vm := &VM{Socket: filepath.Join(dir, "vm.qmp"), DebugLog: filepath.Join(dir, "seabios.log")}
 	vm.Address = "qmp://" + vm.Socket
-	args := []string{"-machine", "pc", "-accel", "tcg", "-m", "64", "-display", "none", "-nodefaults", "-no-user-config",
-		"-chardev", "file,id=dbg,path=" + vm.DebugLog, "-device", "isa-debugcon,iobase=0x402,chardev=dbg"}
-	args = append(args, bmc.QEMUArgs(vm.Socket, !o.Running)...)
-	bootindex := func(n int) string {
+	bootindex := func(n int) int {
 		if o.BootIndexes {
-			return fmt.Sprintf(",bootindex=%d", n)
+			return n
 		}
-		return ""
+		return 0
 	}
+	devs := []qemu.Device{qemu.DebugCon{File: vm.DebugLog}, qemu.QMP{Socket: vm.Socket, StartOff: !o.Running}}
 	if o.NIC {
-		args = append(args, "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,id=net0"+bootindex(1))
+		devs = append(devs, qemu.NIC{ID: "net0", Net: qemu.User{Restrict: true}, BootIndex: bootindex(1)})
 	}
 	if o.Disk || o.PowerOffDisk {
 		img := filepath.Join(dir, "disk.img")
@@ -91,24 +84,19 @@ func Start(t testing.TB, o Options) *VM {
 		if err := os.Truncate(img, 16<<20); err != nil {
 			t.Fatal(err)
 		}
-		args = append(args, "-drive", "file="+img+",if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0,id=disk0"+bootindex(2))
+		devs = append(devs, qemu.Disk{ID: "disk0", File: img, BootIndex: bootindex(2)})
 	}
-	vm.cmd = exec.Command(qemu, args...)
-	vm.cmd.Stderr = vm.Stderr
-	if err := vm.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", qemu, err)
+	v, err := qemu.Start(qemu.Options{Name: "bmc-test", MemoryMiB: 64, Console: filepath.Join(dir, "console.log"), Devices: devs})
+	if err != nil {
+		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- vm.cmd.Wait() }()
-	t.Cleanup(func() {
-		vm.cmd.Process.Kill()
-		<-exited
-	})
+	vm.proc = v
+	t.Cleanup(v.Kill)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		select {
-		case err := <-exited:
-			t.Fatalf("QEMU exited before its QMP socket was up: %v\n%s", err, vm.Stderr)
+		case <-v.Exited():
+			t.Fatalf("QEMU exited before its QMP socket was up: %v\n%s", v.Err(), v.Output())
 		default:
 		}
 		if c, err := net.DialTimeout("unix", vm.Socket, time.Second); err == nil {
@@ -116,7 +104,7 @@ func Start(t testing.TB, o Options) *VM {
 			return vm
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("QMP socket %s not up after 15s\n%s", vm.Socket, vm.Stderr)
+			t.Fatalf("QMP socket %s not up after 15s\n%s", vm.Socket, v.Output())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

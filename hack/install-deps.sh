@@ -28,8 +28,16 @@ command -v strings >/dev/null || need+=(binutils)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
-# iPXE for legacy PXE ROMs, served by the controller over TFTP.
+# iPXE for PXE ROMs and UEFI PXE clients, served by the controller over
+# TFTP (undionly.kpxe, snponly.efi); OVMF, the lab's UEFI firmware.
 [ -e /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
+[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
+# GRUB for installed systems (agent/bootloader/mkgrub): grub-mkimage and
+# the UEFI and BIOS modules; grub-bios-setup (grub-pc-bin) checks the BIOS
+# install byte for byte.
+command -v grub-mkimage >/dev/null || need+=(grub-common)
+[ -e /usr/lib/grub/x86_64-efi/linux.mod ] || need+=(grub-efi-amd64-bin)
+[ -e /usr/lib/grub/i386-pc/boot.img ] || need+=(grub-pc-bin)
 # Firewall tests: nft for the baseline and for reading rulesets back, and
 # etcd + kubectl for the end-to-end test against a real kube-apiserver
 # (hack/build-kube-apiserver.sh builds that one from the module proxy).

@@ -2,6 +2,7 @@ package tiny_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -18,6 +19,8 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/bootloader"
+	"github.com/anvil-metal/anvil/agent/bootloader/mkgrub"
 	"github.com/anvil-metal/anvil/images/tiny"
 )
 
@@ -118,6 +121,7 @@ func TestBuiltImage(t *testing.T) {
 	want := []string{
 		fmt.Sprintf("1 %s %q %d+%d", gpt.EFISystemPartition, "EFI System Partition", tiny.ESPStart, tiny.ESPSize),
 		fmt.Sprintf("2 %s %q %d+%d", gpt.LinuxFilesystem, tiny.RootLabel, tiny.RootStart, tiny.RootSize),
+		fmt.Sprintf("3 %s %q %d+%d", strings.ToUpper(bootloader.BIOSBootType), bootloader.BIOSBootName, bootloader.BIOSBootFirst*512, (bootloader.BIOSBootLast-bootloader.BIOSBootFirst+1)*512),
 	}
 	if strings.Join(parts, "\n") != strings.Join(want, "\n") {
 		t.Errorf("partitions:\n%s\nwant:\n%s", strings.Join(parts, "\n"), strings.Join(want, "\n"))
@@ -150,6 +154,28 @@ func TestBuiltImage(t *testing.T) {
 	checkInitramfs(t, initrd)
 
 	checkFilesystems(t, raw)
+
+	// GRUB for both firmwares, reading the configuration that boots the
+	// manifest's kernel (test/images boots it under SeaBIOS and OVMF).
+	rep, err := bootloader.Inspect(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `boots from disk on UEFI (p1:\EFI\BOOT\BOOTX64.EFI) and BIOS (MBR boot code, BIOS boot partition p3)`; rep.String() != want {
+		t.Errorf("bootloader: %s, want %s", rep, want)
+	}
+	esp, err := d.GetFilesystem(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := esp.ReadFile(bootloader.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCfg, err := tiny.GrubConfig(tiny.Inputs{Version: cat.Version, KernelRelease: cat.Kernel})
+	if err != nil || string(cfg) != wantCfg {
+		t.Errorf("grub.cfg:\n%s\nwant:\n%s (%v)", cfg, wantCfg, err)
+	}
 
 	root, err := d.GetFilesystem(2)
 	if err != nil {
@@ -254,7 +280,11 @@ func TestReproducible(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := filepath.Join(t.TempDir(), "again.raw")
-	in := tiny.Inputs{Kernel: kernel, Initrd: initrd, KernelRelease: cat.Kernel, Version: cat.Version, Epoch: cat.EpochTime()}
+	grub, err := mkgrub.Build(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := tiny.Inputs{Kernel: kernel, Initrd: initrd, KernelRelease: cat.Kernel, Version: cat.Version, Epoch: cat.EpochTime(), Bootloader: grub}
 	if err := tiny.Assemble(again, in); err != nil {
 		t.Fatal(err)
 	}

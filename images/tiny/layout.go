@@ -12,6 +12,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/uuid"
 
+	"github.com/anvil-metal/anvil/agent/bootloader"
 	"github.com/anvil-metal/anvil/images/internal/diskimg"
 	"github.com/anvil-metal/anvil/images/internal/ext4norm"
 )
@@ -29,7 +30,11 @@ const (
 	ESPLabel  = "ANVIL-TINY"
 	RootLabel = "tiny-root"
 
-	// Paths on the ESP.
+	// BIOSBootIndex is the BIOS boot partition's number: GRUB's core image
+	// for BIOS firmware, in the gap before the ESP (package bootloader).
+	BIOSBootIndex = 3
+
+	// Paths on the ESP (GRUB's, bootloader.EFIPath and ConfigPath, too).
 	KernelPath   = "vmlinuz"
 	InitrdPath   = "initrd.img"
 	ManifestPath = "anvil/boot.json"
@@ -63,6 +68,8 @@ type Inputs struct {
 	// Epoch is the timestamp of the files the builder writes
 	// (SOURCE_DATE_EPOCH).
 	Epoch time.Time
+	// Bootloader is GRUB for UEFI and BIOS (package mkgrub builds it).
+	Bootloader bootloader.Files
 }
 
 // Manifest is the anvil boot manifest agent/bootconfig reads.
@@ -87,6 +94,15 @@ func ManifestJSON(in Inputs) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
+// GrubConfig is GRUB's configuration: the kernel and initrd on the ESP
+// with the image's command line, for UEFI and BIOS alike.
+func GrubConfig(in Inputs) (string, error) {
+	return bootloader.Config(bootloader.Entry{
+		Title:  fmt.Sprintf("anvil-tiny %s (kernel %s)", in.Version, in.KernelRelease),
+		Kernel: "/" + KernelPath, Initrds: []string{"/" + InitrdPath}, Cmdline: Cmdline,
+	})
+}
+
 // OSRelease renders etc/os-release (os-release(5)).
 func OSRelease(in Inputs) string {
 	return fmt.Sprintf(`NAME="anvil tiny"
@@ -106,14 +122,17 @@ func (in Inputs) Validate() error {
 	if len(in.Initrd) == 0 {
 		errs = append(errs, "initrd is empty")
 	}
+	if err := in.Bootloader.Validate(); err != nil {
+		errs = append(errs, err.Error())
+	}
 	if in.KernelRelease == "" || strings.ContainsAny(in.KernelRelease, " \t\n\"") {
 		errs = append(errs, fmt.Sprintf("kernel release %q: want a non-empty word", in.KernelRelease))
 	}
 	if in.Version == "" || strings.ContainsAny(in.Version, " \t\n\"'") {
 		errs = append(errs, fmt.Sprintf("version %q: want a non-empty word without quotes", in.Version))
 	}
-	if n := len(in.Kernel) + len(in.Initrd); n > ESPSize-2<<20 {
-		errs = append(errs, fmt.Sprintf("kernel and initrd are %d bytes, the %d MiB ESP holds at most %d", n, ESPSize>>20, ESPSize-2<<20))
+	if n := len(in.Kernel) + len(in.Initrd) + len(in.Bootloader.EFI); n > ESPSize-2<<20 {
+		errs = append(errs, fmt.Sprintf("kernel, initrd and GRUB are %d bytes, the %d MiB ESP holds at most %d", n, ESPSize>>20, ESPSize-2<<20))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("tiny image inputs: %s", strings.Join(errs, "; "))
@@ -123,13 +142,18 @@ func (in Inputs) Validate() error {
 
 // Assemble writes the raw image for in to path (created or truncated; a
 // sparse file: the free space is never written): the GPT, the ESP with the
-// kernel, the initrd and the manifest, and the root filesystem with
+// kernel, the initrd, the manifest, GRUB for UEFI and its configuration,
+// GRUB's BIOS boot code and core image, and the root filesystem with
 // etc/os-release.
 func Assemble(path string, in Inputs) (err error) {
 	if err := in.Validate(); err != nil {
 		return err
 	}
 	manifest, err := ManifestJSON(in)
+	if err != nil {
+		return err
+	}
+	grubCfg, err := GrubConfig(in)
 	if err != nil {
 		return err
 	}
@@ -153,6 +177,7 @@ func Assemble(path string, in Inputs) (err error) {
 				Type: gpt.EFISystemPartition, Name: "EFI System Partition", GUID: guid("esp")},
 			{Index: 2, Start: RootStart / Sector, End: (RootStart+RootSize)/Sector - 1, Size: RootSize,
 				Type: gpt.LinuxFilesystem, Name: RootLabel, GUID: RootPartUUID()},
+			bootloader.BIOSBootPartition(BIOSBootIndex, guid("bios-boot")),
 		},
 	}
 	w, err := store.Writable()
@@ -167,10 +192,12 @@ func Assemble(path string, in Inputs) (err error) {
 	if err != nil {
 		return fmt.Errorf("ESP of %s: %w", path, err)
 	}
-	for _, fl := range []struct {
+	files := []struct {
 		name string
 		b    []byte
-	}{{KernelPath, in.Kernel}, {InitrdPath, in.Initrd}, {ManifestPath, manifest}} {
+	}{{KernelPath, in.Kernel}, {InitrdPath, in.Initrd}, {ManifestPath, manifest},
+		{bootloader.EFIPath, in.Bootloader.EFI}, {bootloader.ConfigPath, []byte(grubCfg)}}
+	for _, fl := range files {
 		if err := diskimg.WriteFile(esp, fl.name, fl.b); err != nil {
 			return fmt.Errorf("ESP of %s: %w", path, err)
 		}
@@ -178,8 +205,9 @@ func Assemble(path string, in Inputs) (err error) {
 
 	// go-diskfs stamps FAT directory entries with the clock (or
 	// SOURCE_DATE_EPOCH); set every one to the epoch, "." and ".." of
-	// the subdirectory included (FinishFAT32 does the volume label).
-	for _, p := range []string{KernelPath, InitrdPath, "anvil", ManifestPath, "anvil/.", "anvil/.."} {
+	// the subdirectories included (FinishFAT32 does the volume label).
+	for _, p := range []string{KernelPath, InitrdPath, "anvil", ManifestPath, "anvil/.", "anvil/..",
+		"EFI", "EFI/.", "EFI/..", "EFI/BOOT", "EFI/BOOT/.", "EFI/BOOT/..", bootloader.EFIPath, "grub", "grub/.", "grub/..", bootloader.ConfigPath} {
 		if err := esp.Chtimes(p, in.Epoch, in.Epoch, in.Epoch); err != nil {
 			return fmt.Errorf("ESP of %s: set times of %s: %w", path, p, err)
 		}
@@ -206,6 +234,9 @@ func Assemble(path string, in Inputs) (err error) {
 	}
 	if _, err := ext4norm.Normalize(f, RootStart, in.Epoch, [16]byte(uuid.MustParse(guid("root-ext4-hash-seed")))); err != nil {
 		return fmt.Errorf("root filesystem of %s: normalize: %w", path, err)
+	}
+	if err := bootloader.InstallBIOS(f, in.Bootloader, table.Partitions); err != nil {
+		return fmt.Errorf("BIOS boot of %s: %w", path, err)
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("sync %s: %w", path, err)

@@ -7,7 +7,13 @@
 //     initramfs as initrd.img, and the anvil boot manifest anvil/boot.json
 //     agent/bootconfig finds for the kexec;
 //   - partition 2, a small ext4 root (label tiny-root) holding only
-//     etc/os-release, so the disk looks like an operating system's.
+//     etc/os-release, so the disk looks like an operating system's;
+//   - partition 3, the BIOS boot partition in the gap before the first
+//     MiB: GRUB's core image, started by GRUB's boot code in the MBR.
+//
+// The disk boots by itself under UEFI and BIOS (package bootloader): GRUB
+// as \EFI\BOOT\BOOTX64.EFI and in the MBR reads grub/grub.cfg on the ESP,
+// which boots the same kernel, initrd and command line as the manifest.
 //
 // The initramfs is built like the agent's (package initramfs): u-root in
 // Go-module mode with the pinned tools of this module, u-root's init and,
@@ -36,6 +42,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/anvil-metal/anvil/agent/bootloader/mkgrub"
 )
 
 // Output file names in Config.OutDir.
@@ -158,7 +166,11 @@ func Build(ctx context.Context, c Config) (*Result, error) {
 	res.Initramfs, res.InitrdBytes, res.InitrdCPIOBytes, res.Modules = time.Since(t0), int64(len(ir.data)), ir.cpioBytes, ir.modules
 
 	t0 = time.Now()
-	in := Inputs{Kernel: kernel, Initrd: ir.data, KernelRelease: release, Version: c.Version, Epoch: c.Epoch}
+	grub, err := mkgrub.Build(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	in := Inputs{Kernel: kernel, Initrd: ir.data, KernelRelease: release, Version: c.Version, Epoch: c.Epoch, Bootloader: grub}
 	raw := filepath.Join(tmp, RawFile)
 	if err := Assemble(raw, in); err != nil {
 		return nil, err

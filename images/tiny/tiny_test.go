@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anvil-metal/anvil/agent/bootloader"
+
 	"github.com/anvil-metal/anvil/initramfs/modorder"
 )
 
@@ -28,7 +30,10 @@ func TestConfigValidate(t *testing.T) {
 func TestInputsValidate(t *testing.T) {
 	kernel := make([]byte, 0x300)
 	copy(kernel[0x202:], "HdrS")
-	good := Inputs{Kernel: kernel, Initrd: []byte{1}, KernelRelease: "6.1.0-57-cloud-amd64", Version: "v1", Epoch: time.Unix(1735689600, 0)}
+	boot := make([]byte, 512)
+	boot[510], boot[511] = 0x55, 0xaa
+	grub := bootloader.Files{EFI: append([]byte("MZ"), make([]byte, 100)...), BIOSBoot: boot, BIOSCore: make([]byte, 4096)}
+	good := Inputs{Kernel: kernel, Initrd: []byte{1}, KernelRelease: "6.1.0-57-cloud-amd64", Version: "v1", Epoch: time.Unix(1735689600, 0), Bootloader: grub}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
@@ -42,6 +47,7 @@ func TestInputsValidate(t *testing.T) {
 		{"no release", func(in *Inputs) { in.KernelRelease = "" }, "kernel release"},
 		{"quoted version", func(in *Inputs) { in.Version = `v"1` }, "version"},
 		{"too big for the ESP", func(in *Inputs) { in.Initrd = make([]byte, ESPSize) }, "ESP holds at most"},
+		{"no GRUB", func(in *Inputs) { in.Bootloader = bootloader.Files{} }, "GRUB images"},
 	}
 	for _, tc := range tests {
 		in := good

@@ -124,20 +124,28 @@ func bootFiles(t *testing.T, disk string) (kernel, initrd, cmdline string) {
 	return kernel, initrd, b.Cmdline
 }
 
-// boot starts QEMU on disk with the kernel, initrd and command line.
-func boot(t *testing.T, disk, kernel, initrd, cmdline string) *qemu.VM {
+// boot starts QEMU on disk: through the firmware fw when kernel is empty
+// (its boot loader), else with the kernel, initrd and command line.
+func boot(t *testing.T, disk string, fw qemu.Firmware, kernel, initrd, cmdline string) *qemu.VM {
 	t.Helper()
-	accel, err := qemu.ChooseAccel(context.Background(), "", kernel)
+	accel, err := qemu.ChooseAccel(context.Background(), "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
+	dir := t.TempDir()
+	if fw.UEFI {
+		fw.Vars = filepath.Join(dir, "vars.fd")
+		if err := qemu.EnsureVars(fw.Vars); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return qemu.StartT(t, qemu.Options{
-		Name: "tiny", Accel: accel, Console: filepath.Join(t.TempDir(), "console.log"), NoReboot: true,
+		Name: "tiny-" + fw.Name(), Accel: accel, Firmware: fw, Console: filepath.Join(dir, "console.log"), NoReboot: true,
 		Kernel: kernel, Initrd: initrd, Append: cmdline,
 		Devices: []qemu.Device{
 			qemu.RNG{},
-			qemu.NIC{Net: qemu.User{}},
-			qemu.Disk{ID: "vd0", File: disk, Serial: "TINY-VD0"},
+			qemu.NIC{Net: qemu.User{}, ROM: qemu.NoROM},
+			qemu.Disk{ID: "vd0", File: disk, Serial: "TINY-VD0", BootIndex: 1},
 		},
 	})
 }
@@ -160,11 +168,24 @@ type phoneHome struct {
 	status                   int
 }
 
-// TestTinyPhonesHome boots the image with a seed and waits for its phone
-// home: POST to the seed's url with the seed's bearer token, naming the
-// seed's hostname. The first answer is 503, so the image must retry.
+// TestTinyPhonesHome boots the image from its disk with a seed, under
+// SeaBIOS and under OVMF, as a machine boots it after a power cycle: the
+// firmware starts GRUB (boot code in the MBR and core image in the BIOS
+// boot partition; \EFI\BOOT\BOOTX64.EFI), GRUB the kernel; then waits
+// for the phone home: POST to the seed's url with the seed's bearer token,
+// naming the seed's hostname. The first answer is 503, so the image must
+// retry.
 func TestTinyPhonesHome(t *testing.T) {
 	t.Parallel()
+	for _, fw := range []qemu.Firmware{{}, {UEFI: true}} {
+		t.Run(fw.Name(), func(t *testing.T) {
+			t.Parallel()
+			phonesHome(t, fw)
+		})
+	}
+}
+
+func phonesHome(t *testing.T, fw qemu.Firmware) {
 	raw, cat := image(t)
 	var (
 		mu   sync.Mutex
@@ -216,12 +237,7 @@ func TestTinyPhonesHome(t *testing.T) {
 	if _, err := nocloud.Append(disk, seed, nocloud.AppendOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	kernel, initrd, cmdline := bootFiles(t, disk)
-	if !strings.Contains(cmdline, "console=ttyS0") {
-		t.Errorf("cmdline %q has no console=ttyS0", cmdline)
-	}
-
-	v := boot(t, disk, kernel, initrd, cmdline)
+	v := boot(t, disk, fw, "", "", "")
 	var got phoneHome
 	select {
 	case got = <-ok:
@@ -252,7 +268,7 @@ func TestTinyPhonesHome(t *testing.T) {
 	m := waitConsole(t, v, regexp.MustCompile(`anvil-tiny: phoned home .*uptime=(\S+)`), 10*time.Second)
 	waitConsole(t, v, regexp.MustCompile(`anvil-tiny: idling outcome="phoned home"`), 5*time.Second)
 	console := v.ConsoleText()
-	for _, want := range []string{"anvil-tiny: seed found where=\"/dev/vda partition 3", "anvil-tiny: hostname set hostname=tiny-vm-1",
+	for _, want := range []string{"anvil: loading /vmlinuz", "anvil-tiny: seed found where=\"/dev/vda partition 4", "anvil-tiny: hostname set hostname=tiny-vm-1",
 		"anvil-tiny: WARN: phone home failed; retrying"} {
 		if !strings.Contains(console, want) {
 			t.Errorf("console has no %q", want)
@@ -265,18 +281,22 @@ func TestTinyPhonesHome(t *testing.T) {
 		t.Fatalf("QEMU exited after the phone home: %v", v.Err())
 	case <-time.After(time.Second):
 	}
-	t.Logf("phoned home %.1f s after QEMU started (guest uptime %s); body %q", phoned.Seconds(), m[1], got.body)
+	t.Logf("%s: phoned home %.1f s after QEMU started (guest uptime %s); body %q", fw.Name(), phoned.Seconds(), m[1], got.body)
 }
 
-// TestTinyWithoutSeed boots the image as it is, without a seed: it must
-// say so and idle.
+// TestTinyWithoutSeed boots the image as it is, without a seed, the way
+// the agent's kexec starts it (the kernel, initrd and command line of its
+// boot manifest): it must say so and idle.
 func TestTinyWithoutSeed(t *testing.T) {
 	t.Parallel()
 	raw, _ := image(t)
 	disk := filepath.Join(t.TempDir(), "disk.raw")
 	sparseCopy(t, raw, disk)
 	kernel, initrd, cmdline := bootFiles(t, disk)
-	v := boot(t, disk, kernel, initrd, cmdline)
+	if !strings.Contains(cmdline, "console=ttyS0") {
+		t.Errorf("cmdline %q has no console=ttyS0", cmdline)
+	}
+	v := boot(t, disk, qemu.Firmware{}, kernel, initrd, cmdline)
 	waitConsole(t, v, regexp.MustCompile(`anvil-tiny: WARN: no seed: nothing to phone home to`), 60*time.Second)
 	waitConsole(t, v, regexp.MustCompile(`anvil-tiny: idling outcome="no seed"`), 5*time.Second)
 	select {

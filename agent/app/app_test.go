@@ -34,7 +34,7 @@ func TestBootModeKexecsWithTheExtraCmdlineAndFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := loopdev.SparseFile(t, 1<<30)
-	res, err := rootfs.Install(context.Background(), img, true, &buf, rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}})
+	res, err := rootfs.Install(context.Background(), img, true, &buf, "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,6 +73,9 @@ type Report struct {
 	// boot entry).
 	UEFI      string
 	Removable bool
+	// Loader is the UEFI loader's path on the ESP, slash-separated
+	// (EFI/BOOT/BOOTX64.EFI), as a boot entry names it.
+	Loader string
 	// ESP is the EFI System Partition's number and GUID (lower case),
 	// where a boot entry points.
 	ESP     int
@@ -149,7 +152,7 @@ func Inspect(path string) (Report, error) {
 			}
 			loader, removable := findLoader(fsys)
 			if loader != "" {
-				r.UEFI, r.Removable = fmt.Sprintf(`p%d:\%s`, p.Index, strings.ReplaceAll(loader, "/", `\`)), removable
+				r.UEFI, r.Loader, r.Removable = fmt.Sprintf(`p%d:\%s`, p.Index, strings.ReplaceAll(loader, "/", `\`)), loader, removable
 				r.ESP, r.ESPGUID, r.ESPStart, r.ESPSize = p.Index, strings.ToLower(p.GUID), p.Start, p.End-p.Start+1
 			}
 		}

@@ -208,7 +208,7 @@ func TestInspect(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `boots from disk on UEFI (p1:\EFI\BOOT\BOOTX64.EFI) and BIOS (MBR boot code, BIOS boot partition p2)`
-	if r.String() != want || !r.Removable || r.ESP != 1 || r.ESPGUID != "1c7e3b0a-5d2e-4f6a-9b8c-0d1e2f3a4b5c" || r.ESPStart != 2048 || r.ESPSize != 80*2048 {
+	if r.String() != want || !r.Removable || r.Loader != "EFI/BOOT/BOOTX64.EFI" || r.ESP != 1 || r.ESPGUID != "1c7e3b0a-5d2e-4f6a-9b8c-0d1e2f3a4b5c" || r.ESPStart != 2048 || r.ESPSize != 80*2048 {
 		t.Errorf("installed disk: removable %v ESP p%d %s [%d+%d]\n%s\nwant %s", r.Removable, r.ESP, r.ESPGUID, r.ESPStart, r.ESPSize, r, want)
 	}
 }

@@ -114,7 +114,7 @@ func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner
 	o.Progress = p.Update
 	res, err := image.Install(ctx, image.Request{
 		URL: spec.GetUrl(), Checksum: spec.GetChecksum(), Format: spec.GetFormat(),
-		Target: target.GetPath(), Zeroed: zeroed,
+		Target: target.GetPath(), Zeroed: zeroed, KernelArgs: spec.GetExtraKernelCmdline(),
 	}, o)
 	if err != nil {
 		return runner.Outcome{}, fmt.Errorf("install %s on %s: %w", spec.GetImageId(), target.GetPath(), err)

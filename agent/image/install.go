@@ -48,14 +48,18 @@ type Request struct {
 	Target string
 	// Zeroed says the target reads as zeroes, so zero blocks are skipped.
 	Zeroed bool
+	// KernelArgs are the install's extra kernel arguments, for the boot
+	// configuration a tarball install writes (a raw image keeps its own).
+	KernelArgs string
 }
 
 // Source opens the image at url and returns its size (-1 if unknown).
 type Source func(ctx context.Context, url string) (io.ReadCloser, int64, error)
 
 // TarInstaller lays a root filesystem tarball onto the target disk and
-// returns a summary; zeroed says the target reads as zeroes.
-type TarInstaller func(ctx context.Context, target string, zeroed bool, tar io.Reader) (string, error)
+// returns a summary; zeroed says the target reads as zeroes; args are the
+// install's extra kernel arguments for the boot configuration it writes.
+type TarInstaller func(ctx context.Context, target string, zeroed bool, tar io.Reader, args string) (string, error)
 
 // Options wire the stages.
 type Options struct {
@@ -172,7 +176,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 			return res, fmt.Errorf("%w: this agent cannot install %s images", format.ErrUnsupported, dec.Format)
 		}
 		touched = true
-		res.Tar, err = o.Tar(ctx, req.Target, req.Zeroed, dec)
+		res.Tar, err = o.Tar(ctx, req.Target, req.Zeroed, dec, req.KernelArgs)
 	}
 	if err != nil {
 		bad, berr := badImage(ctx, cr, h, want, req, err, dec)

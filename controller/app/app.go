@@ -209,6 +209,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		if cfg.DHCP != nil && cfg.DHCP.ChainURL == "" {
 			cfg.DHCP.ChainURL = bs.ChainURL()
 		}
+		if cfg.DHCP != nil && cfg.DHCP.EFIHTTPURL == "" {
+			cfg.DHCP.EFIHTTPURL = bs.FileURL(cfg.DHCP.EFIFile)
+		}
 	}
 	udp, err := startUDP(cfg, log)
 	if err != nil {

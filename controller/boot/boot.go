@@ -7,8 +7,11 @@
 //
 // Every script request of a known machine is recorded as a PXE_BOOTING
 // event (at most once per RecordEvery, since firmware retries); the loop
-// guard (Decide) sends a machine whose image is installed to its disk. The
-// pure parts (Decide, the script templates) are apart from the HTTP shell.
+// guard (Decide) sends a machine whose image is installed to its disk, in
+// the way its firmware takes (iPXE's ${platform}: exit back to UEFI's next
+// boot option, sanboot of the first BIOS drive), and holds one whose disk
+// does not boot. The pure parts (Decide, the script templates) are apart
+// from the HTTP shell.
 // DHCP and TFTP, which point machines here, live in boot/dhcp and boot/tftp.
 package boot
 
@@ -65,11 +68,13 @@ type Config struct {
 	// RecordEvery is the shortest interval between two PXE_BOOTING events
 	// of one machine.
 	RecordEvery time.Duration
+	// HoldInterval is how often a held machine asks again.
+	HoldInterval time.Duration
 }
 
 // Defaults returns the defaults for the optional fields.
 func Defaults() Config {
-	return Config{Listen: ":8080", KernelArgs: "console=tty0 console=ttyS0,115200", RecordEvery: 30 * time.Second}
+	return Config{Listen: ":8080", KernelArgs: "console=tty0 console=ttyS0,115200", RecordEvery: 30 * time.Second, HoldInterval: time.Minute}
 }
 
 // Validate reports every invalid field.
@@ -101,6 +106,9 @@ func (c Config) Validate() error {
 	}
 	if c.RecordEvery < 0 {
 		errs = append(errs, fmt.Errorf("record interval %v is negative", c.RecordEvery))
+	}
+	if c.HoldInterval < time.Second {
+		errs = append(errs, fmt.Errorf("hold interval %v: want at least a second", c.HoldInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -161,6 +169,15 @@ func (s *Service) Handler() http.Handler {
 
 // ChainURL is the URL DHCP hands to iPXE clients.
 func (s *Service) ChainURL() string { return s.cfg.BaseURL + "/ipxe/boot.ipxe" }
+
+// FileURL is the URL of a file served under /files/, "" when the service
+// has no file of that name.
+func (s *Service) FileURL(name string) string {
+	if _, ok := s.files[name]; !ok {
+		return ""
+	}
+	return s.url("/files/"+name, nil)
+}
 
 // url joins the base URL and a path with a query.
 func (s *Service) url(path string, q url.Values) string {

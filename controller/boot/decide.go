@@ -8,20 +8,47 @@ import (
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
-// Decision is what a network-booting machine is told to boot.
+// Action is what a network-booting machine is told to do.
+type Action int
+
+const (
+	// Agent boots the agent from the network.
+	Agent Action = iota
+	// Local sends the machine to its installed disk, in the way its
+	// firmware allows (LocalScript).
+	Local
+	// Hold keeps the machine in iPXE, asking again now and then: its
+	// installed disk did not boot, and sending it there again would only
+	// loop.
+	Hold
+)
+
+func (a Action) String() string {
+	switch a {
+	case Local:
+		return "local"
+	case Hold:
+		return "hold"
+	}
+	return "agent"
+}
+
+// Decision is what a network-booting machine is told, and why.
 type Decision struct {
-	// Local sends the machine to its installed disk; otherwise it boots
-	// the agent.
-	Local  bool
+	Action Action
 	Reason string
 }
 
 // Decide is the loop guard: a machine whose allocation's image was
 // installed and booted goes to its disk, whatever made it boot from the
-// network again (a BIOS boot order with the NIC first, a firmware reboot
-// after a failed kexec, an operator's reset). Freeing it (reclaim) or
-// asking for a reinstall clears that, and the next network boot runs the
-// agent. Unknown machines and every other state boot the agent.
+// network again (a boot order with the network first, a firmware reboot
+// after a failed kexec, an operator's reset, a power cut). Freeing it
+// (reclaim) or asking for a reinstall clears that, and the next network
+// boot runs the agent. An installed machine in a crash loop — it came
+// back to the network several times without its installed system phoning
+// home — is held in iPXE instead of being sent to a disk that does not
+// boot, until an operator power-cycles it (which retries the disk), frees
+// or reinstalls it. Unknown machines and every other state boot the agent.
 func Decide(m *store.Machine) Decision {
 	if m == nil {
 		return Decision{Reason: "unknown machine: boot the agent to register it"}
@@ -30,9 +57,12 @@ func Decide(m *store.Machine) Decision {
 	switch {
 	case st.Reclaiming:
 		return Decision{Reason: fmt.Sprintf("machine %s is being reclaimed: boot the agent to erase it", m.ID)}
+	case st.Allocated && st.Installed && st.CrashLoop && !st.RebootPlanned:
+		return Decision{Action: Hold, Reason: fmt.Sprintf("machine %s: its installed disk did not boot (%d network boots without a phone home); power-cycle it to try the disk again, or free or reinstall it",
+			m.ID, st.IncompleteCycles)}
 	case st.Allocated && st.Installed:
 		img := m.Allocation.GetImageId()
-		return Decision{Local: true, Reason: fmt.Sprintf("machine %s is installed with image %s (%s): boot from disk", m.ID, img, stateName(st.State))}
+		return Decision{Action: Local, Reason: fmt.Sprintf("machine %s is installed with image %s (%s): boot from disk", m.ID, img, stateName(st.State))}
 	case st.Allocated:
 		return Decision{Reason: fmt.Sprintf("machine %s is allocated, its image is not installed yet (%s): boot the agent", m.ID, stateName(st.State))}
 	}

@@ -49,13 +49,36 @@ func bootID(q url.Values) (uuid, mac string, err error) {
 	return uuid, mac, nil
 }
 
-// script answers a machine's boot request: the agent, or its disk.
+// platform is iPXE's ${platform} from the chain script, "" when absent
+// or not one iPXE reports.
+func platform(q url.Values) string {
+	switch p := q.Get("platform"); p {
+	case PlatformBIOS, PlatformEFI:
+		return p
+	}
+	return ""
+}
+
+// ipxeErrno is iPXE's ${errno} (0x and eight hex digits), else "unknown".
+func ipxeErrno(s string) string {
+	if len(s) > 2 && len(s) <= 10 && strings.HasPrefix(s, "0x") && strings.Trim(s[2:], "0123456789abcdef") == "" {
+		return s
+	}
+	return "unknown"
+}
+
+// script answers a machine's boot request: the agent, its disk, or a
+// hold. A BIOS machine whose sanboot failed comes back with
+// failed=sanboot and iPXE's error: that is recorded, and it is sent on to
+// the BIOS's next boot device.
 func (s *Service) script(w http.ResponseWriter, r *http.Request) {
-	uuid, mac, err := bootID(r.URL.Query())
+	q := r.URL.Query()
+	uuid, mac, err := bootID(q)
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, err)
 		return
 	}
+	plat := platform(q)
 	ctx := r.Context()
 	m, err := s.m.BootLookup(ctx, uuid, mac)
 	if err != nil {
@@ -63,40 +86,74 @@ func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := Decide(m)
-	var body string
-	if d.Local {
-		body, err = RenderLocal(d.Reason)
-	} else {
-		body, err = s.netboot(uuid, mac, d)
+	sanbootFailed := q.Get("failed") == "sanboot" && d.Action == Local
+	scriptURL := s.url("/ipxe/script", machineQuery(uuid, mac, plat))
+	var body, what string
+	switch {
+	case sanbootFailed:
+		what = fmt.Sprintf("the BIOS's next boot device: its installed disk did not boot (iPXE sanboot of drive 0x80 failed, error %s)", ipxeErrno(q.Get("error")))
+		body, err = RenderExit(what)
+	case d.Action == Local:
+		what = "its disk (loop guard, " + orNone(plat) + " firmware)"
+		fq := machineQuery(uuid, mac, plat)
+		fq.Set("failed", "sanboot")
+		body, err = RenderLocal(LocalBoot{Reason: d.Reason, Platform: plat, FailedURL: s.url("/ipxe/script", fq)})
+	case d.Action == Hold:
+		what = "a hold in iPXE"
+		body, err = RenderHold(d.Reason, scriptURL, int(s.cfg.HoldInterval.Seconds()))
+	default:
+		what = "the agent"
+		body, err = s.netboot(uuid, mac, scriptURL, d)
 	}
 	if err != nil {
 		s.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	log := s.log.With("uuid", uuid, "mac", mac, "local", d.Local, "reason", d.Reason, "remote", r.RemoteAddr)
-	if m != nil && s.shouldRecord(m.ID) {
-		what := "the agent"
-		if d.Local {
-			what = "its disk (loop guard)"
+	log := s.log.With("uuid", uuid, "mac", mac, "platform", plat, "action", d.Action.String(), "reason", d.Reason, "remote", r.RemoteAddr)
+	key := ""
+	if m != nil {
+		key = m.ID
+		if sanbootFailed {
+			key += "/sanboot-failed"
 		}
+	}
+	if m != nil && s.shouldRecord(key) {
 		msg := fmt.Sprintf("network boot from NIC %s: sent to %s; %s", orNone(mac), what, d.Reason)
 		if err := s.m.RecordBoot(ctx, m.ID, msg); err != nil {
-			s.forget(m.ID)
+			s.forget(key)
 			// The machine retries (the chain script loops): better late
 			// than a boot that left no trace.
 			s.fail(w, r, http.StatusServiceUnavailable, err)
 			return
 		}
 	}
-	if m == nil {
+	switch {
+	case m == nil:
 		log.Info("network boot of an unknown machine: the agent will register it")
-	} else {
+	case sanbootFailed:
+		log.Warn("network boot: the installed disk did not boot", "machine", m.ID, "ipxe_error", ipxeErrno(q.Get("error")))
+	default:
 		log.Info("network boot", "machine", m.ID)
 	}
 	writeScript(w, body)
 }
 
-func (s *Service) netboot(uuid, mac string, d Decision) (string, error) {
+// machineQuery is the query naming a machine's script.
+func machineQuery(uuid, mac, plat string) url.Values {
+	q := url.Values{}
+	if uuid != "" {
+		q.Set("uuid", uuid)
+	}
+	if mac != "" {
+		q.Set("mac", mac)
+	}
+	if plat != "" {
+		q.Set("platform", plat)
+	}
+	return q
+}
+
+func (s *Service) netboot(uuid, mac, scriptURL string, d Decision) (string, error) {
 	tok, err := s.m.MintBootToken(uuid)
 	if err != nil {
 		return "", fmt.Errorf("boot token: %w", err)
@@ -105,18 +162,11 @@ func (s *Service) netboot(uuid, mac string, d Decision) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	q := url.Values{}
-	if uuid != "" {
-		q.Set("uuid", uuid)
-	}
-	if mac != "" {
-		q.Set("mac", mac)
-	}
 	return RenderNetboot(Netboot{
 		Reason:    d.Reason,
 		KernelURL: s.url("/files/"+agentKernel, nil),
 		InitrdURL: s.url("/files/"+agentInitramfs, nil),
-		ScriptURL: s.url("/ipxe/script", q),
+		ScriptURL: scriptURL,
 		Cmdline:   cmdline,
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -122,7 +123,7 @@ func TestBootLoopOverHTTP(t *testing.T) {
 
 	// The DHCP bootfile: a chain script coming back with iPXE's identity.
 	resp, chain := l.get(t, "/ipxe/boot.ipxe")
-	if resp.StatusCode != 200 || !strings.Contains(chain, l.base+"/ipxe/script?uuid=${uuid}&mac=${netX/mac}") {
+	if resp.StatusCode != 200 || !strings.Contains(chain, l.base+"/ipxe/script?uuid=${uuid}&mac=${netX/mac}&platform=${platform}") {
 		t.Fatalf("chain script %d:\n%s", resp.StatusCode, chain)
 	}
 
@@ -195,9 +196,31 @@ func TestBootLoopOverHTTP(t *testing.T) {
 		return nil
 	})
 
-	// Installed: the loop guard sends it to its disk.
-	if _, s := l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac); !strings.Contains(s, "sanboot --no-describe --drive 0x80 || exit") {
-		t.Errorf("installed machine not sent to local boot:\n%s", s)
+	// Installed: the loop guard sends it to its disk, the way its
+	// firmware boots one.
+	if _, s := l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac+"&platform=efi"); !strings.Contains(s, "\nexit\n") || strings.Contains(s, "sanboot") {
+		t.Errorf("installed UEFI machine not sent back to the firmware:\n%s", s)
+	}
+	_, bios := l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac+"&platform=pcbios")
+	m = regexp.MustCompile(`chain --autofree (\S+)&error=\$\{errno\}`).FindStringSubmatch(bios)
+	if !strings.Contains(bios, "sanboot --no-describe --drive 0x80 || goto failed") || m == nil {
+		t.Fatalf("installed BIOS machine not sent to sanboot:\n%s", bios)
+	}
+	// A sanboot that failed comes back with iPXE's error: recorded, and
+	// the BIOS goes on with its next device.
+	failedURL, err := url.Parse(m[1] + "&error=0x3d126083")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, s := l.get(t, failedURL.RequestURI()); !strings.Contains(s, "\nexit\n") {
+		t.Errorf("after a failed sanboot:\n%s", s)
+	}
+	var sawFailure bool
+	for _, e := range l.events(t, uuid, anvilv1.EventType_EVENT_TYPE_PXE_BOOTING) {
+		sawFailure = sawFailure || strings.Contains(e.GetMessage(), "did not boot (iPXE sanboot of drive 0x80 failed, error 0x3d126083)")
+	}
+	if !sawFailure {
+		t.Errorf("the failed sanboot left no event")
 	}
 
 	// Phone home: bad tokens are refused, the right one provisions.

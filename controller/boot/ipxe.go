@@ -13,10 +13,11 @@ import (
 var (
 	// chainScript is what DHCP hands an iPXE client: it comes back with the
 	// identity iPXE knows (${uuid} is the SMBIOS system UUID, ${netX/mac}
-	// the booting NIC's MAC).
+	// the booting NIC's MAC) and its platform (${platform}: pcbios or efi),
+	// which decides how the machine is sent to its disk.
 	chainScript = template.Must(template.New("chain").Parse(`#!ipxe
 # anvil: ask for this machine's script
-chain --autofree {{.BaseURL}}/ipxe/script?uuid=${uuid}&mac=${netX/mac} || goto failed
+chain --autofree {{.BaseURL}}/ipxe/script?uuid=${uuid}&mac=${netX/mac}&platform=${platform} || goto failed
 exit
 :failed
 echo anvil: could not fetch the boot script from {{.BaseURL}}; retrying in 10 s
@@ -36,13 +37,94 @@ sleep 10
 chain --autofree {{.ScriptURL}}
 `))
 
-	// localScript boots the first disk through the BIOS (sanboot), or
-	// returns to the firmware, which tries its next boot device (exit).
-	localScript = template.Must(template.New("local").Parse(`#!ipxe
+	// localEFIScript returns to the UEFI firmware, which goes on with its
+	// next boot option: the installed disk's entry (the agent put it
+	// after the network's) or the disk's removable-media loader.
+	localEFIScript = template.Must(template.New("local-efi").Parse(`#!ipxe
 # anvil: {{.Reason}}
-sanboot --no-describe --drive 0x80 || exit
+echo anvil: booting from disk: back to the firmware's next boot option
+exit
+`))
+
+	// localBIOSScript boots the first BIOS disk through INT 13h (sanboot
+	// with no SAN target boots a local drive). When that fails, the
+	// controller is told why, and the answer returns to the BIOS, which
+	// tries its next boot device.
+	localBIOSScript = template.Must(template.New("local-bios").Parse(`#!ipxe
+# anvil: {{.Reason}}
+sanboot --no-describe --drive 0x80 || goto failed
+:failed
+chain --autofree {{.FailedURL}}&error=${errno} || exit
+`))
+
+	// holdScript keeps a machine in iPXE, asking again every so often:
+	// the controller changes its answer once an operator acts.
+	holdScript = template.Must(template.New("hold").Parse(`#!ipxe
+# anvil: {{.Reason}}
+echo anvil: {{.Echo}}
+echo anvil: asking the controller again in {{.Seconds}} s
+sleep {{.Seconds}}
+chain --autofree {{.ScriptURL}}
+`))
+
+	// exitScript returns to the firmware's next boot device.
+	exitScript = template.Must(template.New("exit").Parse(`#!ipxe
+# anvil: {{.Reason}}
+exit
 `))
 )
+
+// Platforms iPXE reports in ${platform}.
+const (
+	PlatformBIOS = "pcbios"
+	PlatformEFI  = "efi"
+)
+
+// LocalBoot is what a script sending a machine to its disk needs.
+type LocalBoot struct {
+	Reason string
+	// Platform is iPXE's ${platform}: "efi" returns to the firmware;
+	// "pcbios" or unknown boots BIOS drive 0x80.
+	Platform string
+	// FailedURL is where a BIOS script reports a failed sanboot (the
+	// machine's script URL with failed=sanboot).
+	FailedURL string
+}
+
+// RenderLocal returns the script that boots the installed disk.
+func RenderLocal(l LocalBoot) (string, error) {
+	l.Reason = oneLine(l.Reason)
+	if l.Platform == PlatformEFI {
+		return render(localEFIScript, l)
+	}
+	if err := checkURL(l.FailedURL); err != nil {
+		return "", err
+	}
+	return render(localBIOSScript, l)
+}
+
+// RenderHold returns the script that keeps a machine in iPXE, asking
+// scriptURL again every seconds.
+func RenderHold(reason, scriptURL string, seconds int) (string, error) {
+	if err := checkURL(scriptURL); err != nil {
+		return "", err
+	}
+	if seconds < 1 {
+		return "", fmt.Errorf("hold interval %d s: want at least 1", seconds)
+	}
+	reason = oneLine(reason)
+	// echo expands ${...}: keep the text inert.
+	echo := strings.NewReplacer("$", "", "{", "(", "}", ")").Replace(reason)
+	return render(holdScript, struct {
+		Reason, Echo, ScriptURL string
+		Seconds                 int
+	}{reason, echo, scriptURL, seconds})
+}
+
+// RenderExit returns the script that goes back to the firmware.
+func RenderExit(reason string) (string, error) {
+	return render(exitScript, struct{ Reason string }{oneLine(reason)})
+}
 
 // Netboot is what a netboot script needs.
 type Netboot struct {
@@ -105,11 +187,6 @@ func RenderNetboot(n Netboot) (string, error) {
 	}
 	n.Reason = oneLine(n.Reason)
 	return render(netbootScript, n)
-}
-
-// RenderLocal returns the script that boots the installed disk.
-func RenderLocal(reason string) (string, error) {
-	return render(localScript, struct{ Reason string }{oneLine(reason)})
 }
 
 func checkURL(u string) error {

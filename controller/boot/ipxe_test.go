@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/anvil-metal/anvil/controller/lifecycle"
@@ -15,7 +16,7 @@ func TestRenderScripts(t *testing.T) {
 	}
 	if want := `#!ipxe
 # anvil: ask for this machine's script
-chain --autofree http://10.0.2.2:8080/ipxe/script?uuid=${uuid}&mac=${netX/mac} || goto failed
+chain --autofree http://10.0.2.2:8080/ipxe/script?uuid=${uuid}&mac=${netX/mac}&platform=${platform} || goto failed
 exit
 :failed
 echo anvil: could not fetch the boot script from http://10.0.2.2:8080; retrying in 10 s
@@ -51,12 +52,50 @@ chain --autofree http://10.0.2.2:8080/ipxe/script?mac=52%3A54%3A00%3A00%3A00%3A0
 		t.Errorf("netboot script:\n%s\nwant:\n%s", nb, want)
 	}
 
-	local, err := RenderLocal("machine m1 is installed")
+	failed := "http://10.0.2.2:8080/ipxe/script?failed=sanboot&platform=pcbios&uuid=u1"
+	for _, c := range []struct{ platform, want string }{
+		{PlatformEFI, `#!ipxe
+# anvil: machine m1 is installed
+echo anvil: booting from disk: back to the firmware's next boot option
+exit
+`},
+		{PlatformBIOS, `#!ipxe
+# anvil: machine m1 is installed
+sanboot --no-describe --drive 0x80 || goto failed
+:failed
+chain --autofree http://10.0.2.2:8080/ipxe/script?failed=sanboot&platform=pcbios&uuid=u1&error=${errno} || exit
+`},
+	} {
+		local, err := RenderLocal(LocalBoot{Reason: "machine m1 is installed", Platform: c.platform, FailedURL: failed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if local != c.want {
+			t.Errorf("local script for %s:\n%s\nwant:\n%s", c.platform, local, c.want)
+		}
+	}
+	// An unknown platform (a chain script of an older controller) is
+	// treated as BIOS: sanboot, and exit when it fails.
+	if local, err := RenderLocal(LocalBoot{Reason: "r", FailedURL: failed}); err != nil || !strings.Contains(local, "sanboot --no-describe --drive 0x80 || goto failed") {
+		t.Errorf("unknown platform: %v\n%s", err, local)
+	}
+
+	hold, err := RenderHold("disk of m1 did not boot ${x}\nreboot", "http://10.0.2.2:8080/ipxe/script?uuid=u1", 60)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "#!ipxe\n# anvil: machine m1 is installed\nsanboot --no-describe --drive 0x80 || exit\n"; local != want {
-		t.Errorf("local script:\n%s\nwant:\n%s", local, want)
+	if want := `#!ipxe
+# anvil: disk of m1 did not boot ${x} reboot
+echo anvil: disk of m1 did not boot (x) reboot
+echo anvil: asking the controller again in 60 s
+sleep 60
+chain --autofree http://10.0.2.2:8080/ipxe/script?uuid=u1
+`; hold != want {
+		t.Errorf("hold script:\n%s\nwant:\n%s", hold, want)
+	}
+	exit, err := RenderExit("next device")
+	if err != nil || exit != "#!ipxe\n# anvil: next device\nexit\n" {
+		t.Errorf("exit script %q %v", exit, err)
 	}
 }
 
@@ -93,26 +132,36 @@ func TestDecide(t *testing.T) {
 		}
 		return m
 	}
+	installed := func(s *lifecycle.Status) { s.Allocated, s.Installed = true, true }
 	cases := []struct {
-		name  string
-		m     *store.Machine
-		local bool
+		name string
+		m    *store.Machine
+		want Action
 	}{
-		{"unknown", nil, false},
-		{"ready", st(anvilv1.MachineState_MACHINE_STATE_READY, nil), false},
-		{"allocated, not installed", st(anvilv1.MachineState_MACHINE_STATE_ALLOCATED, func(s *lifecycle.Status) { s.Allocated = true }), false},
-		{"installing", st(anvilv1.MachineState_MACHINE_STATE_INSTALLING, func(s *lifecycle.Status) { s.Allocated = true }), false},
-		{"booting after install", st(anvilv1.MachineState_MACHINE_STATE_BOOTING, func(s *lifecycle.Status) { s.Allocated, s.Installed = true, true }), true},
-		{"provisioned", st(anvilv1.MachineState_MACHINE_STATE_PROVISIONED, func(s *lifecycle.Status) { s.Allocated, s.Installed = true, true }), true},
-		{"provisioned machine rebooting", st(anvilv1.MachineState_MACHINE_STATE_PXE_BOOTING, func(s *lifecycle.Status) { s.Allocated, s.Installed = true, true }), true},
-		{"reinstall asked", st(anvilv1.MachineState_MACHINE_STATE_ALLOCATED, func(s *lifecycle.Status) { s.Allocated = true }), false},
-		{"freed", st(anvilv1.MachineState_MACHINE_STATE_RECLAIM, func(s *lifecycle.Status) { s.Reclaiming = true }), false},
-		{"failed", st(anvilv1.MachineState_MACHINE_STATE_FAILED, func(s *lifecycle.Status) { s.Allocated = true }), false},
+		{"unknown", nil, Agent},
+		{"ready", st(anvilv1.MachineState_MACHINE_STATE_READY, nil), Agent},
+		{"allocated, not installed", st(anvilv1.MachineState_MACHINE_STATE_ALLOCATED, func(s *lifecycle.Status) { s.Allocated = true }), Agent},
+		{"installing", st(anvilv1.MachineState_MACHINE_STATE_INSTALLING, func(s *lifecycle.Status) { s.Allocated = true }), Agent},
+		{"booting after install", st(anvilv1.MachineState_MACHINE_STATE_BOOTING, installed), Local},
+		{"provisioned", st(anvilv1.MachineState_MACHINE_STATE_PROVISIONED, installed), Local},
+		{"provisioned machine rebooting", st(anvilv1.MachineState_MACHINE_STATE_PXE_BOOTING, installed), Local},
+		{"installed disk does not boot", st(anvilv1.MachineState_MACHINE_STATE_PROVISIONED, func(s *lifecycle.Status) {
+			installed(s)
+			s.CrashLoop, s.IncompleteCycles = true, 3
+		}), Hold},
+		{"operator power-cycled a held machine: the disk again", st(anvilv1.MachineState_MACHINE_STATE_PROVISIONED, func(s *lifecycle.Status) {
+			installed(s)
+			s.CrashLoop, s.IncompleteCycles, s.RebootPlanned = true, 3, true
+		}), Local},
+		{"crash loop of the agent, not installed", st(anvilv1.MachineState_MACHINE_STATE_REGISTERING, func(s *lifecycle.Status) { s.Allocated, s.CrashLoop = true, true }), Agent},
+		{"reinstall asked", st(anvilv1.MachineState_MACHINE_STATE_ALLOCATED, func(s *lifecycle.Status) { s.Allocated = true }), Agent},
+		{"freed", st(anvilv1.MachineState_MACHINE_STATE_RECLAIM, func(s *lifecycle.Status) { s.Reclaiming = true }), Agent},
+		{"failed", st(anvilv1.MachineState_MACHINE_STATE_FAILED, func(s *lifecycle.Status) { s.Allocated = true }), Agent},
 	}
 	for _, c := range cases {
 		d := Decide(c.m)
-		if d.Local != c.local || d.Reason == "" {
-			t.Errorf("%s: %+v, want local=%v", c.name, d, c.local)
+		if d.Action != c.want || d.Reason == "" {
+			t.Errorf("%s: %+v, want %v", c.name, d, c.want)
 		}
 	}
 }

@@ -46,7 +46,11 @@ const (
 // expected; "idle" means REGISTERING, READY, ALLOCATED or RECLAIM, the states
 // in which the agent is up and waiting):
 //
-//	PXE_BOOTING  any state            → PXE_BOOTING; starts a boot cycle
+//	PXE_BOOTING  any state            → PXE_BOOTING; starts a boot cycle; a
+//	                                    PROVISIONED machine whose image is
+//	                                    installed stays PROVISIONED (the boot
+//	                                    service sends it to its disk; the
+//	                                    cycle completes when it phones home)
 //	REGISTERING  any state            → REGISTERING; starts a boot cycle unless
 //	                                    the machine is in PXE_BOOTING (same boot)
 //	WAITING      idle                 → ALLOCATED if allocated; RECLAIM while a
@@ -125,7 +129,9 @@ func step(s *Status, e *anvilv1.Event, t time.Time) bool {
 	switch e.GetType() {
 	case evPXEBooting:
 		s.startCycle()
-		s.State = stPXEBooting
+		if !(s.State == stProvisioned && s.Allocated && s.Installed) {
+			s.State = stPXEBooting
+		}
 	case evRegistering:
 		if s.State != stPXEBooting {
 			s.startCycle()

@@ -44,7 +44,7 @@ func MakeRaw(ctx context.Context, tarPath, out string, size int64) (res rootfs.R
 	}
 	// zeroed: a fresh sparse file reads as zeroes, so the image stays
 	// sparse.
-	if res, err = rootfs.Install(ctx, out, true, in, rootfs.Options{}); err != nil {
+	if res, err = rootfs.Install(ctx, out, true, in, "", rootfs.Options{}); err != nil {
 		return res, boot, err
 	}
 	if res.Kernel.Path == "" || res.Kernel.Initrd == "" {

@@ -114,6 +114,10 @@ func (c Config) Validate() error {
 // Result describes a build.
 type Result struct {
 	Catalogue Catalogue
+	// TarCatalogue describes the root filesystem tarball of the same
+	// system (tiny-tar.json); TarCataloguePath is where it was written.
+	TarCatalogue     Catalogue
+	TarCataloguePath string
 	// Raw, Zst and CataloguePath are the written files.
 	Raw, Zst, CataloguePath string
 	// InitrdBytes is the compressed initramfs's size, InitrdCPIOBytes the
@@ -125,8 +129,9 @@ type Result struct {
 	Initramfs, Assemble, Compress time.Duration
 }
 
-// Build builds the initramfs, assembles the raw image, compresses it and
-// writes the catalogue entry. The outputs are replaced only once all of
+// Build builds the initramfs, assembles the raw image, compresses it,
+// writes the root filesystem tarball of the same system and the
+// catalogue entries of both. The outputs are replaced only once all of
 // them are complete.
 func Build(ctx context.Context, c Config) (*Result, error) {
 	if err := c.Validate(); err != nil {
@@ -185,22 +190,56 @@ func Build(ctx context.Context, c Config) (*Result, error) {
 	}
 	res.Compress = time.Since(t0)
 	res.Catalogue = NewCatalogue(in, sums)
-	js, err := res.Catalogue.JSON()
+	if err := writeCatalogue(filepath.Join(tmp, CatalogueFile), res.Catalogue); err != nil {
+		return nil, err
+	}
+	tarPath := filepath.Join(tmp, TarFile)
+	if err := writeTarFile(tarPath, in); err != nil {
+		return nil, err
+	}
+	tarSums, err := compressFile(tarPath, filepath.Join(tmp, TarZstFile))
 	if err != nil {
 		return nil, err
 	}
-	cat := filepath.Join(tmp, CatalogueFile)
-	if err := os.WriteFile(cat, js, 0o644); err != nil {
-		return nil, fmt.Errorf("write catalogue: %w", err)
+	res.TarCatalogue = NewTarCatalogue(in, tarSums)
+	if err := writeCatalogue(filepath.Join(tmp, TarCatalogueFile), res.TarCatalogue); err != nil {
+		return nil, err
 	}
-	// The catalogue last: it names the other two.
-	for _, n := range []string{RawFile, ZstFile, CatalogueFile} {
+	// The catalogues last: they name the other files.
+	for _, n := range []string{RawFile, ZstFile, TarFile, TarZstFile, CatalogueFile, TarCatalogueFile} {
 		if err := os.Rename(filepath.Join(tmp, n), filepath.Join(c.OutDir, n)); err != nil {
 			return nil, fmt.Errorf("move %s into place: %w", n, err)
 		}
 	}
 	res.Raw, res.Zst, res.CataloguePath = filepath.Join(c.OutDir, RawFile), filepath.Join(c.OutDir, ZstFile), filepath.Join(c.OutDir, CatalogueFile)
+	res.TarCataloguePath = filepath.Join(c.OutDir, TarCatalogueFile)
 	return res, nil
+}
+
+func writeCatalogue(path string, c Catalogue) error {
+	js, err := c.JSON()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, js, 0o644); err != nil {
+		return fmt.Errorf("write catalogue: %w", err)
+	}
+	return nil
+}
+
+func writeTarFile(path string, in Inputs) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	err = WriteTar(f, in)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("tarball %s: %w", path, err)
+	}
+	return nil
 }
 
 // ReadRelease reads the kernel release (uname -r) from hack/fetch-kernel.sh's

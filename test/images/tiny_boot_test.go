@@ -28,6 +28,9 @@ import (
 	"time"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/bootloader/mkgrub"
+	"github.com/anvil-metal/anvil/agent/image/rootfs"
+	"github.com/anvil-metal/anvil/agent/seed"
 	"github.com/anvil-metal/anvil/images/nocloud"
 	"github.com/anvil-metal/anvil/images/tiny"
 	"github.com/anvil-metal/anvil/test/labkit/qemu"
@@ -175,17 +178,77 @@ type phoneHome struct {
 // for the phone home: POST to the seed's url with the seed's bearer token,
 // naming the seed's hostname. The first answer is 503, so the image must
 // retry.
+//
+// The tarball of the same system is installed the way the agent installs
+// it (agent/image/rootfs with GRUB from agent/bootloader/mkgrub, then
+// agent/seed's NoCloud partition) and boots the same way: GRUB reads the
+// kernel from the ext4 root go-diskfs made, through the /vmlinuz link.
 func TestTinyPhonesHome(t *testing.T) {
 	t.Parallel()
-	for _, fw := range []qemu.Firmware{{}, {UEFI: true}} {
-		t.Run(fw.Name(), func(t *testing.T) {
-			t.Parallel()
-			phonesHome(t, fw)
-		})
+	for _, kind := range []string{"raw", "tarball"} {
+		for _, fw := range []qemu.Firmware{{}, {UEFI: true}} {
+			t.Run(kind+"/"+fw.Name(), func(t *testing.T) {
+				t.Parallel()
+				phonesHome(t, fw, kind)
+			})
+		}
 	}
 }
 
-func phonesHome(t *testing.T, fw qemu.Firmware) {
+// rawDisk is the raw image with a seed appended (images/nocloud).
+func rawDisk(t *testing.T, raw, url, token string) string {
+	t.Helper()
+	disk := filepath.Join(t.TempDir(), "disk.raw")
+	sparseCopy(t, raw, disk)
+	seed := nocloud.Seed{
+		MetaData:      []byte("instance-id: tiny-test-1\nlocal-hostname: tiny-vm-1\n"),
+		UserData:      []byte("#cloud-config\n"),
+		NetworkConfig: []byte("version: 2\nethernets:\n  all:\n    match: {name: \"e*\"}\n    dhcp4: true\n"),
+		PhoneHome:     &nocloud.PhoneHome{URL: url, Token: token},
+	}
+	if _, err := nocloud.Append(disk, seed, nocloud.AppendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return disk
+}
+
+// tarballDisk is a 1 GiB disk the tarball was installed on as the agent
+// does it, with the agent's seed.
+func tarballDisk(t *testing.T, dir, url, token string) string {
+	t.Helper()
+	cat, err := tiny.ReadCatalogue(filepath.Join(dir, tiny.TarCatalogueFile))
+	if err != nil {
+		t.Fatalf("no tiny tarball (make images-tiny): %v", err)
+	}
+	arc, err := os.Open(filepath.Join(dir, cat.RawFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer arc.Close()
+	grub, err := mkgrub.Build(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(t.TempDir(), "disk.raw")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	res, err := rootfs.Install(context.Background(), disk, true, arc, "anvil.test=1",
+		rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}, Bootloader: &grub, KernelArgs: "console=ttyS0,115200 panic=-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("tarball install: %s", res)
+	if _, err := seed.Write(context.Background(), disk, seed.Config{InstanceID: "tiny-test-1", Hostname: "tiny-vm-1", PhoneHomeURL: url, PhoneHomeToken: token}); err != nil {
+		t.Fatal(err)
+	}
+	return disk
+}
+
+func phonesHome(t *testing.T, fw qemu.Firmware, kind string) {
 	raw, cat := image(t)
 	var (
 		mu   sync.Mutex
@@ -226,16 +289,10 @@ func phonesHome(t *testing.T, fw qemu.Firmware) {
 		t.Fatal(err)
 	}
 	token := "anvp_" + hex.EncodeToString(tok)
-	disk := filepath.Join(t.TempDir(), "disk.raw")
-	sparseCopy(t, raw, disk)
-	seed := nocloud.Seed{
-		MetaData:      []byte("instance-id: tiny-test-1\nlocal-hostname: tiny-vm-1\n"),
-		UserData:      []byte("#cloud-config\n"),
-		NetworkConfig: []byte("version: 2\nethernets:\n  all:\n    match: {name: \"e*\"}\n    dhcp4: true\n"),
-		PhoneHome:     &nocloud.PhoneHome{URL: "http://" + guestHost + ":" + port + "/phone-home", Token: token},
-	}
-	if _, err := nocloud.Append(disk, seed, nocloud.AppendOptions{}); err != nil {
-		t.Fatal(err)
+	url := "http://" + guestHost + ":" + port + "/phone-home"
+	disk := rawDisk(t, raw, url, token)
+	if kind == "tarball" {
+		disk = tarballDisk(t, filepath.Dir(raw), url, token)
 	}
 	v := boot(t, disk, fw, "", "", "")
 	var got phoneHome
@@ -281,7 +338,14 @@ func phonesHome(t *testing.T, fw qemu.Firmware) {
 		t.Fatalf("QEMU exited after the phone home: %v", v.Err())
 	case <-time.After(time.Second):
 	}
-	t.Logf("%s: phoned home %.1f s after QEMU started (guest uptime %s); body %q", fw.Name(), phoned.Seconds(), m[1], got.body)
+	if kind == "tarball" {
+		// GRUB booted the first entry, the archive's /vmlinuz link, with the
+		// install's extra kernel arguments.
+		if strings.Contains(console, "anvil: loading /boot/vmlinuz-") || !strings.Contains(console, "anvil.test=1") {
+			t.Error("GRUB did not boot the /vmlinuz entry with the install's extra kernel arguments")
+		}
+	}
+	t.Logf("%s %s: phoned home %.1f s after QEMU started (guest uptime %s); body %q", kind, fw.Name(), phoned.Seconds(), m[1], got.body)
 }
 
 // TestTinyWithoutSeed boots the image as it is, without a seed, the way

@@ -29,6 +29,7 @@ import (
 	"strings"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/bootloader"
 )
 
 // ErrDiskTooSmall is a target that cannot hold the layout.
@@ -98,6 +99,21 @@ func (p Part) Bytes(sector int64) int64 { return int64(p.End-p.Start+1) * sector
 type Plan struct {
 	Sector    int64
 	ESP, Root Part
+	// BIOSBoot, when set, is the BIOS boot partition (p3, in the gap before
+	// the ESP) holding GRUB's core image for BIOS firmware.
+	BIOSBoot *Part
+}
+
+// BIOSBootIndex is the BIOS boot partition's number.
+const BIOSBootIndex = 3
+
+// WithBIOSBoot adds the BIOS boot partition to a plan for 512-byte
+// sectors (BIOSes boot from those only); other plans stay as they are.
+func (p Plan) WithBIOSBoot(guid string) Plan {
+	if p.Sector == 512 {
+		p.BIOSBoot = &Part{Index: BIOSBootIndex, Start: bootloader.BIOSBootFirst, End: bootloader.BIOSBootLast, GUID: strings.ToLower(guid)}
+	}
+	return p
 }
 
 // align is the partition alignment: 1 MiB, as parted and sfdisk use.
@@ -206,9 +222,43 @@ func PickKernel(files map[string]bool) (k Kernel, ok bool) {
 	return k, true
 }
 
+// Cmdline is the installed kernel's command line: the planned root
+// partition, then args (the machine's console, for instance).
+func Cmdline(p Plan, args string) string {
+	c := fmt.Sprintf("root=PARTUUID=%s ro rootwait", p.Root.GUID)
+	if args = strings.TrimSpace(args); args != "" {
+		c += " " + args
+	}
+	return c
+}
+
+// GrubEntries are GRUB's menu entries for a kernel on the root filesystem
+// (whose ext4 UUID is the root partition's GUID): first the distribution's
+// /vmlinuz and /initrd.img links when the archive has them (Debian moves
+// them to the newest kernel on every kernel install, so an update boots
+// the new kernel), then the kernel the manifest names.
+func GrubEntries(k Kernel, p Plan, cmdline string, links bool) []bootloader.Entry {
+	entry := func(title, kernel, initrd string) bootloader.Entry {
+		e := bootloader.Entry{Title: title, FSUUID: p.Root.GUID, Kernel: "/" + kernel, Cmdline: cmdline}
+		if initrd != "" {
+			e.Initrds = []string{"/" + initrd}
+		}
+		return e
+	}
+	var es []bootloader.Entry
+	if links {
+		initrd := ""
+		if k.Initrd != "" {
+			initrd = "initrd.img"
+		}
+		es = append(es, entry("newest kernel (/vmlinuz)", "vmlinuz", initrd))
+	}
+	return append(es, entry("kernel "+k.Version, k.Path, k.Initrd))
+}
+
 // Manifest is the anvil boot manifest (agent/bootconfig reads it) for the
-// kernel, booting the planned root partition.
-func Manifest(k Kernel, p Plan) ([]byte, error) {
+// kernel, booting the planned root partition with args added.
+func Manifest(k Kernel, p Plan, args string) ([]byte, error) {
 	m := struct {
 		Title   string `json:"title"`
 		Kernel  string `json:"kernel"`
@@ -218,7 +268,7 @@ func Manifest(k Kernel, p Plan) ([]byte, error) {
 		Title:   "rootfs install, kernel " + k.Version,
 		Kernel:  k.Path,
 		Initrd:  k.Initrd,
-		Cmdline: fmt.Sprintf("root=PARTUUID=%s ro rootwait", p.Root.GUID),
+		Cmdline: Cmdline(p, args),
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {

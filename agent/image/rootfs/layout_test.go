@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
+
+	"github.com/anvil-metal/anvil/agent/bootloader"
 )
 
 func seqGUID() func() string {
@@ -148,7 +151,8 @@ PARTUUID=00000001-0000-4000-8000-000000000000  /boot/efi      vfat    umask=0077
 	if got := Fstab(p, Layout{}); got != want {
 		t.Errorf("fstab:\n%s\nwant:\n%s", got, want)
 	}
-	b, err := Manifest(Kernel{Version: "6.1", Path: "boot/vmlinuz-6.1", Initrd: "boot/initrd.img-6.1"}, p)
+	k := Kernel{Version: "6.1", Path: "boot/vmlinuz-6.1", Initrd: "boot/initrd.img-6.1"}
+	b, err := Manifest(k, p, "console=ttyS0,115200")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +160,34 @@ PARTUUID=00000001-0000-4000-8000-000000000000  /boot/efi      vfat    umask=0077
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	if m["kernel"] != "boot/vmlinuz-6.1" || m["initrd"] != "boot/initrd.img-6.1" || m["cmdline"] != "root=PARTUUID=00000002-0000-4000-8000-000000000000 ro rootwait" {
+	if m["kernel"] != "boot/vmlinuz-6.1" || m["initrd"] != "boot/initrd.img-6.1" || m["cmdline"] != "root=PARTUUID=00000002-0000-4000-8000-000000000000 ro rootwait console=ttyS0,115200" {
 		t.Errorf("manifest %s", b)
+	}
+	// GRUB: the distribution's links first when the archive has them,
+	// then the manifest's kernel; the root found by its ext4 UUID (the
+	// partition's GUID).
+	cfg, err := bootloader.Config(GrubEntries(k, p, Cmdline(p, "quiet"), true)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"menuentry 'newest kernel (/vmlinuz)' {\n\tsearch --no-floppy --fs-uuid --set=root 00000002-0000-4000-8000-000000000000\n\techo 'anvil: loading /vmlinuz'\n\tlinux /vmlinuz root=PARTUUID=00000002-0000-4000-8000-000000000000 ro rootwait quiet\n\tinitrd /initrd.img\n}",
+		"menuentry 'kernel 6.1' {\n\tsearch --no-floppy --fs-uuid --set=root 00000002-0000-4000-8000-000000000000\n\techo 'anvil: loading /boot/vmlinuz-6.1'\n\tlinux /boot/vmlinuz-6.1 root=PARTUUID=00000002-0000-4000-8000-000000000000 ro rootwait quiet\n\tinitrd /boot/initrd.img-6.1\n}",
+	} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("grub.cfg lacks\n%s\nin\n%s", want, cfg)
+		}
+	}
+	if es := GrubEntries(Kernel{Version: "6.1", Path: "boot/vmlinuz-6.1"}, p, "", false); len(es) != 1 || len(es[0].Initrds) != 0 {
+		t.Errorf("no links, no initrd: %+v", es)
+	}
+	bp := p.WithBIOSBoot("00000003-0000-4000-8000-000000000000")
+	if bp.BIOSBoot == nil || bp.BIOSBoot.Start != 34 || bp.BIOSBoot.End != 2047 || bp.BIOSBoot.Index != 3 {
+		t.Errorf("BIOS boot partition %+v", bp.BIOSBoot)
+	}
+	p4k := p
+	p4k.Sector = 4096
+	if p4k.WithBIOSBoot("x").BIOSBoot != nil {
+		t.Error("a 4096-byte-sector disk got a BIOS boot partition")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend"
@@ -14,12 +15,21 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/anvil-metal/anvil/agent/blockdev"
+	"github.com/anvil-metal/anvil/agent/bootloader"
 	"github.com/anvil-metal/anvil/agent/image/fatfs"
 )
 
 // Options configure an install.
 type Options struct {
 	Layout Layout
+	// Bootloader, when set, makes the disk boot by itself: GRUB for UEFI
+	// and BIOS (package bootloader), a BIOS boot partition, and GRUB's
+	// configuration for the archive's kernel. Without it the disk boots
+	// only by the agent's kexec.
+	Bootloader *bootloader.Files
+	// KernelArgs are added to the installed kernel's command line in the
+	// manifest and GRUB's configuration (the machine's console=).
+	KernelArgs string
 	// GUID returns fresh GUIDs (default: random version 4 UUIDs); a test
 	// seam for reproducible layouts.
 	GUID func() string
@@ -35,6 +45,9 @@ type Result struct {
 	OwnManifest bool
 	// FstabKept is where the archive's own /etc/fstab was kept, if any.
 	FstabKept string
+	// Boot says how the disk boots without the agent: GRUB installed, or
+	// why not.
+	Boot string
 	// Written and Skipped bytes on the medium (skipped: zero writes onto
 	// a zeroed target).
 	Written, Skipped int64
@@ -56,6 +69,9 @@ func (r Result) String() string {
 	if r.FstabKept != "" {
 		s += "; the archive's fstab kept as /" + r.FstabKept
 	}
+	if r.Boot != "" {
+		s += "; " + r.Boot
+	}
 	if r.Skipped > 0 {
 		s += fmt.Sprintf("; %d MiB of zero writes skipped on the erased disk", r.Skipped>>20)
 	}
@@ -64,10 +80,12 @@ func (r Result) String() string {
 
 // Install partitions target (a whole disk, or an image file), makes the
 // filesystems and extracts the archive r onto them. zeroed says the target
-// reads as zeroes, so zero writes to untouched regions are skipped. On
-// error the target is left as it is; the caller destroys the partition
-// tables (agent/image does).
-func Install(ctx context.Context, target string, zeroed bool, r io.Reader, o Options) (res Result, err error) {
+// reads as zeroes, so zero writes to untouched regions are skipped. args
+// are this install's extra kernel arguments: GRUB's configuration carries
+// them (every boot from disk), the manifest does not (the kexec adds them
+// itself). On error the target is left as it is; the caller destroys the
+// partition tables (agent/image does).
+func Install(ctx context.Context, target string, zeroed bool, r io.Reader, args string, o Options) (res Result, err error) {
 	start := time.Now()
 	dev, err := blockdev.OpenBuffered(target, os.O_RDWR)
 	if err != nil {
@@ -81,6 +99,9 @@ func Install(ctx context.Context, target string, zeroed bool, r io.Reader, o Opt
 	if res.Plan, err = PlanDisk(dev.Size, dev.LogicalBlock, o.Layout, o.guid); err != nil {
 		return res, fmt.Errorf("%s: %w", target, err)
 	}
+	if o.Bootloader != nil {
+		res.Plan = res.Plan.WithBIOSBoot(o.guid())
+	}
 	var store backend.Storage = file.New(dev.File, false)
 	var zs *zeroSkipping
 	if zeroed {
@@ -89,8 +110,15 @@ func Install(ctx context.Context, target string, zeroed bool, r io.Reader, o Opt
 		}
 		store = zs
 	}
-	if err := build(ctx, store, dev.Size, r, &res, o); err != nil {
+	bios, err := build(ctx, store, dev.Size, r, args, &res, o)
+	if err != nil {
 		return res, fmt.Errorf("rootfs on %s: %w", target, err)
+	}
+	if bios != nil {
+		// Sector 0 and the BIOS boot partition: outside every filesystem.
+		if err := bootloader.InstallBIOS(dev.File, *o.Bootloader, bios); err != nil {
+			return res, fmt.Errorf("rootfs on %s: %w", target, err)
+		}
 	}
 	if err := dev.Sync(); err != nil {
 		return res, err
@@ -113,8 +141,10 @@ func (o Options) guid() string {
 }
 
 // build writes the partition table and filesystems, extracts the archive
-// and adds fstab, the ESP mount point and the boot manifest.
-func build(ctx context.Context, store backend.Storage, size int64, r io.Reader, res *Result, o Options) error {
+// and adds fstab, the ESP mount point, the boot manifest and GRUB's files
+// on the ESP. It returns the partitions when GRUB's BIOS part is to be
+// written too (the caller does, outside the filesystems).
+func build(ctx context.Context, store backend.Storage, size int64, r io.Reader, args string, res *Result, o Options) ([]*gpt.Partition, error) {
 	p := res.Plan
 	l := o.Layout.withDefaults()
 	table := &gpt.Table{
@@ -125,72 +155,107 @@ func build(ctx context.Context, store backend.Storage, size int64, r io.Reader, 
 			{Index: 2, Start: p.Root.Start, End: p.Root.End, Type: gpt.LinuxFilesystem, Name: l.RootLabel, GUID: p.Root.GUID},
 		},
 	}
+	if p.BIOSBoot != nil {
+		table.Partitions = append(table.Partitions, bootloader.BIOSBootPartition(p.BIOSBoot.Index, p.BIOSBoot.GUID))
+	}
 	// Written directly, not through disk.Partition: that one insists on
 	// the kernel re-reading the table at once, which devices without
 	// partition scanning refuse; Install re-reads once everything is
 	// written.
 	w, err := store.Writable()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := table.Write(w, size); err != nil {
-		return fmt.Errorf("write GPT: %w", err)
+		return nil, fmt.Errorf("write GPT: %w", err)
 	}
 	esp, err := fatfs.Create(store, p.ESP.Bytes(p.Sector), int64(p.ESP.Start)*p.Sector, p.Sector, l.ESPLabel, false)
 	if err != nil {
-		return fmt.Errorf("make FAT32 on p1: %w", err)
+		return nil, fmt.Errorf("make FAT32 on p1: %w", err)
 	}
 	rootUUID, err := uuid.Parse(p.Root.GUID)
 	if err != nil {
-		return fmt.Errorf("root partition GUID %q: %w", p.Root.GUID, err)
+		return nil, fmt.Errorf("root partition GUID %q: %w", p.Root.GUID, err)
 	}
 	root, err := ext4.Create(store, p.Root.Bytes(p.Sector), int64(p.Root.Start)*p.Sector, 512, &ext4.Params{UUID: &rootUUID, VolumeName: l.RootLabel})
 	if err != nil {
-		return fmt.Errorf("make ext4 on p2: %w", err)
+		return nil, fmt.Errorf("make ext4 on p2: %w", err)
 	}
 	x := newExtractor(l, root, esp)
 	if err := x.extract(ctx, r); err != nil {
-		return err
+		return nil, err
 	}
 	res.Counts = x.counts
-	return finish(x, p, l, res)
+	bios, err := finish(x, p, l, res, args, o)
+	if err != nil || !bios {
+		return nil, err
+	}
+	return table.Partitions, nil
 }
 
 // finish adds what the installed system needs from the layout: the ESP's
-// mount point, an fstab naming the partitions, and the boot manifest.
-func finish(x *extractor, p Plan, l Layout, res *Result) error {
+// mount point, an fstab naming the partitions, the boot manifest, and
+// GRUB's loader and configuration on the ESP. It reports whether GRUB's
+// BIOS part is to be written.
+func finish(x *extractor, p Plan, l Layout, res *Result, args string, o Options) (bool, error) {
 	if err := x.mkdirAll(x.root, x.made[0], l.ESPMount); err != nil {
-		return fmt.Errorf("ESP mount point: %w", err)
+		return false, fmt.Errorf("ESP mount point: %w", err)
 	}
 	if x.fstabKept {
 		res.FstabKept = fstabKept
 	}
 	if err := x.writeText(Root, fstab, []byte(Fstab(p, l))); err != nil {
-		return err
+		return false, err
 	}
 	res.OwnManifest = x.hasManifest
 	if x.hasManifest {
-		return nil
+		res.Boot = "no boot loader installed: the archive brings its own boot manifest"
+		return false, nil
 	}
 	k, ok := PickKernel(x.regularFiles())
 	if !ok {
-		return nil
+		res.Boot = "no boot loader installed: no kernel"
+		return false, nil
 	}
-	m, err := Manifest(k, p)
+	m, err := Manifest(k, p, o.KernelArgs)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := x.writeText(ESP, "anvil/boot.json", m); err != nil {
-		return err
+		return false, err
 	}
 	res.Kernel = k
-	return nil
+	if o.Bootloader == nil {
+		res.Boot = "no boot loader installed (none given to the installer): the disk boots only by kexec"
+		return false, nil
+	}
+	for _, f := range []string{bootloader.EFIPath, bootloader.ConfigPath} {
+		if _, taken := x.made[1][f]; taken {
+			res.Boot = fmt.Sprintf("anvil's GRUB not installed: the archive brings its own /%s/%s", l.ESPMount, f)
+			return false, nil
+		}
+	}
+	_, vmlinuz := x.made[0]["vmlinuz"]
+	cfg, err := bootloader.Config(GrubEntries(k, p, Cmdline(p, strings.TrimSpace(o.KernelArgs+" "+args)), vmlinuz)...)
+	if err != nil {
+		return false, err
+	}
+	for name, b := range bootloader.ESPFiles(*o.Bootloader, cfg) {
+		if err := x.writeText(ESP, name, b); err != nil {
+			return false, err
+		}
+	}
+	res.Boot = fmt.Sprintf("GRUB %s for UEFI (\\%s)", o.Bootloader.Version, strings.ReplaceAll(bootloader.EFIPath, "/", "\\"))
+	if p.BIOSBoot != nil {
+		res.Boot += fmt.Sprintf(" and BIOS (MBR, BIOS boot partition p%d)", p.BIOSBoot.Index)
+	}
+	return p.BIOSBoot != nil, nil
 }
 
 // Installer adapts Install to agent/image's TarInstaller.
-func Installer(o Options) func(ctx context.Context, target string, zeroed bool, r io.Reader) (string, error) {
-	return func(ctx context.Context, target string, zeroed bool, r io.Reader) (string, error) {
-		res, err := Install(ctx, target, zeroed, r, o)
+func Installer(o Options) func(ctx context.Context, target string, zeroed bool, r io.Reader, args string) (string, error) {
+	return func(ctx context.Context, target string, zeroed bool, r io.Reader, args string) (string, error) {
+		res, err := Install(ctx, target, zeroed, r, args, o)
 		if err != nil {
 			return "", err
 		}

@@ -134,7 +134,7 @@ func TestInstallRootfsArchive(t *testing.T) {
 		t.Run(fmt.Sprintf("zeroed=%v", zeroed), func(t *testing.T) {
 			arc, big := sampleRootfs(t)
 			img := imageFile(t, 1<<30)
-			res, err := Install(context.Background(), img, zeroed, bytes.NewReader(arc), Options{Layout: Layout{ESPSize: 64 << 20}})
+			res, err := Install(context.Background(), img, zeroed, bytes.NewReader(arc), "", Options{Layout: Layout{ESPSize: 64 << 20}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -250,7 +250,7 @@ func TestInstallRootfsKeepsTheArchivesManifest(t *testing.T) {
 		reg("boot/vmlinuz-1.0", 0o644, 0, "other"),
 	})
 	img := imageFile(t, 1<<30)
-	res, err := Install(context.Background(), img, true, bytes.NewReader(arc), Options{Layout: Layout{ESPSize: 64 << 20}})
+	res, err := Install(context.Background(), img, true, bytes.NewReader(arc), "", Options{Layout: Layout{ESPSize: 64 << 20}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +283,7 @@ func TestInstallRootfsRefusesBadArchives(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			img := imageFile(t, c.size)
-			_, err := Install(context.Background(), img, false, bytes.NewReader(c.arc), Options{Layout: Layout{ESPSize: 64 << 20}})
+			_, err := Install(context.Background(), img, false, bytes.NewReader(c.arc), "", Options{Layout: Layout{ESPSize: 64 << 20}})
 			if err == nil {
 				t.Fatal("install succeeded")
 			}
@@ -301,7 +301,7 @@ func TestInstallRootfsStopsWhenCancelled(t *testing.T) {
 	arc, _ := sampleRootfs(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := Install(ctx, imageFile(t, 1<<30), false, bytes.NewReader(arc), Options{})
+	_, err := Install(ctx, imageFile(t, 1<<30), false, bytes.NewReader(arc), "", Options{})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("err = %v, want context.Canceled", err)
 	}

@@ -10,8 +10,14 @@
 //
 // Boot information depends on the client (RFC 4578): a client that already
 // runs iPXE (user class option 77 "iPXE") gets the HTTP URL of the chain
-// script; a legacy PXE ROM gets iPXE itself over TFTP, undionly.kpxe for
-// BIOS or ipxe.efi for x86-64 UEFI (option 93 architecture types 7 and 9).
+// script; a firmware's PXE client gets iPXE itself over TFTP, undionly.kpxe
+// for BIOS or snponly.efi (iPXE on the firmware's own network driver) for
+// x86-64 UEFI (option 93 architecture types 7 and 9), with the next-server
+// (siaddr) and TFTP server name set; a UEFI HTTP Boot client (option 60
+// "HTTPClient", architecture 16) gets iPXE's EFI image by HTTP URL, and
+// option 60 "HTTPClient" back as UEFI 2.10 §24.7 asks. Every boot answer
+// says "use this boot file, no boot server discovery" (PXE option 43
+// discovery control 8), so no PXE client waits on port 4011.
 //
 // Reply is the pure core; Server is the UDP loop around it.
 package dhcp
@@ -47,8 +53,11 @@ type Config struct {
 	ServerIP netip.Addr
 	// ChainURL is the iPXE chain script's URL (boot service /ipxe/boot.ipxe).
 	ChainURL string
-	// BIOSFile and EFIFile are the TFTP names of iPXE for legacy clients.
+	// BIOSFile and EFIFile are the TFTP names of iPXE for PXE clients.
 	BIOSFile, EFIFile string
+	// EFIHTTPURL is iPXE's EFI image by HTTP, for UEFI HTTP Boot clients;
+	// empty leaves them unanswered.
+	EFIHTTPURL string
 
 	// Full mode only.
 	// Pool is the range of addresses leased, both ends included.
@@ -61,7 +70,7 @@ type Config struct {
 
 // Defaults returns the defaults for the optional fields.
 func Defaults() Config {
-	return Config{Mode: Proxy, BIOSFile: "undionly.kpxe", EFIFile: "ipxe.efi", LeaseTime: time.Hour}
+	return Config{Mode: Proxy, BIOSFile: "undionly.kpxe", EFIFile: "snponly.efi", LeaseTime: time.Hour}
 }
 
 // Validate reports every invalid field.
@@ -78,6 +87,9 @@ func (c Config) Validate() error {
 	}
 	if c.BIOSFile == "" || c.EFIFile == "" {
 		errs = append(errs, errors.New("the iPXE file names for BIOS and EFI clients are required"))
+	}
+	if c.EFIHTTPURL != "" && !strings.HasPrefix(c.EFIHTTPURL, "http://") && !strings.HasPrefix(c.EFIHTTPURL, "https://") {
+		errs = append(errs, fmt.Errorf("EFI HTTP URL %q: want http(s)://", c.EFIHTTPURL))
 	}
 	if c.Mode == Full {
 		if !c.PoolStart.Is4() || !c.PoolEnd.Is4() || c.PoolEnd.Less(c.PoolStart) {
@@ -99,6 +111,7 @@ func (c Config) Validate() error {
 // Client is what a request says about the booting client.
 type Client struct {
 	PXE  bool // option 60 starts with "PXEClient"
+	HTTP bool // option 60 starts with "HTTPClient" (UEFI HTTP Boot)
 	IPXE bool // user class "iPXE"
 	// Arch is the first option 93 architecture (RFC 4578 §2.1); 0 BIOS.
 	Arch iana.Arch
@@ -106,7 +119,7 @@ type Client struct {
 
 // Identify reads the client's kind from its request.
 func Identify(req *dhcpv4.DHCPv4) Client {
-	c := Client{PXE: strings.HasPrefix(req.ClassIdentifier(), "PXEClient")}
+	c := Client{PXE: strings.HasPrefix(req.ClassIdentifier(), "PXEClient"), HTTP: strings.HasPrefix(req.ClassIdentifier(), "HTTPClient")}
 	for _, uc := range req.UserClass() {
 		if uc == "iPXE" {
 			c.IPXE = true
@@ -118,10 +131,18 @@ func Identify(req *dhcpv4.DHCPv4) Client {
 	return c
 }
 
+// boots reports whether anvil answers cl with boot information.
+func (c Config) boots(cl Client) bool {
+	return cl.IPXE || cl.PXE || (cl.HTTP && c.EFIHTTPURL != "")
+}
+
 // bootfile is what the client should load.
 func (c Config) bootfile(cl Client) (file string, tftp bool) {
 	if cl.IPXE {
 		return c.ChainURL, false
+	}
+	if cl.HTTP {
+		return c.EFIHTTPURL, false
 	}
 	switch cl.Arch {
 	case iana.EFI_X86_64, iana.EFI_BC, iana.EFI_X86_64_HTTP:
@@ -265,15 +286,22 @@ func Reply(c Config, leases *Leases, req *dhcpv4.DHCPv4, now time.Time, proxyPor
 
 func serverIP(c Config) net.IP { return net.IP(c.ServerIP.AsSlice()) }
 
-// withBoot adds the boot information for cl.
+// withBoot adds the boot information for cl: the boot file, the
+// next-server, and for TFTP the server's name.
 func withBoot(c Config, cl Client) []dhcpv4.Modifier {
 	file, tftp := c.bootfile(cl)
-	mods := []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptBootFileName(file))}
+	mods := []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptBootFileName(file)), dhcpv4.WithServerIP(serverIP(c))}
 	if tftp {
-		mods = append(mods, dhcpv4.WithServerIP(serverIP(c)), dhcpv4.WithOption(dhcpv4.OptTFTPServerName(c.ServerIP.String())))
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptTFTPServerName(c.ServerIP.String())))
 	}
-	if cl.PXE {
-		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")))
+	switch {
+	case cl.HTTP && !cl.IPXE:
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient")))
+	case cl.PXE:
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")),
+			// PXE vendor options (option 43): PXE_DISCOVERY_CONTROL (6) = 8,
+			// "use the boot file name given, no boot server discovery".
+			dhcpv4.WithGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}))
 	}
 	return mods
 }
@@ -296,7 +324,7 @@ func fullReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType, i
 		}
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptDNS(dns...)))
 	}
-	if cl.PXE || cl.IPXE {
+	if c.boots(cl) {
 		mods = append(mods, withBoot(c, cl)...)
 	}
 	return dhcpv4.NewReplyFromRequest(req, mods...)
@@ -313,8 +341,8 @@ func nak(c Config, req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
 // clients only (PXE 2.1 §2.2.3: OFFER to a DISCOVER on port 67, ACK to a
 // REQUEST on port 4011).
 func proxyReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType) (*dhcpv4.DHCPv4, error) {
-	if !cl.PXE && !cl.IPXE {
-		return nil, fmt.Errorf("%w: proxy mode answers PXE clients only", ErrIgnore)
+	if !c.boots(cl) {
+		return nil, fmt.Errorf("%w: proxy mode answers PXE, HTTP Boot and iPXE clients only", ErrIgnore)
 	}
 	var reply dhcpv4.MessageType
 	switch mt {
@@ -325,13 +353,13 @@ func proxyReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType) 
 	default:
 		return nil, fmt.Errorf("%w: message type %s in proxy mode", ErrIgnore, mt)
 	}
+	if !cl.HTTP {
+		cl.PXE = true // the ProxyDHCP answer names itself a PXE server
+	}
 	mods := append([]dhcpv4.Modifier{
 		dhcpv4.WithMessageType(reply),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(serverIP(c))),
 		dhcpv4.WithYourIP(net.IPv4zero),
-		// PXE vendor options (option 43): PXE_DISCOVERY_CONTROL (6) = 8,
-		// "use the boot file name given, no boot server discovery".
-		dhcpv4.WithGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}),
-	}, withBoot(c, Client{PXE: true, IPXE: cl.IPXE, Arch: cl.Arch})...)
+	}, withBoot(c, cl)...)
 	return dhcpv4.NewReplyFromRequest(req, mods...)
 }

@@ -151,10 +151,12 @@ func TestFullModeLeaseAndBoot(t *testing.T) {
 	if ipxe == nil || ipxe.BootFileNameOption() != chainURL {
 		t.Errorf("iPXE client: %v", ipxe)
 	}
-	// UEFI x86-64 gets ipxe.efi.
+	// UEFI x86-64 PXE gets snponly.efi over TFTP from the next-server, with
+	// no boot server discovery (no wait on port 4011).
 	efi := exchange(t, s.main, discover(t, net.HardwareAddr{0x52, 0x54, 0, 0xaa, 0, 2},
-		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64))).ToBytes())
-	if efi == nil || efi.BootFileNameOption() != "ipxe.efi" {
+		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64))).ToBytes())
+	if efi == nil || efi.BootFileNameOption() != "snponly.efi" || !efi.ServerIPAddr.Equal(net.IPv4(192, 168, 77, 1)) ||
+		efi.TFTPServerName() != "192.168.77.1" || string(efi.Options.Get(dhcpv4.OptionVendorSpecificInformation)) != "\x06\x01\x08\xff" {
 		t.Errorf("UEFI client: %v", efi)
 	}
 	// A plain DHCP client gets an address and no boot file.
@@ -165,6 +167,37 @@ func TestFullModeLeaseAndBoot(t *testing.T) {
 	// The pool has three addresses: a fourth client gets none.
 	if full := exchange(t, s.main, discover(t, net.HardwareAddr{0x52, 0x54, 0, 0xaa, 0, 4}).ToBytes()); full != nil {
 		t.Errorf("exhausted pool answered: %s", full.Summary())
+	}
+}
+
+// TestUEFIHTTPBoot: a UEFI HTTP Boot client (option 60 HTTPClient,
+// architecture 16) gets iPXE's EFI image by URL and HTTPClient back; with
+// no URL configured it gets an address and no boot file.
+func TestUEFIHTTPBoot(t *testing.T) {
+	http := []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001")),
+		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP))}
+	c := fullConfig()
+	c.EFIHTTPURL = "http://192.168.77.1:8080/files/snponly.efi"
+	s := startServer(t, c)
+	offer := exchange(t, s.main, discover(t, mac1, http...).ToBytes())
+	if offer == nil || offer.YourIPAddr.IsUnspecified() || offer.BootFileNameOption() != c.EFIHTTPURL || offer.ClassIdentifier() != "HTTPClient" {
+		t.Errorf("HTTP Boot client: %v", offer)
+	}
+	// Proxy mode answers it too, without an address.
+	p := proxyConfig()
+	p.EFIHTTPURL = c.EFIHTTPURL
+	ps := startServer(t, p)
+	if offer := exchange(t, ps.main, discover(t, mac1, http...).ToBytes()); offer == nil || !offer.YourIPAddr.IsUnspecified() ||
+		offer.BootFileNameOption() != c.EFIHTTPURL || offer.ClassIdentifier() != "HTTPClient" {
+		t.Errorf("proxy, HTTP Boot client: %v", offer)
+	}
+	// Without the URL: an address, no boot file; proxy mode stays silent.
+	s = startServer(t, fullConfig())
+	if offer := exchange(t, s.main, discover(t, mac1, http...).ToBytes()); offer == nil || offer.BootFileNameOption() != "" {
+		t.Errorf("HTTP Boot client with no URL configured: %v", offer)
+	}
+	if r := exchange(t, startServer(t, proxyConfig()).main, discover(t, mac1, http...).ToBytes()); r != nil {
+		t.Errorf("proxy answered an HTTP Boot client with no URL configured: %s", r.Summary())
 	}
 }
 

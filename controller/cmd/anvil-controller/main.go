@@ -60,9 +60,11 @@ func main() {
 	flag.StringVar(&dhcpDNS, "dhcp-dns", "", "full mode: comma-separated DNS servers (optional)")
 	flag.DurationVar(&dc.LeaseTime, "dhcp-lease", dc.LeaseTime, "full mode: lease time")
 	tftpListen := flag.String("tftp-listen", "", "TFTP address for legacy PXE clients (e.g. :69); serves iPXE from --ipxe-dir")
-	flag.StringVar(&ipxeDir, "ipxe-dir", "/usr/lib/ipxe", "directory with Debian's iPXE binaries (undionly.kpxe, ipxe.efi)")
+	flag.StringVar(&ipxeDir, "ipxe-dir", "/usr/lib/ipxe", "directory with Debian's iPXE binaries (undionly.kpxe, snponly.efi, ipxe.efi), served over TFTP and, for UEFI HTTP Boot, by the boot service")
 	flag.Parse()
 	if bc.Listen != "" {
+		// iPXE's EFI image by HTTP, for UEFI HTTP Boot clients.
+		bc.Files = map[string]string{dc.EFIFile: filepath.Join(ipxeDir, dc.EFIFile)}
 		cfg.Boot = &bc
 	}
 	if dhcpMode != "off" {
@@ -74,7 +76,10 @@ func main() {
 	}
 	if *tftpListen != "" {
 		cfg.TFTPListen = *tftpListen
-		cfg.TFTPFiles = map[string]string{dc.BIOSFile: filepath.Join(ipxeDir, "undionly.kpxe"), dc.EFIFile: filepath.Join(ipxeDir, "ipxe.efi")}
+		cfg.TFTPFiles = map[string]string{}
+		for _, f := range []string{dc.BIOSFile, dc.EFIFile, "ipxe.efi"} {
+			cfg.TFTPFiles[f] = filepath.Join(ipxeDir, f)
+		}
 	}
 
 	var lvl slog.Level

@@ -55,6 +55,8 @@ func main() {
 	fmt.Printf("%s: %d bytes (%.2f MiB), %s, format %s\n", res.Zst, cat.Size, float64(cat.Size)/(1<<20), cat.Checksum, cat.Format)
 	fmt.Printf("%s: anvil-tiny %s, kernel %s, initrd %.2f MiB (archive %.2f MiB), modules %v\n",
 		res.CataloguePath, cat.Version, cat.Kernel, float64(res.InitrdBytes)/(1<<20), float64(res.InitrdCPIOBytes)/(1<<20), res.Modules)
+	fmt.Printf("%s: %s, %d bytes (%.2f MiB), %s, format %s\n", res.TarCataloguePath, res.TarCatalogue.File, res.TarCatalogue.Size,
+		float64(res.TarCatalogue.Size)/(1<<20), res.TarCatalogue.Checksum, res.TarCatalogue.Format)
 	fmt.Printf("built in %.1f s (initramfs %.1f s, assemble %.2f s, compress %.2f s)\n",
 		time.Since(t0).Seconds(), res.Initramfs.Seconds(), res.Assemble.Seconds(), res.Compress.Seconds())
 }

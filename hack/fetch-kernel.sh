@@ -18,8 +18,11 @@ set -euo pipefail
 
 dir=${1:-${ANVIL_CACHE:-/var/cache/anvil}/kernel}
 # Module names as the kernel knows them ('-' and '_' are the same).
+# efivarfs: the agent keeps the installed disk in a UEFI machine's boot
+# order through it (agent/efiboot); on BIOS machines it refuses to load
+# (ENODEV), which the agent skips.
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-  failover net_failover virtio_net virtio_blk virtio_rng virtio_scsi sd_mod)
+  failover net_failover virtio_net virtio_blk virtio_rng virtio_scsi sd_mod efivarfs)
 stamp_modules="modules: ${MODULES[*]}"
 
 if [ -z "${ANVIL_KERNEL_REFRESH:-}" ] && [ -s "$dir/vmlinuz" ] && [ -s "$dir/release" ] &&

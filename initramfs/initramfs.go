@@ -15,7 +15,10 @@
 //     they are kept out of /lib/modules, whose modules u-root's init loads
 //     alphabetically, which fails with "Unknown symbol";
 //   - a CA bundle at /etc/ssl/certs/ca-certificates.crt for HTTPS image
-//     sources.
+//     sources;
+//   - GRUB's images for UEFI and BIOS (agent/bootloader/mkgrub) under
+//     /lib/anvil/grub, which the agent installs with root filesystem
+//     tarballs so those disks boot by themselves.
 //
 // u-root writes every record with zero mtime, uid, gid and inode and Go
 // builds with -trimpath and an empty build id, so the same inputs give the
@@ -40,6 +43,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/anvil-metal/anvil/agent/bootloader"
+	"github.com/anvil-metal/anvil/agent/bootloader/mkgrub"
 	"github.com/anvil-metal/anvil/initramfs/modorder"
 )
 
@@ -147,7 +152,7 @@ func OrderFileContents(mods []modorder.Module) []byte {
 
 // urootArgs are the arguments of `go tool u-root` that write the archive
 // to out, with the order file at orderPath.
-func urootArgs(c Config, mods []modorder.Module, orderPath, out string) []string {
+func urootArgs(c Config, mods []modorder.Module, orderPath, grubDir, out string) []string {
 	args := []string{
 		"tool", "u-root",
 		"-o", out,
@@ -161,6 +166,9 @@ func urootArgs(c Config, mods []modorder.Module, orderPath, out string) []string
 	}
 	for _, m := range mods {
 		args = append(args, "-files", m.Path+":"+ModulesDir+"/"+m.Name+".ko")
+	}
+	for _, f := range []string{bootloader.EFIFile, bootloader.BootFile, bootloader.CoreFile, bootloader.VersionFile} {
+		args = append(args, "-files", filepath.Join(grubDir, f)+":"+strings.TrimPrefix(bootloader.Dir, "/")+"/"+f)
 	}
 	args = append(args,
 		"-files", orderPath+":"+ModulesDir+"/"+OrderFile,
@@ -206,8 +214,12 @@ func Build(ctx context.Context, c Config) (*Result, error) {
 	if err := os.WriteFile(orderPath, OrderFileContents(mods), 0o644); err != nil {
 		return nil, fmt.Errorf("write module order: %w", err)
 	}
+	grubDir := filepath.Join(tmp, "grub")
+	if _, err := mkgrub.Build(ctx, grubDir); err != nil {
+		return nil, err
+	}
 	cpioPath := filepath.Join(tmp, "initramfs.cpio")
-	cmd := exec.CommandContext(ctx, c.Go, urootArgs(c, mods, orderPath, cpioPath)...)
+	cmd := exec.CommandContext(ctx, c.Go, urootArgs(c, mods, orderPath, grubDir, cpioPath)...)
 	cmd.Dir = c.ModuleRoot
 	// The image is for the machine, whatever the build host is.
 	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")

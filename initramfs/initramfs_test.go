@@ -32,7 +32,7 @@ func TestURootArgs(t *testing.T) {
 	c := Defaults()
 	c.Version = "v1.2.3"
 	mods := []modorder.Module{{Name: "virtio_ring", Path: "/cache/virtio_ring.ko"}, {Name: "virtio_rng", Path: "/cache/virtio-rng.ko"}}
-	args := strings.Join(urootArgs(c, mods, "/tmp/b/order", "/tmp/b/out.cpio"), "\n")
+	args := strings.Join(urootArgs(c, mods, "/tmp/b/order", "/tmp/b/grub", "/tmp/b/out.cpio"), "\n")
 	for _, want := range []string{
 		"tool\nu-root\n-o\n/tmp/b/out.cpio",
 		"-base=/dev/null", "-defaultsh=\n",
@@ -41,6 +41,10 @@ func TestURootArgs(t *testing.T) {
 		"-files\n/cache/virtio_ring.ko:lib/anvil/modules/virtio_ring.ko",
 		"-files\n/cache/virtio-rng.ko:lib/anvil/modules/virtio_rng.ko",
 		"-files\n/tmp/b/order:lib/anvil/modules/order",
+		"-files\n/tmp/b/grub/bootx64.efi:lib/anvil/grub/bootx64.efi",
+		"-files\n/tmp/b/grub/core.img:lib/anvil/grub/core.img",
+		"-files\n/tmp/b/grub/boot.img:lib/anvil/grub/boot.img",
+		"-files\n/tmp/b/grub/VERSION:lib/anvil/grub/VERSION",
 		"-files\n/etc/ssl/certs/ca-certificates.crt:etc/ssl/certs/ca-certificates.crt",
 		InitPackage + "\n./agent/cmd/anvil-agent",
 	} {
@@ -128,7 +132,7 @@ func TestDebugShellPathAgrees(t *testing.T) {
 	if DebugShell != bootenv.DebugShellPath {
 		t.Errorf("image has the shell at %s, the agent starts %s", DebugShell, bootenv.DebugShellPath)
 	}
-	args := strings.Join(urootArgs(Defaults(), nil, "/o", "/c"), "\n")
+	args := strings.Join(urootArgs(Defaults(), nil, "/o", "/g", "/c"), "\n")
 	if !strings.Contains(args, "github.com/u-root/u-root/cmds/core/gosh") {
 		t.Error("the image has no shell")
 	}

@@ -10,11 +10,15 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/bootenv"
+	"github.com/anvil-metal/anvil/agent/bootloader"
 	"github.com/anvil-metal/anvil/agent/bootparams"
 	"github.com/anvil-metal/anvil/agent/disks"
+	"github.com/anvil-metal/anvil/agent/efiboot"
 	"github.com/anvil-metal/anvil/agent/executor"
 	"github.com/anvil-metal/anvil/agent/image"
 	"github.com/anvil-metal/anvil/agent/image/fetch"
@@ -58,6 +62,9 @@ type Config struct {
 	// DebugShell starts the initramfs's shell on the console (boot mode,
 	// anvil.debug=1 on the kernel command line).
 	DebugShell bool
+	// Console is the machine's console= arguments (boot mode: from the
+	// kernel command line): an installed system logs there too.
+	Console string
 	Version    string
 }
 
@@ -106,6 +113,9 @@ func (c Config) FromCmdline(p bootparams.Params) Config {
 		c.CAFingerprint = p.CAFingerprint
 	}
 	c.DebugShell = c.DebugShell || p.Debug
+	if c.Console == "" {
+		c.Console = strings.Join(p.Console, " ")
+	}
 	return c
 }
 
@@ -159,6 +169,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return i, nil
 	}
 	zeroed := &executor.ZeroLedger{}
+	grub, err := bootloader.LoadFiles(bootloader.Dir)
+	switch {
+	case errors.Is(err, bootloader.ErrNoFiles):
+		log.Warn("no GRUB images: root filesystem tarballs will boot only by the agent's kexec", "dir", bootloader.Dir)
+	case err != nil:
+		return err
+	}
+	var tarGrub *bootloader.Files
+	if err == nil {
+		tarGrub = &grub
+	}
 	r, err := runner.New(runner.Config{
 		Controller:   cfg.Controller,
 		TLS:          tlsCfg,
@@ -170,14 +191,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			Install: &executor.Install{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel,
 				// Raw images grow to leave the seed's room at the disk's
 				// end; rootfs layouts leave it by default.
-				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log}), Tar: rootfs.Installer(rootfs.Options{}),
+				Image: image.Options{Source: fetch.Source(fetch.Options{Logger: log}),
+					Tar:  rootfs.Installer(rootfs.Options{Bootloader: tarGrub, KernelArgs: cfg.Console}),
 					Grow: growpart.Options{Reserve: seed.Reserve, Drop: []string{seed.PartName}}},
 				Seed: seed.Writer(),
 				Lookup: func(target string) (string, error) {
 					b, err := bootconfig.Lookup(target)
 					return b.Describe(), err
 				},
-				Boot: bootInstalled(cfg.Mode, executor.Reboot, kexec.WithLogger(log))},
+				Firmware: firmwareBoot(cfg.Mode, efiboot.WithModule(filepath.Join(bootenv.Defaults().ModulesDir, "efivarfs.ko"))),
+				Boot:     bootInstalled(cfg.Mode, executor.Reboot, kexec.WithLogger(log), kexec.WithConsole(cfg.Console))},
 			Reboot:   &executor.Power{HostMode: cfg.Mode == ModeHost},
 			PowerOff: &executor.Power{HostMode: cfg.Mode == ModeHost, Off: true},
 		},
@@ -187,6 +210,40 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer r.Close()
 	return r.Run(ctx)
+}
+
+// firmwareBoot says how an installed disk boots without the agent
+// (bootloader.Inspect) and, in boot mode on a UEFI machine, keeps its
+// loader in the firmware's boot order right after the network
+// (efiboot.Ensure). An image the machine's firmware cannot boot is said to
+// start only by kexec. Host mode inspects only: a host's NVRAM is never
+// touched.
+func firmwareBoot(m Mode, opts ...efiboot.Option) func(ctx context.Context, target string, spec *anvilv1.Install) string {
+	return func(ctx context.Context, target string, spec *anvilv1.Install) string {
+		r, err := bootloader.Inspect(target)
+		if err != nil {
+			return "firmware boot not checked: " + err.Error()
+		}
+		msg := r.String()
+		if m != ModeBoot {
+			return msg
+		}
+		if _, err := os.Stat(efiboot.FirmwareDir); err != nil {
+			if !r.BIOS {
+				msg += "; this machine boots by BIOS and the disk has no BIOS boot code: it starts only by the agent's kexec"
+			}
+			return msg
+		}
+		if r.UEFI == "" {
+			return msg + "; this machine boots by UEFI and the disk has no UEFI loader: it starts only by the agent's kexec"
+		}
+		desc := fmt.Sprintf("%s%s on %s", efiboot.DescriptionPrefix, spec.GetImageId(), filepath.Base(target))
+		rep, err := efiboot.Ensure(ctx, target, r.ESP, r.Loader, desc, opts...)
+		if err != nil {
+			return fmt.Sprintf("%s; UEFI boot entry not kept: %v (%s)", msg, err, rep)
+		}
+		return msg + "; " + rep
+	}
 }
 
 // bootInstalled is what follows a verified install: in boot mode a kexec

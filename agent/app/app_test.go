@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/anvil-metal/anvil/agent/image/rootfs"
@@ -56,5 +57,51 @@ func TestBootModeKexecsWithTheExtraCmdlineAndFallsBack(t *testing.T) {
 	err = bootInstalled(ModeBoot, reboot, kexec.WithSyscalls(failing))(context.Background(), img, spec)
 	if reboots != 1 || !errors.Is(err, failing.LoadErr) {
 		t.Errorf("failed kexec: %d firmware reboots, err %v", reboots, err)
+	}
+}
+
+// TestKexecAddsTheMachineConsole: a boot configuration without console=
+// gets the machine's, before the install's extra arguments; one with a
+// console keeps its own.
+func TestKexecAddsTheMachineConsole(t *testing.T) {
+	for _, c := range []struct{ manifest, want string }{
+		{`{"kernel": "boot/vmlinuz-6.1", "cmdline": "root=LABEL=x ro"}`, "root=LABEL=x ro console=ttyS1,115200 quiet"},
+		{`{"kernel": "boot/vmlinuz-6.1", "cmdline": "root=LABEL=x console=tty0"}`, "root=LABEL=x console=tty0 quiet"},
+	} {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for name, body := range map[string]string{"boot/vmlinuz-6.1": "the kernel", "boot/efi/anvil/boot.json": c.manifest} {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tw.Write([]byte(body)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		img := loopdev.SparseFile(t, 1<<30)
+		if _, err := rootfs.Install(context.Background(), img, true, &buf, "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}}); err != nil {
+			t.Fatal(err)
+		}
+		dry := &kexec.DryRun{}
+		boot := bootInstalled(ModeBoot, func(context.Context) error { return nil }, kexec.WithSyscalls(dry), kexec.WithConsole("console=ttyS1,115200"))
+		if err := boot(context.Background(), img, &anvilv1.Install{ExtraKernelCmdline: "quiet"}); err != nil {
+			t.Fatal(err)
+		}
+		if im, _, _ := dry.Loaded(); im.Cmdline != c.want {
+			t.Errorf("cmdline %q, want %q", im.Cmdline, c.want)
+		}
+	}
+}
+
+// TestFirmwareBootInHostModeOnlyInspects: host mode reports what the disk
+// boots with and never reaches for the host's firmware variables.
+func TestFirmwareBootInHostModeOnlyInspects(t *testing.T) {
+	img := loopdev.SparseFile(t, 64<<20)
+	got := firmwareBoot(ModeHost)(context.Background(), img, &anvilv1.Install{ImageId: "x"})
+	if !strings.HasPrefix(got, "boots only by kexec") || strings.Contains(got, "UEFI:") {
+		t.Errorf("host mode: %q", got)
 	}
 }

@@ -107,7 +107,9 @@ func mount(m mountSpec) error {
 }
 
 // loadModules loads the order file's modules with finit_module(2). EEXIST
-// means the module is already loaded (or built in under that name).
+// means the module is already loaded (or built in under that name); ENODEV
+// is a module for what this machine does not have (efivarfs on a BIOS
+// machine): logged and skipped.
 func loadModules(cfg Config, o options) (loaded, already []string, err error) {
 	f, err := os.Open(cfg.orderPath())
 	if err != nil {
@@ -124,6 +126,8 @@ func loadModules(cfg Config, o options) (loaded, already []string, err error) {
 		switch err := finitModule(path); {
 		case errors.Is(err, unix.EEXIST):
 			already = append(already, n)
+		case errors.Is(err, unix.ENODEV):
+			o.log.Info("module skipped: no such device on this machine", "module", n)
 		case err != nil:
 			return loaded, already, err
 		default:

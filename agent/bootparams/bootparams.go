@@ -3,6 +3,8 @@
 //
 //	anvil.controller=HOST:PORT anvil.token=TOKEN anvil.ca_fp=sha256:HEX anvil.debug=1
 //
+// and the console= parameters, which installed systems inherit.
+//
 // Parsing follows the kernel's rules for parameters: space-separated, with
 // double quotes allowed around a value (or around the whole parameter).
 package bootparams
@@ -20,6 +22,10 @@ type Params struct {
 	BootToken     string
 	CAFingerprint string
 	Debug         bool
+	// Console is the machine's console= parameters, in order, as the
+	// controller's boot script gave them: the consoles an installed system
+	// should log to as well.
+	Console []string
 }
 
 // Split splits a kernel command line into parameters, honouring double
@@ -57,6 +63,9 @@ func Parse(cmdline string) (Params, error) {
 	var p Params
 	for _, kv := range Split(cmdline) {
 		k, v, _ := strings.Cut(kv, "=")
+		if k == "console" && v != "" {
+			p.Console = append(p.Console, kv)
+		}
 		if !strings.HasPrefix(k, "anvil.") {
 			continue
 		}

@@ -29,7 +29,8 @@ func TestParse(t *testing.T) {
 		wantErr bool
 	}{
 		{"console=ttyS0 anvil.controller=10.0.2.2:7443 anvil.token=abc anvil.ca_fp=sha256:00ff quiet",
-			Params{Controller: "10.0.2.2:7443", BootToken: "abc", CAFingerprint: "sha256:00ff"}, false},
+			Params{Controller: "10.0.2.2:7443", BootToken: "abc", CAFingerprint: "sha256:00ff", Console: []string{"console=ttyS0"}}, false},
+		{"console=tty0 console= console=ttyS1,115200n8", Params{Console: []string{"console=tty0", "console=ttyS1,115200n8"}}, false},
 		{"anvil.token=a anvil.token=b", Params{BootToken: "b"}, false},
 		{"anvil.debug", Params{Debug: true}, false},
 		{"anvil.debug=0", Params{}, false},
@@ -41,7 +42,7 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q) error = %v, wantErr %v", tc.in, err, tc.wantErr)
 			continue
 		}
-		if !tc.wantErr && got != tc.want {
+		if !tc.wantErr && !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("Parse(%q) = %+v, want %+v", tc.in, got, tc.want)
 		}
 	}

@@ -80,6 +80,10 @@ type Install struct {
 	Seed func(ctx context.Context, target string, c seed.Config) (string, error)
 	// Lookup (optional) finds the installed kernel after the write.
 	Lookup BootLookup
+	// Firmware (optional) says how the disk boots without the agent and
+	// keeps it in the firmware's boot order; what it reports goes into the
+	// BOOTING event. It does not fail the install: kexec still boots it.
+	Firmware func(ctx context.Context, target string, spec *anvilv1.Install) string
 	// Boot (optional) runs after the BOOTING event was acknowledged: kexec
 	// or reboot into the installed system; spec carries the extra kernel
 	// command line. Nil leaves the agent waiting (host mode: the host is
@@ -149,6 +153,9 @@ func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner
 		} else {
 			msg += "; boot: " + boot
 		}
+	}
+	if x.Firmware != nil {
+		msg += "; firmware: " + x.Firmware(ctx, target.GetPath(), spec)
 	}
 	out := runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_BOOTING, Message: msg}
 	if x.Boot != nil {

@@ -51,6 +51,15 @@ func (im Image) Describe() string {
 	return fmt.Sprintf("%s (kernel %d bytes, initrd %d bytes, cmdline %q)", im.Boot.Describe(), len(im.Kernel), len(im.Initrd), im.Cmdline)
 }
 
+func hasConsole(cmdline string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if strings.HasPrefix(f, "console=") {
+			return true
+		}
+	}
+	return false
+}
+
 // Cmdline joins the boot configuration's command line and the install's
 // extra arguments with one space; each is kept as written inside (quoted
 // arguments may hold spaces).
@@ -63,13 +72,18 @@ func Cmdline(base, extra string) string {
 }
 
 // Prepare reads the boot configuration, kernel and initrds from disk (an
-// image file or block device, read-only) and builds the command line.
-func Prepare(disk, extra string) (Image, error) {
+// image file or block device, read-only) and builds the command line: the
+// configuration's, console when it names no console, then extra.
+func Prepare(disk, extra, console string) (Image, error) {
 	b, err := bootconfig.Lookup(disk)
 	if err != nil {
 		return Image{}, fmt.Errorf("kexec: boot configuration on %s: %w", disk, err)
 	}
-	im := Image{Boot: b, Cmdline: Cmdline(b.Cmdline, extra)}
+	base := b.Cmdline
+	if !hasConsole(base) {
+		base = Cmdline(base, console)
+	}
+	im := Image{Boot: b, Cmdline: Cmdline(base, extra)}
 	if len(im.Cmdline) > maxCmdline {
 		return Image{}, fmt.Errorf("kexec: command line of %d bytes, the kernel takes at most %d", len(im.Cmdline), maxCmdline)
 	}
@@ -93,8 +107,9 @@ func Prepare(disk, extra string) (Image, error) {
 type Option func(*options)
 
 type options struct {
-	sys Syscalls
-	log *slog.Logger
+	sys     Syscalls
+	log     *slog.Logger
+	console string
 }
 
 // WithSyscalls replaces the kexec system calls (a DryRun in tests).
@@ -102,6 +117,10 @@ func WithSyscalls(s Syscalls) Option { return func(o *options) { o.sys = s } }
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithConsole adds the machine's console= arguments to a command line that
+// names no console, so the installed system logs where the agent did.
+func WithConsole(args string) Option { return func(o *options) { o.console = args } }
 
 func newOptions(opts []Option) options {
 	o := options{sys: kernel{}, log: slog.New(slog.DiscardHandler)}
@@ -116,7 +135,7 @@ func newOptions(opts []Option) options {
 // when the Syscalls' Reboot returns (a DryRun).
 func Boot(ctx context.Context, disk, extra string, opts ...Option) error {
 	o := newOptions(opts)
-	im, err := Prepare(disk, extra)
+	im, err := Prepare(disk, extra, o.console)
 	if err != nil {
 		return err
 	}

@@ -62,6 +62,14 @@
 //   - What happens when the first device fails to boot (a PXE boot without
 //     an answer) is up to the firmware; SeaBIOS moves on to the next entry
 //     of the order, as it does for the blank disk in the tests.
+//   - UEFI VMs (OVMF, found by its pflash drive) are left alone: with boot
+//     indexes QEMU hands OVMF a bootorder, and OVMF then rewrites BootOrder
+//     at every boot and deletes the entries it does not match — the boot
+//     entry anvil-agent keeps for the installed disk among them. A UEFI
+//     VM's boot order is its NVRAM's, as on a server: the network first
+//     (the agent keeps it so), so SetNextBoot(BootPXE) succeeds without a
+//     change and SetNextBoot(BootDisk) is refused (that would need the
+//     firmware's BootNext variable); Status reports no next boot device.
 //
 // # Connections
 //

@@ -109,15 +109,27 @@ func (q *QMP) Status(ctx context.Context) (Status, error) {
 		if err != nil {
 			return err
 		}
+		out = Status{Power: powerOf(st.Status), Detail: st.Status}
+		uefi, err := s.uefi()
+		if err != nil {
+			return err
+		}
+		if uefi {
+			out.Detail += "; UEFI firmware: its BootOrder decides, next boot " + uefiNextBoot
+			return nil
+		}
 		devs, err := s.bootDevices()
 		if err != nil {
 			return err
 		}
-		out = Status{Power: powerOf(st.Status), NextBoot: firstBoot(devs), Detail: st.Status}
+		out.NextBoot = firstBoot(devs)
 		return nil
 	})
 	return out, err
 }
+
+// uefiNextBoot says how the next boot is chosen on a UEFI VM.
+const uefiNextBoot = "network (kept first by the agent)"
 
 // SetNextBoot renumbers the devices' boot indexes so that dev's kind comes
 // first; QEMU hands the new order to the firmware at the next reset.
@@ -126,6 +138,18 @@ func (q *QMP) SetNextBoot(ctx context.Context, dev BootDevice) error {
 		return fmt.Errorf("set next boot: unknown boot device %v", dev)
 	}
 	return q.do(ctx, "set next boot "+dev.String(), func(s *session) error {
+		uefi, err := s.uefi()
+		if err != nil {
+			return err
+		}
+		if uefi {
+			// QEMU's bootorder would make OVMF rewrite BootOrder and delete
+			// the boot entries of the installed system: leave it alone.
+			if dev == BootPXE {
+				return nil // the network is first in BootOrder already
+			}
+			return fmt.Errorf("%w: a one-time boot from disk on a UEFI VM needs the firmware's BootNext, which QMP cannot set; the boot service's loop guard sends an installed machine to its disk", ErrRefused)
+		}
 		devs, err := s.bootDevices()
 		if err != nil {
 			return err
@@ -369,6 +393,23 @@ func (s *session) queryStatus() (runStatus, error) {
 		return st, fmt.Errorf("%w: query-status returned no status", ErrProtocol)
 	}
 	return st, nil
+}
+
+// uefi reports whether the VM runs OVMF: its firmware is on a pflash
+// drive (SeaBIOS comes from QEMU's ROM).
+func (s *session) uefi() (bool, error) {
+	var blocks []struct {
+		Device string `json:"device"`
+	}
+	if err := s.execute("query-block", nil, &blocks); err != nil {
+		return false, err
+	}
+	for _, b := range blocks {
+		if b.Device == "pflash0" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 type pathArgs struct {

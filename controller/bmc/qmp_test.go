@@ -128,6 +128,9 @@ func replies(answers map[string]string) func(p *peer) {
 			}
 			if !ok {
 				ret = "{}"
+				if c.Execute == "query-block" {
+					ret = "[]" // no block device: SeaBIOS, no pflash
+				}
 			}
 			if strings.HasPrefix(ret, `{"error"`) {
 				p.send(strings.TrimSuffix(ret, "}") + `, "id": ` + string(c.ID) + "}\r\n")
@@ -175,7 +178,7 @@ func TestCommandBytes(t *testing.T) {
 			lines(caps, `{"execute":"system_reset",%s}`, `{"execute":"query-status",%s}`, `{"execute":"cont",%s}`)},
 		{"status", map[string]string{"query-status": running, "qom-list": noDevs},
 			func(ctx context.Context, q *QMP) error { _, err := q.Status(ctx); return err },
-			lines(caps, `{"execute":"query-status",%s}`,
+			lines(caps, `{"execute":"query-status",%s}`, `{"execute":"query-block",%s}`,
 				`{"execute":"qom-list","arguments":{"path":"/machine/peripheral"},%s}`,
 				`{"execute":"qom-list","arguments":{"path":"/machine/peripheral-anon"},%s}`)},
 		{"set next boot disk", map[string]string{
@@ -186,7 +189,7 @@ func TestCommandBytes(t *testing.T) {
 			`qom-get {"path":"/machine/peripheral/net0","property":"bootindex"}`:  `1`,
 			`qom-get {"path":"/machine/peripheral/disk0","property":"bootindex"}`: `2`,
 		}, func(ctx context.Context, q *QMP) error { return q.SetNextBoot(ctx, BootDisk) },
-			lines(caps,
+			lines(caps, `{"execute":"query-block",%s}`,
 				`{"execute":"qom-list","arguments":{"path":"/machine/peripheral"},%s}`,
 				`{"execute":"qom-list","arguments":{"path":"/machine/peripheral/net0"},%s}`,
 				`{"execute":"qom-get","arguments":{"path":"/machine/peripheral/net0","property":"bootindex"},%s}`,
@@ -207,6 +210,29 @@ func TestCommandBytes(t *testing.T) {
 				t.Errorf("sent:\n%s\nwant:\n%s", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestUEFIBootOrderLeftAlone: on an OVMF VM (a pflash drive) no boot
+// index is touched; next boot PXE is what the firmware's BootOrder does
+// already, next boot disk is refused, and Status says who decides.
+func TestUEFIBootOrderLeftAlone(t *testing.T) {
+	ovmf := map[string]string{"query-block": `[{"device": "pflash0", "qdev": "/machine/system.flash0"}, {"device": "pflash1"}]`, "query-status": running}
+	caps := `{"execute":"qmp_capabilities",%s}`
+	f := newFake(t, replies(ovmf))
+	q := NewQMP(f.socket, 5*time.Second)
+	if err := q.SetNextBoot(t.Context(), BootPXE); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.received(), lines(caps, `{"execute":"query-block",%s}`); got != want {
+		t.Errorf("sent:\n%s\nwant:\n%s", got, want)
+	}
+	if err := q.SetNextBoot(t.Context(), BootDisk); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "BootNext") {
+		t.Errorf("next boot disk on UEFI: %v", err)
+	}
+	st, err := q.Status(t.Context())
+	if err != nil || st.NextBoot != BootUnspecified || !strings.Contains(st.Detail, "UEFI firmware: its BootOrder decides") {
+		t.Errorf("status %+v %v", st, err)
 	}
 }
 

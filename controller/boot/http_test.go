@@ -198,7 +198,7 @@ func TestBootLoopOverHTTP(t *testing.T) {
 
 	// Installed: the loop guard sends it to its disk, the way its
 	// firmware boots one.
-	if _, s := l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac+"&platform=efi"); !strings.Contains(s, "\nexit\n") || strings.Contains(s, "sanboot") {
+	if _, s := l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac+"&platform=efi"); !strings.Contains(s, "\nset anvil-next disk\nexit\n") || strings.Contains(s, "sanboot") {
 		t.Errorf("installed UEFI machine not sent back to the firmware:\n%s", s)
 	}
 	_, bios := l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac+"&platform=pcbios")

@@ -18,6 +18,9 @@ var (
 	chainScript = template.Must(template.New("chain").Parse(`#!ipxe
 # anvil: ask for this machine's script
 chain --autofree {{.BaseURL}}/ipxe/script?uuid=${uuid}&mac=${netX/mac}&platform=${platform} || goto failed
+# The machine's script returned: it is to boot from its disk. A UEFI
+# firmware goes on with its next boot option only after a failure status.
+iseq ${anvil-next} disk && exit 1 ||
 exit
 :failed
 echo anvil: could not fetch the boot script from {{.BaseURL}}; retrying in 10 s
@@ -37,12 +40,16 @@ sleep 10
 chain --autofree {{.ScriptURL}}
 `))
 
-	// localEFIScript returns to the UEFI firmware, which goes on with its
-	// next boot option: the installed disk's entry (the agent put it
-	// after the network's) or the disk's removable-media loader.
+	// localEFIScript hands back to the chain script, which leaves iPXE
+	// with a failure status, so the UEFI firmware goes on with its next
+	// boot option: the installed disk's entry (the agent put it right
+	// after the network's). A success status would stop the boot manager
+	// at its menu (UEFI 2.10 §3.1.1); a failure of this script itself
+	// would look like a fetch that failed to the chain script.
 	localEFIScript = template.Must(template.New("local-efi").Parse(`#!ipxe
 # anvil: {{.Reason}}
 echo anvil: booting from disk: back to the firmware's next boot option
+set anvil-next disk
 exit
 `))
 

@@ -17,6 +17,9 @@ func TestRenderScripts(t *testing.T) {
 	if want := `#!ipxe
 # anvil: ask for this machine's script
 chain --autofree http://10.0.2.2:8080/ipxe/script?uuid=${uuid}&mac=${netX/mac}&platform=${platform} || goto failed
+# The machine's script returned: it is to boot from its disk. A UEFI
+# firmware goes on with its next boot option only after a failure status.
+iseq ${anvil-next} disk && exit 1 ||
 exit
 :failed
 echo anvil: could not fetch the boot script from http://10.0.2.2:8080; retrying in 10 s
@@ -57,6 +60,7 @@ chain --autofree http://10.0.2.2:8080/ipxe/script?mac=52%3A54%3A00%3A00%3A00%3A0
 		{PlatformEFI, `#!ipxe
 # anvil: machine m1 is installed
 echo anvil: booting from disk: back to the firmware's next boot option
+set anvil-next disk
 exit
 `},
 		{PlatformBIOS, `#!ipxe

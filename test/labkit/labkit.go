@@ -346,17 +346,33 @@ func (l *Lab) createDisks(vm *VM) error {
 	return nil
 }
 
-// vmOptions is a lab VM: network boot first, then the NVMe disk the agent
-// installs to (/dev/nvme0n1 sorts first), then the virtio disk, by
-// bootindex, which the BMC changes at run time (next boot PXE or disk);
-// serials on both disks; SMBIOS identity; a QMP socket for the BMC. A UEFI
-// VM boots OVMF with its own variable store, and its NIC carries no option
-// ROM: the firmware's own PXE client fetches iPXE over TFTP, as a real
-// server's does. A BIOS VM boots SeaBIOS and the iPXE ROM QEMU ships.
+// vmOptions is a lab VM: a virtio disk and an emulated NVMe disk with
+// serials (the agent installs to the NVMe disk, /dev/nvme0n1 sorting
+// first), SMBIOS identity, a QMP socket for the BMC.
+//
+// A BIOS VM boots SeaBIOS and the iPXE ROM QEMU ships, in the order of the
+// devices' boot indexes: the NIC, the NVMe disk, the virtio disk (the BMC
+// renumbers them for a next-boot override).
+//
+// A UEFI VM boots OVMF with its own variable store and no boot index: its
+// BootOrder is its NVRAM's, as on a server (boot indexes would make OVMF
+// rewrite BootOrder at every boot and delete the entries it does not
+// match, the installed disk's among them). Its NIC carries no option ROM,
+// so the firmware's own PXE client fetches iPXE over TFTP, as a real
+// server's does. A fresh store lists the blank disks before the network:
+// they fail at once, and the agent puts the network first and the
+// installed disk right after it.
 func (l *Lab) vmOptions(vm *VM) qemu.Options {
 	c := l.cfg
-	nic := qemu.NIC{Net: qemu.Tap{Ifname: vm.tap}, MAC: vm.MAC, Speed: true, BootIndex: 1}
-	if vm.Firmware.UEFI {
+	uefi := vm.Firmware.UEFI
+	index := func(n int) int {
+		if uefi {
+			return 0
+		}
+		return n
+	}
+	nic := qemu.NIC{Net: qemu.Tap{Ifname: vm.tap}, MAC: vm.MAC, Speed: true, BootIndex: index(1)}
+	if uefi {
 		nic.ROM = qemu.NoROM
 	}
 	return qemu.Options{
@@ -370,8 +386,8 @@ func (l *Lab) vmOptions(vm *VM) qemu.Options {
 				BoardProduct: "lab-board", BoardSerial: fmt.Sprintf("BOARD%04d", vm.Index), ChassisSerial: fmt.Sprintf("CHASSIS%04d", vm.Index)},
 			nic,
 			qemu.RNG{},
-			qemu.Disk{ID: "vd0", File: vm.Disk, Serial: vm.DiskSerial, BootIndex: 3, Unsafe: true},
-			qemu.Disk{ID: "nv0", File: vm.NVMe, Serial: vm.NVMeSerial, NVMe: true, BootIndex: 2, Unsafe: true},
+			qemu.Disk{ID: "vd0", File: vm.Disk, Serial: vm.DiskSerial, BootIndex: index(3), Unsafe: true},
+			qemu.Disk{ID: "nv0", File: vm.NVMe, Serial: vm.NVMeSerial, NVMe: true, BootIndex: index(2), Unsafe: true},
 		},
 	}
 }

@@ -65,7 +65,7 @@ type Config struct {
 	// Console is the machine's console= arguments (boot mode: from the
 	// kernel command line): an installed system logs there too.
 	Console string
-	Version    string
+	Version string
 }
 
 // Validate reports every problem.

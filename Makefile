@@ -18,7 +18,7 @@ help:
 	@echo "make proto     regenerate proto/ Go code (pinned plugins)"
 	@echo "make test      install dependencies, lint, run every test"
 	@echo "make bench     benchmarks with ratios against baselines (docs/benchmarks.md)"
-	@echo "make lab       QEMU mini-lab: LAB_MACHINES VMs network-boot the agent, install LAB_IMAGE, end Provisioned"
+	@echo "make lab       QEMU mini-lab: LAB_MACHINES VMs (UEFI and BIOS) network-boot the agent, install LAB_IMAGE (tiny), end Provisioned"
 	@echo "make lab-down  remove everything the lab created"
 	@echo "make images-tiny  CI OS image (Debian cloud kernel, u-root, phones home): images/out/tiny.{raw,raw.zst,json}"
 	@echo "make images-firewall  firewall image (Debian 12 + nftables, ip_forward, anvil-firewall service; feature firewall): images/out/debian-12-firewall.*"
@@ -62,14 +62,17 @@ test: deps lint build initramfs images-tiny kube-apiserver
 bench: deps build
 	hack/bench.sh
 
-# The QEMU mini-lab (test/labkit): LAB_MACHINES VMs in a network namespace
-# of the lab's own network-boot the agent, get erased and, when LAB_IMAGE
-# names an image catalogue entry, install it, kexec and phone home.
+# The QEMU mini-lab (test/labkit): LAB_MACHINES VMs (UEFI and BIOS in
+# turn, LAB_FIRMWARE=uefi|bios for one kind) in a network namespace of the
+# lab's own network-boot the agent, get erased and, each as soon as it is
+# Ready, install LAB_IMAGE (the tiny image by default), kexec and phone
+# home. LAB_IMAGE= (empty) stops at Ready.
 LAB_MACHINES ?= 3
-LAB_IMAGE    ?=
-lab: deps build initramfs
+LAB_IMAGE    ?= images/out/tiny.json
+LAB_FIRMWARE ?= mix
+lab: deps build initramfs images-tiny
 	go build -o bin/anvil-lab ./test/labkit/cmd/anvil-lab
-	bin/anvil-lab -machines $(LAB_MACHINES) -kernel $(KERNEL_DIR)/vmlinuz -initramfs $(INITRAMFS) \
+	bin/anvil-lab -machines $(LAB_MACHINES) -firmware $(LAB_FIRMWARE) -kernel $(KERNEL_DIR)/vmlinuz -initramfs $(INITRAMFS) \
 		$(if $(LAB_IMAGE),-image $(LAB_IMAGE)) up
 
 lab-down:

@@ -24,9 +24,13 @@ func prepareBoot(ctx context.Context, cfg Config, caPEM []byte, host string, log
 			log.Error("no debug shell", "path", bootenv.DebugShellPath, "err", err)
 		}
 	}
-	if _, err := bootenv.Prepare(ctx, bootenv.Defaults(), bootenv.WithLogger(log)); err != nil {
+	res, err := bootenv.Prepare(ctx, bootenv.Defaults(), bootenv.WithLogger(log))
+	if err != nil {
 		return fmt.Errorf("prepare the boot environment: %w", err)
 	}
+	// The agent may wait in the pool for days: its DHCP leases are
+	// renewed for as long as it runs.
+	go bootenv.KeepLeases(ctx, res.Leases, log)
 	cc := bootenv.ClockConfig{Addr: cfg.Controller, ServerName: host}
 	if len(caPEM) > 0 {
 		cc.Roots = x509.NewCertPool()

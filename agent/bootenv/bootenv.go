@@ -19,6 +19,7 @@
 package bootenv
 
 import (
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"bufio"
 	"errors"
 	"fmt"
@@ -191,6 +192,46 @@ type Lease struct {
 	Router    string // empty when none
 	DNS       []string
 	Duration  time.Duration // how long the lease took to get
+	// ack is the server's answer, which KeepLeases renews.
+	ack *dhcpv4.DHCPv4
+	got time.Time
+}
+
+// LeaseTimes are when a lease must be renewed from its server (T1) and
+// from any server (T2, rebinding), and when it expires.
+type LeaseTimes struct {
+	Renew, Rebind, Expire time.Time
+}
+
+// TimesOf computes a lease's times from when it was granted (RFC 2131
+// §4.4.5): the lease time (option 51), the server's renewal (58) and
+// rebinding (59) times when it gives them and they are in order, else half
+// and seven eighths of the lease. A lease without a time (infinite) never
+// needs renewing: zero times.
+func TimesOf(granted time.Time, lease, t1, t2 time.Duration) LeaseTimes {
+	if lease <= 0 {
+		return LeaseTimes{}
+	}
+	if t1 <= 0 || t1 >= lease {
+		t1 = lease / 2
+	}
+	if t2 <= t1 || t2 >= lease {
+		t2 = lease * 7 / 8
+	}
+	return LeaseTimes{Renew: granted.Add(t1), Rebind: granted.Add(t2), Expire: granted.Add(lease)}
+}
+
+// RetryIn is how long to wait before asking again after a failed renewal
+// at now: half the time left to the next deadline (rebinding, else
+// expiry), at least 5 seconds and at most a minute (RFC 2131 §4.4.5 asks
+// for half the remaining time, down to 60 s).
+func (lt LeaseTimes) RetryIn(now time.Time) time.Duration {
+	next := lt.Rebind
+	if !now.Before(next) {
+		next = lt.Expire
+	}
+	d := next.Sub(now) / 2
+	return min(max(d, 5*time.Second), time.Minute)
 }
 
 // ParseOrder reads an order file: module file names (relative to the

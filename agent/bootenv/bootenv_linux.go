@@ -250,11 +250,12 @@ func configureNetwork(ctx context.Context, cfg Config, o options) ([]Lease, erro
 }
 
 func describeLease(name string, l dhclient.Lease, took time.Duration) Lease {
-	out := Lease{Interface: name, Duration: took}
+	out := Lease{Interface: name, Duration: took, got: time.Now()}
 	p4, ok := l.(*dhclient.Packet4)
 	if !ok {
 		return out
 	}
+	out.ack = p4.P
 	if n := p4.Lease(); n != nil {
 		out.Address = n.String()
 	}

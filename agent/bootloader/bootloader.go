@@ -197,8 +197,10 @@ type Entry struct {
 }
 
 // Config renders grub/grub.cfg: both the serial port and the screen as
-// terminals, a one-second menu, the entries in order (the first is the
-// default).
+// terminals, the entries in order, the first booted at once. No menu
+// countdown: GRUB's EFI timer was seen to stall under emulation (TCG on a
+// loaded host) with the countdown stuck at "1s", and a server has no one
+// at its console to pick an entry.
 func Config(entries ...Entry) (string, error) {
 	if len(entries) == 0 {
 		return "", errors.New("a boot configuration needs an entry")
@@ -209,7 +211,7 @@ func Config(entries ...Entry) (string, error) {
 serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
-set timeout=1
+set timeout=0
 set default=0
 `)
 	for i, e := range entries {

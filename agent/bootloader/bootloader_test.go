@@ -113,7 +113,7 @@ func TestConfig(t *testing.T) {
 serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
-set timeout=1
+set timeout=0
 set default=0
 menuentry 'debian (newest kernel)' {
 	search --no-floppy --fs-uuid --set=root 0f9a6c0e-1d2b-4c3d-8e4f-5a6b7c8d9e0f

@@ -135,6 +135,11 @@ func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner
 			Hostname:   spec.GetHostname(), SSHKeys: spec.GetSshPublicKeys(), UserData: []byte(spec.GetUserData()),
 			PhoneHomeURL: spec.GetPhoneHomeUrl(), PhoneHomeToken: spec.GetPhoneHomeToken(),
 		}
+		for _, n := range inv.GetNics() {
+			if n.GetMac() != "" {
+				c.MACs = append(c.MACs, n.GetMac())
+			}
+		}
 		sum, err := x.Seed(ctx, target.GetPath(), c)
 		if err != nil {
 			err = fmt.Errorf("install %s on %s: first-boot seed: %w", spec.GetImageId(), target.GetPath(), err)

@@ -51,7 +51,8 @@ func seededInstall(t *testing.T, dev string, img []byte, grow growpart.Options, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	inv := &anvilv1.Inventory{Product: &anvilv1.Product{Uuid: "0b1c2d3e-0000-4000-8000-00000000000a"}, Disks: []*anvilv1.Disk{{Path: dev}}}
+	inv := &anvilv1.Inventory{Product: &anvilv1.Product{Uuid: "0b1c2d3e-0000-4000-8000-00000000000a"}, Disks: []*anvilv1.Disk{{Path: dev}},
+		Nics: []*anvilv1.NIC{{Name: "eth0", Mac: "52:54:00:12:34:56"}}}
 	return &Install{
 		Allow: allow, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil },
 		Image: image.Options{Grow: grow, Source: func(context.Context, string) (io.ReadCloser, int64, error) {
@@ -99,6 +100,10 @@ func TestInstallWritesTheSeedBeforeBootingAndHandsTheSpecToBoot(t *testing.T) {
 	md, err := fs.ReadFile(fsys, "meta-data")
 	if want := "instance-id: anvil-0b1c2d3e-0000-4000-8000-00000000000a-in-3\nlocal-hostname: web-1\n"; err != nil || string(md) != want {
 		t.Errorf("meta-data %q, %v; want %q", md, err, want)
+	}
+	// The installed system configures the machine's NIC by its MAC.
+	if nc, err := fs.ReadFile(fsys, "network-config"); err != nil || !strings.Contains(string(nc), `macaddress: "52:54:00:12:34:56"`) {
+		t.Errorf("network-config %q, %v", nc, err)
 	}
 	if ph, err := fs.ReadFile(fsys, seed.PhoneHomeFile); err != nil || string(ph) != `{"url":"https://10.0.2.2:8443/v1/phone-home","token":"tok"}`+"\n" {
 		t.Errorf("phone-home %q, %v", ph, err)

@@ -12,7 +12,9 @@
 //     and whose second is anvil's cloud-config, merged with merge_how so
 //     it adds SSH keys and never replaces what the operator set;
 //   - network-config: network configuration version 2, DHCPv4 on every
-//     ethernet NIC matched by name (en*, eth*);
+//     NIC of the machine's inventory, matched by MAC address (names
+//     change with kernels, slots and firmware; a MAC does not), or on
+//     every ethernet NIC matched by name (en*, eth*) when no MAC is known;
 //   - anvil/phone-home.json: {"url": ..., "token": ...}, which the
 //     installed system's phone-home unit reads to report that it booted.
 //
@@ -28,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -74,6 +77,9 @@ type Config struct {
 	// PhoneHomeURL and PhoneHomeToken go to PhoneHomeFile; without a URL
 	// the file is not written.
 	PhoneHomeURL, PhoneHomeToken string
+	// MACs are the machine's NICs (from its inventory), matched by
+	// network-config.
+	MACs []string
 }
 
 // Validate reports every problem.
@@ -91,6 +97,11 @@ func (c Config) Validate() error {
 	for i, k := range c.SSHKeys {
 		if strings.TrimSpace(k) == "" || strings.ContainsAny(k, "\r\n") {
 			errs = append(errs, fmt.Errorf("seed: SSH key %d is empty or spans lines", i))
+		}
+	}
+	for _, m := range c.MACs {
+		if hw, err := net.ParseMAC(m); err != nil || len(hw) != 6 {
+			errs = append(errs, fmt.Errorf("seed: %q is not an Ethernet MAC", m))
 		}
 	}
 	return errors.Join(errs...)
@@ -153,7 +164,11 @@ func Files(c Config) ([]File, error) {
 	if err != nil {
 		return nil, err
 	}
-	files := []File{{"meta-data", md}, {"user-data", ud}, {"network-config", NetworkConfig()}}
+	nc, err := NetworkConfig(c.MACs)
+	if err != nil {
+		return nil, err
+	}
+	files := []File{{"meta-data", md}, {"user-data", ud}, {"network-config", nc}}
 	if c.PhoneHomeURL != "" {
 		ph, err := PhoneHome(c)
 		if err != nil {
@@ -172,11 +187,10 @@ func MetaData(c Config) ([]byte, error) {
 	}{c.InstanceID, c.Hostname})
 }
 
-// networkConfig is network configuration version 2 (netplan's format, as
-// cloud-init reads it from the NoCloud network-config file): DHCPv4 on
-// every ethernet NIC, matched by the kernel's predictable (en*) and
-// classic (eth*) names.
-const networkConfig = `version: 2
+// byName is the network-config when no MAC is known: DHCPv4 on every
+// ethernet NIC, matched by the kernel's predictable (en*) and classic
+// (eth*) names.
+const byName = `version: 2
 ethernets:
   anvil-en:
     match:
@@ -188,8 +202,34 @@ ethernets:
     dhcp4: true
 `
 
-// NetworkConfig is the network-config file.
-func NetworkConfig() []byte { return []byte(networkConfig) }
+// NetworkConfig is the network-config file: network configuration version
+// 2 (netplan's format, as cloud-init reads it from NoCloud), DHCPv4 on the
+// NICs with the given MACs, each matched by its address (the OS keeps its
+// own interface names); by name (en*, eth*) when there is no MAC.
+func NetworkConfig(macs []string) ([]byte, error) {
+	if len(macs) == 0 {
+		return []byte(byName), nil
+	}
+	type match struct {
+		MAC string `yaml:"macaddress"`
+	}
+	type ethernet struct {
+		Match match `yaml:"match"`
+		DHCP4 bool  `yaml:"dhcp4"`
+	}
+	eths := map[string]ethernet{}
+	for i, m := range macs {
+		hw, err := net.ParseMAC(m)
+		if err != nil || len(hw) != 6 {
+			return nil, fmt.Errorf("network-config: %q is not an Ethernet MAC", m)
+		}
+		eths[fmt.Sprintf("anvil-nic%d", i)] = ethernet{Match: match{MAC: hw.String()}, DHCP4: true}
+	}
+	return marshalYAML(struct {
+		Version   int                 `yaml:"version"`
+		Ethernets map[string]ethernet `yaml:"ethernets"`
+	}{2, eths})
+}
 
 // PhoneHome is the phone-home settings file.
 func PhoneHome(c Config) ([]byte, error) {

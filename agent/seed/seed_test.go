@@ -238,18 +238,41 @@ merge_how: dict(no_replace,recurse_list)+list(append)+str()
 }
 
 func TestNetworkConfig(t *testing.T) {
-	var nc struct {
+	type config struct {
 		Version   int `yaml:"version"`
 		Ethernets map[string]struct {
 			Match struct {
 				Name string `yaml:"name"`
+				MAC  string `yaml:"macaddress"`
 			} `yaml:"match"`
 			DHCP4 bool `yaml:"dhcp4"`
 		} `yaml:"ethernets"`
 	}
-	if err := yaml.Unmarshal(NetworkConfig(), &nc); err != nil {
-		t.Fatal(err)
+	parse := func(b []byte, err error) config {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nc config
+		if err := yaml.Unmarshal(b, &nc); err != nil {
+			t.Fatal(err)
+		}
+		return nc
 	}
+	// By MAC: one entry per NIC of the inventory, DHCPv4 on each.
+	nc := parse(NetworkConfig([]string{"52:54:00:77:BB:01", "52:54:00:77:bb:02"}))
+	macs := map[string]bool{}
+	for id, e := range nc.Ethernets {
+		if !e.DHCP4 || e.Match.Name != "" {
+			t.Errorf("%s: %+v", id, e)
+		}
+		macs[e.Match.MAC] = true
+	}
+	if nc.Version != 2 || len(nc.Ethernets) != 2 || !macs["52:54:00:77:bb:01"] || !macs["52:54:00:77:bb:02"] {
+		t.Errorf("network-config by MAC %+v", nc)
+	}
+	// No MAC known: by name.
+	nc = parse(NetworkConfig(nil))
 	names := map[string]bool{}
 	for id, e := range nc.Ethernets {
 		if !e.DHCP4 {
@@ -258,7 +281,13 @@ func TestNetworkConfig(t *testing.T) {
 		names[e.Match.Name] = true
 	}
 	if nc.Version != 2 || len(nc.Ethernets) != 2 || !names["en*"] || !names["eth*"] {
-		t.Errorf("network-config %+v", nc)
+		t.Errorf("network-config by name %+v", nc)
+	}
+	if _, err := NetworkConfig([]string{"not-a-mac"}); err == nil {
+		t.Error("a bad MAC was accepted")
+	}
+	if err := (Config{InstanceID: "i", MACs: []string{"zz"}}).Validate(); err == nil {
+		t.Error("Validate accepted a bad MAC")
 	}
 }
 

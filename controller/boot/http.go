@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/anvil-metal/anvil/controller/server"
 	"github.com/anvil-metal/anvil/controller/store"
@@ -22,6 +23,7 @@ func (s *Service) chain(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
+	s.log.Info("chain script served", "remote", r.RemoteAddr)
 	writeScript(w, body)
 }
 
@@ -190,7 +192,12 @@ func (s *Service) file(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	t0 := s.now()
 	s.serve(w, r, f)
+	// When it is sent: a boot's timeline (anvil-lab reads it) and who
+	// fetched what.
+	s.log.Info("boot file served", "file", r.PathValue("name"), "remote", r.RemoteAddr, "range", r.Header.Get("Range") != "",
+		"took", s.now().Sub(t0).Round(time.Millisecond))
 }
 
 // image serves a file of the image directory; names cannot leave it.

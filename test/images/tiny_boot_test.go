@@ -200,13 +200,17 @@ func rawDisk(t *testing.T, raw, url, token string) string {
 	t.Helper()
 	disk := filepath.Join(t.TempDir(), "disk.raw")
 	sparseCopy(t, raw, disk)
-	seed := nocloud.Seed{
+	nc, err := seed.NetworkConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := nocloud.Seed{
 		MetaData:      []byte("instance-id: tiny-test-1\nlocal-hostname: tiny-vm-1\n"),
 		UserData:      []byte("#cloud-config\n"),
-		NetworkConfig: []byte("version: 2\nethernets:\n  all:\n    match: {name: \"e*\"}\n    dhcp4: true\n"),
+		NetworkConfig: nc,
 		PhoneHome:     &nocloud.PhoneHome{URL: url, Token: token},
 	}
-	if _, err := nocloud.Append(disk, seed, nocloud.AppendOptions{}); err != nil {
+	if _, err := nocloud.Append(disk, s, nocloud.AppendOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return disk

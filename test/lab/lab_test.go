@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -165,7 +166,7 @@ func (s *suite) tinyImage(t *testing.T) string {
 	out := filepath.Join(root(t), "images", "out")
 	b, err := os.ReadFile(filepath.Join(out, "tiny.json"))
 	if err != nil {
-		t.Skipf("no tiny image (make images-tiny): %v", err)
+		t.Fatalf("no tiny image (make images-tiny; make test builds it): %v", err)
 	}
 	var cat struct{ ID, File, Checksum string }
 	if err := json.Unmarshal(b, &cat); err != nil {
@@ -178,6 +179,26 @@ func (s *suite) tinyImage(t *testing.T) string {
 	return "tiny"
 }
 
+// tinyTarball registers the root filesystem tarball of the tiny image
+// (make images-tiny writes it beside the raw image).
+func (s *suite) tinyTarball(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(root(t), "images", "out")
+	b, err := os.ReadFile(filepath.Join(out, "tiny-tar.json"))
+	if err != nil {
+		t.Fatalf("no tiny tarball (make images-tiny; make test builds it): %v", err)
+	}
+	var cat struct{ ID, File, Checksum string }
+	if err := json.Unmarshal(b, &cat); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyFile(filepath.Join(out, cat.File), filepath.Join(s.dir, cat.File)); err != nil {
+		t.Fatal(err)
+	}
+	s.addImage(t, "tiny-tar", cat.File, cat.Checksum, anvilv1.ImageFormat_IMAGE_FORMAT_TAR_ZSTD)
+	return "tiny-tar"
+}
+
 // slowImage is the tiny image followed by 300 MiB of random bytes, raw:
 // bootable, and slow enough to install that a test can pull the plug in
 // the middle.
@@ -186,7 +207,7 @@ func (s *suite) slowImage(t *testing.T) string {
 	raw := filepath.Join(root(t), "images", "out", "tiny.raw")
 	p := filepath.Join(s.dir, "slow.raw")
 	if err := copyFile(raw, p); err != nil {
-		t.Skipf("no tiny image (make images-tiny): %v", err)
+		t.Fatalf("no tiny image (make images-tiny; make test builds it): %v", err)
 	}
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -344,9 +365,11 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("full provisioning: install, kexec, phone home", func(t *testing.T) {
-		img := s.tinyImage(t)
+		// The UEFI VM gets the raw image, the BIOS VM the tarball of the
+		// same system (the agent writes its GRUB).
+		imgs := []string{s.tinyImage(t), s.tinyTarball(t)}
 		for i, id := range s.ids {
-			if _, err := s.op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: img, Hostname: fmt.Sprintf("e2e-%d", i)}); err != nil {
+			if _, err := s.op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: imgs[i], Hostname: fmt.Sprintf("e2e-%d", i)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -362,15 +385,90 @@ func TestLab(t *testing.T) {
 					phoned = e.GetMessage()
 				}
 			}
-			if !strings.Contains(booting, "NoCloud seed") && !strings.Contains(booting, "seed") {
+			if !strings.Contains(booting, "NoCloud seed") {
 				t.Errorf("%s BOOTING without a seed: %s", id, booting)
+			}
+			// The disk boots by itself on this machine's firmware, and a
+			// UEFI machine's boot order has it right after the network.
+			want := []string{"firmware: boots from disk on UEFI (p1:\\EFI\\BOOT\\BOOTX64.EFI) and BIOS (MBR boot code, BIOS boot partition p3)"}
+			if s.lab.VMs[i].Firmware.UEFI {
+				want = append(want, `UEFI: created Boot`, `"anvil: tiny on nvme0n1"`, `network entry Boot0003 "UEFI PXEv4`)
+			} else {
+				want = append(want, "GRUB 2.06")
+			}
+			for _, w := range want {
+				if !strings.Contains(booting, w) {
+					t.Errorf("VM %d BOOTING lacks %q: %s", i+1, w, booting)
+				}
+			}
+			if strings.Contains(booting, "only by") || strings.Contains(booting, "not kept") {
+				t.Errorf("VM %d does not boot from its disk: %s", i+1, booting)
 			}
 			// The installed OS read its hostname from the seed the agent wrote.
 			if !strings.Contains(phoned, fmt.Sprintf("hostname e2e-%d", i)) {
 				t.Errorf("%s phoned home without its hostname: %q", id, phoned)
 			}
-			ph := labkit.PhasesOf(id, evs, s.lab.VMs[i].PoweredOn)
-			t.Logf("%s: registered %v, ready %v, installing %v, booting %v, phoned home %v after allocation", id[:8], ph.Registered, ph.Ready, ph.Installing, ph.Booting, ph.PhonedHome)
+			tl, err := s.lab.Timeline(s.lab.VMs[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ph := labkit.PhasesOf(id, evs, s.lab.VMs[i].PoweredOn, tl)
+			t.Logf("%s (%s): registered %v, ready %v, installing %v, booting %v, phoned home %v after allocation", id[:8], s.lab.VMs[i].Firmware.Name(), ph.Registered, ph.Ready, ph.Installing, ph.Booting, ph.PhonedHome)
+		}
+	})
+
+	t.Run("power cycle: the installed system boots from its disk and stays provisioned", func(t *testing.T) {
+		before := map[string]int{}
+		for _, id := range s.ids {
+			before[id] = count(s.events(t, id), anvilv1.EventType_EVENT_TYPE_PHONED_HOME)
+			if _, err := s.op.Machines.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_RESET}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		reset := time.Now()
+		pending := append([]string(nil), s.ids...)
+		for len(pending) > 0 {
+			if time.Since(reset) > 3*time.Minute {
+				t.Fatalf("%v did not phone home after the power cycle", pending)
+			}
+			var left []string
+			for _, id := range pending {
+				m := s.machine(t, id)
+				if st := m.GetState(); st != anvilv1.MachineState_MACHINE_STATE_PROVISIONED {
+					t.Fatalf("%s left Provisioned after the power cycle: %v", id, st)
+				}
+				if count(s.events(t, id), anvilv1.EventType_EVENT_TYPE_PHONED_HOME) == before[id] {
+					left = append(left, id)
+				}
+			}
+			pending = left
+			time.Sleep(time.Second)
+		}
+		t.Logf("both phoned home %.0f s after the reset", time.Since(reset).Seconds())
+		for i, vm := range s.lab.VMs {
+			evs := s.events(t, s.ids[i])
+			var pxe string
+			for _, e := range evs {
+				if e.GetType() == anvilv1.EventType_EVENT_TYPE_PXE_BOOTING && e.GetTime().AsTime().After(reset.Add(-time.Second)) {
+					pxe = e.GetMessage()
+				}
+			}
+			platform := "pcbios"
+			if vm.Firmware.UEFI {
+				platform = "efi"
+			}
+			if !strings.Contains(pxe, "sent to its disk (loop guard, "+platform+" firmware)") {
+				t.Errorf("VM %d: the network boot after the reset: %q", vm.Index, pxe)
+			}
+			// The first boot was the agent's kexec, which passes no boot
+			// loader: GRUB's line and a second phone home are this boot's.
+			console := s.lab.ConsoleText(vm)
+			if vm.Firmware.UEFI && !regexp.MustCompile(`BdsDxe: starting Boot[0-9A-F]{4} "anvil: tiny on nvme0n1"`).MatchString(console) {
+				t.Errorf("VM %d: the firmware did not start the anvil boot entry after iPXE:\n%s", vm.Index, tail(console, 3000))
+			}
+			if !strings.Contains(console, "anvil: loading /vmlinuz") || strings.Count(console, "anvil-tiny: phoned home") < 2 {
+				t.Errorf("VM %d: GRUB did not boot the installed system:\n%s", vm.Index, tail(console, 3000))
+			}
 		}
 	})
 

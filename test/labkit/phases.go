@@ -49,7 +49,15 @@ func stateName(s anvilv1.MachineState) string {
 // Phases are the times of one machine's way from power-on to Provisioned.
 type Phases struct {
 	Machine string
-	// From power-on: first network boot request, registration, Ready.
+	// Firmware is "uefi" or "bios".
+	Firmware string
+	// From power-on, from the controller's log (Timeline): first DHCP
+	// request, the chain script fetched (the firmware's and iPXE's share
+	// ends there), the agent's kernel and initramfs fetched (the kernel
+	// starts).
+	DHCP, Chain, KernelStart time.Duration
+	// From power-on, from the events: first network boot request of a
+	// known machine, registration, Ready.
 	PXE, Registered, Ready time.Duration
 	// From the allocation: install started, image written and booting,
 	// installed OS phoned home.
@@ -58,10 +66,17 @@ type Phases struct {
 	Total time.Duration
 }
 
-// PhasesOf reads a machine's phases from its events; poweredOn is when its
-// VM started. Phases not reached are zero.
-func PhasesOf(machine string, evs []*anvilv1.Event, poweredOn time.Time) Phases {
+// PhasesOf reads a machine's phases from its events and its boot's
+// timeline; poweredOn is when its VM started. Phases not reached are zero.
+func PhasesOf(machine string, evs []*anvilv1.Event, poweredOn time.Time, tl Timeline) Phases {
 	p := Phases{Machine: machine}
+	since := func(t time.Time) time.Duration {
+		if t.IsZero() {
+			return 0
+		}
+		return t.Sub(poweredOn)
+	}
+	p.DHCP, p.Chain, p.KernelStart = since(tl.DHCP), since(tl.Chain), since(tl.Initramfs)
 	var allocated time.Time
 	first := func(d *time.Duration, from time.Time, at time.Time) {
 		if *d == 0 && !from.IsZero() {
@@ -97,13 +112,26 @@ func PhasesOf(machine string, evs []*anvilv1.Event, poweredOn time.Time) Phases 
 	return p
 }
 
-// PrintPhases writes the phase table.
+// KernelToProvisioned is the time from the agent's kernel start to
+// Provisioned.
+func (p Phases) KernelToProvisioned() time.Duration {
+	if p.Total == 0 || p.KernelStart == 0 {
+		return 0
+	}
+	return p.Total - p.KernelStart
+}
+
+// PrintPhases writes the phase table: from power-on the first DHCP
+// request, the chain script (the firmware's and iPXE's share ends there),
+// the agent's kernel start, its registration and Ready; from the
+// allocation the install, the kexec and the phone home; power-on and
+// kernel start to Provisioned.
 func PrintPhases(w io.Writer, ps []Phases) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MACHINE\tPXE\tREGISTERED\tREADY\t| INSTALLING\tBOOTING\tPHONED HOME\t| POWER-ON→PROVISIONED")
+	fmt.Fprintln(tw, "MACHINE\tFIRMWARE\tDHCP\tCHAIN\tKERNEL\tREGISTERED\tREADY\t| INSTALLING\tBOOTING\tPHONED HOME\t| POWER-ON→PROVISIONED\tKERNEL→PROVISIONED")
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t| %s\t%s\t%s\t| %s\n", p.Machine, dur(p.PXE), dur(p.Registered), dur(p.Ready),
-			dur(p.Installing), dur(p.Booting), dur(p.PhonedHome), dur(p.Total))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t| %s\t%s\t%s\t| %s\t%s\n", p.Machine, p.Firmware, dur(p.DHCP), dur(p.Chain), dur(p.KernelStart),
+			dur(p.Registered), dur(p.Ready), dur(p.Installing), dur(p.Booting), dur(p.PhonedHome), dur(p.Total), dur(p.KernelToProvisioned()))
 	}
 	return tw.Flush()
 }

@@ -98,8 +98,8 @@ func (c Config) Validate() error {
 		if !c.Netmask.Is4() {
 			errs = append(errs, fmt.Errorf("netmask %v: want an IPv4 mask", c.Netmask))
 		}
-		if c.LeaseTime < time.Minute {
-			errs = append(errs, fmt.Errorf("lease time %v: want at least a minute", c.LeaseTime))
+		if c.LeaseTime < 10*time.Second {
+			errs = append(errs, fmt.Errorf("lease time %v: want at least 10 s", c.LeaseTime))
 		}
 		if c.PoolStart.Is4() && c.PoolEnd.Is4() && c.ServerIP.Is4() && !c.ServerIP.Less(c.PoolStart) && !c.PoolEnd.Less(c.ServerIP) {
 			errs = append(errs, fmt.Errorf("server IP %v lies inside the pool", c.ServerIP))
@@ -313,6 +313,10 @@ func fullReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType, i
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(serverIP(c))),
 		dhcpv4.WithOption(dhcpv4.OptSubnetMask(net.IPMask(c.Netmask.AsSlice()))),
 		dhcpv4.WithLeaseTime(uint32(c.LeaseTime / time.Second)),
+		// Renewal (T1) and rebinding (T2) times, RFC 2132 §9.11-12: the
+		// RFC 2131 §4.4.5 defaults, said outright.
+		dhcpv4.WithOption(dhcpv4.Option{Code: dhcpv4.OptionRenewTimeValue, Value: dhcpv4.Duration(c.LeaseTime / 2)}),
+		dhcpv4.WithOption(dhcpv4.Option{Code: dhcpv4.OptionRebindingTimeValue, Value: dhcpv4.Duration(c.LeaseTime * 7 / 8)}),
 	}
 	if c.Router.IsValid() {
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptRouter(net.IP(c.Router.AsSlice()))))

@@ -129,7 +129,8 @@ func TestFullModeLeaseAndBoot(t *testing.T) {
 	}
 	if offer.BootFileNameOption() != "undionly.kpxe" || !offer.ServerIPAddr.Equal(net.IPv4(192, 168, 77, 1)) ||
 		offer.ClassIdentifier() != "PXEClient" || !offer.Router()[0].Equal(net.IPv4(192, 168, 77, 1)) ||
-		offer.IPAddressLeaseTime(0) != time.Hour || net.IP(offer.SubnetMask()).String() != "255.255.255.0" {
+		offer.IPAddressLeaseTime(0) != time.Hour || net.IP(offer.SubnetMask()).String() != "255.255.255.0" ||
+		offer.IPAddressRenewalTime(0) != 30*time.Minute || offer.IPAddressRebindingTime(0) != 52*time.Minute+30*time.Second {
 		t.Errorf("OFFER for a BIOS PXE client: %s", offer.Summary())
 	}
 

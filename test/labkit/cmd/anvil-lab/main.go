@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -32,8 +33,9 @@ func main() {
 	flag.StringVar(&c.Kernel, "kernel", "/var/cache/anvil/kernel/vmlinuz", "agent kernel")
 	flag.StringVar(&c.Initramfs, "initramfs", filepath.Join(root, "bin/anvil-initramfs.cpio.zst"), "agent initramfs")
 	flag.IntVar(&c.MemoryMiB, "memory", c.MemoryMiB, "MiB of RAM per VM")
-	flag.StringVar(&c.Accel, "accel", c.Accel, "tcg, kvm or auto")
-	image := flag.String("image", "", "image catalogue entry (JSON: id, file, checksum, format, os, version) to install on every machine")
+	flag.StringVar(&c.Accel, "accel", c.Accel, "tcg, kvm or auto (default: $ANVIL_QEMU_ACCEL, else auto)")
+	flag.StringVar(&c.Firmware, "firmware", c.Firmware, "mix (odd VMs UEFI, even VMs BIOS), uefi or bios")
+	image := flag.String("image", "", "image catalogue entry (JSON: id, file, checksum, format, os, version) to install on every machine as soon as it is Ready; empty: stop at Ready")
 	timeout := flag.Duration("timeout", 10*time.Minute, "how long each phase may take")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -98,7 +100,11 @@ func up(ctx context.Context, c labkit.Config, imagePath string, timeout time.Dur
 	if err != nil {
 		return err
 	}
-	say("accelerator: %s; the VMs network-boot the agent from the controller's DHCP and iPXE", l.Accel)
+	var fws []string
+	for _, vm := range l.VMs {
+		fws = append(fws, fmt.Sprintf("VM %d %s", vm.Index, vm.Firmware.Name()))
+	}
+	say("accelerator: %s; %s; the VMs network-boot the agent from the controller's DHCP, TFTP and iPXE", l.Accel, strings.Join(fws, ", "))
 	op, err := l.Operator()
 	if err != nil {
 		return err
@@ -108,14 +114,6 @@ func up(ctx context.Context, c labkit.Config, imagePath string, timeout time.Dur
 	for _, vm := range l.VMs {
 		ids = append(ids, vm.UUID)
 	}
-	if err := labkit.WaitState(ctx, op, ids, anvilv1.MachineState_MACHINE_STATE_READY, timeout); err != nil {
-		return fmt.Errorf("%w (consoles: %s/vm*/console.log)", err, c.Dir)
-	}
-	say("%d machines Ready in %s", len(ids), time.Since(l.Started).Round(time.Second))
-	if err := l.AttachBMCs(ctx, op); err != nil {
-		return err
-	}
-	say("each machine's BMC is its VM's QMP socket: anvilctl machine power ID on|off|reset|status")
 	if img != nil {
 		format, ok := anvilv1.ImageFormat_value["IMAGE_FORMAT_"+strings.ToUpper(strings.ReplaceAll(img.Format, "-", "_"))]
 		if !ok {
@@ -128,24 +126,60 @@ func up(ctx context.Context, c labkit.Config, imagePath string, timeout time.Dur
 		}}); err != nil {
 			return fmt.Errorf("add image %s: %w", img.ID, err)
 		}
-		for i, id := range ids {
+		say("each machine is allocated with %s as soon as it is Ready, then installs, kexecs and phones home", img.ID)
+	}
+	// Each machine on its own: Ready, then (with an image) allocated at
+	// once and carried to Provisioned.
+	errs := make(chan error, len(ids))
+	for i, id := range ids {
+		go func() {
+			if err := labkit.WaitState(ctx, op, []string{id}, anvilv1.MachineState_MACHINE_STATE_READY, timeout); err != nil {
+				errs <- err
+				return
+			}
+			if img == nil {
+				errs <- nil
+				return
+			}
 			if _, err := op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: img.ID,
 				Hostname: fmt.Sprintf("lab-%d", i+1)}); err != nil {
-				return fmt.Errorf("allocate %s: %w", id, err)
+				errs <- fmt.Errorf("allocate %s: %w", id, err)
+				return
 			}
-		}
-		say("allocated every machine with %s; waiting for them to install, kexec and phone home", img.ID)
-		if err := labkit.WaitState(ctx, op, ids, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, timeout); err != nil {
-			return fmt.Errorf("%w (consoles: %s/vm*/console.log)", err, c.Dir)
+			errs <- labkit.WaitState(ctx, op, []string{id}, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, timeout)
+		}()
+	}
+	var failed []error
+	for range ids {
+		if err := <-errs; err != nil {
+			failed = append(failed, err)
 		}
 	}
+	if err := errors.Join(failed...); err != nil {
+		return fmt.Errorf("%w (consoles: %s/vm*/console.log)", err, c.Dir)
+	}
+	want := "Ready"
+	if img != nil {
+		want = "Provisioned"
+	}
+	say("%d machines %s in %s", len(ids), want, time.Since(l.Started).Round(time.Second))
+	if err := l.AttachBMCs(ctx, op); err != nil {
+		return err
+	}
+	say("each machine's BMC is its VM's QMP socket: anvilctl machine power ID on|off|reset|status")
 	var ps []labkit.Phases
 	for i, id := range ids {
 		evs, err := op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
 		if err != nil {
 			return err
 		}
-		ps = append(ps, labkit.PhasesOf(fmt.Sprintf("lab-%d (%s)", i+1, id[:8]), evs.GetEvents(), l.VMs[i].PoweredOn))
+		tl, err := l.Timeline(l.VMs[i])
+		if err != nil {
+			return err
+		}
+		ph := labkit.PhasesOf(fmt.Sprintf("lab-%d (%s)", i+1, id[:8]), evs.GetEvents(), l.VMs[i].PoweredOn, tl)
+		ph.Firmware = l.VMs[i].Firmware.Name()
+		ps = append(ps, ph)
 	}
 	fmt.Println()
 	labkit.PrintPhases(os.Stdout, ps)

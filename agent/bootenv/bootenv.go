@@ -19,10 +19,10 @@
 package bootenv
 
 import (
-	"github.com/insomniacslk/dhcp/dhcpv4"
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"io"
 	"log/slog"
 	"net"

@@ -24,6 +24,7 @@ import (
 
 	"github.com/anvil-metal/anvil/controller/boot"
 	"github.com/anvil-metal/anvil/controller/boot/dhcp"
+	"github.com/anvil-metal/anvil/controller/boot/ra"
 	"github.com/anvil-metal/anvil/controller/boot/tftp"
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/server"
@@ -52,6 +53,10 @@ type Config struct {
 	// empty ChainURL is the boot service's chain script.
 	DHCP          *dhcp.Config
 	DHCPInterface string
+	// RouterAdvertisements answers IPv6 router solicitations on the DHCP
+	// interface with an advertisement that offers nothing (package ra),
+	// so iPXE does not wait for IPv6; full mode only.
+	RouterAdvertisements bool
 	// TFTPFiles, when set, are served by name over TFTP on TFTPListen
 	// (iPXE for legacy PXE ROMs).
 	TFTPFiles  map[string]string
@@ -303,6 +308,14 @@ func startUDP(cfg Config, log *slog.Logger) ([]udpServer, error) {
 		}
 		log.Info("DHCP serving", "mode", cfg.DHCP.Mode, "interface", cfg.DHCPInterface, "chain_url", cfg.DHCP.ChainURL)
 		out = append(out, udpServer{"DHCP", d.Serve})
+		if cfg.RouterAdvertisements && cfg.DHCP.Mode == dhcp.Full {
+			r, err := ra.Listen(cfg.DHCPInterface, log.With("service", "ra"))
+			if err != nil {
+				return nil, err
+			}
+			log.Info("answering IPv6 router solicitations (nothing offered)", "interface", cfg.DHCPInterface)
+			out = append(out, udpServer{"RA", r.Serve})
+		}
 	}
 	if len(cfg.TFTPFiles) > 0 {
 		t, err := tftp.New(cfg.TFTPFiles, tftp.WithLogger(log.With("service", "tftp")))

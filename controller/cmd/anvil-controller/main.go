@@ -59,6 +59,7 @@ func main() {
 	flag.StringVar(&dhcpRouter, "dhcp-router", "", "full mode: default gateway (optional)")
 	flag.StringVar(&dhcpDNS, "dhcp-dns", "", "full mode: comma-separated DNS servers (optional)")
 	flag.DurationVar(&dc.LeaseTime, "dhcp-lease", dc.LeaseTime, "full mode: lease time")
+	flag.BoolVar(&cfg.RouterAdvertisements, "dhcp-ipv6-ra", true, "full mode: answer IPv6 router solicitations with an advertisement that offers nothing (iPXE otherwise waits ~16 s for IPv6 at every boot)")
 	tftpListen := flag.String("tftp-listen", "", "TFTP address for legacy PXE clients (e.g. :69); serves iPXE from --ipxe-dir")
 	flag.StringVar(&ipxeDir, "ipxe-dir", "/usr/lib/ipxe", "directory with Debian's iPXE binaries (undionly.kpxe, snponly.efi, ipxe.efi), served over TFTP and, for UEFI HTTP Boot, by the boot service")
 	flag.Parse()

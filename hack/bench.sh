@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: every benchmark, each printing ratios against a baseline
 # measured in the same run. Results are recorded in docs/benchmarks.md.
-# BENCH=fleet or BENCH=image runs one of them.
+# BENCH=fleet, image, fwapply, fwconn or boot runs one of them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -19,6 +19,12 @@ if [ "$which" = all ] || [ "$which" = fwapply ]; then
   echo "== firewall: compile + apply vs nft -f of the same ruleset text, and the anchor's nft -c -f + nft -f"
   go build -o bin/fwapply-bench ./test/bench/fwapply
   bin/fwapply-bench -runs "${BENCH_RUNS:-3}" ${BENCH_FW_SIZES:+-policies "$BENCH_FW_SIZES"}
+fi
+if [ "$which" = all ] || [ "$which" = boot ]; then
+  echo "== boot: power-on to Provisioned in the QEMU lab (UEFI and BIOS network boot) vs direct -kernel boots"
+  make -s initramfs images-tiny
+  go build -o bin/boottime-bench ./test/bench/boottime
+  bin/boottime-bench -kernel "${ANVIL_CACHE:-/var/cache/anvil}/kernel/vmlinuz"
 fi
 if [ "$which" = all ] || [ "$which" = fwconn ]; then
   echo "== firewall: new connections/s through the fw namespace: no table vs conntrack only vs anvil with 10,000 CIDRs"

@@ -14,6 +14,7 @@ package labkit
 
 import (
 	"context"
+	"encoding/pem"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -25,6 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/anvil-metal/anvil/controller/boot"
+	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/test/labkit/qemu"
 )
 
@@ -35,6 +38,9 @@ const (
 	GRPCPort     = 7443
 	HTTPPort     = 8080
 )
+
+// agentKernelArgs are the extra kernel arguments of the lab's agents.
+const agentKernelArgs = "console=ttyS0,115200 panic=10"
 
 // Config describes a lab.
 type Config struct {
@@ -62,6 +68,10 @@ type Config struct {
 	Firmware string
 	// ControllerArgs are extra anvil-controller flags.
 	ControllerArgs []string
+	// Direct starts the VMs with the agent's kernel and initramfs given to
+	// QEMU (-kernel), past the firmware and the network boot: the baseline
+	// the boot benchmark compares network boots with.
+	Direct bool
 }
 
 // Defaults returns a 3-VM lab in dir.
@@ -155,6 +165,9 @@ func ControllerAddr() string { return fmt.Sprintf("%s:%d", ControllerIP, GRPCPor
 // BootURL is the boot service's URL inside the namespace.
 func BootURL() string { return fmt.Sprintf("http://%s:%d", ControllerIP, HTTPPort) }
 
+// Namespace is the lab's network namespace.
+func (l *Lab) Namespace() string { return l.cfg.Namespace }
+
 // DataDir is the controller's data dir (CA, tokens, database).
 func (l *Lab) DataDir() string { return filepath.Join(l.cfg.Dir, "controller") }
 
@@ -194,7 +207,11 @@ func Up(ctx context.Context, c Config) (*Lab, error) {
 			return nil, err
 		}
 		l.VMs = append(l.VMs, vm)
-		if err := l.StartVM(vm); err != nil {
+		start := l.StartVM
+		if c.Direct {
+			start = l.startAgentDirect
+		}
+		if err := start(vm); err != nil {
 			return nil, err
 		}
 	}
@@ -286,7 +303,7 @@ func (l *Lab) startController(ctx context.Context) error {
 		"--heartbeat-interval", "5s",
 		"--boot-listen", fmt.Sprintf("%s:%d", ControllerIP, HTTPPort), "--boot-url", BootURL(),
 		"--boot-kernel", c.Kernel, "--boot-initramfs", c.Initramfs,
-		"--boot-kernel-args", "console=ttyS0,115200 panic=10",
+		"--boot-kernel-args", agentKernelArgs,
 		"--dhcp", "full", "--dhcp-interface", "br0", "--dhcp-server-ip", ControllerIP,
 		"--dhcp-pool", "192.168.77.100-192.168.77.199", "--dhcp-netmask", "255.255.255.0",
 		"--tftp-listen", fmt.Sprintf("%s:69", ControllerIP),
@@ -393,12 +410,45 @@ func (l *Lab) vmOptions(vm *VM) qemu.Options {
 }
 
 // StartVM powers vm on (a new QEMU process).
-func (l *Lab) StartVM(vm *VM) error {
+func (l *Lab) StartVM(vm *VM) error { return l.start(vm, l.vmOptions(vm)) }
+
+// StartVMDirect powers vm on with a kernel, initrd and command line given
+// to QEMU (-kernel): past the firmware and the network boot.
+func (l *Lab) StartVMDirect(vm *VM, kernel, initrd, cmdline string) error {
+	o := l.vmOptions(vm)
+	o.Kernel, o.Initrd, o.Append = kernel, initrd, cmdline
+	return l.start(vm, o)
+}
+
+// startAgentDirect starts the agent on vm with -kernel and the command
+// line the boot service would give it (the controller, its CA, the data
+// dir's boot token).
+func (l *Lab) startAgentDirect(vm *VM) error {
+	tok, err := pki.ReadTokenFile(filepath.Join(l.DataDir(), "boot.token"))
+	if err != nil {
+		return err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(l.DataDir(), "ca.crt"))
+	if err != nil {
+		return err
+	}
+	blk, _ := pem.Decode(caPEM)
+	if blk == nil {
+		return fmt.Errorf("%s holds no PEM certificate", filepath.Join(l.DataDir(), "ca.crt"))
+	}
+	cmdline, err := boot.Cmdline(ControllerAddr(), pki.Fingerprint(blk.Bytes), tok, agentKernelArgs)
+	if err != nil {
+		return err
+	}
+	return l.StartVMDirect(vm, l.cfg.Kernel, l.cfg.Initramfs, cmdline)
+}
+
+func (l *Lab) start(vm *VM, o qemu.Options) error {
 	pidf := filepath.Join(l.cfg.Dir, fmt.Sprintf("vm%d.pid", vm.Index))
 	if pid, err := readPid(pidf); err == nil && syscall.Kill(pid, 0) == nil {
 		return fmt.Errorf("VM %d is running (pid %d)", vm.Index, pid)
 	}
-	args, err := l.vmOptions(vm).Command()
+	args, err := o.Command()
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,8 @@ command -v grub-mkimage >/dev/null || need+=(grub-common)
 command -v nft >/dev/null || need+=(nftables)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v kubectl >/dev/null || need+=(kubectl)
+# The lab's proxy-mode test: another DHCP server leases the addresses.
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 # The Debian image (make images-debian) is bootstrapped from Debian's mirror.
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,9 @@ import (
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/labkit"
 )
+
+// nextLab numbers the labs of this process (each has its own namespace).
+var nextLab atomic.Int32
 
 // suite is one lab shared by the tests, booted once.
 type suite struct {
@@ -44,7 +48,7 @@ func root(t *testing.T) string {
 	return r
 }
 
-func startSuite(t *testing.T, machines int) *suite {
+func startSuite(t *testing.T, machines int, edit func(*labkit.Config)) *suite {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the lab needs root (network namespace, taps)")
@@ -64,7 +68,7 @@ func startSuite(t *testing.T, machines int) *suite {
 	}
 	images := t.TempDir()
 	c := labkit.Defaults(filepath.Join(t.TempDir(), "lab"))
-	c.Namespace = fmt.Sprintf("anvil-e2e-%d", os.Getpid())
+	c.Namespace = fmt.Sprintf("anvil-e2e-%d-%d", os.Getpid(), nextLab.Add(1))
 	c.Machines = machines
 	c.Bin = bin
 	c.Kernel = filepath.Join(cache, "kernel", "vmlinuz")
@@ -74,8 +78,11 @@ func startSuite(t *testing.T, machines int) *suite {
 	c.MemoryMiB = 768
 	for _, p := range []string{c.Kernel, c.Initramfs} {
 		if _, err := os.Stat(p); err != nil {
-			t.Skipf("%s missing (make test builds it): %v", p, err)
+			t.Fatalf("%s missing (make test builds it): %v", p, err)
 		}
+	}
+	if edit != nil {
+		edit(&c)
 	}
 	ctx := context.Background()
 	l, err := labkit.Up(ctx, c)
@@ -285,7 +292,7 @@ func count(evs []*anvilv1.Event, typ anvilv1.EventType) int {
 }
 
 func TestLab(t *testing.T) {
-	s := startSuite(t, 2)
+	s := startSuite(t, 2, nil)
 	ctx := context.Background()
 
 	t.Run("network boot to Ready with real inventory and erase", func(t *testing.T) {
@@ -537,4 +544,42 @@ func TestLab(t *testing.T) {
 			t.Errorf("last event %q: want the phone home of e2e-slow", evs[len(evs)-1].GetMessage())
 		}
 	})
+}
+
+// TestProxyDHCP boots a UEFI VM through its firmware's own PXE client with
+// anvil in proxy mode beside another DHCP server that leases the addresses
+// (Debian's dnsmasq in the lab's namespace): the firmware combines
+// dnsmasq's address with anvil's boot file, fetches iPXE over TFTP, iPXE
+// does the same, and the agent leases its address from dnsmasq and
+// registers. anvil leases nothing.
+func TestProxyDHCP(t *testing.T) {
+	s := startSuite(t, 1, func(c *labkit.Config) { c.DHCP, c.Firmware = "proxy", "uefi" })
+	s.wait(t, s.ids, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
+	vm := s.lab.VMs[0]
+	leases, err := os.ReadFile(s.lab.DnsmasqLeases())
+	if err != nil || !strings.Contains(string(leases), vm.MAC) {
+		t.Errorf("dnsmasq's leases %q (%v) lack %s", leases, err, vm.MAC)
+	}
+	log, err := os.ReadFile(filepath.Join(s.lab.Dir(), "controller.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offers, tftp int
+	for _, l := range strings.Split(string(log), "\n") {
+		if strings.Contains(l, "msg=DHCP") && strings.Contains(l, "mac="+vm.MAC) {
+			if !strings.Contains(l, "yiaddr=0.0.0.0") {
+				t.Errorf("anvil gave an address in proxy mode: %s", l)
+			}
+			offers++
+		}
+		if strings.Contains(l, `msg="TFTP sent"`) && strings.Contains(l, "file=snponly.efi") {
+			tftp++
+		}
+	}
+	if offers == 0 || tftp == 0 {
+		t.Errorf("%d proxy answers and %d TFTP transfers of snponly.efi to %s", offers, tftp, vm.MAC)
+	}
+	if console := s.lab.ConsoleText(vm); !strings.Contains(console, "UEFI PXEv4") {
+		t.Errorf("the VM did not boot through its firmware's PXE client:\n%s", tail(console, 2000))
+	}
 }

@@ -68,6 +68,10 @@ type Config struct {
 	Firmware string
 	// ControllerArgs are extra anvil-controller flags.
 	ControllerArgs []string
+	// DHCP is "full" (the controller leases the addresses) or "proxy"
+	// (Debian's dnsmasq leases them in the namespace, the controller only
+	// answers PXE and iPXE clients with boot information).
+	DHCP string
 	// Direct starts the VMs with the agent's kernel and initramfs given to
 	// QEMU (-kernel), past the firmware and the network boot: the baseline
 	// the boot benchmark compares network boots with.
@@ -76,7 +80,7 @@ type Config struct {
 
 // Defaults returns a 3-VM lab in dir.
 func Defaults(dir string) Config {
-	return Config{Dir: dir, Namespace: "anvil-lab", Machines: 3, MemoryMiB: 1024, CPUs: 1, DiskMiB: 1024, NVMeMiB: 1024, Firmware: "mix"}
+	return Config{Dir: dir, Namespace: "anvil-lab", Machines: 3, MemoryMiB: 1024, CPUs: 1, DiskMiB: 1024, NVMeMiB: 1024, Firmware: "mix", DHCP: "full"}
 }
 
 // Validate reports every invalid field.
@@ -108,6 +112,11 @@ func (c Config) Validate() error {
 	case "mix", "uefi", "bios":
 	default:
 		errs = append(errs, fmt.Errorf("firmware %q: want mix, uefi or bios", c.Firmware))
+	}
+	switch c.DHCP {
+	case "full", "proxy":
+	default:
+		errs = append(errs, fmt.Errorf("DHCP %q: want full or proxy", c.DHCP))
 	}
 	return errors.Join(errs...)
 }
@@ -165,6 +174,9 @@ func ControllerAddr() string { return fmt.Sprintf("%s:%d", ControllerIP, GRPCPor
 // BootURL is the boot service's URL inside the namespace.
 func BootURL() string { return fmt.Sprintf("http://%s:%d", ControllerIP, HTTPPort) }
 
+// Dir is the lab's directory (logs, disks, consoles).
+func (l *Lab) Dir() string { return l.cfg.Dir }
+
 // Namespace is the lab's network namespace.
 func (l *Lab) Namespace() string { return l.cfg.Namespace }
 
@@ -198,6 +210,11 @@ func Up(ctx context.Context, c Config) (*Lab, error) {
 		return nil, err
 	}
 	l.Accel = accel
+	if c.DHCP == "proxy" {
+		if err := l.startDnsmasq(); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.startController(ctx); err != nil {
 		return nil, err
 	}
@@ -304,14 +321,16 @@ func (l *Lab) startController(ctx context.Context) error {
 		"--boot-listen", fmt.Sprintf("%s:%d", ControllerIP, HTTPPort), "--boot-url", BootURL(),
 		"--boot-kernel", c.Kernel, "--boot-initramfs", c.Initramfs,
 		"--boot-kernel-args", agentKernelArgs,
-		"--dhcp", "full", "--dhcp-interface", "br0", "--dhcp-server-ip", ControllerIP,
-		"--dhcp-pool", "192.168.77.100-192.168.77.199", "--dhcp-netmask", "255.255.255.0",
+		"--dhcp", c.DHCP, "--dhcp-interface", "br0", "--dhcp-server-ip", ControllerIP,
 		"--tftp-listen", fmt.Sprintf("%s:69", ControllerIP),
 		// Registration erases every disk with its own secure erase: the
 		// NVMe disk through Format NVM on QEMU's emulated controller, the
 		// virtio disk (no hardware erase) by the verified overwrite the
 		// fallback policy allows.
 		"--register-erase", "secure", "--erase-fallback",
+	}
+	if c.DHCP == "full" {
+		args = append(args, "--dhcp-pool", poolFirst+"-"+poolLast, "--dhcp-netmask", "255.255.255.0")
 	}
 	if c.ImageDir != "" {
 		args = append(args, "--image-dir", c.ImageDir)
@@ -338,6 +357,23 @@ func (l *Lab) startController(ctx context.Context) error {
 	}
 	b, _ := os.ReadFile(log)
 	return fmt.Errorf("controller not ready after 20 s:\n%s", b)
+}
+
+// The lab's address pool, whoever leases it.
+const poolFirst, poolLast = "192.168.77.100", "192.168.77.199"
+
+// DnsmasqLeases is the lease file of the proxy-mode lab's DHCP server.
+func (l *Lab) DnsmasqLeases() string { return filepath.Join(l.cfg.Dir, "dnsmasq.leases") }
+
+// startDnsmasq runs Debian's dnsmasq as the segment's DHCP server (proxy
+// mode): addresses only, no DNS, no boot options; anvil answers beside it.
+func (l *Lab) startDnsmasq() error {
+	if _, err := exec.LookPath("dnsmasq"); err != nil {
+		return fmt.Errorf("dnsmasq (Debian package dnsmasq-base, hack/install-deps.sh): %w", err)
+	}
+	return l.spawn(filepath.Join(l.cfg.Dir, "dnsmasq.pid"), filepath.Join(l.cfg.Dir, "dnsmasq.log"),
+		"dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
+		"--dhcp-range="+poolFirst+","+poolLast+",255.255.255.0,1h", "--dhcp-leasefile="+l.DnsmasqLeases(), "--pid-file=", "--log-dhcp")
 }
 
 func (l *Lab) createDisks(vm *VM) error {

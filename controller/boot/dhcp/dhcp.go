@@ -247,7 +247,7 @@ func Reply(c Config, leases *Leases, req *dhcpv4.DHCPv4, now time.Time, proxyPor
 	mac := req.ClientHWAddr.String()
 	mt := req.MessageType()
 	if c.Mode == Proxy || proxyPort {
-		return proxyReply(c, req, cl, mt)
+		return proxyReply(c, req, cl, mt, proxyPort)
 	}
 	switch mt {
 	case dhcpv4.MessageTypeDiscover:
@@ -343,8 +343,8 @@ func nak(c Config, req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
 
 // proxyReply is the ProxyDHCP answer: boot information only, to PXE
 // clients only (PXE 2.1 §2.2.3: OFFER to a DISCOVER on port 67, ACK to a
-// REQUEST on port 4011).
-func proxyReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType) (*dhcpv4.DHCPv4, error) {
+// REQUEST on port 4011); a REQUEST on port 67 is the leasing server's.
+func proxyReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType, proxyPort bool) (*dhcpv4.DHCPv4, error) {
 	if !c.boots(cl) {
 		return nil, fmt.Errorf("%w: proxy mode answers PXE, HTTP Boot and iPXE clients only", ErrIgnore)
 	}
@@ -353,6 +353,12 @@ func proxyReply(c Config, req *dhcpv4.DHCPv4, cl Client, mt dhcpv4.MessageType) 
 	case dhcpv4.MessageTypeDiscover:
 		reply = dhcpv4.MessageTypeOffer
 	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
+		if !proxyPort {
+			// A REQUEST on port 67 takes the address the leasing server
+			// offered: a second ACK from here (with no address) makes
+			// firmware decline its lease (seen with OVMF and dnsmasq).
+			return nil, fmt.Errorf("%w: %s on port 67 belongs to the server that leases the address", ErrIgnore, mt)
+		}
 		reply = dhcpv4.MessageTypeAck
 	default:
 		return nil, fmt.Errorf("%w: message type %s in proxy mode", ErrIgnore, mt)

@@ -231,6 +231,16 @@ func TestProxyModeAnswersOnlyPXEClientsWithBootInformation(t *testing.T) {
 		string(offer.Options.Get(dhcpv4.OptionVendorSpecificInformation)) != "\x06\x01\x08\xff" || offer.IPAddressLeaseTime(0) != 0 {
 		t.Fatalf("proxy OFFER: %v", offer)
 	}
+	// Its REQUEST for the leasing server's address is not answered here:
+	// a second ACK makes firmware decline the lease.
+	req67, err := dhcpv4.NewRequestFromOffer(offer, pxeBIOS()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req67.UpdateOption(dhcpv4.OptServerIdentifier(net.IPv4(192, 168, 77, 254)))
+	if r := exchange(t, s.main, req67.ToBytes()); r != nil {
+		t.Errorf("proxy answered a REQUEST on port 67: %s", r.Summary())
+	}
 	// The PXE client then asks the boot server on port 4011.
 	req, err := dhcpv4.New(dhcpv4.WithHwAddr(mac1), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
 		dhcpv4.WithClientIP(net.IPv4(192, 168, 77, 50)), pxeBIOS()[0], pxeBIOS()[1])

@@ -14,8 +14,8 @@ package labkit
 
 import (
 	"context"
-	"encoding/pem"
 	"crypto/sha256"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"

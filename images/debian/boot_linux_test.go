@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/bootloader"
 	"github.com/anvil-metal/anvil/agent/seed"
 	"github.com/anvil-metal/anvil/test/labkit/qemu"
 )
@@ -27,10 +27,10 @@ type phoneHome struct {
 	at         time.Time
 }
 
-// TestBootPhonesHome boots the built image in QEMU the way it runs after
-// anvil-agent's kexec: the kernel, initrd and command line that
-// agent/bootconfig finds on the disk, the disk a virtio disk with the
-// NoCloud seed that agent/seed writes (p3, CIDATA), whose
+// TestBootPhonesHome boots the built image in QEMU from its disk under
+// OVMF, the way it starts after a power cycle (GRUB on the ESP, the
+// kernel through the /vmlinuz link), the disk a virtio disk with the
+// NoCloud seed that agent/seed writes (p4, CIDATA), whose
 // anvil/phone-home.json points at a server on the host's loopback (user
 // networking: the guest reaches it as 10.0.2.2). It passes when the
 // installed system's anvil-phone-home.service POSTs with the seed's bearer
@@ -88,28 +88,21 @@ func TestBootPhonesHome(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("seed: %s", sres)
-	boot, err := bootconfig.Lookup(disk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kernel, initrd := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd")
-	for _, f := range []struct {
-		ref  bootconfig.FileRef
-		dest string
-	}{{boot.Kernel, kernel}, {boot.Initrds[0], initrd}} {
-		b, err := bootconfig.ReadFile(disk, f.ref)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(f.dest, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	// The disk boots by itself through OVMF: GRUB (\EFI\BOOT\BOOTX64.EFI)
+	// and its configuration on the ESP, as after a power cycle.
+	rep, err := bootloader.Inspect(disk)
+	if err != nil || rep.UEFI == "" || !rep.BIOS {
+		t.Fatalf("the image does not boot by itself: %s %v", rep, err)
 	}
 	console := filepath.Join(dir, "console.log")
+	vars := filepath.Join(dir, "vars.fd")
+	if err := qemu.EnsureVars(vars); err != nil {
+		t.Fatal(err)
+	}
 	v, err := qemu.Start(qemu.Options{
 		Name: "image-boot", MemoryMiB: 1024, CPUs: 2, Console: console, NoReboot: true,
-		Kernel: kernel, Initrd: initrd, Append: boot.Cmdline + " console=ttyS0,115200 panic=-1",
-		Devices: []qemu.Device{qemu.Disk{ID: "vd0", File: disk, Unsafe: true}, qemu.NIC{Net: qemu.User{}}, qemu.RNG{}},
+		Firmware: qemu.Firmware{UEFI: true, Vars: vars},
+		Devices:  []qemu.Device{qemu.Disk{ID: "vd0", File: disk, Unsafe: true, BootIndex: 1}, qemu.NIC{Net: qemu.User{}, ROM: qemu.NoROM}, qemu.RNG{}},
 	})
 	if err != nil {
 		t.Fatal(err)

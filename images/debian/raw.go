@@ -14,12 +14,19 @@ import (
 	"strings"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/bootloader/mkgrub"
 	"github.com/anvil-metal/anvil/agent/image/rootfs"
 )
 
+// Console is the raw image's console: the screen and the first serial
+// port (the last console= is /dev/console).
+const Console = "console=tty0 console=ttyS0,115200"
+
 // MakeRaw installs the archive at tarPath onto a new sparse image file out
-// of size bytes with agent/image/rootfs, and checks that agent/bootconfig
-// finds what to kexec on it. On error out is removed.
+// of size bytes with agent/image/rootfs, with GRUB for UEFI and BIOS
+// (agent/bootloader/mkgrub) so the image boots from its disk, and checks
+// that agent/bootconfig finds what to kexec on it. On error out is
+// removed.
 func MakeRaw(ctx context.Context, tarPath, out string, size int64) (res rootfs.Result, boot bootconfig.Boot, err error) {
 	in, err := os.Open(tarPath)
 	if err != nil {
@@ -44,7 +51,11 @@ func MakeRaw(ctx context.Context, tarPath, out string, size int64) (res rootfs.R
 	}
 	// zeroed: a fresh sparse file reads as zeroes, so the image stays
 	// sparse.
-	if res, err = rootfs.Install(ctx, out, true, in, "", rootfs.Options{}); err != nil {
+	grub, err := mkgrub.Build(ctx, "")
+	if err != nil {
+		return res, boot, err
+	}
+	if res, err = rootfs.Install(ctx, out, true, in, "", rootfs.Options{Bootloader: &grub, KernelArgs: Console}); err != nil {
 		return res, boot, err
 	}
 	if res.Kernel.Path == "" || res.Kernel.Initrd == "" {

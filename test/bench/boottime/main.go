@@ -24,8 +24,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -40,10 +38,6 @@ import (
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/labkit"
 )
-
-type catalogue struct {
-	ID, File, Checksum, Format, OS, Version string
-}
 
 func main() {
 	root, _ := os.Getwd()
@@ -60,13 +54,9 @@ func main() {
 }
 
 func run(ctx context.Context, kernel, initramfs, bin, imagePath string, timeout time.Duration) error {
-	b, err := os.ReadFile(imagePath)
+	img, err := labkit.ReadImage(imagePath)
 	if err != nil {
-		return fmt.Errorf("image catalogue (make images-tiny): %w", err)
-	}
-	var img catalogue
-	if err := json.Unmarshal(b, &img); err != nil {
-		return err
+		return fmt.Errorf("%w (make images-tiny)", err)
 	}
 	base := func(direct bool) labkit.Config {
 		c := labkit.Defaults(filepath.Join(os.TempDir(), "anvil-boottime"))
@@ -79,14 +69,14 @@ func run(ctx context.Context, kernel, initramfs, bin, imagePath string, timeout 
 	}
 
 	fmt.Println("== network boot: a UEFI VM and a BIOS VM, power-on to Provisioned")
-	netPhases, _, err := provision(ctx, base(false), img, timeout, nil)
+	netPhases, err := provision(ctx, base(false), img, timeout, nil)
 	if err != nil {
 		return err
 	}
 	fmt.Println("== baseline: two VMs booting the agent directly (-kernel), then the installed system directly")
 	var transfer time.Duration
 	var installed []time.Duration
-	dirPhases, _, err := provision(ctx, base(true), img, timeout, func(l *labkit.Lab, op *labkit.Operator, ids []string) error {
+	dirPhases, err := provision(ctx, base(true), img, timeout, func(l *labkit.Lab, op *labkit.Operator, ids []string) error {
 		if transfer, err = fetchTime(ctx, l, img.File); err != nil {
 			return err
 		}
@@ -133,72 +123,38 @@ func sec(d time.Duration) string {
 // provision brings a lab up, allocates each machine with img as soon as it
 // is Ready, waits until all are Provisioned, runs after (if any), reads the
 // phases and takes the lab down.
-func provision(ctx context.Context, c labkit.Config, img catalogue, timeout time.Duration,
-	after func(*labkit.Lab, *labkit.Operator, []string) error) ([]labkit.Phases, *labkit.Lab, error) {
+func provision(ctx context.Context, c labkit.Config, img labkit.Image, timeout time.Duration,
+	after func(*labkit.Lab, *labkit.Operator, []string) error) ([]labkit.Phases, error) {
 	l, err := labkit.Up(ctx, c)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	defer labkit.Down(c) //nolint:errcheck // the measurement is what matters; Down is retried by the next run
+	defer labkit.Down(c) //nolint:errcheck // the measurement is what matters; the next run's Up removes leftovers
 	op, err := l.Operator()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer op.Close()
-	format := anvilv1.ImageFormat_value["IMAGE_FORMAT_"+strings.ToUpper(strings.ReplaceAll(img.Format, "-", "_"))]
-	if _, err := op.Images.CreateImage(ctx, &anvilv1.CreateImageRequest{Image: &anvilv1.Image{
-		Id: img.ID, Url: labkit.BootURL() + "/images/" + img.File, Checksum: img.Checksum, Format: anvilv1.ImageFormat(format),
-		Os: img.OS, Version: img.Version, Features: []anvilv1.ImageFeature{anvilv1.ImageFeature_IMAGE_FEATURE_MACHINE},
-	}}); err != nil {
-		return nil, nil, err
+	if err := labkit.AddImage(ctx, op, img); err != nil {
+		return nil, err
 	}
-	var ids []string
-	for _, vm := range l.VMs {
-		ids = append(ids, vm.UUID)
+	if err := l.Provision(ctx, op, img.ID, "bench", timeout); err != nil {
+		return nil, err
 	}
-	errs := make(chan error, len(ids))
-	for i, id := range ids {
-		go func() {
-			if err := labkit.WaitState(ctx, op, []string{id}, anvilv1.MachineState_MACHINE_STATE_READY, timeout); err != nil {
-				errs <- err
-				return
-			}
-			if _, err := op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: img.ID, Hostname: fmt.Sprintf("bench-%d", i+1)}); err != nil {
-				errs <- err
-				return
-			}
-			errs <- labkit.WaitState(ctx, op, []string{id}, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, timeout)
-		}()
-	}
-	var failed []error
-	for range ids {
-		if err := <-errs; err != nil {
-			failed = append(failed, err)
-		}
-	}
-	if err := errors.Join(failed...); err != nil {
-		return nil, nil, fmt.Errorf("%w (consoles in %s)", err, c.Dir)
-	}
-	var ps []labkit.Phases
-	for i, id := range ids {
-		evs, err := op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
-		if err != nil {
-			return nil, nil, err
-		}
-		tl, err := l.Timeline(l.VMs[i])
-		if err != nil {
-			return nil, nil, err
-		}
-		p := labkit.PhasesOf(id[:8], evs.GetEvents(), l.VMs[i].PoweredOn, tl)
-		p.Firmware = l.VMs[i].Firmware.Name()
-		ps = append(ps, p)
+	ps, err := l.Phases(ctx, op)
+	if err != nil {
+		return nil, err
 	}
 	if after != nil {
+		var ids []string
+		for _, vm := range l.VMs {
+			ids = append(ids, vm.UUID)
+		}
 		if err := after(l, op, ids); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	return ps, l, nil
+	return ps, nil
 }
 
 // fetchTime fetches the image from the boot service inside the lab's

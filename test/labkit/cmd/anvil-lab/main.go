@@ -7,8 +7,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -19,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/labkit"
 )
 
@@ -72,26 +69,12 @@ func printEnv(c labkit.Config) {
 	fmt.Printf("export %s\nalias anvilctl='%s'\n", strings.Join(env, " "), strings.Join(prefix, " "))
 }
 
-// catalogue is an image's entry as images/ writes it.
-type catalogue struct {
-	ID       string `json:"id"`
-	File     string `json:"file"`
-	Checksum string `json:"checksum"`
-	Format   string `json:"format"`
-	OS       string `json:"os"`
-	Version  string `json:"version"`
-}
-
 func up(ctx context.Context, c labkit.Config, imagePath string, timeout time.Duration) error {
-	var img *catalogue
+	var img labkit.Image
 	if imagePath != "" {
-		b, err := os.ReadFile(imagePath)
-		if err != nil {
-			return fmt.Errorf("image catalogue: %w", err)
-		}
-		img = &catalogue{}
-		if err := json.Unmarshal(b, img); err != nil {
-			return fmt.Errorf("image catalogue %s: %w", imagePath, err)
+		var err error
+		if img, err = labkit.ReadImage(imagePath); err != nil {
+			return err
 		}
 		c.ImageDir = filepath.Dir(imagePath)
 	}
@@ -110,76 +93,27 @@ func up(ctx context.Context, c labkit.Config, imagePath string, timeout time.Dur
 		return err
 	}
 	defer op.Close()
-	var ids []string
-	for _, vm := range l.VMs {
-		ids = append(ids, vm.UUID)
-	}
-	if img != nil {
-		format, ok := anvilv1.ImageFormat_value["IMAGE_FORMAT_"+strings.ToUpper(strings.ReplaceAll(img.Format, "-", "_"))]
-		if !ok {
-			return fmt.Errorf("image format %q unknown", img.Format)
-		}
-		if _, err := op.Images.CreateImage(ctx, &anvilv1.CreateImageRequest{Image: &anvilv1.Image{
-			Id: img.ID, Url: labkit.BootURL() + "/images/" + img.File, Checksum: img.Checksum,
-			Format: anvilv1.ImageFormat(format), Os: img.OS, Version: img.Version,
-			Features: []anvilv1.ImageFeature{anvilv1.ImageFeature_IMAGE_FEATURE_MACHINE},
-		}}); err != nil {
-			return fmt.Errorf("add image %s: %w", img.ID, err)
+	if img.ID != "" {
+		if err := labkit.AddImage(ctx, op, img); err != nil {
+			return err
 		}
 		say("each machine is allocated with %s as soon as it is Ready, then installs, kexecs and phones home", img.ID)
 	}
-	// Each machine on its own: Ready, then (with an image) allocated at
-	// once and carried to Provisioned.
-	errs := make(chan error, len(ids))
-	for i, id := range ids {
-		go func() {
-			if err := labkit.WaitState(ctx, op, []string{id}, anvilv1.MachineState_MACHINE_STATE_READY, timeout); err != nil {
-				errs <- err
-				return
-			}
-			if img == nil {
-				errs <- nil
-				return
-			}
-			if _, err := op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: id, ImageId: img.ID,
-				Hostname: fmt.Sprintf("lab-%d", i+1)}); err != nil {
-				errs <- fmt.Errorf("allocate %s: %w", id, err)
-				return
-			}
-			errs <- labkit.WaitState(ctx, op, []string{id}, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, timeout)
-		}()
-	}
-	var failed []error
-	for range ids {
-		if err := <-errs; err != nil {
-			failed = append(failed, err)
-		}
-	}
-	if err := errors.Join(failed...); err != nil {
-		return fmt.Errorf("%w (consoles: %s/vm*/console.log)", err, c.Dir)
+	if err := l.Provision(ctx, op, img.ID, "lab", timeout); err != nil {
+		return err
 	}
 	want := "Ready"
-	if img != nil {
+	if img.ID != "" {
 		want = "Provisioned"
 	}
-	say("%d machines %s in %s", len(ids), want, time.Since(l.Started).Round(time.Second))
+	say("%d machines %s in %s", len(l.VMs), want, time.Since(l.Started).Round(time.Second))
 	if err := l.AttachBMCs(ctx, op); err != nil {
 		return err
 	}
 	say("each machine's BMC is its VM's QMP socket: anvilctl machine power ID on|off|reset|status")
-	var ps []labkit.Phases
-	for i, id := range ids {
-		evs, err := op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
-		if err != nil {
-			return err
-		}
-		tl, err := l.Timeline(l.VMs[i])
-		if err != nil {
-			return err
-		}
-		ph := labkit.PhasesOf(fmt.Sprintf("lab-%d (%s)", i+1, id[:8]), evs.GetEvents(), l.VMs[i].PoweredOn, tl)
-		ph.Firmware = l.VMs[i].Firmware.Name()
-		ps = append(ps, ph)
+	ps, err := l.Phases(ctx, op)
+	if err != nil {
+		return err
 	}
 	fmt.Println()
 	labkit.PrintPhases(os.Stdout, ps)

@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
-	"github.com/anvil-metal/anvil/agent/bootenv"
 	"github.com/anvil-metal/anvil/agent/bootloader"
 	"github.com/anvil-metal/anvil/agent/bootparams"
 	"github.com/anvil-metal/anvil/agent/disks"
@@ -169,15 +168,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return i, nil
 	}
 	zeroed := &executor.ZeroLedger{}
-	grub, err := bootloader.LoadFiles(bootloader.Dir)
-	switch {
-	case errors.Is(err, bootloader.ErrNoFiles):
-		log.Warn("no GRUB images: root filesystem tarballs will boot only by the agent's kexec", "dir", bootloader.Dir)
-	case err != nil:
-		return err
-	}
+	// Without GRUB's images (or with broken ones) tarball installs boot
+	// only by kexec, which the install event says; raw images are not
+	// concerned.
 	var tarGrub *bootloader.Files
-	if err == nil {
+	if grub, err := bootloader.LoadFiles(bootloader.Dir); err != nil {
+		log.Warn("no usable GRUB images: root filesystem tarballs will boot only by the agent's kexec", "dir", bootloader.Dir, "err", err)
+	} else {
 		tarGrub = &grub
 	}
 	r, err := runner.New(runner.Config{
@@ -199,7 +196,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 					b, err := bootconfig.Lookup(target)
 					return b.Describe(), err
 				},
-				Firmware: firmwareBoot(cfg.Mode, efiboot.WithModule(filepath.Join(bootenv.Defaults().ModulesDir, "efivarfs.ko"))),
+				Firmware: firmwareBoot(cfg.Mode),
 				Boot:     bootInstalled(cfg.Mode, executor.Reboot, kexec.WithLogger(log), kexec.WithConsole(cfg.Console))},
 			Reboot:   &executor.Power{HostMode: cfg.Mode == ModeHost},
 			PowerOff: &executor.Power{HostMode: cfg.Mode == ModeHost, Off: true},

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/anvil-metal/anvil/agent/bootloader/mkgrub"
 	"github.com/anvil-metal/anvil/agent/image/rootfs"
 	"github.com/anvil-metal/anvil/agent/kexec"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
@@ -97,11 +98,34 @@ func TestKexecAddsTheMachineConsole(t *testing.T) {
 }
 
 // TestFirmwareBootInHostModeOnlyInspects: host mode reports what the disk
-// boots with and never reaches for the host's firmware variables.
+// boots with and never reaches for the host's firmware variables (no
+// "UEFI:" entry report, no word of this machine's firmware).
 func TestFirmwareBootInHostModeOnlyInspects(t *testing.T) {
-	img := loopdev.SparseFile(t, 64<<20)
+	grub, err := mkgrub.Build(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "boot/vmlinuz-6.1", Mode: 0o644, Size: 4}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte("kern")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	img := loopdev.SparseFile(t, 1<<30)
+	if _, err := rootfs.Install(context.Background(), img, true, &buf, "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}, Bootloader: &grub}); err != nil {
+		t.Fatal(err)
+	}
 	got := firmwareBoot(ModeHost)(context.Background(), img, &anvilv1.Install{ImageId: "x"})
-	if !strings.HasPrefix(got, "boots only by kexec") || strings.Contains(got, "UEFI:") {
-		t.Errorf("host mode: %q", got)
+	want := `boots from disk on UEFI (p1:\EFI\BOOT\BOOTX64.EFI) and BIOS (MBR boot code, BIOS boot partition p3)`
+	if got != want {
+		t.Errorf("host mode: %q, want %q", got, want)
+	}
+	if bare := firmwareBoot(ModeHost)(context.Background(), loopdev.SparseFile(t, 64<<20), &anvilv1.Install{}); !strings.HasPrefix(bare, "boots only by kexec") {
+		t.Errorf("a disk without loaders: %q", bare)
 	}
 }

@@ -32,6 +32,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/anvil-metal/anvil/agent/bootparams"
 )
 
 // The layout GRUB's images are built for.
@@ -197,10 +199,12 @@ type Entry struct {
 }
 
 // Config renders grub/grub.cfg: both the serial port and the screen as
-// terminals, the entries in order, the first booted at once. No menu
-// countdown: GRUB's EFI timer was seen to stall under emulation (TCG on a
-// loaded host) with the countdown stuck at "1s", and a server has no one
-// at its console to pick an entry.
+// terminals, the entries in order, the first booted at once and the next
+// ones as fallbacks when it fails to load. No menu countdown: GRUB's EFI
+// timer was seen to stall under emulation (TCG on a loaded host) with the
+// countdown stuck at "1s", and a server has no one at its console to pick
+// an entry. Every word is quoted for GRUB's script parser (Quote), so a
+// title, path or kernel argument cannot run a command.
 func Config(entries ...Entry) (string, error) {
 	if len(entries) == 0 {
 		return "", errors.New("a boot configuration needs an entry")
@@ -214,46 +218,72 @@ terminal_output console serial
 set timeout=0
 set default=0
 `)
+	if len(entries) > 1 {
+		var fb []string
+		for i := 1; i < len(entries); i++ {
+			fb = append(fb, fmt.Sprint(i))
+		}
+		fmt.Fprintf(&b, "set fallback='%s'\n", strings.Join(fb, " "))
+	}
 	for i, e := range entries {
 		if err := e.validate(); err != nil {
 			return "", fmt.Errorf("boot entry %d: %w", i, err)
 		}
-		fmt.Fprintf(&b, "menuentry '%s' {\n", e.Title)
+		fmt.Fprintf(&b, "menuentry %s {\n", Quote(e.Title))
 		if e.FSUUID != "" {
 			fmt.Fprintf(&b, "\tsearch --no-floppy --fs-uuid --set=root %s\n", e.FSUUID)
 		}
-		fmt.Fprintf(&b, "\techo 'anvil: loading %s'\n", e.Kernel)
-		b.WriteString("\tlinux " + e.Kernel)
-		if e.Cmdline != "" {
-			b.WriteString(" " + e.Cmdline)
+		fmt.Fprintf(&b, "\techo %s\n", Quote("anvil: loading "+e.Kernel))
+		b.WriteString("\tlinux " + Quote(e.Kernel))
+		for _, arg := range bootparams.Split(e.Cmdline) {
+			b.WriteString(" " + Quote(arg))
 		}
 		b.WriteString("\n")
 		if len(e.Initrds) > 0 {
-			b.WriteString("\tinitrd " + strings.Join(e.Initrds, " ") + "\n")
+			b.WriteString("\tinitrd")
+			for _, ir := range e.Initrds {
+				b.WriteString(" " + Quote(ir))
+			}
+			b.WriteString("\n")
 		}
 		b.WriteString("}\n")
 	}
 	return b.String(), nil
 }
 
-// unsafe are characters GRUB's script parser would act on in a word.
-const unsafe = "\n\r'\"$\\;{}|&<>#`"
+// Quote makes s one word of GRUB's script language with no expansion: as
+// it is when it holds only characters GRUB gives no meaning to, else in
+// single quotes, an embedded quote written as '\''. A kernel argument with
+// spaces (foo="a b", split by the kernel's rules) reaches the kernel as
+// "foo=a b", which the kernel reads the same way.
+func Quote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._,:=+@%-") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// uuidChars are a filesystem UUID's (hex digits and dashes).
+const uuidChars = "0123456789abcdefABCDEF-"
 
 func (e Entry) validate() error {
 	var errs []error
-	if e.Title == "" || strings.ContainsAny(e.Title, unsafe) {
-		errs = append(errs, fmt.Errorf("title %q: want a non-empty title without quotes or script characters", e.Title))
-	}
-	for _, p := range append([]string{e.Kernel}, e.Initrds...) {
-		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, unsafe+" \t") {
-			errs = append(errs, fmt.Errorf("path %q: want an absolute path without spaces or script characters", p))
+	all := append([]string{e.Title, e.Kernel, e.Cmdline}, e.Initrds...)
+	for _, v := range all {
+		if strings.ContainsAny(v, "\n\r\x00") {
+			errs = append(errs, fmt.Errorf("%q spans lines", v))
 		}
 	}
-	if strings.ContainsAny(e.Cmdline, unsafe) {
-		errs = append(errs, fmt.Errorf("kernel command line %q has characters GRUB would interpret (%q)", e.Cmdline, unsafe))
+	if e.Title == "" {
+		errs = append(errs, errors.New("an entry needs a title"))
 	}
-	if e.FSUUID != "" && strings.ContainsAny(e.FSUUID, unsafe+" \t") {
-		errs = append(errs, fmt.Errorf("filesystem UUID %q", e.FSUUID))
+	for _, p := range append([]string{e.Kernel}, e.Initrds...) {
+		if !strings.HasPrefix(p, "/") {
+			errs = append(errs, fmt.Errorf("path %q: want an absolute path", p))
+		}
+	}
+	if e.FSUUID != "" && strings.Trim(e.FSUUID, uuidChars) != "" {
+		errs = append(errs, fmt.Errorf("filesystem UUID %q: want hex digits and dashes", e.FSUUID))
 	}
 	return errors.Join(errs...)
 }

@@ -115,13 +115,14 @@ terminal_input console serial
 terminal_output console serial
 set timeout=0
 set default=0
+set fallback='1'
 menuentry 'debian (newest kernel)' {
 	search --no-floppy --fs-uuid --set=root 0f9a6c0e-1d2b-4c3d-8e4f-5a6b7c8d9e0f
 	echo 'anvil: loading /vmlinuz'
 	linux /vmlinuz root=PARTUUID=0f9a6c0e-1d2b-4c3d-8e4f-5a6b7c8d9e0f ro console=ttyS0,115200
 	initrd /initrd.img
 }
-menuentry 'tiny' {
+menuentry tiny {
 	echo 'anvil: loading /vmlinuz'
 	linux /vmlinuz
 }
@@ -129,15 +130,28 @@ menuentry 'tiny' {
 	if got != want {
 		t.Errorf("config:\n%s\nwant:\n%s", got, want)
 	}
+	// What a kernel command line or a title may hold stays words: quoted,
+	// never expanded or run.
+	got, err = Config(Entry{Title: "it's $x; reboot", Kernel: "/boot/vmlinuz-6.1 rc", Initrds: []string{"/a b"},
+		Cmdline: `dyndbg="file x +p" root=$root a;reboot quiet`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{
+		`menuentry 'it'\''s $x; reboot' {`,
+		`linux '/boot/vmlinuz-6.1 rc' 'dyndbg=file x +p' 'root=$root' 'a;reboot' quiet`,
+		`initrd '/a b'`,
+	} {
+		if !strings.Contains(got, w) {
+			t.Errorf("config lacks %s:\n%s", w, got)
+		}
+	}
 	for name, e := range map[string]Entry{
-		"quote in title":    {Title: "it's", Kernel: "/k"},
-		"relative kernel":   {Title: "x", Kernel: "vmlinuz"},
-		"expansion":         {Title: "x", Kernel: "/k", Cmdline: "root=$root"},
-		"line break":        {Title: "x", Kernel: "/k", Cmdline: "a\nlinux /evil"},
-		"space in initrd":   {Title: "x", Kernel: "/k", Initrds: []string{"/a b"}},
-		"brace in uuid":     {Title: "x", Kernel: "/k", FSUUID: "}"},
-		"semicolon cmdline": {Title: "x", Kernel: "/k", Cmdline: "a; reboot"},
-		"no title":          {Kernel: "/k"},
+		"relative kernel":     {Title: "x", Kernel: "vmlinuz"},
+		"line break":          {Title: "x", Kernel: "/k", Cmdline: "a\nlinux /evil"},
+		"line break in title": {Title: "x\n}", Kernel: "/k"},
+		"brace in uuid":       {Title: "x", Kernel: "/k", FSUUID: "}"},
+		"no title":            {Kernel: "/k"},
 	} {
 		if _, err := Config(e); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -145,6 +159,21 @@ menuentry 'tiny' {
 	}
 	if _, err := Config(); err == nil {
 		t.Error("a configuration without entries was accepted")
+	}
+}
+
+func TestQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain-word_1.2/x:y=z,+@%": "plain-word_1.2/x:y=z,+@%",
+		"":                         "''",
+		"a b":                      "'a b'",
+		"$x":                       "'$x'",
+		"it's":                     `'it'\''s'`,
+		`\`:                        `'\'`,
+	} {
+		if got := Quote(in); got != want {
+			t.Errorf("Quote(%q) = %s, want %s", in, got, want)
+		}
 	}
 }
 

@@ -26,10 +26,15 @@ type ReadWriterAt interface {
 
 // InstallBIOS writes core.img into the BIOS boot partition, which parts (the
 // disk's GPT entries) must hold at BIOSBootFirst-BIOSBootLast, and then
-// boot.img into sector 0, keeping the protective MBR's partition table. The
-// core image goes first: until the boot code points at it, a half-done
-// install boots nothing new.
-func InstallBIOS(disk ReadWriterAt, f Files, parts []*gpt.Partition) error {
+// boot.img into sector 0, keeping the protective MBR's partition table.
+// sectorSize is the disk's logical sector size: BIOSes boot 512-byte
+// sectors only, and the partition's place is counted in them. The core
+// image goes first and reaches the disk (Sync, when the disk has it)
+// before the boot code points at it.
+func InstallBIOS(disk ReadWriterAt, f Files, parts []*gpt.Partition, sectorSize int64) error {
+	if sectorSize != sector {
+		return fmt.Errorf("BIOS boot on a disk with %d-byte sectors: BIOSes boot 512-byte sectors only", sectorSize)
+	}
 	if err := f.Validate(); err != nil {
 		return err
 	}
@@ -51,6 +56,11 @@ func InstallBIOS(disk ReadWriterAt, f Files, parts []*gpt.Partition) error {
 	}
 	if _, err := disk.WriteAt(core, BIOSBootFirst*sector); err != nil {
 		return fmt.Errorf("write GRUB's core image at sector %d: %w", BIOSBootFirst, err)
+	}
+	if s, ok := disk.(interface{ Sync() error }); ok {
+		if err := s.Sync(); err != nil {
+			return fmt.Errorf("sync GRUB's core image: %w", err)
+		}
 	}
 	mbr := make([]byte, sector)
 	if _, err := disk.ReadAt(mbr, 0); err != nil {

@@ -74,7 +74,7 @@ func TestInstallBIOSMatchesGrubBiosSetup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bootloader.InstallBIOS(f, files, parts); err != nil {
+	if err := bootloader.InstallBIOS(f, files, parts, 512); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -147,13 +147,16 @@ func TestInstallBIOSNeedsTheBIOSBootPartition(t *testing.T) {
 	}
 	defer f.Close()
 	before := firstMiB(t, p)
-	if err := bootloader.InstallBIOS(f, files, parts[:1]); err == nil || !strings.Contains(err.Error(), "no BIOS boot partition") {
+	if err := bootloader.InstallBIOS(f, files, parts[:1], 512); err == nil || !strings.Contains(err.Error(), "no BIOS boot partition") {
 		t.Errorf("without a BIOS boot partition: %v", err)
 	}
 	moved := *parts[1]
 	moved.Start = 40
-	if err := bootloader.InstallBIOS(f, files, []*gpt.Partition{parts[0], &moved}); err == nil {
+	if err := bootloader.InstallBIOS(f, files, []*gpt.Partition{parts[0], &moved}, 512); err == nil {
 		t.Error("a BIOS boot partition elsewhere was accepted")
+	}
+	if err := bootloader.InstallBIOS(f, files, parts, 4096); err == nil || !strings.Contains(err.Error(), "512-byte sectors") {
+		t.Errorf("4096-byte sectors: %v", err)
 	}
 	if !bytes.Equal(before, firstMiB(t, p)) {
 		t.Error("a refused install wrote to the disk")
@@ -199,7 +202,7 @@ func TestInspect(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := bootloader.InstallBIOS(f, files, parts); err != nil {
+	if err := bootloader.InstallBIOS(f, files, parts, 512); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()

@@ -3,6 +3,7 @@ package efiboot
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -29,16 +30,11 @@ type Option func(*options)
 
 type options struct {
 	backend efi.VarsBackend
-	module  string
 }
 
 // WithVarsBackend reads and writes variables through b instead of efivarfs
 // (tests); nothing is mounted.
 func WithVarsBackend(b efi.VarsBackend) Option { return func(o *options) { o.backend = b } }
-
-// WithModule names the efivarfs kernel module to load when the running
-// kernel has it as a module (Debian's cloud kernel does).
-func WithModule(path string) Option { return func(o *options) { o.module = path } }
 
 // Ensure makes the firmware boot loader (its path on the ESP,
 // slash-separated: EFI/BOOT/BOOTX64.EFI) of partition esp of target (the installed disk)
@@ -56,7 +52,7 @@ func Ensure(ctx context.Context, target string, esp int, loader, description str
 	if o.backend != nil {
 		ctx = context.WithValue(ctx, efi.VarsBackendKey{}, o.backend)
 	} else {
-		if err := mountVars(o.module); err != nil {
+		if err := mountVars(); err != nil {
 			return "", err
 		}
 		ctx = efi.WithDefaultVarsBackend(ctx)
@@ -76,12 +72,12 @@ func Ensure(ctx context.Context, target string, esp int, loader, description str
 	}
 	if p.Write != nil {
 		if err := efi.WriteLoadOptionVariable(ctx, efi.LoadOptionClassBoot, p.Entry, p.Write); err != nil {
-			return "", fmt.Errorf("write Boot%04X: %w", p.Entry, err)
+			return p.Describe(st, w), fmt.Errorf("write Boot%04X: %w", p.Entry, err)
 		}
 	}
 	if p.Reorder {
-		if err := efi.WriteLoadOrderVariable(ctx, efi.LoadOptionClassBoot, p.Order); err != nil {
-			return "", fmt.Errorf("write BootOrder %s: %w", FormatOrder(p.Order), err)
+		if err := writeOrder(ctx, p.Order); err != nil {
+			return p.Describe(st, w), fmt.Errorf("write BootOrder %s: %w", FormatOrder(p.Order), err)
 		}
 	}
 	var errs []error
@@ -94,6 +90,20 @@ func Ensure(ctx context.Context, target string, esp int, loader, description str
 		errs = append(errs, err)
 	}
 	return p.Describe(st, w), errors.Join(errs...)
+}
+
+// writeOrder writes BootOrder as the UEFI specification lays it out (an
+// array of UINT16, non-volatile, boot and runtime access). go-efilib's
+// WriteLoadOrderVariable refuses an order naming an entry it cannot read,
+// and firmware often keeps such numbers (an entry of a removed device, one
+// in a format go-efilib does not decode): they are not anvil's to drop.
+func writeOrder(ctx context.Context, order []uint16) error {
+	b := make([]byte, 0, 2*len(order))
+	for _, n := range order {
+		b = binary.LittleEndian.AppendUint16(b, n)
+	}
+	return efi.WriteVariable(ctx, "BootOrder", efi.GlobalVariable,
+		efi.AttributeNonVolatile|efi.AttributeBootserviceAccess|efi.AttributeRuntimeAccess, b)
 }
 
 // verify reads the entry and BootOrder back.
@@ -162,28 +172,17 @@ func diskPath(target string, esp int, loader string) (efi.DevicePath, error) {
 	return efi.DevicePath{hd, efi.NewFilePathDevicePathNode(loader)}, nil
 }
 
-// mountVars mounts efivarfs where Linux shows it, loading its module
-// first when the kernel does not know the filesystem yet.
-func mountVars(module string) error {
+// mountVars mounts efivarfs where Linux shows it. The agent's initramfs
+// loads the efivarfs module at boot (agent/bootenv, with the others).
+func mountVars() error {
 	if _, err := os.Stat(FirmwareDir); err != nil {
 		return ErrNotUEFI
 	}
 	if mounted(VarsDir) {
 		return nil
 	}
-	if !knownFS("efivarfs") && module != "" {
-		f, err := os.Open(module)
-		if err != nil {
-			return fmt.Errorf("efivarfs module: %w", err)
-		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
-		f.Close()
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("load efivarfs module %s: %w", module, err)
-		}
-	}
 	if err := unix.Mount("efivarfs", VarsDir, "efivarfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		return fmt.Errorf("mount efivarfs on %s: %w", VarsDir, err)
+		return fmt.Errorf("mount efivarfs on %s (is the efivarfs module loaded?): %w", VarsDir, err)
 	}
 	return nil
 }
@@ -201,9 +200,4 @@ func mounted(dir string) bool {
 		}
 	}
 	return false
-}
-
-func knownFS(name string) bool {
-	b, err := os.ReadFile("/proc/filesystems")
-	return err == nil && strings.Contains(string(b), "\t"+name+"\n")
 }

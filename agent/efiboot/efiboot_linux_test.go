@@ -155,8 +155,7 @@ func TestEnsureFirmwareThatRefuses(t *testing.T) {
 		{refuse: "BootOrder", want: "write BootOrder"},
 		{drop: "BootOrder", want: "did not keep BootOrder"},
 		{refuse: "Boot0001", want: "write Boot0001"},
-		// go-efilib checks that BootOrder's entries exist before writing it.
-		{drop: "Boot0001", want: "invalid load option 1: variable does not exist"},
+		{drop: "Boot0001", want: "did not keep Boot0001"},
 	} {
 		t.Run(fmt.Sprintf("refuse %q drop %q", c.refuse, c.drop), func(t *testing.T) {
 			m := newMemVars()
@@ -168,6 +167,28 @@ func TestEnsureFirmwareThatRefuses(t *testing.T) {
 				t.Errorf("err %v, want %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestEnsureKeepsEntriesItCannotRead: BootOrder often names numbers with
+// no variable (a removed device) or one go-efilib cannot decode; they stay
+// where they are, and the disk's entry still goes in.
+func TestEnsureKeepsEntriesItCannotRead(t *testing.T) {
+	target, _ := gptDisk(t)
+	m := newMemVars()
+	m.put(t, "Boot0003", pxe(1))
+	m.vars["Boot0005"] = []byte{1, 2, 3} // not a load option
+	m.put(t, "BootOrder", []uint16{9, 5, 3})
+	m.put(t, "BootCurrent", []uint16{3})
+	report, err := Ensure(context.Background(), target, 1, "EFI/BOOT/BOOTX64.EFI", "anvil: x", WithVarsBackend(m))
+	if err != nil {
+		t.Fatalf("%v (%s)", err, report)
+	}
+	if !strings.Contains(report, "BootOrder 0009,0005,0003 -> 0003,0000,0009,0005") {
+		t.Errorf("report %q", report)
+	}
+	if got := m.vars["BootOrder"]; len(got) != 8 || got[0] != 3 || got[2] != 0 || got[4] != 9 || got[6] != 5 {
+		t.Errorf("BootOrder bytes % x", got)
 	}
 }
 

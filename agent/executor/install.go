@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"sync"
 
@@ -136,8 +137,10 @@ func (x *Install) Execute(ctx context.Context, in *anvilv1.Instruction, p runner
 			PhoneHomeURL: spec.GetPhoneHomeUrl(), PhoneHomeToken: spec.GetPhoneHomeToken(),
 		}
 		for _, n := range inv.GetNics() {
-			if n.GetMac() != "" {
-				c.MACs = append(c.MACs, n.GetMac())
+			// Ethernet NICs only: an InfiniBand address (20 bytes) is not
+			// what network-config matches, and must not fail the install.
+			if hw, err := net.ParseMAC(n.GetMac()); err == nil && len(hw) == 6 {
+				c.MACs = append(c.MACs, hw.String())
 			}
 		}
 		sum, err := x.Seed(ctx, target.GetPath(), c)

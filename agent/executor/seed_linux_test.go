@@ -52,7 +52,7 @@ func seededInstall(t *testing.T, dev string, img []byte, grow growpart.Options, 
 		t.Fatal(err)
 	}
 	inv := &anvilv1.Inventory{Product: &anvilv1.Product{Uuid: "0b1c2d3e-0000-4000-8000-00000000000a"}, Disks: []*anvilv1.Disk{{Path: dev}},
-		Nics: []*anvilv1.NIC{{Name: "eth0", Mac: "52:54:00:12:34:56"}}}
+		Nics: []*anvilv1.NIC{{Name: "eth0", Mac: "52:54:00:12:34:56"}, {Name: "ib0", Mac: "80:00:00:48:fe:80:00:00:00:00:00:00:00:02:c9:03:00:0f:2c:41"}}}
 	return &Install{
 		Allow: allow, Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil },
 		Image: image.Options{Grow: grow, Source: func(context.Context, string) (io.ReadCloser, int64, error) {
@@ -102,7 +102,7 @@ func TestInstallWritesTheSeedBeforeBootingAndHandsTheSpecToBoot(t *testing.T) {
 		t.Errorf("meta-data %q, %v; want %q", md, err, want)
 	}
 	// The installed system configures the machine's NIC by its MAC.
-	if nc, err := fs.ReadFile(fsys, "network-config"); err != nil || !strings.Contains(string(nc), `macaddress: "52:54:00:12:34:56"`) {
+	if nc, err := fs.ReadFile(fsys, "network-config"); err != nil || !strings.Contains(string(nc), `macaddress: "52:54:00:12:34:56"`) || strings.Contains(string(nc), "c9:03") {
 		t.Errorf("network-config %q, %v", nc, err)
 	}
 	if ph, err := fs.ReadFile(fsys, seed.PhoneHomeFile); err != nil || string(ph) != `{"url":"https://10.0.2.2:8443/v1/phone-home","token":"tok"}`+"\n" {

@@ -400,12 +400,15 @@ func (s *session) queryStatus() (runStatus, error) {
 func (s *session) uefi() (bool, error) {
 	var blocks []struct {
 		Device string `json:"device"`
+		QDev   string `json:"qdev"`
 	}
 	if err := s.execute("query-block", nil, &blocks); err != nil {
 		return false, err
 	}
 	for _, b := range blocks {
-		if b.Device == "pflash0" {
+		// -drive if=pflash names it pflash0; -blockdev (libvirt) leaves the
+		// name empty, the flash device's path stays.
+		if b.Device == "pflash0" || strings.HasPrefix(b.QDev, "/machine/system.flash") {
 			return true, nil
 		}
 	}

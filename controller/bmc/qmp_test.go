@@ -217,7 +217,8 @@ func TestCommandBytes(t *testing.T) {
 // index is touched; next boot PXE is what the firmware's BootOrder does
 // already, next boot disk is refused, and Status says who decides.
 func TestUEFIBootOrderLeftAlone(t *testing.T) {
-	ovmf := map[string]string{"query-block": `[{"device": "pflash0", "qdev": "/machine/system.flash0"}, {"device": "pflash1"}]`, "query-status": running}
+	// libvirt's -blockdev: no device name, the flash device's path.
+	ovmf := map[string]string{"query-block": `[{"device": "", "qdev": "/machine/system.flash0"}, {"device": "", "qdev": "/machine/system.flash1"}]`, "query-status": running}
 	caps := `{"execute":"qmp_capabilities",%s}`
 	f := newFake(t, replies(ovmf))
 	q := NewQMP(f.socket, 5*time.Second)

@@ -9,8 +9,8 @@
 // event (at most once per RecordEvery, since firmware retries); the loop
 // guard (Decide) sends a machine whose image is installed to its disk, in
 // the way its firmware takes (iPXE's ${platform}: exit back to UEFI's next
-// boot option, sanboot of the first BIOS drive), and holds one whose disk
-// does not boot. The pure parts (Decide, the script templates) are apart
+// boot option, sanboot of the first BIOS drive); a sanboot that failed is
+// reported by iPXE and carried by the machine's next event. The pure parts (Decide, the script templates) are apart
 // from the HTTP shell.
 // DHCP and TFTP, which point machines here, live in boot/dhcp and boot/tftp.
 package boot
@@ -68,13 +68,11 @@ type Config struct {
 	// RecordEvery is the shortest interval between two PXE_BOOTING events
 	// of one machine.
 	RecordEvery time.Duration
-	// HoldInterval is how often a held machine asks again.
-	HoldInterval time.Duration
 }
 
 // Defaults returns the defaults for the optional fields.
 func Defaults() Config {
-	return Config{Listen: ":8080", KernelArgs: "console=tty0 console=ttyS0,115200", RecordEvery: 30 * time.Second, HoldInterval: time.Minute}
+	return Config{Listen: ":8080", KernelArgs: "console=tty0 console=ttyS0,115200", RecordEvery: 30 * time.Second}
 }
 
 // Validate reports every invalid field.
@@ -107,9 +105,7 @@ func (c Config) Validate() error {
 	if c.RecordEvery < 0 {
 		errs = append(errs, fmt.Errorf("record interval %v is negative", c.RecordEvery))
 	}
-	if c.HoldInterval < time.Second {
-		errs = append(errs, fmt.Errorf("hold interval %v: want at least a second", c.HoldInterval))
-	}
+
 	return errors.Join(errs...)
 }
 
@@ -129,6 +125,9 @@ type Service struct {
 
 	mu       sync.Mutex
 	recorded map[string]time.Time // machine id → last PXE_BOOTING event
+	// failed is, per known machine, the last failed boot from disk that
+	// iPXE reported and no event carries yet.
+	failed map[string]string
 }
 
 // Option configures a Service.
@@ -145,7 +144,7 @@ func New(cfg Config, m Machines, opts ...Option) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("boot service: %w", err)
 	}
-	s := &Service{cfg: cfg, m: m, log: slog.Default(), now: time.Now, recorded: map[string]time.Time{},
+	s := &Service{cfg: cfg, m: m, log: slog.Default(), now: time.Now, recorded: map[string]time.Time{}, failed: map[string]string{},
 		files: map[string]string{agentKernel: cfg.Kernel, agentInitramfs: cfg.Initramfs}}
 	for n, p := range cfg.Files {
 		s.files[n] = p
@@ -211,4 +210,33 @@ func (s *Service) forget(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.recorded, id)
+}
+
+// noteFailure keeps what iPXE reported of a failed boot from disk for the
+// machine's next PXE_BOOTING event (one per machine, the latest).
+func (s *Service) noteFailure(id, what string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failed[id] = what
+}
+
+// takeFailure returns and clears the noted failure, if any; putBack
+// restores it when the event could not be written.
+func (s *Service) takeFailure(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.failed[id]
+	delete(s.failed, id)
+	return f
+}
+
+func (s *Service) putBack(id, what string) {
+	if what == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, newer := s.failed[id]; !newer {
+		s.failed[id] = what
+	}
 }

@@ -15,20 +15,13 @@ const (
 	// Agent boots the agent from the network.
 	Agent Action = iota
 	// Local sends the machine to its installed disk, in the way its
-	// firmware allows (LocalScript).
+	// firmware allows (RenderLocal).
 	Local
-	// Hold keeps the machine in iPXE, asking again now and then: its
-	// installed disk did not boot, and sending it there again would only
-	// loop.
-	Hold
 )
 
 func (a Action) String() string {
-	switch a {
-	case Local:
+	if a == Local {
 		return "local"
-	case Hold:
-		return "hold"
 	}
 	return "agent"
 }
@@ -57,9 +50,9 @@ func Decide(m *store.Machine) Decision {
 	switch {
 	case st.Reclaiming:
 		return Decision{Reason: fmt.Sprintf("machine %s is being reclaimed: boot the agent to erase it", m.ID)}
-	case st.Allocated && st.Installed && st.CrashLoop && !st.RebootPlanned:
-		return Decision{Action: Hold, Reason: fmt.Sprintf("machine %s: its installed disk did not boot (%d network boots without a phone home); power-cycle it to try the disk again, or free or reinstall it",
-			m.ID, st.IncompleteCycles)}
+	case st.Allocated && st.Installed && st.CrashLoop:
+		return Decision{Action: Local, Reason: fmt.Sprintf("machine %s is installed with image %s (%s): boot from disk; its installed system has not phoned home after the last %d network boots (crash loop): see its console, free or reinstall it",
+			m.ID, m.Allocation.GetImageId(), stateName(st.State), st.IncompleteCycles)}
 	case st.Allocated && st.Installed:
 		img := m.Allocation.GetImageId()
 		return Decision{Action: Local, Reason: fmt.Sprintf("machine %s is installed with image %s (%s): boot from disk", m.ID, img, stateName(st.State))}

@@ -69,10 +69,10 @@ func ipxeErrno(s string) string {
 	return "unknown"
 }
 
-// script answers a machine's boot request: the agent, its disk, or a
-// hold. A BIOS machine whose sanboot failed comes back with
-// failed=sanboot and iPXE's error: that is recorded, and it is sent on to
-// the BIOS's next boot device.
+// script answers a machine's boot request: the agent or its disk. A BIOS
+// machine whose sanboot failed comes back with failed=sanboot and iPXE's
+// error: that is logged and kept for the machine's next event, and it is
+// sent on to the BIOS's next boot device.
 func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	uuid, mac, err := bootID(q)
@@ -93,16 +93,17 @@ func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 	var body, what string
 	switch {
 	case sanbootFailed:
-		what = fmt.Sprintf("the BIOS's next boot device: its installed disk did not boot (iPXE sanboot of drive 0x80 failed, error %s)", ipxeErrno(q.Get("error")))
-		body, err = RenderExit(what)
+		// Not an event of its own: the boot already has one (the script
+		// request), and a second would count as another boot cycle. The
+		// machine's next PXE_BOOTING event carries it.
+		failure := fmt.Sprintf("the previous boot from disk failed (iPXE sanboot of BIOS drive 0x80, error %s) and went on to the BIOS's next boot device", ipxeErrno(q.Get("error")))
+		s.noteFailure(m.ID, failure)
+		body, err = RenderExit(failure)
 	case d.Action == Local:
 		what = "its disk (loop guard, " + orNone(plat) + " firmware)"
 		fq := machineQuery(uuid, mac, plat)
 		fq.Set("failed", "sanboot")
 		body, err = RenderLocal(LocalBoot{Reason: d.Reason, Platform: plat, FailedURL: s.url("/ipxe/script", fq)})
-	case d.Action == Hold:
-		what = "a hold in iPXE"
-		body, err = RenderHold(d.Reason, scriptURL, int(s.cfg.HoldInterval.Seconds()))
 	default:
 		what = "the agent"
 		body, err = s.netboot(uuid, mac, scriptURL, d)
@@ -112,17 +113,15 @@ func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With("uuid", uuid, "mac", mac, "platform", plat, "action", d.Action.String(), "reason", d.Reason, "remote", r.RemoteAddr)
-	key := ""
-	if m != nil {
-		key = m.ID
-		if sanbootFailed {
-			key += "/sanboot-failed"
-		}
-	}
-	if m != nil && s.shouldRecord(key) {
+	if m != nil && !sanbootFailed && s.shouldRecord(m.ID) {
 		msg := fmt.Sprintf("network boot from NIC %s: sent to %s; %s", orNone(mac), what, d.Reason)
+		failure := s.takeFailure(m.ID)
+		if failure != "" {
+			msg += "; " + failure
+		}
 		if err := s.m.RecordBoot(ctx, m.ID, msg); err != nil {
-			s.forget(key)
+			s.forget(m.ID)
+			s.putBack(m.ID, failure)
 			// The machine retries (the chain script loops): better late
 			// than a boot that left no trace.
 			s.fail(w, r, http.StatusServiceUnavailable, err)

@@ -64,16 +64,6 @@ sanboot --no-describe --drive 0x80 || goto failed
 chain --autofree {{.FailedURL}}&error=${errno} || exit
 `))
 
-	// holdScript keeps a machine in iPXE, asking again every so often:
-	// the controller changes its answer once an operator acts.
-	holdScript = template.Must(template.New("hold").Parse(`#!ipxe
-# anvil: {{.Reason}}
-echo anvil: {{.Echo}}
-echo anvil: asking the controller again in {{.Seconds}} s
-sleep {{.Seconds}}
-chain --autofree {{.ScriptURL}}
-`))
-
 	// exitScript returns to the firmware's next boot device.
 	exitScript = template.Must(template.New("exit").Parse(`#!ipxe
 # anvil: {{.Reason}}
@@ -108,24 +98,6 @@ func RenderLocal(l LocalBoot) (string, error) {
 		return "", err
 	}
 	return render(localBIOSScript, l)
-}
-
-// RenderHold returns the script that keeps a machine in iPXE, asking
-// scriptURL again every seconds.
-func RenderHold(reason, scriptURL string, seconds int) (string, error) {
-	if err := checkURL(scriptURL); err != nil {
-		return "", err
-	}
-	if seconds < 1 {
-		return "", fmt.Errorf("hold interval %d s: want at least 1", seconds)
-	}
-	reason = oneLine(reason)
-	// echo expands ${...}: keep the text inert.
-	echo := strings.NewReplacer("$", "", "{", "(", "}", ")").Replace(reason)
-	return render(holdScript, struct {
-		Reason, Echo, ScriptURL string
-		Seconds                 int
-	}{reason, echo, scriptURL, seconds})
 }
 
 // RenderExit returns the script that goes back to the firmware.

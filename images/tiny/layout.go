@@ -235,7 +235,7 @@ func Assemble(path string, in Inputs) (err error) {
 	if _, err := ext4norm.Normalize(f, RootStart, in.Epoch, [16]byte(uuid.MustParse(guid("root-ext4-hash-seed")))); err != nil {
 		return fmt.Errorf("root filesystem of %s: normalize: %w", path, err)
 	}
-	if err := bootloader.InstallBIOS(f, in.Bootloader, table.Partitions); err != nil {
+	if err := bootloader.InstallBIOS(f, in.Bootloader, table.Partitions, Sector); err != nil {
 		return fmt.Errorf("BIOS boot of %s: %w", path, err)
 	}
 	if err := f.Sync(); err != nil {

@@ -240,7 +240,7 @@ func tarballDisk(t *testing.T, dir, url, token string) string {
 	if err := os.Truncate(disk, 1<<30); err != nil {
 		t.Fatal(err)
 	}
-	res, err := rootfs.Install(context.Background(), disk, true, arc, "anvil.test=1",
+	res, err := rootfs.Install(context.Background(), disk, true, arc, `anvil.test=1 anvil.quoted="a b; c"`,
 		rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}, Bootloader: &grub, KernelArgs: "console=ttyS0,115200 panic=-1"})
 	if err != nil {
 		t.Fatal(err)
@@ -345,8 +345,8 @@ func phonesHome(t *testing.T, fw qemu.Firmware, kind string) {
 	if kind == "tarball" {
 		// GRUB booted the first entry, the archive's /vmlinuz link, with the
 		// install's extra kernel arguments.
-		if strings.Contains(console, "anvil: loading /boot/vmlinuz-") || !strings.Contains(console, "anvil.test=1") {
-			t.Error("GRUB did not boot the /vmlinuz entry with the install's extra kernel arguments")
+		if strings.Contains(console, "anvil: loading /boot/vmlinuz-") || !strings.Contains(console, "anvil.test=1") || !strings.Contains(console, "anvil.quoted=a b; c") {
+			t.Error("GRUB did not boot the /vmlinuz entry with the install's extra kernel arguments, quoted one included")
 		}
 	}
 	t.Logf("%s %s: phoned home %.1f s after QEMU started (guest uptime %s); body %q", kind, fw.Name(), phoned.Seconds(), m[1], got.body)

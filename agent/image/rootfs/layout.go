@@ -234,10 +234,11 @@ func Cmdline(p Plan, args string) string {
 
 // GrubEntries are GRUB's menu entries for a kernel on the root filesystem
 // (whose ext4 UUID is the root partition's GUID): first the distribution's
-// /vmlinuz and /initrd.img links when the archive has them (Debian moves
-// them to the newest kernel on every kernel install, so an update boots
-// the new kernel), then the kernel the manifest names.
-func GrubEntries(k Kernel, p Plan, cmdline string, links bool) []bootloader.Entry {
+// /vmlinuz link when the archive has it, with /initrd.img when it has that
+// too (Debian moves both to the newest kernel on every kernel install, so
+// an update boots the new kernel), then the kernel the manifest names,
+// GRUB's fallback when the first fails to load.
+func GrubEntries(k Kernel, p Plan, cmdline string, vmlinuzLink, initrdLink bool) []bootloader.Entry {
 	entry := func(title, kernel, initrd string) bootloader.Entry {
 		e := bootloader.Entry{Title: title, FSUUID: p.Root.GUID, Kernel: "/" + kernel, Cmdline: cmdline}
 		if initrd != "" {
@@ -246,9 +247,9 @@ func GrubEntries(k Kernel, p Plan, cmdline string, links bool) []bootloader.Entr
 		return e
 	}
 	var es []bootloader.Entry
-	if links {
+	if vmlinuzLink {
 		initrd := ""
-		if k.Initrd != "" {
+		if initrdLink {
 			initrd = "initrd.img"
 		}
 		es = append(es, entry("newest kernel (/vmlinuz)", "vmlinuz", initrd))

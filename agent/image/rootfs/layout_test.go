@@ -166,7 +166,7 @@ PARTUUID=00000001-0000-4000-8000-000000000000  /boot/efi      vfat    umask=0077
 	// GRUB: the distribution's links first when the archive has them,
 	// then the manifest's kernel; the root found by its ext4 UUID (the
 	// partition's GUID).
-	cfg, err := bootloader.Config(GrubEntries(k, p, Cmdline(p, "quiet"), true)...)
+	cfg, err := bootloader.Config(GrubEntries(k, p, Cmdline(p, "quiet"), true, true)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,8 +178,13 @@ PARTUUID=00000001-0000-4000-8000-000000000000  /boot/efi      vfat    umask=0077
 			t.Errorf("grub.cfg lacks\n%s\nin\n%s", want, cfg)
 		}
 	}
-	if es := GrubEntries(Kernel{Version: "6.1", Path: "boot/vmlinuz-6.1"}, p, "", false); len(es) != 1 || len(es[0].Initrds) != 0 {
+	if es := GrubEntries(Kernel{Version: "6.1", Path: "boot/vmlinuz-6.1"}, p, "", false, false); len(es) != 1 || len(es[0].Initrds) != 0 {
 		t.Errorf("no links, no initrd: %+v", es)
+	}
+	// A /vmlinuz link without /initrd.img: the first entry loads no initrd
+	// (the manifest's kernel, the fallback, keeps its own).
+	if es := GrubEntries(k, p, "", true, false); len(es) != 2 || len(es[0].Initrds) != 0 || len(es[1].Initrds) != 1 {
+		t.Errorf("vmlinuz link only: %+v", es)
 	}
 	bp := p.WithBIOSBoot("00000003-0000-4000-8000-000000000000")
 	if bp.BIOSBoot == nil || bp.BIOSBoot.Start != 34 || bp.BIOSBoot.End != 2047 || bp.BIOSBoot.Index != 3 {

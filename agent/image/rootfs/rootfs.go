@@ -116,7 +116,7 @@ func Install(ctx context.Context, target string, zeroed bool, r io.Reader, args 
 	}
 	if bios != nil {
 		// Sector 0 and the BIOS boot partition: outside every filesystem.
-		if err := bootloader.InstallBIOS(dev.File, *o.Bootloader, bios); err != nil {
+		if err := bootloader.InstallBIOS(dev.File, *o.Bootloader, bios, res.Plan.Sector); err != nil {
 			return res, fmt.Errorf("rootfs on %s: %w", target, err)
 		}
 	}
@@ -236,7 +236,8 @@ func finish(x *extractor, p Plan, l Layout, res *Result, args string, o Options)
 		}
 	}
 	_, vmlinuz := x.made[0]["vmlinuz"]
-	cfg, err := bootloader.Config(GrubEntries(k, p, Cmdline(p, strings.TrimSpace(o.KernelArgs+" "+args)), vmlinuz)...)
+	_, initrd := x.made[0]["initrd.img"]
+	cfg, err := bootloader.Config(GrubEntries(k, p, Cmdline(p, strings.TrimSpace(o.KernelArgs+" "+args)), vmlinuz, initrd)...)
 	if err != nil {
 		return false, err
 	}

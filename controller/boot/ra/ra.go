@@ -5,11 +5,17 @@
 // waits for its router solicitations to be answered before it fetches its
 // script: on a segment without an IPv6 router that wait is about 16 s of
 // every network boot (measured in the lab with Debian's iPXE 1.0.0+git-
-// 20190125). This answer ends it at once and changes nothing for hosts
-// that do have a router: a lifetime of 0 never makes this host a default
-// router, and hosts OR the M and O flags of every router they hear.
+// 20190125). This answer ends it at once. A lifetime of 0 never makes this
+// host a default router; the M and O flags it says are 0, and a host that
+// hears them may stop asking DHCPv6 (Linux takes the flags of each
+// advertisement as it comes), which is why it runs only where anvil owns
+// the segment (DHCP full mode, an isolated provisioning network) and can be
+// turned off (--dhcp-ipv6-ra=false).
 //
-// It runs only where anvil owns the segment (DHCP full mode). Advertise is
+// A solicitation from a link-local address is answered to that address
+// (RFC 4861 §6.2.6 allows it), at most ten a second; one from the
+// unspecified address to all nodes, at most every 3 s
+// (MIN_DELAY_BETWEEN_RAS). Advertise is
 // the pure core; Responder is the socket loop.
 package ra
 
@@ -62,10 +68,10 @@ type Responder struct {
 	iface *net.Interface
 	pc    *ipv6.PacketConn
 	log   *slog.Logger
-	// limit: at most one answer per 100 ms (a flood of solicitations gets
-	// a trickle of advertisements).
-	mu   sync.Mutex
-	last time.Time
+	// Rate limits: a flood of solicitations gets a trickle of
+	// advertisements.
+	mu                   sync.Mutex
+	lastUnicast, lastAll time.Time
 }
 
 // Listen opens the ICMPv6 socket on iface and joins all-routers (ff02::2).
@@ -114,15 +120,19 @@ func (r *Responder) Serve(ctx context.Context) error {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("router solicitation read: %w", err)
+			r.log.Warn("router solicitation not read", "err", err)
+			continue
 		}
 		if cm == nil || cm.IfIndex != r.iface.Index || cm.HopLimit != 255 || !IsSolicitation(buf[:n]) {
 			continue // another link, or not from the link itself (§6.1.1)
 		}
-		if !r.due() {
+		to := &net.IPAddr{IP: net.ParseIP("ff02::1"), Zone: r.iface.Name}
+		if a, ok := src.(*net.IPAddr); ok && a.IP.IsLinkLocalUnicast() {
+			to = &net.IPAddr{IP: a.IP, Zone: r.iface.Name}
+		}
+		if !r.due(to.IP.IsMulticast()) {
 			continue
 		}
-		to := &net.IPAddr{IP: net.ParseIP("ff02::1"), Zone: r.iface.Name}
 		if _, err := r.pc.WriteTo(ra, &ipv6.ControlMessage{HopLimit: 255, IfIndex: r.iface.Index}, to); err != nil {
 			r.log.Warn("router advertisement not sent", "to", to.String(), "err", err)
 			continue
@@ -131,13 +141,17 @@ func (r *Responder) Serve(ctx context.Context) error {
 	}
 }
 
-func (r *Responder) due() bool {
+func (r *Responder) due(multicast bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	last, gap := &r.lastUnicast, 100*time.Millisecond
+	if multicast {
+		last, gap = &r.lastAll, 3*time.Second
+	}
 	now := time.Now()
-	if now.Sub(r.last) < 100*time.Millisecond {
+	if now.Sub(*last) < gap {
 		return false
 	}
-	r.last = now
+	*last = now
 	return true
 }

@@ -1,0 +1,109 @@
+package boot
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anvil-metal/anvil/controller/lifecycle"
+	"github.com/anvil-metal/anvil/controller/store"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// installedMachines is a controller with one installed machine; it keeps
+// the PXE_BOOTING messages recorded.
+type installedMachines struct {
+	mu       sync.Mutex
+	recorded []string
+	failNext bool
+}
+
+func (f *installedMachines) BootLookup(context.Context, string, string) (*store.Machine, error) {
+	return &store.Machine{ID: "m1", Allocation: &anvilv1.Allocation{ImageId: "tiny"},
+		Status: lifecycle.Status{State: anvilv1.MachineState_MACHINE_STATE_PROVISIONED, Allocated: true, Installed: true}}, nil
+}
+
+func (f *installedMachines) RecordBoot(_ context.Context, _ string, msg string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failNext {
+		f.failNext = false
+		return io.ErrUnexpectedEOF
+	}
+	f.recorded = append(f.recorded, msg)
+	return nil
+}
+
+func (f *installedMachines) MintBootToken(string) (string, error) { return "tok", nil }
+func (f *installedMachines) PhoneHome(context.Context, string, string) (string, error) {
+	return "", nil
+}
+
+// TestFailedSanbootIsCarriedByTheNextEvent: iPXE's report of a failed
+// boot from disk records no event of its own (it would count as another
+// boot cycle); the machine's next recorded boot says what failed, even
+// when the first try to record it failed.
+func TestFailedSanbootIsCarriedByTheNextEvent(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"k", "i"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	cfg := Defaults()
+	cfg.BaseURL, cfg.AgentController, cfg.CAFingerprint = "http://10.0.0.1:8080", "10.0.0.1:7443", "sha256:ab"
+	cfg.Kernel, cfg.Initramfs = filepath.Join(dir, "k"), filepath.Join(dir, "i")
+	m := &installedMachines{}
+	s, err := New(cfg, m, WithLogger(slog.New(slog.DiscardHandler)), WithClock(func() time.Time { return now }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	get := func(q string) string {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/ipxe/script?uuid=0b1c2d3e-0000-4000-8000-00000000000a&platform=pcbios" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if body := get(""); !strings.Contains(body, "sanboot") {
+		t.Fatalf("local boot script:\n%s", body)
+	}
+	if body := get("&failed=sanboot&error=0x3d126083"); !strings.Contains(body, "\nexit\n") {
+		t.Fatalf("after the failure:\n%s", body)
+	}
+	if len(m.recorded) != 1 || strings.Contains(m.recorded[0], "failed") {
+		t.Fatalf("events %q: want only the boot's own", m.recorded)
+	}
+	// The next boot: its event says what failed before; a write that
+	// fails keeps it for the retry.
+	now = now.Add(time.Minute)
+	m.failNext = true
+	get("")
+	now = now.Add(time.Minute)
+	get("")
+	if len(m.recorded) != 2 || !strings.Contains(m.recorded[1], "the previous boot from disk failed (iPXE sanboot of BIOS drive 0x80, error 0x3d126083)") {
+		t.Fatalf("events %q", m.recorded)
+	}
+	now = now.Add(time.Minute)
+	get("")
+	if len(m.recorded) != 3 || strings.Contains(m.recorded[2], "failed") {
+		t.Errorf("the failure was carried twice: %q", m.recorded)
+	}
+}

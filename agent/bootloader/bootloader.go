@@ -253,7 +253,7 @@ set default=0
 
 // Quote makes s one word of GRUB's script language with no expansion: as
 // it is when it holds only characters GRUB gives no meaning to, else in
-// single quotes, an embedded quote written as '\''. A kernel argument with
+// single quotes, an embedded quote written as '\”. A kernel argument with
 // spaces (foo="a b", split by the kernel's rules) reaches the kernel as
 // "foo=a b", which the kernel reads the same way.
 func Quote(s string) string {

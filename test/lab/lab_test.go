@@ -495,14 +495,32 @@ func TestLab(t *testing.T) {
 		}
 	})
 
-	t.Run("free a provisioned machine: erase, Ready again", func(t *testing.T) {
-		id := s.ids[0]
-		if _, err := s.op.Machines.FreeMachine(ctx, &anvilv1.FreeMachineRequest{Id: id, EraseMode: anvilv1.EraseMode_ERASE_MODE_QUICK}); err != nil {
-			t.Fatal(err)
+	t.Run("free both provisioned machines: network boot into the agent, erase, Ready again", func(t *testing.T) {
+		// Each runs its installed system: the BMC resets it, the network
+		// (first in either firmware's order) boots the agent, which erases.
+		for _, id := range s.ids {
+			if _, err := s.op.Machines.FreeMachine(ctx, &anvilv1.FreeMachineRequest{Id: id, EraseMode: anvilv1.EraseMode_ERASE_MODE_QUICK}); err != nil {
+				t.Fatal(err)
+			}
 		}
-		s.wait(t, []string{id}, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
-		if m := s.machine(t, id); m.GetAllocation() != nil || m.GetFailedReclaim() {
-			t.Errorf("after free: allocation %v, failed reclaim %v", m.GetAllocation(), m.GetFailedReclaim())
+		s.wait(t, s.ids, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
+		for i, id := range s.ids {
+			if m := s.machine(t, id); m.GetAllocation() != nil || m.GetFailedReclaim() {
+				t.Errorf("VM %d after free: allocation %v, failed reclaim %v", i+1, m.GetAllocation(), m.GetFailedReclaim())
+			}
+			// A WIPED event after the free's RECLAIM.
+			var freed, wiped bool
+			for _, e := range s.events(t, id) {
+				switch e.GetType() {
+				case anvilv1.EventType_EVENT_TYPE_RECLAIM:
+					freed, wiped = true, false
+				case anvilv1.EventType_EVENT_TYPE_WIPED:
+					wiped = wiped || freed
+				}
+			}
+			if !wiped {
+				t.Errorf("VM %d was not erased after the free", i+1)
+			}
 		}
 	})
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,8 +48,19 @@ func TestResponder(t *testing.T) {
 	netnstest.Run(t, "", "ip", "netns", "exec", ns.Name, "sysctl", "-qw", "net.ipv6.conf.ra-c.router_solicitations=0")
 	netnstest.Run(t, "", "ip", "-n", ns.Name, "link", "set", "ra-s", "up")
 	netnstest.Run(t, "", "ip", "-n", ns.Name, "link", "set", "ra-c", "up")
-	// Link-local addresses must finish duplicate address detection.
-	time.Sleep(2 * time.Second)
+	// Link-local addresses must finish duplicate address detection: a
+	// tentative one can neither send nor receive.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out := netnstest.Run(t, "", "ip", "-n", ns.Name, "-6", "addr", "show")
+		if strings.Count(out, "scope link") >= 2 && !strings.Contains(out, "tentative") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("link-local addresses not ready:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	var r *Responder
 	var client *ipv6.PacketConn
 	var ci *net.Interface

@@ -22,21 +22,9 @@ func TestHostModeNeverBootsTheInstalledSystem(t *testing.T) {
 }
 
 func TestBootModeKexecsWithTheExtraCmdlineAndFallsBack(t *testing.T) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for name, body := range map[string]string{"boot/vmlinuz-6.1": "the kernel", "boot/initrd.img-6.1": "the initrd"} {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(body)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
+	buf := tarOf(t, map[string]string{"boot/vmlinuz-6.1": "the kernel", "boot/initrd.img-6.1": "the initrd"})
 	img := loopdev.SparseFile(t, 1<<30)
-	res, err := rootfs.Install(context.Background(), img, true, &buf, "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}})
+	res, err := rootfs.Install(context.Background(), img, true, buf, "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,21 +57,9 @@ func TestKexecAddsTheMachineConsole(t *testing.T) {
 		{`{"kernel": "boot/vmlinuz-6.1", "cmdline": "root=LABEL=x ro"}`, "root=LABEL=x ro console=ttyS1,115200 quiet"},
 		{`{"kernel": "boot/vmlinuz-6.1", "cmdline": "root=LABEL=x console=tty0"}`, "root=LABEL=x console=tty0 quiet"},
 	} {
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
-		for name, body := range map[string]string{"boot/vmlinuz-6.1": "the kernel", "boot/efi/anvil/boot.json": c.manifest} {
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tw.Write([]byte(body)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := tw.Close(); err != nil {
-			t.Fatal(err)
-		}
+		buf := tarOf(t, map[string]string{"boot/vmlinuz-6.1": "the kernel", "boot/efi/anvil/boot.json": c.manifest})
 		img := loopdev.SparseFile(t, 1<<30)
-		if _, err := rootfs.Install(context.Background(), img, true, &buf, "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}}); err != nil {
+		if _, err := rootfs.Install(context.Background(), img, true, buf, "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}}); err != nil {
 			t.Fatal(err)
 		}
 		dry := &kexec.DryRun{}
@@ -105,19 +81,8 @@ func TestFirmwareBootInHostModeOnlyInspects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "boot/vmlinuz-6.1", Mode: 0o644, Size: 4}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write([]byte("kern")); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
 	img := loopdev.SparseFile(t, 1<<30)
-	if _, err := rootfs.Install(context.Background(), img, true, &buf, "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}, Bootloader: &grub}); err != nil {
+	if _, err := rootfs.Install(context.Background(), img, true, tarOf(t, map[string]string{"boot/vmlinuz-6.1": "kern"}), "", rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}, Bootloader: &grub}); err != nil {
 		t.Fatal(err)
 	}
 	got := firmwareBoot(ModeHost)(context.Background(), img, &anvilv1.Install{ImageId: "x"})
@@ -128,4 +93,23 @@ func TestFirmwareBootInHostModeOnlyInspects(t *testing.T) {
 	if bare := firmwareBoot(ModeHost)(context.Background(), loopdev.SparseFile(t, 64<<20), &anvilv1.Install{}); !strings.HasPrefix(bare, "boots only by kexec") {
 		t.Errorf("a disk without loaders: %q", bare)
 	}
+}
+
+// tarOf is a root filesystem archive of regular files.
+func tarOf(t *testing.T, files map[string]string) *bytes.Buffer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, body := range files {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return &buf
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	"github.com/u-root/u-root/pkg/dhclient"
 	"github.com/vishvananda/netlink"
 )
 
@@ -18,8 +19,8 @@ import (
 // can wait in the pool for days, and a lease the server lets lapse is an
 // address it may give to another machine. A renewal that is refused (NAK)
 // or a lease that expires starts over with a new DHCP exchange on that
-// link, and a new address replaces the old one. Each step is logged; the
-// call returns when ctx ends.
+// link, and a new address replaces the old one (with the new lease's
+// routes and DNS). Each step is logged; the call returns when ctx ends.
 func KeepLeases(ctx context.Context, leases []Lease, log *slog.Logger) {
 	done := make(chan struct{}, len(leases))
 	for _, l := range leases {
@@ -123,18 +124,15 @@ func fresh(ctx context.Context, c dhcpClient, iface string, old net.IP, id dhcpv
 	return l, nil
 }
 
-// replaceAddress puts ack's address on iface and removes old.
+// replaceAddress configures iface from ack as the first lease did (its
+// address, routes and DNS, u-root's dhclient) and removes old.
 func replaceAddress(iface string, old net.IP, ack *dhcpv4.DHCPv4) error {
 	link, err := netlink.LinkByName(iface)
 	if err != nil {
 		return err
 	}
-	mask := ack.SubnetMask()
-	if mask == nil {
-		mask = ack.YourIPAddr.DefaultMask()
-	}
-	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: &net.IPNet{IP: ack.YourIPAddr, Mask: mask}}); err != nil {
-		return fmt.Errorf("add %s to %s: %w", ack.YourIPAddr, iface, err)
+	if err := dhclient.Configure4(link, ack); err != nil {
+		return fmt.Errorf("configure %s from the new lease: %w", iface, err)
 	}
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {

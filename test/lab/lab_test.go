@@ -601,3 +601,24 @@ func TestProxyDHCP(t *testing.T) {
 		t.Errorf("the VM did not boot through its firmware's PXE client:\n%s", tail(console, 2000))
 	}
 }
+
+// TestUEFIHTTPBoot boots a UEFI VM through OVMF's HTTP Boot client alone
+// (its PXE entries switched off): DHCP with vendor class HTTPClient gets
+// iPXE's EFI image by URL from the boot service, iPXE chains as usual, and
+// the agent registers.
+func TestUEFIHTTPBoot(t *testing.T) {
+	s := startSuite(t, 1, func(c *labkit.Config) { c.Firmware, c.HTTPBoot = "uefi", true })
+	s.wait(t, s.ids, anvilv1.MachineState_MACHINE_STATE_READY, 4*time.Minute)
+	vm := s.lab.VMs[0]
+	if console := s.lab.ConsoleText(vm); !strings.Contains(console, "UEFI HTTPv4") || strings.Contains(console, "UEFI PXEv4") {
+		t.Errorf("the VM did not boot through HTTP Boot alone:\n%s", tail(console, 2000))
+	}
+	log, err := os.ReadFile(filepath.Join(s.lab.Dir(), "controller.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`msg=DHCP .*mac=`+vm.MAC+`.*bootfile=http://\S+/files/snponly.efi`).Match(log) ||
+		!regexp.MustCompile(`msg="boot file served" .*file=snponly.efi`).Match(log) {
+		t.Error("the controller did not hand out iPXE by HTTP to the HTTP Boot client")
+	}
+}

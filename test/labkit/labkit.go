@@ -68,6 +68,9 @@ type Config struct {
 	Firmware string
 	// ControllerArgs are extra anvil-controller flags.
 	ControllerArgs []string
+	// HTTPBoot makes the UEFI VMs boot through their firmware's HTTP Boot
+	// client (OVMF's PXE entries switched off), not PXE and TFTP.
+	HTTPBoot bool
 	// DHCP is "full" (the controller leases the addresses) or "proxy"
 	// (Debian's dnsmasq leases them in the namespace, the controller only
 	// answers PXE and iPXE clients with boot information).
@@ -425,15 +428,20 @@ func (l *Lab) vmOptions(vm *VM) qemu.Options {
 		return n
 	}
 	nic := qemu.NIC{Net: qemu.Tap{Ifname: vm.tap}, MAC: vm.MAC, Speed: true, BootIndex: index(1)}
+	var extra []qemu.Device
 	if uefi {
 		nic.ROM = qemu.NoROM
+		if c.HTTPBoot {
+			extra = append(extra, qemu.FwCfg{Name: "opt/org.tianocore/IPv4PXESupport", Value: "n"},
+				qemu.FwCfg{Name: "opt/org.tianocore/IPv6PXESupport", Value: "n"})
+		}
 	}
 	return qemu.Options{
 		Name:  fmt.Sprintf("anvil-lab-%d", vm.Index),
 		Accel: l.Accel, MemoryMiB: c.MemoryMiB, CPUs: c.CPUs,
 		Firmware: vm.Firmware,
 		Console:  vm.Console,
-		Devices: []qemu.Device{
+		Devices: append([]qemu.Device{
 			qemu.QMP{Socket: vm.QMP},
 			qemu.SMBIOS{Manufacturer: "anvil", Product: "lab-vm", Serial: fmt.Sprintf("LAB%04d", vm.Index), UUID: vm.UUID, Family: "lab",
 				BoardProduct: "lab-board", BoardSerial: fmt.Sprintf("BOARD%04d", vm.Index), ChassisSerial: fmt.Sprintf("CHASSIS%04d", vm.Index)},
@@ -441,7 +449,7 @@ func (l *Lab) vmOptions(vm *VM) qemu.Options {
 			qemu.RNG{},
 			qemu.Disk{ID: "vd0", File: vm.Disk, Serial: vm.DiskSerial, BootIndex: index(3), Unsafe: true},
 			qemu.Disk{ID: "nv0", File: vm.NVMe, Serial: vm.NVMeSerial, NVMe: true, BootIndex: index(2), Unsafe: true},
-		},
+		}, extra...),
 	}
 }
 

@@ -391,3 +391,18 @@ type DebugCon struct{ File string }
 func (d DebugCon) Args() []string {
 	return []string{"-chardev", "file,id=debugcon,path=" + d.File, "-device", "isa-debugcon,iobase=0x402,chardev=debugcon"}
 }
+
+// FwCfg passes a named string to the firmware (QEMU's fw_cfg). OVMF reads
+// opt/org.tianocore/IPv4PXESupport and IPv6PXESupport ("n" leaves only
+// its HTTP Boot entries for the NICs).
+type FwCfg struct{ Name, Value string }
+
+func (f FwCfg) validate() error {
+	if f.Name == "" || strings.ContainsAny(f.Name+f.Value, ",") {
+		return fmt.Errorf("fw_cfg %q=%q: want a name and no commas", f.Name, f.Value)
+	}
+	return nil
+}
+
+// Args implements Device.
+func (f FwCfg) Args() []string { return []string{"-fw_cfg", "name=" + f.Name + ",string=" + f.Value} }

@@ -155,6 +155,10 @@ type negotiated struct {
 // negotiate applies RFC 2347-2349: unknown options are ignored, blksize is
 // capped at what an Ethernet frame carries, tsize is answered with the
 // file's size, timeout is accepted within 1-255 s.
+// MaxTimeout is the longest retransmission timeout (RFC 2349) a client may
+// ask for, in seconds; a longer one is not acknowledged.
+const MaxTimeout = 5
+
 func negotiate(opts [][2]string, size int64) (negotiated, error) {
 	n := negotiated{blockSize: defaultBlockSize}
 	for _, o := range opts {
@@ -172,6 +176,12 @@ func negotiate(opts [][2]string, size int64) (negotiated, error) {
 			v, err := strconv.Atoi(o[1])
 			if err != nil || v < 1 || v > 255 {
 				return n, fmt.Errorf("timeout %q out of range 1-255", o[1])
+			}
+			if v > MaxTimeout {
+				// Not acknowledged (RFC 2347: a server may ignore an option
+				// it does not accept): the client keeps the default, and a
+				// silent client cannot hold a transfer for minutes.
+				continue
 			}
 			n.timeout = v
 			n.oack = append(n.oack, [2]string{"timeout", o[1]})

@@ -18,8 +18,23 @@ type Server struct {
 	log     *slog.Logger
 	timeout time.Duration
 	retries int
+	// slots bounds the transfers running at once (one goroutine and one
+	// socket each).
+	slots chan struct{}
 
-	wg sync.WaitGroup
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	lastBusy time.Time
+}
+
+// DefaultMaxTransfers is how many transfers run at once by default: a
+// rack's servers booting together, not a flood.
+const DefaultMaxTransfers = 64
+
+// WithMaxTransfers bounds the transfers running at once; a request beyond
+// it is answered "busy" at once (the client retries).
+func WithMaxTransfers(n int) Option {
+	return func(s *Server) { s.slots = make(chan struct{}, max(n, 1)) }
 }
 
 // Option configures a Server.
@@ -42,7 +57,7 @@ func New(files map[string]string, opts ...Option) (*Server, error) {
 			return nil, fmt.Errorf("TFTP file %s: %q is not a readable file", name, p)
 		}
 	}
-	s := &Server{files: files, log: slog.Default(), timeout: time.Second, retries: 5}
+	s := &Server{files: files, log: slog.Default(), timeout: time.Second, retries: 5, slots: make(chan struct{}, DefaultMaxTransfers)}
 	for _, o := range opts {
 		o(s)
 	}
@@ -70,14 +85,33 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 			pc.WriteTo(encodeError(errIllegal, err.Error()), peer) //nolint:errcheck // best effort to a peer that sent junk
 			continue
 		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			s.busy(peer, req.filename)
+			pc.WriteTo(encodeError(errUndefined, "server busy: retry"), peer) //nolint:errcheck // best effort; the client retries its request
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer func() { <-s.slots }()
 			if err := s.transfer(ctx, peer, req); err != nil {
 				s.log.Warn("TFTP transfer failed", "peer", peer.String(), "file", req.filename, "err", err)
 			}
 		}()
 	}
+}
+
+// busy logs a refused request, at most once a second.
+func (s *Server) busy(peer net.Addr, file string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.lastBusy) < time.Second {
+		return
+	}
+	s.lastBusy = time.Now()
+	s.log.Warn("TFTP request refused: every transfer slot is taken", "peer", peer.String(), "file", file, "slots", cap(s.slots))
 }
 
 // transfer sends one file to peer from a new socket.

@@ -17,7 +17,7 @@ import (
 )
 
 // serve starts a server for the given files on loopback.
-func serve(t *testing.T, files map[string][]byte) net.Addr {
+func serve(t *testing.T, files map[string][]byte, opts ...Option) net.Addr {
 	t.Helper()
 	dir := t.TempDir()
 	paths := map[string]string{}
@@ -28,7 +28,7 @@ func serve(t *testing.T, files map[string][]byte) net.Addr {
 		}
 		paths[name] = p
 	}
-	s, err := New(paths, WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), WithRetransmit(200*time.Millisecond, 5))
+	s, err := New(paths, append([]Option{WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), WithRetransmit(200*time.Millisecond, 5)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +209,41 @@ func TestAbandonsASilentClient(t *testing.T) {
 	}
 	if n != 5 {
 		t.Errorf("block 1 sent %d times, want 5", n)
+	}
+}
+
+// TestTransferSlots: with every slot taken by a client that never ACKs,
+// a new request is answered "busy" at once; once the silent transfer is
+// abandoned, requests are served again.
+func TestTransferSlots(t *testing.T) {
+	srv := serve(t, map[string][]byte{"f": randomBytes(2000)}, WithMaxTransfers(1))
+	silent := newClient(t)
+	silent.c.WriteTo(encodeRequest("f", "octet"), srv)
+	silent.read() // block 1: the slot is taken
+	if _, _, err := newClient(t).get(srv, "f", nil); err == nil || !strings.Contains(err.Error(), "busy") {
+		t.Errorf("second transfer: %v, want busy", err)
+	}
+	time.Sleep(1500 * time.Millisecond) // 5 × 200 ms of retransmissions, then abandoned
+	if got, _, err := newClient(t).get(srv, "f", nil); err != nil || len(got) != 2000 {
+		t.Errorf("after the silent client: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestLongTimeoutNotAcknowledged: a client asking for minutes between
+// retransmissions gets the server's own (the option is left out of the
+// OACK); a short one is acknowledged.
+func TestLongTimeoutNotAcknowledged(t *testing.T) {
+	for _, c := range []struct {
+		v    string
+		want int
+	}{{"255", 0}, {"6", 0}, {"5", 5}, {"1", 1}} {
+		n, err := negotiate([][2]string{{"timeout", c.v}}, 100)
+		if err != nil || n.timeout != c.want || (c.want == 0) != (len(n.oack) == 0) {
+			t.Errorf("timeout %s: %+v %v", c.v, n, err)
+		}
+	}
+	if _, err := negotiate([][2]string{{"timeout", "0"}}, 100); err == nil {
+		t.Error("timeout 0 accepted")
 	}
 }
 

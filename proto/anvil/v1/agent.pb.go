@@ -355,6 +355,11 @@ type Wipe struct {
 	// ATA drive that is frozen) may instead be fully overwritten and verified.
 	// When false such a disk fails the wipe.
 	AllowFallback bool `protobuf:"varint,3,opt,name=allow_fallback,json=allowFallback,proto3" json:"allow_fallback,omitempty"`
+	// The ATA security password for SECURITY ERASE UNIT, kept by the
+	// controller for this machine, so that a drive left locked by an
+	// interrupted erase can be unlocked later. Empty: the agent's documented
+	// default password.
+	AtaPassword   string `protobuf:"bytes,4,opt,name=ata_password,json=ataPassword,proto3" json:"ata_password,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -408,6 +413,13 @@ func (x *Wipe) GetAllowFallback() bool {
 		return x.AllowFallback
 	}
 	return false
+}
+
+func (x *Wipe) GetAtaPassword() string {
+	if x != nil {
+		return x.AtaPassword
+	}
+	return ""
 }
 
 type Install struct {
@@ -811,11 +823,12 @@ const file_anvil_v1_agent_proto_rawDesc = "" +
 	"\x06reboot\x18\x05 \x01(\v2\x10.anvil.v1.RebootH\x00R\x06reboot\x121\n" +
 	"\tpower_off\x18\x06 \x01(\v2\x12.anvil.v1.PowerOffH\x00R\bpowerOffB\x06\n" +
 	"\x04kind\"\v\n" +
-	"\tKeepalive\"l\n" +
+	"\tKeepalive\"\x8f\x01\n" +
 	"\x04Wipe\x12'\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x13.anvil.v1.EraseModeR\x04mode\x12\x14\n" +
 	"\x05disks\x18\x02 \x03(\tR\x05disks\x12%\n" +
-	"\x0eallow_fallback\x18\x03 \x01(\bR\rallowFallback\"\x85\x03\n" +
+	"\x0eallow_fallback\x18\x03 \x01(\bR\rallowFallback\x12!\n" +
+	"\fata_password\x18\x04 \x01(\tR\vataPassword\"\x85\x03\n" +
 	"\aInstall\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1a\n" +

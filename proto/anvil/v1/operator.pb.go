@@ -315,9 +315,13 @@ type Machine struct {
 	// The machine's BMC address (SetMachineBMC), e.g. "qmp:///run/vm1.qmp";
 	// empty when none is set. Credentials, should an address carry any, are
 	// never returned.
-	BmcAddress    string `protobuf:"bytes,17,opt,name=bmc_address,json=bmcAddress,proto3" json:"bmc_address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BmcAddress string `protobuf:"bytes,17,opt,name=bmc_address,json=bmcAddress,proto3" json:"bmc_address,omitempty"`
+	// Network boots the boot service saw for this machine's UUID or MACs,
+	// newest first (a few kept). They come from unauthenticated requests:
+	// they are shown, never acted on.
+	BootObservations []*BootObservation `protobuf:"bytes,18,rep,name=boot_observations,json=bootObservations,proto3" json:"boot_observations,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Machine) Reset() {
@@ -469,6 +473,137 @@ func (x *Machine) GetBmcAddress() string {
 	return ""
 }
 
+func (x *Machine) GetBootObservations() []*BootObservation {
+	if x != nil {
+		return x.BootObservations
+	}
+	return nil
+}
+
+type BootObservation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// The address the boot script was served to.
+	ClientAddress string `protobuf:"bytes,2,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
+	Mac           string `protobuf:"bytes,3,opt,name=mac,proto3" json:"mac,omitempty"`
+	// iPXE's ${platform}: "pcbios" or "efi".
+	Platform string `protobuf:"bytes,4,opt,name=platform,proto3" json:"platform,omitempty"`
+	// What was served: "agent", "local" or "exit", with an iPXE failure if
+	// the client reported one.
+	Served        string `protobuf:"bytes,5,opt,name=served,proto3" json:"served,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootObservation) Reset() {
+	*x = BootObservation{}
+	mi := &file_anvil_v1_operator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootObservation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootObservation) ProtoMessage() {}
+
+func (x *BootObservation) ProtoReflect() protoreflect.Message {
+	mi := &file_anvil_v1_operator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootObservation.ProtoReflect.Descriptor instead.
+func (*BootObservation) Descriptor() ([]byte, []int) {
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BootObservation) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *BootObservation) GetClientAddress() string {
+	if x != nil {
+		return x.ClientAddress
+	}
+	return ""
+}
+
+func (x *BootObservation) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *BootObservation) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *BootObservation) GetServed() string {
+	if x != nil {
+		return x.Served
+	}
+	return ""
+}
+
+type ApproveMachineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveMachineRequest) Reset() {
+	*x = ApproveMachineRequest{}
+	mi := &file_anvil_v1_operator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveMachineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveMachineRequest) ProtoMessage() {}
+
+func (x *ApproveMachineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_anvil_v1_operator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveMachineRequest.ProtoReflect.Descriptor instead.
+func (*ApproveMachineRequest) Descriptor() ([]byte, []int) {
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ApproveMachineRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 type Allocation struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	ImageId            string                 `protobuf:"bytes,1,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
@@ -484,7 +619,7 @@ type Allocation struct {
 
 func (x *Allocation) Reset() {
 	*x = Allocation{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[1]
+	mi := &file_anvil_v1_operator_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +631,7 @@ func (x *Allocation) String() string {
 func (*Allocation) ProtoMessage() {}
 
 func (x *Allocation) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[1]
+	mi := &file_anvil_v1_operator_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +644,7 @@ func (x *Allocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Allocation.ProtoReflect.Descriptor instead.
 func (*Allocation) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{1}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Allocation) GetImageId() string {
@@ -576,7 +711,7 @@ type ListMachinesRequest struct {
 
 func (x *ListMachinesRequest) Reset() {
 	*x = ListMachinesRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[2]
+	mi := &file_anvil_v1_operator_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +723,7 @@ func (x *ListMachinesRequest) String() string {
 func (*ListMachinesRequest) ProtoMessage() {}
 
 func (x *ListMachinesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[2]
+	mi := &file_anvil_v1_operator_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +736,7 @@ func (x *ListMachinesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMachinesRequest.ProtoReflect.Descriptor instead.
 func (*ListMachinesRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{2}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListMachinesRequest) GetState() MachineState {
@@ -655,7 +790,7 @@ type ListMachinesResponse struct {
 
 func (x *ListMachinesResponse) Reset() {
 	*x = ListMachinesResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[3]
+	mi := &file_anvil_v1_operator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +802,7 @@ func (x *ListMachinesResponse) String() string {
 func (*ListMachinesResponse) ProtoMessage() {}
 
 func (x *ListMachinesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[3]
+	mi := &file_anvil_v1_operator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +815,7 @@ func (x *ListMachinesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMachinesResponse.ProtoReflect.Descriptor instead.
 func (*ListMachinesResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{3}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListMachinesResponse) GetMachines() []*Machine {
@@ -699,7 +834,7 @@ type GetMachineRequest struct {
 
 func (x *GetMachineRequest) Reset() {
 	*x = GetMachineRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[4]
+	mi := &file_anvil_v1_operator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +846,7 @@ func (x *GetMachineRequest) String() string {
 func (*GetMachineRequest) ProtoMessage() {}
 
 func (x *GetMachineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[4]
+	mi := &file_anvil_v1_operator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +859,7 @@ func (x *GetMachineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMachineRequest.ProtoReflect.Descriptor instead.
 func (*GetMachineRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{4}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetMachineRequest) GetId() string {
@@ -753,7 +888,7 @@ type AllocateMachineRequest struct {
 
 func (x *AllocateMachineRequest) Reset() {
 	*x = AllocateMachineRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[5]
+	mi := &file_anvil_v1_operator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +900,7 @@ func (x *AllocateMachineRequest) String() string {
 func (*AllocateMachineRequest) ProtoMessage() {}
 
 func (x *AllocateMachineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[5]
+	mi := &file_anvil_v1_operator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +913,7 @@ func (x *AllocateMachineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateMachineRequest.ProtoReflect.Descriptor instead.
 func (*AllocateMachineRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{5}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AllocateMachineRequest) GetMachineId() string {
@@ -855,7 +990,7 @@ type FreeMachineRequest struct {
 
 func (x *FreeMachineRequest) Reset() {
 	*x = FreeMachineRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[6]
+	mi := &file_anvil_v1_operator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +1002,7 @@ func (x *FreeMachineRequest) String() string {
 func (*FreeMachineRequest) ProtoMessage() {}
 
 func (x *FreeMachineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[6]
+	mi := &file_anvil_v1_operator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +1015,7 @@ func (x *FreeMachineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeMachineRequest.ProtoReflect.Descriptor instead.
 func (*FreeMachineRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{6}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FreeMachineRequest) GetId() string {
@@ -908,7 +1043,7 @@ type ReinstallMachineRequest struct {
 
 func (x *ReinstallMachineRequest) Reset() {
 	*x = ReinstallMachineRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[7]
+	mi := &file_anvil_v1_operator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1055,7 @@ func (x *ReinstallMachineRequest) String() string {
 func (*ReinstallMachineRequest) ProtoMessage() {}
 
 func (x *ReinstallMachineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[7]
+	mi := &file_anvil_v1_operator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1068,7 @@ func (x *ReinstallMachineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReinstallMachineRequest.ProtoReflect.Descriptor instead.
 func (*ReinstallMachineRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{7}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReinstallMachineRequest) GetId() string {
@@ -959,7 +1094,7 @@ type DeleteMachineRequest struct {
 
 func (x *DeleteMachineRequest) Reset() {
 	*x = DeleteMachineRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[8]
+	mi := &file_anvil_v1_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1106,7 @@ func (x *DeleteMachineRequest) String() string {
 func (*DeleteMachineRequest) ProtoMessage() {}
 
 func (x *DeleteMachineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[8]
+	mi := &file_anvil_v1_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1119,7 @@ func (x *DeleteMachineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMachineRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMachineRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{8}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteMachineRequest) GetId() string {
@@ -1002,7 +1137,7 @@ type DeleteMachineResponse struct {
 
 func (x *DeleteMachineResponse) Reset() {
 	*x = DeleteMachineResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[9]
+	mi := &file_anvil_v1_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1149,7 @@ func (x *DeleteMachineResponse) String() string {
 func (*DeleteMachineResponse) ProtoMessage() {}
 
 func (x *DeleteMachineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[9]
+	mi := &file_anvil_v1_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1162,7 @@ func (x *DeleteMachineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMachineResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMachineResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{9}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{11}
 }
 
 type SetMachineLabelsRequest struct {
@@ -1040,7 +1175,7 @@ type SetMachineLabelsRequest struct {
 
 func (x *SetMachineLabelsRequest) Reset() {
 	*x = SetMachineLabelsRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[10]
+	mi := &file_anvil_v1_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1187,7 @@ func (x *SetMachineLabelsRequest) String() string {
 func (*SetMachineLabelsRequest) ProtoMessage() {}
 
 func (x *SetMachineLabelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[10]
+	mi := &file_anvil_v1_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1200,7 @@ func (x *SetMachineLabelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMachineLabelsRequest.ProtoReflect.Descriptor instead.
 func (*SetMachineLabelsRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{10}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetMachineLabelsRequest) GetId() string {
@@ -1093,7 +1228,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[11]
+	mi := &file_anvil_v1_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1240,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[11]
+	mi := &file_anvil_v1_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1253,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{11}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListEventsRequest) GetMachineId() string {
@@ -1144,7 +1279,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[12]
+	mi := &file_anvil_v1_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1291,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[12]
+	mi := &file_anvil_v1_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1304,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{12}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -1190,7 +1325,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[13]
+	mi := &file_anvil_v1_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1337,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[13]
+	mi := &file_anvil_v1_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1350,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{13}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchEventsRequest) GetMachineId() string {
@@ -1243,7 +1378,7 @@ type SetMachineBMCRequest struct {
 
 func (x *SetMachineBMCRequest) Reset() {
 	*x = SetMachineBMCRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[14]
+	mi := &file_anvil_v1_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1390,7 @@ func (x *SetMachineBMCRequest) String() string {
 func (*SetMachineBMCRequest) ProtoMessage() {}
 
 func (x *SetMachineBMCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[14]
+	mi := &file_anvil_v1_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1403,7 @@ func (x *SetMachineBMCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMachineBMCRequest.ProtoReflect.Descriptor instead.
 func (*SetMachineBMCRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{14}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetMachineBMCRequest) GetId() string {
@@ -1298,7 +1433,7 @@ type PowerMachineRequest struct {
 
 func (x *PowerMachineRequest) Reset() {
 	*x = PowerMachineRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[15]
+	mi := &file_anvil_v1_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1445,7 @@ func (x *PowerMachineRequest) String() string {
 func (*PowerMachineRequest) ProtoMessage() {}
 
 func (x *PowerMachineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[15]
+	mi := &file_anvil_v1_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1458,7 @@ func (x *PowerMachineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PowerMachineRequest.ProtoReflect.Descriptor instead.
 func (*PowerMachineRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{15}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PowerMachineRequest) GetId() string {
@@ -1366,7 +1501,7 @@ type PowerMachineResponse struct {
 
 func (x *PowerMachineResponse) Reset() {
 	*x = PowerMachineResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[16]
+	mi := &file_anvil_v1_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1513,7 @@ func (x *PowerMachineResponse) String() string {
 func (*PowerMachineResponse) ProtoMessage() {}
 
 func (x *PowerMachineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[16]
+	mi := &file_anvil_v1_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1526,7 @@ func (x *PowerMachineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PowerMachineResponse.ProtoReflect.Descriptor instead.
 func (*PowerMachineResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{16}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PowerMachineResponse) GetMachineId() string {
@@ -1448,7 +1583,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[17]
+	mi := &file_anvil_v1_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1595,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[17]
+	mi := &file_anvil_v1_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1608,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{17}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Image) GetId() string {
@@ -1548,7 +1683,7 @@ type CreateImageRequest struct {
 
 func (x *CreateImageRequest) Reset() {
 	*x = CreateImageRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[18]
+	mi := &file_anvil_v1_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1695,7 @@ func (x *CreateImageRequest) String() string {
 func (*CreateImageRequest) ProtoMessage() {}
 
 func (x *CreateImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[18]
+	mi := &file_anvil_v1_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1708,7 @@ func (x *CreateImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateImageRequest.ProtoReflect.Descriptor instead.
 func (*CreateImageRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{18}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateImageRequest) GetImage() *Image {
@@ -1591,7 +1726,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[19]
+	mi := &file_anvil_v1_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1738,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[19]
+	mi := &file_anvil_v1_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1751,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{19}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{21}
 }
 
 type ListImagesResponse struct {
@@ -1628,7 +1763,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[20]
+	mi := &file_anvil_v1_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1775,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[20]
+	mi := &file_anvil_v1_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1788,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{20}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -1672,7 +1807,7 @@ type GetImageRequest struct {
 
 func (x *GetImageRequest) Reset() {
 	*x = GetImageRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[21]
+	mi := &file_anvil_v1_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1819,7 @@ func (x *GetImageRequest) String() string {
 func (*GetImageRequest) ProtoMessage() {}
 
 func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[21]
+	mi := &file_anvil_v1_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1832,7 @@ func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageRequest.ProtoReflect.Descriptor instead.
 func (*GetImageRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{21}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetImageRequest) GetId() string {
@@ -1716,7 +1851,7 @@ type DeleteImageRequest struct {
 
 func (x *DeleteImageRequest) Reset() {
 	*x = DeleteImageRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[22]
+	mi := &file_anvil_v1_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +1863,7 @@ func (x *DeleteImageRequest) String() string {
 func (*DeleteImageRequest) ProtoMessage() {}
 
 func (x *DeleteImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[22]
+	mi := &file_anvil_v1_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +1876,7 @@ func (x *DeleteImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteImageRequest.ProtoReflect.Descriptor instead.
 func (*DeleteImageRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{22}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteImageRequest) GetId() string {
@@ -1759,7 +1894,7 @@ type DeleteImageResponse struct {
 
 func (x *DeleteImageResponse) Reset() {
 	*x = DeleteImageResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[23]
+	mi := &file_anvil_v1_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1906,7 @@ func (x *DeleteImageResponse) String() string {
 func (*DeleteImageResponse) ProtoMessage() {}
 
 func (x *DeleteImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[23]
+	mi := &file_anvil_v1_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1919,7 @@ func (x *DeleteImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteImageResponse.ProtoReflect.Descriptor instead.
 func (*DeleteImageResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{23}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{25}
 }
 
 type Constraint struct {
@@ -1800,7 +1935,7 @@ type Constraint struct {
 
 func (x *Constraint) Reset() {
 	*x = Constraint{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[24]
+	mi := &file_anvil_v1_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +1947,7 @@ func (x *Constraint) String() string {
 func (*Constraint) ProtoMessage() {}
 
 func (x *Constraint) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[24]
+	mi := &file_anvil_v1_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +1960,7 @@ func (x *Constraint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Constraint.ProtoReflect.Descriptor instead.
 func (*Constraint) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{24}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Constraint) GetType() ConstraintType {
@@ -1867,7 +2002,7 @@ type Size struct {
 
 func (x *Size) Reset() {
 	*x = Size{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[25]
+	mi := &file_anvil_v1_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +2014,7 @@ func (x *Size) String() string {
 func (*Size) ProtoMessage() {}
 
 func (x *Size) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[25]
+	mi := &file_anvil_v1_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +2027,7 @@ func (x *Size) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Size.ProtoReflect.Descriptor instead.
 func (*Size) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{25}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Size) GetId() string {
@@ -1925,7 +2060,7 @@ type CreateSizeRequest struct {
 
 func (x *CreateSizeRequest) Reset() {
 	*x = CreateSizeRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[26]
+	mi := &file_anvil_v1_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2072,7 @@ func (x *CreateSizeRequest) String() string {
 func (*CreateSizeRequest) ProtoMessage() {}
 
 func (x *CreateSizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[26]
+	mi := &file_anvil_v1_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2085,7 @@ func (x *CreateSizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSizeRequest.ProtoReflect.Descriptor instead.
 func (*CreateSizeRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{26}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateSizeRequest) GetSize() *Size {
@@ -1968,7 +2103,7 @@ type ListSizesRequest struct {
 
 func (x *ListSizesRequest) Reset() {
 	*x = ListSizesRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[27]
+	mi := &file_anvil_v1_operator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2115,7 @@ func (x *ListSizesRequest) String() string {
 func (*ListSizesRequest) ProtoMessage() {}
 
 func (x *ListSizesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[27]
+	mi := &file_anvil_v1_operator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2128,7 @@ func (x *ListSizesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSizesRequest.ProtoReflect.Descriptor instead.
 func (*ListSizesRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{27}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{29}
 }
 
 type ListSizesResponse struct {
@@ -2005,7 +2140,7 @@ type ListSizesResponse struct {
 
 func (x *ListSizesResponse) Reset() {
 	*x = ListSizesResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[28]
+	mi := &file_anvil_v1_operator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2152,7 @@ func (x *ListSizesResponse) String() string {
 func (*ListSizesResponse) ProtoMessage() {}
 
 func (x *ListSizesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[28]
+	mi := &file_anvil_v1_operator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2165,7 @@ func (x *ListSizesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSizesResponse.ProtoReflect.Descriptor instead.
 func (*ListSizesResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{28}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListSizesResponse) GetSizes() []*Size {
@@ -2049,7 +2184,7 @@ type GetSizeRequest struct {
 
 func (x *GetSizeRequest) Reset() {
 	*x = GetSizeRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[29]
+	mi := &file_anvil_v1_operator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2196,7 @@ func (x *GetSizeRequest) String() string {
 func (*GetSizeRequest) ProtoMessage() {}
 
 func (x *GetSizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[29]
+	mi := &file_anvil_v1_operator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2209,7 @@ func (x *GetSizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSizeRequest.ProtoReflect.Descriptor instead.
 func (*GetSizeRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{29}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetSizeRequest) GetId() string {
@@ -2093,7 +2228,7 @@ type DeleteSizeRequest struct {
 
 func (x *DeleteSizeRequest) Reset() {
 	*x = DeleteSizeRequest{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[30]
+	mi := &file_anvil_v1_operator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2240,7 @@ func (x *DeleteSizeRequest) String() string {
 func (*DeleteSizeRequest) ProtoMessage() {}
 
 func (x *DeleteSizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[30]
+	mi := &file_anvil_v1_operator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2253,7 @@ func (x *DeleteSizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSizeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSizeRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{30}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteSizeRequest) GetId() string {
@@ -2136,7 +2271,7 @@ type DeleteSizeResponse struct {
 
 func (x *DeleteSizeResponse) Reset() {
 	*x = DeleteSizeResponse{}
-	mi := &file_anvil_v1_operator_proto_msgTypes[31]
+	mi := &file_anvil_v1_operator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2283,7 @@ func (x *DeleteSizeResponse) String() string {
 func (*DeleteSizeResponse) ProtoMessage() {}
 
 func (x *DeleteSizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_operator_proto_msgTypes[31]
+	mi := &file_anvil_v1_operator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,14 +2296,14 @@ func (x *DeleteSizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSizeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSizeResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{31}
+	return file_anvil_v1_operator_proto_rawDescGZIP(), []int{33}
 }
 
 var File_anvil_v1_operator_proto protoreflect.FileDescriptor
 
 const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x17anvil/v1/operator.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x05\n" +
+	"\x17anvil/v1/operator.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x06\n" +
 	"\aMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -2195,10 +2330,19 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"last_event\x18\x0f \x01(\v2\x0f.anvil.v1.EventR\tlastEvent\x12.\n" +
 	"\bprogress\x18\x10 \x01(\v2\x12.anvil.v1.ProgressR\bprogress\x12\x1f\n" +
 	"\vbmc_address\x18\x11 \x01(\tR\n" +
-	"bmcAddress\x1a9\n" +
+	"bmcAddress\x12F\n" +
+	"\x11boot_observations\x18\x12 \x03(\v2\x19.anvil.v1.BootObservationR\x10bootObservations\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9a\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x01\n" +
+	"\x0fBootObservation\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12%\n" +
+	"\x0eclient_address\x18\x02 \x01(\tR\rclientAddress\x12\x10\n" +
+	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x1a\n" +
+	"\bplatform\x18\x04 \x01(\tR\bplatform\x12\x16\n" +
+	"\x06served\x18\x05 \x01(\tR\x06served\"'\n" +
+	"\x15ApproveMachineRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x9a\x02\n" +
 	"\n" +
 	"Allocation\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x1a\n" +
@@ -2349,7 +2493,7 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\x15CONSTRAINT_TYPE_CORES\x10\x01\x12\x1a\n" +
 	"\x16CONSTRAINT_TYPE_MEMORY\x10\x02\x12\x1b\n" +
 	"\x17CONSTRAINT_TYPE_STORAGE\x10\x03\x12\x17\n" +
-	"\x13CONSTRAINT_TYPE_GPU\x10\x042\xa7\x06\n" +
+	"\x13CONSTRAINT_TYPE_GPU\x10\x042\xed\x06\n" +
 	"\x0eMachineService\x12M\n" +
 	"\fListMachines\x12\x1d.anvil.v1.ListMachinesRequest\x1a\x1e.anvil.v1.ListMachinesResponse\x12<\n" +
 	"\n" +
@@ -2363,7 +2507,8 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"ListEvents\x12\x1b.anvil.v1.ListEventsRequest\x1a\x1c.anvil.v1.ListEventsResponse\x12>\n" +
 	"\vWatchEvents\x12\x1c.anvil.v1.WatchEventsRequest\x1a\x0f.anvil.v1.Event0\x01\x12B\n" +
 	"\rSetMachineBMC\x12\x1e.anvil.v1.SetMachineBMCRequest\x1a\x11.anvil.v1.Machine\x12M\n" +
-	"\fPowerMachine\x12\x1d.anvil.v1.PowerMachineRequest\x1a\x1e.anvil.v1.PowerMachineResponse2\x99\x02\n" +
+	"\fPowerMachine\x12\x1d.anvil.v1.PowerMachineRequest\x1a\x1e.anvil.v1.PowerMachineResponse\x12D\n" +
+	"\x0eApproveMachine\x12\x1f.anvil.v1.ApproveMachineRequest\x1a\x11.anvil.v1.Machine2\x99\x02\n" +
 	"\fImageService\x12<\n" +
 	"\vCreateImage\x12\x1c.anvil.v1.CreateImageRequest\x1a\x0f.anvil.v1.Image\x12G\n" +
 	"\n" +
@@ -2391,7 +2536,7 @@ func file_anvil_v1_operator_proto_rawDescGZIP() []byte {
 }
 
 var file_anvil_v1_operator_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_anvil_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_anvil_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_anvil_v1_operator_proto_goTypes = []any{
 	(PowerAction)(0),                // 0: anvil.v1.PowerAction
 	(BootDevice)(0),                 // 1: anvil.v1.BootDevice
@@ -2399,126 +2544,132 @@ var file_anvil_v1_operator_proto_goTypes = []any{
 	(ImageFeature)(0),               // 3: anvil.v1.ImageFeature
 	(ConstraintType)(0),             // 4: anvil.v1.ConstraintType
 	(*Machine)(nil),                 // 5: anvil.v1.Machine
-	(*Allocation)(nil),              // 6: anvil.v1.Allocation
-	(*ListMachinesRequest)(nil),     // 7: anvil.v1.ListMachinesRequest
-	(*ListMachinesResponse)(nil),    // 8: anvil.v1.ListMachinesResponse
-	(*GetMachineRequest)(nil),       // 9: anvil.v1.GetMachineRequest
-	(*AllocateMachineRequest)(nil),  // 10: anvil.v1.AllocateMachineRequest
-	(*FreeMachineRequest)(nil),      // 11: anvil.v1.FreeMachineRequest
-	(*ReinstallMachineRequest)(nil), // 12: anvil.v1.ReinstallMachineRequest
-	(*DeleteMachineRequest)(nil),    // 13: anvil.v1.DeleteMachineRequest
-	(*DeleteMachineResponse)(nil),   // 14: anvil.v1.DeleteMachineResponse
-	(*SetMachineLabelsRequest)(nil), // 15: anvil.v1.SetMachineLabelsRequest
-	(*ListEventsRequest)(nil),       // 16: anvil.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 17: anvil.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),      // 18: anvil.v1.WatchEventsRequest
-	(*SetMachineBMCRequest)(nil),    // 19: anvil.v1.SetMachineBMCRequest
-	(*PowerMachineRequest)(nil),     // 20: anvil.v1.PowerMachineRequest
-	(*PowerMachineResponse)(nil),    // 21: anvil.v1.PowerMachineResponse
-	(*Image)(nil),                   // 22: anvil.v1.Image
-	(*CreateImageRequest)(nil),      // 23: anvil.v1.CreateImageRequest
-	(*ListImagesRequest)(nil),       // 24: anvil.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),      // 25: anvil.v1.ListImagesResponse
-	(*GetImageRequest)(nil),         // 26: anvil.v1.GetImageRequest
-	(*DeleteImageRequest)(nil),      // 27: anvil.v1.DeleteImageRequest
-	(*DeleteImageResponse)(nil),     // 28: anvil.v1.DeleteImageResponse
-	(*Constraint)(nil),              // 29: anvil.v1.Constraint
-	(*Size)(nil),                    // 30: anvil.v1.Size
-	(*CreateSizeRequest)(nil),       // 31: anvil.v1.CreateSizeRequest
-	(*ListSizesRequest)(nil),        // 32: anvil.v1.ListSizesRequest
-	(*ListSizesResponse)(nil),       // 33: anvil.v1.ListSizesResponse
-	(*GetSizeRequest)(nil),          // 34: anvil.v1.GetSizeRequest
-	(*DeleteSizeRequest)(nil),       // 35: anvil.v1.DeleteSizeRequest
-	(*DeleteSizeResponse)(nil),      // 36: anvil.v1.DeleteSizeResponse
-	nil,                             // 37: anvil.v1.Machine.LabelsEntry
-	nil,                             // 38: anvil.v1.ListMachinesRequest.LabelsEntry
-	nil,                             // 39: anvil.v1.AllocateMachineRequest.SelectorEntry
-	nil,                             // 40: anvil.v1.SetMachineLabelsRequest.LabelsEntry
-	(MachineState)(0),               // 41: anvil.v1.MachineState
-	(Liveliness)(0),                 // 42: anvil.v1.Liveliness
-	(*Inventory)(nil),               // 43: anvil.v1.Inventory
-	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
-	(*Event)(nil),                   // 45: anvil.v1.Event
-	(*Progress)(nil),                // 46: anvil.v1.Progress
-	(EraseMode)(0),                  // 47: anvil.v1.EraseMode
-	(ImageFormat)(0),                // 48: anvil.v1.ImageFormat
+	(*BootObservation)(nil),         // 6: anvil.v1.BootObservation
+	(*ApproveMachineRequest)(nil),   // 7: anvil.v1.ApproveMachineRequest
+	(*Allocation)(nil),              // 8: anvil.v1.Allocation
+	(*ListMachinesRequest)(nil),     // 9: anvil.v1.ListMachinesRequest
+	(*ListMachinesResponse)(nil),    // 10: anvil.v1.ListMachinesResponse
+	(*GetMachineRequest)(nil),       // 11: anvil.v1.GetMachineRequest
+	(*AllocateMachineRequest)(nil),  // 12: anvil.v1.AllocateMachineRequest
+	(*FreeMachineRequest)(nil),      // 13: anvil.v1.FreeMachineRequest
+	(*ReinstallMachineRequest)(nil), // 14: anvil.v1.ReinstallMachineRequest
+	(*DeleteMachineRequest)(nil),    // 15: anvil.v1.DeleteMachineRequest
+	(*DeleteMachineResponse)(nil),   // 16: anvil.v1.DeleteMachineResponse
+	(*SetMachineLabelsRequest)(nil), // 17: anvil.v1.SetMachineLabelsRequest
+	(*ListEventsRequest)(nil),       // 18: anvil.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 19: anvil.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),      // 20: anvil.v1.WatchEventsRequest
+	(*SetMachineBMCRequest)(nil),    // 21: anvil.v1.SetMachineBMCRequest
+	(*PowerMachineRequest)(nil),     // 22: anvil.v1.PowerMachineRequest
+	(*PowerMachineResponse)(nil),    // 23: anvil.v1.PowerMachineResponse
+	(*Image)(nil),                   // 24: anvil.v1.Image
+	(*CreateImageRequest)(nil),      // 25: anvil.v1.CreateImageRequest
+	(*ListImagesRequest)(nil),       // 26: anvil.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),      // 27: anvil.v1.ListImagesResponse
+	(*GetImageRequest)(nil),         // 28: anvil.v1.GetImageRequest
+	(*DeleteImageRequest)(nil),      // 29: anvil.v1.DeleteImageRequest
+	(*DeleteImageResponse)(nil),     // 30: anvil.v1.DeleteImageResponse
+	(*Constraint)(nil),              // 31: anvil.v1.Constraint
+	(*Size)(nil),                    // 32: anvil.v1.Size
+	(*CreateSizeRequest)(nil),       // 33: anvil.v1.CreateSizeRequest
+	(*ListSizesRequest)(nil),        // 34: anvil.v1.ListSizesRequest
+	(*ListSizesResponse)(nil),       // 35: anvil.v1.ListSizesResponse
+	(*GetSizeRequest)(nil),          // 36: anvil.v1.GetSizeRequest
+	(*DeleteSizeRequest)(nil),       // 37: anvil.v1.DeleteSizeRequest
+	(*DeleteSizeResponse)(nil),      // 38: anvil.v1.DeleteSizeResponse
+	nil,                             // 39: anvil.v1.Machine.LabelsEntry
+	nil,                             // 40: anvil.v1.ListMachinesRequest.LabelsEntry
+	nil,                             // 41: anvil.v1.AllocateMachineRequest.SelectorEntry
+	nil,                             // 42: anvil.v1.SetMachineLabelsRequest.LabelsEntry
+	(MachineState)(0),               // 43: anvil.v1.MachineState
+	(Liveliness)(0),                 // 44: anvil.v1.Liveliness
+	(*Inventory)(nil),               // 45: anvil.v1.Inventory
+	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
+	(*Event)(nil),                   // 47: anvil.v1.Event
+	(*Progress)(nil),                // 48: anvil.v1.Progress
+	(EraseMode)(0),                  // 49: anvil.v1.EraseMode
+	(ImageFormat)(0),                // 50: anvil.v1.ImageFormat
 }
 var file_anvil_v1_operator_proto_depIdxs = []int32{
-	41, // 0: anvil.v1.Machine.state:type_name -> anvil.v1.MachineState
-	42, // 1: anvil.v1.Machine.liveliness:type_name -> anvil.v1.Liveliness
-	6,  // 2: anvil.v1.Machine.allocation:type_name -> anvil.v1.Allocation
-	43, // 3: anvil.v1.Machine.inventory:type_name -> anvil.v1.Inventory
-	37, // 4: anvil.v1.Machine.labels:type_name -> anvil.v1.Machine.LabelsEntry
-	44, // 5: anvil.v1.Machine.created_at:type_name -> google.protobuf.Timestamp
-	44, // 6: anvil.v1.Machine.last_seen:type_name -> google.protobuf.Timestamp
-	45, // 7: anvil.v1.Machine.last_event:type_name -> anvil.v1.Event
-	46, // 8: anvil.v1.Machine.progress:type_name -> anvil.v1.Progress
-	44, // 9: anvil.v1.Allocation.allocated_at:type_name -> google.protobuf.Timestamp
-	41, // 10: anvil.v1.ListMachinesRequest.state:type_name -> anvil.v1.MachineState
-	42, // 11: anvil.v1.ListMachinesRequest.liveliness:type_name -> anvil.v1.Liveliness
-	38, // 12: anvil.v1.ListMachinesRequest.labels:type_name -> anvil.v1.ListMachinesRequest.LabelsEntry
-	5,  // 13: anvil.v1.ListMachinesResponse.machines:type_name -> anvil.v1.Machine
-	39, // 14: anvil.v1.AllocateMachineRequest.selector:type_name -> anvil.v1.AllocateMachineRequest.SelectorEntry
-	47, // 15: anvil.v1.FreeMachineRequest.erase_mode:type_name -> anvil.v1.EraseMode
-	40, // 16: anvil.v1.SetMachineLabelsRequest.labels:type_name -> anvil.v1.SetMachineLabelsRequest.LabelsEntry
-	45, // 17: anvil.v1.ListEventsResponse.events:type_name -> anvil.v1.Event
-	0,  // 18: anvil.v1.PowerMachineRequest.action:type_name -> anvil.v1.PowerAction
-	1,  // 19: anvil.v1.PowerMachineRequest.next_boot:type_name -> anvil.v1.BootDevice
-	2,  // 20: anvil.v1.PowerMachineResponse.state:type_name -> anvil.v1.PowerState
-	1,  // 21: anvil.v1.PowerMachineResponse.next_boot:type_name -> anvil.v1.BootDevice
-	45, // 22: anvil.v1.PowerMachineResponse.event:type_name -> anvil.v1.Event
-	48, // 23: anvil.v1.Image.format:type_name -> anvil.v1.ImageFormat
-	3,  // 24: anvil.v1.Image.features:type_name -> anvil.v1.ImageFeature
-	44, // 25: anvil.v1.Image.created_at:type_name -> google.protobuf.Timestamp
-	22, // 26: anvil.v1.CreateImageRequest.image:type_name -> anvil.v1.Image
-	22, // 27: anvil.v1.ListImagesResponse.images:type_name -> anvil.v1.Image
-	4,  // 28: anvil.v1.Constraint.type:type_name -> anvil.v1.ConstraintType
-	29, // 29: anvil.v1.Size.constraints:type_name -> anvil.v1.Constraint
-	30, // 30: anvil.v1.CreateSizeRequest.size:type_name -> anvil.v1.Size
-	30, // 31: anvil.v1.ListSizesResponse.sizes:type_name -> anvil.v1.Size
-	7,  // 32: anvil.v1.MachineService.ListMachines:input_type -> anvil.v1.ListMachinesRequest
-	9,  // 33: anvil.v1.MachineService.GetMachine:input_type -> anvil.v1.GetMachineRequest
-	10, // 34: anvil.v1.MachineService.AllocateMachine:input_type -> anvil.v1.AllocateMachineRequest
-	11, // 35: anvil.v1.MachineService.FreeMachine:input_type -> anvil.v1.FreeMachineRequest
-	12, // 36: anvil.v1.MachineService.ReinstallMachine:input_type -> anvil.v1.ReinstallMachineRequest
-	13, // 37: anvil.v1.MachineService.DeleteMachine:input_type -> anvil.v1.DeleteMachineRequest
-	15, // 38: anvil.v1.MachineService.SetMachineLabels:input_type -> anvil.v1.SetMachineLabelsRequest
-	16, // 39: anvil.v1.MachineService.ListEvents:input_type -> anvil.v1.ListEventsRequest
-	18, // 40: anvil.v1.MachineService.WatchEvents:input_type -> anvil.v1.WatchEventsRequest
-	19, // 41: anvil.v1.MachineService.SetMachineBMC:input_type -> anvil.v1.SetMachineBMCRequest
-	20, // 42: anvil.v1.MachineService.PowerMachine:input_type -> anvil.v1.PowerMachineRequest
-	23, // 43: anvil.v1.ImageService.CreateImage:input_type -> anvil.v1.CreateImageRequest
-	24, // 44: anvil.v1.ImageService.ListImages:input_type -> anvil.v1.ListImagesRequest
-	26, // 45: anvil.v1.ImageService.GetImage:input_type -> anvil.v1.GetImageRequest
-	27, // 46: anvil.v1.ImageService.DeleteImage:input_type -> anvil.v1.DeleteImageRequest
-	31, // 47: anvil.v1.SizeService.CreateSize:input_type -> anvil.v1.CreateSizeRequest
-	32, // 48: anvil.v1.SizeService.ListSizes:input_type -> anvil.v1.ListSizesRequest
-	34, // 49: anvil.v1.SizeService.GetSize:input_type -> anvil.v1.GetSizeRequest
-	35, // 50: anvil.v1.SizeService.DeleteSize:input_type -> anvil.v1.DeleteSizeRequest
-	8,  // 51: anvil.v1.MachineService.ListMachines:output_type -> anvil.v1.ListMachinesResponse
-	5,  // 52: anvil.v1.MachineService.GetMachine:output_type -> anvil.v1.Machine
-	5,  // 53: anvil.v1.MachineService.AllocateMachine:output_type -> anvil.v1.Machine
-	5,  // 54: anvil.v1.MachineService.FreeMachine:output_type -> anvil.v1.Machine
-	5,  // 55: anvil.v1.MachineService.ReinstallMachine:output_type -> anvil.v1.Machine
-	14, // 56: anvil.v1.MachineService.DeleteMachine:output_type -> anvil.v1.DeleteMachineResponse
-	5,  // 57: anvil.v1.MachineService.SetMachineLabels:output_type -> anvil.v1.Machine
-	17, // 58: anvil.v1.MachineService.ListEvents:output_type -> anvil.v1.ListEventsResponse
-	45, // 59: anvil.v1.MachineService.WatchEvents:output_type -> anvil.v1.Event
-	5,  // 60: anvil.v1.MachineService.SetMachineBMC:output_type -> anvil.v1.Machine
-	21, // 61: anvil.v1.MachineService.PowerMachine:output_type -> anvil.v1.PowerMachineResponse
-	22, // 62: anvil.v1.ImageService.CreateImage:output_type -> anvil.v1.Image
-	25, // 63: anvil.v1.ImageService.ListImages:output_type -> anvil.v1.ListImagesResponse
-	22, // 64: anvil.v1.ImageService.GetImage:output_type -> anvil.v1.Image
-	28, // 65: anvil.v1.ImageService.DeleteImage:output_type -> anvil.v1.DeleteImageResponse
-	30, // 66: anvil.v1.SizeService.CreateSize:output_type -> anvil.v1.Size
-	33, // 67: anvil.v1.SizeService.ListSizes:output_type -> anvil.v1.ListSizesResponse
-	30, // 68: anvil.v1.SizeService.GetSize:output_type -> anvil.v1.Size
-	36, // 69: anvil.v1.SizeService.DeleteSize:output_type -> anvil.v1.DeleteSizeResponse
-	51, // [51:70] is the sub-list for method output_type
-	32, // [32:51] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	43, // 0: anvil.v1.Machine.state:type_name -> anvil.v1.MachineState
+	44, // 1: anvil.v1.Machine.liveliness:type_name -> anvil.v1.Liveliness
+	8,  // 2: anvil.v1.Machine.allocation:type_name -> anvil.v1.Allocation
+	45, // 3: anvil.v1.Machine.inventory:type_name -> anvil.v1.Inventory
+	39, // 4: anvil.v1.Machine.labels:type_name -> anvil.v1.Machine.LabelsEntry
+	46, // 5: anvil.v1.Machine.created_at:type_name -> google.protobuf.Timestamp
+	46, // 6: anvil.v1.Machine.last_seen:type_name -> google.protobuf.Timestamp
+	47, // 7: anvil.v1.Machine.last_event:type_name -> anvil.v1.Event
+	48, // 8: anvil.v1.Machine.progress:type_name -> anvil.v1.Progress
+	6,  // 9: anvil.v1.Machine.boot_observations:type_name -> anvil.v1.BootObservation
+	46, // 10: anvil.v1.BootObservation.time:type_name -> google.protobuf.Timestamp
+	46, // 11: anvil.v1.Allocation.allocated_at:type_name -> google.protobuf.Timestamp
+	43, // 12: anvil.v1.ListMachinesRequest.state:type_name -> anvil.v1.MachineState
+	44, // 13: anvil.v1.ListMachinesRequest.liveliness:type_name -> anvil.v1.Liveliness
+	40, // 14: anvil.v1.ListMachinesRequest.labels:type_name -> anvil.v1.ListMachinesRequest.LabelsEntry
+	5,  // 15: anvil.v1.ListMachinesResponse.machines:type_name -> anvil.v1.Machine
+	41, // 16: anvil.v1.AllocateMachineRequest.selector:type_name -> anvil.v1.AllocateMachineRequest.SelectorEntry
+	49, // 17: anvil.v1.FreeMachineRequest.erase_mode:type_name -> anvil.v1.EraseMode
+	42, // 18: anvil.v1.SetMachineLabelsRequest.labels:type_name -> anvil.v1.SetMachineLabelsRequest.LabelsEntry
+	47, // 19: anvil.v1.ListEventsResponse.events:type_name -> anvil.v1.Event
+	0,  // 20: anvil.v1.PowerMachineRequest.action:type_name -> anvil.v1.PowerAction
+	1,  // 21: anvil.v1.PowerMachineRequest.next_boot:type_name -> anvil.v1.BootDevice
+	2,  // 22: anvil.v1.PowerMachineResponse.state:type_name -> anvil.v1.PowerState
+	1,  // 23: anvil.v1.PowerMachineResponse.next_boot:type_name -> anvil.v1.BootDevice
+	47, // 24: anvil.v1.PowerMachineResponse.event:type_name -> anvil.v1.Event
+	50, // 25: anvil.v1.Image.format:type_name -> anvil.v1.ImageFormat
+	3,  // 26: anvil.v1.Image.features:type_name -> anvil.v1.ImageFeature
+	46, // 27: anvil.v1.Image.created_at:type_name -> google.protobuf.Timestamp
+	24, // 28: anvil.v1.CreateImageRequest.image:type_name -> anvil.v1.Image
+	24, // 29: anvil.v1.ListImagesResponse.images:type_name -> anvil.v1.Image
+	4,  // 30: anvil.v1.Constraint.type:type_name -> anvil.v1.ConstraintType
+	31, // 31: anvil.v1.Size.constraints:type_name -> anvil.v1.Constraint
+	32, // 32: anvil.v1.CreateSizeRequest.size:type_name -> anvil.v1.Size
+	32, // 33: anvil.v1.ListSizesResponse.sizes:type_name -> anvil.v1.Size
+	9,  // 34: anvil.v1.MachineService.ListMachines:input_type -> anvil.v1.ListMachinesRequest
+	11, // 35: anvil.v1.MachineService.GetMachine:input_type -> anvil.v1.GetMachineRequest
+	12, // 36: anvil.v1.MachineService.AllocateMachine:input_type -> anvil.v1.AllocateMachineRequest
+	13, // 37: anvil.v1.MachineService.FreeMachine:input_type -> anvil.v1.FreeMachineRequest
+	14, // 38: anvil.v1.MachineService.ReinstallMachine:input_type -> anvil.v1.ReinstallMachineRequest
+	15, // 39: anvil.v1.MachineService.DeleteMachine:input_type -> anvil.v1.DeleteMachineRequest
+	17, // 40: anvil.v1.MachineService.SetMachineLabels:input_type -> anvil.v1.SetMachineLabelsRequest
+	18, // 41: anvil.v1.MachineService.ListEvents:input_type -> anvil.v1.ListEventsRequest
+	20, // 42: anvil.v1.MachineService.WatchEvents:input_type -> anvil.v1.WatchEventsRequest
+	21, // 43: anvil.v1.MachineService.SetMachineBMC:input_type -> anvil.v1.SetMachineBMCRequest
+	22, // 44: anvil.v1.MachineService.PowerMachine:input_type -> anvil.v1.PowerMachineRequest
+	7,  // 45: anvil.v1.MachineService.ApproveMachine:input_type -> anvil.v1.ApproveMachineRequest
+	25, // 46: anvil.v1.ImageService.CreateImage:input_type -> anvil.v1.CreateImageRequest
+	26, // 47: anvil.v1.ImageService.ListImages:input_type -> anvil.v1.ListImagesRequest
+	28, // 48: anvil.v1.ImageService.GetImage:input_type -> anvil.v1.GetImageRequest
+	29, // 49: anvil.v1.ImageService.DeleteImage:input_type -> anvil.v1.DeleteImageRequest
+	33, // 50: anvil.v1.SizeService.CreateSize:input_type -> anvil.v1.CreateSizeRequest
+	34, // 51: anvil.v1.SizeService.ListSizes:input_type -> anvil.v1.ListSizesRequest
+	36, // 52: anvil.v1.SizeService.GetSize:input_type -> anvil.v1.GetSizeRequest
+	37, // 53: anvil.v1.SizeService.DeleteSize:input_type -> anvil.v1.DeleteSizeRequest
+	10, // 54: anvil.v1.MachineService.ListMachines:output_type -> anvil.v1.ListMachinesResponse
+	5,  // 55: anvil.v1.MachineService.GetMachine:output_type -> anvil.v1.Machine
+	5,  // 56: anvil.v1.MachineService.AllocateMachine:output_type -> anvil.v1.Machine
+	5,  // 57: anvil.v1.MachineService.FreeMachine:output_type -> anvil.v1.Machine
+	5,  // 58: anvil.v1.MachineService.ReinstallMachine:output_type -> anvil.v1.Machine
+	16, // 59: anvil.v1.MachineService.DeleteMachine:output_type -> anvil.v1.DeleteMachineResponse
+	5,  // 60: anvil.v1.MachineService.SetMachineLabels:output_type -> anvil.v1.Machine
+	19, // 61: anvil.v1.MachineService.ListEvents:output_type -> anvil.v1.ListEventsResponse
+	47, // 62: anvil.v1.MachineService.WatchEvents:output_type -> anvil.v1.Event
+	5,  // 63: anvil.v1.MachineService.SetMachineBMC:output_type -> anvil.v1.Machine
+	23, // 64: anvil.v1.MachineService.PowerMachine:output_type -> anvil.v1.PowerMachineResponse
+	5,  // 65: anvil.v1.MachineService.ApproveMachine:output_type -> anvil.v1.Machine
+	24, // 66: anvil.v1.ImageService.CreateImage:output_type -> anvil.v1.Image
+	27, // 67: anvil.v1.ImageService.ListImages:output_type -> anvil.v1.ListImagesResponse
+	24, // 68: anvil.v1.ImageService.GetImage:output_type -> anvil.v1.Image
+	30, // 69: anvil.v1.ImageService.DeleteImage:output_type -> anvil.v1.DeleteImageResponse
+	32, // 70: anvil.v1.SizeService.CreateSize:output_type -> anvil.v1.Size
+	35, // 71: anvil.v1.SizeService.ListSizes:output_type -> anvil.v1.ListSizesResponse
+	32, // 72: anvil.v1.SizeService.GetSize:output_type -> anvil.v1.Size
+	38, // 73: anvil.v1.SizeService.DeleteSize:output_type -> anvil.v1.DeleteSizeResponse
+	54, // [54:74] is the sub-list for method output_type
+	34, // [34:54] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_anvil_v1_operator_proto_init() }
@@ -2527,14 +2678,14 @@ func file_anvil_v1_operator_proto_init() {
 		return
 	}
 	file_anvil_v1_types_proto_init()
-	file_anvil_v1_operator_proto_msgTypes[2].OneofWrappers = []any{}
+	file_anvil_v1_operator_proto_msgTypes[4].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_anvil_v1_operator_proto_rawDesc), len(file_anvil_v1_operator_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

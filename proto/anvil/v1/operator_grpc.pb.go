@@ -30,6 +30,7 @@ const (
 	MachineService_WatchEvents_FullMethodName      = "/anvil.v1.MachineService/WatchEvents"
 	MachineService_SetMachineBMC_FullMethodName    = "/anvil.v1.MachineService/SetMachineBMC"
 	MachineService_PowerMachine_FullMethodName     = "/anvil.v1.MachineService/PowerMachine"
+	MachineService_ApproveMachine_FullMethodName   = "/anvil.v1.MachineService/ApproveMachine"
 )
 
 // MachineServiceClient is the client API for MachineService service.
@@ -67,6 +68,11 @@ type MachineServiceClient interface {
 	// refused the command), Unavailable (the BMC cannot be reached or did not
 	// answer in time).
 	PowerMachine(ctx context.Context, in *PowerMachineRequest, opts ...grpc.CallOption) (*PowerMachineResponse, error)
+	// ApproveMachine trusts the machine's current agent session: a machine
+	// Awaiting Approval (enrollment policy "approve", or a boot the
+	// controller did not expect) becomes Ready, or goes on with its
+	// allocation. FailedPrecondition when nothing awaits approval.
+	ApproveMachine(ctx context.Context, in *ApproveMachineRequest, opts ...grpc.CallOption) (*Machine, error)
 }
 
 type machineServiceClient struct {
@@ -196,6 +202,16 @@ func (c *machineServiceClient) PowerMachine(ctx context.Context, in *PowerMachin
 	return out, nil
 }
 
+func (c *machineServiceClient) ApproveMachine(ctx context.Context, in *ApproveMachineRequest, opts ...grpc.CallOption) (*Machine, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Machine)
+	err := c.cc.Invoke(ctx, MachineService_ApproveMachine_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MachineServiceServer is the server API for MachineService service.
 // All implementations must embed UnimplementedMachineServiceServer
 // for forward compatibility.
@@ -231,6 +247,11 @@ type MachineServiceServer interface {
 	// refused the command), Unavailable (the BMC cannot be reached or did not
 	// answer in time).
 	PowerMachine(context.Context, *PowerMachineRequest) (*PowerMachineResponse, error)
+	// ApproveMachine trusts the machine's current agent session: a machine
+	// Awaiting Approval (enrollment policy "approve", or a boot the
+	// controller did not expect) becomes Ready, or goes on with its
+	// allocation. FailedPrecondition when nothing awaits approval.
+	ApproveMachine(context.Context, *ApproveMachineRequest) (*Machine, error)
 	mustEmbedUnimplementedMachineServiceServer()
 }
 
@@ -273,6 +294,9 @@ func (UnimplementedMachineServiceServer) SetMachineBMC(context.Context, *SetMach
 }
 func (UnimplementedMachineServiceServer) PowerMachine(context.Context, *PowerMachineRequest) (*PowerMachineResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PowerMachine not implemented")
+}
+func (UnimplementedMachineServiceServer) ApproveMachine(context.Context, *ApproveMachineRequest) (*Machine, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApproveMachine not implemented")
 }
 func (UnimplementedMachineServiceServer) mustEmbedUnimplementedMachineServiceServer() {}
 func (UnimplementedMachineServiceServer) testEmbeddedByValue()                        {}
@@ -486,6 +510,24 @@ func _MachineService_PowerMachine_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MachineService_ApproveMachine_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveMachineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).ApproveMachine(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_ApproveMachine_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).ApproveMachine(ctx, req.(*ApproveMachineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MachineService_ServiceDesc is the grpc.ServiceDesc for MachineService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -532,6 +574,10 @@ var MachineService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PowerMachine",
 			Handler:    _MachineService_PowerMachine_Handler,
+		},
+		{
+			MethodName: "ApproveMachine",
+			Handler:    _MachineService_ApproveMachine_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

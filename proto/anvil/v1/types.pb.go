@@ -172,6 +172,10 @@ const (
 	MachineState_MACHINE_STATE_PROVISIONED MachineState = 8
 	MachineState_MACHINE_STATE_RECLAIM     MachineState = 9
 	MachineState_MACHINE_STATE_FAILED      MachineState = 10
+	// The agent registered but its session is not trusted (enrollment policy
+	// "approve", or a boot the controller did not expect): no instruction
+	// carrying secrets goes to it until an operator approves the machine.
+	MachineState_MACHINE_STATE_AWAITING_APPROVAL MachineState = 11
 )
 
 // Enum value maps for MachineState.
@@ -188,19 +192,21 @@ var (
 		8:  "MACHINE_STATE_PROVISIONED",
 		9:  "MACHINE_STATE_RECLAIM",
 		10: "MACHINE_STATE_FAILED",
+		11: "MACHINE_STATE_AWAITING_APPROVAL",
 	}
 	MachineState_value = map[string]int32{
-		"MACHINE_STATE_UNSPECIFIED": 0,
-		"MACHINE_STATE_PXE_BOOTING": 1,
-		"MACHINE_STATE_REGISTERING": 2,
-		"MACHINE_STATE_READY":       3,
-		"MACHINE_STATE_ALLOCATED":   4,
-		"MACHINE_STATE_WIPING":      5,
-		"MACHINE_STATE_INSTALLING":  6,
-		"MACHINE_STATE_BOOTING":     7,
-		"MACHINE_STATE_PROVISIONED": 8,
-		"MACHINE_STATE_RECLAIM":     9,
-		"MACHINE_STATE_FAILED":      10,
+		"MACHINE_STATE_UNSPECIFIED":       0,
+		"MACHINE_STATE_PXE_BOOTING":       1,
+		"MACHINE_STATE_REGISTERING":       2,
+		"MACHINE_STATE_READY":             3,
+		"MACHINE_STATE_ALLOCATED":         4,
+		"MACHINE_STATE_WIPING":            5,
+		"MACHINE_STATE_INSTALLING":        6,
+		"MACHINE_STATE_BOOTING":           7,
+		"MACHINE_STATE_PROVISIONED":       8,
+		"MACHINE_STATE_RECLAIM":           9,
+		"MACHINE_STATE_FAILED":            10,
+		"MACHINE_STATE_AWAITING_APPROVAL": 11,
 	}
 )
 
@@ -320,6 +326,15 @@ const (
 	// An operator switched the machine's power through its BMC; the message
 	// names the action, the next boot device and the resulting state.
 	EventType_EVENT_TYPE_POWER EventType = 15
+	// A refused or suspicious request naming the machine (a registration
+	// that would take over a live session, a replayed boot token, a second
+	// board claiming the machine's UUID). Changes no state.
+	EventType_EVENT_TYPE_SECURITY EventType = 16
+	// The agent registered, but its session is not trusted; the machine waits
+	// for an operator's approval (ApproveMachine).
+	EventType_EVENT_TYPE_HELD EventType = 17
+	// An operator approved the machine's current session.
+	EventType_EVENT_TYPE_APPROVED EventType = 18
 )
 
 // Enum value maps for EventType.
@@ -341,6 +356,9 @@ var (
 		13: "EVENT_TYPE_POWERING_OFF",
 		14: "EVENT_TYPE_REINSTALL",
 		15: "EVENT_TYPE_POWER",
+		16: "EVENT_TYPE_SECURITY",
+		17: "EVENT_TYPE_HELD",
+		18: "EVENT_TYPE_APPROVED",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":  0,
@@ -359,6 +377,9 @@ var (
 		"EVENT_TYPE_POWERING_OFF": 13,
 		"EVENT_TYPE_REINSTALL":    14,
 		"EVENT_TYPE_POWER":        15,
+		"EVENT_TYPE_SECURITY":     16,
+		"EVENT_TYPE_HELD":         17,
+		"EVENT_TYPE_APPROVED":     18,
 	}
 )
 
@@ -656,8 +677,13 @@ type Disk struct {
 	PhysicalBlockSize uint32 `protobuf:"varint,11,opt,name=physical_block_size,json=physicalBlockSize,proto3" json:"physical_block_size,omitempty"`
 	LogicalBlockSize  uint32 `protobuf:"varint,12,opt,name=logical_block_size,json=logicalBlockSize,proto3" json:"logical_block_size,omitempty"`
 	BusPath           string `protobuf:"bytes,13,opt,name=bus_path,json=busPath,proto3" json:"bus_path,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// What the block device is: "disk" (a physical disk or a LUN; older agents
+	// leave it empty), "virtual" (device-mapper, MD RAID, loop, RAM, zram,
+	// nbd) or "optical" (CD/DVD, including a BMC's virtual media). Only disks
+	// are install or erase targets, and only disks count towards sizes.
+	Kind          string `protobuf:"bytes,14,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Disk) Reset() {
@@ -777,6 +803,13 @@ func (x *Disk) GetLogicalBlockSize() uint32 {
 func (x *Disk) GetBusPath() string {
 	if x != nil {
 		return x.BusPath
+	}
+	return ""
+}
+
+func (x *Disk) GetKind() string {
+	if x != nil {
+		return x.Kind
 	}
 	return ""
 }
@@ -1536,7 +1569,7 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x06Memory\x12\x1f\n" +
 	"\vtotal_bytes\x18\x01 \x01(\x04R\n" +
 	"totalBytes\x12!\n" +
-	"\fusable_bytes\x18\x02 \x01(\x04R\vusableBytes\"\xfc\x02\n" +
+	"\fusable_bytes\x18\x02 \x01(\x04R\vusableBytes\"\x90\x03\n" +
 	"\x04Disk\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
@@ -1556,7 +1589,8 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"controller\x12.\n" +
 	"\x13physical_block_size\x18\v \x01(\rR\x11physicalBlockSize\x12,\n" +
 	"\x12logical_block_size\x18\f \x01(\rR\x10logicalBlockSize\x12\x19\n" +
-	"\bbus_path\x18\r \x01(\tR\abusPath\"\xc8\x01\n" +
+	"\bbus_path\x18\r \x01(\tR\abusPath\x12\x12\n" +
+	"\x04kind\x18\x0e \x01(\tR\x04kind\"\xc8\x01\n" +
 	"\x03NIC\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x16\n" +
@@ -1641,7 +1675,7 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x15IMAGE_FORMAT_TAR_ZSTD\x10\b\x12\x19\n" +
 	"\x15IMAGE_FORMAT_TAR_GZIP\x10\t\x12\x17\n" +
 	"\x13IMAGE_FORMAT_TAR_XZ\x10\n" +
-	"*\xc8\x02\n" +
+	"*\xed\x02\n" +
 	"\fMachineState\x12\x1d\n" +
 	"\x19MACHINE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19MACHINE_STATE_PXE_BOOTING\x10\x01\x12\x1d\n" +
@@ -1654,13 +1688,14 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x19MACHINE_STATE_PROVISIONED\x10\b\x12\x19\n" +
 	"\x15MACHINE_STATE_RECLAIM\x10\t\x12\x18\n" +
 	"\x14MACHINE_STATE_FAILED\x10\n" +
-	"*k\n" +
+	"\x12#\n" +
+	"\x1fMACHINE_STATE_AWAITING_APPROVAL\x10\v*k\n" +
 	"\n" +
 	"Liveliness\x12\x1a\n" +
 	"\x16LIVELINESS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LIVELINESS_ALIVE\x10\x01\x12\x13\n" +
 	"\x0fLIVELINESS_DEAD\x10\x02\x12\x16\n" +
-	"\x12LIVELINESS_UNKNOWN\x10\x03*\xa3\x03\n" +
+	"\x12LIVELINESS_UNKNOWN\x10\x03*\xea\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16EVENT_TYPE_PXE_BOOTING\x10\x01\x12\x1a\n" +
@@ -1678,7 +1713,10 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x14EVENT_TYPE_REBOOTING\x10\f\x12\x1b\n" +
 	"\x17EVENT_TYPE_POWERING_OFF\x10\r\x12\x18\n" +
 	"\x14EVENT_TYPE_REINSTALL\x10\x0e\x12\x14\n" +
-	"\x10EVENT_TYPE_POWER\x10\x0fB5Z3github.com/anvil-metal/anvil/proto/anvil/v1;anvilv1b\x06proto3"
+	"\x10EVENT_TYPE_POWER\x10\x0f\x12\x17\n" +
+	"\x13EVENT_TYPE_SECURITY\x10\x10\x12\x13\n" +
+	"\x0fEVENT_TYPE_HELD\x10\x11\x12\x17\n" +
+	"\x13EVENT_TYPE_APPROVED\x10\x12B5Z3github.com/anvil-metal/anvil/proto/anvil/v1;anvilv1b\x06proto3"
 
 var (
 	file_anvil_v1_types_proto_rawDescOnce sync.Once

@@ -209,8 +209,15 @@ func (r *Runner) machineCreds() grpc.CallOption {
 
 // Run loops until ctx ends or an executor stops the agent. It never gives
 // up on an unreachable controller: it retries with capped, jittered backoff.
+//
+// Sessions that end soon after they began back off too (the attempt count
+// grows with every session shorter than a minute): two boards with one
+// SMBIOS UUID, or an agent whose credential keeps being refused, retry
+// slowly instead of at full speed.
 func (r *Runner) Run(ctx context.Context) error {
+	short := 0
 	for {
+		began := time.Now()
 		err := r.runOnce(ctx)
 		switch {
 		case errors.Is(err, ErrStop):
@@ -222,8 +229,18 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.taken = make(map[string]bool)
 			r.mu.Unlock()
 			r.log.Info("restarting agent loop")
-		default:
-			r.log.Warn("session ended; registering again", "err", err)
+			continue
+		}
+		if time.Since(began) < time.Minute {
+			short++
+		} else {
+			short = 0
+		}
+		r.log.Warn("session ended; registering again", "err", err, "short_sessions", short)
+		if short > 1 {
+			if err := r.cfg.Backoff.Sleep(ctx, short-2); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -264,16 +281,31 @@ func (r *Runner) runOnce(ctx context.Context) error {
 	return err
 }
 
-// register retries until the controller accepts the registration.
+// register retries until the controller accepts the registration. It
+// registers with the machine credential it holds, if any (a boot token is
+// good for one registration), and with the boot token when it has none or
+// the controller no longer knows it.
 func (r *Runner) register(ctx context.Context) (time.Duration, error) {
 	for attempt := 0; ; attempt++ {
 		inv, err := r.cfg.Inventory(ctx)
 		if err == nil {
+			r.mu.Lock()
+			tok := r.cred
+			r.mu.Unlock()
+			if tok == "" {
+				tok = r.cfg.BootToken
+			}
 			var resp *anvilv1.RegisterResponse
 			cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
 			resp, err = r.api.Register(cctx, &anvilv1.RegisterRequest{Inventory: inv, AgentVersion: r.cfg.AgentVersion},
-				grpc.PerRPCCredentials(bearer(r.cfg.BootToken)), grpc.WaitForReady(false))
+				grpc.PerRPCCredentials(bearer(tok)), grpc.WaitForReady(false))
 			cancel()
+			if status.Code(err) == codes.Unauthenticated && tok != r.cfg.BootToken {
+				r.log.Warn("the controller no longer knows this machine's credential; registering with the boot token", "err", err)
+				r.mu.Lock()
+				r.cred = ""
+				r.mu.Unlock()
+			}
 			if err == nil {
 				r.mu.Lock()
 				r.machineID, r.cred = resp.GetMachineId(), resp.GetCredential()

@@ -98,6 +98,9 @@ const (
 	AdminTokenFile = "admin.token"
 	BootTokenFile  = "boot.token"
 	CAFile         = "ca.crt"
+	// The signing keys, one per purpose (random, never handed out).
+	BootTokenKeyFile = "keys/boot-token.key"
+	PhoneHomeKeyFile = "keys/phone-home.key"
 )
 
 // Controller is a running controller.
@@ -163,6 +166,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	if err != nil {
 		return nil, fmt.Errorf("boot token: %w", err)
 	}
+	var keys server.SigningKeys
+	for file, k := range map[string]*string{BootTokenKeyFile: &keys.BootToken, PhoneHomeKeyFile: &keys.PhoneHome} {
+		if *k, _, err = pki.EnsureTokenFile(filepath.Join(cfg.DataDir, file)); err != nil {
+			return nil, fmt.Errorf("signing key %s: %w", file, err)
+		}
+	}
 	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, DBFile), sqlstore.WithLogger(log))
 	if err != nil {
 		return nil, err
@@ -190,7 +199,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		}
 		st.Close()
 	}
-	srv, err := server.New(st, server.Credentials{AdminTokens: []string{admin}, BootTokens: append([]string{bootTok}, cfg.BootTokens...)},
+	srv, err := server.New(st, server.Credentials{AdminTokens: []string{admin}, BootTokens: append([]string{bootTok}, cfg.BootTokens...), Keys: keys},
 		cfg.Server, server.WithLogger(log))
 	if err != nil {
 		closeAll()

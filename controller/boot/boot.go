@@ -5,13 +5,16 @@
 // Range requests, ETag and exact lengths, RFC 9110 §14 and §8.8.3), and the
 // phone-home endpoint installed systems call with their allocation's token.
 //
-// Every script request of a known machine is recorded as a PXE_BOOTING
-// event (at most once per RecordEvery, since firmware retries); the loop
-// guard (Decide) sends a machine whose image is installed to its disk, in
-// the way its firmware takes (iPXE's ${platform}: exit back to UEFI's next
-// boot option, sanboot of the first BIOS drive); a sanboot that failed is
-// reported by iPXE and carried by the machine's next event. The pure parts (Decide, the script templates) are apart
-// from the HTTP shell.
+// Every endpoint answers without authentication (docs/security.md), so none
+// changes a machine: a script request is only observed (the controller
+// keeps a few per machine, bounded and rate limited, and quotes them in the
+// machine's next authenticated event); the boot token in an agent script is
+// bound to the UUID, the MAC and the client address, and good for one
+// registration. The loop guard (Decide) sends a machine whose image is
+// installed to its disk, in the way its firmware takes (iPXE's ${platform}:
+// exit back to UEFI's next boot option, sanboot of the first BIOS drive); a
+// sanboot that failed is reported by iPXE and observed. The pure parts
+// (Decide, the script templates) are apart from the HTTP shell.
 // DHCP and TFTP, which point machines here, live in boot/dhcp and boot/tftp.
 package boot
 
@@ -24,9 +27,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
+	"github.com/anvil-metal/anvil/controller/bootobs"
 	"github.com/anvil-metal/anvil/controller/store"
 )
 
@@ -36,10 +39,12 @@ type Machines interface {
 	// BootLookup finds a machine by SMBIOS UUID, else by MAC; nil when
 	// unknown.
 	BootLookup(ctx context.Context, uuid, mac string) (*store.Machine, error)
-	// RecordBoot appends a PXE_BOOTING event.
-	RecordBoot(ctx context.Context, machineID, msg string) error
-	// MintBootToken returns a short-lived boot token bound to uuid.
-	MintBootToken(uuid string) (string, error)
+	// ObserveBoot keeps an observation of a network boot; it changes no
+	// machine.
+	ObserveBoot(o bootobs.Observation)
+	// MintBootToken returns a short-lived, single-use boot token bound to
+	// the UUID, the MAC and the client address.
+	MintBootToken(uuid, mac, addr string) (string, error)
 	// PhoneHome verifies an installed system's token and records that it
 	// booted; it returns the machine id.
 	PhoneHome(ctx context.Context, token, msg string) (string, error)
@@ -65,14 +70,11 @@ type Config struct {
 	ImageDir string
 	// Files are extra files served under /files/NAME (e.g. iPXE binaries).
 	Files map[string]string
-	// RecordEvery is the shortest interval between two PXE_BOOTING events
-	// of one machine.
-	RecordEvery time.Duration
 }
 
 // Defaults returns the defaults for the optional fields.
 func Defaults() Config {
-	return Config{Listen: ":8080", KernelArgs: "console=tty0 console=ttyS0,115200", RecordEvery: 30 * time.Second}
+	return Config{Listen: ":8080", KernelArgs: "console=tty0 console=ttyS0,115200"}
 }
 
 // Validate reports every invalid field.
@@ -102,9 +104,6 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("file name %q: want a plain name other than %s and %s", name, agentKernel, agentInitramfs))
 		}
 	}
-	if c.RecordEvery < 0 {
-		errs = append(errs, fmt.Errorf("record interval %v is negative", c.RecordEvery))
-	}
 
 	return errors.Join(errs...)
 }
@@ -122,12 +121,6 @@ type Service struct {
 	log   *slog.Logger
 	files map[string]string
 	now   func() time.Time
-
-	mu       sync.Mutex
-	recorded map[string]time.Time // machine id → last PXE_BOOTING event
-	// failed is, per known machine, the last failed boot from disk that
-	// iPXE reported and no event carries yet.
-	failed map[string]string
 }
 
 // Option configures a Service.
@@ -144,7 +137,7 @@ func New(cfg Config, m Machines, opts ...Option) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("boot service: %w", err)
 	}
-	s := &Service{cfg: cfg, m: m, log: slog.Default(), now: time.Now, recorded: map[string]time.Time{}, failed: map[string]string{},
+	s := &Service{cfg: cfg, m: m, log: slog.Default(), now: time.Now,
 		files: map[string]string{agentKernel: cfg.Kernel, agentInitramfs: cfg.Initramfs}}
 	for n, p := range cfg.Files {
 		s.files[n] = p
@@ -185,58 +178,4 @@ func (s *Service) url(path string, q url.Values) string {
 		u += "?" + q.Encode()
 	}
 	return u
-}
-
-// shouldRecord reports whether a PXE_BOOTING event of machine id is due,
-// and marks it recorded.
-func (s *Service) shouldRecord(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.now()
-	for k, t := range s.recorded {
-		if now.Sub(t) >= s.cfg.RecordEvery {
-			delete(s.recorded, k)
-		}
-	}
-	if _, recent := s.recorded[id]; recent {
-		return false
-	}
-	s.recorded[id] = now
-	return true
-}
-
-// forget undoes shouldRecord after a failed write, so a retry records.
-func (s *Service) forget(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.recorded, id)
-}
-
-// noteFailure keeps what iPXE reported of a failed boot from disk for the
-// machine's next PXE_BOOTING event (one per machine, the latest).
-func (s *Service) noteFailure(id, what string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.failed[id] = what
-}
-
-// takeFailure returns and clears the noted failure, if any; putBack
-// restores it when the event could not be written.
-func (s *Service) takeFailure(id string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	f := s.failed[id]
-	delete(s.failed, id)
-	return f
-}
-
-func (s *Service) putBack(id, what string) {
-	if what == "" {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, newer := s.failed[id]; !newer {
-		s.failed[id] = what
-	}
 }

@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,17 +14,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anvil-metal/anvil/controller/bootobs"
 	"github.com/anvil-metal/anvil/controller/lifecycle"
 	"github.com/anvil-metal/anvil/controller/store"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
 // installedMachines is a controller with one installed machine; it keeps
-// the PXE_BOOTING messages recorded.
+// the boot observations.
 type installedMachines struct {
-	mu       sync.Mutex
-	recorded []string
-	failNext bool
+	mu  sync.Mutex
+	obs []bootobs.Observation
 }
 
 func (f *installedMachines) BootLookup(context.Context, string, string) (*store.Machine, error) {
@@ -31,27 +32,23 @@ func (f *installedMachines) BootLookup(context.Context, string, string) (*store.
 		Status: lifecycle.Status{State: anvilv1.MachineState_MACHINE_STATE_PROVISIONED, Allocated: true, Installed: true}}, nil
 }
 
-func (f *installedMachines) RecordBoot(_ context.Context, _ string, msg string) error {
+func (f *installedMachines) ObserveBoot(o bootobs.Observation) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.failNext {
-		f.failNext = false
-		return io.ErrUnexpectedEOF
-	}
-	f.recorded = append(f.recorded, msg)
-	return nil
+	f.obs = append(f.obs, o)
 }
 
-func (f *installedMachines) MintBootToken(string) (string, error) { return "tok", nil }
+func (f *installedMachines) MintBootToken(string, string, string) (string, error) {
+	return "", errors.New("an installed machine gets no boot token")
+}
 func (f *installedMachines) PhoneHome(context.Context, string, string) (string, error) {
 	return "", nil
 }
 
-// TestFailedSanbootIsCarriedByTheNextEvent: iPXE's report of a failed
-// boot from disk records no event of its own (it would count as another
-// boot cycle); the machine's next recorded boot says what failed, even
-// when the first try to record it failed.
-func TestFailedSanbootIsCarriedByTheNextEvent(t *testing.T) {
+// TestFailedSanbootIsObserved: iPXE's report of a failed boot from disk is
+// observed with iPXE's error, and the machine is sent on; nothing is
+// recorded as an event (the request is unauthenticated).
+func TestFailedSanbootIsObserved(t *testing.T) {
 	dir := t.TempDir()
 	for _, f := range []string{"k", "i"} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644); err != nil {
@@ -71,7 +68,7 @@ func TestFailedSanbootIsCarriedByTheNextEvent(t *testing.T) {
 	defer srv.Close()
 	get := func(q string) string {
 		t.Helper()
-		resp, err := http.Get(srv.URL + "/ipxe/script?uuid=0b1c2d3e-0000-4000-8000-00000000000a&platform=pcbios" + q)
+		resp, err := http.Get(srv.URL + "/ipxe/script?uuid=0b1c2d3e-0000-4000-8000-00000000000a&mac=52:54:00:00:00:0a&platform=pcbios" + q)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,22 +85,8 @@ func TestFailedSanbootIsCarriedByTheNextEvent(t *testing.T) {
 	if body := get("&failed=sanboot&error=0x3d126083"); !strings.Contains(body, "\nexit\n") {
 		t.Fatalf("after the failure:\n%s", body)
 	}
-	if len(m.recorded) != 1 || strings.Contains(m.recorded[0], "failed") {
-		t.Fatalf("events %q: want only the boot's own", m.recorded)
-	}
-	// The next boot: its event says what failed before; a write that
-	// fails keeps it for the retry.
-	now = now.Add(time.Minute)
-	m.failNext = true
-	get("")
-	now = now.Add(time.Minute)
-	get("")
-	if len(m.recorded) != 2 || !strings.Contains(m.recorded[1], "the previous boot from disk failed (iPXE sanboot of BIOS drive 0x80, error 0x3d126083)") {
-		t.Fatalf("events %q", m.recorded)
-	}
-	now = now.Add(time.Minute)
-	get("")
-	if len(m.recorded) != 3 || strings.Contains(m.recorded[2], "failed") {
-		t.Errorf("the failure was carried twice: %q", m.recorded)
+	if len(m.obs) != 2 || m.obs[0].Served != "local" || m.obs[0].Client != "127.0.0.1" || m.obs[0].Platform != "pcbios" ||
+		!strings.Contains(m.obs[1].Served, "the previous boot from disk failed (iPXE sanboot of BIOS drive 0x80, error 0x3d126083)") {
+		t.Fatalf("observations %+v", m.obs)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/anvil-metal/anvil/controller/bootobs"
 	"github.com/anvil-metal/anvil/controller/server"
 	"github.com/anvil-metal/anvil/controller/store"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
@@ -71,8 +72,9 @@ func ipxeErrno(s string) string {
 
 // script answers a machine's boot request: the agent or its disk. A BIOS
 // machine whose sanboot failed comes back with failed=sanboot and iPXE's
-// error: that is logged and kept for the machine's next event, and it is
-// sent on to the BIOS's next boot device.
+// error: that is logged and observed, and it is sent on to the BIOS's next
+// boot device. Nothing here changes a machine: the request is
+// unauthenticated, so it is only observed (Machines.ObserveBoot).
 func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	uuid, mac, err := bootID(q)
@@ -87,47 +89,38 @@ func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusServiceUnavailable, err)
 		return
 	}
+	client := remoteHost(r)
 	d := Decide(m)
 	sanbootFailed := q.Get("failed") == "sanboot" && d.Action == Local
 	scriptURL := s.url("/ipxe/script", machineQuery(uuid, mac, plat))
-	var body, what string
+	var body, served string
 	switch {
 	case sanbootFailed:
-		// Not an event of its own: the boot already has one (the script
-		// request), and a second would count as another boot cycle. The
-		// machine's next PXE_BOOTING event carries it.
 		failure := fmt.Sprintf("the previous boot from disk failed (iPXE sanboot of BIOS drive 0x80, error %s) and went on to the BIOS's next boot device", ipxeErrno(q.Get("error")))
-		s.noteFailure(m.ID, failure)
+		served = "exit: " + failure
 		body, err = RenderExit(failure)
 	case d.Action == Local:
-		what = "its disk (loop guard, " + orNone(plat) + " firmware)"
+		served = "local"
 		fq := machineQuery(uuid, mac, plat)
 		fq.Set("failed", "sanboot")
 		body, err = RenderLocal(LocalBoot{Reason: d.Reason, Platform: plat, FailedURL: s.url("/ipxe/script", fq)})
+	case mac == "":
+		s.fail(w, r, http.StatusBadRequest, errors.New("booting the agent needs mac= (the boot token is bound to the NIC)"))
+		return
 	default:
-		what = "the agent"
-		body, err = s.netboot(uuid, mac, scriptURL, d)
+		served = "agent"
+		bound := uuid
+		if bound == "" && m != nil {
+			bound = m.UUID // found by MAC: the token is the known machine's
+		}
+		body, err = s.netboot(bound, mac, client, scriptURL, d)
 	}
 	if err != nil {
 		s.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
+	s.m.ObserveBoot(bootobs.Observation{Time: s.now(), Client: client, UUID: uuid, MAC: mac, Platform: plat, Served: served})
 	log := s.log.With("uuid", uuid, "mac", mac, "platform", plat, "action", d.Action.String(), "reason", d.Reason, "remote", r.RemoteAddr)
-	if m != nil && !sanbootFailed && s.shouldRecord(m.ID) {
-		msg := fmt.Sprintf("network boot from NIC %s: sent to %s; %s", orNone(mac), what, d.Reason)
-		failure := s.takeFailure(m.ID)
-		if failure != "" {
-			msg += "; " + failure
-		}
-		if err := s.m.RecordBoot(ctx, m.ID, msg); err != nil {
-			s.forget(m.ID)
-			s.putBack(m.ID, failure)
-			// The machine retries (the chain script loops): better late
-			// than a boot that left no trace.
-			s.fail(w, r, http.StatusServiceUnavailable, err)
-			return
-		}
-	}
 	switch {
 	case m == nil:
 		log.Info("network boot of an unknown machine: the agent will register it")
@@ -137,6 +130,15 @@ func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 		log.Info("network boot", "machine", m.ID)
 	}
 	writeScript(w, body)
+}
+
+// remoteHost is the client's IP address.
+func remoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // machineQuery is the query naming a machine's script.
@@ -154,8 +156,8 @@ func machineQuery(uuid, mac, plat string) url.Values {
 	return q
 }
 
-func (s *Service) netboot(uuid, mac, scriptURL string, d Decision) (string, error) {
-	tok, err := s.m.MintBootToken(uuid)
+func (s *Service) netboot(uuid, mac, client, scriptURL string, d Decision) (string, error) {
+	tok, err := s.m.MintBootToken(uuid, mac, client)
 	if err != nil {
 		return "", fmt.Errorf("boot token: %w", err)
 	}
@@ -254,7 +256,7 @@ func (s *Service) phoneHome(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, server.ErrPhoneHomeToken):
 		s.fail(w, r, http.StatusUnauthorized, err)
-	case errors.Is(err, server.ErrNotAllocated):
+	case errors.Is(err, server.ErrNotAllocated), errors.Is(err, server.ErrNotBooting):
 		s.fail(w, r, http.StatusConflict, err)
 	case errors.Is(err, store.ErrNotFound):
 		s.fail(w, r, http.StatusNotFound, err)

@@ -138,36 +138,50 @@ func TestBootLoopOverHTTP(t *testing.T) {
 	}
 	bootTok := m[1]
 
-	// The per-boot token registers that machine only.
+	// The per-boot token registers that machine only, from the client it
+	// was served to, with the NIC it was minted for.
 	agentAPI := anvilv1.NewAgentServiceClient(l.h.Dial(bootTok))
 	other := harness.UUID("boot", 2)
 	if _, err := agentAPI.Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(other, 2)}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("register of another machine with the boot token: %v, want PermissionDenied", err)
 	}
-	if _, err := agentAPI.Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(uuid, 1)}); err != nil {
-		t.Fatalf("register with the per-boot token: %v", err)
+	if _, err := agentAPI.Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(uuid, 7)}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("register with the boot token and an inventory without its NIC: %v, want PermissionDenied", err)
 	}
 
-	// A known machine's boot request is recorded, once per interval (the
-	// firmware retries); the machine reboots into the agent.
-	l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac)
-	l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac)
-	if evs := l.events(t, uuid, anvilv1.EventType_EVENT_TYPE_PXE_BOOTING); len(evs) != 1 || !strings.Contains(evs[0].GetMessage(), mac) {
-		t.Errorf("PXE_BOOTING events %v, want one naming %s", evs, mac)
+	// The real agent runner registers with it and waits.
+	a := l.h.StartAgentWithToken(t, uuid, 1, bootTok)
+	harness.Eventually(t, 10*time.Second, func() error {
+		m, err := l.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: uuid})
+		if err != nil {
+			return err
+		}
+		if s := m.GetState(); s != anvilv1.MachineState_MACHINE_STATE_READY {
+			return fmt.Errorf("state %v", s)
+		}
+		return nil
+	})
+	// The token is spent.
+	if _, err := agentAPI.Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(uuid, 1)}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("the boot token used a second time: %v, want PermissionDenied", err)
+	}
+
+	// A known machine's boot requests are observed, never recorded: the
+	// machine stays Ready, and the observations are bounded.
+	for range 3 {
+		l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac)
+	}
+	if evs := l.events(t, uuid, anvilv1.EventType_EVENT_TYPE_PXE_BOOTING); len(evs) != 0 {
+		t.Errorf("PXE_BOOTING events %v from unauthenticated requests", evs)
+	}
+	if st := l.state(t, uuid); st.GetState() != anvilv1.MachineState_MACHINE_STATE_READY || len(st.GetBootObservations()) == 0 ||
+		st.GetBootObservations()[0].GetMac() != mac || st.GetBootObservations()[0].GetClientAddress() != "127.0.0.1" {
+		t.Errorf("after boot requests: state %v, observations %v", st.GetState(), st.GetBootObservations())
 	}
 	// By MAC alone too.
 	if _, s := l.get(t, "/ipxe/script?mac="+strings.ToUpper(mac)); !strings.Contains(s, "machine "+uuid+" is") {
 		t.Errorf("lookup by MAC:\n%s", s)
 	}
-
-	// The real agent runner takes the machine over and waits.
-	a := l.h.StartAgent(t, uuid, 1)
-	harness.Eventually(t, 10*time.Second, func() error {
-		if s := l.state(t, uuid).GetState(); s != anvilv1.MachineState_MACHINE_STATE_READY {
-			return fmt.Errorf("state %v", s)
-		}
-		return nil
-	})
 
 	// Allocated, not installed yet: still the agent.
 	if _, err := l.op.Images.CreateImage(ctx, &anvilv1.CreateImageRequest{Image: &anvilv1.Image{
@@ -207,8 +221,8 @@ func TestBootLoopOverHTTP(t *testing.T) {
 		t.Fatalf("installed BIOS machine not sent to sanboot:\n%s", bios)
 	}
 	// A sanboot that failed comes back with iPXE's error, and the BIOS
-	// goes on with its next device (TestFailedSanbootIsCarriedByTheNextEvent
-	// follows the report into the next event).
+	// goes on with its next device (TestFailedSanbootIsObserved follows
+	// the report).
 	failedURL, err := url.Parse(m[1] + "&error=0x3d126083")
 	if err != nil {
 		t.Fatal(err)
@@ -244,7 +258,7 @@ func TestBootLoopOverHTTP(t *testing.T) {
 	if _, err := l.op.Machines.FreeMachine(ctx, &anvilv1.FreeMachineRequest{Id: uuid}); err != nil {
 		t.Fatal(err)
 	}
-	if _, s := l.get(t, "/ipxe/script?uuid="+uuid); !strings.Contains(s, "kernel "+l.base+"/files/agent-kernel") || !strings.Contains(s, "reclaimed") {
+	if _, s := l.get(t, "/ipxe/script?uuid="+uuid+"&mac="+mac); !strings.Contains(s, "kernel "+l.base+"/files/agent-kernel") || !strings.Contains(s, "reclaimed") {
 		t.Errorf("freed machine not sent to the agent:\n%s", s)
 	}
 	if code, body := l.phoneHome(t, inst.GetPhoneHomeToken()); code != http.StatusConflict {

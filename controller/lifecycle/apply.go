@@ -21,6 +21,7 @@ const (
 	stProvisioned = anvilv1.MachineState_MACHINE_STATE_PROVISIONED
 	stReclaim     = anvilv1.MachineState_MACHINE_STATE_RECLAIM
 	stFailed      = anvilv1.MachineState_MACHINE_STATE_FAILED
+	stApproval    = anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL
 
 	evPXEBooting  = anvilv1.EventType_EVENT_TYPE_PXE_BOOTING
 	evRegistering = anvilv1.EventType_EVENT_TYPE_REGISTERING
@@ -37,6 +38,9 @@ const (
 	evPoweringOff = anvilv1.EventType_EVENT_TYPE_POWERING_OFF
 	evReinstall   = anvilv1.EventType_EVENT_TYPE_REINSTALL
 	evPower       = anvilv1.EventType_EVENT_TYPE_POWER
+	evSecurity    = anvilv1.EventType_EVENT_TYPE_SECURITY
+	evHeld        = anvilv1.EventType_EVENT_TYPE_HELD
+	evApproved    = anvilv1.EventType_EVENT_TYPE_APPROVED
 )
 
 // Apply folds one event into s and returns the result. It is pure: the
@@ -53,6 +57,11 @@ const (
 //	                                    cycle completes when it phones home)
 //	REGISTERING  any state            → REGISTERING; starts a boot cycle unless
 //	                                    the machine is in PXE_BOOTING (same boot)
+//	HELD         any state            → AWAITING_APPROVAL; starts a boot cycle
+//	                                    like REGISTERING (an agent registered, but
+//	                                    its session is not trusted yet)
+//	APPROVED     AWAITING_APPROVAL    → as WAITING: ALLOCATED, RECLAIM or READY
+//	SECURITY     any state            state kept (a refused request, recorded)
 //	WAITING      idle                 → ALLOCATED if allocated; RECLAIM while a
 //	                                    reclaim still awaits its erase; else READY
 //	ALLOCATED    READY, not allocated → ALLOCATED; allocated
@@ -132,24 +141,25 @@ func step(s *Status, e *anvilv1.Event, t time.Time) bool {
 		if !(s.State == stProvisioned && s.Allocated && s.Installed) {
 			s.State = stPXEBooting
 		}
-	case evRegistering:
+	case evRegistering, evHeld:
 		if s.State != stPXEBooting {
 			s.startCycle()
 		}
 		s.State = stRegistering
+		if e.GetType() == evHeld {
+			s.State = stApproval
+		}
 	case evWaiting:
 		if !idle(s.State) {
 			return false
 		}
-		s.RebootPlanned = false
-		switch {
-		case s.Allocated:
-			s.State = stAllocated
-		case s.Reclaiming:
-			s.State = stReclaim
-		default:
-			s.ready()
+		s.waiting()
+	case evApproved:
+		if s.State != stApproval {
+			return false
 		}
+		s.waiting()
+	case evSecurity:
 	case evAllocated:
 		expected := s.State == stReady && !s.Allocated
 		s.allocate()
@@ -223,6 +233,19 @@ func step(s *Status, e *anvilv1.Event, t time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// waiting moves s to where an agent waiting for instructions is.
+func (s *Status) waiting() {
+	s.RebootPlanned = false
+	switch {
+	case s.Allocated:
+		s.State = stAllocated
+	case s.Reclaiming:
+		s.State = stReclaim
+	default:
+		s.ready()
+	}
 }
 
 // idle reports whether the agent is up and waiting for instructions in st.

@@ -161,6 +161,23 @@ func TestApplyTransitions(t *testing.T) {
 			Status{State: stInstalling, Allocated: true, CycleOpen: true, RebootPlanned: true}},
 		{"power of a failed machine keeps the reason", Status{State: stFailed, FailureReason: "boom"}, evPower, "power off by operator: now off",
 			Status{State: stFailed, FailureReason: "boom", RebootPlanned: true}},
+		// HELD, APPROVED, SECURITY
+		{"held registration of a ready machine awaits approval and starts a cycle", Status{State: stReady}, evHeld, "",
+			Status{State: stApproval, CycleOpen: true}},
+		{"held registration of an allocated machine keeps the allocation", Status{State: stInstalling, Allocated: true, CycleOpen: true}, evHeld, "",
+			Status{State: stApproval, Allocated: true, CycleOpen: true, IncompleteCycles: 1}},
+		{"approval of a new machine makes it ready", Status{State: stApproval, CycleOpen: true}, evApproved, "",
+			Status{State: stReady}},
+		{"approval of an allocated machine goes on with the allocation", Status{State: stApproval, Allocated: true, CycleOpen: true}, evApproved, "",
+			Status{State: stAllocated, Allocated: true, CycleOpen: true}},
+		{"approval of a reclaiming machine goes on with the erase", Status{State: stApproval, Reclaiming: true, ReclaimSince: since, CycleOpen: true}, evApproved, "",
+			Status{State: stReclaim, Reclaiming: true, ReclaimSince: since, CycleOpen: true}},
+		{"approval when nothing awaits it changes nothing", Status{State: stReady}, evApproved, "",
+			Status{State: stReady, Unexpected: 1, LastUnexpected: "APPROVED in READY, not allocated (event 7)"}},
+		{"a security event changes no state", Status{State: stReady, Allocated: false}, evSecurity, "refused",
+			Status{State: stReady}},
+		{"a security event does not end a boot cycle or announce one", Status{State: stInstalling, Allocated: true, CycleOpen: true}, evSecurity, "refused",
+			Status{State: stInstalling, Allocated: true, CycleOpen: true}},
 	}
 	covered := map[anvilv1.EventType]bool{}
 	for _, tt := range tests {

@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/sizes"
 	"github.com/anvil-metal/anvil/controller/store"
+	"github.com/anvil-metal/anvil/controller/trust"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -41,67 +45,225 @@ func (a *agentAPI) event(t anvilv1.EventType, msg string) *anvilv1.Event {
 }
 
 // Register creates or refreshes the machine keyed by its SMBIOS UUID and
-// hands out a new credential (the previous one stops working).
+// hands out a new credential (the previous one stops working), as far as
+// the registration policy (controller/trust) lets this registration take
+// the machine. A refused attempt is recorded as a SECURITY event of the
+// machine it named and answered PermissionDenied; nothing else changes.
 func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
 	inv := req.GetInventory()
 	uuid := inv.GetProduct().GetUuid()
-	if subject, ok := bootSubject(ctx); ok && subject != "" && subject != uuid {
-		return nil, status.Errorf(codes.PermissionDenied, "register %s: the boot token was issued to the network boot of machine %s", uuid, subject)
+	reg, ok := registrarFrom(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "register without a boot token or credential")
 	}
+	from := peerHost(ctx)
 	cred, err := pki.NewToken()
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))
 	}
 	var id string
+	var refused error
 	err = a.commit(ctx, func(tx store.Tx, fx *effects) error {
-		all, err := tx.ListSizes(ctx)
-		if err != nil {
+		refused = nil
+		m, err := tx.GetMachineByUUID(ctx, uuid)
+		known := err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		m, err := tx.GetMachineByUUID(ctx, uuid)
-		create := errors.Is(err, store.ErrNotFound)
-		switch {
-		case create:
+		if why := a.checkRegistrar(reg, inv, from, m); why != "" {
+			refused = status.Errorf(codes.PermissionDenied, "register %s from %s: %s", uuid, from, why)
+			return a.securityEvent(ctx, tx, fx, m, fmt.Sprintf("registration from %s refused: %s", from, why))
+		}
+		var v trust.Verdict
+		if known {
+			v = trust.Decide(trust.Registration{
+				Kind:           reg.kind,
+				Known:          true,
+				Live:           len(m.CredentialHash) > 0 && a.now().Sub(m.LastSeen) < a.cfg.LiveWindow,
+				Expected:       a.now().Before(m.Trust.ExpectBootUntil) && (reg.kind != trust.BootToken || reg.minted.After(m.Trust.ExpectBootSince)),
+				ExpectWhy:      m.Trust.ExpectBootWhy,
+				SecretsPending: m.Allocation != nil && !m.Status.Installed,
+				Held:           m.Status.State == anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL,
+			}, a.cfg.EnrollPolicy)
+		} else {
+			v = trust.Decide(trust.Registration{Kind: reg.kind}, a.cfg.EnrollPolicy)
 			m = &store.Machine{ID: uuid, UUID: uuid, CreatedAt: a.now()}
-		case err != nil:
-			return err
+		}
+		if !v.Accept {
+			refused = status.Errorf(codes.PermissionDenied, "register %s from %s: %s", uuid, from, v.Reason)
+			return a.securityEvent(ctx, tx, fx, m, fmt.Sprintf("registration from %s (MACs %s) refused: %s; the live session registered from %s with MACs %s",
+				from, strings.Join(macsOf(inv), ","), v.Reason, orUnknown(m.Trust.SessionAddr), strings.Join(m.MACs, ",")))
 		}
 		before := m.Status
-		m.MACs = macsOf(inv)
-		m.Inventory = inv
-		m.SizeID = sizes.Match(all, inv)
+		if reg.kind == trust.BootToken {
+			m.Trust.BootTokensBefore = reg.minted // single use: this and older tokens are spent
+		}
+		if reg.kind != trust.Credential {
+			m.Trust.ExpectBootUntil, m.Trust.ExpectBootSince, m.Trust.ExpectBootWhy = time.Time{}, time.Time{}, ""
+		}
+		if m.Trust.ATAPassword == "" {
+			if m.Trust.ATAPassword, err = newSecret(); err != nil {
+				return err
+			}
+		}
+		m.Trust.SessionAddr = from
 		m.CredentialHash = pki.HashToken(cred)
 		m.LastSeen = a.now()
 		m.Progress = nil
-		msg := fmt.Sprintf("agent %s registered: %d cores, %d MiB memory, %d disks, %d NICs, size %s",
-			req.GetAgentVersion(), inv.GetCpu().GetCores(), inv.GetMemory().GetTotalBytes()>>20,
-			len(inv.GetDisks()), len(inv.GetNics()), m.SizeID)
-		if err := a.record(ctx, tx, fx, m, create, a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg)); err != nil {
-			return err
-		}
+		msg := fmt.Sprintf("agent %s registered from %s: %d cores, %d MiB memory, %d disks, %d NICs; %s%s",
+			req.GetAgentVersion(), from, inv.GetCpu().GetCores(), inv.GetMemory().GetTotalBytes()>>20,
+			len(inv.GetDisks()), len(inv.GetNics()), v.Reason, a.observed(uuid, macsOf(inv)))
 		id = m.ID
 		fx.notify = append(fx.notify, m.ID) // streams of a superseded credential end
-		if done, err := a.requeueInterrupted(ctx, tx, fx, m, before); done || err != nil {
-			return err
-		}
-		if a.cfg.RegisterEraseMode == anvilv1.EraseMode_ERASE_MODE_NONE || m.Allocation != nil {
-			return nil
-		}
-		pending, err := tx.PendingInstructions(ctx, m.ID)
-		if err != nil {
-			return err
-		}
-		for _, p := range pending {
-			if p.Instruction.GetWipe() != nil {
-				return nil // already queued by an earlier registration
+		if !v.Trusted {
+			if known {
+				m.HeldInventory = inv // the trusted inventory stays until approval
+			} else {
+				if err := a.setInventory(ctx, tx, m, inv); err != nil {
+					return err
+				}
 			}
+			return a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_HELD, msg))
 		}
-		return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: a.cfg.RegisterEraseMode, AllowFallback: a.cfg.EraseFallback}}})
+		if err := a.setInventory(ctx, tx, m, inv); err != nil {
+			return err
+		}
+		m.HeldInventory = nil
+		if err := a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg)); err != nil {
+			return err
+		}
+		return a.resume(ctx, tx, fx, m, before)
 	})
+	if err == nil {
+		err = refused
+	}
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))
 	}
 	return &anvilv1.RegisterResponse{MachineId: id, Credential: cred, HeartbeatInterval: durationpb.New(a.cfg.HeartbeatInterval)}, nil
+}
+
+// checkRegistrar checks what a registration's token is bound to against
+// the request: the UUID, a MAC of the inventory, the client address, and
+// that a boot token is not spent. It returns why it does not fit, or "".
+func (a *agentAPI) checkRegistrar(reg registrar, inv *anvilv1.Inventory, from string, m *store.Machine) string {
+	uuid := inv.GetProduct().GetUuid()
+	switch reg.kind {
+	case trust.Credential:
+		if m == nil || m.ID != reg.machineID {
+			return fmt.Sprintf("the credential belongs to machine %s", reg.machineID)
+		}
+	case trust.BootToken:
+		switch {
+		case reg.uuid != "" && reg.uuid != uuid:
+			return fmt.Sprintf("the boot token was minted for the network boot of machine %s", reg.uuid)
+		case reg.uuid == "" && m != nil:
+			return "the boot token was minted for a boot without a UUID, which may enroll a new machine only"
+		case !slices.Contains(allMACs(inv), reg.mac):
+			return fmt.Sprintf("the boot token was minted for NIC %s, which the inventory does not have", reg.mac)
+		case a.cfg.BindBootTokenAddress && reg.addr != from:
+			return fmt.Sprintf("the boot token was minted for client %s", reg.addr)
+		case m != nil && !reg.minted.After(m.Trust.BootTokensBefore):
+			return fmt.Sprintf("the boot token (minted %s) is spent: a boot token is good for one registration", reg.minted.Format(time.RFC3339Nano))
+		}
+	}
+	return ""
+}
+
+// setInventory takes a trusted inventory: MACs, size.
+func (a *agentAPI) setInventory(ctx context.Context, tx store.Tx, m *store.Machine, inv *anvilv1.Inventory) error {
+	all, err := tx.ListSizes(ctx)
+	if err != nil {
+		return err
+	}
+	m.MACs = macsOf(inv)
+	m.Inventory = inv
+	m.SizeID = sizes.Match(all, inv)
+	return nil
+}
+
+// resume queues what a trusted session of m is to do after it registered
+// (or was approved): work a reboot cut short, else the erase new machines
+// get.
+func (a *agentAPI) resume(ctx context.Context, tx store.Tx, fx *effects, m *store.Machine, before lifecycle.Status) error {
+	if done, err := a.requeueInterrupted(ctx, tx, fx, m, before); done || err != nil {
+		return err
+	}
+	if a.cfg.RegisterEraseMode == anvilv1.EraseMode_ERASE_MODE_NONE || m.Allocation != nil {
+		return nil
+	}
+	pending, err := tx.PendingInstructions(ctx, m.ID)
+	if err != nil {
+		return err
+	}
+	for _, p := range pending {
+		if p.Instruction.GetWipe() != nil {
+			return nil // already queued by an earlier registration
+		}
+	}
+	return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: a.cfg.RegisterEraseMode, AllowFallback: a.cfg.EraseFallback}}})
+}
+
+// observed quotes the newest network boot the boot service saw of the
+// machine in the last ten minutes, for the registration's event.
+func (a *agentAPI) observed(uuid string, macs []string) string {
+	obs, _ := a.bootObs.For(uuid, macs, a.now().Add(-10*time.Minute))
+	if len(obs) == 0 {
+		return "; no network boot seen"
+	}
+	o := obs[0]
+	return fmt.Sprintf("; network boot seen %s before from %s (NIC %s, %s firmware): %s",
+		a.now().Sub(o.Time).Round(time.Second), o.Client, orUnknown(o.MAC), orUnknown(o.Platform), o.Served)
+}
+
+// securityEvent records a SECURITY event of m (a refused or suspicious
+// request), at most one per SecurityEventEvery per machine; the rest are
+// logged only. m nil or not stored yet: logged only.
+func (s *Server) securityEvent(ctx context.Context, tx store.Tx, fx *effects, m *store.Machine, msg string) error {
+	if m == nil || m.ID == "" {
+		s.log.Warn("security: "+msg, "machine", "(unknown)")
+		return nil
+	}
+	s.log.Warn("security: "+msg, "machine", m.ID)
+	if !s.secEvents.allow(m.ID, s.now()) {
+		return nil
+	}
+	stored, err := tx.GetMachine(ctx, m.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return s.record(ctx, tx, fx, stored, false, &anvilv1.Event{Time: timestamppb.New(s.now()), Type: anvilv1.EventType_EVENT_TYPE_SECURITY, Message: msg})
+}
+
+// allMACs are every MAC of the inventory, lower case (virtual NICs too: a
+// boot token's MAC is the NIC iPXE booted from).
+func allMACs(inv *anvilv1.Inventory) []string {
+	var macs []string
+	for _, n := range inv.GetNics() {
+		if n.GetMac() != "" {
+			macs = append(macs, strings.ToLower(n.GetMac()))
+		}
+	}
+	return macs
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// newSecret returns a random secret (a machine's ATA erase password).
+func newSecret() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generate secret: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
 }
 
 // Wait streams the machine's pending instructions, each once per stream,
@@ -112,6 +274,11 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_WaitServer) error {
 	ctx := stream.Context()
 	id, cred := machineFrom(ctx), credentialFrom(ctx)
+	release, err := a.streams.acquire(id, a.cfg.MaxWaitStreams)
+	if err != nil {
+		return err
+	}
+	defer release()
 	w := a.hub.Subscribe(id) // before the first read: no wake-up is missed
 	defer w.Close()
 	if err := onShortStack(func() error { return a.markWaiting(ctx, id) }); err != nil {
@@ -130,7 +297,14 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 				if holder, err := tx.MachineIDByCredential(ctx, cred); err != nil || holder != id {
 					return errors.Join(store.ErrNotFound, err)
 				}
-				var err error
+				m, err := tx.GetMachine(ctx, id)
+				if err != nil {
+					return err
+				}
+				if m.Status.State == anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL {
+					pending = nil // a session awaiting approval gets nothing
+					return nil
+				}
 				pending, err = tx.PendingInstructions(ctx, id)
 				return err
 			})
@@ -212,6 +386,9 @@ func (a *agentAPI) Report(ctx context.Context, req *anvilv1.ReportRequest) (*anv
 		m, err := tx.GetMachine(ctx, id)
 		if err != nil {
 			return err
+		}
+		if m.Status.State == anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL {
+			return status.Errorf(codes.FailedPrecondition, "machine %s awaits an operator's approval; its session reports nothing until then", id)
 		}
 		if iid := req.GetInstructionId(); iid != "" {
 			in, err := tx.GetInstruction(ctx, iid)

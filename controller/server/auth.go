@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/store"
+	"github.com/anvil-metal/anvil/controller/trust"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -73,15 +76,26 @@ func (a *authenticator) operator(ctx context.Context) (context.Context, error) {
 
 type machineKey struct{}
 
-// bootSubjectKey holds the SMBIOS UUID a per-boot boot token was minted
-// for ("" when the firmware gave none).
-type bootSubjectKey struct{}
+// registrarKey holds how a Register call authenticated (a registrar).
+type registrarKey struct{}
 
-// bootSubject returns the UUID the Register call's boot token is bound
-// to, and whether it was such a token.
-func bootSubject(ctx context.Context) (string, bool) {
-	s, ok := ctx.Value(bootSubjectKey{}).(string)
-	return s, ok
+// registrar is a Register call's authentication: a per-boot boot token
+// (with what it is bound to), one of the controller's shared boot tokens,
+// or the machine's own credential.
+type registrar struct {
+	kind trust.Kind
+	// Boot token: the SMBIOS UUID ("" when the firmware gave none: the
+	// token can only enroll a new machine), the MAC and the client address
+	// the script was served to, and when it was minted.
+	uuid, mac, addr string
+	minted          time.Time
+	// Credential: the machine it belongs to.
+	machineID string
+}
+
+func registrarFrom(ctx context.Context) (registrar, bool) {
+	r, ok := ctx.Value(registrarKey{}).(registrar)
+	return r, ok
 }
 
 // caller is the authenticated machine of an agent call.
@@ -102,8 +116,8 @@ func credentialFrom(ctx context.Context) []byte {
 	return c.credHash
 }
 
-// agent authenticates the agent API: Register with a boot token, the rest
-// with the machine credential.
+// agent authenticates the agent API: Register with a boot token or the
+// machine's own credential, the rest with the machine credential.
 func (a *authenticator) agent(ctx context.Context, method string) (context.Context, error) {
 	tok, err := bearer(ctx)
 	if err != nil {
@@ -112,16 +126,15 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 	h := pki.HashToken(tok)
 	if method == anvilv1.AgentService_Register_FullMethodName {
 		if anyEqual(a.bootTk, h) {
-			return ctx, nil
+			return context.WithValue(ctx, registrarKey{}, registrar{kind: trust.SharedToken}), nil
 		}
 		if a.signer.Is(tok) {
-			fields, err := a.signer.Verify(tok, a.now())
-			if err != nil || len(fields) != 1 {
+			r, err := parseBootToken(a.signer, tok, a.now())
+			if err != nil {
 				return nil, status.Errorf(codes.Unauthenticated, "boot token of a network boot: %v", err)
 			}
-			return context.WithValue(ctx, bootSubjectKey{}, fields[0]), nil
+			return context.WithValue(ctx, registrarKey{}, r), nil
 		}
-		return nil, status.Error(codes.Unauthenticated, "invalid boot token")
 	}
 	var id string
 	err = onShortStack(func() error { // Wait streams authenticate here, on their long-lived goroutine
@@ -132,12 +145,49 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 		})
 	})
 	if errors.Is(err, store.ErrNotFound) {
+		if method == anvilv1.AgentService_Register_FullMethodName {
+			return nil, status.Error(codes.Unauthenticated, "invalid boot token or superseded machine credential")
+		}
 		return nil, status.Error(codes.Unauthenticated, "invalid or superseded machine credential; register again")
 	}
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "checking machine credential: %v", err)
 	}
-	return context.WithValue(ctx, machineKey{}, caller{id: id, credHash: h}), nil
+	ctx = context.WithValue(ctx, machineKey{}, caller{id: id, credHash: h})
+	if method == anvilv1.AgentService_Register_FullMethodName {
+		ctx = context.WithValue(ctx, registrarKey{}, registrar{kind: trust.Credential, machineID: id})
+	}
+	return ctx, nil
+}
+
+// The fields of a boot token, in order.
+const (
+	btUUID = iota
+	btMAC
+	btAddr
+	btMinted
+	btFields
+)
+
+// mintBootToken signs a boot token bound to one network boot.
+func mintBootToken(sg *pki.Signer, exp time.Time, uuid, mac, addr string, minted time.Time) (string, error) {
+	return sg.Sign(exp, uuid, mac, addr, strconv.FormatInt(minted.UnixNano(), 10))
+}
+
+// parseBootToken verifies a boot token and returns what it is bound to.
+func parseBootToken(sg *pki.Signer, tok string, now time.Time) (registrar, error) {
+	f, err := sg.Verify(tok, now)
+	if err != nil {
+		return registrar{}, err
+	}
+	if len(f) != btFields {
+		return registrar{}, fmt.Errorf("%w: %d fields, want %d", pki.ErrBadSignedToken, len(f), btFields)
+	}
+	ns, err := strconv.ParseInt(f[btMinted], 10, 64)
+	if err != nil || f[btMAC] == "" {
+		return registrar{}, fmt.Errorf("%w: bad mint time or no MAC", pki.ErrBadSignedToken)
+	}
+	return registrar{kind: trust.BootToken, uuid: f[btUUID], mac: f[btMAC], addr: f[btAddr], minted: time.Unix(0, ns).UTC()}, nil
 }
 
 func (a *agentAPI) AuthFuncOverride(ctx context.Context, method string) (context.Context, error) {

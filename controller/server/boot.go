@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/anvil-metal/anvil/controller/bootobs"
 	"github.com/anvil-metal/anvil/controller/store"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
@@ -30,14 +31,35 @@ var (
 	ErrPhoneHomeToken = errors.New("invalid phone-home token")
 	// ErrNotAllocated is a phone home from a machine with no allocation.
 	ErrNotAllocated = errors.New("machine is not allocated")
+	// ErrNotBooting is a phone home while no installed system can be
+	// booting: the image is not written yet, or the machine phoned home
+	// already and was not rebooted since.
+	ErrNotBooting = errors.New("machine is not booting its installed system")
 )
 
-// MintBootToken returns a boot token for one network boot of the machine
-// with SMBIOS UUID uuid (lower-cased; "" when the firmware gave none),
-// accepted at Register for the configured BootTokenTTL and only for that
-// UUID.
-func (s *Server) MintBootToken(uuid string) (string, error) {
-	return s.bootSigner.Sign(s.now().Add(s.cfg.BootTokenTTL), strings.ToLower(uuid))
+// MintBootToken returns a boot token for one network boot: bound to the
+// SMBIOS UUID (lower-cased; "" when the firmware gave none and the MAC is
+// not known: the token can then only enroll a new machine), the MAC the
+// machine booted from and the client address the script goes to; good for
+// one registration within the configured BootTokenTTL.
+func (s *Server) MintBootToken(uuid, mac, addr string) (string, error) {
+	if mac == "" {
+		return "", errors.New("a boot token needs the MAC of the booting NIC")
+	}
+	now := s.now()
+	return mintBootToken(s.bootSigner, now.Add(s.cfg.BootTokenTTL), strings.ToLower(uuid), strings.ToLower(mac), addr, now)
+}
+
+// ObserveBoot keeps what the boot service saw of a network boot (bounded,
+// rate limited, in memory). It changes no machine: observations come from
+// unauthenticated requests; operators see them (Machine.boot_observations)
+// and the machine's next registration quotes the newest.
+func (s *Server) ObserveBoot(o bootobs.Observation) {
+	o.UUID, o.MAC = strings.ToLower(o.UUID), strings.ToLower(o.MAC)
+	if o.Time.IsZero() {
+		o.Time = s.now()
+	}
+	s.bootObs.Add(o)
 }
 
 // BootLookup finds the machine a network boot request comes from: by
@@ -79,38 +101,24 @@ func (s *Server) BootLookup(ctx context.Context, uuid, mac string) (*store.Machi
 	return found, nil
 }
 
-// RecordBoot appends a PXE_BOOTING event for a network boot request of a
-// known machine.
-func (s *Server) RecordBoot(ctx context.Context, machineID, msg string) error {
-	err := s.commit(ctx, func(tx store.Tx, fx *effects) error {
-		m, err := tx.GetMachine(ctx, machineID)
-		if err != nil {
-			return err
-		}
-		return s.record(ctx, tx, fx, m, false, &anvilv1.Event{Time: timestamppb.New(s.now()), Type: anvilv1.EventType_EVENT_TYPE_PXE_BOOTING, Message: msg})
-	})
-	if err != nil {
-		return fmt.Errorf("record network boot of %s: %w", machineID, err)
-	}
-	return nil
-}
-
 // phoneHomeToken is the token an installed system phones home with: bound
-// to the machine and to the allocation's time, so it stops working once
-// the machine is freed or allocated again.
-func (s *Server) phoneHomeToken(machineID string, al *anvilv1.Allocation) (string, error) {
-	return s.phoneHome.Sign(time.Time{}, machineID, al.GetAllocatedAt().AsTime().UTC().Format(time.RFC3339Nano))
+// to the machine and its allocation generation (allocate, reinstall and
+// free start a new one), good for PhoneHomeTTL.
+func (s *Server) phoneHomeToken(m *store.Machine) (string, error) {
+	return s.phoneHome.Sign(s.now().Add(s.cfg.PhoneHomeTTL), m.ID, strconv.FormatInt(m.Trust.Generation, 10))
 }
 
 // PhoneHome records that the installed system of the token's allocation
-// booted (PHONED_HOME; the machine becomes Provisioned). It returns the
-// machine id.
+// booted (PHONED_HOME; the machine becomes Provisioned). It is accepted
+// while the machine is Booting (its image written, the agent gone), or
+// Provisioned after a reboot the controller caused or was told of; it
+// returns the machine id.
 func (s *Server) PhoneHome(ctx context.Context, token, msg string) (string, error) {
 	fields, err := s.phoneHome.Verify(token, s.now())
 	if err != nil || len(fields) != 2 {
 		return "", fmt.Errorf("%w: %v", ErrPhoneHomeToken, err)
 	}
-	id, stamp := fields[0], fields[1]
+	id, gen := fields[0], fields[1]
 	err = s.commit(ctx, func(tx store.Tx, fx *effects) error {
 		m, err := tx.GetMachine(ctx, id)
 		if err != nil {
@@ -119,8 +127,14 @@ func (s *Server) PhoneHome(ctx context.Context, token, msg string) (string, erro
 		if m.Allocation == nil {
 			return fmt.Errorf("%w: %s phoned home but was freed", ErrNotAllocated, id)
 		}
-		if got := m.Allocation.GetAllocatedAt().AsTime().UTC().Format(time.RFC3339Nano); got != stamp {
-			return fmt.Errorf("%w: it belongs to the allocation of %s at %s, the machine was allocated again at %s", ErrPhoneHomeToken, id, stamp, got)
+		if got := strconv.FormatInt(m.Trust.Generation, 10); got != gen {
+			return fmt.Errorf("%w: it belongs to allocation generation %s of %s, which was reinstalled, freed or allocated again since (now %s)", ErrPhoneHomeToken, gen, id, got)
+		}
+		st := m.Status
+		booted := st.State == anvilv1.MachineState_MACHINE_STATE_BOOTING ||
+			(st.State == anvilv1.MachineState_MACHINE_STATE_PROVISIONED && st.RebootPlanned)
+		if !booted {
+			return fmt.Errorf("%w: machine %s is %s", ErrNotBooting, id, stateName(st.State))
 		}
 		m.LastSeen = s.now()
 		return s.record(ctx, tx, fx, m, false, &anvilv1.Event{Time: timestamppb.New(s.now()), Type: anvilv1.EventType_EVENT_TYPE_PHONED_HOME, Message: msg})
@@ -146,7 +160,7 @@ func (s *Server) installFor(m *store.Machine, img *anvilv1.Image, al *anvilv1.Al
 		UserData:           al.GetUserData(),
 	}
 	if s.cfg.PhoneHomeURL != "" {
-		tok, err := s.phoneHomeToken(m.ID, al)
+		tok, err := s.phoneHomeToken(m)
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "phone-home token for %s: %v", m.ID, err)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/ratelimit"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
 	"google.golang.org/grpc"
@@ -48,6 +49,7 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		grpc.ChainUnaryInterceptor(
 			logging.UnaryServerInterceptor(lg, logOpts...),
 			recovery.UnaryServerInterceptor(recover),
+			ratelimit.UnaryServerInterceptor(s.regLimit),
 			auth.UnaryServerInterceptor(denyAll),
 			validator.UnaryServerInterceptor(),
 		),
@@ -58,6 +60,9 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 			validator.StreamServerInterceptor(),
 		),
 	}, opts...)
+	// Bounds a client cannot lift: streams per connection (an agent needs
+	// two or three), and the size of one request.
+	all = append([]grpc.ServerOption{grpc.MaxConcurrentStreams(32), grpc.MaxRecvMsgSize(4 << 20)}, all...)
 	g := grpc.NewServer(all...)
 	s.RegisterServices(g)
 	return g

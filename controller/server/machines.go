@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -42,6 +43,11 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 		Labels:        m.Labels,
 		Progress:      m.Progress,
 		BmcAddress:    bmc.Redact(m.BMC),
+	}
+	obs, _ := s.bootObs.For(m.UUID, m.MACs, time.Time{})
+	for _, o := range obs {
+		pm.BootObservations = append(pm.BootObservations, &anvilv1.BootObservation{
+			Time: timestamppb.New(o.Time), ClientAddress: o.Client, Mac: o.MAC, Platform: o.Platform, Served: o.Served})
 	}
 	if !m.CreatedAt.IsZero() {
 		pm.CreatedAt = timestamppb.New(m.CreatedAt)
@@ -305,6 +311,43 @@ func (a *machineAPI) ReinstallMachine(ctx context.Context, req *anvilv1.Reinstal
 	}
 	if err := a.rebootIntoAgent(ctx, out, osRunning, "reinstall"); err != nil {
 		return nil, err
+	}
+	return a.toProto(out), nil
+}
+
+// ApproveMachine trusts the machine's current agent session: the
+// inventory it registered with is taken, and the machine goes on as a
+// trusted registration would (Ready, its allocation's install, or the
+// erase of a reclaim).
+func (a *machineAPI) ApproveMachine(ctx context.Context, req *anvilv1.ApproveMachineRequest) (*anvilv1.Machine, error) {
+	var out *store.Machine
+	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, err := tx.GetMachine(ctx, req.GetId())
+		if err != nil {
+			return err
+		}
+		if m.Status.State != anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL {
+			return status.Errorf(codes.FailedPrecondition, "machine %s awaits no approval: it is %s", m.ID, stateName(m.Status.State))
+		}
+		before := m.Status
+		if m.HeldInventory != nil {
+			agent := &agentAPI{Server: a.Server}
+			if err := agent.setInventory(ctx, tx, m, m.HeldInventory); err != nil {
+				return err
+			}
+			m.HeldInventory = nil
+		}
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_APPROVED,
+			Message: fmt.Sprintf("an operator approved the agent session registered from %s", orUnknown(m.Trust.SessionAddr))}
+		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
+			return err
+		}
+		fx.notify = append(fx.notify, m.ID)
+		out = m
+		return (&agentAPI{Server: a.Server}).resume(ctx, tx, fx, m, before)
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("approve %s: %w", req.GetId(), err))
 	}
 	return a.toProto(out), nil
 }

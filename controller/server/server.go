@@ -13,15 +13,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 
 	"github.com/anvil-metal/anvil/controller/bmc"
+	"github.com/anvil-metal/anvil/controller/bootobs"
 	"github.com/anvil-metal/anvil/controller/hub"
 	"github.com/anvil-metal/anvil/controller/lifecycle"
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/store"
+	"github.com/anvil-metal/anvil/controller/trust"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -51,8 +54,35 @@ type Config struct {
 	// phone-home token and only the agent reports.
 	PhoneHomeURL string
 	// BootTokenTTL is how long a boot token minted for one network boot
-	// is accepted at Register.
+	// is accepted at Register (once).
 	BootTokenTTL time.Duration
+	// BindBootTokenAddress refuses a boot token at Register from another
+	// client address than the one its script was served to. Switch it off
+	// when agents reach the controller through another interface or NAT
+	// than the one they network-boot from.
+	BindBootTokenAddress bool
+	// EnrollPolicy decides whether unknown machines (and unexpected boots
+	// of known ones) are trusted at once or await an operator's approval.
+	EnrollPolicy trust.Policy
+	// LiveWindow: a machine seen less than this ago has a live agent
+	// session, which a registration the controller did not expect cannot
+	// take over.
+	LiveWindow time.Duration
+	// ExpectBootWindow is how long the controller expects a machine to
+	// boot after it freed, reinstalled or power-cycled it, or its agent
+	// announced a reboot.
+	ExpectBootWindow time.Duration
+	// PhoneHomeTTL is how long an Install's phone-home token is good.
+	PhoneHomeTTL time.Duration
+	// MaxWaitStreams is how many Wait streams one machine may hold at once.
+	MaxWaitStreams int
+	// RegisterRate and RegisterBurst bound Register calls per client
+	// address (token bucket); a rate of 0 switches the limit off.
+	RegisterRate  float64
+	RegisterBurst int
+	// SecurityEventEvery is the shortest interval between two SECURITY
+	// events of one machine (more are logged, not stored).
+	SecurityEventEvery time.Duration
 	// BMCTimeout bounds each power operation on a machine's BMC.
 	BMCTimeout time.Duration
 	Lifecycle  lifecycle.Config
@@ -61,15 +91,24 @@ type Config struct {
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
 	return Config{
-		HeartbeatInterval: 10 * time.Second,
-		KeepaliveInterval: 30 * time.Second,
-		EventHistory:      500,
-		FreeEraseMode:     anvilv1.EraseMode_ERASE_MODE_QUICK,
-		RegisterEraseMode: anvilv1.EraseMode_ERASE_MODE_NONE,
-		WatchBuffer:       1024,
-		BootTokenTTL:      time.Hour,
-		BMCTimeout:        bmc.DefaultTimeout,
-		Lifecycle:         lifecycle.DefaultConfig(),
+		HeartbeatInterval:    10 * time.Second,
+		KeepaliveInterval:    30 * time.Second,
+		EventHistory:         500,
+		FreeEraseMode:        anvilv1.EraseMode_ERASE_MODE_QUICK,
+		RegisterEraseMode:    anvilv1.EraseMode_ERASE_MODE_NONE,
+		WatchBuffer:          1024,
+		BootTokenTTL:         15 * time.Minute,
+		BindBootTokenAddress: true,
+		EnrollPolicy:         trust.PolicyAuto,
+		LiveWindow:           30 * time.Second,
+		ExpectBootWindow:     time.Hour,
+		PhoneHomeTTL:         24 * time.Hour,
+		MaxWaitStreams:       4,
+		RegisterRate:         10,
+		RegisterBurst:        50,
+		SecurityEventEvery:   10 * time.Second,
+		BMCTimeout:           bmc.DefaultTimeout,
+		Lifecycle:            lifecycle.DefaultConfig(),
 	}
 }
 
@@ -94,6 +133,21 @@ func (c Config) Validate() error {
 	if c.BootTokenTTL <= 0 {
 		errs = append(errs, fmt.Errorf("boot token TTL %v must be positive", c.BootTokenTTL))
 	}
+	if _, err := trust.ParsePolicy(string(c.EnrollPolicy)); err != nil {
+		errs = append(errs, err)
+	}
+	for what, d := range map[string]time.Duration{"live window": c.LiveWindow, "expected boot window": c.ExpectBootWindow,
+		"phone-home token TTL": c.PhoneHomeTTL, "security event interval": c.SecurityEventEvery} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s %v must be positive", what, d))
+		}
+	}
+	if c.MaxWaitStreams < 1 {
+		errs = append(errs, fmt.Errorf("max Wait streams %d must be at least 1", c.MaxWaitStreams))
+	}
+	if c.RegisterRate < 0 || (c.RegisterRate > 0 && c.RegisterBurst < 1) {
+		errs = append(errs, fmt.Errorf("register rate %g/s with burst %d: want a rate >= 0 and a burst >= 1", c.RegisterRate, c.RegisterBurst))
+	}
 	if c.BMCTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("BMC timeout %v must be positive", c.BMCTimeout))
 	}
@@ -107,9 +161,23 @@ func (c Config) Validate() error {
 type Credentials struct {
 	// AdminTokens authorize the operator API.
 	AdminTokens []string
-	// BootTokens authorize Register. The first one is also the secret the
-	// per-boot boot tokens and the phone-home tokens are signed with.
+	// BootTokens authorize Register of host-mode agents (agents that were
+	// not network-booted). Network boots get per-boot tokens instead.
 	BootTokens []string
+	// Keys sign the controller's own tokens, one key per purpose; none is
+	// derived from a token that agents or operators hold.
+	Keys SigningKeys
+}
+
+// SigningKeys are the controller's HMAC keys (at least 16 bytes each). An
+// empty key is replaced by a random one at New: tokens it signed do not
+// survive a restart (tests); the controller keeps its keys in its data
+// directory.
+type SigningKeys struct {
+	// BootToken signs the per-boot tokens the boot service hands out.
+	BootToken string
+	// PhoneHome signs installed systems' phone-home tokens.
+	PhoneHome string
 }
 
 // Server holds the state shared by all services.
@@ -127,6 +195,13 @@ type Server struct {
 	// operations on one BMC (QEMU serves one QMP client at a time).
 	openBMC  func(addr string) (bmc.Driver, error)
 	bmcLocks keyedLocks
+	// bootObs holds the network boots the boot service saw (never acted
+	// on); regLimit, streams and secEvents are the per-source and
+	// per-machine limits.
+	bootObs   *bootobs.Book
+	regLimit  *sourceLimiter
+	streams   streamCount
+	secEvents every
 }
 
 // Option configures a Server.
@@ -151,11 +226,28 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 	for _, o := range opts {
 		o(s)
 	}
+	s.bootObs = bootobs.New(bootobs.DefaultLimits())
+	s.regLimit = newSourceLimiter(cfg.RegisterRate, cfg.RegisterBurst, 65536, s.now)
+	s.secEvents = every{interval: cfg.SecurityEventEvery, max: 65536}
+	keys := creds.Keys
+	for _, k := range []*string{&keys.BootToken, &keys.PhoneHome} {
+		if *k != "" {
+			continue
+		}
+		tok, err := pki.NewToken()
+		if err != nil {
+			return nil, fmt.Errorf("signing key: %w", err)
+		}
+		*k = tok
+	}
+	if keys.BootToken == keys.PhoneHome {
+		return nil, errors.New("the boot-token and phone-home keys must differ (one key per purpose)")
+	}
 	var err error
-	if s.bootSigner, err = pki.NewSigner(creds.BootTokens[0], "boot", BootTokenPrefix); err != nil {
+	if s.bootSigner, err = pki.NewSigner(keys.BootToken, "boot", BootTokenPrefix); err != nil {
 		return nil, fmt.Errorf("boot token signer: %w", err)
 	}
-	if s.phoneHome, err = pki.NewSigner(creds.BootTokens[0], "phone-home", PhoneHomeTokenPrefix); err != nil {
+	if s.phoneHome, err = pki.NewSigner(keys.PhoneHome, "phone-home", PhoneHomeTokenPrefix); err != nil {
 		return nil, fmt.Errorf("phone-home token signer: %w", err)
 	}
 	s.auth = newAuthenticator(st, creds, s.bootSigner, s.now)
@@ -234,6 +326,7 @@ func (s *Server) record(ctx context.Context, tx store.Tx, fx *effects, m *store.
 	for _, e := range evs {
 		e.MachineId = m.ID
 		m.Status = lifecycle.Apply(m.Status, e, s.cfg.Lifecycle)
+		s.trustFollows(m, e)
 	}
 	var err error
 	if create {
@@ -256,8 +349,31 @@ func (s *Server) record(ctx context.Context, tx store.Tx, fx *effects, m *store.
 	return nil
 }
 
+// trustFollows updates what the controller expects of m after event e:
+// a boot it caused or was told of (free, reinstall, a power action, a
+// reboot or power-off the agent announced), and the allocation generation
+// that phone-home tokens are bound to (allocate, reinstall and free revoke
+// the earlier ones).
+func (s *Server) trustFollows(m *store.Machine, e *anvilv1.Event) {
+	switch e.GetType() {
+	case anvilv1.EventType_EVENT_TYPE_RECLAIM, anvilv1.EventType_EVENT_TYPE_REINSTALL, anvilv1.EventType_EVENT_TYPE_POWER,
+		anvilv1.EventType_EVENT_TYPE_REBOOTING, anvilv1.EventType_EVENT_TYPE_POWERING_OFF:
+		now := s.now()
+		m.Trust.ExpectBootSince, m.Trust.ExpectBootUntil = now, now.Add(s.cfg.ExpectBootWindow)
+		m.Trust.ExpectBootWhy = fmt.Sprintf("%s at %s", strings.ToLower(strings.TrimPrefix(e.GetType().String(), "EVENT_TYPE_")), now.UTC().Format(time.RFC3339))
+	}
+	switch e.GetType() {
+	case anvilv1.EventType_EVENT_TYPE_ALLOCATED, anvilv1.EventType_EVENT_TYPE_REINSTALL, anvilv1.EventType_EVENT_TYPE_RECLAIM:
+		m.Trust.Generation++
+	}
+}
+
 // queue adds an instruction for m and wakes its Wait streams after commit.
+// A Wipe carries the machine's ATA erase password.
 func (s *Server) queue(ctx context.Context, tx store.Tx, fx *effects, m *store.Machine, in *anvilv1.Instruction) error {
+	if w := in.GetWipe(); w != nil && w.GetAtaPassword() == "" {
+		w.AtaPassword = m.Trust.ATAPassword
+	}
 	in.Id = newID("in-")
 	if err := tx.CreateInstruction(ctx, &store.Instruction{ID: in.Id, MachineID: m.ID, Instruction: in, CreatedAt: s.now()}); err != nil {
 		return err

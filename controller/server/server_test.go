@@ -97,8 +97,19 @@ func TestRegisterIsIdempotentAndRotatesCredential(t *testing.T) {
 	}
 	old := e.openWait(t, r1.GetCredential())
 	e.waitReady(t, uuid)
-	r2, _ := e.register(t, 0)
-	_, err := old.Recv()
+	// The shared boot token cannot take a live session: refused, recorded.
+	req := &anvilv1.RegisterRequest{Inventory: harness.Inventory(uuid, 0)}
+	_, err := e.agent.Register(ctx, req, bearer(e.h.Running().BootToken))
+	wantCode(t, err, codes.PermissionDenied, "a second registration with the boot token while the session is live")
+	if evs := events(t, e, uuid); evs[len(evs)-1].GetType() != anvilv1.EventType_EVENT_TYPE_SECURITY {
+		t.Fatalf("refused registration left no security event: %v", evs[len(evs)-1])
+	}
+	// The session itself registers again with its credential.
+	r2, err := e.agent.Register(ctx, req, bearer(r1.GetCredential()))
+	if err != nil {
+		t.Fatalf("register again with the credential: %v", err)
+	}
+	_, err = old.Recv()
 	wantCode(t, err, codes.Unauthenticated, "wait stream of the superseded credential")
 	if r2.GetMachineId() != r1.GetMachineId() {
 		t.Fatalf("re-register gave id %s, want %s", r2.GetMachineId(), r1.GetMachineId())

@@ -45,6 +45,39 @@ type Machine struct {
 	// BMC is the address of the machine's BMC (see controller/bmc), set by
 	// the operator; "" when none.
 	BMC string
+	// Trust is what the controller keeps about the machine's agent
+	// sessions (controller/server decides with it).
+	Trust Trust
+	// HeldInventory is the inventory of a registration that awaits an
+	// operator's approval; nil when none. Inventory keeps the last trusted
+	// one meanwhile.
+	HeldInventory *anvilv1.Inventory
+}
+
+// Trust is the state of a machine's enrollment and agent sessions. Its
+// times read back in UTC, the zero time as the zero time.
+type Trust struct {
+	// BootTokensBefore makes boot tokens single use: a boot token minted
+	// at or before it is spent (set to the mint time of the token the last
+	// boot registration used).
+	BootTokensBefore time.Time `json:"boot_tokens_before,omitempty"`
+	// ExpectBootUntil is set when the controller caused or announced a
+	// network boot (free, reinstall, a power action, a reboot the agent
+	// reported); a registration before then was expected. ExpectBootWhy
+	// names the cause.
+	// Only boot tokens minted after ExpectBootSince count.
+	ExpectBootSince time.Time `json:"expect_boot_since,omitempty"`
+	ExpectBootUntil time.Time `json:"expect_boot_until,omitempty"`
+	ExpectBootWhy   string    `json:"expect_boot_why,omitempty"`
+	// SessionAddr is the address the current agent session registered
+	// from.
+	SessionAddr string `json:"session_addr,omitempty"`
+	// Generation counts allocations, reinstalls and frees; a phone-home
+	// token is good for the generation it was minted in only.
+	Generation int64 `json:"generation,omitempty"`
+	// ATAPassword is the ATA security password erases of this machine use
+	// (secret: never shown by the API).
+	ATAPassword string `json:"ata_password,omitempty"`
 }
 
 // MachineFilter selects machines; zero fields match everything.

@@ -235,8 +235,16 @@ type Agent struct {
 	done    chan error
 }
 
-// StartAgent runs a simulated machine against h until the test ends.
+// StartAgent runs a simulated machine against h until the test ends; it
+// registers with the controller's shared boot token.
 func (h *Controller) StartAgent(t testing.TB, uuid string, i int) *Agent {
+	t.Helper()
+	return h.StartAgentWithToken(t, uuid, i, h.Running().BootToken)
+}
+
+// StartAgentWithToken is StartAgent registering with bootToken (a per-boot
+// token from a boot script).
+func (h *Controller) StartAgentWithToken(t testing.TB, uuid string, i int, bootToken string) *Agent {
 	t.Helper()
 	tlsCfg, err := pki.ClientTLS(h.CAPEM(), "")
 	if err != nil {
@@ -245,7 +253,7 @@ func (h *Controller) StartAgent(t testing.TB, uuid string, i int) *Agent {
 	a := &Agent{UUID: uuid, Install: &Recorder{Close: anvilv1.EventType_EVENT_TYPE_BOOTING}, Wipe: &Recorder{Close: anvilv1.EventType_EVENT_TYPE_WIPED}, done: make(chan error, 1)}
 	inv := Inventory(uuid, i)
 	r, err := runner.New(runner.Config{
-		Controller: h.Addr(), TLS: tlsCfg, BootToken: h.Running().BootToken, AgentVersion: "harness",
+		Controller: h.Addr(), TLS: tlsCfg, BootToken: bootToken, AgentVersion: "harness",
 		Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil },
 		Executors: runner.Executors{Install: a.Install, Wipe: a.Wipe},
 		Backoff:   backoff.Policy{Base: 50 * time.Millisecond, Cap: time.Second},

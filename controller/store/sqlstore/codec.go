@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/anvil-metal/anvil/controller/lifecycle"
+	"github.com/anvil-metal/anvil/controller/store"
 )
 
 // Encodings shared by every table:
@@ -115,6 +116,20 @@ func decStatus(s string) (lifecycle.Status, error) {
 	var st lifecycle.Status
 	err := json.Unmarshal([]byte(s), &st)
 	return st, err
+}
+
+func encTrust(t store.Trust) (string, error) {
+	t.BootTokensBefore = t.BootTokensBefore.UTC()
+	t.ExpectBootUntil = t.ExpectBootUntil.UTC()
+	t.ExpectBootSince = t.ExpectBootSince.UTC()
+	b, err := json.Marshal(t)
+	return string(b), err
+}
+
+func decTrust(s string) (store.Trust, error) {
+	var t store.Trust
+	err := json.Unmarshal([]byte(s), &t)
+	return t, err
 }
 
 // encJSON is for MAC lists and labels: nil encodes as "null" and reads back

@@ -16,15 +16,17 @@ import (
 // Queries, in "?" form. Those in preparedQueries are prepared at Open.
 const (
 	machineCols = "id, uuid, macs, inventory, inventory IS NOT NULL, size_id, labels, allocation, allocated, " +
-		"status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL, bmc"
+		"status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL, bmc, trust, held_inventory, held_inventory IS NOT NULL"
 	qGetMachine             = "SELECT " + machineCols + " FROM machines WHERE id = ?"
 	qGetMachineByUUID       = "SELECT " + machineCols + " FROM machines WHERE uuid = ?"
 	qGetMachineByCredential = "SELECT id FROM machines WHERE credential_hash = ?"
 	qListMachines           = "SELECT " + machineCols + " FROM machines"
 	qInsertMachine          = "INSERT INTO machines (id, uuid, macs, inventory, size_id, labels, allocation, allocated, hostname, " +
-		"status, state, credential_hash, created_at, last_seen, progress, bmc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+		"status, state, credential_hash, created_at, last_seen, progress, bmc, trust, held_inventory) " +
+		"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 	qUpdateMachine = "UPDATE machines SET uuid = ?, macs = ?, inventory = ?, size_id = ?, labels = ?, allocation = ?, allocated = ?, " +
-		"hostname = ?, status = ?, state = ?, credential_hash = ?, created_at = ?, last_seen = ?, progress = ?, bmc = ? WHERE id = ?"
+		"hostname = ?, status = ?, state = ?, credential_hash = ?, created_at = ?, last_seen = ?, progress = ?, bmc = ?, trust = ?, " +
+		"held_inventory = ? WHERE id = ?"
 	qDeleteMachine = "DELETE FROM machines WHERE id = ?"
 	qTouchMachine  = "UPDATE machines SET last_seen = ? WHERE id = ?"
 
@@ -178,13 +180,13 @@ func notFound(err error) error {
 func scanMachine(r scanner) (*store.Machine, error) {
 	var (
 		m                         store.Machine
-		macs, labels, status      string
-		inv, alloc, cred, prog    []byte
-		hasInv, allocated, hasPrg bool
-		created, seen             sql.NullInt64
+		macs, labels, status, trust        string
+		inv, alloc, cred, prog, held       []byte
+		hasInv, allocated, hasPrg, hasHeld bool
+		created, seen                      sql.NullInt64
 	)
 	if err := r.Scan(&m.ID, &m.UUID, &macs, &inv, &hasInv, &m.SizeID, &labels, &alloc, &allocated,
-		&status, &cred, &created, &seen, &prog, &hasPrg, &m.BMC); err != nil {
+		&status, &cred, &created, &seen, &prog, &hasPrg, &m.BMC, &trust, &held, &hasHeld); err != nil {
 		return nil, err
 	}
 	var err error
@@ -205,6 +207,12 @@ func scanMachine(r scanner) (*store.Machine, error) {
 	}
 	if m.Progress, err = decMsg[anvilv1.Progress](prog, hasPrg); err != nil {
 		return nil, fmt.Errorf("decode machine %q progress: %w", m.ID, err)
+	}
+	if m.Trust, err = decTrust(trust); err != nil {
+		return nil, fmt.Errorf("decode machine %q trust: %w", m.ID, err)
+	}
+	if m.HeldInventory, err = decMsg[anvilv1.Inventory](held, hasHeld); err != nil {
+		return nil, fmt.Errorf("decode machine %q held inventory: %w", m.ID, err)
 	}
 	m.CredentialHash = cred
 	m.CreatedAt = decTime(created)
@@ -258,8 +266,16 @@ func machineArgs(m *store.Machine) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode progress: %w", err)
 	}
+	trust, err := encTrust(m.Trust)
+	if err != nil {
+		return nil, fmt.Errorf("encode trust: %w", err)
+	}
+	held, err := encMsg(m.HeldInventory)
+	if err != nil {
+		return nil, fmt.Errorf("encode held inventory: %w", err)
+	}
 	return []any{m.UUID, macs, inv, m.SizeID, labels, alloc, alloc != nil, hostname,
-		status, int64(m.Status.State), cred, created, seen, prog, m.BMC}, nil
+		status, int64(m.Status.State), cred, created, seen, prog, m.BMC, trust, held}, nil
 }
 
 func (t *tx) GetMachine(ctx context.Context, id string) (*store.Machine, error) {

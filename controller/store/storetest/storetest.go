@@ -149,6 +149,9 @@ func fullMachine(id string) *store.Machine {
 		LastSeen:       ts(5),
 		Progress:       &anvilv1.Progress{BytesDone: 1 << 30, BytesTotal: 4 << 30, RateBytesPerSecond: 100 << 20},
 		BMC:            "qmp:///run/anvil/" + id + ".qmp",
+		Trust: store.Trust{BootTokensBefore: ts(6), ExpectBootSince: ts(5), ExpectBootUntil: ts(7), ExpectBootWhy: "freed",
+			SessionAddr: "192.0.2.7", Generation: 3, ATAPassword: "pw-" + id},
+		HeldInventory: &anvilv1.Inventory{Product: &anvilv1.Product{Uuid: id}},
 	}
 }
 
@@ -195,6 +198,19 @@ func diffMachine(want, got *store.Machine) []string {
 	}
 	if want.BMC != got.BMC {
 		add("BMC", want.BMC, got.BMC)
+	}
+	wt, gt := want.Trust, got.Trust
+	for _, tt := range [][2]*time.Time{{&wt.BootTokensBefore, &gt.BootTokensBefore}, {&wt.ExpectBootSince, &gt.ExpectBootSince}, {&wt.ExpectBootUntil, &gt.ExpectBootUntil}} {
+		if !tt[0].Equal(*tt[1]) || tt[1].Location() != time.UTC {
+			add("Trust time (UTC)", *tt[0], *tt[1])
+		}
+		*tt[0], *tt[1] = time.Time{}, time.Time{}
+	}
+	if wt != gt {
+		add("Trust", want.Trust, got.Trust)
+	}
+	if !msgEqual(want.HeldInventory, got.HeldInventory) {
+		add("HeldInventory", want.HeldInventory, got.HeldInventory)
 	}
 	return d
 }
@@ -371,6 +387,9 @@ func testUpdateMachine(t *testing.T, s store.Store) {
 	upd.Status = lifecycle.Status{State: anvilv1.MachineState_MACHINE_STATE_READY, LastEventTime: ts(9)}
 	upd.CreatedAt = ts(10)
 	upd.BMC = "qmp:///other.qmp"
+	upd.Trust.Generation++
+	upd.Trust.ExpectBootUntil = time.Time{}
+	upd.HeldInventory = nil
 	mustTx(t, s, func(tx store.Tx) error { return tx.UpdateMachine(ctx, upd) })
 	checkMachine(t, "after update", upd, get(t, s, "m1"))
 

@@ -133,11 +133,14 @@ func (x *RegisterRequest) ValidateAll() error { return x.GetInventory().Validate
 func (x *ReportRequest) ValidateAll() error {
 	var errs []error
 	switch x.GetType() {
-	case EventType_EVENT_TYPE_WAITING, EventType_EVENT_TYPE_WIPING, EventType_EVENT_TYPE_WIPED,
-		EventType_EVENT_TYPE_INSTALLING, EventType_EVENT_TYPE_BOOTING, EventType_EVENT_TYPE_PHONED_HOME,
+	case EventType_EVENT_TYPE_WIPING, EventType_EVENT_TYPE_WIPED,
+		EventType_EVENT_TYPE_INSTALLING, EventType_EVENT_TYPE_BOOTING,
 		EventType_EVENT_TYPE_FAILED, EventType_EVENT_TYPE_REBOOTING, EventType_EVENT_TYPE_POWERING_OFF:
 	default:
-		errs = append(errs, fmt.Errorf("event type %s cannot be reported by a machine", x.GetType()))
+		// WAITING is the controller's record of a Wait stream, and
+		// PHONED_HOME is accepted from the installed system only (the
+		// boot service's /phone-home with its allocation's token).
+		errs = append(errs, fmt.Errorf("event type %s cannot be reported by a machine's agent", x.GetType()))
 	}
 	if x.GetType() == EventType_EVENT_TYPE_FAILED && strings.TrimSpace(x.GetMessage()) == "" {
 		errs = append(errs, errors.New("a FAILED report needs a message with the reason"))

@@ -1,16 +1,36 @@
 // Package ata erases SATA drives with the ATA Security feature set (ACS-4
-// §4.18: SECURITY SET PASSWORD F1h, SECURITY ERASE PREPARE F3h, SECURITY
-// ERASE UNIT F4h, SECURITY DISABLE PASSWORD F6h; IDENTIFY DEVICE ECh),
-// tunnelled through SCSI as ATA PASS-THROUGH(16) (SAT-4 §12.2.2) over
-// Linux's SG_IO. This file is the pure core: command descriptor blocks,
-// IDENTIFY DEVICE parsing and the decision what to do; ata_linux.go talks
-// to the device.
+// §4.18: SECURITY SET PASSWORD F1h, SECURITY UNLOCK F2h, SECURITY ERASE
+// PREPARE F3h, SECURITY ERASE UNIT F4h, SECURITY DISABLE PASSWORD F6h;
+// IDENTIFY DEVICE ECh), tunnelled through SCSI as ATA PASS-THROUGH(16)
+// (SAT-4 §12.2.2) over Linux's SG_IO, with CK_COND set so that every
+// command returns the ATA registers, decoded from fixed- or
+// descriptor-format sense data (sense.go). A reply without them, or with
+// ERR or DF in the ATA status, or a failing SCSI, host or driver status,
+// is an error.
+//
+// Password policy: the erase sets a user password that is always
+// recoverable, never a random one nobody keeps. It is the password the
+// controller sends for the machine (Wipe.ata_password) or, when none is
+// sent, DefaultPassword ("anvil-erase"). A drive found with security
+// enabled or locked (an erase interrupted by a power loss leaves it so)
+// is recovered first: SECURITY UNLOCK (when locked) and SECURITY DISABLE
+// PASSWORD with each known password in turn; Disk.Unlock does only that.
+// A drive no known password opens fails with ErrUnknownPassword. The
+// password is never logged nor put in a message; Password's fmt and slog
+// forms are redacted.
+//
+// This file is the pure core: command descriptor blocks, password blocks,
+// IDENTIFY DEVICE parsing and the decision what to do; disk.go drives the
+// sequence through a Transport and sgio_linux.go talks to the device.
 package ata
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -19,6 +39,7 @@ import (
 const (
 	CmdIdentifyDevice          uint8 = 0xec
 	CmdSecuritySetPassword     uint8 = 0xf1
+	CmdSecurityUnlock          uint8 = 0xf2
 	CmdSecurityErasePrepare    uint8 = 0xf3
 	CmdSecurityEraseUnit       uint8 = 0xf4
 	CmdSecurityDisablePassword uint8 = 0xf6
@@ -84,6 +105,9 @@ func SecuritySetPassword() CDB {
 	return PassThrough16(PIODataOut, ToDevice, 1, CmdSecuritySetPassword)
 }
 
+// SecurityUnlock sends a PasswordBlock.
+func SecurityUnlock() CDB { return PassThrough16(PIODataOut, ToDevice, 1, CmdSecurityUnlock) }
+
 // SecurityErasePrepare must immediately precede SECURITY ERASE UNIT.
 func SecurityErasePrepare() CDB { return PassThrough16(NonData, NoData, 0, CmdSecurityErasePrepare) }
 
@@ -95,13 +119,105 @@ func SecurityDisablePassword() CDB {
 	return PassThrough16(PIODataOut, ToDevice, 1, CmdSecurityDisablePassword)
 }
 
-// Password is the 32-byte ATA password.
+// Password is the 32-byte ATA password (words 1-16 of the password
+// block). Printed with any fmt verb or logged with slog it reads
+// "[redacted]".
 type Password [32]byte
 
+const redacted = "[redacted]"
+
+// Format implements fmt.Formatter: a password never reaches a log by
+// accident.
+func (Password) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, redacted) }
+
+// LogValue implements slog.LogValuer.
+func (Password) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// DefaultPassword is the user password of an erase whose instruction
+// carries none (Wipe.ata_password empty). It is public on purpose: a drive
+// an interrupted erase left locked can always be opened with it.
+const DefaultPassword = "anvil-erase"
+
+// ErrNoPassword is an erase asked for without a password policy.
+var ErrNoPassword = errors.New("ata: no erase password (build the policy with KnownPasswords)")
+
+// ErrPasswordTooLong is a password over the 32 bytes of the field.
+var ErrPasswordTooLong = errors.New("ata: password longer than 32 bytes")
+
+// ParsePassword turns a text password into the 32-byte field, padded with
+// zero bytes (as hdparm does); longer than 32 bytes is an error, never
+// silently cut. Empty means DefaultPassword.
+func ParsePassword(s string) (Password, error) {
+	if s == "" {
+		s = DefaultPassword
+	}
+	var pw Password
+	if len(s) > len(pw) {
+		return Password{}, fmt.Errorf("%w (%d bytes)", ErrPasswordTooLong, len(s))
+	}
+	copy(pw[:], s)
+	return pw, nil
+}
+
+// Known is the password policy of one erase: the password it sets, and
+// the passwords tried on a drive an earlier erase left with security
+// enabled: the erase password first, then DefaultPassword.
+type Known struct {
+	// Erase is the password a new erase sets: Wipe.ata_password, else
+	// DefaultPassword. A zero Erase is refused (use KnownPasswords).
+	Erase Password
+}
+
+// KnownPasswords builds the policy from Wipe.ata_password (may be empty).
+func KnownPasswords(instruction string) (Known, error) {
+	pw, err := ParsePassword(instruction)
+	if err != nil {
+		return Known{}, fmt.Errorf("Wipe.ata_password: %w", err)
+	}
+	return Known{Erase: pw}, nil
+}
+
+// defaultPassword is DefaultPassword as the 32-byte field.
+func defaultPassword() Password {
+	var pw Password
+	copy(pw[:], DefaultPassword)
+	return pw
+}
+
+// FromInstruction says the erase password is not the default one (it
+// came from Wipe.ata_password).
+func (k Known) FromInstruction() bool { return k.Erase != defaultPassword() }
+
+// Candidate is one password to try, with a name that may be logged.
+type Candidate struct {
+	Name string
+	PW   Password
+}
+
+// Candidates are the passwords to try on a drive left with security
+// enabled, the erase password first.
+func (k Known) Candidates() []Candidate {
+	def := Candidate{"the default password " + strconv.Quote(DefaultPassword), defaultPassword()}
+	if !k.FromInstruction() {
+		return []Candidate{def}
+	}
+	return []Candidate{{"the controller's password for this machine (Wipe.ata_password)", k.Erase}, def}
+}
+
+// Describe names the erase password for result messages, without it.
+func (k Known) Describe() string {
+	if k.FromInstruction() {
+		return "user password: the controller's for this machine (Wipe.ata_password)"
+	}
+	return "user password: the default " + strconv.Quote(DefaultPassword)
+}
+
 // PasswordBlock is the data of the security commands (ACS-4 Table 248 for
-// SECURITY SET PASSWORD, Table 246 for SECURITY ERASE UNIT): word 0 bit 0
-// selects the master password, bit 1 the enhanced erase (ERASE UNIT only);
-// words 1-16 hold the password.
+// SECURITY SET PASSWORD, Table 246 for SECURITY ERASE UNIT; SECURITY
+// UNLOCK and SECURITY DISABLE PASSWORD use the same words): word 0 bit 0
+// is the identifier (0 user, 1 master password), bit 1 the enhanced erase
+// (ERASE UNIT only); words 1-16 hold the password. (SET PASSWORD's bit 8,
+// the security level for a user password, stays 0: High.)
 func PasswordBlock(master, enhanced bool, pw Password) [512]byte {
 	var b [512]byte
 	if master {
@@ -146,9 +262,13 @@ var (
 	ErrChecksum            = errors.New("ata: IDENTIFY integrity word checksum mismatch")
 	ErrSecurityUnsupported = errors.New("ata: the drive does not support the security feature set")
 	ErrFrozen              = errors.New("ata: security is frozen (the firmware issued SECURITY FREEZE LOCK; a suspend/resume or power cycle unfreezes)")
-	ErrLocked              = errors.New("ata: the drive is locked by a password")
-	ErrSecurityEnabled     = errors.New("ata: a security password is already set by someone else")
-	ErrAborted             = errors.New("ata: command aborted by the device")
+	// ErrCountExpired is IDENTIFY word 128 bit 4: five wrong passwords
+	// were tried; SECURITY UNLOCK and SECURITY ERASE UNIT are aborted until
+	// a power cycle (or hard reset).
+	ErrCountExpired = errors.New("ata: the password attempt counter is exhausted (IDENTIFY word 128 bit 4): power-cycle the machine before another attempt")
+	// ErrUnknownPassword is a drive with security enabled that none of the
+	// known passwords opens.
+	ErrUnknownPassword = errors.New("ata: the drive's security is enabled with an unknown password")
 )
 
 func atastring(b []byte) string {
@@ -214,8 +334,51 @@ func ParseIdentify(b []byte) (Identify, error) {
 	return id, nil
 }
 
+// Recovery is how a password left on a drive is removed before anything
+// else (ACS-4 §4.18.11 security states: SEC1 disabled, SEC4 locked, SEC5
+// enabled and unlocked).
+type Recovery int
+
+// Recoveries.
+const (
+	// RecoverNone: security is disabled (SEC1), nothing to remove.
+	RecoverNone Recovery = iota
+	// RecoverUnlock: the drive is locked (SEC4): SECURITY UNLOCK with each
+	// known password until one is accepted, then SECURITY DISABLE
+	// PASSWORD with it.
+	RecoverUnlock
+	// RecoverDisable: security is enabled but the drive unlocked (SEC5):
+	// SECURITY DISABLE PASSWORD with each known password until one is
+	// accepted.
+	RecoverDisable
+)
+
+func (r Recovery) String() string {
+	return [...]string{"none", "unlock+disable", "disable"}[r]
+}
+
+// PlanRecovery decides how a drive in security state s is brought back
+// to security disabled (SEC1).
+func PlanRecovery(s Security) (Recovery, error) {
+	switch {
+	case !s.Supported:
+		return RecoverNone, ErrSecurityUnsupported
+	case s.Frozen:
+		return RecoverNone, ErrFrozen
+	case s.Locked && s.CountExpired:
+		return RecoverNone, ErrCountExpired
+	case s.Locked:
+		return RecoverUnlock, nil
+	case s.Enabled:
+		return RecoverDisable, nil
+	}
+	return RecoverNone, nil
+}
+
 // Steps is the security erase Plan chose.
 type Steps struct {
+	// Recover removes a password an earlier erase left.
+	Recover  Recovery
 	Enhanced bool
 	// Timeout for SECURITY ERASE UNIT.
 	Timeout time.Duration
@@ -224,20 +387,20 @@ type Steps struct {
 // DefaultEraseTimeout is used when the drive gives no estimate.
 const DefaultEraseTimeout = 8 * time.Hour
 
-// Plan decides whether and how the drive can be security-erased.
+// Plan decides whether and how the drive can be security-erased: the
+// recovery first, then SECURITY SET PASSWORD, ERASE PREPARE and ERASE
+// UNIT. An exhausted attempt counter also stops ERASE UNIT, so it fails
+// the plan even on a drive that is not locked.
 func Plan(id Identify) (Steps, error) {
 	s := id.Security
-	switch {
-	case !s.Supported:
-		return Steps{}, ErrSecurityUnsupported
-	case s.Frozen:
-		return Steps{}, ErrFrozen
-	case s.Locked:
-		return Steps{}, ErrLocked
-	case s.Enabled:
-		return Steps{}, ErrSecurityEnabled
+	rec, err := PlanRecovery(s)
+	if err != nil {
+		return Steps{}, err
 	}
-	st := Steps{Enhanced: s.EnhancedErase, Timeout: DefaultEraseTimeout}
+	if s.CountExpired {
+		return Steps{}, ErrCountExpired
+	}
+	st := Steps{Recover: rec, Enhanced: s.EnhancedErase, Timeout: DefaultEraseTimeout}
 	est := id.EraseTime
 	if st.Enhanced {
 		est = id.EnhancedEraseTime
@@ -246,34 +409,4 @@ func Plan(id Identify) (Steps, error) {
 		st.Timeout = est*3/2 + 10*time.Minute
 	}
 	return st, nil
-}
-
-// DecodeSense finds the ATA Status Return descriptor (code 09h, SAT-4
-// §12.2.2.6) in descriptor-format sense data and returns the ATA status and
-// error registers.
-func DecodeSense(sense []byte) (status, errReg uint8, ok bool) {
-	if len(sense) < 8 || sense[0]&0x7f != 0x72 && sense[0]&0x7f != 0x73 {
-		return 0, 0, false
-	}
-	end := min(len(sense), 8+int(sense[7]))
-	for i := 8; i+1 < end; {
-		code, n := sense[i], int(sense[i+1])
-		if code == 0x09 && n >= 0x0c && i+13 < len(sense) {
-			return sense[i+13], sense[i+3], true
-		}
-		i += 2 + n
-	}
-	return 0, 0, false
-}
-
-// CheckSense turns an ATA error in the sense data into an error.
-func CheckSense(command uint8, sense []byte) error {
-	status, errReg, ok := DecodeSense(sense)
-	if !ok || status&1 == 0 { // ERR bit of the status register
-		return nil
-	}
-	if errReg&4 != 0 { // ABRT
-		return fmt.Errorf("%w: command %#02x (status %#02x, error %#02x)", ErrAborted, command, status, errReg)
-	}
-	return fmt.Errorf("ata: command %#02x failed (status %#02x, error %#02x)", command, status, errReg)
 }

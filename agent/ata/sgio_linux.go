@@ -43,8 +43,8 @@ const (
 	sgDxferNone    = -1
 	sgDxferToDev   = -2
 	sgDxferFromDev = -3
-	// driverSense: the driver returned sense data (CK_COND asks for it).
-	driverSense = 0x08
+	// senseLen is the sense buffer offered (SCSI_SENSE_BUFFERSIZE is 96).
+	senseLen = 96
 )
 
 // SGIO executes commands on a SCSI generic or block device (/dev/sdX).
@@ -62,10 +62,12 @@ func OpenSGIO(path string) (*SGIO, error) {
 // Close releases the device.
 func (s *SGIO) Close() error { return s.F.Close() }
 
-// Exec implements Transport.
-func (s *SGIO) Exec(ctx context.Context, cdb CDB, dir Direction, data []byte, timeout time.Duration) ([]byte, error) {
+// Exec implements Transport: it returns the SCSI, host and driver status,
+// the residual count and the sense data as the kernel wrote them; Check
+// judges them.
+func (s *SGIO) Exec(ctx context.Context, cdb CDB, dir Direction, data []byte, timeout time.Duration) (Reply, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return Reply{}, err
 	}
 	// The header holds the buffers' addresses as integers, so the buffers
 	// are pinned for the call.
@@ -73,7 +75,7 @@ func (s *SGIO) Exec(ctx context.Context, cdb CDB, dir Direction, data []byte, ti
 	defer pin.Unpin()
 	cmd := new(CDB)
 	*cmd = cdb
-	sense := make([]byte, 32)
+	sense := make([]byte, senseLen)
 	pin.Pin(cmd)
 	pin.Pin(&sense[0])
 	h := sgIOHdr{interfaceID: 'S', cmdLen: 16, mxSbLen: uint8(len(sense)), timeout: uint32(timeout / time.Millisecond)}
@@ -94,10 +96,10 @@ func (s *SGIO) Exec(ctx context.Context, cdb CDB, dir Direction, data []byte, ti
 	}
 	_, _, e := unix.Syscall(unix.SYS_IOCTL, s.F.Fd(), sgIO, uintptr(unsafe.Pointer(&h)))
 	if e != 0 {
-		return nil, fmt.Errorf("SG_IO on %s: %w", s.F.Name(), e)
+		return Reply{}, fmt.Errorf("SG_IO on %s: %w", s.F.Name(), e)
 	}
-	if h.hostStatus != 0 || h.driverStatus&^driverSense != 0 {
-		return sense[:h.sbLenWr], fmt.Errorf("SG_IO on %s: host status %#x, driver status %#x", s.F.Name(), h.hostStatus, h.driverStatus)
-	}
-	return sense[:h.sbLenWr], nil
+	return Reply{
+		Status: h.status, Host: h.hostStatus, Driver: h.driverStatus, Resid: h.resid,
+		Sense: sense[:min(int(h.sbLenWr), len(sense))],
+	}, nil
 }

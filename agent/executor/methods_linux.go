@@ -11,19 +11,26 @@ import (
 	"github.com/anvil-metal/anvil/agent/nvme"
 )
 
-// ataErase runs the ATA security erase (enhanced when supported). A frozen
-// or unsupported drive fails this step; the planner decides what follows.
-func ataErase(ctx context.Context, path string, p ProgressFunc) (string, error) {
+// ataErase runs the ATA security erase (enhanced when supported) with the
+// Wipe's password (empty: ata.DefaultPassword), first unlocking a drive an
+// interrupted erase left locked. A frozen or unsupported drive fails this
+// step; the planner decides what follows. The result names which password
+// was used, never the password.
+func ataErase(ctx context.Context, path, password string, p ProgressFunc) (string, error) {
+	known, err := ata.KnownPasswords(password)
+	if err != nil {
+		return "", err
+	}
 	t, err := ata.OpenSGIO(path)
 	if err != nil {
 		return "", err
 	}
 	defer t.Close()
-	res, err := (&ata.Disk{T: t}).SecureErase(ctx, p)
+	res, err := (&ata.Disk{T: t, Name: path}).SecureErase(ctx, known, p)
 	if err != nil {
 		return "", err
 	}
-	return res.Method, nil
+	return res.String(), nil
 }
 
 // nvmeErase runs the strongest erase the NVMe controller advertises
@@ -85,11 +92,11 @@ func DefaultMethods() EraseMethods {
 				return describe(erase.Overwrite(ctx, path, overwriteDepth, erase.Progress(p)))
 			},
 			StepNVMe: nvmeErase,
-			StepATA:  ataErase,
 			StepSecDiscard: func(ctx context.Context, path string, p ProgressFunc) (string, error) {
 				return describe(erase.Discard(ctx, path, true, erase.Progress(p)))
 			},
 		},
+		ATA:        ataErase,
 		VerifyZero: func(_ context.Context, path string) error { return erase.VerifySample(path, verifySamples) },
 		Markers: func(path string) (func() error, error) {
 			m, err := erase.WriteMarkers(path, markerCount)

@@ -31,7 +31,12 @@ type ProgressFunc func(done, total uint64)
 // kind; a nil one makes that step unavailable (the next step is tried).
 // Each returns a short description of what it did.
 type EraseMethods struct {
+	// Steps are the erase steps except StepATA.
 	Steps map[StepKind]func(ctx context.Context, path string, p ProgressFunc) (string, error)
+	// ATA is StepATA: the ATA security erase with the Wipe's password
+	// (Wipe.ata_password; empty means the agent's documented default,
+	// ata.DefaultPassword). The password is never logged nor reported.
+	ATA func(ctx context.Context, path, password string, p ProgressFunc) (string, error)
 	// VerifyZero checks a disk reads as zeroes (random offsets plus the
 	// first and last MiB).
 	VerifyZero func(ctx context.Context, path string) error
@@ -94,7 +99,7 @@ func (w *Wipe) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Pr
 	}
 	for i, d := range targets {
 		wg.Go(func() {
-			results[i], errs[i] = w.eraseDisk(ctx, d, mode, spec.GetAllowFallback(), prog.disk(i))
+			results[i], errs[i] = w.eraseDisk(ctx, d, mode, spec.GetAllowFallback(), spec.GetAtaPassword(), prog.disk(i))
 			if errs[i] != nil {
 				errs[i] = fmt.Errorf("disk %s (serial %q): %w", d.GetPath(), d.GetSerial(), errs[i])
 				note("erase failed: " + errs[i].Error())
@@ -112,7 +117,7 @@ func (w *Wipe) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Pr
 
 // eraseDisk tries the planned steps in order until one succeeds and its
 // verification passes. Every failed attempt is part of the error.
-func (w *Wipe) eraseDisk(ctx context.Context, d *anvilv1.Disk, mode anvilv1.EraseMode, allowFallback bool, p ProgressFunc) (string, error) {
+func (w *Wipe) eraseDisk(ctx context.Context, d *anvilv1.Disk, mode anvilv1.EraseMode, allowFallback bool, ataPassword string, p ProgressFunc) (string, error) {
 	path := d.GetPath()
 	if w.Zeroed != nil {
 		w.Zeroed.Forget(path)
@@ -129,7 +134,7 @@ func (w *Wipe) eraseDisk(ctx context.Context, d *anvilv1.Disk, mode anvilv1.Eras
 			return "", err
 		}
 		start := time.Now()
-		what, err := w.runStep(ctx, path, s, p)
+		what, err := w.runStep(ctx, path, s, ataPassword, p)
 		if err != nil {
 			tried = append(tried, fmt.Errorf("%s: %w", s.Kind, err))
 			continue
@@ -154,8 +159,16 @@ func (w *Wipe) eraseDisk(ctx context.Context, d *anvilv1.Disk, mode anvilv1.Eras
 }
 
 // runStep runs one step with its verification.
-func (w *Wipe) runStep(ctx context.Context, path string, s Step, p ProgressFunc) (string, error) {
+func (w *Wipe) runStep(ctx context.Context, path string, s Step, ataPassword string, p ProgressFunc) (string, error) {
 	run := w.Methods.Steps[s.Kind]
+	if s.Kind == StepATA {
+		run = nil
+		if ata := w.Methods.ATA; ata != nil {
+			run = func(ctx context.Context, path string, p ProgressFunc) (string, error) {
+				return ata(ctx, path, ataPassword, p)
+			}
+		}
+	}
 	if run == nil {
 		return "", ErrStepUnavailable
 	}

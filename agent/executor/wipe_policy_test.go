@@ -19,6 +19,8 @@ type fakeDisk struct {
 	lies     map[StepKind]bool // reports success without erasing
 	erased   bool
 	verified int
+	// ataPasswords are the passwords the ATA step was given.
+	ataPasswords []string
 }
 
 func (f *fakeDisk) methods() EraseMethods {
@@ -38,8 +40,15 @@ func (f *fakeDisk) methods() EraseMethods {
 		}
 	}
 	m := EraseMethods{Steps: map[StepKind]func(context.Context, string, ProgressFunc) (string, error){}}
-	for _, k := range []StepKind{StepQuick, StepNVMe, StepATA, StepSecDiscard, StepZeroOut, StepOverwrite} {
+	for _, k := range []StepKind{StepQuick, StepNVMe, StepSecDiscard, StepZeroOut, StepOverwrite} {
 		m.Steps[k] = step(k)
+	}
+	ata := step(StepATA)
+	m.ATA = func(ctx context.Context, path, password string, p ProgressFunc) (string, error) {
+		f.mu.Lock()
+		f.ataPasswords = append(f.ataPasswords, password)
+		f.mu.Unlock()
+		return ata(ctx, path, p)
 	}
 	m.VerifyZero = func(context.Context, string) error {
 		f.mu.Lock()
@@ -94,6 +103,44 @@ func TestSecureEraseUsesTheHardwareAndProvesIt(t *testing.T) {
 	if len(f.calls) != 1 || f.calls[0] != StepATA || f.verified != 1 || !strings.Contains(out.Message, "verified by markers") {
 		t.Fatalf("calls %v, verified %d, message %q", f.calls, f.verified, out.Message)
 	}
+}
+
+func TestTheWipesATAPasswordReachesTheATAStepOnly(t *testing.T) {
+	const secret = "per-machine-secret-from-ctrl"
+	f := &fakeDisk{}
+	w := &Wipe{Methods: f.methods(), Inventory: func(context.Context) (*anvilv1.Inventory, error) {
+		return &anvilv1.Inventory{Disks: []*anvilv1.Disk{{Path: "/dev/fake0", Controller: "sata"}}}, nil
+	}}
+	in := &anvilv1.Instruction{Id: "w", Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: anvilv1.EraseMode_ERASE_MODE_SECURE, AtaPassword: secret}}}
+	notes := &noteRecorder{}
+	out, err := w.Execute(context.Background(), in, notes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.ataPasswords) != 1 || f.ataPasswords[0] != secret {
+		t.Fatalf("the ATA step got %q, want the Wipe's ata_password", f.ataPasswords)
+	}
+	if strings.Contains(out.Message, secret) || strings.Contains(strings.Join(notes.notes, "\n"), secret) {
+		t.Errorf("the password reached the event: %q / %q", out.Message, notes.notes)
+	}
+	// Without ata_password the step gets "" (the ata package's default).
+	f = &fakeDisk{}
+	if _, _, err := wipeSecure(t, f, "ata", false); err != nil || len(f.ataPasswords) != 1 || f.ataPasswords[0] != "" {
+		t.Fatalf("no password: %q, %v", f.ataPasswords, err)
+	}
+}
+
+// noteRecorder is a runner.Progress that keeps the notes.
+type noteRecorder struct {
+	nopProgress
+	mu    sync.Mutex
+	notes []string
+}
+
+func (n *noteRecorder) Note(s string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.notes = append(n.notes, s)
 }
 
 func TestAFrozenDriveFailsUnlessPolicyAllowsTheFallback(t *testing.T) {

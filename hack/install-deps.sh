@@ -44,6 +44,9 @@ command -v grub-mkimage >/dev/null || need+=(grub-common)
 command -v nft >/dev/null || need+=(nftables)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v kubectl >/dev/null || need+=(kubectl)
+# The firewall image's units are checked by systemd-analyze verify
+# (images/firewall), which Debian ships in the systemd package.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 # The lab's proxy-mode test: another DHCP server leases the addresses.
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 # The Debian image (make images-debian) is bootstrapped from Debian's mirror.

@@ -20,11 +20,11 @@ import (
 func anvilFirewall(t *testing.T) string {
 	t.Helper()
 	if _, err := os.Stat("../../firewall/cmd/anvil-firewall"); err != nil {
-		t.Skipf("firewall/cmd/anvil-firewall is not there yet: %v", err)
+		t.Fatalf("firewall/cmd/anvil-firewall: %v", err)
 	}
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		t.Skipf("no go tool to build anvil-firewall: %v", err)
+		t.Fatalf("no go tool on PATH to build anvil-firewall: %v", err)
 	}
 	bin := filepath.Join(t.TempDir(), "anvil-firewall")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

@@ -25,7 +25,8 @@ import (
 )
 
 // built returns the image `make images-tiny` built (images/out, or
-// ANVIL_TINY_DIR) and its catalogue entry, or skips.
+// ANVIL_TINY_DIR) and its catalogue entry, or fails: make test builds the
+// image before it runs the tests.
 func built(t *testing.T) (dir string, cat tiny.Catalogue) {
 	t.Helper()
 	dir = os.Getenv("ANVIL_TINY_DIR")
@@ -37,7 +38,7 @@ func built(t *testing.T) (dir string, cat tiny.Catalogue) {
 	}
 	cat, err := tiny.ReadCatalogue(filepath.Join(dir, tiny.CatalogueFile))
 	if err != nil {
-		t.Skipf("no tiny image in %s (make images-tiny): %v", dir, err)
+		t.Fatalf("no tiny image in %s (make test builds it first; by hand: make images-tiny): %v", dir, err)
 	}
 	return dir, cat
 }

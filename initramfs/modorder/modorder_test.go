@@ -192,7 +192,7 @@ func TestReadDir(t *testing.T) {
 }
 
 // TestDebianCloudKernel orders the real modules hack/fetch-kernel.sh
-// fetched, when they are there.
+// fetched; make test fetches them (make kernel) before it runs the tests.
 func TestDebianCloudKernel(t *testing.T) {
 	cache := os.Getenv("ANVIL_CACHE")
 	if cache == "" {
@@ -200,7 +200,7 @@ func TestDebianCloudKernel(t *testing.T) {
 	}
 	dir := filepath.Join(cache, "kernel", "modules")
 	if _, err := os.Stat(dir); err != nil {
-		t.Skipf("no fetched kernel modules in %s (hack/fetch-kernel.sh): %v", dir, err)
+		t.Fatalf("no fetched kernel modules in %s (make test fetches them first; by hand: hack/fetch-kernel.sh %s): %v", dir, filepath.Dir(dir), err)
 	}
 	ms, err := ReadDir(dir)
 	if err != nil {

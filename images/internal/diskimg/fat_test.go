@@ -95,7 +95,7 @@ func TestMakeFAT32(t *testing.T) {
 func fsckFAT(t *testing.T, img string, off, size int64) {
 	t.Helper()
 	if _, err := exec.LookPath("fsck.vfat"); err != nil {
-		t.Skip("fsck.vfat not found (hack/install-deps.sh installs dosfstools)")
+		t.Fatalf("fsck.vfat not found (hack/install-deps.sh installs dosfstools): %v", err)
 	}
 	src, err := os.Open(img)
 	if err != nil {

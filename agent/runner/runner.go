@@ -192,6 +192,14 @@ func (r *Runner) MachineID() string {
 	return r.machineID
 }
 
+// Credential is the machine credential of the current session ("" before
+// the first registration); the agent's own calls use it.
+func (r *Runner) Credential() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cred
+}
+
 // bearer is per-call credentials for one token.
 type bearer string
 

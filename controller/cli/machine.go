@@ -24,7 +24,7 @@ func machineCommands() *group {
 		summary: "Inspect, allocate, free and power machines",
 		cmds: []*command{
 			machineList(), machineShow(), machineAllocate(), machineFree(), machineReinstall(),
-			machineDelete(), machineLabel(), machineEvents(), machinePower(), machineBMC(),
+			machineDelete(), machineLabel(), machineEvents(), machinePower(), machineBMC(), machineApprove(),
 		},
 	}
 }
@@ -191,6 +191,22 @@ func machineReinstall() *command {
 			return func(ctx context.Context, a *app, args []string) error {
 				req.Id = args[0]
 				m, err := a.machines.ReinstallMachine(ctx, req)
+				if err != nil {
+					return err
+				}
+				return a.print(m, func(w io.Writer) error { return a.machineTable(w, []*anvilv1.Machine{m}) })
+			}
+		},
+	}
+}
+
+func machineApprove() *command {
+	return &command{
+		name: "approve", args: "ID", minArgs: 1, maxArgs: 1,
+		summary: "Trust a machine's agent session that awaits approval (a new machine under --enroll approve, or an unexpected boot)",
+		setup: func(fs *flag.FlagSet) action {
+			return func(ctx context.Context, a *app, args []string) error {
+				m, err := a.machines.ApproveMachine(ctx, &anvilv1.ApproveMachineRequest{Id: args[0]})
 				if err != nil {
 					return err
 				}
@@ -520,6 +536,13 @@ func (a *app) machineDetail(w io.Writer, m *anvilv1.Machine, events []*anvilv1.E
 	if inv := m.GetInventory(); inv != nil {
 		if err := writeInventory(w, inv); err != nil {
 			return err
+		}
+	}
+
+	if obs := m.GetBootObservations(); len(obs) > 0 {
+		fmt.Fprintf(w, "\nNetwork boots seen (unauthenticated, never acted on):\n")
+		for _, o := range obs {
+			fmt.Fprintf(w, "  %s ago  from %s  NIC %s  %s  %s\n", since(o.GetTime(), now), o.GetClientAddress(), o.GetMac(), o.GetPlatform(), oneLine(o.GetServed()))
 		}
 	}
 

@@ -21,6 +21,7 @@ import (
 	"github.com/anvil-metal/anvil/controller/app"
 	"github.com/anvil-metal/anvil/controller/boot"
 	"github.com/anvil-metal/anvil/controller/boot/dhcp"
+	"github.com/anvil-metal/anvil/controller/trust"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -39,6 +40,13 @@ func main() {
 	flag.StringVar(&freeErase, "free-erase", "quick", "erase mode when a machine is freed: none|quick|secure|full")
 	flag.StringVar(&registerErase, "register-erase", "none", "erase mode queued when an unallocated machine registers")
 	flag.BoolVar(&cfg.Server.EraseFallback, "erase-fallback", false, "secure erase: accept a verified full overwrite on disks without a usable hardware erase")
+	var enroll string
+	flag.StringVar(&enroll, "enroll", string(cfg.Server.EnrollPolicy), "enrollment of unknown machines and of unexpected boots: auto, or approve (an operator approves each with anvilctl machine approve)")
+	flag.DurationVar(&cfg.Server.BootTokenTTL, "boot-token-ttl", cfg.Server.BootTokenTTL, "how long a network boot's token is good for its one registration")
+	flag.BoolVar(&cfg.Server.BindBootTokenAddress, "boot-token-bind-address", cfg.Server.BindBootTokenAddress, "refuse a boot token from another client address than its script went to (switch off when agents reach the controller through NAT or another interface)")
+	flag.DurationVar(&cfg.Server.PhoneHomeTTL, "phone-home-ttl", cfg.Server.PhoneHomeTTL, "how long an install's phone-home token is good")
+	flag.Float64Var(&cfg.Server.RegisterRate, "register-rate", cfg.Server.RegisterRate, "Register calls per second per client address (0: no limit)")
+	flag.IntVar(&cfg.Server.RegisterBurst, "register-burst", cfg.Server.RegisterBurst, "Register burst per client address")
 	flag.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
 	debugAddr := flag.String("debug-addr", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	bc := boot.Defaults()
@@ -91,6 +99,9 @@ func main() {
 	cfg.Hosts = split(hosts)
 	cfg.BootTokens = split(bootTokens)
 	var err error
+	if cfg.Server.EnrollPolicy, err = trust.ParsePolicy(enroll); err != nil {
+		fail(fmt.Errorf("--enroll: %w", err))
+	}
 	if cfg.Server.FreeEraseMode, err = eraseMode(freeErase); err != nil {
 		fail(fmt.Errorf("--free-erase: %w", err))
 	}

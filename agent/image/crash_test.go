@@ -19,6 +19,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/anvil-metal/anvil/agent/blockdev"
+	"github.com/anvil-metal/anvil/agent/image/growpart"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/loopdev"
 )
@@ -267,4 +268,20 @@ func TestInstallIsByteIdentical(t *testing.T) {
 		}
 		hasPartitionTable(t, dev)
 	}
+}
+
+// TestInstallOfAnImageWithADamagedGPTFails: the digest matches, but the
+// image's primary GPT header fails its CRC; the install fails with
+// growpart.ErrUnreadableGPT (it used to pass as "no GPT") and leaves no
+// table.
+func TestInstallOfAnImageWithADamagedGPTFails(t *testing.T) {
+	img := gptImage(t)
+	img[512+56] ^= 0xff // disk GUID; the header CRC no longer matches
+	dev := loopdev.New(t, 32<<20)
+	_, err := Install(context.Background(), Request{URL: "mem://image", Checksum: sum256(img), Format: anvilv1.ImageFormat_IMAGE_FORMAT_RAW, Target: dev},
+		Options{Source: memSource(img)})
+	if !errors.Is(err, growpart.ErrUnreadableGPT) {
+		t.Fatalf("err = %v, want growpart.ErrUnreadableGPT", err)
+	}
+	noPartitionTable(t, dev)
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/anvil-metal/anvil/agent/blockdev"
 	"github.com/anvil-metal/anvil/agent/image/growpart"
+	"github.com/anvil-metal/anvil/agent/image/rootfs"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/loopdev"
 )
@@ -39,13 +40,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// crashChild installs the raw image file onto the target from
-// "target|image|n": the source serves the image's first n bytes, then
-// says "cut" on stdout and hangs until the parent kills the process.
+// crashChild installs the image file onto the target from
+// "target|image|n|raw" or "...|tar": the source serves the image's first
+// n bytes, then says "cut" on stdout and hangs until the parent kills the
+// process.
 func crashChild(spec string) error {
 	parts := strings.Split(spec, "|")
-	if len(parts) != 3 {
-		return fmt.Errorf("crash child: spec %q is not target|image|n", spec)
+	if len(parts) != 4 {
+		return fmt.Errorf("crash child: spec %q is not target|image|n|raw-or-tar", spec)
+	}
+	f, o := anvilv1.ImageFormat_IMAGE_FORMAT_RAW, Options{}
+	if parts[3] == "tar" {
+		f, o.Tar = anvilv1.ImageFormat_IMAGE_FORMAT_TAR, rootfs.Installer(rootfs.Options{Layout: rootfs.Layout{ESPSize: 64 << 20}})
 	}
 	img, err := os.ReadFile(parts[1])
 	if err != nil {
@@ -58,8 +64,8 @@ func crashChild(spec string) error {
 	src := func(context.Context, string) (io.ReadCloser, int64, error) {
 		return io.NopCloser(io.MultiReader(bytes.NewReader(img[:n]), hangReader{})), int64(len(img)), nil
 	}
-	_, err = Install(context.Background(), Request{URL: "mem://image", Checksum: sum256(img), Format: anvilv1.ImageFormat_IMAGE_FORMAT_RAW, Target: parts[0]},
-		Options{Source: src})
+	o.Source = src
+	_, err = Install(context.Background(), Request{URL: "mem://image", Checksum: sum256(img), Format: f, Target: parts[0]}, o)
 	return fmt.Errorf("crash child: install returned (%v) instead of hanging", err)
 }
 
@@ -148,34 +154,84 @@ func TestInstallKilledMidStreamLeavesNoPartitionTable(t *testing.T) {
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
 			dev := loopdev.New(t, 32<<20)
 			previousInstall(t, dev)
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), crashChildEnv+"="+dev+"|"+imgPath+"|"+strconv.Itoa(n))
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			line, err := bufio.NewReader(out).ReadString('\n')
-			if err != nil || line != "cut\n" {
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatalf("child: %q, %v; stderr: %s", line, err, stderr.Bytes())
-			}
-			// Let everything the child got so far reach the disk.
-			time.Sleep(300 * time.Millisecond)
-			if err := cmd.Process.Kill(); err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Wait(); err == nil {
-				t.Fatal("the child exited by itself")
-			}
+			killMidStream(t, dev, imgPath, n, "raw", func() {})
 			noPartitionTable(t, dev)
 		})
 	}
+}
+
+// killMidStream runs an install in a child process whose source gives
+// the image's first n bytes, waits for the cut and then for settled (the
+// install progressed as far as it can), and SIGKILLs it.
+func killMidStream(t *testing.T, dev, imgPath string, n int, kind string, settled func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+dev+"|"+imgPath+"|"+strconv.Itoa(n)+"|"+kind)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "cut\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("child: %q, %v; stderr: %s", line, err, stderr.Bytes())
+	}
+	// Let everything the child got so far reach the disk.
+	settled()
+	time.Sleep(300 * time.Millisecond)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Fatalf("the child exited by itself; stderr: %s", stderr.Bytes())
+	}
+}
+
+// TestTarInstallKilledMidStreamLeavesNoPartitionTable: a rootfs install
+// killed while extracting, or after extracting but before the digest
+// check, leaves no GPT and no MBR boot code (the old installer wrote the
+// GPT first, so both rows failed).
+func TestTarInstallKilledMidStreamLeavesNoPartitionTable(t *testing.T) {
+	arc := rootfsTar(t)
+	imgPath := filepath.Join(t.TempDir(), "rootfs.tar")
+	if err := os.WriteFile(imgPath, arc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{len(arc) / 2, len(arc)} {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			dev := loopdev.New(t, 1<<30)
+			previousInstall(t, dev)
+			killMidStream(t, dev, imgPath, n, "tar", func() { waitForESP(t, dev) })
+			noPartitionTable(t, dev)
+		})
+	}
+}
+
+// waitForESP waits until the FAT32 boot sector of the ESP (at 1 MiB) is
+// on the disk: the install got past making its filesystems.
+func waitForESP(t *testing.T, dev string) {
+	t.Helper()
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 512)
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err := f.ReadAt(b, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(b[82:87], []byte("FAT32")) {
+			return
+		}
+	}
+	t.Fatal("the ESP was not made within 20 s")
 }
 
 // TestInstallCancelledMidStreamLeavesNoPartitionTable: the context ends

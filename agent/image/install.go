@@ -12,7 +12,9 @@
 // (MBR, both GPT headers and entry arrays) in memory until the digest
 // matched (diskwrite.Options.HoldBack), so a process killed or a machine
 // powered off mid-install leaves a disk without a partition table, never
-// a valid GPT over a partial image.
+// a valid GPT over a partial image. A tarball install is ordered the same
+// way: the TarInstaller writes the filesystems onto a disk whose tables it
+// zeroed, and the GPT and boot code only when Install commits it.
 package image
 
 import (
@@ -64,9 +66,12 @@ type Request struct {
 type Source func(ctx context.Context, url string) (io.ReadCloser, int64, error)
 
 // TarInstaller lays a root filesystem tarball onto the target disk and
-// returns a summary; zeroed says the target reads as zeroes; args are the
-// install's extra kernel arguments for the boot configuration it writes.
-type TarInstaller func(ctx context.Context, target string, zeroed bool, tar io.Reader, args string) (string, error)
+// returns a summary and a commit; zeroed says the target reads as zeroes;
+// args are the install's extra kernel arguments for the boot
+// configuration it writes. Until commit runs, the disk must carry no
+// partition table nor boot code (rootfs.Prepare); Install calls it only
+// once the archive's digest matched.
+type TarInstaller func(ctx context.Context, target string, zeroed bool, tar io.Reader, args string) (summary string, commit func() error, err error)
 
 // Options wire the stages.
 type Options struct {
@@ -179,6 +184,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	// the digest matched (diskwrite.Options.HoldBack): no crash before
 	// the commit below leaves a partition table on the disk.
 	var w *diskwrite.Writer
+	var commitTar func() error
 	defer func() {
 		if err != nil && w != nil {
 			w.Abort(err)
@@ -192,7 +198,7 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 			return res, fmt.Errorf("%w: this agent cannot install %s images", format.ErrUnsupported, dec.Format)
 		}
 		touched = true
-		res.Tar, err = o.Tar(ctx, req.Target, req.Zeroed, dec, req.KernelArgs)
+		res.Tar, commitTar, err = o.Tar(ctx, req.Target, req.Zeroed, dec, req.KernelArgs)
 	}
 	if err != nil {
 		bad, berr := badImage(ctx, cr, h, want, req, err, dec)
@@ -225,6 +231,12 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 		st := w.Stats()
 		res.Written, res.Skipped = st.Written, st.Skipped
 		w = nil
+	}
+	if commitTar != nil {
+		// Verified: now the partition table and the BIOS boot code.
+		if err = commitTar(); err != nil {
+			return res, fmt.Errorf("commit image %s to %s: %w", req.URL, req.Target, err)
+		}
 	}
 	if dec.Format.Payload == format.Raw {
 		if res.Grow, err = growTarget(req.Target, o.Grow); err != nil {

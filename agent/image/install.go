@@ -6,6 +6,15 @@
 // decode or verify, destroys the disk's partition tables, so a
 // half-written or unverified image can never boot (nor the one the disk
 // held before). A format refused before decoding leaves the disk alone.
+//
+// A raw image is also crash-safe: the writer zeroes the disk's first and
+// last MiB before streaming and holds the image's first and last MiB
+// (MBR, both GPT headers and entry arrays) in memory until the digest
+// matched (diskwrite.Options.HoldBack), so a process killed or a machine
+// powered off mid-install leaves a disk without a partition table, never
+// a valid GPT over a partial image. A tarball install is ordered the same
+// way: the TarInstaller writes the filesystems onto a disk whose tables it
+// zeroed, and the GPT and boot code only when Install commits it.
 package image
 
 import (
@@ -57,9 +66,12 @@ type Request struct {
 type Source func(ctx context.Context, url string) (io.ReadCloser, int64, error)
 
 // TarInstaller lays a root filesystem tarball onto the target disk and
-// returns a summary; zeroed says the target reads as zeroes; args are the
-// install's extra kernel arguments for the boot configuration it writes.
-type TarInstaller func(ctx context.Context, target string, zeroed bool, tar io.Reader, args string) (string, error)
+// returns a summary and a commit; zeroed says the target reads as zeroes;
+// args are the install's extra kernel arguments for the boot
+// configuration it writes. Until commit runs, the disk must carry no
+// partition table nor boot code (rootfs.Prepare); Install calls it only
+// once the archive's digest matched.
+type TarInstaller func(ctx context.Context, target string, zeroed bool, tar io.Reader, args string) (summary string, commit func() error, err error)
 
 // Options wire the stages.
 type Options struct {
@@ -168,15 +180,25 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	defer func() { src.Close(); dec.Close() }()
 	res.Format = dec.Format
 
+	// A raw image's first and last MiB stay in the writer's memory until
+	// the digest matched (diskwrite.Options.HoldBack): no crash before
+	// the commit below leaves a partition table on the disk.
+	var w *diskwrite.Writer
+	var commitTar func() error
+	defer func() {
+		if err != nil && w != nil {
+			w.Abort(err)
+		}
+	}()
 	switch dec.Format.Payload {
 	case format.Raw:
-		res.Image, res.Written, res.Skipped, err = writeRaw(ctx, req, o, dec, &touched)
+		w, res.Image, err = writeRaw(ctx, req, o, dec, &touched)
 	case format.Tar:
 		if o.Tar == nil {
 			return res, fmt.Errorf("%w: this agent cannot install %s images", format.ErrUnsupported, dec.Format)
 		}
 		touched = true
-		res.Tar, err = o.Tar(ctx, req.Target, req.Zeroed, dec, req.KernelArgs)
+		res.Tar, commitTar, err = o.Tar(ctx, req.Target, req.Zeroed, dec, req.KernelArgs)
 	}
 	if err != nil {
 		bad, berr := badImage(ctx, cr, h, want, req, err, dec)
@@ -199,6 +221,22 @@ func Install(ctx context.Context, req Request, o Options) (res Result, err error
 	}
 	if size >= 0 && res.Fetched != size {
 		return res, fmt.Errorf("image %s: fetched %d bytes, the server announced %d", req.URL, res.Fetched, size)
+	}
+	if w != nil {
+		// Verified: now the held-back partition tables and boot code.
+		if err = w.Close(); err != nil {
+			w = nil
+			return res, fmt.Errorf("commit image %s to %s: %w", req.URL, req.Target, err)
+		}
+		st := w.Stats()
+		res.Written, res.Skipped = st.Written, st.Skipped
+		w = nil
+	}
+	if commitTar != nil {
+		// Verified: now the partition table and the BIOS boot code.
+		if err = commitTar(); err != nil {
+			return res, fmt.Errorf("commit image %s to %s: %w", req.URL, req.Target, err)
+		}
 	}
 	if dec.Format.Payload == format.Raw {
 		if res.Grow, err = growTarget(req.Target, o.Grow); err != nil {
@@ -249,26 +287,25 @@ func algoOf(checksum string) string {
 	return strings.ToLower(algo)
 }
 
-// writeRaw streams r onto the target; touched becomes true once the device
-// is open for writing.
-func writeRaw(ctx context.Context, req Request, o Options, r io.Reader, touched *bool) (image, written, skipped int64, err error) {
+// writeRaw streams r onto the target and returns the open writer, which
+// still holds the image's first and last MiB: the caller closes it (the
+// commit) once the image verified, or aborts it. touched becomes true
+// once the device is open for writing.
+func writeRaw(ctx context.Context, req Request, o Options, r io.Reader, touched *bool) (*diskwrite.Writer, int64, error) {
 	wo := o.Write
 	wo.Zeroed = req.Zeroed
+	wo.HoldBack = true
 	w, err := diskwrite.Open(req.Target, wo)
 	if err != nil {
-		return 0, 0, 0, err
+		return nil, 0, err
 	}
 	*touched = true
 	n, err := diskwrite.CopyContext(ctx, w, r)
 	if err != nil {
 		w.Abort(err)
-		return n, 0, 0, fmt.Errorf("write image to %s at byte %d: %w", req.Target, n, err)
+		return nil, n, fmt.Errorf("write image to %s at byte %d: %w", req.Target, n, err)
 	}
-	if err := w.Close(); err != nil {
-		return n, 0, 0, err
-	}
-	st := w.Stats()
-	return n, st.Written, st.Skipped, nil
+	return w, n, nil
 }
 
 func growTarget(target string, o growpart.Options) (growpart.Result, error) {

@@ -3,6 +3,20 @@
 // once on disjoint ranges, and, on a target known to read as zeroes (after
 // an erase or a discard), no write at all for all-zero blocks. Close flushes
 // with fdatasync and makes the kernel re-read the partition table.
+//
+// With Options.HoldBack the Writer is crash-safe: the regions firmware and
+// the kernel read first never reach the disk before the caller has
+// verified the whole image. Open zeroes the target's first and last MiB
+// (an earlier install's protective MBR, primary GPT header and entries,
+// and the backup GPT at the disk's end) and syncs; the image's first MiB
+// (LBA 0 up to 1 MiB: the MBR with its boot code, the primary GPT header
+// and entry array, any BIOS boot code there) and its last MiB (the
+// image's backup GPT header and entries, which sit where the image ends)
+// are kept in memory while the rest streams to the disk. Close, called
+// only once the image verified, syncs that body, writes the held-back
+// regions and syncs again; Abort drops them. A write cut at any point, by
+// an error, a killed process or a power loss, leaves a disk on which
+// neither a GPT nor an MBR can be found.
 package diskwrite
 
 import (
@@ -30,7 +44,24 @@ type Options struct {
 	BufferSize int
 	// Depth is how many buffers are written concurrently (default 4).
 	Depth int
+	// HoldBack keeps the image's first HoldHead and last HoldTail bytes in
+	// memory until Close, after zeroing the target's own first and last
+	// MiB in Open (see the package comment). It needs a BufferSize of at
+	// least HoldTail. The caller calls Close only after it verified the
+	// image, Abort otherwise.
+	HoldBack bool
 }
+
+// The regions HoldBack keeps in memory and zeroes on the target first.
+const (
+	// HoldHead covers LBA 0 through 2047 at 512-byte sectors (255 at
+	// 4096): protective MBR and boot code, primary GPT header and entry
+	// array, and the usual BIOS boot partition's start.
+	HoldHead = 1 << 20
+	// HoldTail covers the image's backup GPT header (its last LBA) and
+	// backup entry array before it.
+	HoldTail = 1 << 20
+)
 
 func (o Options) withDefaults() Options {
 	if o.BufferSize <= 0 {
@@ -88,6 +119,13 @@ type Writer struct {
 	err     error
 	failed  chan struct{}
 	closed  bool
+
+	// With HoldBack: head receives the image's first HoldHead bytes
+	// instead of the disk, and last is the most recently filled buffer,
+	// not yet handed to the write goroutines because it may hold the
+	// image's last MiB.
+	head blockdev.Buffer
+	last *chunk
 }
 
 // Open opens the target (a block device, or a regular file in tests) for
@@ -102,17 +140,37 @@ func Open(path string, o Options) (*Writer, error) {
 		dev.Close()
 		return nil, fmt.Errorf("zero block %d must be a multiple of %s's alignment %d and divide the buffer size %d", o.ZeroBlock, path, dev.Align, o.BufferSize)
 	}
+	buffers := o.Depth + 1
+	if o.HoldBack {
+		if o.BufferSize < HoldTail {
+			dev.Close()
+			return nil, fmt.Errorf("open %s: holding back the image's last %d bytes needs buffers of at least that size, not %d", path, HoldTail, o.BufferSize)
+		}
+		buffers++ // the parked last buffer
+	}
 	w := &Writer{
 		dev: dev, o: o,
 		zero:   make([]byte, o.ZeroBlock),
-		free:   make(chan blockdev.Buffer, o.Depth+1),
+		free:   make(chan blockdev.Buffer, buffers),
 		work:   make(chan chunk, o.Depth),
 		failed: make(chan struct{}),
 	}
-	for range o.Depth + 1 {
+	if o.HoldBack {
+		if w.head, err = blockdev.NewBuffer(HoldHead); err != nil {
+			dev.Close()
+			return nil, err
+		}
+		if err := w.invalidate(); err != nil {
+			w.head.Free()
+			dev.Close()
+			return nil, err
+		}
+	}
+	for range buffers {
 		b, err := blockdev.NewBuffer(o.BufferSize)
 		if err != nil {
 			w.freeBuffers()
+			w.head.Free()
 			dev.Close()
 			return nil, err
 		}
@@ -122,6 +180,56 @@ func Open(path string, o Options) (*Writer, error) {
 		w.wg.Go(w.writeLoop)
 	}
 	return w, nil
+}
+
+// invalidate zeroes the target's first and last MiB and syncs, so no
+// partition table of an earlier install survives the streaming phase (the
+// primary GPT in the first MiB, the backup GPT in the disk's last LBA).
+// w.head is still all zero (fresh anonymous memory) and serves as source.
+func (w *Writer) invalidate() error {
+	size := w.dev.Size
+	headEnd := min(int64(HoldHead), size)
+	if err := w.pwriteRaw(w.head[:headEnd], 0); err != nil {
+		return fmt.Errorf("invalidate partition tables: %w", err)
+	}
+	if tail := max(size-HoldTail, headEnd); tail < size {
+		tail -= tail % w.dev.Align
+		tail = max(tail, headEnd)
+		if err := w.pwriteRaw(w.head[:size-tail], tail); err != nil {
+			return fmt.Errorf("invalidate partition tables: %w", err)
+		}
+	}
+	if err := w.dev.Sync(); err != nil {
+		return fmt.Errorf("invalidate partition tables: %w", err)
+	}
+	return nil
+}
+
+// pwriteRaw writes b at off, through a buffered descriptor when the end is
+// not aligned for direct I/O (a regular file of odd size).
+func (w *Writer) pwriteRaw(b []byte, off int64) error {
+	if len(b)%int(w.dev.Align) == 0 || !w.dev.Direct {
+		for len(b) > 0 {
+			n, err := w.dev.WriteAt(b, off)
+			if err != nil {
+				return fmt.Errorf("write %s [%d,%d): %w", w.dev.Path, off, off+int64(len(b)), err)
+			}
+			b, off = b[n:], off+int64(n)
+		}
+		return nil
+	}
+	f, err := os.OpenFile(w.dev.Path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", w.dev.Path, err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		return fmt.Errorf("write %s [%d,%d): %w", w.dev.Path, off, off+int64(len(b)), err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", w.dev.Path, err)
+	}
+	return nil
 }
 
 // Size is the target's size in bytes.
@@ -215,15 +323,31 @@ func (w *Writer) dispatch() error {
 		w.fail(e)
 		return e
 	}
-	select {
-	case w.work <- chunk{buf: w.cur, off: w.off, n: w.fill}:
-	case <-w.failed:
-		return w.err
+	c := chunk{buf: w.cur, off: w.off, n: w.fill}
+	if w.o.HoldBack {
+		// Park the buffer: it holds the image's end if none follows.
+		if w.last != nil {
+			if err := w.send(*w.last); err != nil {
+				return err
+			}
+		}
+		w.last = &c
+	} else if err := w.send(c); err != nil {
+		return err
 	}
 	w.off += int64(w.fill)
 	w.received.Add(int64(w.fill))
 	w.cur, w.fill = nil, 0
 	return nil
+}
+
+func (w *Writer) send(c chunk) error {
+	select {
+	case w.work <- c:
+		return nil
+	case <-w.failed:
+		return w.err
+	}
 }
 
 // fill reads until buf is full or r fails. Unlike io.ReadFull it passes
@@ -247,12 +371,28 @@ func (w *Writer) writeLoop() {
 		select {
 		case <-w.failed: // drain after a failure
 		default:
-			if err := w.writeChunk(c); err != nil {
+			if err := w.writeBody(c); err != nil {
 				w.fail(err)
 			}
 		}
 		w.free <- c.buf
 	}
+}
+
+// writeBody writes a chunk of the streaming phase: with HoldBack, the
+// part inside the image's first HoldHead bytes is copied to w.head
+// instead (chunks start at multiples of the buffer size, so the rest
+// starts aligned).
+func (w *Writer) writeBody(c chunk) error {
+	if w.o.HoldBack && c.off < HoldHead {
+		k := min(c.n, int(HoldHead-c.off))
+		copy(w.head[c.off:], c.buf[:k])
+		if k == c.n {
+			return nil
+		}
+		c = chunk{buf: c.buf[k:], off: c.off + int64(k), n: c.n - k}
+	}
+	return w.writeChunk(c)
 }
 
 // writeChunk writes one buffer: the aligned part directly, each run of
@@ -328,9 +468,17 @@ func (w *Writer) writeTail(b []byte, off int64) error {
 // Close waits for every write, extends a regular file to the image size
 // (skipped zero tails leave it short), syncs, re-reads the partition table
 // and releases the device. It returns the first write error.
+//
+// With HoldBack, Close is the commit: the caller calls it only after the
+// image verified. It waits for the streamed body, writes the part of the
+// last buffers before the held-back tail, syncs, writes the held-back head
+// and tail, and syncs again.
 func (w *Writer) Close() error {
 	if w.closed {
 		return w.err
+	}
+	if w.o.HoldBack {
+		return w.commit()
 	}
 	dispatchErr := w.dispatch()
 	if w.cur != nil {
@@ -364,19 +512,98 @@ func (w *Writer) Close() error {
 	return err
 }
 
-// Abort stops writing after a failure elsewhere (bad checksum, context
-// cancelled): queued writes are dropped and the device is closed.
-func (w *Writer) Abort(cause error) {
-	w.fail(cause)
+// commit ends a HoldBack write (see Close).
+func (w *Writer) commit() (err error) {
+	w.closed = true
+	defer func() {
+		w.release()
+		if e := w.dev.Close(); err == nil && e != nil {
+			err = fmt.Errorf("close %s: %w", w.dev.Path, e)
+		}
+	}()
+	var final []chunk
+	if w.last != nil {
+		final = append(final, *w.last)
+	}
+	if w.cur != nil && w.fill > 0 {
+		if w.dev.Block && w.off+int64(w.fill) > w.dev.Size {
+			w.fail(fmt.Errorf("%w: %s holds %d bytes, the image is at least %d", ErrTooLarge, w.dev.Path, w.dev.Size, w.off+int64(w.fill)))
+		}
+		final = append(final, chunk{buf: w.cur, off: w.off, n: w.fill})
+		w.off += int64(w.fill)
+		w.received.Add(int64(w.fill))
+	}
+	close(w.work)
+	w.wg.Wait()
+	if w.err != nil {
+		return w.err
+	}
+	end := w.off
+	headEnd := min(int64(HoldHead), end)
+	tailStart := max(end-HoldTail, 0)
+	tailStart = max(tailStart-tailStart%w.dev.Align, headEnd)
+	// The body: everything before the tail that is still in memory.
+	for _, c := range final {
+		if n := min(int64(c.n), tailStart-c.off); n > 0 {
+			if err := w.writeBody(chunk{buf: c.buf, off: c.off, n: int(n)}); err != nil {
+				return err
+			}
+		}
+	}
+	if !w.dev.Block {
+		if st, e := w.dev.Stat(); e == nil && st.Size() < end {
+			if e := w.dev.Truncate(end); e != nil {
+				return fmt.Errorf("extend %s to %d: %w", w.dev.Path, end, e)
+			}
+		}
+	}
+	if err := w.dev.Sync(); err != nil {
+		return err
+	}
+	// Only now what makes the disk bootable: the tail (backup GPT), then
+	// the head (MBR, primary GPT).
+	for _, c := range final {
+		if k := max(tailStart-c.off, 0); k < int64(c.n) {
+			if err := w.writeChunk(chunk{buf: c.buf[k:], off: c.off + k, n: c.n - int(k)}); err != nil {
+				return err
+			}
+		}
+	}
+	if err := w.writeChunk(chunk{buf: w.head, off: 0, n: int(headEnd)}); err != nil {
+		return err
+	}
+	if err := w.dev.Sync(); err != nil {
+		return err
+	}
+	return w.dev.RereadPartitions()
+}
+
+// release returns the held buffers to the pool and frees all memory.
+func (w *Writer) release() {
 	if w.cur != nil {
 		w.free <- w.cur
 		w.cur = nil
 	}
+	if w.last != nil {
+		w.free <- w.last.buf
+		w.last = nil
+	}
+	w.freeBuffers()
+	w.head.Free()
+	w.head = nil
+}
+
+// Abort stops writing after a failure elsewhere (bad checksum, context
+// cancelled): queued writes are dropped and the device is closed. With
+// HoldBack the held-back head and tail are dropped: the disk keeps no
+// partition table.
+func (w *Writer) Abort(cause error) {
+	w.fail(cause)
 	if !w.closed {
 		w.closed = true
 		close(w.work)
 		w.wg.Wait()
-		w.freeBuffers()
+		w.release()
 		_ = w.dev.Close()
 	}
 }

@@ -16,6 +16,11 @@
 // take the owner of their directory. Entries the ESP cannot hold (links,
 // special files) are skipped and counted the same way.
 //
+// The partition table and GRUB's BIOS boot code are written last, by the
+// commit Prepare returns, after the caller verified the archive: until
+// then the disk's first and last MiB are zero, so firmware finds neither
+// the ESP nor boot code on a disk whose install was cut.
+//
 // This file is the pure core: partition layout, routing of archive names,
 // and the texts written after extraction.
 package rootfs

@@ -83,13 +83,31 @@ func (r Result) String() string {
 // reads as zeroes, so zero writes to untouched regions are skipped. args
 // are this install's extra kernel arguments: GRUB's configuration carries
 // them (every boot from disk), the manifest does not (the kexec adds them
-// itself). On error the target is left as it is; the caller destroys the
-// partition tables (agent/image does).
-func Install(ctx context.Context, target string, zeroed bool, r io.Reader, args string, o Options) (res Result, err error) {
+// itself). It is Prepare followed at once by its commit, for callers that
+// verified the archive beforehand. On error the target is left as it is;
+// the caller destroys the partition tables (agent/image does).
+func Install(ctx context.Context, target string, zeroed bool, r io.Reader, args string, o Options) (Result, error) {
+	res, commit, err := Prepare(ctx, target, zeroed, r, args, o)
+	if err != nil {
+		return res, err
+	}
+	return res, commit()
+}
+
+// Prepare does Install's work except what firmware reads first: it zeroes
+// the target's first and last MiB (an earlier install's MBR and both
+// GPTs) and syncs, makes the filesystems, extracts the archive and writes
+// the boot files onto the ESP, and syncs again. The returned commit writes
+// the partition table (protective MBR, primary and backup GPT) and GRUB's
+// BIOS boot code, syncs and makes the kernel re-read the table; the
+// caller calls it only once the archive verified. Until then the disk has
+// no partition table: firmware finds neither the ESP nor boot code, and a
+// crash or power cut at any point leaves it unbootable.
+func Prepare(ctx context.Context, target string, zeroed bool, r io.Reader, args string, o Options) (res Result, commit func() error, err error) {
 	start := time.Now()
 	dev, err := blockdev.OpenBuffered(target, os.O_RDWR)
 	if err != nil {
-		return res, err
+		return res, nil, err
 	}
 	defer func() {
 		if cerr := dev.Close(); err == nil && cerr != nil {
@@ -97,40 +115,92 @@ func Install(ctx context.Context, target string, zeroed bool, r io.Reader, args 
 		}
 	}()
 	if res.Plan, err = PlanDisk(dev.Size, dev.LogicalBlock, o.Layout, o.guid); err != nil {
-		return res, fmt.Errorf("%s: %w", target, err)
+		return res, nil, fmt.Errorf("%s: %w", target, err)
 	}
 	if o.Bootloader != nil {
 		res.Plan = res.Plan.WithBIOSBoot(o.guid())
+	}
+	if err := invalidate(dev); err != nil {
+		return res, nil, err
 	}
 	var store backend.Storage = file.New(dev.File, false)
 	var zs *zeroSkipping
 	if zeroed {
 		if zs, err = newZeroSkipping(store, dev.Size); err != nil {
-			return res, err
+			return res, nil, err
 		}
 		store = zs
 	}
-	bios, err := build(ctx, store, dev.Size, r, args, &res, o)
+	table, bios, err := build(ctx, store, r, args, &res, o)
 	if err != nil {
-		return res, fmt.Errorf("rootfs on %s: %w", target, err)
-	}
-	if bios != nil {
-		// Sector 0 and the BIOS boot partition: outside every filesystem.
-		if err := bootloader.InstallBIOS(dev.File, *o.Bootloader, bios, res.Plan.Sector); err != nil {
-			return res, fmt.Errorf("rootfs on %s: %w", target, err)
-		}
+		return res, nil, fmt.Errorf("rootfs on %s: %w", target, err)
 	}
 	if err := dev.Sync(); err != nil {
-		return res, err
-	}
-	if err := dev.RereadPartitions(); err != nil {
-		return res, err
+		return res, nil, err
 	}
 	if zs != nil {
 		res.Written, res.Skipped = zs.Stats()
 	}
+	size := dev.Size
+	commit = func() error {
+		if err := writeTable(target, size, table, bios, o); err != nil {
+			return fmt.Errorf("rootfs on %s: %w", target, err)
+		}
+		return nil
+	}
 	res.Duration = time.Since(start)
-	return res, nil
+	return res, commit, nil
+}
+
+// invalidate zeroes the device's first and last MiB (the regions a
+// partition table lives in) and syncs.
+func invalidate(dev *blockdev.Device) error {
+	zero := make([]byte, 1<<20)
+	head := min(int64(len(zero)), dev.Size)
+	tail := max(dev.Size-int64(len(zero)), head)
+	for _, r := range [][2]int64{{0, head}, {tail, dev.Size}} {
+		if r[1] <= r[0] {
+			continue
+		}
+		if _, err := dev.WriteAt(zero[:r[1]-r[0]], r[0]); err != nil {
+			return fmt.Errorf("invalidate the partition tables on %s: zero [%d,%d): %w", dev.Path, r[0], r[1], err)
+		}
+	}
+	if err := dev.Sync(); err != nil {
+		return fmt.Errorf("invalidate the partition tables on %s: %w", dev.Path, err)
+	}
+	return nil
+}
+
+// writeTable is the commit: the GPT (with its protective MBR and the
+// backup at the disk's end), then GRUB's BIOS core image and MBR boot
+// code when bios is set, one sync, and the kernel's re-read.
+func writeTable(target string, size int64, table *gpt.Table, bios bool, o Options) (err error) {
+	dev, err := blockdev.OpenBuffered(target, os.O_RDWR)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := dev.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("close %s: %w", target, cerr)
+		}
+	}()
+	// Written directly, not through disk.Partition: that one insists on
+	// the kernel re-reading the table at once, which devices without
+	// partition scanning refuse.
+	if err := table.Write(dev.File, size); err != nil {
+		return fmt.Errorf("write GPT: %w", err)
+	}
+	if bios {
+		// Sector 0 and the BIOS boot partition: outside every filesystem.
+		if err := bootloader.InstallBIOS(dev.File, *o.Bootloader, table.Partitions, int64(table.LogicalSectorSize)); err != nil {
+			return err
+		}
+	}
+	if err := dev.Sync(); err != nil {
+		return err
+	}
+	return dev.RereadPartitions()
 }
 
 func (o Options) guid() string {
@@ -140,11 +210,11 @@ func (o Options) guid() string {
 	return uuid.NewString()
 }
 
-// build writes the partition table and filesystems, extracts the archive
-// and adds fstab, the ESP mount point, the boot manifest and GRUB's files
-// on the ESP. It returns the partitions when GRUB's BIOS part is to be
-// written too (the caller does, outside the filesystems).
-func build(ctx context.Context, store backend.Storage, size int64, r io.Reader, args string, res *Result, o Options) ([]*gpt.Partition, error) {
+// build makes the filesystems, extracts the archive and adds fstab, the
+// ESP mount point, the boot manifest and GRUB's files on the ESP. It
+// returns the partition table for the commit to write, and whether GRUB's
+// BIOS part is to be written with it (outside the filesystems).
+func build(ctx context.Context, store backend.Storage, r io.Reader, args string, res *Result, o Options) (*gpt.Table, bool, error) {
 	p := res.Plan
 	l := o.Layout.withDefaults()
 	table := &gpt.Table{
@@ -158,39 +228,28 @@ func build(ctx context.Context, store backend.Storage, size int64, r io.Reader, 
 	if p.BIOSBoot != nil {
 		table.Partitions = append(table.Partitions, bootloader.BIOSBootPartition(p.BIOSBoot.Index, p.BIOSBoot.GUID))
 	}
-	// Written directly, not through disk.Partition: that one insists on
-	// the kernel re-reading the table at once, which devices without
-	// partition scanning refuse; Install re-reads once everything is
-	// written.
-	w, err := store.Writable()
-	if err != nil {
-		return nil, err
-	}
-	if err := table.Write(w, size); err != nil {
-		return nil, fmt.Errorf("write GPT: %w", err)
-	}
 	esp, err := fatfs.Create(store, p.ESP.Bytes(p.Sector), int64(p.ESP.Start)*p.Sector, p.Sector, l.ESPLabel, false)
 	if err != nil {
-		return nil, fmt.Errorf("make FAT32 on p1: %w", err)
+		return nil, false, fmt.Errorf("make FAT32 on p1: %w", err)
 	}
 	rootUUID, err := uuid.Parse(p.Root.GUID)
 	if err != nil {
-		return nil, fmt.Errorf("root partition GUID %q: %w", p.Root.GUID, err)
+		return nil, false, fmt.Errorf("root partition GUID %q: %w", p.Root.GUID, err)
 	}
 	root, err := ext4.Create(store, p.Root.Bytes(p.Sector), int64(p.Root.Start)*p.Sector, 512, &ext4.Params{UUID: &rootUUID, VolumeName: l.RootLabel})
 	if err != nil {
-		return nil, fmt.Errorf("make ext4 on p2: %w", err)
+		return nil, false, fmt.Errorf("make ext4 on p2: %w", err)
 	}
 	x := newExtractor(l, root, esp)
 	if err := x.extract(ctx, r); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	res.Counts = x.counts
 	bios, err := finish(x, p, l, res, args, o)
-	if err != nil || !bios {
-		return nil, err
+	if err != nil {
+		return nil, false, err
 	}
-	return table.Partitions, nil
+	return table, bios, nil
 }
 
 // finish adds what the installed system needs from the layout: the ESP's
@@ -253,13 +312,14 @@ func finish(x *extractor, p Plan, l Layout, res *Result, args string, o Options)
 	return p.BIOSBoot != nil, nil
 }
 
-// Installer adapts Install to agent/image's TarInstaller.
-func Installer(o Options) func(ctx context.Context, target string, zeroed bool, r io.Reader, args string) (string, error) {
-	return func(ctx context.Context, target string, zeroed bool, r io.Reader, args string) (string, error) {
-		res, err := Install(ctx, target, zeroed, r, args, o)
+// Installer adapts Prepare to agent/image's TarInstaller: agent/image
+// calls the commit once the archive's digest matched.
+func Installer(o Options) func(ctx context.Context, target string, zeroed bool, r io.Reader, args string) (string, func() error, error) {
+	return func(ctx context.Context, target string, zeroed bool, r io.Reader, args string) (string, func() error, error) {
+		res, commit, err := Prepare(ctx, target, zeroed, r, args, o)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
-		return res.String(), nil
+		return res.String(), commit, nil
 	}
 }

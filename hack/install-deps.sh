@@ -17,6 +17,12 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v sfdisk >/dev/null || need+=(fdisk)
 command -v e2fsck >/dev/null || need+=(e2fsprogs)
 command -v fsck.vfat >/dev/null || need+=(dosfstools)
+# Quick-erase tests (agent/erase): the volumes whose signatures it must
+# clear inside partitions, made by their own tools and found by wipefs.
+command -v pvcreate >/dev/null || need+=(lvm2)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
 command -v bzip2 >/dev/null || need+=(bzip2)
 command -v xz >/dev/null || need+=(xz-utils)
 # The agent initramfs and the QEMU boot test: apt and dpkg-deb fetch and

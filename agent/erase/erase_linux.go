@@ -17,7 +17,9 @@ type Result struct {
 	Duration time.Duration
 }
 
-// Quick clears the regions of QuickRegions on the device at path, syncs,
+// Quick clears the regions of QuickPlan on the device at path (its own
+// signature regions and those of every partition its partition table
+// lists; an unreadable table is an error, ErrPartitionTable), syncs,
 // re-reads them through a new descriptor and fails unless every byte is
 // zero, then asks the kernel to re-read the (now absent) partition table.
 func Quick(ctx context.Context, path string) (Result, error) {
@@ -27,7 +29,11 @@ func Quick(ctx context.Context, path string) (Result, error) {
 		return Result{}, err
 	}
 	defer d.Close()
-	rs := QuickRegions(d.Size, d.Align)
+	parts, err := readPartitions(d)
+	if err != nil {
+		return Result{}, err
+	}
+	rs := QuickPlan(d.Size, d.Align, parts)
 	buf, err := blockdev.NewBuffer(MiB)
 	if err != nil {
 		return Result{}, err
@@ -50,7 +56,24 @@ func Quick(ctx context.Context, path string) (Result, error) {
 	if err := d.RereadPartitions(); err != nil {
 		return Result{}, err
 	}
-	return Result{Path: path, Method: fmt.Sprintf("quick: %d regions zeroed and verified", len(rs)), Bytes: Total(rs), Duration: time.Since(start)}, nil
+	return Result{Path: path, Method: fmt.Sprintf("quick: %d regions of the device and its %d partitions zeroed and verified", len(rs), len(parts)), Bytes: Total(rs), Duration: time.Since(start)}, nil
+}
+
+// readPartitions reads the partition table of the open device through a
+// buffered descriptor (the table reader makes small unaligned reads),
+// after dropping the device's page cache.
+func readPartitions(d *blockdev.Device) ([]Partition, error) {
+	d.FlushBuffers()
+	f, err := os.Open(d.Path)
+	if err != nil {
+		return nil, fmt.Errorf("quick erase: read partition table: %w", err)
+	}
+	defer f.Close()
+	parts, err := ReadPartitions(f, d.Size, d.LogicalBlock)
+	if err != nil {
+		return nil, fmt.Errorf("quick erase of %s: %w", d.Path, err)
+	}
+	return parts, nil
 }
 
 func writeZeros(d *blockdev.Device, buf []byte, r Region) error {

@@ -194,6 +194,8 @@ type Markers struct {
 
 // WriteMarkers writes a random 4 KiB block at n offsets spread over the
 // device (first and last block included), with O_DIRECT and fdatasync.
+// Written before an erase, they catch (CheckGone) any skipped range at
+// least as wide as the gap between two markers, wherever it lies.
 func WriteMarkers(path string, n int) (*Markers, error) {
 	d, err := blockdev.Open(path, os.O_RDWR)
 	if err != nil {
@@ -227,7 +229,10 @@ func WriteMarkers(path string, n int) (*Markers, error) {
 	return m, nil
 }
 
-// CheckGone fails if any marker can still be read back.
+// markerSector is the unit CheckGone compares: the smallest logical block.
+const markerSector = 512
+
+// CheckGone fails if any sector of any marker can still be read back.
 func (m *Markers) CheckGone() error {
 	d, err := blockdev.Open(m.path, os.O_RDONLY)
 	if err != nil {
@@ -244,8 +249,14 @@ func (m *Markers) CheckGone() error {
 		if _, err := d.ReadAt(buf, off); err != nil {
 			return fmt.Errorf("read marker on %s at %d: %w", m.path, off, err)
 		}
-		if string(buf) == string(m.data) {
-			return fmt.Errorf("marker at offset %d of %s is still readable: the erase did not reach it", off, m.path)
+		// Any 512-byte sector still holding its part of the marker is a
+		// part of the device the erase did not reach: a whole-block
+		// comparison would pass an erase that skipped a range ending or
+		// starting inside a marker.
+		for s := 0; s < len(buf); s += markerSector {
+			if string(buf[s:s+markerSector]) == string(m.data[s:s+markerSector]) {
+				return fmt.Errorf("marker at offset %d of %s is still readable at byte %d: the erase did not reach it", off, m.path, off+int64(s))
+			}
 		}
 	}
 	return nil

@@ -58,34 +58,74 @@ func TestEveryGenericMethodZeroesAndVerifies(t *testing.T) {
 	}
 }
 
-func TestVerificationCatchesASkippedErase(t *testing.T) {
-	const size = 16 << 20
-	dev := loopdev.New(t, size)
-	data := fill(t, dev, size)
-	// Erase everything but one 4 KiB block in the middle: an erase that
-	// "forgot" part of the disk.
-	clear(data[:size/2])
-	clear(data[size/2+4096:])
-	if err := os.WriteFile(dev, data, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := Verify(dev, []Region{{Off: 0, Len: size}}); err == nil {
-		t.Fatal("a full verify missed the block that was not erased")
-	}
-	// A marker in the skipped block survives, so CheckGone catches it
-	// wherever the sample lands.
-	m, err := WriteMarkers(dev, 3) // first, middle, last block
+// zeroExcept is a broken erase: it zeroes the whole device but the byte
+// range skip, the way an erase that "forgot" part of a disk would.
+func zeroExcept(t *testing.T, dev string, size int64, skip Region) {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.CheckGone(); err == nil {
-		t.Fatal("markers on a device that was not erased are reported gone")
+	defer f.Close()
+	for _, r := range []Region{{0, skip.Off}, {skip.Off + skip.Len, size - skip.Off - skip.Len}} {
+		if r.Len <= 0 {
+			continue
+		}
+		if _, err := f.WriteAt(make([]byte, r.Len), r.Off); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := Overwrite(context.Background(), dev, 2, nil); err != nil {
+	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.CheckGone(); err != nil {
-		t.Fatalf("after a full overwrite: %v", err)
+}
+
+// TestVerificationCatchesASkippedErase writes the markers first, as the
+// wipe does before a hardware erase, then runs an erase: a complete one
+// must pass CheckGone, and one that skips any range as wide as the gap
+// between two markers must fail it, wherever the range lies.
+func TestVerificationCatchesASkippedErase(t *testing.T) {
+	const size = 16 << 20
+	const markers = 9
+	gap := int64(size/4096-1) / (markers - 1) * 4096 // bytes between two markers
+	cases := []struct {
+		name   string
+		erase  func(t *testing.T, dev string)
+		caught bool
+	}{
+		{"complete overwrite", func(t *testing.T, dev string) {
+			if _, err := Overwrite(context.Background(), dev, 2, nil); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"no erase at all", func(*testing.T, string) {}, true},
+		{"skips the first block", func(t *testing.T, dev string) { zeroExcept(t, dev, size, Region{0, 4096}) }, true},
+		{"skips the last block", func(t *testing.T, dev string) { zeroExcept(t, dev, size, Region{size - 4096, 4096}) }, true},
+		{"skips one gap in the middle", func(t *testing.T, dev string) { zeroExcept(t, dev, size, Region{size/2 - gap/3, gap}) }, true},
+		{"skips one gap, unaligned start", func(t *testing.T, dev string) { zeroExcept(t, dev, size, Region{gap + 1234, gap}) }, true},
+		{"skips one gap near the end", func(t *testing.T, dev string) { zeroExcept(t, dev, size, Region{size - gap - 8192, gap}) }, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dev := loopdev.New(t, size)
+			fill(t, dev, size)
+			m, err := WriteMarkers(dev, markers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.erase(t, dev)
+			err = m.CheckGone()
+			if c.caught && err == nil {
+				t.Fatal("markers survived a broken erase, yet CheckGone reports them gone")
+			}
+			if !c.caught && err != nil {
+				t.Fatalf("after a complete erase: %v", err)
+			}
+			// A full read-back verify agrees.
+			if verr := Verify(dev, []Region{{0, size}}); (verr != nil) != c.caught {
+				t.Fatalf("Verify of the whole device = %v, want caught=%v", verr, c.caught)
+			}
+		})
 	}
 }
 

@@ -1,10 +1,15 @@
 // Package nvme builds and parses the NVMe admin commands the agent needs to
 // erase NVMe drives, as defined by the NVMe Base Specification 2.0:
-// Identify (opcode 06h, CNS 00h namespace / 01h controller), Sanitize (84h),
-// Format NVM (80h) and Get Log Page (02h) for the Sanitize Status log
-// (81h). Commands travel through Linux's NVME_IOCTL_ADMIN_CMD as a
-// struct nvme_passthru_cmd (include/uapi/linux/nvme_ioctl.h). This file is
-// the pure core; nvme_linux.go submits the commands.
+// Identify (opcode 06h, CNS 00h namespace / 01h controller / 02h active
+// namespace list), Sanitize (84h), Format NVM (80h) and Get Log Page (02h)
+// for the Sanitize Status log (81h), and decides which erase may run:
+// a sanitize, or a Format NVM whose FNA (Identify Controller byte 524)
+// makes it reach every namespace, destroys the whole NVM subsystem, so it
+// runs only when every namespace is selected and none protected
+// (DecideErase). Commands travel through Linux's NVME_IOCTL_ADMIN_CMD as a
+// struct nvme_passthru_cmd (include/uapi/linux/nvme_ioctl.h). nvme.go and
+// scope.go are the pure core; nvme_linux.go submits the commands and reads
+// the subsystem's namespaces from sysfs.
 package nvme
 
 import (
@@ -280,30 +285,14 @@ func ParseSanitizeStatus(b []byte) (SanitizeStatus, error) {
 // ErrNoHardwareErase is a controller without sanitize or Format NVM.
 var ErrNoHardwareErase = errors.New("nvme: the controller supports neither sanitize nor Format NVM")
 
-// Plan is the erase ChooseErase picked.
+// Plan is the erase DecideErase picked.
 type Plan struct {
 	Method  string
 	Crypto  bool
 	Command Command
-}
-
-// ChooseErase picks the strongest erase the controller advertises: sanitize
-// crypto erase, sanitize block erase, Format NVM with cryptographic erase,
-// Format NVM with user data erase. The choice rests on SANICAP, FNA and
-// OACS only: some controllers (QEMU's) accept a SES they do not advertise.
-// A format keeps the namespace's current LBA format.
-func ChooseErase(c Controller, ns Namespace, nsid uint32) (Plan, error) {
-	switch {
-	case c.SanitizeCrypto():
-		return Plan{Method: "nvme-sanitize-crypto", Crypto: true, Command: Sanitize(SanitizeCryptoErase, false)}, nil
-	case c.SanitizeBlock():
-		return Plan{Method: "nvme-sanitize-block", Command: Sanitize(SanitizeBlockErase, false)}, nil
-	case c.FormatSupported() && c.CryptoFormat():
-		return Plan{Method: "nvme-format-crypto", Crypto: true, Command: FormatNVM(nsid, ns.CurrentFormat(), SESCryptoErase)}, nil
-	case c.FormatSupported():
-		return Plan{Method: "nvme-format-user-data", Command: FormatNVM(nsid, ns.CurrentFormat(), SESUserData)}, nil
-	}
-	return Plan{}, fmt.Errorf("%w (OACS %#04x, FNA %#02x, SANICAP %#08x)", ErrNoHardwareErase, c.OACS, c.FNA, c.SANICAP)
+	// Scope is what the command erases: this namespace only, or every
+	// namespace of the NVM subsystem (run it once per subsystem).
+	Scope Scope
 }
 
 // StatusError is a command completed with a non-zero NVMe status: the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"time"
 	"unsafe"
@@ -48,6 +49,10 @@ func (s ioctlSubmitter) Submit(cmd *Command, data []byte) (uint32, error) {
 type Device struct {
 	S    Submitter
 	NSID uint32
+	// Name is the block device's kernel name (nvme0n1).
+	Name string
+	// SysRoot is where sysfs is found below ("" is /): a test seam.
+	SysRoot string
 	// Poll is how often a sanitize's progress is read (default 1 s).
 	Poll time.Duration
 	f    *os.File
@@ -64,7 +69,11 @@ func Open(path string) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("NVME_IOCTL_ID on %s: %w (not an NVMe namespace)", path, e)
 	}
-	return &Device{S: ioctlSubmitter{f}, NSID: uint32(id), f: f}, nil
+	name := filepath.Base(path)
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		name = filepath.Base(r)
+	}
+	return &Device{S: ioctlSubmitter{f}, NSID: uint32(id), Name: name, f: f}, nil
 }
 
 // Close releases the device.
@@ -95,8 +104,63 @@ func (d *Device) IdentifyNamespace() (Namespace, error) {
 	return ParseIdentifyNamespace(buf)
 }
 
-// Plan identifies the controller and namespace and chooses the erase.
-func (d *Device) Plan() (Plan, error) {
+// ActiveNamespaces reads the controller's active namespace list
+// (Identify CNS 02h), following it past 1024 entries.
+func (d *Device) ActiveNamespaces() ([]uint32, error) {
+	var all []uint32
+	after := uint32(0)
+	for {
+		buf := make([]byte, IdentifyDataSize)
+		cmd := IdentifyActiveNamespaces(after)
+		if _, err := d.S.Submit(&cmd, buf); err != nil {
+			return nil, fmt.Errorf("identify active namespace list after nsid %d: %w", after, err)
+		}
+		ids, full, err := ParseNamespaceList(buf)
+		if err != nil {
+			return nil, err
+		}
+		if len(all) > 0 && len(ids) > 0 && ids[0] <= all[len(all)-1] {
+			return nil, fmt.Errorf("identify active namespace list after nsid %d: starts at nsid %d", after, ids[0])
+		}
+		all = append(all, ids...)
+		if !full {
+			return all, nil
+		}
+		after = ids[len(ids)-1]
+	}
+}
+
+// Judge tells, for a namespace block device (/dev/nvme0n2), whether the
+// erase in progress selected it and whether it is protected.
+type Judge func(path string) (selected, protected bool, err error)
+
+// Peers lists every namespace of the device's NVM subsystem: the block
+// devices sysfs shows under the subsystem and its controllers, judged by
+// judge, and the controller's active NSIDs without a block device (never
+// selected).
+func (d *Device) Peers(judge Judge) ([]Peer, error) {
+	known, err := subsystemNamespaces(d.SysRoot, d.Name)
+	if err != nil {
+		return nil, err
+	}
+	for i := range known {
+		sel, prot, err := judge(known[i].Path)
+		if err != nil {
+			return nil, fmt.Errorf("namespace %s of the subsystem of %s: %w", known[i].Path, d.Name, err)
+		}
+		known[i].Selected, known[i].Protected = sel, prot
+	}
+	active, err := d.ActiveNamespaces()
+	if err != nil {
+		return nil, err
+	}
+	return MergePeers(known, active), nil
+}
+
+// PlanFor identifies the controller and namespace, lists the subsystem's
+// namespaces and chooses the erase (DecideErase): a subsystem-wide one only
+// when judge says every namespace is selected and none protected.
+func (d *Device) PlanFor(judge Judge) (Plan, error) {
 	c, err := d.IdentifyController()
 	if err != nil {
 		return Plan{}, err
@@ -105,7 +169,18 @@ func (d *Device) Plan() (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
-	return ChooseErase(c, ns, d.NSID)
+	peers, err := d.Peers(judge)
+	if err != nil {
+		return Plan{}, err
+	}
+	return DecideErase(c, ns, d.NSID, peers)
+}
+
+// Plan is PlanFor with only this namespace selected: a subsystem-wide
+// erase runs only when it is the subsystem's single namespace.
+func (d *Device) Plan() (Plan, error) {
+	self := "/dev/" + d.Name
+	return d.PlanFor(func(path string) (bool, bool, error) { return path == self, false, nil })
 }
 
 // formatTimeout bounds a Format NVM (a crypto or user-data erase of a large

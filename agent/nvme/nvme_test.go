@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -114,33 +115,107 @@ func TestParseIdentify(t *testing.T) {
 	}
 }
 
-func TestChooseErase(t *testing.T) {
+func TestDecideErase(t *testing.T) {
 	ns := Namespace{Formats: []LBAFormat{{DataSizeShift: 9}, {DataSizeShift: 12}}, FLBAS: 1}
+	self := Peer{NSID: 1, Path: "/dev/nvme0n1", Selected: true}
+	other := func(sel, prot bool) Peer { return Peer{NSID: 2, Path: "/dev/nvme0n2", Selected: sel, Protected: prot} }
+	alone := []Peer{self}
+	both := []Peer{self, other(true, false)}
+	protected := []Peer{self, other(true, true)}
+	unselected := []Peer{self, other(false, false)}
+	hidden := []Peer{self, {NSID: 7}} // an active NSID without a block device
+	// Identify Controller: OACS bit 1 Format NVM; FNA bit 0 format to all
+	// namespaces, bit 1 secure erase to all, bit 2 crypto erase; SANICAP
+	// bit 0 crypto, bit 1 block, bit 2 overwrite.
 	cases := []struct {
-		name    string
-		c       Controller
-		method  string
-		opcode  uint8
-		cdw10   uint32
-		wantErr bool
+		name   string
+		c      Controller
+		peers  []Peer
+		method string
+		scope  Scope
+		opcode uint8
+		cdw10  uint32
+		err    error
 	}{
-		{"SANICAP CES", Controller{SANICAP: 1, OACS: 2, FNA: 4}, "nvme-sanitize-crypto", OpSanitize, 0x0c, false},
-		{"SANICAP BES only", Controller{SANICAP: 2, OACS: 2, FNA: 4}, "nvme-sanitize-block", OpSanitize, 0x0a, false},
-		{"overwrite-only sanitize is not chosen; FNA crypto format", Controller{SANICAP: 4, OACS: 2, FNA: 4}, "nvme-format-crypto", OpFormatNVM, 0x401, false},
-		{"QEMU 7.2: OACS 0x010a, FNA 0, SANICAP 0", Controller{OACS: 0x010a}, "nvme-format-user-data", OpFormatNVM, 0x201, false},
-		{"nothing", Controller{OACS: 0x0008}, "", 0, 0, true},
+		{"SANICAP CES, the only namespace", Controller{SANICAP: 1, OACS: 2, FNA: 4}, alone, "nvme-sanitize-crypto", ScopeSubsystem, OpSanitize, 0x0c, nil},
+		{"SANICAP CES, every namespace selected", Controller{SANICAP: 1, OACS: 2, FNA: 4}, both, "nvme-sanitize-crypto", ScopeSubsystem, OpSanitize, 0x0c, nil},
+		{"SANICAP BES only, alone", Controller{SANICAP: 2, OACS: 2, FNA: 4}, alone, "nvme-sanitize-block", ScopeSubsystem, OpSanitize, 0x0a, nil},
+		{"sanitize would reach a protected namespace: per-namespace crypto format", Controller{SANICAP: 3, OACS: 2, FNA: 4}, protected, "nvme-format-crypto", ScopeNamespace, OpFormatNVM, 0x401, nil},
+		{"sanitize would reach an unselected namespace: per-namespace user-data format", Controller{SANICAP: 3, OACS: 2}, unselected, "nvme-format-user-data", ScopeNamespace, OpFormatNVM, 0x201, nil},
+		{"sanitize would reach a namespace without a block device", Controller{SANICAP: 1, OACS: 2}, hidden, "nvme-format-user-data", ScopeNamespace, OpFormatNVM, 0x201, nil},
+		{"overwrite-only sanitize is not chosen; FNA crypto format", Controller{SANICAP: 4, OACS: 2, FNA: 4}, alone, "nvme-format-crypto", ScopeNamespace, OpFormatNVM, 0x401, nil},
+		{"QEMU 7.2: OACS 0x010a, FNA 0, SANICAP 0, other namespace protected", Controller{OACS: 0x010a}, protected, "nvme-format-user-data", ScopeNamespace, OpFormatNVM, 0x201, nil},
+		{"FNA bit 0, all selected: format reaches all, allowed", Controller{OACS: 2, FNA: 1}, both, "nvme-format-user-data", ScopeSubsystem, OpFormatNVM, 0x201, nil},
+		{"FNA bit 0, other protected: refused", Controller{OACS: 2, FNA: 1}, protected, "", 0, 0, 0, ErrWouldEraseOthers},
+		{"FNA bit 1, other not selected: refused", Controller{OACS: 2, FNA: 2 | 4}, unselected, "", 0, 0, 0, ErrWouldEraseOthers},
+		{"FNA bit 1 + crypto, alone: subsystem crypto format", Controller{OACS: 2, FNA: 2 | 4}, alone, "nvme-format-crypto", ScopeSubsystem, OpFormatNVM, 0x401, nil},
+		{"sanitize only, other protected: refused", Controller{SANICAP: 1}, protected, "", 0, 0, 0, ErrWouldEraseOthers},
+		{"the target itself protected", Controller{OACS: 2}, []Peer{{NSID: 1, Protected: true}}, "", 0, 0, 0, ErrTargetProtected},
+		{"nothing", Controller{OACS: 0x0008}, alone, "", 0, 0, 0, ErrNoHardwareErase},
+		{"nothing, other protected", Controller{OACS: 0x0008}, protected, "", 0, 0, 0, ErrNoHardwareErase},
 	}
 	for _, c := range cases {
-		p, err := ChooseErase(c.c, ns, 1)
-		if c.wantErr {
-			if !errors.Is(err, ErrNoHardwareErase) {
-				t.Errorf("%s: err = %v", c.name, err)
+		p, err := DecideErase(c.c, ns, 1, c.peers)
+		if c.err != nil {
+			if !errors.Is(err, c.err) {
+				t.Errorf("%s: err = %v, want %v", c.name, err, c.err)
 			}
 			continue
 		}
-		if err != nil || p.Method != c.method || p.Command.Opcode != c.opcode || p.Command.CDW10 != c.cdw10 {
-			t.Errorf("%s: %+v, %v; want %s opcode %#x cdw10 %#x", c.name, p, err, c.method, c.opcode, c.cdw10)
+		if err != nil || p.Method != c.method || p.Scope != c.scope || p.Command.Opcode != c.opcode || p.Command.CDW10 != c.cdw10 {
+			t.Errorf("%s: %+v, %v; want %s (%s) opcode %#x cdw10 %#x", c.name, p, err, c.method, c.scope, c.opcode, c.cdw10)
 		}
+		if p.Command.Opcode == OpFormatNVM && p.Command.NSID != 1 {
+			t.Errorf("%s: format names nsid %#x, want 1", c.name, p.Command.NSID)
+		}
+	}
+	// The refusal names what it would destroy.
+	_, err := DecideErase(Controller{OACS: 2, FNA: 1}, ns, 1, []Peer{self, other(true, true), {NSID: 3, Path: "/dev/nvme0n3"}})
+	for _, want := range []string{"/dev/nvme0n2 (nsid 2) is protected", "/dev/nvme0n3 (nsid 3) is not selected for erase", "FNA 0x01"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %v does not say %q", err, want)
+		}
+	}
+	for _, bad := range []uint32{0, 0xffffffff} {
+		if _, err := DecideErase(Controller{OACS: 2}, ns, bad, alone); err == nil {
+			t.Errorf("nsid %#x accepted as a single namespace", bad)
+		}
+	}
+}
+
+func nsList(ids ...uint32) []byte {
+	b := make([]byte, 4096)
+	for i, id := range ids {
+		binary.LittleEndian.PutUint32(b[4*i:], id)
+	}
+	return b
+}
+
+func TestNamespaceList(t *testing.T) {
+	c := IdentifyActiveNamespaces(0)
+	if got := c.Marshal(); hex.EncodeToString(got[:]) != cmdBytes(0x06, 0, 4096, 0x02, 0) {
+		t.Errorf("NVMe 2.0 Fig. 273: Identify CNS 02h = %x", got)
+	}
+	ids, full, err := ParseNamespaceList(nsList(1, 2, 9))
+	if err != nil || full || !reflect.DeepEqual(ids, []uint32{1, 2, 9}) {
+		t.Errorf("list 1,2,9: %v %v %v", ids, full, err)
+	}
+	many := make([]uint32, 1024)
+	for i := range many {
+		many[i] = uint32(i + 1)
+	}
+	if ids, full, err := ParseNamespaceList(nsList(many...)); err != nil || !full || len(ids) != 1024 {
+		t.Errorf("full list: %d ids, full %v, %v", len(ids), full, err)
+	}
+	for name, b := range map[string][]byte{"decreasing": nsList(3, 2), "broadcast": nsList(0xffffffff), "short": make([]byte, 100)} {
+		if _, _, err := ParseNamespaceList(b); err == nil {
+			t.Errorf("%s list accepted", name)
+		}
+	}
+	got := MergePeers([]Peer{{NSID: 2, Path: "/dev/nvme0n2"}}, []uint32{1, 2, 3})
+	want := []Peer{{NSID: 1}, {NSID: 2, Path: "/dev/nvme0n2"}, {NSID: 3}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("MergePeers = %v, want %v", got, want)
 	}
 }
 
@@ -218,9 +293,10 @@ func FuzzParseIdentifyController(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseIdentifyController(b)
 		if err == nil {
-			_, _ = ChooseErase(c, Namespace{Formats: []LBAFormat{{}}}, 1)
+			_, _ = DecideErase(c, Namespace{Formats: []LBAFormat{{}}}, 1, []Peer{{NSID: 1, Selected: true}, {NSID: 2}})
 		}
 		_, _ = ParseIdentifyNamespace(b)
 		_, _ = ParseSanitizeStatus(b)
+		_, _, _ = ParseNamespaceList(b)
 	})
 }

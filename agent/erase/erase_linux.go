@@ -23,15 +23,29 @@ type Result struct {
 // re-reads them through a new descriptor and fails unless every byte is
 // zero, then asks the kernel to re-read the (now absent) partition table.
 func Quick(ctx context.Context, path string) (Result, error) {
+	return quick(ctx, path, true)
+}
+
+// ClearTables zeroes and verifies the device's own first and last MiB
+// only (both partition tables and the boot code), without reading the
+// partitions: a disk whose table is half-written or damaged is cleared
+// too. The installer calls it to destroy a failed install.
+func ClearTables(ctx context.Context, path string) (Result, error) {
+	return quick(ctx, path, false)
+}
+
+func quick(ctx context.Context, path string, inside bool) (Result, error) {
 	start := time.Now()
 	d, err := blockdev.Open(path, os.O_RDWR)
 	if err != nil {
 		return Result{}, err
 	}
 	defer d.Close()
-	parts, err := readPartitions(d)
-	if err != nil {
-		return Result{}, err
+	var parts []Partition
+	if inside {
+		if parts, err = readPartitions(d); err != nil {
+			return Result{}, err
+		}
 	}
 	rs := QuickPlan(d.Size, d.Align, parts)
 	buf, err := blockdev.NewBuffer(MiB)

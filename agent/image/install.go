@@ -322,7 +322,7 @@ func growTarget(target string, o growpart.Options) (growpart.Result, error) {
 func Destroy(ctx context.Context, target string) error {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
-	if _, err := erase.Quick(dctx, target); err != nil {
+	if _, err := erase.ClearTables(dctx, target); err != nil {
 		return fmt.Errorf("destroy partition tables on %s after a failed install: %w", target, err)
 	}
 	return nil

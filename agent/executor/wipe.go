@@ -84,10 +84,24 @@ func (w *Wipe) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Pr
 	if len(targets) == 0 {
 		return runner.Outcome{}, errors.New("no disk to erase: the inventory has no allowed non-removable disk")
 	}
+	// Disks named by the instruction must all be erasable; "every disk"
+	// means every disk that is not protected.
+	var skipped []string
+	kept := targets[:0:0]
 	for _, d := range targets {
-		if err := disks.CheckProtected(d.GetPath(), w.ProtectLabel); err != nil {
+		err := disks.CheckProtected(d.GetPath(), w.ProtectLabel)
+		switch {
+		case err == nil:
+			kept = append(kept, d)
+		case len(spec.GetDisks()) == 0 && errors.Is(err, disks.ErrProtected):
+			skipped = append(skipped, d.GetPath()+" (protected)")
+		default:
 			return runner.Outcome{}, fmt.Errorf("wipe refused: %w", err)
 		}
+	}
+	targets = kept
+	if len(targets) == 0 {
+		return runner.Outcome{}, fmt.Errorf("no disk to erase: every allowed disk is protected (%s)", strings.Join(skipped, ", "))
 	}
 	prog := newMultiProgress(p, len(targets))
 	results := make([]string, len(targets))
@@ -112,7 +126,11 @@ func (w *Wipe) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Pr
 	if err := errors.Join(errs...); err != nil {
 		return runner.Outcome{}, err
 	}
-	return runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_WIPED, Message: mode.String() + ": " + strings.Join(results, "; ")}, nil
+	msg := mode.String() + ": " + strings.Join(results, "; ")
+	if len(skipped) > 0 {
+		msg += "; left alone: " + strings.Join(skipped, ", ")
+	}
+	return runner.Outcome{Type: anvilv1.EventType_EVENT_TYPE_WIPED, Message: msg}, nil
 }
 
 // eraseDisk tries the planned steps in order until one succeeds and its

@@ -12,6 +12,7 @@ import (
 	"github.com/anvil-metal/anvil/agent/erase"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/loopdev"
+	"github.com/diskfs/go-diskfs/partition/gpt"
 )
 
 type nopProgress struct{}
@@ -146,5 +147,57 @@ func TestWipeFullAndSecureFallbackOnLoopDevices(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(dev); !bytes.Equal(b, make([]byte, 16<<20)) {
 		t.Fatal("secure erase (fallback) left data")
+	}
+}
+
+// protectedLoop is a loop device whose GPT names a partition label.
+func protectedLoop(t *testing.T, label string) string {
+	t.Helper()
+	dev := loopdev.New(t, 8<<20)
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tbl := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true,
+		Partitions: []*gpt.Partition{{Index: 1, Start: 2048, End: 6143, Type: gpt.LinuxFilesystem, Name: label}}}
+	if err := tbl.Write(f, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	return dev
+}
+
+func TestWipeOfEveryDiskLeavesProtectedDisksAlone(t *testing.T) {
+	plain, kept := loopdev.New(t, 8<<20), protectedLoop(t, disks.DefaultProtectLabel)
+	dirty(t, plain)
+	before, err := os.ReadFile(kept)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, err := disks.NewAllowlist([]string{plain, kept})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := &anvilv1.Inventory{Disks: []*anvilv1.Disk{{Path: plain}, {Path: kept}}}
+	w := &Wipe{Allow: allow, Methods: DefaultMethods(), ProtectLabel: disks.DefaultProtectLabel,
+		Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil }}
+	out, err := w.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_QUICK), nopProgress{})
+	if err != nil {
+		t.Fatalf("wipe of every disk with one protected: %v", err)
+	}
+	if !strings.Contains(out.Message, kept+" (protected)") {
+		t.Errorf("outcome %q does not say the protected disk was left alone", out.Message)
+	}
+	if err := erase.Verify(plain, erase.QuickRegions(8<<20, 4096)); err != nil {
+		t.Errorf("unprotected disk not erased: %v", err)
+	}
+	after, err := os.ReadFile(kept)
+	if err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the protected disk changed (%v)", err)
+	}
+	// Named explicitly, a protected disk refuses the whole wipe.
+	_, err = w.Execute(context.Background(), wipeOf(anvilv1.EraseMode_ERASE_MODE_QUICK, plain, kept), nopProgress{})
+	if !errors.Is(err, disks.ErrProtected) {
+		t.Fatalf("wipe naming a protected disk: %v, want ErrProtected", err)
 	}
 }

@@ -291,6 +291,17 @@ func count(evs []*anvilv1.Event, typ anvilv1.EventType) int {
 	return n
 }
 
+// lastOf is the message of the last event of type typ, "" when none.
+func lastOf(evs []*anvilv1.Event, typ anvilv1.EventType) string {
+	msg := ""
+	for _, e := range evs {
+		if e.GetType() == typ {
+			msg = e.GetMessage()
+		}
+	}
+	return msg
+}
+
 func TestLab(t *testing.T) {
 	s := startSuite(t, 2, nil)
 	ctx := context.Background()
@@ -453,19 +464,23 @@ func TestLab(t *testing.T) {
 		}
 		t.Logf("both phoned home %.0f s after the reset", time.Since(reset).Seconds())
 		for i, vm := range s.lab.VMs {
-			evs := s.events(t, s.ids[i])
-			var pxe string
-			for _, e := range evs {
-				if e.GetType() == anvilv1.EventType_EVENT_TYPE_PXE_BOOTING && e.GetTime().AsTime().After(reset.Add(-time.Second)) {
-					pxe = e.GetMessage()
+			// The network boot after the reset is observed (never an
+			// event): sent to its disk, the way its firmware boots one.
+			var seen *anvilv1.BootObservation
+			for _, o := range s.machine(t, s.ids[i]).GetBootObservations() {
+				if o.GetTime().AsTime().After(reset.Add(-time.Second)) && seen == nil {
+					seen = o
 				}
 			}
 			platform := "pcbios"
 			if vm.Firmware.UEFI {
 				platform = "efi"
 			}
-			if !strings.Contains(pxe, "sent to its disk (loop guard, "+platform+" firmware)") {
-				t.Errorf("VM %d: the network boot after the reset: %q", vm.Index, pxe)
+			if seen.GetServed() != "local" || seen.GetPlatform() != platform {
+				t.Errorf("VM %d: the network boot after the reset: %v", vm.Index, seen)
+			}
+			if n := count(s.events(t, s.ids[i]), anvilv1.EventType_EVENT_TYPE_PXE_BOOTING); n != 0 {
+				t.Errorf("VM %d: %d PXE_BOOTING events from unauthenticated script requests", vm.Index, n)
 			}
 			// The first boot was the agent's kexec, which passes no boot
 			// loader: GRUB's line and a second phone home are this boot's.
@@ -490,8 +505,8 @@ func TestLab(t *testing.T) {
 		if n := count(evs, anvilv1.EventType_EVENT_TYPE_PHONED_HOME); n != before+1 {
 			t.Errorf("phoned home %d times, want %d", n, before+1)
 		}
-		if count(evs, anvilv1.EventType_EVENT_TYPE_POWER) == 0 || count(evs, anvilv1.EventType_EVENT_TYPE_PXE_BOOTING) == 0 {
-			t.Error("reinstall did not reset the machine into the agent")
+		if count(evs, anvilv1.EventType_EVENT_TYPE_POWER) == 0 || !strings.Contains(lastOf(evs, anvilv1.EventType_EVENT_TYPE_REGISTERING), "expected boot (power") {
+			t.Error("reinstall did not reset the machine into the agent (an expected boot, registered after the power event)")
 		}
 	})
 

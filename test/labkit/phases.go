@@ -56,8 +56,8 @@ type Phases struct {
 	// ends there), the agent's kernel and initramfs fetched (the kernel
 	// starts).
 	DHCP, Chain, KernelStart time.Duration
-	// From power-on, from the events: first network boot request of a
-	// known machine, registration, Ready.
+	// From power-on: the boot script request (from the controller's log),
+	// registration and Ready (from the events).
 	PXE, Registered, Ready time.Duration
 	// From the allocation: install started, image written and booting,
 	// installed OS phoned home.
@@ -77,6 +77,9 @@ func PhasesOf(machine string, evs []*anvilv1.Event, poweredOn time.Time, tl Time
 		return t.Sub(poweredOn)
 	}
 	p.DHCP, p.Chain, p.KernelStart = since(tl.DHCP), since(tl.Chain), since(tl.Initramfs)
+	// Network boots are observations, not events: the script's time
+	// comes from the controller's log.
+	p.PXE = since(tl.Script)
 	var allocated time.Time
 	first := func(d *time.Duration, from time.Time, at time.Time) {
 		if *d == 0 && !from.IsZero() {
@@ -86,8 +89,6 @@ func PhasesOf(machine string, evs []*anvilv1.Event, poweredOn time.Time, tl Time
 	for _, e := range evs {
 		at := e.GetTime().AsTime()
 		switch e.GetType() {
-		case anvilv1.EventType_EVENT_TYPE_PXE_BOOTING:
-			first(&p.PXE, poweredOn, at)
 		case anvilv1.EventType_EVENT_TYPE_REGISTERING:
 			first(&p.Registered, poweredOn, at)
 		case anvilv1.EventType_EVENT_TYPE_WAITING, anvilv1.EventType_EVENT_TYPE_WIPED:

@@ -11,6 +11,11 @@
 // from a raw disk image. Formats anvil does not write (qcow2, VMDK, VHDX,
 // VDI, zip, 7z) are recognised only to be refused by name.
 //
+// Headers are read before the image's checksum can be verified, so what
+// they ask for is bounded: a zstd frame whose Window_Size (RFC 8878
+// §3.1.1.1.2) exceeds DecodeOptions.MaxWindow (128 MiB by default) fails
+// with ErrWindowTooLarge before a decoder allocates the window.
+//
 // A declared format that disagrees with the detected one is an error, never
 // a guess (the lesson of Ironic's CVE-2024-44082: a "raw" image that was
 // really qcow2 pointed the converter at host files).

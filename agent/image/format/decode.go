@@ -34,7 +34,8 @@ type DecodeOptions struct {
 	// are decoded as a stream.
 	MaxFrame int
 	// MaxWindow is the largest history, in bytes, an image may make the
-	// decoder keep: a zstd frame's Window_Size (RFC 8878 §3.1.1.1.2). The
+	// decoder keep: a zstd frame's Window_Size (RFC 8878 §3.1.1.1.2) or
+	// an xz block's LZMA2 dictionary size (.xz File Format §5.3.1). The
 	// header that asks for it is not verified until the whole image has
 	// been hashed, so a larger one fails with ErrWindowTooLarge before
 	// anything is allocated for it. Default DefaultMaxWindow.
@@ -43,8 +44,9 @@ type DecodeOptions struct {
 
 // DefaultMaxWindow is MaxWindow's default, 128 MiB: the window of
 // `zstd --long` (windowLog 27) and of `zstd --ultra -22`, 16 times the
-// 8 MiB window of the lab's images (pzstd -19, windowLog 23). The zstd
-// tool's own decoder refuses more unless told --long or --memory.
+// 8 MiB window of the lab's images (pzstd -19, windowLog 23), twice the
+// 64 MiB dictionary of `xz -9`. The zstd tool's own decoder refuses more
+// unless told --long or --memory.
 const DefaultMaxWindow = 128 << 20
 
 // Stream is a detected, decompressing image stream.
@@ -239,7 +241,9 @@ func decoder(c Compression, r io.Reader, o DecodeOptions) (io.Reader, func(), er
 		}
 		return d, func() { _ = d.Close() }, nil
 	case Xz:
-		d, err := xz.NewReader(r)
+		// The guard refuses a block whose dictionary exceeds MaxWindow
+		// before the decoder reads (and allocates) it.
+		d, err := xz.NewReader(newXzGuard(r, o.MaxWindow))
 		if err != nil {
 			return nil, nil, err
 		}

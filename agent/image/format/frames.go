@@ -18,7 +18,7 @@ import (
 var ErrCorrupt = errors.New("corrupt compressed stream")
 
 // ErrWindowTooLarge is a compressed stream that asks for a larger window
-// than DecodeOptions.MaxWindow allows.
+// (zstd) or dictionary (xz) than DecodeOptions.MaxWindow allows.
 var ErrWindowTooLarge = errors.New("compression window larger than allowed")
 
 // errFrameTooLarge stops the frame reader at a frame larger than its

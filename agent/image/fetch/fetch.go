@@ -19,8 +19,10 @@
 // A request that fails — connection reset, no response headers within
 // HeaderTimeout, no body bytes for IdleTimeout, a body shorter than its
 // range, 5xx, 408 or 429 — is retried after a capped, jittered exponential
-// backoff (agent/backoff) and resumes from the last byte received. Other 4xx
-// replies are permanent (StatusError).
+// backoff (agent/backoff) and resumes from the last byte received. Only
+// failures in a row that received nothing count against Options.Retries:
+// an attempt that brought bytes restores the budget. Other 4xx replies are
+// permanent (StatusError).
 package fetch
 
 import (
@@ -64,13 +66,19 @@ var (
 // StatusError is an HTTP reply with an unexpected status.
 type StatusError struct {
 	URL    string // redacted
+	Range  string // the request's Range header, "" for the whole file
 	Code   int
 	Status string // as sent, e.g. "404 Not Found"
 	// RetryAfter is the server's Retry-After, 0 if absent.
 	RetryAfter time.Duration
 }
 
-func (e *StatusError) Error() string { return fmt.Sprintf("GET %s: %s", e.URL, e.Status) }
+func (e *StatusError) Error() string {
+	if e.Range == "" {
+		return fmt.Sprintf("GET %s: %s", e.URL, e.Status)
+	}
+	return fmt.Sprintf("GET %s %s: %s", e.URL, e.Range, e.Status)
+}
 
 // Temporary reports whether the status is worth retrying: 5xx, 408, 429.
 func (e *StatusError) Temporary() bool {
@@ -92,9 +100,12 @@ type Options struct {
 	// ChunkSize is the length of each Range request (default 8 MiB). At
 	// most Parallel+1 chunks are held in memory.
 	ChunkSize int
-	// Retries is how many times one chunk is retried (default 5; negative:
-	// none). A single stream may fail Retries times in a row without
-	// receiving a byte.
+	// Retries is how many times a request that failed without receiving
+	// a byte is retried in a row before the download is abandoned
+	// (default 5; negative: none). The count is per range chunk (or per
+	// single stream), and an attempt that received bytes starts it anew,
+	// so a server that cuts connections still serves the image as long as
+	// every connection brings some of it.
 	Retries int
 	// HeaderTimeout bounds connecting, the TLS handshake and waiting for
 	// the response headers of each request (default 30 s).

@@ -483,29 +483,150 @@ func TestPermanentStatus(t *testing.T) {
 	})
 }
 
+// TestRetriesExhausted covers a chunk that never brings a byte: it is
+// requested Retries+1 times, then the download fails naming the range and
+// the attempts. Attempts that brought bytes before do not count.
 func TestRetriesExhausted(t *testing.T) {
-	checkLeaks(t)
-	o := defaultOrigin()
-	var reqs tally
-	u := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if first, last, _ := requestedRange(r, blobSize); first >= 8*mib && first < 16*mib {
-			reqs.add("8M")
-			partial(w, o, first, last, true)
+	const retries = 2
+	for _, tc := range []struct {
+		name string
+		// progress answers the chunk's first request with half of it.
+		progress bool
+		fault    func(w http.ResponseWriter, r *http.Request, o origin, first, last int64)
+		want     string
+	}{
+		{"503", false, func(w http.ResponseWriter, r *http.Request, o origin, first, last int64) {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}, "bytes=8388608-16777215: 503 Service Unavailable"},
+		{"headers, then no body", false, func(w http.ResponseWriter, r *http.Request, o origin, first, last int64) {
+			h := w.Header()
+			h.Set("ETag", o.etag)
+			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, len(o.blob)))
+			h.Set("Content-Length", strconv.FormatInt(last-first+1, 10))
+			w.WriteHeader(http.StatusPartialContent)
+			http.NewResponseController(w).Flush()
 			reset(w)
-			return
-		}
-		o.ServeHTTP(w, r)
-	}))
-	s := mustOpen(t, t.Context(), u, Options{Backoff: fast, Retries: 2})
-	_, n, err := readAll(t, s)
-	if err == nil || !strings.Contains(err.Error(), "gave up after 2 retries") {
-		t.Fatalf("read = %v, want giving up after 2 retries", err)
+		}, "bytes=8388608-16777215: at byte 8388608"},
+		{"half, then 500", true, func(w http.ResponseWriter, r *http.Request, o origin, first, last int64) {
+			w.WriteHeader(http.StatusInternalServerError)
+		}, "bytes=12582912-16777215: 500 Internal Server Error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkLeaks(t)
+			o := defaultOrigin()
+			var reqs tally
+			u := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if first, last, _ := requestedRange(r, blobSize); first >= 8*mib && first < 16*mib {
+					if reqs.add("8M") == 1 && tc.progress {
+						partial(w, o, first, last, true)
+						reset(w)
+						return
+					}
+					tc.fault(w, r, o, first, last)
+					return
+				}
+				o.ServeHTTP(w, r)
+			}))
+			s := mustOpen(t, t.Context(), u, Options{Backoff: fast, Retries: retries})
+			_, n, err := readAll(t, s)
+			if err == nil {
+				t.Fatal("read succeeded, want a failure")
+			}
+			wantReqs := retries + 1
+			if tc.progress {
+				wantReqs++
+			}
+			for _, want := range []string{u, "bytes=", "gave up after 3 attempts in a row that received no data", tc.want} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			if n > 8*mib {
+				t.Errorf("delivered %d bytes past the failed chunk", n)
+			}
+			if reqs.get("8M") != wantReqs {
+				t.Errorf("%d attempts, want %d", reqs.get("8M"), wantReqs)
+			}
+		})
 	}
-	if n > 8*mib {
-		t.Errorf("delivered %d bytes past the failed chunk", n)
+}
+
+// cutter serves blob as a server behind a flaky middlebox would: every
+// reply is cut (TCP RST) after 0.25–3 MiB, an amount drawn from a
+// generator seeded with seed and the range's first byte, so the same
+// requests see the same cuts whatever order they arrive in.
+type cutter struct {
+	blob []byte
+	seed uint64
+	cuts atomic.Int32
+}
+
+func (c *cutter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	size := int64(len(c.blob))
+	first, last, ok := requestedRange(r, size)
+	if !ok {
+		first, last = 0, size-1
 	}
-	if reqs.get("8M") != 3 {
-		t.Errorf("%d attempts, want 3", reqs.get("8M"))
+	rnd := rand.New(rand.NewPCG(c.seed, uint64(first)))
+	cut := mib/4 + rnd.Int64N(3*mib-mib/4+1)
+	h := w.Header()
+	h.Set("ETag", `"cut"`)
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Length", strconv.FormatInt(last-first+1, 10))
+	if ok {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, size))
+		w.WriteHeader(http.StatusPartialContent)
+	}
+	if last-first+1 <= cut {
+		w.Write(c.blob[first : last+1])
+		return
+	}
+	c.cuts.Add(1)
+	w.Write(c.blob[first : first+cut])
+	http.NewResponseController(w).Flush()
+	reset(w)
+}
+
+// TestConnectionsCut covers a server that cuts every connection after
+// 0.25–3 MiB: each attempt moves the download forward, so it completes
+// however many attempts a chunk (or the single stream) takes.
+func TestConnectionsCut(t *testing.T) {
+	const size = 64 * mib
+	for _, tc := range []struct {
+		name string
+		// ignoreFirstRange answers the first request with the whole file
+		// (200), which makes the stream a single resumable one.
+		ignoreFirstRange bool
+	}{
+		{"parallel ranges", false},
+		{"one stream", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkLeaks(t)
+			c := &cutter{blob: makeBlob(3, size), seed: 7}
+			var n atomic.Int32
+			u := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if n.Add(1) == 1 && tc.ignoreFirstRange {
+					r.Header.Del("Range")
+				}
+				c.ServeHTTP(w, r)
+			}))
+			s := mustOpen(t, t.Context(), u, Options{Backoff: fast, ChunkSize: 8 * mib})
+			sum, got, err := readAll(t, s)
+			if err != nil {
+				t.Fatalf("read: %v after %d bytes (stats %+v, %d cuts)", err, got, s.Stats(), c.cuts.Load())
+			}
+			if got != size || sum != digest(c.blob) {
+				t.Fatalf("read %d bytes with sha256 %x; want %d bytes with %x", got, sum, size, digest(c.blob))
+			}
+			st := s.Stats()
+			if st.Ranged == tc.ignoreFirstRange || st.Retries != int(c.cuts.Load()) || c.cuts.Load() < 20 {
+				t.Errorf("Stats = %+v after %d cuts; want ranged=%v, one retry per cut, ≥ 20 cuts", st, c.cuts.Load(), !tc.ignoreFirstRange)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+		})
 	}
 }
 

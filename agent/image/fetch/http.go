@@ -190,6 +190,7 @@ func rangeSpec(first, last int64) string {
 func (f *fetcher) statusError(resp *http.Response) error {
 	return &StatusError{
 		URL:        f.url,
+		Range:      resp.Request.Header.Get("Range"),
 		Code:       resp.StatusCode,
 		Status:     resp.Status,
 		RetryAfter: retryAfter(resp.Header, time.Now()),
@@ -201,7 +202,8 @@ func (f *fetcher) statusError(resp *http.Response) error {
 // or a 416 for an empty file.
 func (f *fetcher) probe(ctx context.Context) (*exchange, error) {
 	last := int64(f.o.ChunkSize) - 1
-	for attempt := 0; ; attempt++ {
+	var budget retryBudget
+	for {
 		x, err := f.send(ctx, 0, last)
 		if err == nil {
 			if err = f.checkProbe(x.resp, last); err == nil {
@@ -209,7 +211,7 @@ func (f *fetcher) probe(ctx context.Context) (*exchange, error) {
 			}
 			x.close()
 		}
-		if err = f.retry(ctx, attempt, err, false); err != nil {
+		if err = f.retry(ctx, &budget, err, false); err != nil {
 			return nil, err
 		}
 	}
@@ -289,20 +291,51 @@ func (f *fetcher) check(resp *http.Response, first, last int64) error {
 	return nil
 }
 
-// retry decides after a failed attempt (0-based): it returns nil after
-// waiting out the backoff when the caller should try again, else the error
-// to give up with. resume says the next request continues a partly
-// received body.
-func (f *fetcher) retry(ctx context.Context, attempt int, err error, resume bool) error {
+// retryBudget counts the failed attempts in a row of one download — the
+// first request, a range chunk, a single stream — that received nothing.
+// An attempt that received a byte neither counts nor lets the earlier ones
+// count: a server that cuts every connection after a while still delivers
+// the image as long as each connection moves it forward, while one that
+// answers nothing (or only errors) fails after Options.Retries retries.
+type retryBudget struct {
+	fails    int  // failed attempts in a row that received nothing
+	progress bool // the current attempt received bytes
+}
+
+// received records that the current attempt received n bytes.
+func (b *retryBudget) received(n int) {
+	if n > 0 {
+		b.progress = true
+	}
+}
+
+// failed ends the current attempt as a failure.
+func (b *retryBudget) failed() {
+	if b.progress {
+		b.fails = 0
+	} else {
+		b.fails++
+	}
+	b.progress = false
+}
+
+// retry decides after a failed attempt: it returns nil after waiting out
+// the backoff when the caller should try again, else the error to give up
+// with. It ends b's current attempt; the failures in a row without data
+// decide whether to give up and pick the backoff delay. resume says the
+// next request continues a partly received body.
+func (f *fetcher) retry(ctx context.Context, b *retryBudget, err error, resume bool) error {
+	b.failed()
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
 	if !retryable(err) {
 		return err
 	}
-	if attempt >= f.o.Retries {
-		return fmt.Errorf("%w (gave up after %d retries)", err, attempt)
+	if b.fails > f.o.Retries {
+		return fmt.Errorf("%w (gave up after %d attempts in a row that received no data)", err, b.fails)
 	}
+	attempt := max(b.fails-1, 0)
 	d := f.o.Backoff.Delay(attempt)
 	var se *StatusError
 	if errors.As(err, &se) && se.RetryAfter > d {

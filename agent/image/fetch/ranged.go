@@ -102,10 +102,13 @@ func (r *ranged) work(jobs <-chan *chunk) {
 }
 
 // fill fetches c, resuming after its last good byte on transient failures.
+// Only attempts that received nothing use up the retry budget.
 func (r *ranged) fill(c *chunk) error {
 	f := r.f
+	var budget retryBudget
 	for attempt := 0; ; attempt++ {
 		first, last := c.off+int64(c.n), c.off+int64(len(c.buf))-1
+		had := c.n
 		var x *exchange
 		if c.off == 0 && attempt == 0 {
 			x = r.probe.Swap(nil)
@@ -126,7 +129,8 @@ func (r *ranged) fill(c *chunk) error {
 			f.stats.chunks.Add(1)
 			return nil
 		}
-		if err = f.retry(r.ctx, attempt, err, c.n > 0); err != nil {
+		budget.received(c.n - had)
+		if err = f.retry(r.ctx, &budget, err, c.n > 0); err != nil {
 			return err
 		}
 	}

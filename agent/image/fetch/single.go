@@ -16,7 +16,7 @@ type single struct {
 	x         *exchange // nil between requests
 	off       int64     // bytes received, which is bytes delivered
 	resumable bool
-	fails     int   // consecutive failed attempts without a byte
+	budget    retryBudget
 	pending   error // the failure to back off from before the next request
 	done      bool
 }
@@ -42,9 +42,7 @@ func (s *single) Read(p []byte) (int, error) {
 		n, err := s.x.read(p)
 		s.off += int64(n)
 		s.f.stats.fetched.Add(int64(n))
-		if n > 0 {
-			s.fails = 0
-		}
+		s.budget.received(n)
 		switch {
 		case err == nil:
 			return n, nil
@@ -84,10 +82,9 @@ func (s *single) finish() {
 func (s *single) connect() error {
 	for {
 		if s.pending != nil {
-			if err := s.f.retry(s.ctx, s.fails, s.pending, s.off > 0); err != nil {
+			if err := s.f.retry(s.ctx, &s.budget, s.pending, s.off > 0); err != nil {
 				return err
 			}
-			s.fails++
 			s.pending = nil
 		}
 		first := int64(-1)

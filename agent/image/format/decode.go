@@ -33,21 +33,42 @@ type DecodeOptions struct {
 	// decoded in memory by a frame worker (default 32 MiB); larger ones
 	// are decoded as a stream.
 	MaxFrame int
+	// MaxWindow is the largest history, in bytes, an image may make the
+	// decoder keep: a zstd frame's Window_Size (RFC 8878 §3.1.1.1.2) or
+	// an xz block's LZMA2 dictionary size (.xz File Format §5.3.1). The
+	// header that asks for it is not verified until the whole image has
+	// been hashed, so a larger one fails with ErrWindowTooLarge before
+	// anything is allocated for it. Default DefaultMaxWindow.
+	MaxWindow int64
 }
+
+// DefaultMaxWindow is MaxWindow's default, 128 MiB: the window of
+// `zstd --long` (windowLog 27) and of `zstd --ultra -22`, 16 times the
+// 8 MiB window of the lab's images (pzstd -19, windowLog 23), twice the
+// 64 MiB dictionary of `xz -9`. The zstd tool's own decoder refuses more
+// unless told --long or --memory.
+const DefaultMaxWindow = 128 << 20
 
 // Stream is a detected, decompressing image stream.
 type Stream struct {
-	inner  *bufio.Reader
-	Format Format
-	close  func()
+	inner     *bufio.Reader
+	Format    Format
+	close     func()
+	maxWindow int64
 }
 
 // Read implements io.Reader.
-func (s *Stream) Read(p []byte) (int, error) { return s.inner.Read(p) }
+func (s *Stream) Read(p []byte) (int, error) {
+	n, err := s.inner.Read(p)
+	return n, explain(s.Format.Compression, err, s.maxWindow)
+}
 
 // WriteTo writes the decoded image to w. Decoders that can write their
 // output blocks directly (zstd, gzip, lz4) do so without an extra copy.
-func (s *Stream) WriteTo(w io.Writer) (int64, error) { return s.inner.WriteTo(w) }
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	n, err := s.inner.WriteTo(w)
+	return n, explain(s.Format.Compression, err, s.maxWindow)
+}
 
 // Close releases the decompressor (not the underlying source).
 func (s *Stream) Close() error {
@@ -77,6 +98,9 @@ func Open(src io.Reader, declared Format, isDeclared bool, o DecodeOptions) (*St
 	if o.MaxFrame <= 0 {
 		o.MaxFrame = 32 << 20
 	}
+	if o.MaxWindow <= 0 {
+		o.MaxWindow = DefaultMaxWindow
+	}
 	br := bufio.NewReaderSize(src, max(o.BufferSize, SniffLen))
 	head, eof, err := peek(br, SniffLen)
 	if err != nil {
@@ -97,7 +121,7 @@ func Open(src io.Reader, declared Format, isDeclared bool, o DecodeOptions) (*St
 	ihead, ieof, err := peek(inner, SniffLen)
 	if err != nil {
 		closeFn()
-		return nil, fmt.Errorf("decode %s image header: %w", comp, err)
+		return nil, fmt.Errorf("decode %s image header: %w", comp, explain(comp, err, o.MaxWindow))
 	}
 	payload, err := SniffPayload(ihead, ieof)
 	if err != nil {
@@ -109,7 +133,18 @@ func Open(src io.Reader, declared Format, isDeclared bool, o DecodeOptions) (*St
 		closeFn()
 		return nil, err
 	}
-	return &Stream{inner: inner, Format: got, close: closeFn}, nil
+	return &Stream{inner: inner, Format: got, close: closeFn, maxWindow: o.MaxWindow}, nil
+}
+
+// explain names the cap when a zstd decoder refused a frame's window: the
+// streaming decoder checks every frame (the frame-parallel one and Open
+// check them first, naming the window too), but says only
+// ErrWindowSizeExceeded or ErrDecoderSizeExceeded.
+func explain(c Compression, err error, maxWindow int64) error {
+	if c == Zstd && (errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded)) {
+		return fmt.Errorf("%w: a zstd frame's window exceeds the cap of %d bytes (%s): %w", ErrWindowTooLarge, maxWindow, mibs(maxWindow), err)
+	}
+	return err
 }
 
 // peek returns up to n leading bytes and whether the stream ended there.
@@ -142,6 +177,27 @@ func framed(br *bufio.Reader, maxFrame int) bool {
 	return err == nil && h.contentSize <= int64(maxFrame)
 }
 
+// firstFrame parses the header of the first zstd frame in br's buffer,
+// past any skippable frames (pzstd starts with one); found is false when
+// the header is not in the buffer or does not parse (the decoder then
+// reports the stream in its own words).
+func firstFrame(br *bufio.Reader) (h frameHeader, found bool) {
+	for off := 0; off+maxFrameHeader <= br.Size(); {
+		head, _ := br.Peek(off + maxFrameHeader)
+		if len(head) <= off {
+			return frameHeader{}, false
+		}
+		b := head[off:]
+		if len(b) >= 8 && binary.LittleEndian.Uint32(b)&^0xF == skippableMagic {
+			off += 8 + int(binary.LittleEndian.Uint32(b[4:]))
+			continue
+		}
+		h, err := parseFrameHeader(b)
+		return h, err == nil
+	}
+	return frameHeader{}, false
+}
+
 func decoder(c Compression, r io.Reader, o DecodeOptions) (io.Reader, func(), error) {
 	nop := func() {}
 	switch c {
@@ -155,11 +211,19 @@ func decoder(c Compression, r io.Reader, o DecodeOptions) (io.Reader, func(), er
 			return zstd.NewReader(r,
 				zstd.WithDecoderConcurrency(o.Threads),
 				zstd.IgnoreChecksum(true),
-				zstd.WithDecoderMaxWindow(1<<31),
+				zstd.WithDecoderMaxWindow(uint64(o.MaxWindow)),
 				zstd.WithDecoderLowmem(false))
 		}
-		if br, ok := r.(*bufio.Reader); ok && framed(br, o.MaxFrame) {
-			d, err := newFrameDecoder(br, o.FrameWorkers, o.MaxFrame, stream)
+		br, ok := r.(*bufio.Reader)
+		if ok {
+			if h, found := firstFrame(br); found {
+				if err := h.checkWindow(o.MaxWindow); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+		if ok && framed(br, o.MaxFrame) {
+			d, err := newFrameDecoder(br, o.FrameWorkers, o.MaxFrame, o.MaxWindow, stream)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -177,7 +241,9 @@ func decoder(c Compression, r io.Reader, o DecodeOptions) (io.Reader, func(), er
 		}
 		return d, func() { _ = d.Close() }, nil
 	case Xz:
-		d, err := xz.NewReader(r)
+		// The guard refuses a block whose dictionary exceeds MaxWindow
+		// before the decoder reads (and allocates) it.
+		d, err := xz.NewReader(newXzGuard(r, o.MaxWindow))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -11,6 +11,14 @@
 // from a raw disk image. Formats anvil does not write (qcow2, VMDK, VHDX,
 // VDI, zip, 7z) are recognised only to be refused by name.
 //
+// Headers are read before the image's checksum can be verified, so what
+// they ask for is bounded: a zstd frame whose Window_Size (RFC 8878
+// §3.1.1.1.2), or an xz block whose LZMA2 dictionary (.xz File Format
+// 1.2 §5.3.1), exceeds DecodeOptions.MaxWindow (128 MiB by default) fails
+// with ErrWindowTooLarge before a decoder allocates it. The other formats
+// bound their memory themselves: gzip's window is 32 KiB, an LZ4 frame's
+// blocks at most 4 MiB, bzip2's blocks at most 900 kB.
+//
 // A declared format that disagrees with the detected one is an error, never
 // a guess (the lesson of Ironic's CVE-2024-44082: a "raw" image that was
 // really qcow2 pointed the converter at host files).

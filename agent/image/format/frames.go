@@ -17,6 +17,10 @@ import (
 // ErrCorrupt is a compressed stream whose structure is broken.
 var ErrCorrupt = errors.New("corrupt compressed stream")
 
+// ErrWindowTooLarge is a compressed stream that asks for a larger window
+// (zstd) or dictionary (xz) than DecodeOptions.MaxWindow allows.
+var ErrWindowTooLarge = errors.New("compression window larger than allowed")
+
 // errFrameTooLarge stops the frame reader at a frame larger than its
 // limit; the caller decodes the rest of the stream sequentially.
 var errFrameTooLarge = errors.New("zstd frame larger than the parallel decoder's limit")
@@ -38,6 +42,10 @@ type frameHeader struct {
 	length int
 	// contentSize is Frame_Content_Size, -1 when the frame does not say.
 	contentSize int64
+	// window is Window_Size (§3.1.1.1.2): the history a decoder keeps,
+	// so the memory the frame asks for. A single-segment frame has no
+	// Window_Descriptor; its window is its content size.
+	window int64
 	// checksum says a 4-byte Content_Checksum follows the last block.
 	checksum bool
 }
@@ -69,6 +77,13 @@ func parseFrameHeader(b []byte) (frameHeader, error) {
 		return frameHeader{}, fmt.Errorf("%w: zstd frame header cut short", io.ErrUnexpectedEOF)
 	}
 	h := frameHeader{length: n, contentSize: -1, checksum: fhd&0x04 != 0}
+	if !single {
+		// Window_Descriptor: Exponent (bits 7-3), Mantissa (bits 2-0).
+		wd := b[5]
+		windowLog := 10 + uint(wd>>3)
+		base := int64(1) << windowLog
+		h.window = base + base/8*int64(wd&7)
+	}
 	fcs := b[n-fcsSize : n]
 	switch fcsSize {
 	case 1:
@@ -84,16 +99,35 @@ func parseFrameHeader(b []byte) (frameHeader, error) {
 		}
 		h.contentSize = int64(v)
 	}
+	if single {
+		h.window = h.contentSize
+	}
 	return h, nil
+}
+
+// checkWindow refuses a frame whose window exceeds maxWindow, before a
+// decoder allocates it: the header is not verified, and a 2 GiB window is
+// a 2 GiB allocation.
+func (h frameHeader) checkWindow(maxWindow int64) error {
+	if h.window > maxWindow {
+		return fmt.Errorf("%w: zstd frame window of %d bytes (%s) exceeds the cap of %d bytes (%s)", ErrWindowTooLarge, h.window, mibs(h.window), maxWindow, mibs(maxWindow))
+	}
+	return nil
+}
+
+// mibs formats n bytes in MiB for error messages.
+func mibs(n int64) string {
+	return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20))
 }
 
 // readFrame reads the next frame of r into dst[:0] (grown as needed) and
 // returns it. skippable frames (§3.1.2) are consumed and returned with
 // skip set and no bytes. At the end of the stream it returns io.EOF. A
-// frame that would make dst longer than limit stops the read with
-// errFrameTooLarge and the bytes of it consumed so far, which the caller
-// must decode before the rest of r.
-func readFrame(r *bufio.Reader, dst []byte, limit int) (frame []byte, skip bool, err error) {
+// frame whose window exceeds maxWindow fails with ErrWindowTooLarge,
+// nothing of it consumed. A frame that would make dst longer than limit
+// stops the read with errFrameTooLarge and the bytes of it consumed so
+// far, which the caller must decode before the rest of r.
+func readFrame(r *bufio.Reader, dst []byte, limit int, maxWindow int64) (frame []byte, skip bool, err error) {
 	frame = dst[:0]
 	head, err := r.Peek(maxFrameHeader)
 	if len(head) == 0 && errors.Is(err, io.EOF) {
@@ -120,6 +154,9 @@ func readFrame(r *bufio.Reader, dst []byte, limit int) (frame []byte, skip bool,
 	}
 	h, err := parseFrameHeader(head)
 	if err != nil {
+		return frame, false, err
+	}
+	if err := h.checkWindow(maxWindow); err != nil {
 		return frame, false, err
 	}
 	take := func(n int) error {

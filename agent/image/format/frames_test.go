@@ -29,14 +29,14 @@ func TestParseFrameHeader(t *testing.T) {
 		want frameHeader
 		err  error
 	}{
-		{"window only, no size", hdr(0x00, 0x58), frameHeader{length: 6, contentSize: -1}, nil},
-		{"checksum flag", hdr(0x04, 0x58), frameHeader{length: 6, contentSize: -1, checksum: true}, nil},
-		{"single segment, 1-byte size", hdr(0x20, 200), frameHeader{length: 6, contentSize: 200}, nil},
-		{"2-byte size is +256", hdr(0x60, 0x10, 0x00), frameHeader{length: 7, contentSize: 0x10 + 256}, nil},
-		{"4-byte size with a window", hdr(0x80, 0x58, 0x00, 0x00, 0x00, 0x80), frameHeader{length: 10, contentSize: 1 << 31}, nil},
-		{"8-byte size", hdr(0xe0, 1, 2, 3, 4, 5, 6, 7, 0), frameHeader{length: 13, contentSize: 0x0007060504030201}, nil},
-		{"4-byte dictionary ID", hdr(0x23, 0xaa, 0xbb, 0xcc, 0xdd, 9), frameHeader{length: 10, contentSize: 9}, nil},
-		{"1-byte dictionary ID and window", hdr(0x01, 0x58, 0x07), frameHeader{length: 7, contentSize: -1}, nil},
+		{"window only, no size", hdr(0x00, 0x58), frameHeader{length: 6, contentSize: -1, window: 2 << 20}, nil},
+		{"checksum flag", hdr(0x04, 0x58), frameHeader{length: 6, contentSize: -1, window: 2 << 20, checksum: true}, nil},
+		{"single segment, 1-byte size", hdr(0x20, 200), frameHeader{length: 6, contentSize: 200, window: 200}, nil},
+		{"2-byte size is +256", hdr(0x60, 0x10, 0x00), frameHeader{length: 7, contentSize: 0x10 + 256, window: 0x10 + 256}, nil},
+		{"4-byte size with a window", hdr(0x80, 0x58, 0x00, 0x00, 0x00, 0x80), frameHeader{length: 10, contentSize: 1 << 31, window: 2 << 20}, nil},
+		{"8-byte size", hdr(0xe0, 1, 2, 3, 4, 5, 6, 7, 0), frameHeader{length: 13, contentSize: 0x0007060504030201, window: 0x0007060504030201}, nil},
+		{"4-byte dictionary ID", hdr(0x23, 0xaa, 0xbb, 0xcc, 0xdd, 9), frameHeader{length: 10, contentSize: 9, window: 9}, nil},
+		{"1-byte dictionary ID and window", hdr(0x01, 0x58, 0x07), frameHeader{length: 7, contentSize: -1, window: 2 << 20}, nil},
 		{"reserved bit", hdr(0x08, 0x58), frameHeader{}, ErrCorrupt},
 		{"not a frame", []byte("QFI\xfb\x00\x00"), frameHeader{}, ErrCorrupt},
 		{"cut short", hdr(0x80, 0x58, 0x00), frameHeader{}, io.ErrUnexpectedEOF},
@@ -105,7 +105,7 @@ func TestReadFrame(t *testing.T) {
 	r := bufio.NewReader(bytes.NewReader(stream))
 	var got [][]byte
 	for {
-		f, skipped, err := readFrame(r, nil, 1<<20)
+		f, skipped, err := readFrame(r, nil, 1<<20, DefaultMaxWindow)
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -136,7 +136,7 @@ func TestReadFrame(t *testing.T) {
 		{"skippable frame cut short", skip[:9], 1 << 20, io.ErrUnexpectedEOF, 0},
 		{"over the limit", frame, 20, errFrameTooLarge, 19},
 	} {
-		f, _, err := readFrame(bufio.NewReader(bytes.NewReader(c.b)), nil, c.limit)
+		f, _, err := readFrame(bufio.NewReader(bytes.NewReader(c.b)), nil, c.limit, DefaultMaxWindow)
 		if !errors.Is(err, c.err) || len(f) != c.kept {
 			t.Errorf("%s: %d bytes, %v; want %d bytes, %v", c.name, len(f), err, c.kept, c.err)
 		}
@@ -217,7 +217,7 @@ func TestFrameDecoder(t *testing.T) {
 		{"compressed size over the limit", [][]byte{raw[:64<<10], raw[64<<10 : 2<<20], text, raw[2<<20:]}, 512 << 10,
 			struct{ parallel, streamed, tail int }{1, 0, 1}, bytes.Join([][]byte{raw[:64<<10], raw[64<<10 : 2<<20], text, raw[2<<20:]}, nil)},
 	} {
-		d, err := newFrameDecoder(bytes.NewReader(frames(t, c.parts...)), 2, c.max, func(r io.Reader) (*zstd.Decoder, error) { return zstd.NewReader(r) })
+		d, err := newFrameDecoder(bytes.NewReader(frames(t, c.parts...)), 2, c.max, DefaultMaxWindow, func(r io.Reader) (*zstd.Decoder, error) { return zstd.NewReader(r) })
 		if err != nil {
 			t.Fatal(err)
 		}

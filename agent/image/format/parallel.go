@@ -26,6 +26,8 @@ type frameDecoder struct {
 	dec      *zstd.Decoder // DecodeAll, concurrently
 	newSeq   func(io.Reader) (*zstd.Decoder, error)
 	maxFrame int
+	// maxWindow is the largest window a frame may ask for.
+	maxWindow int64
 
 	order chan *frameJob // in stream order, closed after the last
 	jobs  chan *frameJob // to the workers
@@ -74,20 +76,21 @@ func (s stopReader) Read(p []byte) (int, error) {
 }
 
 // newFrameDecoder decodes src with workers DecodeAll calls at once;
-// newSeq makes the streaming decoder for oversized frames.
-func newFrameDecoder(src io.Reader, workers, maxFrame int, newSeq func(io.Reader) (*zstd.Decoder, error)) (*frameDecoder, error) {
+// newSeq makes the streaming decoder for oversized frames. A frame whose
+// window exceeds maxWindow fails the stream with ErrWindowTooLarge.
+func newFrameDecoder(src io.Reader, workers, maxFrame int, maxWindow int64, newSeq func(io.Reader) (*zstd.Decoder, error)) (*frameDecoder, error) {
 	dec, err := zstd.NewReader(nil,
 		zstd.WithDecoderConcurrency(workers),
 		zstd.IgnoreChecksum(true),
 		zstd.WithDecoderMaxMemory(uint64(maxFrame)),
-		zstd.WithDecoderMaxWindow(uint64(maxFrame)))
+		zstd.WithDecoderMaxWindow(uint64(min(int64(maxFrame), maxWindow))))
 	if err != nil {
 		return nil, err
 	}
 	pool := workers + 2
 	quit := make(chan struct{})
 	d := &frameDecoder{
-		src: bufio.NewReaderSize(stopReader{src, quit}, 256<<10), dec: dec, newSeq: newSeq, maxFrame: maxFrame,
+		src: bufio.NewReaderSize(stopReader{src, quit}, 256<<10), dec: dec, newSeq: newSeq, maxFrame: maxFrame, maxWindow: maxWindow,
 		order: make(chan *frameJob, pool),
 		jobs:  make(chan *frameJob, pool),
 		free:  make(chan *frameJob, pool),
@@ -125,7 +128,7 @@ func (d *frameDecoder) read() {
 		case <-d.quit:
 			return
 		}
-		in, skip, err := readFrame(d.src, j.in, d.inLimit())
+		in, skip, err := readFrame(d.src, j.in, d.inLimit(), d.maxWindow)
 		*j = frameJob{in: in, out: j.out, done: make(chan struct{})}
 		switch {
 		case skip:

@@ -5,6 +5,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -329,9 +330,15 @@ func TestLab(t *testing.T) {
 					wiped = e.GetMessage()
 				}
 			}
-			// The NVMe disk is erased by the drive itself (Format NVM).
-			if !strings.Contains(wiped, "/dev/nvme0n1 nvme-format") || !strings.Contains(wiped, "verified by markers") {
+			// The NVMe disk is erased by the drive itself (Format NVM of its
+			// namespace 1 only); namespace 2 carries the protect label and
+			// is left alone, byte for byte.
+			if !strings.Contains(wiped, "/dev/nvme0n1 nvme-format") || !strings.Contains(wiped, "verified by markers") ||
+				!strings.Contains(wiped, "left alone: /dev/nvme0n2 (protected)") {
 				t.Errorf("VM %d erase: %q", vm.Index, wiped)
+			}
+			if err := labkit.ProtectedIntact(vm); err != nil {
+				t.Error(err)
 			}
 		}
 	})
@@ -565,6 +572,11 @@ func TestLab(t *testing.T) {
 			t.Fatalf("power off: %v %v", off, err)
 		}
 		time.Sleep(2 * time.Second)
+		// The half-written disk holds no partition table and no boot code
+		// (they are written last, after the digest): no firmware boots it.
+		if err := noBootableTable(s.lab.VMs[0].NVMe); err != nil {
+			t.Errorf("after the power cut mid-install: %v", err)
+		}
 		if _, err := s.op.Machines.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_ON, NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE}); err != nil {
 			t.Fatal(err)
 		}
@@ -577,6 +589,45 @@ func TestLab(t *testing.T) {
 			t.Errorf("last event %q: want the phone home of e2e-slow", evs[len(evs)-1].GetMessage())
 		}
 	})
+
+	t.Run("the protected namespaces survived every erase and install", func(t *testing.T) {
+		for _, vm := range s.lab.VMs {
+			if err := labkit.ProtectedIntact(vm); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
+
+// noBootableTable checks a disk file's first and last MiB: no MBR boot
+// signature, no GPT header (primary or backup).
+func noBootableTable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	head := make([]byte, 1<<20)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		return err
+	}
+	tail := make([]byte, 1<<20)
+	if _, err := f.ReadAt(tail, st.Size()-int64(len(tail))); err != nil {
+		return err
+	}
+	switch {
+	case head[510] == 0x55 && head[511] == 0xaa:
+		return fmt.Errorf("%s has an MBR boot signature", path)
+	case bytes.Contains(head, []byte("EFI PART")):
+		return fmt.Errorf("%s has a primary GPT header", path)
+	case bytes.Contains(tail, []byte("EFI PART")):
+		return fmt.Errorf("%s has a backup GPT header", path)
+	}
+	return nil
 }
 
 // TestProxyDHCP boots a UEFI VM through its firmware's own PXE client with

@@ -133,6 +133,10 @@ type VM struct {
 	// serials the guest sees.
 	Disk, NVMe             string
 	DiskSerial, NVMeSerial string
+	// Protected is the NVMe disk's second namespace (nvme0n2): a GPT whose
+	// partition is named anvil-protected over a pattern, which no erase
+	// and no install may change (ProtectedIntact checks it).
+	Protected string
 	// Console is the serial console log, QMP the monitor socket.
 	Console, QMP string
 	// Firmware is OVMF (UEFI, with the VM's own variable store) or SeaBIOS.
@@ -155,7 +159,7 @@ func vmFor(c Config, i int) *VM {
 	}
 	return &VM{Firmware: fw,
 		Index: i, UUID: uuid, MAC: fmt.Sprintf("52:54:00:77:%02x:%02x", s[16], i),
-		Disk: filepath.Join(dir, "disk.img"), NVMe: filepath.Join(dir, "nvme.img"),
+		Disk: filepath.Join(dir, "disk.img"), NVMe: filepath.Join(dir, "nvme.img"), Protected: filepath.Join(dir, "nvme-ns2.img"),
 		DiskSerial: fmt.Sprintf("LABVD%04d", i), NVMeSerial: fmt.Sprintf("LABNV%04d", i),
 		Console: filepath.Join(dir, "console.log"), QMP: filepath.Join(dir, "qmp.sock"),
 		tap: fmt.Sprintf("tap%d", i),
@@ -396,6 +400,9 @@ func (l *Lab) createDisks(vm *VM) error {
 			return fmt.Errorf("disk %s: %w", p, err)
 		}
 	}
+	if err := writeProtected(vm.Protected); err != nil {
+		return err
+	}
 	if vm.Firmware.UEFI {
 		return qemu.EnsureVars(vm.Firmware.Vars)
 	}
@@ -448,7 +455,7 @@ func (l *Lab) vmOptions(vm *VM) qemu.Options {
 			nic,
 			qemu.RNG{},
 			qemu.Disk{ID: "vd0", File: vm.Disk, Serial: vm.DiskSerial, BootIndex: index(3), Unsafe: true},
-			qemu.Disk{ID: "nv0", File: vm.NVMe, Serial: vm.NVMeSerial, NVMe: true, BootIndex: index(2), Unsafe: true},
+			qemu.Disk{ID: "nv0", File: vm.NVMe, Namespaces: []string{vm.Protected}, Serial: vm.NVMeSerial, NVMe: true, BootIndex: index(2), Unsafe: true},
 		}, extra...),
 	}
 }

@@ -309,20 +309,32 @@ type Disk struct {
 	// Unsafe skips the host's fsyncs (cache=unsafe): fast, and what a test
 	// disk that dies with the test wants.
 	Unsafe bool
+	// Namespaces are the backing files of an NVMe disk's further
+	// namespaces (nsid 2, 3, …; File is namespace 1): one controller, as
+	// nvme-ns devices on its bus.
+	Namespaces []string
 }
 
 func (d Disk) validate() error {
 	if d.ID == "" || d.File == "" {
 		return fmt.Errorf("disk %q: want an id and a file", d.ID)
 	}
-	if strings.Contains(d.File, ",") {
-		return fmt.Errorf("disk %s: file name %q has a comma", d.ID, d.File)
+	if len(d.Namespaces) > 0 && !d.NVMe {
+		return fmt.Errorf("disk %s: namespaces need an NVMe disk", d.ID)
+	}
+	for _, f := range append([]string{d.File}, d.Namespaces...) {
+		if f == "" || strings.Contains(f, ",") {
+			return fmt.Errorf("disk %s: file name %q is empty or has a comma", d.ID, f)
+		}
 	}
 	return nil
 }
 
 // Args implements Device.
 func (d Disk) Args() []string {
+	if len(d.Namespaces) > 0 {
+		return d.nvmeNamespaceArgs()
+	}
 	drive := fmt.Sprintf("file=%s,if=none,id=%s-drive,format=raw", d.File, d.ID)
 	if d.Unsafe {
 		drive += ",cache=unsafe"
@@ -339,6 +351,28 @@ func (d Disk) Args() []string {
 		dev += ",bootindex=" + strconv.Itoa(d.BootIndex)
 	}
 	return []string{"-drive", drive, "-device", dev}
+}
+
+// nvmeNamespaceArgs is an NVMe controller with one nvme-ns device per
+// file; the boot index goes to namespace 1.
+func (d Disk) nvmeNamespaceArgs() []string {
+	ctrl := "nvme,id=" + d.ID
+	if d.Serial != "" {
+		ctrl += ",serial=" + d.Serial
+	}
+	args := []string{"-device", ctrl}
+	for i, f := range append([]string{d.File}, d.Namespaces...) {
+		drive := fmt.Sprintf("file=%s,if=none,id=%s-ns%d,format=raw", f, d.ID, i+1)
+		if d.Unsafe {
+			drive += ",cache=unsafe"
+		}
+		ns := fmt.Sprintf("nvme-ns,drive=%s-ns%d,bus=%s,nsid=%d", d.ID, i+1, d.ID, i+1)
+		if i == 0 && d.BootIndex > 0 {
+			ns += ",bootindex=" + strconv.Itoa(d.BootIndex)
+		}
+		args = append(args, "-drive", drive, "-device", ns)
+	}
+	return args
 }
 
 // RNG is a virtio entropy source: without it (or -cpu max) a guest's CRNG

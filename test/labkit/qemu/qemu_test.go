@@ -38,6 +38,22 @@ func TestCommand(t *testing.T) {
 	}
 }
 
+func TestNVMeNamespaces(t *testing.T) {
+	d := Disk{ID: "nv0", File: "/d/ns1.img", Namespaces: []string{"/d/ns2.img"}, Serial: "NV1", NVMe: true, BootIndex: 2, Unsafe: true}
+	if err := d.validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := "-device nvme,id=nv0,serial=NV1 " +
+		"-drive file=/d/ns1.img,if=none,id=nv0-ns1,format=raw,cache=unsafe -device nvme-ns,drive=nv0-ns1,bus=nv0,nsid=1,bootindex=2 " +
+		"-drive file=/d/ns2.img,if=none,id=nv0-ns2,format=raw,cache=unsafe -device nvme-ns,drive=nv0-ns2,bus=nv0,nsid=2"
+	if got := strings.Join(d.Args(), " "); got != want {
+		t.Errorf("args\n got %s\nwant %s", got, want)
+	}
+	if err := (Disk{ID: "vd0", File: "/d/a", Namespaces: []string{"/d/b"}}).validate(); err == nil {
+		t.Error("namespaces on a virtio disk validated")
+	}
+}
+
 func TestValidate(t *testing.T) {
 	for name, o := range map[string]Options{
 		"accel":            {Accel: "hvf"},

@@ -29,7 +29,7 @@ var (
 )
 
 // gptSignature starts every GPT header (UEFI 2.10, 5.3.2).
-var gptSignature = [8]byte{'E', 'F', 'I', ' ', 'P', 'A', 'R', 'T'}
+const gptSignature = "EFI PART"
 
 // CheckProtected fails when the disk at path may carry the protect marker
 // (a GPT partition named label, case-insensitive): with an error wrapping
@@ -86,7 +86,7 @@ func checkGPT(r io.ReaderAt, size int64, label string) error {
 				return fmt.Errorf("%w: reading the last LBA (%d-byte sectors): %w", ErrUnreadable, lbs, err)
 			}
 		}
-		if !bytes.HasPrefix(primary, gptSignature[:]) && !bytes.HasPrefix(backup, gptSignature[:]) {
+		if !bytes.HasPrefix(primary, []byte(gptSignature)) && !bytes.HasPrefix(backup, []byte(gptSignature)) {
 			continue
 		}
 		found = true
@@ -139,7 +139,7 @@ const (
 // than 128 bytes, or an array above 1 MiB). Headers without the signature
 // or failing their CRC are left to gpt.Read, which ignores them.
 func checkHeaderBounds(h []byte) error {
-	if len(h) < gptHeaderSize || !bytes.HasPrefix(h, gptSignature[:]) ||
+	if len(h) < gptHeaderSize || !bytes.HasPrefix(h, []byte(gptSignature)) ||
 		binary.LittleEndian.Uint32(h[gptOffHeaderSize:]) != gptHeaderSize {
 		return nil
 	}

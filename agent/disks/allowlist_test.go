@@ -1,8 +1,10 @@
 package disks
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
@@ -47,5 +49,57 @@ func TestAllowlist(t *testing.T) {
 	var all *Allowlist
 	if !all.Allows("/dev/anything") {
 		t.Error("nil allowlist must allow everything")
+	}
+	// A device that no longer resolves is not allowed, even by its
+	// allowlisted name.
+	if err := os.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	if al.Allows(a) || al.Allows(link) {
+		t.Error("a vanished device is still allowed")
+	}
+}
+
+// TestSelectDefault: the "every disk" default of erase and install takes
+// physical disks only, one path per LUN.
+func TestSelectDefault(t *testing.T) {
+	inv := &anvilv1.Inventory{Disks: []*anvilv1.Disk{
+		{Name: "dm-0", Path: "/dev/dm-0", Kind: "virtual"},
+		{Name: "md0", Path: "/dev/md0"}, // an older record: virtual by name
+		{Name: "sr0", Path: "/dev/sr0", Kind: "optical"},
+		{Name: "loop0", Path: "/dev/loop0", Kind: "virtual"},
+		{Name: "sdc", Path: "/dev/sdc", Kind: "disk", Wwn: "0x600a0b8000110022"}, // second path of sdb's LUN
+		{Name: "sdb", Path: "/dev/sdb", Kind: "disk", Wwn: "0x600a0b8000110022"},
+		{Name: "sdd", Path: "/dev/sdd", Kind: "disk", Removable: true},
+		{Name: "nvme0n1", Path: "/dev/nvme0n1", Kind: "disk"},
+		{Name: "vda", Path: "/dev/vda"}, // an older record: a disk
+	}}
+	got, err := (*Allowlist)(nil).Select(inv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, d := range got {
+		paths = append(paths, d.GetPath())
+	}
+	if want := []string{"/dev/nvme0n1", "/dev/sdb", "/dev/vda"}; !slices.Equal(paths, want) {
+		t.Errorf("Select(every disk) = %v, want %v", paths, want)
+	}
+}
+
+func TestCheckTarget(t *testing.T) {
+	for _, d := range []*anvilv1.Disk{
+		{Name: "dm-0", Path: "/dev/dm-0", Kind: "virtual"},
+		{Name: "sr0", Path: "/dev/sr0"},
+		{Name: "st0", Path: "/dev/st0", Kind: "tape"},
+	} {
+		if err := CheckTarget(d); !errors.Is(err, ErrNotADisk) {
+			t.Errorf("CheckTarget(%v) = %v, want ErrNotADisk", d, err)
+		}
+	}
+	for _, d := range []*anvilv1.Disk{{Name: "sda", Path: "/dev/sda", Kind: "disk"}, {Path: "/dev/loop7"}} {
+		if err := CheckTarget(d); err != nil {
+			t.Errorf("CheckTarget(%v) = %v, want nil", d, err)
+		}
 	}
 }

@@ -24,8 +24,9 @@ const (
 
 // DiskFromSysfs reads what sysfs knows about the block device name ("sda",
 // "nvme0n1") on the running machine, without udev: size, block sizes,
-// rotational, removable, controller type, vendor, model, serial, WWN and a
-// udev-style bus path (ID_PATH).
+// rotational, removable, controller type, vendor, model, serial, WWN, a
+// udev-style bus path (ID_PATH) and its kind (disk, virtual or optical; see
+// [BlockKind]).
 func DiskFromSysfs(name string) (*anvilv1.Disk, error) {
 	return diskFromSysfs(liveRoot, name)
 }
@@ -37,6 +38,10 @@ func diskFromSysfs(root, name string) (*anvilv1.Disk, error) {
 		return nil, errAttr(blk, err)
 	}
 	rel := devicesRel(root, real)
+	kind, err := blockKind(root, name)
+	if err != nil {
+		return nil, err
+	}
 	dev := filepath.Join(blk, "device")
 	d := &anvilv1.Disk{
 		Name:              name,
@@ -46,6 +51,7 @@ func diskFromSysfs(root, name string) (*anvilv1.Disk, error) {
 		Removable:         readAttr(filepath.Join(blk, "removable")) == "1",
 		LogicalBlockSize:  uint32(readUint(filepath.Join(blk, "queue", "logical_block_size"))),
 		PhysicalBlockSize: uint32(readUint(filepath.Join(blk, "queue", "physical_block_size"))),
+		Kind:              kind,
 	}
 	_, vpd89Err := os.Stat(filepath.Join(dev, "vpd_pg89"))
 	d.Controller = diskController(name, rel, vpd89Err == nil)

@@ -6,8 +6,10 @@
 //
 // It reads Linux sysfs and procfs through github.com/jaypipes/ghw, and reads
 // sysfs directly for what ghw leaves empty inside an initramfs without udev:
-// disk model, serial, WWN, bus path and controller type, NIC driver, speed,
-// MTU and link state, and PCI ids when no pci.ids database is available.
+// disk model, serial, WWN, bus path, controller type and kind (physical
+// disk, virtual or optical, from device numbers, /proc/devices and the
+// device's place in sysfs), NIC driver, speed, MTU and link state, and PCI
+// ids when no pci.ids database is available.
 // Link state comes from rtnetlink when enabled.
 //
 // [Collect] reads the live machine, a directory laid out like the root of a

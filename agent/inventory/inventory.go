@@ -82,8 +82,9 @@ func WithNetlink(enabled bool) Option {
 }
 
 // WithLoopDevices selects whether loop devices that have a backing file are
-// reported as disks (default true; the agent is tested on them). Loop
-// devices without a backing file are never reported.
+// reported (default true; the agent is tested on them), with kind
+// "virtual" like every loop device. Loop devices without a backing file are
+// never reported.
 func WithLoopDevices(enabled bool) Option {
 	return func(c *config) { c.loops = enabled }
 }
@@ -106,7 +107,11 @@ type collector struct {
 
 // Collect reads the hardware inventory. The result is deterministic for a
 // given machine: disks and NICs are sorted by name, PCI devices and GPUs by
-// address.
+// address. Every block device is reported with its kind (see [BlockKind]):
+// device-mapper, MD RAID, nbd and loop devices as "virtual", CD/DVD drives
+// (a BMC's virtual media too) as "optical", physical disks and LUNs as
+// "disk"; RAM disks, zram and loop devices without a backing file are left
+// out.
 func Collect(ctx context.Context, opts ...Option) (*anvilv1.Inventory, error) {
 	cfg := config{loops: true, requireUUID: true}
 	for _, o := range opts {
@@ -370,6 +375,7 @@ func (c *collector) disks(inv *anvilv1.Inventory) error {
 			// "SCSI", every vd* an HDD): sysfs knows better.
 			Controller: sys.Controller,
 			Rotational: sys.Rotational,
+			Kind:       sys.Kind,
 		}
 		if sys.Controller == controllerVirtio {
 			// ghw reads device/vendor, which for virtio-blk is the

@@ -73,18 +73,19 @@ func TestCollectMachineA(t *testing.T) {
 	if want := []string{"loop0", "nvme0n1", "sda", "sdb", "vda"}; !slices.Equal(names, want) {
 		t.Fatalf("disks = %v, want %v", names, want)
 	}
-	type diskWant struct{ controller, vendor, model, serial, wwn, bus string }
+	type diskWant struct{ controller, vendor, model, serial, wwn, bus, kind string }
 	for name, w := range map[string]diskWant{
-		"nvme0n1": {"nvme", "", "QEMU NVMe Ctrl", "NVME0001", "eui.525400000000abcd", "pci-0000:00:04.0-nvme-1"},
+		"nvme0n1": {"nvme", "", "QEMU NVMe Ctrl", "NVME0001", "eui.525400000000abcd", "pci-0000:00:04.0-nvme-1", "disk"},
 		// virtio-blk: ghw's vendor (the virtio vendor id 0x1af4) is dropped.
-		"vda": {"virtio", "", "", "VDA-SERIAL-1", "", "pci-0000:00:05.0"},
-		"sda": {"scsi", "QEMU", "QEMU HARDDISK", "SCSI-SERIAL1", "0x5000c50015ea71ac", "pci-0000:00:06.0-scsi-0:0:0:0"},
+		"vda": {"virtio", "", "", "VDA-SERIAL-1", "", "pci-0000:00:05.0", "disk"},
+		"sda": {"scsi", "QEMU", "QEMU HARDDISK", "SCSI-SERIAL1", "0x5000c50015ea71ac", "pci-0000:00:06.0-scsi-0:0:0:0", "disk"},
 		// sdb has udev data: ghw's values win over sysfs.
-		"sdb":   {"ata", "ATA", "Samsung_SSD_870_EVO_1TB", "S5Y1NX0R123456A", "0x5002538e40a1b2c3", "pci-0000:00:1f.2-ata-1.0"},
-		"loop0": {"loop", "", "", "", "", ""},
+		"sdb": {"ata", "ATA", "Samsung_SSD_870_EVO_1TB", "S5Y1NX0R123456A", "0x5002538e40a1b2c3", "pci-0000:00:1f.2-ata-1.0", "disk"},
+		// Reported (it has a backing file), as a virtual device.
+		"loop0": {"loop", "", "", "", "", "", "virtual"},
 	} {
 		d := disks[name]
-		got := diskWant{d.GetController(), d.GetVendor(), d.GetModel(), d.GetSerial(), d.GetWwn(), d.GetBusPath()}
+		got := diskWant{d.GetController(), d.GetVendor(), d.GetModel(), d.GetSerial(), d.GetWwn(), d.GetBusPath(), d.GetKind()}
 		if got != w {
 			t.Errorf("disk %s = %+v, want %+v", name, got, w)
 		}
@@ -215,6 +216,7 @@ func TestCollectGHWSnapshots(t *testing.T) {
 		controller string
 		rotational bool
 		wwn, bus   string
+		kind       string
 	}
 	// Values read from the snapshots' proc/cpuinfo, proc/meminfo and
 	// sys/devices/system/memory, and /sys/block/*/size × 512.
@@ -234,8 +236,8 @@ func TestCollectGHWSnapshots(t *testing.T) {
 			sockets: 1, cores: 12, threads: 16,
 			totalMem: 255 * 128 << 20, usableMem: 32542668 << 10,
 			disks: map[string]diskWant{
-				"dm-0":    {1997047808 * 512, "unknown", false, "", ""},
-				"nvme0n1": {2000409264 * 512, "nvme", false, "eui.002538bc21b15601", "pci-0000:04:00.0-nvme-1"},
+				"dm-0":    {1997047808 * 512, "unknown", false, "", "", "virtual"},
+				"nvme0n1": {2000409264 * 512, "nvme", false, "eui.002538bc21b15601", "pci-0000:04:00.0-nvme-1", "disk"},
 			},
 			gpus: []*anvilv1.GPU{{Address: "0000:00:02.0", Vendor: "8086", Model: "46a6", Driver: "i915"}},
 		},
@@ -247,14 +249,14 @@ func TestCollectGHWSnapshots(t *testing.T) {
 			sockets: 1, cores: 6, threads: 12,
 			totalMem: 256 * 128 << 20, usableMem: 32777916 << 10,
 			disks: map[string]diskWant{
-				"dm-0": {188743680 * 512, "unknown", false, "", ""},
-				"dm-1": {33554432 * 512, "unknown", true, "", ""},
-				"dm-2": {125829120 * 512, "unknown", false, "", ""},
-				"dm-3": {27262976 * 512, "unknown", false, "", ""},
-				"dm-4": {914358272 * 512, "unknown", false, "", ""},
-				"sda":  {500118192 * 512, "ata", false, "", "pci-0000:01:00.1-ata-1"},
-				"sdb":  {1953525168 * 512, "ata", true, "", "pci-0000:01:00.1-ata-5"},
-				"sdc":  {976773168 * 512, "ata", false, "", "pci-0000:01:00.1-ata-6"},
+				"dm-0": {188743680 * 512, "unknown", false, "", "", "virtual"},
+				"dm-1": {33554432 * 512, "unknown", true, "", "", "virtual"},
+				"dm-2": {125829120 * 512, "unknown", false, "", "", "virtual"},
+				"dm-3": {27262976 * 512, "unknown", false, "", "", "virtual"},
+				"dm-4": {914358272 * 512, "unknown", false, "", "", "virtual"},
+				"sda":  {500118192 * 512, "ata", false, "", "pci-0000:01:00.1-ata-1", "disk"},
+				"sdb":  {1953525168 * 512, "ata", true, "", "pci-0000:01:00.1-ata-5", "disk"},
+				"sdc":  {976773168 * 512, "ata", false, "", "pci-0000:01:00.1-ata-6", "disk"},
 			},
 			// ghw's snapshots carry no MAC addresses.
 			nics: []string{"enp3s0", "enp6s0f0", "enp6s0f1", "enp8s0"},
@@ -266,14 +268,14 @@ func TestCollectGHWSnapshots(t *testing.T) {
 			sockets: 2, cores: 12, threads: 24,
 			totalMem: 33 * 2048 << 20, usableMem: 65921280 << 10,
 			disks: map[string]diskWant{
-				"dm-0": {67108864 * 512, "unknown", true, "", ""},
-				"dm-1": {16777216 * 512, "unknown", true, "", ""},
-				"dm-2": {25165824 * 512, "unknown", true, "", ""},
-				"dm-3": {260046848 * 512, "unknown", true, "", ""},
-				"dm-4": {167772160 * 512, "unknown", true, "", ""},
+				"dm-0": {67108864 * 512, "unknown", true, "", "", "virtual"},
+				"dm-1": {16777216 * 512, "unknown", true, "", "", "virtual"},
+				"dm-2": {25165824 * 512, "unknown", true, "", "", "virtual"},
+				"dm-3": {260046848 * 512, "unknown", true, "", "", "virtual"},
+				"dm-4": {167772160 * 512, "unknown", true, "", "", "virtual"},
 				// A RAID HBA on host2: udev numbers hosts per HBA.
-				"sda": {975699968 * 512, "scsi", true, "", "pci-0000:03:00.0-scsi-0:2:0:0"},
-				"sr0": {2097151 * 512, "ata", true, "", "pci-0000:00:1f.2-ata-1"},
+				"sda": {975699968 * 512, "scsi", true, "", "pci-0000:03:00.0-scsi-0:2:0:0", "disk"},
+				"sr0": {2097151 * 512, "ata", true, "", "pci-0000:00:1f.2-ata-1", "optical"},
 			},
 			gpus: []*anvilv1.GPU{{Address: "0000:07:03.0", Vendor: "102b", Model: "0532", Driver: "mgag200"}},
 		},
@@ -283,7 +285,7 @@ func TestCollectGHWSnapshots(t *testing.T) {
 			sockets: 1, cores: 8, threads: 8,
 			totalMem: 239 * 128 << 20, usableMem: 30601816 << 10,
 			disks: map[string]diskWant{
-				"sda": {97656256 * 512, "scsi", true, "", "pci-0000:02:00.0-scsi-0:0:0:1"},
+				"sda": {97656256 * 512, "scsi", true, "", "pci-0000:02:00.0-scsi-0:0:0:1", "disk"},
 			},
 			// No DRM cards in the snapshot: both come from PCI class 0x03.
 			gpus: []*anvilv1.GPU{
@@ -311,7 +313,7 @@ func TestCollectGHWSnapshots(t *testing.T) {
 			}
 			got := map[string]diskWant{}
 			for _, d := range inv.GetDisks() {
-				got[d.GetName()] = diskWant{d.GetSizeBytes(), d.GetController(), d.GetRotational(), d.GetWwn(), d.GetBusPath()}
+				got[d.GetName()] = diskWant{d.GetSizeBytes(), d.GetController(), d.GetRotational(), d.GetWwn(), d.GetBusPath(), d.GetKind()}
 			}
 			if len(got) != len(tt.disks) {
 				t.Errorf("disks = %v, want %v (zram skipped)", got, tt.disks)
@@ -330,6 +332,9 @@ func TestCollectGHWSnapshots(t *testing.T) {
 			}
 			if !gpusEqual(inv.GetGpus(), tt.gpus) {
 				t.Errorf("GPUs = %v, want %v", inv.GetGpus(), tt.gpus)
+			}
+			if len(tt.opts) == 0 {
+				checkGolden(t, inv, filepath.Join("testdata", "ghw", strings.TrimSuffix(tt.file, ".tar.gz")+".golden.json"))
 			}
 		})
 	}
@@ -367,7 +372,7 @@ func TestCollectHostSnapshot(t *testing.T) {
 	}
 	wantDisk := &anvilv1.Disk{
 		Name: "vda", Path: "/dev/vda", Serial: "181663734719740", SizeBytes: 256 << 30, Rotational: true,
-		Controller: "virtio", PhysicalBlockSize: 4096, LogicalBlockSize: 512, BusPath: "pci-0000:00:02.0",
+		Controller: "virtio", PhysicalBlockSize: 4096, LogicalBlockSize: 512, BusPath: "pci-0000:00:02.0", Kind: "disk",
 	}
 	if len(inv.GetDisks()) != 1 || inv.GetDisks()[0].String() != wantDisk.String() {
 		t.Errorf("disks = %v, want only %v (zram0 skipped)", inv.GetDisks(), wantDisk)

@@ -15,17 +15,17 @@ import (
 func TestDiskFromSysfs(t *testing.T) {
 	tests := []*anvilv1.Disk{
 		{Name: "nvme0n1", Path: "/dev/nvme0n1", Model: "QEMU NVMe Ctrl", Serial: "NVME0001", Wwn: "eui.525400000000abcd",
-			SizeBytes: 1 << 30, Controller: "nvme", PhysicalBlockSize: 512, LogicalBlockSize: 512, BusPath: "pci-0000:00:04.0-nvme-1"},
+			SizeBytes: 1 << 30, Controller: "nvme", PhysicalBlockSize: 512, LogicalBlockSize: 512, BusPath: "pci-0000:00:04.0-nvme-1", Kind: "disk"},
 		{Name: "vda", Path: "/dev/vda", Serial: "VDA-SERIAL-1", SizeBytes: 2 << 30, Rotational: true,
-			Controller: "virtio", PhysicalBlockSize: 512, LogicalBlockSize: 512, BusPath: "pci-0000:00:05.0"},
+			Controller: "virtio", PhysicalBlockSize: 512, LogicalBlockSize: 512, BusPath: "pci-0000:00:05.0", Kind: "disk"},
 		{Name: "sda", Path: "/dev/sda", Vendor: "QEMU", Model: "QEMU HARDDISK", Serial: "SCSI-SERIAL1", Wwn: "0x5000c50015ea71ac",
 			SizeBytes: 4 << 30, Rotational: true, Controller: "scsi", PhysicalBlockSize: 4096, LogicalBlockSize: 512,
-			BusPath: "pci-0000:00:06.0-scsi-0:0:0:0"},
+			BusPath: "pci-0000:00:06.0-scsi-0:0:0:0", Kind: "disk"},
 		// The SCSI INQUIRY model is cut at 16 characters.
 		{Name: "sdb", Path: "/dev/sdb", Vendor: "ATA", Model: "Samsung SSD 870", Serial: "S5Y1NX0R123456A", Wwn: "0x5002538e40a1b2c3",
-			SizeBytes: 8 << 30, Controller: "ata", PhysicalBlockSize: 512, LogicalBlockSize: 512, BusPath: "pci-0000:00:1f.2-ata-1"},
-		{Name: "loop0", Path: "/dev/loop0", SizeBytes: 512 << 20, Controller: "loop", PhysicalBlockSize: 512, LogicalBlockSize: 512},
-		{Name: "zram0", Path: "/dev/zram0", SizeBytes: 512 << 20, Controller: "unknown", PhysicalBlockSize: 4096, LogicalBlockSize: 4096},
+			SizeBytes: 8 << 30, Controller: "ata", PhysicalBlockSize: 512, LogicalBlockSize: 512, BusPath: "pci-0000:00:1f.2-ata-1", Kind: "disk"},
+		{Name: "loop0", Path: "/dev/loop0", SizeBytes: 512 << 20, Controller: "loop", PhysicalBlockSize: 512, LogicalBlockSize: 512, Kind: "virtual"},
+		{Name: "zram0", Path: "/dev/zram0", SizeBytes: 512 << 20, Controller: "unknown", PhysicalBlockSize: 4096, LogicalBlockSize: 4096, Kind: "virtual"},
 	}
 	for _, want := range tests {
 		t.Run(want.Name, func(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/anvil-metal/anvil/controller/bmc"
 	"github.com/anvil-metal/anvil/controller/lifecycle"
+	"github.com/anvil-metal/anvil/controller/sizes"
 	"github.com/anvil-metal/anvil/controller/store"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
@@ -127,22 +127,17 @@ func allocatable(m *store.Machine) error {
 
 // targetDisk checks the requested disk (by path, serial or WWN; kept as
 // given, since a serial survives the reboots that may rename /dev/sdX), or
-// picks the first non-removable disk by path.
+// picks the first non-removable physical disk by path (sizes.TargetDisk).
 func targetDisk(m *store.Machine, want string) (string, error) {
-	disks := slices.Clone(m.Inventory.GetDisks())
-	sort.Slice(disks, func(i, j int) bool { return disks[i].GetPath() < disks[j].GetPath() })
-	for _, d := range disks {
-		if want != "" && (d.GetPath() == want || d.GetSerial() == want || d.GetWwn() == want) {
-			return want, nil
+	disk, err := sizes.TargetDisk(m.Inventory, want)
+	if err != nil {
+		code := codes.InvalidArgument
+		if want == "" {
+			code = codes.FailedPrecondition
 		}
-		if want == "" && !d.GetRemovable() {
-			return d.GetPath(), nil
-		}
+		return "", status.Errorf(code, "machine %s: %v", m.ID, err)
 	}
-	if want != "" {
-		return "", status.Errorf(codes.InvalidArgument, "machine %s has no disk %s", m.ID, want)
-	}
-	return "", status.Errorf(codes.FailedPrecondition, "machine %s has no non-removable disk to install to", m.ID)
+	return disk, nil
 }
 
 // AllocateMachine reserves one Ready machine and queues its Install.

@@ -1,7 +1,10 @@
 // Package sizes matches machines to operator-defined sizes (anvilv1.Size)
-// by their hardware inventory, and keeps sizes from overlapping so that a
-// machine matches at most one. Model globs use path.Match syntax. The package
-// is pure: no I/O, no state.
+// by their hardware inventory, keeps sizes from overlapping so that a
+// machine matches at most one, and chooses the disk an install goes to
+// ([TargetDisk]). Storage is what the physical disks hold: device-mapper,
+// MD, loop and optical devices do not count, and the paths of a multipath
+// LUN count once (agent/disks/diskkind). Model globs use path.Match syntax.
+// The package is pure: no I/O, no state.
 package sizes
 
 import (
@@ -11,6 +14,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/anvil-metal/anvil/agent/disks/diskkind"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -97,8 +101,8 @@ func measure(c *anvilv1.Constraint, inv *anvilv1.Inventory) (v uint64, ok bool) 
 	case typeMemory:
 		return inv.GetMemory().GetTotalBytes(), true
 	case typeStorage:
-		for _, d := range inv.GetDisks() {
-			if d == nil || d.GetRemovable() || (glob != "" && !match(glob, d.GetModel())) {
+		for _, d := range diskkind.Physical(inv.GetDisks()) {
+			if d.GetRemovable() || (glob != "" && !match(glob, d.GetModel())) {
 				continue
 			}
 			if v += d.GetSizeBytes(); v < d.GetSizeBytes() {
@@ -126,7 +130,9 @@ func match(glob, model string) bool {
 // Matches reports whether inv satisfies every constraint of s: cores is
 // inventory.cpu.cores, and its glob must match the CPU model; memory is
 // inventory.memory.total_bytes; storage is the total size of the
-// non-removable disks whose model matches the glob; gpu is the number of
+// non-removable physical disks (kind "disk", or for older agents a name
+// that is not a virtual or optical device's; one per WWN) whose model
+// matches the glob; gpu is the number of
 // GPUs whose model matches the glob. An empty glob matches every model;
 // missing inventory fields count as zero. A nil size or one without
 // constraints matches nothing.

@@ -193,6 +193,9 @@ func SelectTarget(allow *disks.Allowlist, inv *anvilv1.Inventory, want string) (
 			if !allow.Allows(d.GetPath()) {
 				return nil, fmt.Errorf("%w: disk %s is not on the agent's allowlist", ErrNoTarget, d.GetPath())
 			}
+			if err := disks.CheckTarget(d); err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrNoTarget, err)
+			}
 			return d, nil
 		}
 	}

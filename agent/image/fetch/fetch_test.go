@@ -509,7 +509,9 @@ func TestRetriesExhausted(t *testing.T) {
 		}, "bytes=8388608-16777215: at byte 8388608"},
 		{"half, then 500", true, func(w http.ResponseWriter, r *http.Request, o origin, first, last int64) {
 			w.WriteHeader(http.StatusInternalServerError)
-		}, "bytes=12582912-16777215: 500 Internal Server Error"},
+			// The resumed range starts where the received bytes ended: past
+			// 8 MiB, by as much as the RST let through (up to half).
+		}, "-16777215: 500 Internal Server Error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			checkLeaks(t)
@@ -540,6 +542,9 @@ func TestRetriesExhausted(t *testing.T) {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("error %q does not say %q", err, want)
 				}
+			}
+			if tc.progress && strings.Contains(err.Error(), "bytes=8388608-") {
+				t.Errorf("error %q: the last attempt did not resume past the bytes received", err)
 			}
 			if n > 8*mib {
 				t.Errorf("delivered %d bytes past the failed chunk", n)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/anvil-metal/anvil/agent/backoff"
@@ -35,11 +36,23 @@ type script struct {
 	onReport func(r *anvilv1.ReportRequest) error
 	reports  []*anvilv1.ReportRequest
 	regs     int
+	// regTokens are the bearer tokens Register was called with; refuse
+	// answers Unauthenticated to the tokens it names.
+	regTokens []string
+	refuse    func(tok string) bool
+	// waitUnauth ends the n-th Wait stream at once with Unauthenticated.
+	waitUnauth func(n int) bool
 }
 
-func (s *script) Register(context.Context, *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
+func (s *script) Register(ctx context.Context, _ *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	md, _ := metadata.FromIncomingContext(ctx)
+	tok := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer ")
+	s.regTokens = append(s.regTokens, tok)
+	if s.refuse != nil && s.refuse(tok) {
+		return nil, status.Error(codes.Unauthenticated, "unknown credential")
+	}
 	s.regs++
 	return &anvilv1.RegisterResponse{MachineId: "m1", Credential: fmt.Sprintf("cred-%d", s.regs)}, nil
 }
@@ -48,7 +61,11 @@ func (s *script) Wait(_ *anvilv1.WaitRequest, st anvilv1.AgentService_WaitServer
 	s.mu.Lock()
 	s.streams++
 	n := s.streams
+	unauth := s.waitUnauth != nil && s.waitUnauth(n)
 	s.mu.Unlock()
+	if unauth {
+		return status.Error(codes.Unauthenticated, "credential superseded")
+	}
 	for _, in := range s.perWait(n) {
 		if err := st.Send(in); err != nil {
 			return err
@@ -320,5 +337,41 @@ func TestThenRunsAfterReportAndRestartReregisters(t *testing.T) {
 	eventually(t, "re-registration", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.regs >= 2 })
 	if reportsAtThen != 2 {
 		t.Fatalf("Then ran with %d reports acknowledged, want 2 (ack and closing event)", reportsAtThen)
+	}
+}
+
+// A new session registers with the credential it holds; a credential the
+// controller no longer knows makes it fall back to the boot token.
+func TestReregistersWithItsCredential(t *testing.T) {
+	s := &script{perWait: func(int) []*anvilv1.Instruction { return nil }, waitUnauth: func(n int) bool { return n <= 2 }}
+	s.refuse = func(tok string) bool { return tok == "cred-2" }
+	start(t, s, Executors{})
+	eventually(t, "three registrations", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.regs >= 3
+	})
+	s.mu.Lock()
+	got := strings.Join(s.regTokens, " ")
+	s.mu.Unlock()
+	// boot → cred-1 (the stream was cut) → cred-2 refused → boot again.
+	if !strings.HasPrefix(got, "boot cred-1 cred-2 boot") {
+		t.Fatalf("register tokens %q, want boot, its credential, then boot after a refusal", got)
+	}
+}
+
+// Sessions that end at once back off: an agent whose credential keeps
+// being superseded (two boards with one UUID) does not spin.
+func TestShortSessionsBackOff(t *testing.T) {
+	s := &script{perWait: func(int) []*anvilv1.Instruction { return nil }, waitUnauth: func(int) bool { return true }}
+	start(t, s, Executors{})
+	time.Sleep(time.Second)
+	s.mu.Lock()
+	n := s.regs
+	s.mu.Unlock()
+	// Backoff capped at 50 ms: at most ~20 a second plus the first two;
+	// without it, hundreds.
+	if n < 3 || n > 60 {
+		t.Fatalf("%d registrations in a second of sessions that end at once, want 3..60", n)
 	}
 }

@@ -182,8 +182,8 @@ func TestCatalogErrors(t *testing.T) {
 	over := &anvilv1.Size{Id: "over", Constraints: []*anvilv1.Constraint{{Type: anvilv1.ConstraintType_CONSTRAINT_TYPE_CORES, Min: 32, Max: 128}}}
 	_, err = e.op.Sizes.CreateSize(ctx, &anvilv1.CreateSizeRequest{Size: over})
 	wantCode(t, err, codes.FailedPrecondition, "overlapping size")
-	sizes, _ := e.op.Sizes.ListSizes(ctx, &anvilv1.ListSizesRequest{})
-	if len(sizes.GetSizes()) != 1 {
+	sizes, err := e.op.Sizes.ListSizes(ctx, &anvilv1.ListSizesRequest{})
+	if err != nil || len(sizes.GetSizes()) != 1 {
 		t.Fatalf("sizes after rejected creations: %v", sizes.GetSizes())
 	}
 	// A registered machine gets the one matching size.
@@ -196,8 +196,8 @@ func TestCatalogErrors(t *testing.T) {
 	if _, err := e.op.Sizes.DeleteSize(ctx, &anvilv1.DeleteSizeRequest{Id: "big"}); err != nil {
 		t.Fatal(err)
 	}
-	m, _ = e.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: uuid})
-	if m.GetSizeId() != "unknown" {
+	m, err = e.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: uuid})
+	if err != nil || m.GetSizeId() != "unknown" {
 		t.Fatalf("machine size after deleting its size = %q, want unknown", m.GetSizeId())
 	}
 }
@@ -299,17 +299,27 @@ func TestMachineLifecycleErrors(t *testing.T) {
 	_, err = e.agent.Report(ctx, &anvilv1.ReportRequest{InstructionId: in.GetId(), Type: anvilv1.EventType_EVENT_TYPE_INSTALLING,
 		Progress: &anvilv1.Progress{BytesDone: 50, BytesTotal: 100, RateBytesPerSecond: 10}}, cred)
 	wantCode(t, err, codes.OK, "progress")
-	m, _ = e.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id})
-	if m.GetProgress().GetBytesDone() != 50 || m.GetState() != anvilv1.MachineState_MACHINE_STATE_INSTALLING {
-		t.Fatalf("after progress: state %s progress %v", m.GetState(), m.GetProgress())
+	m, err = e.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id})
+	if err != nil || m.GetProgress().GetBytesDone() != 50 || m.GetState() != anvilv1.MachineState_MACHINE_STATE_INSTALLING {
+		t.Fatalf("after progress: %v, state %s progress %v", err, m.GetState(), m.GetProgress())
 	}
-	evs, _ := e.op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
+	evs, err := e.op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := len(evs.GetEvents())
-	_, _ = e.agent.Report(ctx, &anvilv1.ReportRequest{InstructionId: in.GetId(), Type: anvilv1.EventType_EVENT_TYPE_INSTALLING,
+	_, err = e.agent.Report(ctx, &anvilv1.ReportRequest{InstructionId: in.GetId(), Type: anvilv1.EventType_EVENT_TYPE_INSTALLING,
 		Progress: &anvilv1.Progress{BytesDone: 60, BytesTotal: 100}}, cred)
-	evs, _ = e.op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
+	wantCode(t, err, codes.OK, "repeated progress")
+	evs, err = e.op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(evs.GetEvents()) != n {
 		t.Errorf("repeated progress grew the history from %d to %d events", n, len(evs.GetEvents()))
+	}
+	if m, err := e.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id}); err != nil || m.GetProgress().GetBytesDone() != 60 {
+		t.Errorf("repeated progress not taken: %v, progress %v", err, m.GetProgress())
 	}
 
 	m, err = e.op.Machines.FreeMachine(ctx, &anvilv1.FreeMachineRequest{Id: id, EraseMode: anvilv1.EraseMode_ERASE_MODE_NONE})

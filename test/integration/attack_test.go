@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -391,7 +392,14 @@ func TestAttackStalePhoneHome(t *testing.T) {
 }
 
 func TestAttackFloods(t *testing.T) {
-	l := startAttackLab(t, nil)
+	tftpFile := filepath.Join(t.TempDir(), "undionly.kpxe")
+	if err := os.WriteFile(tftpFile, bytes.Repeat([]byte("iPXE"), 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tftpAddr := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	l := startAttackLab(t, func(c *app.Config) {
+		c.TFTPListen, c.TFTPFiles = tftpAddr, map[string]string{"undionly.kpxe": tftpFile}
+	})
 	ctx := context.Background()
 	uuid := harness.UUID("victim", 4)
 	l.netbootAgent(t, uuid, 4)
@@ -429,6 +437,8 @@ func TestAttackFloods(t *testing.T) {
 	if _, err := l.op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: uuid, ImageId: "img"}); err != nil {
 		t.Fatalf("allocation after the flood: %v", err)
 	}
+	waitState(t, l, uuid, anvilv1.MachineState_MACHINE_STATE_BOOTING) // the agent installs
+	before = len(l.events(t, uuid))
 
 	// A Register flood from one address: cut off after the burst.
 	junk := l.agentFrom(t, "127.0.0.5", "anv_junk")
@@ -448,6 +458,47 @@ func TestAttackFloods(t *testing.T) {
 	_, err := l.agentFrom(t, "127.0.0.6", "anv_junk").Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(uuid, 4)})
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("registration from another address after the flood: %v, want Unauthenticated", err)
+	}
+
+	// A TFTP flood: 300 read requests that never acknowledge. At most 64
+	// transfers run (one port each); the rest are told "busy".
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	srv, err := net.ResolveUDPAddr("udp4", tftpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rrq := append([]byte{0, 1}, []byte("undionly.kpxe\x00octet\x00")...)
+	for range 300 {
+		if _, err := pc.WriteTo(rrq, srv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	transfers, busy := map[string]bool{}, 0
+	buf := make([]byte, 2048)
+	for {
+		if err := pc.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			break // quiet for a second
+		}
+		switch {
+		case n >= 4 && buf[1] == 3: // DATA
+			transfers[from.String()] = true
+		case n >= 4 && buf[1] == 5 && bytes.Contains(buf[4:n], []byte("busy")):
+			busy++
+		}
+	}
+	if len(transfers) == 0 || len(transfers) > 64 || busy == 0 {
+		t.Fatalf("TFTP flood: %d transfers ran, %d requests told busy; want 1..64 and some busy", len(transfers), busy)
+	}
+	if m := l.machine(t, uuid); m.GetState() != anvilv1.MachineState_MACHINE_STATE_BOOTING || len(l.events(t, uuid)) != before {
+		t.Fatalf("after the Register and TFTP floods the machine is %v with %d new events", m.GetState(), len(l.events(t, uuid))-before)
 	}
 }
 

@@ -60,7 +60,9 @@ const (
 //	HELD         any state            → AWAITING_APPROVAL; starts a boot cycle
 //	                                    like REGISTERING (an agent registered, but
 //	                                    its session is not trusted yet)
-//	APPROVED     AWAITING_APPROVAL    → as WAITING: ALLOCATED, RECLAIM or READY
+//	APPROVED     AWAITING_APPROVAL    → REGISTERING (the session is trusted; the
+//	                                    controller queues its work or records
+//	                                    WAITING, as after a registration)
 //	SECURITY     any state            state kept (a refused request, recorded)
 //	WAITING      idle                 → ALLOCATED if allocated; RECLAIM while a
 //	                                    reclaim still awaits its erase; else READY
@@ -158,7 +160,7 @@ func step(s *Status, e *anvilv1.Event, t time.Time) bool {
 		if s.State != stApproval {
 			return false
 		}
-		s.waiting()
+		s.State = stRegistering
 	case evSecurity:
 	case evAllocated:
 		expected := s.State == stReady && !s.Allocated

@@ -339,7 +339,16 @@ func (a *machineAPI) ApproveMachine(ctx context.Context, req *anvilv1.ApproveMac
 		}
 		fx.notify = append(fx.notify, m.ID)
 		out = m
-		return (&agentAPI{Server: a.Server}).resume(ctx, tx, fx, m, before)
+		if err := (&agentAPI{Server: a.Server}).resume(ctx, tx, fx, m, before); err != nil {
+			return err
+		}
+		// Nothing queued: the agent waits on its stream (as markWaiting
+		// records for a fresh registration).
+		pending, err := tx.PendingInstructions(ctx, m.ID)
+		if err != nil || len(pending) > 0 {
+			return err
+		}
+		return a.record(ctx, tx, fx, m, false, &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_WAITING, Message: "agent waiting for instructions"})
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("approve %s: %w", req.GetId(), err))

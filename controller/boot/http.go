@@ -132,14 +132,8 @@ func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 	writeScript(w, body)
 }
 
-// remoteHost is the client's IP address.
-func remoteHost(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
+// remoteHost is the client's IP address, as the agent API names it.
+func remoteHost(r *http.Request) string { return server.ClientIP(r.RemoteAddr) }
 
 // machineQuery is the query naming a machine's script.
 func machineQuery(uuid, mac, plat string) url.Values {
@@ -255,7 +249,9 @@ func (s *Service) phoneHome(w http.ResponseWriter, r *http.Request) {
 	id, err := s.m.PhoneHome(r.Context(), strings.TrimSpace(tok), msg)
 	switch {
 	case errors.Is(err, server.ErrPhoneHomeToken):
-		s.fail(w, r, http.StatusUnauthorized, err)
+		// The caller learns nothing about the machine; the log has it all.
+		s.log.Warn("phone home refused", "remote", r.RemoteAddr, "err", err)
+		http.Error(w, "invalid phone-home token", http.StatusUnauthorized)
 	case errors.Is(err, server.ErrNotAllocated), errors.Is(err, server.ErrNotBooting):
 		s.fail(w, r, http.StatusConflict, err)
 	case errors.Is(err, store.ErrNotFound):

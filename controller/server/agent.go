@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -83,7 +84,7 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 				Expected:       a.now().Before(m.Trust.ExpectBootUntil) && (reg.kind != trust.BootToken || reg.minted.After(m.Trust.ExpectBootSince)),
 				ExpectWhy:      m.Trust.ExpectBootWhy,
 				SecretsPending: m.Allocation != nil && !m.Status.Installed,
-				Held:           m.Status.State == anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL,
+				Held:           m.Trust.Held,
 			}, a.cfg.EnrollPolicy)
 		} else {
 			v = trust.Decide(trust.Registration{Kind: reg.kind}, a.cfg.EnrollPolicy)
@@ -107,12 +108,13 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 			}
 		}
 		m.Trust.SessionAddr = from
+		m.Trust.Held = !v.Trusted
 		m.CredentialHash = pki.HashToken(cred)
 		m.LastSeen = a.now()
 		m.Progress = nil
 		msg := fmt.Sprintf("agent %s registered from %s: %d cores, %d MiB memory, %d disks, %d NICs; %s%s",
 			req.GetAgentVersion(), from, inv.GetCpu().GetCores(), inv.GetMemory().GetTotalBytes()>>20,
-			len(inv.GetDisks()), len(inv.GetNics()), v.Reason, a.observed(uuid, macsOf(inv)))
+			len(inv.GetDisks()), len(inv.GetNics()), v.Reason, a.observed(uuid, macsOf(inv), reg.addr))
 		id = m.ID
 		fx.notify = append(fx.notify, m.ID) // streams of a superseded credential end
 		if !v.Trusted {
@@ -150,8 +152,10 @@ func (a *agentAPI) checkRegistrar(reg registrar, inv *anvilv1.Inventory, from st
 	uuid := inv.GetProduct().GetUuid()
 	switch reg.kind {
 	case trust.Credential:
-		if m == nil || m.ID != reg.machineID {
-			return fmt.Sprintf("the credential belongs to machine %s", reg.machineID)
+		// Checked again here, in the transaction: a credential superseded
+		// since the interceptor looked it up must not take the machine back.
+		if m == nil || m.ID != reg.machineID || !bytes.Equal(m.CredentialHash, reg.credHash) {
+			return fmt.Sprintf("the credential belongs to machine %s, or was superseded", reg.machineID)
 		}
 	case trust.BootToken:
 		switch {
@@ -204,14 +208,22 @@ func (a *agentAPI) resume(ctx context.Context, tx store.Tx, fx *effects, m *stor
 	return a.queue(ctx, tx, fx, m, &anvilv1.Instruction{Kind: &anvilv1.Instruction_Wipe{Wipe: &anvilv1.Wipe{Mode: a.cfg.RegisterEraseMode, AllowFallback: a.cfg.EraseFallback}}})
 }
 
-// observed quotes the newest network boot the boot service saw of the
-// machine in the last ten minutes, for the registration's event.
-func (a *agentAPI) observed(uuid string, macs []string) string {
+// observed quotes the network boot the boot service saw of the machine in
+// the last ten minutes, for the registration's event: the newest from the
+// client its boot token was minted for (client, "" for none), else the
+// newest.
+func (a *agentAPI) observed(uuid string, macs []string, client string) string {
 	obs, _ := a.bootObs.For(uuid, macs, a.now().Add(-10*time.Minute))
 	if len(obs) == 0 {
 		return "; no network boot seen"
 	}
 	o := obs[0]
+	for _, x := range obs {
+		if client != "" && x.Client == client {
+			o = x
+			break
+		}
+	}
 	return fmt.Sprintf("; network boot seen %s before from %s (NIC %s, %s firmware): %s",
 		a.now().Sub(o.Time).Round(time.Second), o.Client, orUnknown(o.MAC), orUnknown(o.Platform), o.Served)
 }
@@ -301,7 +313,7 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 				if err != nil {
 					return err
 				}
-				if m.Status.State == anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL {
+				if m.Trust.Held {
 					pending = nil // a session awaiting approval gets nothing
 					return nil
 				}
@@ -387,7 +399,7 @@ func (a *agentAPI) Report(ctx context.Context, req *anvilv1.ReportRequest) (*anv
 		if err != nil {
 			return err
 		}
-		if m.Status.State == anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL {
+		if m.Trust.Held {
 			return status.Errorf(codes.FailedPrecondition, "machine %s awaits an operator's approval; its session reports nothing until then", id)
 		}
 		if iid := req.GetInstructionId(); iid != "" {

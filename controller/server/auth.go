@@ -89,8 +89,9 @@ type registrar struct {
 	// the script was served to, and when it was minted.
 	uuid, mac, addr string
 	minted          time.Time
-	// Credential: the machine it belongs to.
+	// Credential: the machine it belongs to, and its hash.
 	machineID string
+	credHash  []byte
 }
 
 func registrarFrom(ctx context.Context) (registrar, bool) {
@@ -155,7 +156,7 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 	}
 	ctx = context.WithValue(ctx, machineKey{}, caller{id: id, credHash: h})
 	if method == anvilv1.AgentService_Register_FullMethodName {
-		ctx = context.WithValue(ctx, registrarKey{}, registrar{kind: trust.Credential, machineID: id})
+		ctx = context.WithValue(ctx, registrarKey{}, registrar{kind: trust.Credential, machineID: id, credHash: h})
 	}
 	return ctx, nil
 }

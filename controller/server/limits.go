@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -15,20 +16,29 @@ import (
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
-// peerHost is the IP address of the call's client, "" when unknown.
+// peerHost is the IP address of the call's client, "" when unknown, in
+// the form ClientIP gives.
 func peerHost(ctx context.Context) string {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.Addr == nil {
 		return ""
 	}
-	if tcp, ok := p.Addr.(*net.TCPAddr); ok {
-		return tcp.IP.String()
-	}
-	host, _, err := net.SplitHostPort(p.Addr.String())
+	return ClientIP(p.Addr.String())
+}
+
+// ClientIP is the IP address of a "host:port" remote address, without an
+// IPv6 zone and with IPv4-mapped addresses unmapped, so that the boot
+// service (HTTP) and the agent API (gRPC) name one client the same way.
+func ClientIP(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
-		return p.Addr.String()
+		host = remote
 	}
-	return host
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	return a.WithZone("").Unmap().String()
 }
 
 // sourceLimiter is a token bucket per client address, for Register (the

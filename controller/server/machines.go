@@ -44,6 +44,11 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 		Progress:      m.Progress,
 		BmcAddress:    bmc.Redact(m.BMC),
 	}
+	if m.Trust.Held {
+		// Whatever happened since (a reinstall, a free), the session has
+		// not been approved.
+		pm.State = anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL
+	}
 	obs, _ := s.bootObs.For(m.UUID, m.MACs, time.Time{})
 	for _, o := range obs {
 		pm.BootObservations = append(pm.BootObservations, &anvilv1.BootObservation{
@@ -119,7 +124,7 @@ func allocatable(m *store.Machine) error {
 	if m.Allocation != nil {
 		return status.Errorf(codes.FailedPrecondition, "machine %s is busy: allocated to %q since %s", m.ID, m.Allocation.GetHostname(), m.Allocation.GetAllocatedAt().AsTime().Format("2006-01-02 15:04:05"))
 	}
-	if m.Status.State != anvilv1.MachineState_MACHINE_STATE_READY {
+	if m.Status.State != anvilv1.MachineState_MACHINE_STATE_READY || m.Trust.Held {
 		return status.Errorf(codes.FailedPrecondition, "machine %s is not ready: it is %s", m.ID, stateName(m.Status.State))
 	}
 	return nil
@@ -321,9 +326,10 @@ func (a *machineAPI) ApproveMachine(ctx context.Context, req *anvilv1.ApproveMac
 		if err != nil {
 			return err
 		}
-		if m.Status.State != anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL {
+		if !m.Trust.Held {
 			return status.Errorf(codes.FailedPrecondition, "machine %s awaits no approval: it is %s", m.ID, stateName(m.Status.State))
 		}
+		m.Trust.Held = false
 		before := m.Status
 		if m.HeldInventory != nil {
 			agent := &agentAPI{Server: a.Server}

@@ -83,6 +83,13 @@ func (a *machineAPI) PowerMachine(ctx context.Context, req *anvilv1.PowerMachine
 		if err != nil {
 			return err
 		}
+		if action == anvilv1.PowerAction_POWER_ACTION_OFF || action == anvilv1.PowerAction_POWER_ACTION_RESET {
+			// The power was cut: the agent session, if any, died with it.
+			// Its credential goes, so it no longer counts as live and the
+			// boot that follows registers at once.
+			m.CredentialHash = nil
+			fx.notify = append(fx.notify, m.ID)
+		}
 		return a.record(ctx, tx, fx, m, false, ev)
 	})
 	if err != nil {

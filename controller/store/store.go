@@ -72,6 +72,10 @@ type Trust struct {
 	// SessionAddr is the address the current agent session registered
 	// from.
 	SessionAddr string `json:"session_addr,omitempty"`
+	// Held: the current session is not trusted; it gets no instruction
+	// and its reports are refused until an operator approves it (whatever
+	// the operator does to the machine meanwhile).
+	Held bool `json:"held,omitempty"`
 	// Generation counts allocations, reinstalls and frees; a phone-home
 	// token is good for the generation it was minted in only.
 	Generation int64 `json:"generation,omitempty"`

@@ -9,11 +9,12 @@
 // token for them. So the decision rests on what the controller itself
 // knows (after Ironic's agent token and MAAS's enrollment):
 //
-//   - a machine whose agent session is live cannot be taken by a new
-//     registration unless the controller expects the machine to boot (it
-//     freed, reinstalled or power-cycled it, or the agent announced a
-//     reboot): the attempt is refused;
-//   - an expected boot is trusted;
+//   - a machine whose trusted agent session is live cannot be taken by a
+//     new registration, expected boot or not (a power cycle through the
+//     BMC ends the session at once): the attempt is refused;
+//   - a boot the controller expects (it freed, reinstalled or
+//     power-cycled the machine, or the agent announced a reboot) is
+//     trusted once the old session is gone;
 //   - an unknown machine is trusted under PolicyAuto and held for an
 //     operator under PolicyApprove;
 //   - an unexpected boot of a known machine whose session is gone (a power
@@ -70,7 +71,8 @@ type Registration struct {
 	Kind Kind
 	// Known: the machine has a record.
 	Known bool
-	// Live: its current agent session was seen recently.
+	// Live: its current agent session was seen recently. A held session
+	// (Held) protects nothing and does not count.
 	Live bool
 	// Expected: the controller caused or was told of a boot (ExpectWhy).
 	Expected  bool
@@ -108,12 +110,10 @@ func Decide(r Registration, p Policy) Verdict {
 		return Verdict{Accept: true, Reason: "new machine: enrollment policy is approve; an operator must approve it"}
 	case !r.Known:
 		return Verdict{Accept: true, Trusted: true, Reason: "new machine enrolled (enrollment policy auto)"}
+	case r.Live && !r.Held:
+		return Verdict{Reason: "refused: the machine's agent session is live; another board with the same UUID, or a spoofed registration"}
 	case r.Expected:
 		return Verdict{Accept: true, Trusted: true, Reason: "expected boot (" + r.ExpectWhy + ")"}
-	case r.Live:
-		return Verdict{Reason: "refused: the machine's agent session is live and the controller expected no boot; another board with the same UUID, or a spoofed registration"}
-	case r.Kind == SharedToken:
-		return Verdict{Accept: true, Trusted: true, Reason: "unexpected boot, registered with the controller's boot token (host agent)"}
 	case r.SecretsPending:
 		return Verdict{Accept: true, Reason: "unexpected boot while the allocation's install (user-data, keys, phone-home token) is not delivered: an operator must approve the new session"}
 	case r.Held || p == PolicyApprove:

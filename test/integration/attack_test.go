@@ -274,24 +274,7 @@ func TestAttackRegistrationRaceForAnAllocatedMachine(t *testing.T) {
 		t.Fatalf("attacker registration: %v", err)
 	}
 	atk := l.agentFrom(t, "127.0.0.2", resp.GetCredential())
-	wctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
-	defer cancel()
-	stream, err := atk.Wait(wctx, &anvilv1.WaitRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		in, err := stream.Recv()
-		if err != nil {
-			if status.Code(err) != codes.DeadlineExceeded {
-				t.Fatalf("held session's Wait stream: %v", err)
-			}
-			break
-		}
-		if in.GetKeepalive() == nil {
-			t.Fatalf("a held session received %v", in)
-		}
-	}
+	wantNothing(t, atk)
 	_, err = atk.Report(ctx, &anvilv1.ReportRequest{Type: anvilv1.EventType_EVENT_TYPE_FAILED, Message: "x"})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("report from a held session: %v, want FailedPrecondition", err)
@@ -305,12 +288,20 @@ func TestAttackRegistrationRaceForAnAllocatedMachine(t *testing.T) {
 		t.Fatalf("allocate a held machine: %v", err)
 	}
 
+	// An operator who reinstalls the held machine (to unstick it) does not
+	// release anything to the held session either.
+	if _, err := l.op.Machines.ReinstallMachine(ctx, &anvilv1.ReinstallMachineRequest{Id: uuid}); err != nil {
+		t.Fatal(err)
+	}
+	wantNothing(t, atk)
+	wantState(t, l.machine(t, uuid), anvilv1.MachineState_MACHINE_STATE_AWAITING_APPROVAL)
+
 	// It is the hold that kept the secret in: an operator who approves
 	// the session releases the install to it.
 	if _, err := l.op.Machines.ApproveMachine(ctx, &anvilv1.ApproveMachineRequest{Id: uuid}); err != nil {
 		t.Fatal(err)
 	}
-	stream, err = atk.Wait(ctx, &anvilv1.WaitRequest{})
+	stream, err := atk.Wait(ctx, &anvilv1.WaitRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,6 +314,57 @@ func TestAttackRegistrationRaceForAnAllocatedMachine(t *testing.T) {
 	}
 	if _, err := l.op.Machines.ApproveMachine(ctx, &anvilv1.ApproveMachineRequest{Id: uuid}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("approve twice: %v", err)
+	}
+}
+
+// wantNothing holds a Wait stream of a held session for 1.5 s: nothing
+// but keepalives may come.
+func wantNothing(t *testing.T, atk anvilv1.AgentServiceClient) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	stream, err := atk.Wait(wctx, &anvilv1.WaitRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		in, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) != codes.DeadlineExceeded {
+				t.Fatalf("held session's Wait stream: %v", err)
+			}
+			return
+		}
+		if in.GetKeepalive() == nil {
+			t.Fatalf("a held session received %v", in)
+		}
+	}
+}
+
+// A free (or reinstall) makes the controller expect a boot; while the
+// machine's agent is still alive (it never rebooted), nobody else may
+// register as it in that window.
+func TestAttackExpectedBootWindowWhileLive(t *testing.T) {
+	l := startAttackLab(t, nil)
+	ctx := context.Background()
+	uuid := harness.UUID("victim", 6)
+	victim, _ := l.netbootAgent(t, uuid, 6)
+	createImage(t, l)
+	if _, err := l.op.Machines.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: uuid, ImageId: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, l, uuid, anvilv1.MachineState_MACHINE_STATE_BOOTING)
+	if _, err := l.op.Machines.FreeMachine(ctx, &anvilv1.FreeMachineRequest{Id: uuid, EraseMode: anvilv1.EraseMode_ERASE_MODE_QUICK}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, l, uuid, anvilv1.MachineState_MACHINE_STATE_READY) // the live agent erased
+	tok := l.script(t, "127.0.0.2", uuid, macOf(6))
+	_, err := l.agentFrom(t, "127.0.0.2", tok).Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(uuid, 6)})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("registration in the expected-boot window of a live machine: %v, want PermissionDenied", err)
+	}
+	if _, err := anvilv1.NewAgentServiceClient(l.h.Dial(victim.Runner.Credential())).Heartbeat(ctx, &anvilv1.HeartbeatRequest{}); err != nil {
+		t.Fatalf("the victim lost its session: %v", err)
 	}
 }
 

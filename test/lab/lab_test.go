@@ -417,7 +417,7 @@ func TestLab(t *testing.T) {
 			// UEFI machine's boot order has it right after the network.
 			want := []string{"firmware: boots from disk on UEFI (p1:\\EFI\\BOOT\\BOOTX64.EFI) and BIOS (MBR boot code, BIOS boot partition p3)"}
 			if s.lab.VMs[i].Firmware.UEFI {
-				want = append(want, `UEFI: created Boot`, `"anvil: tiny on nvme0n1"`, `network entry Boot0003 "UEFI PXEv4`)
+				want = append(want, `UEFI: created Boot`, `"anvil: tiny on nvme0n1"`, `network entry Boot00`, `"UEFI PXEv4`)
 			} else {
 				want = append(want, "GRUB 2.06")
 			}

@@ -150,7 +150,7 @@ func fullMachine(id string) *store.Machine {
 		Progress:       &anvilv1.Progress{BytesDone: 1 << 30, BytesTotal: 4 << 30, RateBytesPerSecond: 100 << 20},
 		BMC:            "qmp:///run/anvil/" + id + ".qmp",
 		Trust: store.Trust{BootTokensBefore: ts(6), ExpectBootSince: ts(5), ExpectBootUntil: ts(7), ExpectBootWhy: "freed",
-			SessionAddr: "192.0.2.7", Generation: 3, ATAPassword: "pw-" + id},
+			SessionAddr: "192.0.2.7", Held: true, Generation: 3, ATAPassword: "pw-" + id},
 		HeldInventory: &anvilv1.Inventory{Product: &anvilv1.Product{Uuid: id}},
 	}
 }

@@ -18,7 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -222,11 +221,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		}
 		// Bounds for unauthenticated clients: headers within 10 s and 16 KiB,
 		// a request (bodies are small: phone home) within 30 s, idle
-		// connections closed after 2 min, at most 1024 connections. Writes
-		// are not bounded in time: an image download takes minutes.
+		// connections closed after 2 min, at most 1024 connections and 32
+		// from one address (one host cannot hold every slot with slow
+		// downloads). Writes are not bounded in time: an image download
+		// takes minutes.
 		httpSrv = &http.Server{Handler: bs.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
-		bootLis = netutil.LimitListener(bootLis, 1024)
+		bootLis = boot.LimitListener(bootLis, 1024, 32)
 		if cfg.DHCP != nil && cfg.DHCP.ChainURL == "" {
 			cfg.DHCP.ChainURL = bs.ChainURL()
 		}

@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 )
 
 // ErrPartitionTable is a partition table that cannot be read: a quick
@@ -19,23 +20,22 @@ var ErrPartitionTable = errors.New("unreadable partition table")
 const (
 	mbrEntries   = 446
 	mbrEntrySize = 16
-	typeGPT      = 0xee
 	maxLogical   = 256 // extended boot records followed before giving up
 )
 
 func isExtended(t byte) bool { return t == 0x05 || t == 0x0f || t == 0x85 }
 
 // ReadPartitions returns the partitions of a device of size bytes with
-// logical blocks of lbs bytes. A protective MBR (an entry of type EEh), or
-// a GPT header ("EFI PART") at LBA 1 or, with LBA 0 blank, in the last LBA,
-// means GPT, read by go-diskfs (primary, else backup); otherwise an MBR
-// with its extended partitions' logical ones. No partition table is no
-// partition. An MBR whose boot indicators are not 00h/80h is a boot sector
-// (FAT, NTFS), not a table, as libblkid decides. A table that says GPT but
-// cannot be read, a broken extended chain, or a partition past the end of
-// the device is ErrPartitionTable.
-func ReadPartitions(f backend.File, size, lbs int64) ([]Partition, error) {
-	if lbs < 512 || lbs&(lbs-1) != 0 {
+// logical blocks of lbs bytes. A device with a GPT (as agent/disks/gptread
+// decides: a protective MBR, a GPT header at LBA 1, or one in the last LBA
+// with LBA 0 holding no MBR) is read through gptread (primary, else
+// backup); otherwise an MBR with its extended partitions' logical ones. No
+// partition table is no partition. An MBR whose boot indicators are not
+// 00h/80h is a boot sector (FAT, NTFS), not a table, as libblkid decides. A
+// GPT that cannot be read, a broken extended chain, or a partition past the
+// end of the device is ErrPartitionTable.
+func ReadPartitions(f io.ReaderAt, size, lbs int64) ([]Partition, error) {
+	if lbs < 512 || lbs > 1<<16 || lbs&(lbs-1) != 0 {
 		return nil, fmt.Errorf("read partition table: logical block size %d", lbs)
 	}
 	if size < 2*lbs {
@@ -45,29 +45,14 @@ func ReadPartitions(f backend.File, size, lbs int64) ([]Partition, error) {
 	if _, err := f.ReadAt(sec0, 0); err != nil {
 		return nil, fmt.Errorf("read partition table: MBR: %w", err)
 	}
-	hasMBR := sec0[510] == 0x55 && sec0[511] == 0xaa
-	protective := false
-	if hasMBR {
-		for i := range 4 {
-			if sec0[mbrEntries+i*mbrEntrySize+4] == typeGPT {
-				protective = true
-			}
-		}
-	}
-	primary, err := hasSignature(f, lbs, "EFI PART")
+	signs, err := gptread.Probe(f, size, int(lbs))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read partition table: %w", err)
 	}
-	backupOnly := false
-	if !hasMBR && !primary {
-		if backupOnly, err = hasSignature(f, size/lbs*lbs-lbs, "EFI PART"); err != nil {
-			return nil, err
-		}
-	}
-	if protective || primary || backupOnly {
+	if signs.Present() {
 		return readGPT(f, size, lbs)
 	}
-	if !hasMBR {
+	if !signs.MBR {
 		return nil, nil
 	}
 	for i := range 4 {
@@ -78,46 +63,10 @@ func ReadPartitions(f backend.File, size, lbs int64) ([]Partition, error) {
 	return readMBR(f, sec0, size, lbs)
 }
 
-func hasSignature(f io.ReaderAt, off int64, sig string) (bool, error) {
-	b := make([]byte, len(sig))
-	if _, err := f.ReadAt(b, off); err != nil {
-		return false, fmt.Errorf("read partition table: %d bytes at %d: %w", len(b), off, err)
-	}
-	return string(b) == sig, nil
-}
-
-// maxEntryArray bounds a GPT's partition entry array (UEFI requires at
-// least 16 KiB; 128 entries of 128 bytes is the common size): the reader
-// allocates what a header asks for, and the header is untrusted data.
-const maxEntryArray = 4 << 20
-
-// checkEntryArrays refuses a GPT header (primary at LBA 1, backup in the
-// last LBA) whose entry array is larger than maxEntryArray or whose entries
-// are smaller than the 128 bytes UEFI requires.
-func checkEntryArrays(f io.ReaderAt, size, lbs int64) error {
-	for _, off := range []int64{lbs, size/lbs*lbs - lbs} {
-		h := make([]byte, 92)
-		if _, err := f.ReadAt(h, off); err != nil {
-			return fmt.Errorf("read partition table: GPT header at %d: %w", off, err)
-		}
-		if string(h[:8]) != "EFI PART" {
-			continue
-		}
-		n, sz := int64(binary.LittleEndian.Uint32(h[80:])), int64(binary.LittleEndian.Uint32(h[84:]))
-		if sz < 128 || n*sz > maxEntryArray {
-			return fmt.Errorf("%w: GPT header at %d declares %d entries of %d bytes", ErrPartitionTable, off, n, sz)
-		}
-	}
-	return nil
-}
-
-func readGPT(f backend.File, size, lbs int64) ([]Partition, error) {
-	if err := checkEntryArrays(f, size, lbs); err != nil {
-		return nil, err
-	}
-	t, err := gpt.Read(f, int(lbs), int(lbs))
+func readGPT(f io.ReaderAt, size, lbs int64) ([]Partition, error) {
+	t, err := gptread.Read(f, size, int(lbs))
 	if err != nil {
-		return nil, fmt.Errorf("%w: GPT (%d-byte blocks): %w", ErrPartitionTable, lbs, err)
+		return nil, fmt.Errorf("%w: %w", ErrPartitionTable, err)
 	}
 	var out []Partition
 	for _, p := range t.Partitions {

@@ -1,8 +1,8 @@
 // Package erase removes data from block devices. This file is the pure
 // core: which byte ranges a quick (metadata) erase must clear. The I/O that
 // clears and verifies them lives in erase_linux.go and methods_linux.go;
-// partitions.go reads the partition tables (GPT through go-diskfs, MBR with
-// its extended chain) that say where partitions start.
+// partitions.go reads the partition tables (GPT through agent/disks/gptread,
+// MBR with its extended chain) that say where partitions start.
 //
 // A quick erase clears, on the device and inside every partition, the
 // first and the last MiB, which hold every partition table (MBR, both GPT

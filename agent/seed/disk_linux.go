@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/anvil-metal/anvil/agent/blockdev"
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	"github.com/anvil-metal/anvil/agent/image/fatfs"
 )
 
@@ -65,9 +66,9 @@ func Write(ctx context.Context, target string, c Config) (res Result, err error)
 	}()
 	res.Sector = dev.LogicalBlock
 	lbs := int(dev.LogicalBlock)
-	t, err := gpt.Read(dev.File, lbs, lbs)
+	t, err := gptread.Read(dev.File, dev.Size, lbs)
 	if err != nil {
-		return res, fmt.Errorf("%w on %s: %v", ErrNoGPT, target, err)
+		return res, fmt.Errorf("%w on %s: %w", ErrNoGPT, target, err)
 	}
 	if t.TotalSize() != uint64(dev.Size) {
 		// An image whose backup GPT is not at the disk's end (nothing

@@ -4,8 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -21,6 +23,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	"github.com/anvil-metal/anvil/agent/image/growpart"
 	"github.com/anvil-metal/anvil/agent/image/rootfs"
 	"github.com/anvil-metal/anvil/test/loopdev"
@@ -293,5 +296,37 @@ func TestWriteRefusesAFullDisk(t *testing.T) {
 	}
 	if _, err := Write(context.Background(), img, Config{}); err == nil {
 		t.Error("an invalid config was written")
+	}
+}
+
+// TestWriteRefusesAForgedGPT: a GPT whose headers pass their CRC but
+// declare 2^32-1 partition entries of 2^32-1 bytes is refused, and the
+// disk left as it was. The old Write handed it to go-diskfs's gpt.Read,
+// which sizes its buffer from the header: the product overflows and
+// make panics.
+func TestWriteRefusesAForgedGPT(t *testing.T) {
+	const size = 32 << 20 // rawImage's size: the backup header is at the end
+	img := loopdev.SparseFile(t, size)
+	rawImage(t, img)
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int{512, size - 512} {
+		h := b[off : off+92]
+		binary.LittleEndian.PutUint32(h[80:], 0xffffffff) // entry count
+		binary.LittleEndian.PutUint32(h[84:], 0xffffffff) // entry size
+		clear(h[16:20])
+		binary.LittleEndian.PutUint32(h[16:], crc32.ChecksumIEEE(h))
+	}
+	if err := os.WriteFile(img, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Write(context.Background(), img, sampleConfig("i"))
+	if !errors.Is(err, ErrNoGPT) || !errors.Is(err, gptread.ErrUnreadable) || !strings.Contains(err.Error(), "entries of 4294967295 bytes") {
+		t.Fatalf("err = %v, want ErrNoGPT and gptread.ErrUnreadable naming the entry size", err)
+	}
+	if after, err := os.ReadFile(img); err != nil || !bytes.Equal(after, b) {
+		t.Errorf("a refused seed changed the disk (%v)", err)
 	}
 }

@@ -59,7 +59,9 @@ const (
 var (
 	// ErrNoRoom is a disk without free space for the seed at its end.
 	ErrNoRoom = errors.New("no room for the seed partition at the disk's end")
-	// ErrNoGPT is a disk without a GUID partition table.
+	// ErrNoGPT is a disk without a usable GUID partition table: none
+	// (the error also wraps gptread.ErrNoGPT) or one that cannot be read
+	// (gptread.ErrUnreadable).
 	ErrNoGPT = errors.New("no GUID partition table for the seed partition")
 )
 

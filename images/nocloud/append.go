@@ -11,10 +11,13 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	"github.com/anvil-metal/anvil/images/internal/diskimg"
 )
 
-// ErrNoGPT is a disk image without a GUID Partition Table.
+// ErrNoGPT is a disk image without a usable GUID Partition Table: none
+// (the error also wraps gptread.ErrNoGPT) or one that cannot be read
+// (gptread.ErrUnreadable).
 var ErrNoGPT = errors.New("no GUID Partition Table")
 
 // AppendOptions configure Append.
@@ -53,11 +56,11 @@ func Append(imagePath string, s Seed, o AppendOptions) (int, error) {
 	if !st.Mode().IsRegular() {
 		return 0, fmt.Errorf("%s is not a regular file", imagePath)
 	}
-	store := file.New(f, false)
-	t, err := gpt.Read(store, sector, sector)
+	t, err := gptread.Read(f, st.Size(), sector)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w: %w", imagePath, ErrNoGPT, err)
 	}
+	store := file.New(f, false)
 	var lastEnd uint64
 	index := 0
 	t.Partitions = slices.DeleteFunc(t.Partitions, func(p *gpt.Partition) bool { return p.Type == gpt.Unused })

@@ -1,7 +1,10 @@
 package nocloud
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	"github.com/anvil-metal/anvil/images/internal/diskimg"
 )
 
@@ -253,4 +257,42 @@ func FuzzParseMetaData(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = ParseMetaData(b)
 	})
+}
+
+// TestAppendRefusesAForgedGPT: a GPT whose headers pass their CRC but
+// declare 2^32-1 entries of 2^32-1 bytes is ErrNoGPT (the table cannot be
+// read, gptread.ErrUnreadable), the image left as it was. The old Append
+// handed it to go-diskfs's gpt.Read, whose buffer size overflows: make
+// panicked.
+func TestAppendRefusesAForgedGPT(t *testing.T) {
+	const size = 24 << 20
+	img := gptImage(t, size)
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int{512, size - 512} {
+		h := b[off : off+92]
+		binary.LittleEndian.PutUint32(h[80:], 0xffffffff) // entry count
+		binary.LittleEndian.PutUint32(h[84:], 0xffffffff) // entry size
+		clear(h[16:20])
+		binary.LittleEndian.PutUint32(h[16:], crc32.ChecksumIEEE(h))
+	}
+	if err := os.WriteFile(img, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Append(img, testSeed(), AppendOptions{})
+	if !errors.Is(err, ErrNoGPT) || !errors.Is(err, gptread.ErrUnreadable) || !strings.Contains(err.Error(), img) {
+		t.Fatalf("err = %v, want ErrNoGPT and gptread.ErrUnreadable naming %s", err, img)
+	}
+	if after, err := os.ReadFile(img); err != nil || !bytes.Equal(after, b) {
+		t.Errorf("a refused Append changed the image (%v)", err)
+	}
+	blank := filepath.Join(t.TempDir(), "blank.img")
+	if err := os.WriteFile(blank, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Append(blank, testSeed(), AppendOptions{}); !errors.Is(err, ErrNoGPT) || !errors.Is(err, gptread.ErrNoGPT) {
+		t.Errorf("blank image: %v, want ErrNoGPT", err)
+	}
 }

@@ -9,23 +9,22 @@
 // Options can keep room at the disk's end (agent/seed puts its NoCloud
 // partition there) and drop a stale partition the caller rewrites.
 //
-// ReadTable tells a disk that positively has no GPT (ErrNoGPT: no
-// protective MBR in LBA 0 and no "EFI PART" signature in LBA 1) from one
-// whose GPT is there but cannot be trusted (ErrUnreadableGPT: an I/O
-// error, a short read of a truncated device, a header or entry array
-// failing its CRC32, a primary header only recoverable from the backup).
+// The table is read through agent/disks/gptread, which tells a disk that
+// positively has no GPT (ErrNoGPT: Grow has nothing to do) from one whose
+// GPT is there but cannot be trusted (ErrUnreadableGPT: Grow fails); Grow
+// requires the primary header, since it rewrites the table.
 package growpart
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"strings"
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 )
 
 // Growable partition types: Linux filesystem data and the Discoverable
@@ -39,70 +38,16 @@ var growable = map[string]string{
 	"E6D6D379-F507-44C2-A23C-238F2A3DF928": "Linux LVM",
 }
 
-// Errors callers branch on with errors.Is.
+// Errors of Grow, callers branch on with errors.Is: gptread's sentinels
+// under this package's names.
 var (
-	// ErrNoGPT is a disk that positively has no GPT: LBA 0 holds no
-	// protective MBR and no GPT header signature is where one belongs.
-	ErrNoGPT = errors.New("no GPT on the disk")
+	// ErrNoGPT is a disk that positively has no GPT (gptread.ErrNoGPT).
+	ErrNoGPT = gptread.ErrNoGPT
 	// ErrUnreadableGPT is a disk showing signs of a GPT that cannot be
-	// read or does not verify.
-	ErrUnreadableGPT = errors.New("GPT present but unreadable")
+	// read or does not verify, or whose primary header is damaged
+	// (gptread.ErrUnreadable).
+	ErrUnreadableGPT = gptread.ErrUnreadable
 )
-
-// signature is the GPT header's first eight bytes (UEFI 2.10 §5.3.2).
-const signature = "EFI PART"
-
-// Present reports whether the disk's first sectors show a GPT: a
-// protective MBR (boot signature 0x55AA and a partition record of type
-// 0xEE, UEFI 2.10 §5.2.3) or the GPT header signature at the start of
-// LBA 1 for 512- or 4096-byte blocks. head is the disk's first bytes
-// (8 KiB suffice); a shorter head is judged on what it holds.
-func Present(head []byte) bool {
-	if len(head) >= 512 && head[510] == 0x55 && head[511] == 0xaa {
-		for i := range 4 {
-			if head[446+16*i+4] == 0xee {
-				return true
-			}
-		}
-	}
-	for _, lbs := range []int{512, 4096} {
-		if len(head) >= lbs+len(signature) && bytes.Equal(head[lbs:lbs+len(signature)], []byte(signature)) {
-			return true
-		}
-	}
-	return false
-}
-
-// ReadTable reads the GPT of the device or image file f with logical
-// block size lbs. It fails with ErrNoGPT only when the first sectors
-// positively show none (see Present); every other failure wraps
-// ErrUnreadableGPT, as does a table recovered from the backup header (the
-// primary one is damaged: rewriting the table must not be silent).
-func ReadTable(f *os.File, lbs int) (*gpt.Table, error) {
-	n := max(2*lbs, 4096+len(signature))
-	head := make([]byte, n)
-	got, err := f.ReadAt(head, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: read %s [0,%d): %w", ErrUnreadableGPT, f.Name(), n, err)
-	}
-	head = head[:got]
-	switch {
-	case got < 512:
-		return nil, fmt.Errorf("%w: %s: read %d bytes of LBA 0 (truncated device?)", ErrUnreadableGPT, f.Name(), got)
-	case !Present(head) && got >= lbs+len(signature):
-		return nil, fmt.Errorf("%w: %s has neither a protective MBR nor a GPT header signature", ErrNoGPT, f.Name())
-	case got < 2*lbs:
-		return nil, fmt.Errorf("%w: %s: read %d bytes of the first %d (truncated device?)", ErrUnreadableGPT, f.Name(), got, 2*lbs)
-	}
-	t, err := gpt.Read(f, lbs, lbs)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s (%d-byte blocks): %w", ErrUnreadableGPT, f.Name(), lbs, err)
-	}
-	if t.RecoveredFromBackup {
-		return nil, fmt.Errorf("%w: %s: the primary GPT header or entries are damaged (only the backup verifies)", ErrUnreadableGPT, f.Name())
-	}
-	return t, nil
-}
 
 // Part is one partition, in logical blocks (End inclusive).
 type Part struct {
@@ -181,12 +126,12 @@ func Grow(path string, size int64, lbs int, o Options) (Result, error) {
 		return Result{}, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer f.Close()
-	t, err := ReadTable(f, lbs)
+	t, err := gptread.Read(f, size, lbs, gptread.RequirePrimary())
 	if errors.Is(err, ErrNoGPT) {
 		return Result{Decision: Decision{Reason: err.Error()}}, nil
 	}
 	if err != nil {
-		return Result{}, fmt.Errorf("grow %s: %w", path, err)
+		return Result{}, fmt.Errorf("grow %s (%d-byte blocks): %w", path, lbs, err)
 	}
 	res := Result{GPT: true}
 	if t.TotalSize() != uint64(size) {

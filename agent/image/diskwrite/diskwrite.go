@@ -50,6 +50,10 @@ type Options struct {
 	// least HoldTail. The caller calls Close only after it verified the
 	// image, Abort otherwise.
 	HoldBack bool
+
+	// commitSynced, when set (tests), runs after each of the commit's
+	// syncs (0: tail and body of the head, 1: primary header, 2: MBR).
+	commitSynced func(step int)
 }
 
 // The regions HoldBack keeps in memory and zeroes on the target first.
@@ -560,8 +564,13 @@ func (w *Writer) commit() (err error) {
 	if err := w.dev.Sync(); err != nil {
 		return err
 	}
-	// Only now what makes the disk bootable: the tail (backup GPT), then
-	// the head (MBR, primary GPT).
+	// Only now what makes the disk bootable, in an order that never leaves
+	// half a partition table for a reader (firmware, or the agent's own
+	// protect check) to find after a power cut: (1) the tail (backup GPT)
+	// and the head but for its first two logical blocks, synced: no header
+	// is on the disk yet; (2) the primary header, synced; (3) the MBR
+	// (protective entry and boot code), synced. Steps 2 and 3 each change
+	// one logical block, which a disk writes whole.
 	for _, c := range final {
 		if k := max(tailStart-c.off, 0); k < int64(c.n) {
 			if err := w.writeChunk(chunk{buf: c.buf[k:], off: c.off + k, n: c.n - int(k)}); err != nil {
@@ -569,11 +578,46 @@ func (w *Writer) commit() (err error) {
 			}
 		}
 	}
-	if err := w.writeChunk(chunk{buf: w.head, off: 0, n: int(headEnd)}); err != nil {
+	lbs := max(w.dev.LogicalBlock, 512)
+	first := min((2*lbs+w.dev.Align-1)/w.dev.Align*w.dev.Align, headEnd)
+	if first < 2*lbs || first%w.dev.Align != 0 {
+		// A head shorter than MBR and header: no table to order.
+		if err := w.writeChunk(chunk{buf: w.head, off: 0, n: int(headEnd)}); err != nil {
+			return err
+		}
+		if err := w.dev.Sync(); err != nil {
+			return err
+		}
+		return w.dev.RereadPartitions()
+	}
+	if headEnd > first {
+		if err := w.writeChunk(chunk{buf: w.head[first:], off: first, n: int(headEnd - first)}); err != nil {
+			return err
+		}
+	}
+	blk, err := blockdev.NewBuffer(int(first))
+	if err != nil {
 		return err
 	}
-	if err := w.dev.Sync(); err != nil {
-		return err
+	defer blk.Free()
+	copy(blk[2*lbs:], w.head[2*lbs:first])
+	for i, step := range []struct{ from, to int64 }{{0, 0}, {lbs, 2 * lbs}, {0, lbs}} {
+		copy(blk[step.from:step.to], w.head[step.from:step.to])
+		var err error
+		if i < 2 {
+			err = w.pwriteRaw(blk, 0) // the first two states are not the image yet
+		} else {
+			err = w.writeChunk(chunk{buf: blk, off: 0, n: int(first)}) // counted once
+		}
+		if err != nil {
+			return err
+		}
+		if err := w.dev.Sync(); err != nil {
+			return err
+		}
+		if w.o.commitSynced != nil {
+			w.o.commitSynced(i)
+		}
 	}
 	return w.dev.RereadPartitions()
 }

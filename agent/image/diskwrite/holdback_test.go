@@ -3,12 +3,16 @@ package diskwrite
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	"github.com/anvil-metal/anvil/test/loopdev"
+	"github.com/diskfs/go-diskfs/partition/gpt"
 )
 
 // gptDisk is a disk image of n bytes that looks partitioned at both ends:
@@ -119,4 +123,72 @@ func TestHoldBackOntoARegularFile(t *testing.T) {
 	if !bytes.Equal(got, img) {
 		t.Fatalf("file holds %d bytes, differ from the %d-byte image", len(got), len(img))
 	}
+}
+
+// TestCommitNeverLeavesHalfATable: at every sync point of the commit (where
+// a power cut leaves the disk as it is), the GPT reader finds either no
+// table or the whole image's table, never an unreadable one (the protect
+// check would refuse that disk for good).
+func TestCommitNeverLeavesHalfATable(t *testing.T) {
+	const size = 32 << 20
+	dev := loopdev.New(t, size)
+	if err := os.WriteFile(dev, gptDisk(size), 0); err != nil {
+		t.Fatal(err)
+	}
+	img := realGPTImage(t, 20<<20)
+	var states []string
+	o := Options{BufferSize: 1 << 20, HoldBack: true, commitSynced: func(step int) {
+		f, err := os.Open(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		_, err = gptread.Read(f, size, 512)
+		switch {
+		case err == nil:
+			states = append(states, fmt.Sprintf("%d:table", step))
+		case errors.Is(err, gptread.ErrNoGPT):
+			states = append(states, fmt.Sprintf("%d:none", step))
+		default:
+			t.Errorf("after commit step %d the disk holds half a table: %v", step, err)
+		}
+	}}
+	w, err := Open(dev, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.ReadFrom(bytes.NewReader(img)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(states, " "); got != "0:none 1:table 2:table" {
+		t.Fatalf("commit states %q, want no table until the primary header, then the table", got)
+	}
+}
+
+// realGPTImage is an n-byte image with a valid GPT (one partition) over a
+// pattern.
+func realGPTImage(t *testing.T, n int64) []byte {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(p, bytes.Repeat([]byte("IMAGE DATA"), int(n)/10+1)[:n], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tbl := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true,
+		Partitions: []*gpt.Partition{{Index: 1, Start: 2048, End: uint64(n/512) - 2048, Type: gpt.LinuxFilesystem, Name: "root"}}}
+	if err := tbl.Write(f, n); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -2,6 +2,7 @@ package rootfs
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +34,11 @@ type Options struct {
 	// GUID returns fresh GUIDs (default: random version 4 UUIDs); a test
 	// seam for reproducible layouts.
 	GUID func() string
+
+	// commitSynced, when set (tests), runs after each synced step of the
+	// commit (0: entries, BIOS boot code and backup; 1: primary header;
+	// 2: sector 0).
+	commitSynced func(step int)
 }
 
 // Result says what Install did.
@@ -172,9 +178,14 @@ func invalidate(dev *blockdev.Device) error {
 	return nil
 }
 
-// writeTable is the commit: the GPT (with its protective MBR and the
-// backup at the disk's end), then GRUB's BIOS core image and MBR boot
-// code when bios is set, one sync, and the kernel's re-read.
+// writeTable is the commit. The GPT (protective MBR, primary and backup)
+// and, when bios is set, GRUB's MBR boot code and core image are composed
+// in a sparse scratch file first, then copied to the disk in three synced
+// steps, so that a power cut leaves no table or the whole one, never half
+// (a reader would take half a table for an unreadable, protected disk, and
+// a BIOS would take a signed MBR without boot code for a bootable one):
+// (1) the primary entries, the BIOS boot partition and the backup GPT;
+// (2) the primary header; (3) sector 0 (protective MBR and boot code).
 func writeTable(target string, size int64, table *gpt.Table, bios bool, o Options) (err error) {
 	dev, err := blockdev.OpenBuffered(target, os.O_RDWR)
 	if err != nil {
@@ -185,22 +196,83 @@ func writeTable(target string, size int64, table *gpt.Table, bios bool, o Option
 			err = fmt.Errorf("close %s: %w", target, cerr)
 		}
 	}()
-	// Written directly, not through disk.Partition: that one insists on
-	// the kernel re-reading the table at once, which devices without
-	// partition scanning refuse.
-	if err := table.Write(dev.File, size); err != nil {
+	scratch, err := os.CreateTemp("", "anvil-table-*")
+	if err != nil {
+		return fmt.Errorf("scratch file for the partition table: %w", err)
+	}
+	defer func() {
+		scratch.Close()
+		os.Remove(scratch.Name())
+	}()
+	if err := scratch.Truncate(size); err != nil {
+		return fmt.Errorf("scratch file for the partition table: %w", err)
+	}
+	if err := table.Write(scratch, size); err != nil {
 		return fmt.Errorf("write GPT: %w", err)
 	}
 	if bios {
 		// Sector 0 and the BIOS boot partition: outside every filesystem.
-		if err := bootloader.InstallBIOS(dev.File, *o.Bootloader, table.Partitions, int64(table.LogicalSectorSize)); err != nil {
+		if err := bootloader.InstallBIOS(scratch, *o.Bootloader, table.Partitions, int64(table.LogicalSectorSize)); err != nil {
 			return err
 		}
 	}
-	if err := dev.Sync(); err != nil {
+	steps, err := commitSteps(scratch, size, table)
+	if err != nil {
 		return err
 	}
+	buf := make([]byte, 1<<20)
+	for i, ranges := range steps {
+		for _, r := range ranges {
+			for off := r[0]; off < r[1]; {
+				n := min(int64(len(buf)), r[1]-off)
+				if _, err := scratch.ReadAt(buf[:n], off); err != nil {
+					return fmt.Errorf("read scratch partition table [%d,%d): %w", off, off+n, err)
+				}
+				if _, err := dev.WriteAt(buf[:n], off); err != nil {
+					return fmt.Errorf("write %s [%d,%d): %w", target, off, off+n, err)
+				}
+				off += n
+			}
+		}
+		if err := dev.Sync(); err != nil {
+			return err
+		}
+		if o.commitSynced != nil {
+			o.commitSynced(i)
+		}
+	}
 	return dev.RereadPartitions()
+}
+
+// commitSteps are the byte ranges of the three commit steps, from the
+// composed table: the primary entries up to the first data partition (the
+// BIOS boot partition lies there) and the backup entries and header; the
+// primary header; sector 0.
+func commitSteps(scratch io.ReaderAt, size int64, table *gpt.Table) ([3][][2]int64, error) {
+	lbs := int64(table.LogicalSectorSize)
+	headEnd := size
+	for _, p := range table.Partitions {
+		if p != nil && !strings.EqualFold(string(p.Type), bootloader.BIOSBootType) {
+			headEnd = min(headEnd, int64(p.Start)*lbs)
+		}
+	}
+	hdr := make([]byte, 92)
+	if _, err := scratch.ReadAt(hdr, lbs); err != nil || string(hdr[:8]) != "EFI PART" {
+		return [3][][2]int64{}, fmt.Errorf("composed GPT has no primary header: %v", err)
+	}
+	backupLBA := int64(binary.LittleEndian.Uint64(hdr[32:40]))
+	if _, err := scratch.ReadAt(hdr, backupLBA*lbs); err != nil || string(hdr[:8]) != "EFI PART" {
+		return [3][][2]int64{}, fmt.Errorf("composed GPT has no backup header at LBA %d: %v", backupLBA, err)
+	}
+	backupEntries := int64(binary.LittleEndian.Uint64(hdr[72:80]))
+	if headEnd <= 2*lbs || backupEntries <= 0 || backupEntries > backupLBA || (backupLBA+1)*lbs > size {
+		return [3][][2]int64{}, fmt.Errorf("composed GPT: head ends at %d, backup entries at LBA %d, header at %d, disk %d bytes", headEnd, backupEntries, backupLBA, size)
+	}
+	return [3][][2]int64{
+		{{2 * lbs, headEnd}, {backupEntries * lbs, (backupLBA + 1) * lbs}},
+		{{lbs, 2 * lbs}},
+		{{0, lbs}},
+	}, nil
 }
 
 func (o Options) guid() string {

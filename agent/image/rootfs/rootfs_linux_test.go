@@ -20,6 +20,7 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	"github.com/anvil-metal/anvil/test/loopdev"
 )
 
@@ -379,5 +380,41 @@ func fatCheck(t *testing.T, img string) {
 	}
 	if !strings.Contains(string(out), " files, ") {
 		t.Fatalf("fsck.vfat did not check the filesystem:\n%s", out)
+	}
+}
+
+// TestCommitNeverLeavesHalfATable: at each synced step of the commit (where
+// a power cut leaves the disk), the GPT reader finds a whole table or none,
+// never an unreadable one, and sector 0 is signed (0x55AA) only in the last
+// step.
+func TestCommitNeverLeavesHalfATable(t *testing.T) {
+	arc, _ := sampleRootfs(t)
+	img := imageFile(t, 1<<30)
+	var states []string
+	o := Options{Layout: Layout{ESPSize: 64 << 20}, commitSynced: func(step int) {
+		f, err := os.Open(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		mbr := make([]byte, 512)
+		if _, err := f.ReadAt(mbr, 0); err != nil {
+			t.Fatal(err)
+		}
+		signed := mbr[510] == 0x55 && mbr[511] == 0xaa
+		_, err = gptread.Read(f, 1<<30, 512)
+		switch {
+		case err != nil && !errors.Is(err, gptread.ErrNoGPT):
+			t.Errorf("after commit step %d the disk holds half a table: %v", step, err)
+		case signed != (step == 2):
+			t.Errorf("after commit step %d sector 0 signed=%v", step, signed)
+		}
+		states = append(states, fmt.Sprintf("%d:%v", step, err == nil))
+	}}
+	if _, err := Install(context.Background(), img, false, bytes.NewReader(arc), "", o); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(states, " "); got != "0:true 1:true 2:true" {
+		t.Fatalf("commit states %q: want three steps, each with a readable table (the backup first)", got)
 	}
 }

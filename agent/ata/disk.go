@@ -95,7 +95,13 @@ func (d *Disk) SecureErase(ctx context.Context, k Known, progress func(done, tot
 	}
 	set := PasswordBlock(false, false, k.Erase)
 	if err := d.exec(ctx, SecuritySetPassword(), ToDevice, set[:], commandTimeout); err != nil {
-		return Result{}, fmt.Errorf("%s: SECURITY SET PASSWORD: %w", d.label(id), err)
+		err = fmt.Errorf("%s: SECURITY SET PASSWORD: %w", d.label(id), err)
+		if errors.Is(err, ErrAborted) {
+			return Result{}, err // the drive refused it: no password set
+		}
+		// A timeout or a transport error: the drive may have taken the
+		// password, and would lock at its next power cycle. Take it off.
+		return Result{}, d.cleanup(ctx, k, err)
 	}
 	method := "ata-security-erase"
 	if steps.Enhanced {

@@ -133,8 +133,11 @@ type fakeDrive struct {
 	failUnit bool
 	staysOn  bool
 	noSense  bool
-	cdbs     []CDB
-	payloads [][]byte
+	// lostSetReply: SET PASSWORD takes effect, but its answer is lost
+	// (the host adapter timed out).
+	lostSetReply bool
+	cdbs         []CDB
+	payloads     [][]byte
 }
 
 const (
@@ -191,6 +194,9 @@ func (f *fakeDrive) Exec(_ context.Context, cdb CDB, dir Direction, data []byte,
 		copy(pw[:], data[2:34])
 		f.pw = &pw
 		f.sec |= secEnabled
+		if f.lostSetReply {
+			return Reply{Host: 0x03}, nil // DID_TIME_OUT
+		}
 	case CmdSecurityUnlock:
 		if !locked || expired || f.mismatch(data) {
 			return f.reply(true), nil
@@ -335,6 +341,13 @@ func TestSecureEraseFailures(t *testing.T) {
 		if err != nil && (!strings.Contains(err.Error(), "ABRT") || !strings.Contains(err.Error(), "/dev/sdz")) {
 			t.Errorf("fixed=%v: %q does not name ABRT and the drive", fixed, err)
 		}
+	}
+
+	// SET PASSWORD whose answer was lost: the drive took the password, so
+	// it is taken off again before the error is returned.
+	lost := &fakeDrive{sec: 0x0001, lostSetReply: true}
+	if _, err := (&Disk{T: lost, Name: "/dev/sdy"}).SecureErase(context.Background(), Known{Erase: *pwOf("x")}, nil); err == nil || lost.sec&secEnabled != 0 {
+		t.Errorf("SET PASSWORD with a lost answer: err %v, security %#x (the password stayed on the drive)", err, lost.sec)
 	}
 
 	f := &fakeDrive{sec: 0x0001, staysOn: true}

@@ -296,6 +296,9 @@ func writeRaw(ctx context.Context, req Request, o Options, r io.Reader, touched 
 	wo.Zeroed = req.Zeroed
 	wo.HoldBack = true
 	w, err := diskwrite.Open(req.Target, wo)
+	if errors.Is(err, diskwrite.ErrInvalidate) {
+		*touched = true // half the old tables may be gone: destroy the rest
+	}
 	if err != nil {
 		return nil, 0, err
 	}

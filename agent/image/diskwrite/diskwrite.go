@@ -194,20 +194,25 @@ func (w *Writer) invalidate() error {
 	size := w.dev.Size
 	headEnd := min(int64(HoldHead), size)
 	if err := w.pwriteRaw(w.head[:headEnd], 0); err != nil {
-		return fmt.Errorf("invalidate partition tables: %w", err)
+		return fmt.Errorf("%w: %w", ErrInvalidate, err)
 	}
 	if tail := max(size-HoldTail, headEnd); tail < size {
 		tail -= tail % w.dev.Align
 		tail = max(tail, headEnd)
 		if err := w.pwriteRaw(w.head[:size-tail], tail); err != nil {
-			return fmt.Errorf("invalidate partition tables: %w", err)
+			return fmt.Errorf("%w: %w", ErrInvalidate, err)
 		}
 	}
 	if err := w.dev.Sync(); err != nil {
-		return fmt.Errorf("invalidate partition tables: %w", err)
+		return fmt.Errorf("%w: %w", ErrInvalidate, err)
 	}
 	return nil
 }
+
+// ErrInvalidate is a failure while zeroing the target's old partition
+// tables in Open: the disk may hold half of them, so the caller must
+// treat it as touched (and destroy its tables).
+var ErrInvalidate = errors.New("invalidate partition tables")
 
 // pwriteRaw writes b at off, through a buffered descriptor when the end is
 // not aligned for direct I/O (a regular file of odd size).

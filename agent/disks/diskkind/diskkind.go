@@ -8,6 +8,7 @@
 package diskkind
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -60,8 +61,11 @@ func IsDisk(d *anvilv1.Disk) bool {
 
 // Physical returns the physical disks among ds, sorted by path, with the
 // paths of a multipath LUN reduced to one: of the disks sharing a WWN
-// (compared case-insensitively) only the first by path is kept. Disks
-// without a WWN are all kept. Virtual, optical and unknown kinds and nil
+// (compared case-insensitively), a serial and a size, only the first by
+// path is kept. Disks without a WWN are all kept, and so are disks that
+// share a WWN but not serial and size (drives or bridges that report a
+// bogus shared identifier are distinct disks: dropping one would leave it
+// unerased). Virtual, optical and unknown kinds and nil
 // entries are dropped; removable disks are kept (callers decide).
 func Physical(ds []*anvilv1.Disk) []*anvilv1.Disk {
 	out := make([]*anvilv1.Disk, 0, len(ds))
@@ -73,10 +77,10 @@ func Physical(ds []*anvilv1.Disk) []*anvilv1.Disk {
 	slices.SortStableFunc(out, func(a, b *anvilv1.Disk) int { return strings.Compare(a.GetPath(), b.GetPath()) })
 	seen := map[string]bool{}
 	return slices.DeleteFunc(out, func(d *anvilv1.Disk) bool {
-		w := strings.ToLower(d.GetWwn())
-		if w == "" {
+		if d.GetWwn() == "" {
 			return false
 		}
+		w := fmt.Sprintf("%s\x00%s\x00%d", strings.ToLower(d.GetWwn()), d.GetSerial(), d.GetSizeBytes())
 		if seen[w] {
 			return true
 		}

@@ -57,13 +57,16 @@ func TestPhysical(t *testing.T) {
 		{Name: "sr0", Path: "/dev/sr0", Kind: Optical},
 		{Name: "loop0", Path: "/dev/loop0", Kind: Virtual},
 		{Name: "sde", Path: "/dev/sde", Kind: Disk, Removable: true},
-		{Name: "nvme0n1", Path: "/dev/nvme0n1", Kind: Disk, Wwn: "eui.0025"},
+		{Name: "nvme0n1", Path: "/dev/nvme0n1", Kind: Disk, Wwn: "eui.0025", Serial: "S1", SizeBytes: 1 << 40},
+		// Two drives that report one bogus identifier: distinct serials,
+		// both kept.
+		{Name: "nvme1n1", Path: "/dev/nvme1n1", Kind: Disk, Wwn: "eui.0025", Serial: "S2", SizeBytes: 1 << 40},
 	}
 	var got []string
 	for _, d := range Physical(ds) {
 		got = append(got, d.GetName())
 	}
-	want := []string{"nvme0n1", "sda", "sdb", "sdc", "sde"}
+	want := []string{"nvme0n1", "nvme1n1", "sda", "sdb", "sdc", "sde"}
 	if !slices.Equal(got, want) {
 		t.Errorf("Physical = %v, want %v", got, want)
 	}

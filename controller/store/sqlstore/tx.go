@@ -179,7 +179,7 @@ func notFound(err error) error {
 
 func scanMachine(r scanner) (*store.Machine, error) {
 	var (
-		m                         store.Machine
+		m                                  store.Machine
 		macs, labels, status, trust        string
 		inv, alloc, cred, prog, held       []byte
 		hasInv, allocated, hasPrg, hasHeld bool

@@ -3,6 +3,7 @@ package ata
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"time"
@@ -78,7 +79,10 @@ func (s *SGIO) Exec(ctx context.Context, cdb CDB, dir Direction, data []byte, ti
 	sense := make([]byte, senseLen)
 	pin.Pin(cmd)
 	pin.Pin(&sense[0])
-	h := sgIOHdr{interfaceID: 'S', cmdLen: 16, mxSbLen: uint8(len(sense)), timeout: uint32(timeout / time.Millisecond)}
+	// sg_io_hdr's timeout is 32-bit milliseconds (about 49 days): a longer
+	// one (an erase time estimate near its maximum) is clamped, not wrapped.
+	ms := min(timeout/time.Millisecond, math.MaxUint32)
+	h := sgIOHdr{interfaceID: 'S', cmdLen: 16, mxSbLen: uint8(len(sense)), timeout: uint32(ms)}
 	h.cmdp = uintptr(unsafe.Pointer(cmd))
 	h.sbp = uintptr(unsafe.Pointer(&sense[0]))
 	switch dir {

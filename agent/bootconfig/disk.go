@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/disk"
 )
@@ -16,6 +17,9 @@ type openDisk struct {
 }
 
 func open(path string) (*openDisk, error) {
+	if err := gptread.CheckFile(path); err != nil {
+		return nil, err
+	}
 	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)

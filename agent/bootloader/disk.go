@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"strings"
 
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 )
@@ -133,6 +134,9 @@ func (r Report) String() string {
 // partition, a UEFI loader on an EFI System Partition.
 func Inspect(path string) (Report, error) {
 	var r Report
+	if err := gptread.CheckFile(path); err != nil {
+		return Report{}, err
+	}
 	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
 	if err != nil {
 		return r, fmt.Errorf("open %s: %w", path, err)

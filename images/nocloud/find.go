@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/anvil-metal/anvil/agent/disks/gptread"
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/partition/gpt"
@@ -57,6 +58,9 @@ func Find(paths []string) (Found, error) {
 // findOn looks at one disk. With ok false, Found.Mark says why the disk
 // was passed over, if it could not be read.
 func findOn(path string) (Found, bool, error) {
+	if err := gptread.CheckFile(path); err != nil {
+		return Found{Mark: err.Error()}, false, nil // passed over, like a disk that does not open
+	}
 	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
 	if err != nil {
 		return Found{Mark: fmt.Sprintf("%s: %v", path, err)}, false, nil

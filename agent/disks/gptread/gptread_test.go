@@ -294,3 +294,28 @@ func FuzzRead(f *testing.F) {
 		}
 	})
 }
+
+func TestCheckFile(t *testing.T) {
+	dir := t.TempDir()
+	good := image(t, diskSize, 512, "root")
+	forged := edit(good, func(b []byte) {
+		setHeader(b, primaryHeader, 80, 0xffffffff)
+		setHeader(b, backupHeader, 80, 0xffffffff)
+	})
+	for name, c := range map[string]struct {
+		b    []byte
+		fail bool
+	}{"good": {good, false}, "blank": {make([]byte, diskSize), false}, "forged": {forged, true}} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, c.b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		err := CheckFile(p)
+		if c.fail != (err != nil) || (c.fail && !errors.Is(err, ErrUnreadable)) {
+			t.Errorf("%s: CheckFile = %v", name, err)
+		}
+	}
+	if err := CheckFile(filepath.Join(dir, "missing")); err == nil {
+		t.Error("CheckFile of a missing file succeeded")
+	}
+}

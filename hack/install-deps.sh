@@ -55,6 +55,8 @@ command -v kubectl >/dev/null || need+=(kubectl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # The lab's proxy-mode test: another DHCP server leases the addresses.
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+# The IPMI driver's tests (controller/bmc) run OpenIPMI's BMC simulator.
+command -v ipmi_sim >/dev/null || need+=(openipmi)
 # The Debian image (make images-debian) is bootstrapped from Debian's mirror.
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -87,6 +87,7 @@ import (
 	"fmt"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -171,11 +172,21 @@ type Driver interface {
 
 // Address is a parsed BMC address.
 type Address struct {
-	// Scheme is the BMC type, e.g. "qmp".
+	// Scheme is the BMC type, e.g. "qmp" or "ipmi".
 	Scheme string
 	// Path is the QMP socket path.
 	Path string
-	raw  *url.URL
+	// Host, Port, User and Password are an IPMI BMC's (port 623 unless
+	// given).
+	Host           string
+	Port           int
+	User, Password string
+	// LegacyBoot: boot overrides ask for a legacy (BIOS) boot, not EFI.
+	LegacyBoot bool
+	// CipherSuite is the RMCP+ cipher suite to use; 0 tries 17
+	// (HMAC-SHA256, AES) and then 3 (HMAC-SHA1, AES).
+	CipherSuite int
+	raw        *url.URL
 }
 
 // String returns the address without credentials (a password is shown as
@@ -188,7 +199,7 @@ func (a Address) String() string {
 }
 
 // supportedTypes lists the BMC types Open accepts.
-const supportedTypes = "qmp"
+const supportedTypes = "qmp, ipmi"
 
 // ParseAddress parses and checks a BMC address. Supported: "qmp:///abs/path"
 // (a unix socket path; "qmp:/abs/path" is accepted too). A known type
@@ -209,6 +220,8 @@ func ParseAddress(s string) (Address, error) {
 	scheme := strings.ToLower(u.Scheme)
 	switch scheme {
 	case "qmp":
+	case "ipmi":
+		return parseIPMI(u, shown)
 	case "":
 		return Address{}, fmt.Errorf("%w %q: no type; want qmp:///path/to/vm.qmp", ErrInvalidAddress, shown)
 	default:
@@ -224,6 +237,51 @@ func ParseAddress(s string) (Address, error) {
 		return Address{}, fmt.Errorf("%w %q: the socket path must be absolute and clean", ErrInvalidAddress, shown)
 	}
 	return Address{Scheme: scheme, Path: u.Path, raw: &url.URL{Scheme: scheme, Path: u.Path}}, nil
+}
+
+// parseIPMI checks "ipmi://user:password@host[:port][?boot=efi|legacy][&cipher=N]".
+func parseIPMI(u *url.URL, shown string) (Address, error) {
+	if u.Opaque != "" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.Fragment != "" {
+		return Address{}, fmt.Errorf("%w %q: want ipmi://user:password@host[:port][?boot=efi|legacy]", ErrInvalidAddress, shown)
+	}
+	a := Address{Scheme: "ipmi", Host: u.Hostname(), Port: IPMIDefaultPort}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return Address{}, fmt.Errorf("%w %q: port %q", ErrInvalidAddress, shown, p)
+		}
+		a.Port = n
+	}
+	if u.User == nil || u.User.Username() == "" {
+		return Address{}, fmt.Errorf("%w %q: an IPMI address needs a user (ipmi://user:password@host)", ErrInvalidAddress, shown)
+	}
+	a.User = u.User.Username()
+	a.Password, _ = u.User.Password()
+	if len(a.User) > 16 || len(a.Password) > 20 {
+		return Address{}, fmt.Errorf("%w %q: IPMI allows users of 16 and passwords of 20 bytes at most", ErrInvalidAddress, shown)
+	}
+	q := u.Query()
+	for k := range q {
+		if k != "boot" && k != "cipher" {
+			return Address{}, fmt.Errorf("%w %q: unknown parameter %q (ipmi takes boot=efi|legacy and cipher=N)", ErrInvalidAddress, shown, k)
+		}
+	}
+	if c := q.Get("cipher"); c != "" {
+		n, err := strconv.Atoi(c)
+		if err != nil || n < 1 || n > 19 {
+			return Address{}, fmt.Errorf("%w %q: cipher=%q, want an RMCP+ cipher suite 1-19", ErrInvalidAddress, shown, c)
+		}
+		a.CipherSuite = n
+	}
+	switch q.Get("boot") {
+	case "", "efi":
+	case "legacy":
+		a.LegacyBoot = true
+	default:
+		return Address{}, fmt.Errorf("%w %q: boot=%q, want efi or legacy", ErrInvalidAddress, shown, q.Get("boot"))
+	}
+	a.raw = u
+	return a, nil
 }
 
 // Redact returns the address with any password masked, for display; an
@@ -270,6 +328,8 @@ func Open(addr string, opts ...Option) (Driver, error) {
 	switch a.Scheme {
 	case "qmp":
 		return NewQMP(a.Path, o.timeout), nil
+	case "ipmi":
+		return newIPMI(a, o.timeout), nil
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnsupported, a.Scheme)
 }

@@ -464,8 +464,7 @@ func TestParseAddress(t *testing.T) {
 		{"qmp:/run/vm1.qmp", "/run/vm1.qmp", nil, ""},
 		{"QMP:///run/vm1.qmp", "/run/vm1.qmp", nil, ""},
 		{"qmp://localhost/run/vm1.qmp", "/run/vm1.qmp", nil, ""},
-		{"ipmi://admin:secret@10.0.0.5", "", ErrUnsupported, `unsupported BMC type "ipmi" in ipmi://admin:xxxxx@10.0.0.5 (supported: qmp)`},
-		{"redfish://10.0.0.5", "", ErrUnsupported, `"redfish"`},
+		{"redfish://admin:secret@10.0.0.5", "", ErrUnsupported, `unsupported BMC type "redfish" in redfish://admin:xxxxx@10.0.0.5 (supported: qmp, ipmi)`},
 		{"redfish+https://10.0.0.5", "", ErrUnsupported, `"redfish+https"`},
 		{"/run/vm1.qmp", "", ErrInvalidAddress, "no type"},
 		{"qmp://host/run/vm1.qmp", "", ErrInvalidAddress, "local socket"},
@@ -488,8 +487,8 @@ func TestParseAddress(t *testing.T) {
 			t.Errorf("%q: error shows the password: %v", tc.in, err)
 		}
 	}
-	if _, err := Open("ipmi://10.0.0.5"); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("Open(ipmi): %v, want ErrUnsupported", err)
+	if _, err := Open("redfish://10.0.0.5"); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("Open(redfish): %v, want ErrUnsupported", err)
 	}
 	if got := Redact("redfish://root:pw@bmc"); got != "redfish://root:xxxxx@bmc" {
 		t.Errorf("Redact = %q", got)

@@ -44,16 +44,20 @@ func TestPowerThroughQMP(t *testing.T) {
 	wantCode(t, err, codes.NotFound, "power of an unknown machine")
 	_, err = power(anvilv1.PowerAction_POWER_ACTION_UNSPECIFIED, none)
 	wantCode(t, err, codes.InvalidArgument, "power without an action")
-	for _, addr := range []string{"ipmi://admin:pw@10.0.0.5", "redfish://10.0.0.5/redfish/v1", "qmp://host/x.qmp", "vm.qmp"} {
+	for _, addr := range []string{"ipmi://admin:pw@10.0.0.5/x", "redfish://10.0.0.5/redfish/v1", "qmp://host/x.qmp", "vm.qmp"} {
 		_, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: addr})
 		wantCode(t, err, codes.InvalidArgument, "BMC "+addr)
 		if strings.Contains(err.Error(), ":pw@") {
 			t.Errorf("the error shows the password: %v", err)
 		}
 	}
-	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "ipmi://10.0.0.5"})
+	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "redfish://10.0.0.5"})
 	if msg := status.Convert(err).Message(); !strings.Contains(msg, "unsupported BMC type") {
-		t.Errorf("ipmi: %q, want unsupported BMC type", msg)
+		t.Errorf("redfish: %q, want unsupported BMC type", msg)
+	}
+	// An IPMI BMC is taken; its password is never shown.
+	if m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "ipmi://admin:pw@10.0.0.5"}); err != nil || m.GetBmcAddress() != "ipmi://admin:xxxxx@10.0.0.5" {
+		t.Fatalf("IPMI BMC: %v, shown as %q", err, m.GetBmcAddress())
 	}
 	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: "nope", Address: "qmp:///x.qmp"})
 	wantCode(t, err, codes.NotFound, "BMC of an unknown machine")

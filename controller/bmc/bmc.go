@@ -186,7 +186,7 @@ type Address struct {
 	// CipherSuite is the RMCP+ cipher suite to use; 0 tries 17
 	// (HMAC-SHA256, AES) and then 3 (HMAC-SHA1, AES).
 	CipherSuite int
-	raw        *url.URL
+	raw         *url.URL
 }
 
 // String returns the address without credentials (a password is shown as

@@ -3,13 +3,15 @@
 // the controller uses; Open picks the implementation from the machine's BMC
 // address.
 //
-// The one implementation today is QMP (address "qmp:///path/to/vm.qmp"): a
-// fake BMC for the QEMU lab that speaks the QEMU Machine Protocol (JSON
-// over the VM's QMP unix socket; QEMU docs/interop/qmp-spec) to the QEMU
-// process running the machine. Other types (ipmi://, redfish://, ...) are
-// refused with ErrUnsupported: never a silent success.
+// Two implementations: IPMI 2.0 over LAN ("ipmi://user:password@host";
+// ipmi.go, IPMI v2.0 rev 1.1 §13 RMCP+ sessions and §28 chassis commands)
+// for real servers, and QMP ("qmp:///path/to/vm.qmp"): a fake BMC for the
+// QEMU lab that speaks the QEMU Machine Protocol (JSON over the VM's QMP
+// unix socket; QEMU docs/interop/qmp-spec) to the QEMU process running the
+// machine. Other types (redfish://, ...) are refused with ErrUnsupported:
+// never a silent success.
 //
-// # Power model
+// # Power model (QMP)
 //
 // QMP cannot start a QEMU process, so "off" is a VM frozen at reset: QEMU
 // must run with "-no-shutdown" (a guest power-off stops the VM and leaves

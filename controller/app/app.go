@@ -101,6 +101,7 @@ const (
 	// The signing keys, one per purpose (random, never handed out).
 	BootTokenKeyFile = "keys/boot-token.key"
 	PhoneHomeKeyFile = "keys/phone-home.key"
+	BMCKeyFile       = "keys/bmc.key"
 )
 
 // Controller is a running controller.
@@ -166,8 +167,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	if err != nil {
 		return nil, fmt.Errorf("boot token: %w", err)
 	}
-	var keys server.SigningKeys
-	for file, k := range map[string]*string{BootTokenKeyFile: &keys.BootToken, PhoneHomeKeyFile: &keys.PhoneHome} {
+	var keys server.Keys
+	for file, k := range map[string]*string{BootTokenKeyFile: &keys.BootToken, PhoneHomeKeyFile: &keys.PhoneHome, BMCKeyFile: &keys.BMC} {
 		if *k, _, err = pki.EnsureTokenFile(filepath.Join(cfg.DataDir, file)); err != nil {
 			return nil, fmt.Errorf("signing key %s: %w", file, err)
 		}

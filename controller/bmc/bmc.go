@@ -286,6 +286,15 @@ func parseIPMI(u *url.URL, shown string) (Address, error) {
 	return a, nil
 }
 
+// Full returns the address with its credentials, for the controller to
+// keep (sealed) and to open the driver with; never for display.
+func (a Address) Full() string {
+	if a.raw == nil {
+		return ""
+	}
+	return a.raw.String()
+}
+
 // Redact returns the address with any password masked, for display; an
 // address that does not parse is returned as its scheme only.
 func Redact(s string) string {

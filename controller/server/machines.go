@@ -42,7 +42,7 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 		Inventory:     m.Inventory,
 		Labels:        m.Labels,
 		Progress:      m.Progress,
-		BmcAddress:    bmc.Redact(m.BMC),
+		BmcAddress:    s.shownBMC(m.BMC),
 	}
 	if m.Trust.Held {
 		// Whatever happened since (a reinstall, a free), the session has
@@ -64,6 +64,16 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 		pm.LastEvent = &anvilv1.Event{MachineId: m.ID, Type: m.Status.LastEvent, Time: timestamppb.New(m.Status.LastEventTime)}
 	}
 	return pm
+}
+
+// shownBMC is a stored (sealed) BMC address as the API shows it: without
+// its password.
+func (s *Server) shownBMC(stored string) string {
+	addr, err := s.bmcSeal.Open(stored)
+	if err != nil {
+		return "(sealed with another key: set the BMC again)"
+	}
+	return bmc.Redact(addr)
 }
 
 func (s *Server) getMachine(ctx context.Context, id string) (*store.Machine, error) {

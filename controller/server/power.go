@@ -25,7 +25,10 @@ func (a *machineAPI) SetMachineBMC(ctx context.Context, req *anvilv1.SetMachineB
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "set BMC of %s: %v", req.GetId(), err)
 		}
-		addr = parsed.String()
+		// Kept with its credentials, sealed with the controller's BMC key.
+		if addr, err = a.bmcSeal.Seal(parsed.Full()); err != nil {
+			return nil, toStatus(fmt.Errorf("set BMC of %s: %w", req.GetId(), err))
+		}
 	}
 	var out *store.Machine
 	err := a.commit(ctx, func(tx store.Tx, _ *effects) error {
@@ -59,11 +62,15 @@ func (a *machineAPI) PowerMachine(ctx context.Context, req *anvilv1.PowerMachine
 	if m.BMC == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s %s: the machine has no BMC; set one with SetMachineBMC (anvilctl machine bmc %s qmp:///path/to/vm.qmp)", what, id, id)
 	}
-	drv, err := a.openBMC(m.BMC)
+	addr, err := a.bmcSeal.Open(m.BMC)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s %s: the BMC address cannot be unsealed (was the controller's %s replaced?): %v; set it again", what, id, "keys/bmc.key", err)
+	}
+	drv, err := a.openBMC(addr)
 	if err != nil {
 		return nil, bmcStatus(fmt.Errorf("%s %s: %w", what, id, err))
 	}
-	unlock, err := a.bmcLocks.lock(ctx, m.BMC)
+	unlock, err := a.bmcLocks.lock(ctx, addr)
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("%s %s: waiting for the BMC: %w", what, id, err))
 	}
@@ -77,7 +84,7 @@ func (a *machineAPI) PowerMachine(ctx context.Context, req *anvilv1.PowerMachine
 		return resp, nil
 	}
 	ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_POWER,
-		Message: fmt.Sprintf("%s by operator through %s: now %s", what, bmc.Redact(m.BMC), st.Power)}
+		Message: fmt.Sprintf("%s by operator through %s: now %s", what, bmc.Redact(addr), st.Power)}
 	err = a.commit(ctx, func(tx store.Tx, fx *effects) error {
 		m, err := tx.GetMachine(ctx, id)
 		if err != nil {

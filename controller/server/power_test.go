@@ -1,7 +1,10 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -56,8 +59,19 @@ func TestPowerThroughQMP(t *testing.T) {
 		t.Errorf("redfish: %q, want unsupported BMC type", msg)
 	}
 	// An IPMI BMC is taken; its password is never shown.
-	if m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "ipmi://admin:pw@10.0.0.5"}); err != nil || m.GetBmcAddress() != "ipmi://admin:xxxxx@10.0.0.5" {
+	if m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "ipmi://admin:Sup3rS3cretBMC@10.0.0.5"}); err != nil || m.GetBmcAddress() != "ipmi://admin:xxxxx@10.0.0.5" {
 		t.Fatalf("IPMI BMC: %v, shown as %q", err, m.GetBmcAddress())
+	}
+	// The store keeps it sealed: the database files never hold the password
+	// (nor the user and host: the whole address is sealed).
+	for _, f := range []string{"anvil.db", "anvil.db-wal"} {
+		b, err := os.ReadFile(filepath.Join(e.dir, f))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte("Sup3rS3cretBMC")) || bytes.Contains(b, []byte("admin:")) {
+			t.Fatalf("%s holds the BMC credentials in the clear", f)
+		}
 	}
 	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: "nope", Address: "qmp:///x.qmp"})
 	wantCode(t, err, codes.NotFound, "BMC of an unknown machine")

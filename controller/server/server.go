@@ -164,20 +164,23 @@ type Credentials struct {
 	// BootTokens authorize Register of host-mode agents (agents that were
 	// not network-booted). Network boots get per-boot tokens instead.
 	BootTokens []string
-	// Keys sign the controller's own tokens, one key per purpose; none is
-	// derived from a token that agents or operators hold.
-	Keys SigningKeys
+	// Keys sign the controller's own tokens and seal stored secrets, one
+	// key per purpose; none is derived from a token that agents or
+	// operators hold.
+	Keys Keys
 }
 
-// SigningKeys are the controller's HMAC keys (at least 16 bytes each). An
-// empty key is replaced by a random one at New: tokens it signed do not
+// Keys are the controller's keys (at least 16 bytes each). An empty key is
+// replaced by a random one at New: what it signed or sealed does not
 // survive a restart (tests); the controller keeps its keys in its data
 // directory.
-type SigningKeys struct {
+type Keys struct {
 	// BootToken signs the per-boot tokens the boot service hands out.
 	BootToken string
 	// PhoneHome signs installed systems' phone-home tokens.
 	PhoneHome string
+	// BMC seals the BMC addresses (with their credentials) in the store.
+	BMC string
 }
 
 // Server holds the state shared by all services.
@@ -191,6 +194,8 @@ type Server struct {
 	// bootSigner mints the short-lived boot tokens of network boots;
 	// phoneHome the allocation-bound tokens of installed systems.
 	bootSigner, phoneHome *pki.Signer
+	// bmcSeal seals BMC addresses (credentials) in the store.
+	bmcSeal *pki.Sealer
 	// openBMC returns the driver of a BMC address; bmcLocks serializes the
 	// operations on one BMC (QEMU serves one QMP client at a time).
 	openBMC  func(addr string) (bmc.Driver, error)
@@ -230,7 +235,8 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 	s.regLimit = newSourceLimiter(cfg.RegisterRate, cfg.RegisterBurst, 65536, s.now)
 	s.secEvents = every{interval: cfg.SecurityEventEvery, max: 65536}
 	keys := creds.Keys
-	for _, k := range []*string{&keys.BootToken, &keys.PhoneHome} {
+	var err error
+	for _, k := range []*string{&keys.BootToken, &keys.PhoneHome, &keys.BMC} {
 		if *k != "" {
 			continue
 		}
@@ -240,10 +246,12 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 		}
 		*k = tok
 	}
-	if keys.BootToken == keys.PhoneHome {
-		return nil, errors.New("the boot-token and phone-home keys must differ (one key per purpose)")
+	if keys.BootToken == keys.PhoneHome || keys.BMC == keys.BootToken || keys.BMC == keys.PhoneHome {
+		return nil, errors.New("the boot-token, phone-home and BMC keys must differ (one key per purpose)")
 	}
-	var err error
+	if s.bmcSeal, err = pki.NewSealer(keys.BMC, "bmc"); err != nil {
+		return nil, fmt.Errorf("BMC sealer: %w", err)
+	}
 	if s.bootSigner, err = pki.NewSigner(keys.BootToken, "boot", BootTokenPrefix); err != nil {
 		return nil, fmt.Errorf("boot token signer: %w", err)
 	}

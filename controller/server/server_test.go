@@ -27,14 +27,16 @@ func wantCode(t *testing.T, err error, want codes.Code, what string) {
 }
 
 type env struct {
+	dir   string
 	h     *harness.Controller
 	op    harness.Operator
 	agent anvilv1.AgentServiceClient
 }
 
 func setup(t *testing.T) env {
-	h := harness.StartController(t, t.TempDir(), nil)
-	return env{h: h, op: h.Operator(), agent: anvilv1.NewAgentServiceClient(h.Dial(""))}
+	dir := t.TempDir()
+	h := harness.StartController(t, dir, nil)
+	return env{dir: dir, h: h, op: h.Operator(), agent: anvilv1.NewAgentServiceClient(h.Dial(""))}
 }
 
 func bearer(tok string) grpc.CallOption {

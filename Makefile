@@ -33,6 +33,7 @@ build:
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-controller ./controller/cmd/anvil-controller
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvilctl ./controller/cmd/anvilctl
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-firewall ./firewall/cmd/anvil-firewall
+	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-lab-chassis ./test/labkit/cmd/anvil-lab-chassis
 
 # Debian's cloud kernel and the modules the initramfs loads, through apt,
 # cached in $(KERNEL_DIR).

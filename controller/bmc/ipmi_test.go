@@ -4,129 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/anvil-metal/anvil/controller/bmc/ipmisim"
 )
 
-// ipmiSim is OpenIPMI's BMC simulator (Debian package openipmi) on a
-// loopback UDP port, with its chassis control handed to a script that keeps
-// the power state and the boot device in files and logs every command.
-type ipmiSim struct {
-	dir  string
-	port int
-}
-
-func freeUDPPort(t *testing.T) int {
+func open(t *testing.T, addr string) Driver {
 	t.Helper()
-	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
-func startIPMISim(t *testing.T) *ipmiSim {
-	t.Helper()
-	bin, err := exec.LookPath("ipmi_sim")
-	if err != nil {
-		t.Fatalf("ipmi_sim not found (hack/install-deps.sh installs Debian's openipmi): %v", err)
-	}
-	s := &ipmiSim{dir: t.TempDir(), port: freeUDPPort(t)}
-	script := filepath.Join(s.dir, "chassis.sh")
-	// ipmi_sim's external chassis control: "get NAME..." prints NAME:value
-	// lines, "set NAME value..." changes them.
-	if err := os.WriteFile(script, []byte(`#!/bin/sh
-d=`+s.dir+`
-op=$1; shift
-case $op in
-get) for k in "$@"; do printf '%s:%s\n' "$k" "$(cat "$d/$k" 2>/dev/null || echo 0)"; done ;;
-set) while [ $# -gt 1 ]; do echo "$2" > "$d/$1"; echo "$1=$2" >> "$d/log"; shift 2; done ;;
-esac
-`), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for f, v := range map[string]string{"power": "0", "boot": "none", "log": ""} {
-		if err := os.WriteFile(filepath.Join(s.dir, f), []byte(v), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conf := fmt.Sprintf(`name "anvilbmc"
-set_working_mc 0x20
-  startlan 1
-    addr 127.0.0.1 %d
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  chassis_control "%s"
-  user 1 true  ""      "test"   user  10 none md2 md5 straight
-  user 2 true  "admin" "secret" admin 10 none md2 md5 straight
-`, s.port, script)
-	emu := "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n"
-	for f, v := range map[string]string{"lan.conf": conf, "bmc.emu": emu} {
-		if err := os.WriteFile(filepath.Join(s.dir, f), []byte(v), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd := exec.Command(bin, "-c", filepath.Join(s.dir, "lan.conf"), "-f", filepath.Join(s.dir, "bmc.emu"), "-n", "-s", filepath.Join(s.dir, "state"))
-	out, err := os.Create(filepath.Join(s.dir, "sim.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr, cmd.Stdin = out, out, nil
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		out.Close()
-	})
-	// Ready when it answers a session (it binds its port at once).
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := s.driver(t, "admin", "secret").Status(context.Background())
-		if err == nil {
-			return s
-		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(s.dir, "sim.log"))
-			t.Fatalf("ipmi_sim did not answer: %v\n%s", err, log)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func (s *ipmiSim) driver(t *testing.T, user, pass string) Driver {
-	t.Helper()
-	d, err := Open(fmt.Sprintf("ipmi://%s:%s@127.0.0.1:%d", user, pass, s.port), WithTimeout(2*time.Second))
+	d, err := Open(addr, WithTimeout(2*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return d
 }
 
-func (s *ipmiSim) log(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(s.dir, "log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Join(strings.Fields(string(b)), " ")
-}
-
 func TestIPMIAgainstOpenIPMISimulator(t *testing.T) {
-	s := startIPMISim(t)
-	d := s.driver(t, "admin", "secret")
+	s := ipmisim.Start(t)
+	d := open(t, s.Address(ipmisim.User, ipmisim.Password))
 	ctx := context.Background()
 	want := func(power PowerState, boot BootDevice) {
 		t.Helper()
@@ -160,15 +56,15 @@ func TestIPMIAgainstOpenIPMISimulator(t *testing.T) {
 	}
 	want(PowerOn, BootDisk)
 	// The commands the BMC carried out, in order.
-	if got, exp := s.log(t), "boot=pxe power=1 reset=1 boot=default power=0 power=1"; got != exp {
+	if got, exp := s.Log(t), "boot=pxe power=1 reset=1 boot=default power=0 power=1"; got != exp {
 		t.Fatalf("chassis commands %q, want %q", got, exp)
 	}
 }
 
 func TestIPMIWrongPasswordIsNotRetried(t *testing.T) {
-	s := startIPMISim(t)
+	s := ipmisim.Start(t)
 	start := time.Now()
-	err := s.driver(t, "admin", "wrong").PowerOn(context.Background())
+	err := open(t, s.Address(ipmisim.User, "wrong")).PowerOn(context.Background())
 	if !errors.Is(err, ErrAuth) {
 		t.Fatalf("power on with a wrong password: %v, want ErrAuth", err)
 	}
@@ -179,13 +75,13 @@ func TestIPMIWrongPasswordIsNotRetried(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Fatalf("a refused password took %v: retried?", took)
 	}
-	if got := s.log(t); got != "" {
+	if got := s.Log(t); got != "" {
 		t.Fatalf("commands ran with a wrong password: %q", got)
 	}
 }
 
 func TestIPMIUnreachableIsBounded(t *testing.T) {
-	port := freeUDPPort(t) // nothing listens
+	port := ipmisim.FreeUDPPort(t) // nothing listens
 	d, err := Open(fmt.Sprintf("ipmi://admin:secret@127.0.0.1:%d", port), WithTimeout(500*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)

@@ -143,7 +143,7 @@ func bmcStatus(err error) error {
 	switch {
 	case errors.Is(err, bmc.ErrUnreachable), errors.Is(err, bmc.ErrProtocol):
 		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, bmc.ErrRefused), errors.Is(err, bmc.ErrUnsupported), errors.Is(err, bmc.ErrInvalidAddress):
+	case errors.Is(err, bmc.ErrRefused), errors.Is(err, bmc.ErrAuth), errors.Is(err, bmc.ErrUnsupported), errors.Is(err, bmc.ErrInvalidAddress):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return toStatus(err)

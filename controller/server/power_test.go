@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/anvil-metal/anvil/controller/bmc/ipmisim"
 	"github.com/anvil-metal/anvil/controller/bmc/qemutest"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
@@ -166,4 +167,40 @@ func events(t *testing.T, e env, id string) []*anvilv1.Event {
 		t.Fatal(err)
 	}
 	return r.GetEvents()
+}
+
+// TestPowerThroughIPMI drives a machine's power through a real IPMI 2.0
+// session to OpenIPMI's simulator; a wrong password is a clear refusal,
+// tried once, and records nothing.
+func TestPowerThroughIPMI(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	_, id := e.register(t, 0)
+	ms := e.op.Machines
+	sim := ipmisim.Start(t)
+	if _, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: sim.Address(ipmisim.User, "wrong")}); err != nil {
+		t.Fatal(err)
+	}
+	before := len(events(t, e, id))
+	_, err := ms.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_RESET})
+	wantCode(t, err, codes.FailedPrecondition, "power with a wrong BMC password")
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "refused the credentials") || strings.Contains(msg, "wrong") {
+		t.Errorf("wrong password message %q: want the refusal, without the password", msg)
+	}
+	if n := len(events(t, e, id)); n != before || sim.Log(t) != "" {
+		t.Fatalf("a refused power action recorded %d events and ran %q", n-before, sim.Log(t))
+	}
+	if _, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: sim.Address(ipmisim.User, ipmisim.Password)}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := ms.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_RESET, NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE})
+	if err != nil || r.GetState() != anvilv1.PowerState_POWER_STATE_ON || r.GetNextBoot() != anvilv1.BootDevice_BOOT_DEVICE_PXE {
+		t.Fatalf("reset into PXE through IPMI: %v, %v", r, err)
+	}
+	if got := sim.Log(t); got != "boot=pxe power=1" {
+		t.Fatalf("the BMC carried out %q, want the boot override then power on (the machine was off)", got)
+	}
+	if ev := r.GetEvent(); !strings.Contains(ev.GetMessage(), "ipmi://admin:xxxxx@127.0.0.1") {
+		t.Errorf("event %q: want the BMC named without its password", ev.GetMessage())
+	}
 }

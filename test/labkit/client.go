@@ -119,11 +119,11 @@ func (l *Lab) Anvilctl() (env []string, prefix []string) {
 	return env, []string{"ip", "netns", "exec", l.cfg.Namespace, filepath.Join(l.cfg.Bin, "anvilctl")}
 }
 
-// AttachBMCs gives every VM's machine its fake BMC (the VM's QMP socket),
+// AttachBMCs gives every VM's machine its BMC (the VM's IPMI simulator),
 // as an operator would enter a server's BMC address.
 func (l *Lab) AttachBMCs(ctx context.Context, op *Operator) error {
 	for _, vm := range l.VMs {
-		if _, err := op.Machines.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: vm.UUID, Address: "qmp://" + vm.QMP}); err != nil {
+		if _, err := op.Machines.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: vm.UUID, Address: vm.BMCAddress()}); err != nil {
 			return fmt.Errorf("BMC of VM %d: %w", vm.Index, err)
 		}
 	}

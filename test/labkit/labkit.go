@@ -231,6 +231,9 @@ func Up(ctx context.Context, c Config) (*Lab, error) {
 			return nil, err
 		}
 		l.VMs = append(l.VMs, vm)
+		if err := l.startBMC(vm); err != nil {
+			return nil, err
+		}
 		start := l.StartVM
 		if c.Direct {
 			start = l.startAgentDirect

@@ -1,0 +1,149 @@
+// Package ipmisim runs OpenIPMI's BMC simulator (ipmi_sim, Debian's
+// openipmi) on a loopback UDP port for tests, with its chassis control
+// handed to a script that keeps the power state and the boot device in
+// files and logs every command it carries out.
+package ipmisim
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	ipmi "github.com/bougou/go-ipmi/pkg/client"
+	"github.com/bougou/go-ipmi/pkg/types"
+)
+
+// User and Password are the simulator's administrator.
+const (
+	User     = "admin"
+	Password = "secret"
+)
+
+// Sim is a running simulator.
+type Sim struct {
+	Dir  string
+	Port int
+}
+
+// Address is the simulator's ipmi:// address with the given credentials.
+func (s *Sim) Address(user, pass string) string {
+	return fmt.Sprintf("ipmi://%s:%s@127.0.0.1:%d?cipher=3", user, pass, s.Port)
+}
+
+// FreeUDPPort returns a loopback UDP port nothing listens on.
+func FreeUDPPort(t testing.TB) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// Start runs a simulator until the test ends.
+func Start(t testing.TB) *Sim {
+	t.Helper()
+	bin, err := exec.LookPath("ipmi_sim")
+	if err != nil {
+		t.Fatalf("ipmi_sim not found (hack/install-deps.sh installs Debian's openipmi): %v", err)
+	}
+	s := &Sim{Dir: t.TempDir(), Port: FreeUDPPort(t)}
+	script := filepath.Join(s.Dir, "chassis.sh")
+	// ipmi_sim's external chassis control: "get NAME..." prints NAME:value
+	// lines, "set NAME value..." changes them.
+	if err := os.WriteFile(script, []byte(`#!/bin/sh
+d=`+s.Dir+`
+op=$1; shift
+case $op in
+get) for k in "$@"; do printf '%s:%s\n' "$k" "$(cat "$d/$k" 2>/dev/null || echo 0)"; done ;;
+set) while [ $# -gt 1 ]; do echo "$2" > "$d/$1"; echo "$1=$2" >> "$d/log"; shift 2; done ;;
+esac
+`), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for f, v := range map[string]string{"power": "0", "boot": "none", "log": ""} {
+		if err := os.WriteFile(filepath.Join(s.Dir, f), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conf := fmt.Sprintf(`name "anvilbmc"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 %d
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  chassis_control "%s"
+  user 1 true  ""      "test"   user  10 none md2 md5 straight
+  user 2 true  "%s" "%s" admin 10 none md2 md5 straight
+`, s.Port, script, User, Password)
+	emu := "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n"
+	for f, v := range map[string]string{"lan.conf": conf, "bmc.emu": emu} {
+		if err := os.WriteFile(filepath.Join(s.Dir, f), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(bin, "-c", filepath.Join(s.Dir, "lan.conf"), "-f", filepath.Join(s.Dir, "bmc.emu"), "-n", "-s", filepath.Join(s.Dir, "state"))
+	out, err := os.Create(filepath.Join(s.Dir, "sim.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill() //nolint:errcheck // it may have exited
+		cmd.Wait()         //nolint:errcheck // killed
+		out.Close()
+	})
+	// Ready when a session opens (it binds its port at once).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := s.ping()
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(s.Dir, "sim.log"))
+			t.Fatalf("ipmi_sim did not answer: %v\n%s", err, log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (s *Sim) ping() error {
+	c, err := ipmi.NewClient("127.0.0.1", s.Port, User, Password)
+	if err != nil {
+		return err
+	}
+	c.WithInterface(ipmi.InterfaceLanplus).WithTimeout(time.Second).WithCipherSuiteID(types.CipherSuiteID3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		return err
+	}
+	return c.Close(ctx)
+}
+
+// Log is the chassis commands the simulator carried out, in order,
+// space-separated ("power=1 reset=1 boot=pxe").
+func (s *Sim) Log(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.Dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(strings.Fields(string(b)), " ")
+}

@@ -60,8 +60,9 @@ func startSuite(t *testing.T, machines int, edit func(*labkit.Config)) *suite {
 		cache = "/var/cache/anvil"
 	}
 	bin := t.TempDir()
-	for _, c := range []string{"anvil-controller", "anvilctl"} {
-		build := exec.Command("go", "build", "-o", filepath.Join(bin, c), "./controller/cmd/"+c)
+	for c, pkg := range map[string]string{"anvil-controller": "./controller/cmd/anvil-controller", "anvilctl": "./controller/cmd/anvilctl",
+		"anvil-lab-chassis": "./test/labkit/cmd/anvil-lab-chassis"} {
+		build := exec.Command("go", "build", "-o", filepath.Join(bin, c), pkg)
 		build.Dir = r
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", c, err, out)

@@ -51,7 +51,8 @@ type Config struct {
 	Namespace string
 	// Machines is how many VMs to boot.
 	Machines int
-	// Bin holds anvil-controller and anvilctl.
+	// Bin holds anvil-controller, anvilctl and anvil-lab-chassis (make
+	// build).
 	Bin string
 	// Kernel and Initramfs are the agent's boot files.
 	Kernel, Initramfs string
@@ -98,7 +99,8 @@ func (c Config) Validate() error {
 	if c.Machines < 1 || c.Machines > 50 {
 		errs = append(errs, fmt.Errorf("%d machines: want 1-50", c.Machines))
 	}
-	for what, p := range map[string]string{"controller": filepath.Join(c.Bin, "anvil-controller"), "kernel": c.Kernel, "initramfs": c.Initramfs} {
+	for what, p := range map[string]string{"controller": filepath.Join(c.Bin, "anvil-controller"), "BMC chassis program": filepath.Join(c.Bin, "anvil-lab-chassis"),
+		"kernel": c.Kernel, "initramfs": c.Initramfs} {
 		if _, err := os.Stat(p); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", what, err))
 		}

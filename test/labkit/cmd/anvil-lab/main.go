@@ -26,7 +26,7 @@ func main() {
 	flag.StringVar(&c.Dir, "dir", c.Dir, "lab directory")
 	flag.StringVar(&c.Namespace, "netns", c.Namespace, "network namespace of the lab")
 	flag.IntVar(&c.Machines, "machines", c.Machines, "number of VMs")
-	flag.StringVar(&c.Bin, "bin", filepath.Join(root, "bin"), "directory with anvil-controller and anvilctl")
+	flag.StringVar(&c.Bin, "bin", filepath.Join(root, "bin"), "directory with anvil-controller, anvilctl and anvil-lab-chassis (make build)")
 	flag.StringVar(&c.Kernel, "kernel", "/var/cache/anvil/kernel/vmlinuz", "agent kernel")
 	flag.StringVar(&c.Initramfs, "initramfs", filepath.Join(root, "bin/anvil-initramfs.cpio.zst"), "agent initramfs")
 	flag.IntVar(&c.MemoryMiB, "memory", c.MemoryMiB, "MiB of RAM per VM")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: every benchmark, each printing ratios against a baseline
 # measured in the same run. Results are recorded in docs/benchmarks.md.
-# BENCH=fleet, image, fwapply, fwconn or boot runs one of them.
+# BENCH=fleet, image, fwapply, fwconn, boot or power runs one of them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -25,6 +25,11 @@ if [ "$which" = all ] || [ "$which" = boot ]; then
   make -s initramfs images-tiny
   go build -o bin/boottime-bench ./test/bench/boottime
   bin/boottime-bench -kernel "${ANVIL_CACHE:-/var/cache/anvil}/kernel/vmlinuz"
+fi
+if [ "$which" = all ] || [ "$which" = power ]; then
+  echo "== BMC power actions/s: anvil's operator API (per-BMC serialisation, events) vs the IPMI driver alone, on ipmi_sim"
+  go build -o bin/powerrate-bench ./test/bench/powerrate
+  bin/powerrate-bench -bmcs "${BENCH_BMCS:-8}" -runs "${BENCH_RUNS:-3}"
 fi
 if [ "$which" = all ] || [ "$which" = fwconn ]; then
   echo "== firewall: new connections/s through the fw namespace: no table vs conntrack only vs anvil with 10,000 CIDRs"

@@ -39,22 +39,42 @@ func (s *Sim) Address(user, pass string) string {
 // FreeUDPPort returns a loopback UDP port nothing listens on.
 func FreeUDPPort(t testing.TB) int {
 	t.Helper()
-	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	p, err := FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// FreePort returns a loopback UDP port nothing listens on.
+func FreePort() (int, error) {
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
 	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
+	return c.LocalAddr().(*net.UDPAddr).Port, nil
 }
 
 // Start runs a simulator until the test ends.
 func Start(t testing.TB) *Sim {
 	t.Helper()
+	s, stop, err := Run(t.TempDir(), FreeUDPPort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return s
+}
+
+// Run starts a simulator with its files in dir, listening on the loopback
+// UDP port, and returns once it answers; stop ends it.
+func Run(dir string, port int) (s *Sim, stop func(), err error) {
 	bin, err := exec.LookPath("ipmi_sim")
 	if err != nil {
-		t.Fatalf("ipmi_sim not found (hack/install-deps.sh installs Debian's openipmi): %v", err)
+		return nil, nil, fmt.Errorf("ipmi_sim not found (hack/install-deps.sh installs Debian's openipmi): %w", err)
 	}
-	s := &Sim{Dir: t.TempDir(), Port: FreeUDPPort(t)}
+	s = &Sim{Dir: dir, Port: port}
 	script := filepath.Join(s.Dir, "chassis.sh")
 	// ipmi_sim's external chassis control: "get NAME..." prints NAME:value
 	// lines, "set NAME value..." changes them.
@@ -66,11 +86,11 @@ get) for k in "$@"; do printf '%s:%s\n' "$k" "$(cat "$d/$k" 2>/dev/null || echo 
 set) while [ $# -gt 1 ]; do echo "$2" > "$d/$1"; echo "$1=$2" >> "$d/log"; shift 2; done ;;
 esac
 `), 0o755); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	for f, v := range map[string]string{"power": "0", "boot": "none", "log": ""} {
 		if err := os.WriteFile(filepath.Join(s.Dir, f), []byte(v), 0o644); err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 	}
 	conf := fmt.Sprintf(`name "anvilbmc"
@@ -91,33 +111,35 @@ set_working_mc 0x20
 	emu := "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n"
 	for f, v := range map[string]string{"lan.conf": conf, "bmc.emu": emu} {
 		if err := os.WriteFile(filepath.Join(s.Dir, f), []byte(v), 0o644); err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 	}
 	cmd := exec.Command(bin, "-c", filepath.Join(s.Dir, "lan.conf"), "-f", filepath.Join(s.Dir, "bmc.emu"), "-n", "-s", filepath.Join(s.Dir, "state"))
 	out, err := os.Create(filepath.Join(s.Dir, "sim.log"))
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		out.Close()
+		return nil, nil, err
 	}
-	t.Cleanup(func() {
+	stop = func() {
 		cmd.Process.Kill() //nolint:errcheck // it may have exited
 		cmd.Wait()         //nolint:errcheck // killed
 		out.Close()
-	})
+	}
 	// Ready when a session opens (it binds its port at once).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		err := s.ping()
 		if err == nil {
-			return s
+			return s, stop, nil
 		}
 		if time.Now().After(deadline) {
+			stop()
 			log, _ := os.ReadFile(filepath.Join(s.Dir, "sim.log"))
-			t.Fatalf("ipmi_sim did not answer: %v\n%s", err, log)
+			return nil, nil, fmt.Errorf("ipmi_sim did not answer: %w\n%s", err, log)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

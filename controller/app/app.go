@@ -123,6 +123,9 @@ type Controller struct {
 	udp     sync.WaitGroup
 	udpErr  []error
 	udpMu   sync.Mutex
+	// stopChecks ends the periodic BMC checks of silent machines.
+	stopChecks context.CancelFunc
+	checks     sync.WaitGroup
 }
 
 var _ boot.Machines = (*server.Server)(nil)
@@ -256,6 +259,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		AdminToken: admin, BootToken: bootTok, store: st, grpc: g, http: httpSrv, done: make(chan error, 1),
 	}
 	c.runUDP(udp, log)
+	c.runChecks(srv, cfg.Server.BMCCheckInterval, log)
 	log.Info("controller listening", "addr", lis.Addr().String(), "ca_fingerprint", c.CAFingerprint, "data_dir", cfg.DataDir)
 	if httpSrv != nil {
 		c.BootAddr = bootLis.Addr()
@@ -270,9 +274,39 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	return c, nil
 }
 
+// runChecks asks silent machines' BMCs for their power state every
+// interval (0: never), so they show as Off or Hung rather than Dead.
+func (c *Controller) runChecks(srv *server.Server, every time.Duration, log *slog.Logger) {
+	if every <= 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stopChecks = cancel
+	c.checks.Go(func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				cctx, cancel := context.WithTimeout(ctx, every)
+				if _, err := srv.CheckSilentMachines(cctx); err != nil && ctx.Err() == nil {
+					log.Warn("checking silent machines' BMCs", "err", err)
+				}
+				cancel()
+			}
+		}
+	})
+}
+
 // Stop ends every stream at once (as a crash would, from the agents' side)
 // and closes the store.
 func (c *Controller) Stop() error {
+	if c.stopChecks != nil {
+		c.stopChecks()
+		c.checks.Wait()
+	}
 	if c.stopUDP != nil {
 		c.stopUDP()
 		c.udp.Wait()

@@ -34,7 +34,7 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 		Macs:          m.MACs,
 		State:         m.Status.State,
 		FailureReason: m.Status.FailureReason,
-		Liveliness:    d.Liveliness,
+		Liveliness:    s.refine(m, d.Liveliness),
 		CrashLoop:     m.Status.CrashLoop,
 		FailedReclaim: d.FailedReclaim,
 		SizeId:        m.SizeID,

@@ -3,17 +3,21 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/anvil-metal/anvil/controller/app"
 	"github.com/anvil-metal/anvil/controller/bmc/ipmisim"
 	"github.com/anvil-metal/anvil/controller/bmc/qemutest"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+	"github.com/anvil-metal/anvil/test/harness"
 )
 
 // TestPowerThroughQMP drives a real QEMU VM through the real controller's
@@ -202,5 +206,51 @@ func TestPowerThroughIPMI(t *testing.T) {
 	}
 	if ev := r.GetEvent(); !strings.Contains(ev.GetMessage(), "ipmi://admin:xxxxx@127.0.0.1") {
 		t.Errorf("event %q: want the BMC named without its password", ev.GetMessage())
+	}
+}
+
+// TestSilentMachinesAreCheckedThroughTheirBMC: a machine whose agent went
+// silent is reported Off or Hung, as its BMC says, by the controller's own
+// periodic check (real IPMI to OpenIPMI's simulator).
+func TestSilentMachinesAreCheckedThroughTheirBMC(t *testing.T) {
+	h := harness.StartController(t, t.TempDir(), func(c *app.Config) {
+		c.Server.Lifecycle.AliveTimeout, c.Server.Lifecycle.DeadTimeout = 200*time.Millisecond, 400*time.Millisecond
+		c.Server.BMCCheckInterval = 300 * time.Millisecond
+		c.Server.LiveWindow = 200 * time.Millisecond
+	})
+	e := env{h: h, op: h.Operator(), agent: anvilv1.NewAgentServiceClient(h.Dial(""))}
+	ctx := context.Background()
+	_, id := e.register(t, 0)
+	_, other := e.register(t, 1) // no BMC: stays Dead
+	sim := ipmisim.Start(t)
+	if _, err := e.op.Machines.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: sim.Address(ipmisim.User, ipmisim.Password)}); err != nil {
+		t.Fatal(err)
+	}
+	waitLiveliness := func(id string, want anvilv1.Liveliness) {
+		t.Helper()
+		harness.Eventually(t, 10*time.Second, func() error {
+			m, err := e.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id})
+			if err != nil {
+				return err
+			}
+			if m.GetLiveliness() != want {
+				return fmt.Errorf("liveliness %v, want %v", m.GetLiveliness(), want)
+			}
+			return nil
+		})
+	}
+	waitLiveliness(id, anvilv1.Liveliness_LIVELINESS_OFF)
+	// Powered on, still silent: hung.
+	if _, err := e.op.Machines.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_ON}); err != nil {
+		t.Fatal(err)
+	}
+	waitLiveliness(id, anvilv1.Liveliness_LIVELINESS_HUNG)
+	waitLiveliness(other, anvilv1.Liveliness_LIVELINESS_DEAD)
+	// The agent talks again: alive, whatever the BMC said.
+	if _, err := e.agent.Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(id, 0)}, bearer(e.h.Running().BootToken)); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := e.op.Machines.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id}); err != nil || m.GetLiveliness() != anvilv1.Liveliness_LIVELINESS_ALIVE {
+		t.Fatalf("after the agent came back: %v, %v", m.GetLiveliness(), err)
 	}
 }

@@ -85,7 +85,11 @@ type Config struct {
 	SecurityEventEvery time.Duration
 	// BMCTimeout bounds each power operation on a machine's BMC.
 	BMCTimeout time.Duration
-	Lifecycle  lifecycle.Config
+	// BMCCheckInterval is how often the BMCs of silent machines (dead
+	// agents, not in their installed system) are asked for the power
+	// state, which shows them as Off or Hung; 0 switches it off.
+	BMCCheckInterval time.Duration
+	Lifecycle        lifecycle.Config
 }
 
 // DefaultConfig returns the production defaults.
@@ -108,6 +112,7 @@ func DefaultConfig() Config {
 		RegisterBurst:        50,
 		SecurityEventEvery:   10 * time.Second,
 		BMCTimeout:           bmc.DefaultTimeout,
+		BMCCheckInterval:     time.Minute,
 		Lifecycle:            lifecycle.DefaultConfig(),
 	}
 }
@@ -141,6 +146,12 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v must be positive", what, d))
 		}
+	}
+	if dead := c.Lifecycle.DeadTimeout; dead > 0 && c.LiveWindow > dead {
+		errs = append(errs, fmt.Errorf("live window %v is longer than the dead timeout %v (a dead machine cannot have a live session)", c.LiveWindow, dead))
+	}
+	if c.BMCCheckInterval < 0 {
+		errs = append(errs, fmt.Errorf("BMC check interval %v is negative", c.BMCCheckInterval))
 	}
 	if c.MaxWaitStreams < 1 {
 		errs = append(errs, fmt.Errorf("max Wait streams %d must be at least 1", c.MaxWaitStreams))
@@ -207,6 +218,8 @@ type Server struct {
 	regLimit  *sourceLimiter
 	streams   streamCount
 	secEvents every
+	// checks holds what silent machines' BMCs said (CheckSilentMachines).
+	checks powerChecks
 }
 
 // Option configures a Server.

@@ -245,6 +245,11 @@ const (
 	Liveliness_LIVELINESS_ALIVE       Liveliness = 1
 	Liveliness_LIVELINESS_DEAD        Liveliness = 2
 	Liveliness_LIVELINESS_UNKNOWN     Liveliness = 3
+	// Dead, and its BMC says the power is off.
+	Liveliness_LIVELINESS_OFF Liveliness = 4
+	// Dead, and its BMC says the power is on: the machine is hung (or runs
+	// something that does not talk to the controller).
+	Liveliness_LIVELINESS_HUNG Liveliness = 5
 )
 
 // Enum value maps for Liveliness.
@@ -254,12 +259,16 @@ var (
 		1: "LIVELINESS_ALIVE",
 		2: "LIVELINESS_DEAD",
 		3: "LIVELINESS_UNKNOWN",
+		4: "LIVELINESS_OFF",
+		5: "LIVELINESS_HUNG",
 	}
 	Liveliness_value = map[string]int32{
 		"LIVELINESS_UNSPECIFIED": 0,
 		"LIVELINESS_ALIVE":       1,
 		"LIVELINESS_DEAD":        2,
 		"LIVELINESS_UNKNOWN":     3,
+		"LIVELINESS_OFF":         4,
+		"LIVELINESS_HUNG":        5,
 	}
 )
 
@@ -1689,13 +1698,15 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x15MACHINE_STATE_RECLAIM\x10\t\x12\x18\n" +
 	"\x14MACHINE_STATE_FAILED\x10\n" +
 	"\x12#\n" +
-	"\x1fMACHINE_STATE_AWAITING_APPROVAL\x10\v*k\n" +
+	"\x1fMACHINE_STATE_AWAITING_APPROVAL\x10\v*\x94\x01\n" +
 	"\n" +
 	"Liveliness\x12\x1a\n" +
 	"\x16LIVELINESS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LIVELINESS_ALIVE\x10\x01\x12\x13\n" +
 	"\x0fLIVELINESS_DEAD\x10\x02\x12\x16\n" +
-	"\x12LIVELINESS_UNKNOWN\x10\x03*\xea\x03\n" +
+	"\x12LIVELINESS_UNKNOWN\x10\x03\x12\x12\n" +
+	"\x0eLIVELINESS_OFF\x10\x04\x12\x13\n" +
+	"\x0fLIVELINESS_HUNG\x10\x05*\xea\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16EVENT_TYPE_PXE_BOOTING\x10\x01\x12\x1a\n" +

@@ -3,13 +3,14 @@
 // the controller uses; Open picks the implementation from the machine's BMC
 // address.
 //
-// Two implementations: IPMI 2.0 over LAN ("ipmi://user:password@host";
+// Three implementations: IPMI 2.0 over LAN ("ipmi://user:password@host";
 // ipmi.go, IPMI v2.0 rev 1.1 §13 RMCP+ sessions and §28 chassis commands)
+// and DMTF Redfish ("redfish://user:password@host"; redfish.go, DSP0266)
 // for real servers, and QMP ("qmp:///path/to/vm.qmp"): a fake BMC for the
 // QEMU lab that speaks the QEMU Machine Protocol (JSON over the VM's QMP
 // unix socket; QEMU docs/interop/qmp-spec) to the QEMU process running the
-// machine. Other types (redfish://, ...) are refused with ErrUnsupported:
-// never a silent success.
+// machine. Other types are refused with ErrUnsupported: never a silent
+// success.
 //
 // # Power model (QMP)
 //
@@ -87,6 +88,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"path"
 	"strconv"
@@ -188,7 +190,11 @@ type Address struct {
 	// CipherSuite is the RMCP+ cipher suite to use; 0 tries 17
 	// (HMAC-SHA256, AES) and then 3 (HMAC-SHA1, AES).
 	CipherSuite int
-	raw         *url.URL
+	// Insecure: a Redfish BMC's TLS certificate is not verified.
+	Insecure bool
+	// httpScheme is a Redfish BMC's transport, "https" or "http".
+	httpScheme string
+	raw        *url.URL
 }
 
 // String returns the address without credentials (a password is shown as
@@ -201,7 +207,7 @@ func (a Address) String() string {
 }
 
 // supportedTypes lists the BMC types Open accepts.
-const supportedTypes = "qmp, ipmi"
+const supportedTypes = "qmp, ipmi, redfish, redfish+http"
 
 // ParseAddress parses and checks a BMC address. Supported: "qmp:///abs/path"
 // (a unix socket path; "qmp:/abs/path" is accepted too). A known type
@@ -224,6 +230,8 @@ func ParseAddress(s string) (Address, error) {
 	case "qmp":
 	case "ipmi":
 		return parseIPMI(u, shown)
+	case "redfish", "redfish+http":
+		return parseRedfish(u, scheme, shown)
 	case "":
 		return Address{}, fmt.Errorf("%w %q: no type; want qmp:///path/to/vm.qmp", ErrInvalidAddress, shown)
 	default:
@@ -286,6 +294,70 @@ func parseIPMI(u *url.URL, shown string) (Address, error) {
 	return a, nil
 }
 
+// parseRedfish checks "redfish[+http]://user:password@host[:port]
+// [/redfish/v1/Systems/ID][?insecure=true][&boot=efi|legacy]".
+func parseRedfish(u *url.URL, scheme, shown string) (Address, error) {
+	if u.Opaque != "" || u.Host == "" || u.Fragment != "" {
+		return Address{}, fmt.Errorf("%w %q: want %s://user:password@host[:port][/redfish/v1/Systems/ID]", ErrInvalidAddress, shown, scheme)
+	}
+	a := Address{Scheme: scheme, Host: u.Hostname(), httpScheme: "https"}
+	if scheme == "redfish+http" {
+		a.httpScheme = "http"
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return Address{}, fmt.Errorf("%w %q: port %q", ErrInvalidAddress, shown, p)
+		}
+		a.Port = n
+	}
+	if u.User == nil || u.User.Username() == "" {
+		return Address{}, fmt.Errorf("%w %q: a Redfish address needs a user (%s://user:password@host)", ErrInvalidAddress, shown, scheme)
+	}
+	a.User = u.User.Username()
+	a.Password, _ = u.User.Password()
+	switch p := strings.TrimSuffix(u.Path, "/"); {
+	case p == "":
+	case strings.HasPrefix(p, "/redfish/v1/Systems/") && path.Clean(p) == p && strings.Count(p, "/") == 4:
+		a.Path = p
+	default:
+		return Address{}, fmt.Errorf("%w %q: the path must be a system, /redfish/v1/Systems/ID", ErrInvalidAddress, shown)
+	}
+	q := u.Query()
+	for k := range q {
+		if k != "insecure" && k != "boot" {
+			return Address{}, fmt.Errorf("%w %q: unknown parameter %q (redfish takes insecure=true and boot=efi|legacy)", ErrInvalidAddress, shown, k)
+		}
+	}
+	switch q.Get("insecure") {
+	case "", "false":
+	case "true":
+		a.Insecure = true
+	default:
+		return Address{}, fmt.Errorf("%w %q: insecure=%q, want true or false", ErrInvalidAddress, shown, q.Get("insecure"))
+	}
+	switch q.Get("boot") {
+	case "", "efi":
+	case "legacy":
+		a.LegacyBoot = true
+	default:
+		return Address{}, fmt.Errorf("%w %q: boot=%q, want efi or legacy", ErrInvalidAddress, shown, q.Get("boot"))
+	}
+	a.raw = u
+	return a, nil
+}
+
+// hostPort is host[:port] as a URL host.
+func (a Address) hostPort() string {
+	if a.Port == 0 {
+		if strings.Contains(a.Host, ":") {
+			return "[" + a.Host + "]"
+		}
+		return a.Host
+	}
+	return net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
+}
+
 // Full returns the address with its credentials, for the controller to
 // keep (sealed) and to open the driver with; never for display.
 func (a Address) Full() string {
@@ -307,6 +379,30 @@ func Redact(s string) string {
 		return scheme + ":(unparsable)"
 	}
 	return u.Redacted()
+}
+
+// attempts bounds the tries of one operation on a BMC that does not answer
+// (UDP loses packets; BMCs drop sessions and connections under load).
+const attempts = 3
+
+// retryUnreachable runs fn up to attempts times while it fails with
+// ErrUnreachable, waiting wait, then twice as long, between tries; any
+// other error (a refusal, wrong credentials) is returned at once.
+func retryUnreachable(ctx context.Context, wait time.Duration, fn func() error) error {
+	var last error
+	for attempt := 1; attempt <= attempts; attempt++ {
+		last = fn()
+		if last == nil || !errors.Is(last, ErrUnreachable) || ctx.Err() != nil || attempt == attempts {
+			return last
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return errors.Join(last, ctx.Err())
+		}
+		wait *= 2
+	}
+	return last
 }
 
 // Option configures a driver.
@@ -341,6 +437,8 @@ func Open(addr string, opts ...Option) (Driver, error) {
 		return NewQMP(a.Path, o.timeout), nil
 	case "ipmi":
 		return newIPMI(a, o.timeout), nil
+	case "redfish", "redfish+http":
+		return newRedfish(a, o.timeout), nil
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnsupported, a.Scheme)
 }

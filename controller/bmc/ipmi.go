@@ -22,10 +22,6 @@ var ErrAuth = errors.New("BMC refused the credentials")
 // IPMIDefaultPort is the RMCP port.
 const IPMIDefaultPort = 623
 
-// ipmiAttempts bounds the tries of one operation on an IPMI BMC that does
-// not answer (UDP loses packets; BMCs drop sessions under load).
-const ipmiAttempts = 3
-
 // IPMI drives a BMC over IPMI 2.0 LAN (RMCP+, "lanplus"), one session per
 // operation (BMCs have few session slots; a session left open holds one).
 // Boot overrides are one-time (the next boot only), in the firmware mode
@@ -56,27 +52,11 @@ func newIPMI(a Address, timeout time.Duration) *IPMI {
 // do runs fn in a fresh session, retrying (with doubling waits) while the
 // BMC is unreachable; refusals and wrong credentials are returned at once.
 func (d *IPMI) do(ctx context.Context, what string, fn func(context.Context, *ipmi.Client) error) error {
-	wait := d.retryWait
-	var last error
-	for attempt := 1; attempt <= ipmiAttempts; attempt++ {
-		err := d.once(ctx, fn)
-		if err == nil {
-			return nil
-		}
-		last = err
-		if !errors.Is(err, ErrUnreachable) || ctx.Err() != nil {
-			break
-		}
-		if attempt < ipmiAttempts {
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-				return fmt.Errorf("ipmi %s %s: %w", d.addr(), what, errors.Join(last, ctx.Err()))
-			}
-			wait *= 2
-		}
+	err := retryUnreachable(ctx, d.retryWait, func() error { return d.once(ctx, fn) })
+	if err != nil {
+		return fmt.Errorf("ipmi %s %s: %w", d.addr(), what, err)
 	}
-	return fmt.Errorf("ipmi %s %s: %w", d.addr(), what, last)
+	return nil
 }
 
 func (d *IPMI) addr() string { return net.JoinHostPort(d.host, strconv.Itoa(d.port)) }

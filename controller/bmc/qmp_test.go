@@ -464,8 +464,9 @@ func TestParseAddress(t *testing.T) {
 		{"qmp:/run/vm1.qmp", "/run/vm1.qmp", nil, ""},
 		{"QMP:///run/vm1.qmp", "/run/vm1.qmp", nil, ""},
 		{"qmp://localhost/run/vm1.qmp", "/run/vm1.qmp", nil, ""},
-		{"redfish://admin:secret@10.0.0.5", "", ErrUnsupported, `unsupported BMC type "redfish" in redfish://admin:xxxxx@10.0.0.5 (supported: qmp, ipmi)`},
+		{"idrac://admin:secret@10.0.0.5", "", ErrUnsupported, `unsupported BMC type "idrac" in idrac://admin:xxxxx@10.0.0.5 (supported: qmp, ipmi, redfish, redfish+http)`},
 		{"redfish+https://10.0.0.5", "", ErrUnsupported, `"redfish+https"`},
+		{"amt://10.0.0.5", "", ErrUnsupported, `"amt"`},
 		{"/run/vm1.qmp", "", ErrInvalidAddress, "no type"},
 		{"qmp://host/run/vm1.qmp", "", ErrInvalidAddress, "local socket"},
 		{"qmp:relative/vm.qmp", "", ErrInvalidAddress, "local socket"},
@@ -487,8 +488,8 @@ func TestParseAddress(t *testing.T) {
 			t.Errorf("%q: error shows the password: %v", tc.in, err)
 		}
 	}
-	if _, err := Open("redfish://10.0.0.5"); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("Open(redfish): %v, want ErrUnsupported", err)
+	if _, err := Open("idrac://10.0.0.5"); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("Open(idrac): %v, want ErrUnsupported", err)
 	}
 	if got := Redact("redfish://root:pw@bmc"); got != "redfish://root:xxxxx@bmc" {
 		t.Errorf("Redact = %q", got)

@@ -59,9 +59,9 @@ func TestPowerThroughQMP(t *testing.T) {
 			t.Errorf("the error shows the password: %v", err)
 		}
 	}
-	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "redfish://10.0.0.5"})
+	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "idrac://10.0.0.5"})
 	if msg := status.Convert(err).Message(); !strings.Contains(msg, "unsupported BMC type") {
-		t.Errorf("redfish: %q, want unsupported BMC type", msg)
+		t.Errorf("idrac: %q, want unsupported BMC type", msg)
 	}
 	// An IPMI BMC is taken; its password is never shown.
 	if m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "ipmi://admin:Sup3rS3cretBMC@10.0.0.5"}); err != nil || m.GetBmcAddress() != "ipmi://admin:xxxxx@10.0.0.5" {

@@ -34,6 +34,7 @@ build:
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvilctl ./controller/cmd/anvilctl
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-firewall ./firewall/cmd/anvil-firewall
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-lab-chassis ./test/labkit/cmd/anvil-lab-chassis
+	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o bin/anvil-lab-redfish ./test/labkit/cmd/anvil-lab-redfish
 
 # Debian's cloud kernel and the modules the initramfs loads, through apt,
 # cached in $(KERNEL_DIR).

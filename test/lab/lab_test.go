@@ -61,7 +61,7 @@ func startSuite(t *testing.T, machines int, edit func(*labkit.Config)) *suite {
 	}
 	bin := t.TempDir()
 	for c, pkg := range map[string]string{"anvil-controller": "./controller/cmd/anvil-controller", "anvilctl": "./controller/cmd/anvilctl",
-		"anvil-lab-chassis": "./test/labkit/cmd/anvil-lab-chassis"} {
+		"anvil-lab-chassis": "./test/labkit/cmd/anvil-lab-chassis", "anvil-lab-redfish": "./test/labkit/cmd/anvil-lab-redfish"} {
 		build := exec.Command("go", "build", "-o", filepath.Join(bin, c), pkg)
 		build.Dir = r
 		if out, err := build.CombinedOutput(); err != nil {
@@ -515,6 +515,14 @@ func TestLab(t *testing.T) {
 		}
 		if count(evs, anvilv1.EventType_EVENT_TYPE_POWER) == 0 || !strings.Contains(lastOf(evs, anvilv1.EventType_EVENT_TYPE_REGISTERING), "expected boot (power") {
 			t.Error("reinstall did not reset the machine into the agent (an expected boot, registered after the power event)")
+		}
+		// VM 2's BMC speaks Redfish, VM 1's IPMI: the reset went through
+		// the protocol of each, and no event shows a password.
+		if msg := lastOf(evs, anvilv1.EventType_EVENT_TYPE_POWER); !strings.Contains(msg, "through redfish+http://anvil:xxxxx@") {
+			t.Errorf("VM 2's reset: %q, want it through its Redfish BMC", msg)
+		}
+		if msg := lastOf(s.events(t, s.ids[0]), anvilv1.EventType_EVENT_TYPE_POWER); !strings.Contains(msg, "through ipmi://anvil:xxxxx@") {
+			t.Errorf("VM 1's last power action: %q, want it through its IPMI BMC", msg)
 		}
 	})
 

@@ -51,8 +51,8 @@ type Config struct {
 	Namespace string
 	// Machines is how many VMs to boot.
 	Machines int
-	// Bin holds anvil-controller, anvilctl and anvil-lab-chassis (make
-	// build).
+	// Bin holds anvil-controller, anvilctl, anvil-lab-chassis and
+	// anvil-lab-redfish (make build).
 	Bin string
 	// Kernel and Initramfs are the agent's boot files.
 	Kernel, Initramfs string
@@ -100,7 +100,8 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%d machines: want 1-50", c.Machines))
 	}
 	for what, p := range map[string]string{"controller": filepath.Join(c.Bin, "anvil-controller"), "BMC chassis program": filepath.Join(c.Bin, "anvil-lab-chassis"),
-		"kernel": c.Kernel, "initramfs": c.Initramfs} {
+		"Redfish BMC": filepath.Join(c.Bin, "anvil-lab-redfish"),
+		"kernel":      c.Kernel, "initramfs": c.Initramfs} {
 		if _, err := os.Stat(p); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", what, err))
 		}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/anvil-metal/anvil/controller/bmc/ipmisim"
 )
 
 // Each odd lab VM's BMC is OpenIPMI's simulator (ipmi_sim, Debian's
@@ -69,27 +71,11 @@ func (l *Lab) startIPMISim(vm *VM) error {
 	if _, err := os.Stat(chassis); err != nil {
 		return fmt.Errorf("BMC of VM %d: %w (make build builds it)", vm.Index, err)
 	}
-	conf := fmt.Sprintf(`name "anvil-lab-bmc%d"
-set_working_mc 0x20
-  startlan 1
-    addr %s %d
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid %032x
-  endlan
-  chassis_control "%s %s"
-  user 1 true  ""   ""   user  10 none md2 md5 straight
-  user 2 true  "%s" "%s" admin 10 none md2 md5 straight
-`, vm.Index, ControllerIP, BMCPort(vm.Index), vm.Index, chassis, vm.QMP, bmcUser, bmcPassword)
-	emu := "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n"
-	for name, body := range map[string]string{"lan.conf": conf, "bmc.emu": emu} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			return err
-		}
+	lanConf, emu, err := ipmisim.WriteConfig(dir, ipmisim.Config{Name: fmt.Sprintf("anvil-lab-bmc%d", vm.Index), Addr: ControllerIP, Port: BMCPort(vm.Index),
+		User: bmcUser, Password: bmcPassword, Chassis: chassis + " " + vm.QMP})
+	if err != nil {
+		return err
 	}
 	return l.spawn(filepath.Join(l.cfg.Dir, fmt.Sprintf("vm%d-bmc.pid", vm.Index)), filepath.Join(dir, "ipmi_sim.log"),
-		"ipmi_sim", "-c", filepath.Join(dir, "lan.conf"), "-f", filepath.Join(dir, "bmc.emu"), "-n", "-s", filepath.Join(dir, "state"))
+		ipmisim.Command(lanConf, emu, filepath.Join(dir, "state"))...)
 }

@@ -56,6 +56,51 @@ func FreePort() (int, error) {
 	return c.LocalAddr().(*net.UDPAddr).Port, nil
 }
 
+// Config is one simulated BMC: where it listens, its administrator and the
+// program it hands chassis commands to (ipmi_sim's chassis_control: called
+// with "get NAME..." and "set NAME VALUE...").
+type Config struct {
+	Name           string
+	Addr           string
+	Port           int
+	User, Password string
+	Chassis        string
+}
+
+// WriteConfig writes the simulator's lan.conf and emulator command file
+// for c into dir and returns their paths.
+func WriteConfig(dir string, c Config) (lanConf, emu string, err error) {
+	conf := fmt.Sprintf(`name "%s"
+set_working_mc 0x20
+  startlan 1
+    addr %s %d
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  chassis_control "%s"
+  user 1 true  ""   ""   user  10 none md2 md5 straight
+  user 2 true  "%s" "%s" admin 10 none md2 md5 straight
+`, c.Name, c.Addr, c.Port, c.Chassis, c.User, c.Password)
+	const emuCmds = "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n"
+	lanConf, emu = filepath.Join(dir, "lan.conf"), filepath.Join(dir, "bmc.emu")
+	for p, body := range map[string]string{lanConf: conf, emu: emuCmds} {
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			return "", "", err
+		}
+	}
+	return lanConf, emu, nil
+}
+
+// Command is the simulator's command line for the files WriteConfig wrote
+// (no persistence; state in stateDir).
+func Command(lanConf, emu, stateDir string) []string {
+	return []string{"ipmi_sim", "-c", lanConf, "-f", emu, "-n", "-s", stateDir}
+}
+
 // Start runs a simulator until the test ends.
 func Start(t testing.TB) *Sim {
 	t.Helper()
@@ -93,28 +138,12 @@ esac
 			return nil, nil, err
 		}
 	}
-	conf := fmt.Sprintf(`name "anvilbmc"
-set_working_mc 0x20
-  startlan 1
-    addr 127.0.0.1 %d
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  chassis_control "%s"
-  user 1 true  ""      "test"   user  10 none md2 md5 straight
-  user 2 true  "%s" "%s" admin 10 none md2 md5 straight
-`, s.Port, script, User, Password)
-	emu := "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n"
-	for f, v := range map[string]string{"lan.conf": conf, "bmc.emu": emu} {
-		if err := os.WriteFile(filepath.Join(s.Dir, f), []byte(v), 0o644); err != nil {
-			return nil, nil, err
-		}
+	lanConf, emu, err := WriteConfig(s.Dir, Config{Name: "anvilbmc", Addr: "127.0.0.1", Port: s.Port, User: User, Password: Password, Chassis: script})
+	if err != nil {
+		return nil, nil, err
 	}
-	cmd := exec.Command(bin, "-c", filepath.Join(s.Dir, "lan.conf"), "-f", filepath.Join(s.Dir, "bmc.emu"), "-n", "-s", filepath.Join(s.Dir, "state"))
+	args := Command(lanConf, emu, filepath.Join(s.Dir, "state"))
+	cmd := exec.Command(bin, args[1:]...)
 	out, err := os.Create(filepath.Join(s.Dir, "sim.log"))
 	if err != nil {
 		return nil, nil, err

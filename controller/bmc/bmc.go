@@ -255,18 +255,9 @@ func parseIPMI(u *url.URL, shown string) (Address, error) {
 		return Address{}, fmt.Errorf("%w %q: want ipmi://user:password@host[:port][?boot=efi|legacy]", ErrInvalidAddress, shown)
 	}
 	a := Address{Scheme: "ipmi", Host: u.Hostname(), Port: IPMIDefaultPort}
-	if p := u.Port(); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return Address{}, fmt.Errorf("%w %q: port %q", ErrInvalidAddress, shown, p)
-		}
-		a.Port = n
+	if err := withLogin(&a, u, shown, "an IPMI address needs a user (ipmi://user:password@host)"); err != nil {
+		return Address{}, err
 	}
-	if u.User == nil || u.User.Username() == "" {
-		return Address{}, fmt.Errorf("%w %q: an IPMI address needs a user (ipmi://user:password@host)", ErrInvalidAddress, shown)
-	}
-	a.User = u.User.Username()
-	a.Password, _ = u.User.Password()
 	if len(a.User) > 16 || len(a.Password) > 20 {
 		return Address{}, fmt.Errorf("%w %q: IPMI allows users of 16 and passwords of 20 bytes at most", ErrInvalidAddress, shown)
 	}
@@ -283,15 +274,7 @@ func parseIPMI(u *url.URL, shown string) (Address, error) {
 		}
 		a.CipherSuite = n
 	}
-	switch q.Get("boot") {
-	case "", "efi":
-	case "legacy":
-		a.LegacyBoot = true
-	default:
-		return Address{}, fmt.Errorf("%w %q: boot=%q, want efi or legacy", ErrInvalidAddress, shown, q.Get("boot"))
-	}
-	a.raw = u
-	return a, nil
+	return withBoot(a, u, shown)
 }
 
 // parseRedfish checks "redfish[+http]://user:password@host[:port]
@@ -304,18 +287,9 @@ func parseRedfish(u *url.URL, scheme, shown string) (Address, error) {
 	if scheme == "redfish+http" {
 		a.httpScheme = "http"
 	}
-	if p := u.Port(); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return Address{}, fmt.Errorf("%w %q: port %q", ErrInvalidAddress, shown, p)
-		}
-		a.Port = n
+	if err := withLogin(&a, u, shown, "a Redfish address needs a user ("+scheme+"://user:password@host)"); err != nil {
+		return Address{}, err
 	}
-	if u.User == nil || u.User.Username() == "" {
-		return Address{}, fmt.Errorf("%w %q: a Redfish address needs a user (%s://user:password@host)", ErrInvalidAddress, shown, scheme)
-	}
-	a.User = u.User.Username()
-	a.Password, _ = u.User.Password()
 	switch p := strings.TrimSuffix(u.Path, "/"); {
 	case p == "":
 	case strings.HasPrefix(p, "/redfish/v1/Systems/") && path.Clean(p) == p && strings.Count(p, "/") == 4:
@@ -336,12 +310,35 @@ func parseRedfish(u *url.URL, scheme, shown string) (Address, error) {
 	default:
 		return Address{}, fmt.Errorf("%w %q: insecure=%q, want true or false", ErrInvalidAddress, shown, q.Get("insecure"))
 	}
-	switch q.Get("boot") {
+	return withBoot(a, u, shown)
+}
+
+// withLogin takes the port (when given) and the user and password of a
+// network BMC's address; noUser is the message when there is no user.
+func withLogin(a *Address, u *url.URL, shown, noUser string) error {
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%w %q: port %q", ErrInvalidAddress, shown, p)
+		}
+		a.Port = n
+	}
+	if u.User == nil || u.User.Username() == "" {
+		return fmt.Errorf("%w %q: %s", ErrInvalidAddress, shown, noUser)
+	}
+	a.User = u.User.Username()
+	a.Password, _ = u.User.Password()
+	return nil
+}
+
+// withBoot takes the boot=efi|legacy parameter and completes the address.
+func withBoot(a Address, u *url.URL, shown string) (Address, error) {
+	switch u.Query().Get("boot") {
 	case "", "efi":
 	case "legacy":
 		a.LegacyBoot = true
 	default:
-		return Address{}, fmt.Errorf("%w %q: boot=%q, want efi or legacy", ErrInvalidAddress, shown, q.Get("boot"))
+		return Address{}, fmt.Errorf("%w %q: boot=%q, want efi or legacy", ErrInvalidAddress, shown, u.Query().Get("boot"))
 	}
 	a.raw = u
 	return a, nil

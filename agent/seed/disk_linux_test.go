@@ -4,10 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
 	"github.com/anvil-metal/anvil/agent/disks/gptread"
+	"github.com/anvil-metal/anvil/agent/disks/gptread/gpttest"
 	"github.com/anvil-metal/anvil/agent/image/growpart"
 	"github.com/anvil-metal/anvil/agent/image/rootfs"
 	"github.com/anvil-metal/anvil/test/loopdev"
@@ -312,13 +311,7 @@ func TestWriteRefusesAForgedGPT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, off := range []int{512, size - 512} {
-		h := b[off : off+92]
-		binary.LittleEndian.PutUint32(h[80:], 0xffffffff) // entry count
-		binary.LittleEndian.PutUint32(h[84:], 0xffffffff) // entry size
-		clear(h[16:20])
-		binary.LittleEndian.PutUint32(h[16:], crc32.ChecksumIEEE(h))
-	}
+	gpttest.HugeEntries(b, size)
 	if err := os.WriteFile(img, b, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,7 @@ package nocloud
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +15,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/anvil-metal/anvil/agent/disks/gptread"
+	"github.com/anvil-metal/anvil/agent/disks/gptread/gpttest"
 	"github.com/anvil-metal/anvil/images/internal/diskimg"
 )
 
@@ -271,13 +270,7 @@ func TestAppendRefusesAForgedGPT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, off := range []int{512, size - 512} {
-		h := b[off : off+92]
-		binary.LittleEndian.PutUint32(h[80:], 0xffffffff) // entry count
-		binary.LittleEndian.PutUint32(h[84:], 0xffffffff) // entry size
-		clear(h[16:20])
-		binary.LittleEndian.PutUint32(h[16:], crc32.ChecksumIEEE(h))
-	}
+	gpttest.HugeEntries(b, size)
 	if err := os.WriteFile(img, b, 0o600); err != nil {
 		t.Fatal(err)
 	}

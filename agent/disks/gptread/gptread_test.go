@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/anvil-metal/anvil/agent/disks/gptread/gpttest"
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 )
@@ -61,12 +61,7 @@ func edit(b []byte, f func(b []byte)) []byte {
 
 // setHeader rewrites a field of the GPT header at off and fixes its CRC,
 // as a forged header would.
-func setHeader(b []byte, off, field int, v uint32) {
-	h := b[off : off+92]
-	binary.LittleEndian.PutUint32(h[field:], v)
-	clear(h[16:20])
-	binary.LittleEndian.PutUint32(h[16:], crc32.ChecksumIEEE(h))
-}
+func setHeader(b []byte, off, field int, v uint32) { gpttest.SetField(b, off, field, v) }
 
 func dosMBR(size int) []byte {
 	b := make([]byte, size)

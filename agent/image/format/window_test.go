@@ -102,14 +102,7 @@ func TestZstdWindowCap(t *testing.T) {
 	// A first frame announcing more than MaxFrame: the whole stream is
 	// decoded by the streaming decoder.
 	streamed := e.EncodeAll(big, nil)
-	for _, c := range []struct {
-		name string
-		in   []byte
-		o    DecodeOptions
-		want []byte // nil: refused
-		// say are what the error must name (the window, the cap).
-		say []string
-	}{
+	runCapCases(t, []capCase{
 		{"window at the default cap", rawFrame(wd128MiB, content), DecodeOptions{}, content, nil},
 		{"2 GiB window", rawFrame(wd2GiB, content), DecodeOptions{}, nil, []string{"2147483648", "134217728"}},
 		{"window just over the cap", rawFrame(wd192MiB, content), DecodeOptions{}, nil, []string{"201326592", "134217728"}},
@@ -125,25 +118,7 @@ func TestZstdWindowCap(t *testing.T) {
 		// not carry the window, so only the cap is named.
 		{"later frame, streamed", append(bytes.Clone(streamed), rawFrame(wd2GiB, content)...),
 			DecodeOptions{MaxFrame: 64 << 10}, nil, []string{"134217728"}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			got, err := decodeWith(c.in, c.o)
-			if c.want != nil {
-				if err != nil || !bytes.Equal(got, c.want) {
-					t.Fatalf("decoded %d bytes, %v; want the %d bytes of content", len(got), err, len(c.want))
-				}
-				return
-			}
-			if !errors.Is(err, ErrWindowTooLarge) {
-				t.Fatalf("decoded %d bytes, err %v; want ErrWindowTooLarge", len(got), err)
-			}
-			for _, s := range c.say {
-				if !strings.Contains(err.Error(), s) {
-					t.Errorf("error %q does not name %s", err, s)
-				}
-			}
-		})
-	}
+	})
 }
 
 // TestZstdWindowRefusedBeforeAllocation opens frames whose headers ask for
@@ -222,3 +197,36 @@ func TestZstdToolWindows(t *testing.T) {
 }
 
 func bufioOf(b []byte) *bufio.Reader { return bufio.NewReaderSize(bytes.NewReader(b), 1<<20) }
+
+// capCase is a decode that must succeed (want) or be refused for its
+// window or dictionary, the error naming say.
+type capCase struct {
+	name string
+	in   []byte
+	o    DecodeOptions
+	want []byte   // nil: refused
+	say  []string // what the error must name (the window, the cap)
+}
+
+func runCapCases(t *testing.T, cases []capCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := decodeWith(c.in, c.o)
+			if c.want != nil {
+				if err != nil || !bytes.Equal(got, c.want) {
+					t.Fatalf("decoded %d bytes, %v; want the %d bytes of content", len(got), err, len(c.want))
+				}
+				return
+			}
+			if !errors.Is(err, ErrWindowTooLarge) {
+				t.Fatalf("decoded %d bytes, err %v; want ErrWindowTooLarge", len(got), err)
+			}
+			for _, s := range c.say {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not name %s", err, s)
+				}
+			}
+		})
+	}
+}

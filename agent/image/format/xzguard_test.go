@@ -72,13 +72,7 @@ func TestLZMA2Dict(t *testing.T) {
 
 func TestXzDictCap(t *testing.T) {
 	content := rawDisk(3000)
-	for _, c := range []struct {
-		name string
-		in   []byte
-		o    DecodeOptions
-		want []byte   // nil: refused
-		say  []string // what the error must name
-	}{
+	runCapCases(t, []capCase{
 		{"8 MiB dictionary", xzOf(22, content), DecodeOptions{}, content, nil},
 		{"at a lower cap", xzOf(22, content), DecodeOptions{MaxWindow: 8 << 20}, content, nil},
 		{"over a lower cap", xzOf(22, content), DecodeOptions{MaxWindow: 4 << 20}, nil, []string{"8388608", "4194304"}},
@@ -86,25 +80,7 @@ func TestXzDictCap(t *testing.T) {
 		{"4 GiB dictionary", xzOf(40, content), DecodeOptions{}, nil, []string{"4294967295", "134217728"}},
 		{"in a second stream", append(append(xzOf(22, content), 0, 0, 0, 0), xzOf(40, content)...), DecodeOptions{}, nil, []string{"4294967295", "byte 3072"}},
 		{"two streams", append(append(xzOf(22, content), 0, 0, 0, 0), xzOf(18, content)...), DecodeOptions{}, append(bytes.Clone(content), content...), nil},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			got, err := decodeWith(c.in, c.o)
-			if c.want != nil {
-				if err != nil || !bytes.Equal(got, c.want) {
-					t.Fatalf("decoded %d bytes, %v; want the %d bytes of content", len(got), err, len(c.want))
-				}
-				return
-			}
-			if !errors.Is(err, ErrWindowTooLarge) {
-				t.Fatalf("decoded %d bytes, err %v; want ErrWindowTooLarge", len(got), err)
-			}
-			for _, s := range c.say {
-				if !strings.Contains(err.Error(), s) {
-					t.Errorf("error %q does not name %s", err, s)
-				}
-			}
-		})
-	}
+	})
 }
 
 // TestXzDictRefusedBeforeAllocation: the decoder allocates a block's

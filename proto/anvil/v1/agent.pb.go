@@ -23,9 +23,15 @@ const (
 )
 
 type RegisterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Inventory     *Inventory             `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Inventory    *Inventory             `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// The BMC user the agent created or updated in-band (only when the boot
+	// told it to enroll the BMC: kernel parameter anvil.bmc_enroll=1), for
+	// the controller to power the machine with. Its address is
+	// inventory.bmc. Sent only over the authenticated, encrypted Register;
+	// stored sealed; never shown.
+	BmcCredential *BMCCredential `protobuf:"bytes,3,opt,name=bmc_credential,json=bmcCredential,proto3" json:"bmc_credential,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -74,6 +80,74 @@ func (x *RegisterRequest) GetAgentVersion() string {
 	return ""
 }
 
+func (x *RegisterRequest) GetBmcCredential() *BMCCredential {
+	if x != nil {
+		return x.BmcCredential
+	}
+	return nil
+}
+
+type BMCCredential struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	User     string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// IPMI user ID (slot) the user occupies.
+	UserId        uint32 `protobuf:"varint,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BMCCredential) Reset() {
+	*x = BMCCredential{}
+	mi := &file_anvil_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BMCCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BMCCredential) ProtoMessage() {}
+
+func (x *BMCCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_anvil_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BMCCredential.ProtoReflect.Descriptor instead.
+func (*BMCCredential) Descriptor() ([]byte, []int) {
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BMCCredential) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *BMCCredential) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *BMCCredential) GetUserId() uint32 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
 type RegisterResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	MachineId string                 `protobuf:"bytes,1,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
@@ -86,7 +160,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[1]
+	mi := &file_anvil_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -98,7 +172,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[1]
+	mi := &file_anvil_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -111,7 +185,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RegisterResponse) GetMachineId() string {
@@ -143,7 +217,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[2]
+	mi := &file_anvil_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +229,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[2]
+	mi := &file_anvil_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +242,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 type Instruction struct {
@@ -189,7 +263,7 @@ type Instruction struct {
 
 func (x *Instruction) Reset() {
 	*x = Instruction{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[3]
+	mi := &file_anvil_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +275,7 @@ func (x *Instruction) String() string {
 func (*Instruction) ProtoMessage() {}
 
 func (x *Instruction) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[3]
+	mi := &file_anvil_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +288,7 @@ func (x *Instruction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instruction.ProtoReflect.Descriptor instead.
 func (*Instruction) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Instruction) GetId() string {
@@ -318,7 +392,7 @@ type Keepalive struct {
 
 func (x *Keepalive) Reset() {
 	*x = Keepalive{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[4]
+	mi := &file_anvil_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -330,7 +404,7 @@ func (x *Keepalive) String() string {
 func (*Keepalive) ProtoMessage() {}
 
 func (x *Keepalive) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[4]
+	mi := &file_anvil_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -343,7 +417,7 @@ func (x *Keepalive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keepalive.ProtoReflect.Descriptor instead.
 func (*Keepalive) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 type Wipe struct {
@@ -366,7 +440,7 @@ type Wipe struct {
 
 func (x *Wipe) Reset() {
 	*x = Wipe{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[5]
+	mi := &file_anvil_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +452,7 @@ func (x *Wipe) String() string {
 func (*Wipe) ProtoMessage() {}
 
 func (x *Wipe) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[5]
+	mi := &file_anvil_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +465,7 @@ func (x *Wipe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wipe.ProtoReflect.Descriptor instead.
 func (*Wipe) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Wipe) GetMode() EraseMode {
@@ -445,7 +519,7 @@ type Install struct {
 
 func (x *Install) Reset() {
 	*x = Install{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[6]
+	mi := &file_anvil_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -457,7 +531,7 @@ func (x *Install) String() string {
 func (*Install) ProtoMessage() {}
 
 func (x *Install) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[6]
+	mi := &file_anvil_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -470,7 +544,7 @@ func (x *Install) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Install.ProtoReflect.Descriptor instead.
 func (*Install) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Install) GetImageId() string {
@@ -558,7 +632,7 @@ type Reboot struct {
 
 func (x *Reboot) Reset() {
 	*x = Reboot{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[7]
+	mi := &file_anvil_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +644,7 @@ func (x *Reboot) String() string {
 func (*Reboot) ProtoMessage() {}
 
 func (x *Reboot) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[7]
+	mi := &file_anvil_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +657,7 @@ func (x *Reboot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reboot.ProtoReflect.Descriptor instead.
 func (*Reboot) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 type PowerOff struct {
@@ -594,7 +668,7 @@ type PowerOff struct {
 
 func (x *PowerOff) Reset() {
 	*x = PowerOff{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[8]
+	mi := &file_anvil_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +680,7 @@ func (x *PowerOff) String() string {
 func (*PowerOff) ProtoMessage() {}
 
 func (x *PowerOff) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[8]
+	mi := &file_anvil_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +693,7 @@ func (x *PowerOff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PowerOff.ProtoReflect.Descriptor instead.
 func (*PowerOff) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type ReportRequest struct {
@@ -635,7 +709,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[9]
+	mi := &file_anvil_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +721,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[9]
+	mi := &file_anvil_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +734,7 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportRequest) GetInstructionId() string {
@@ -699,7 +773,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[10]
+	mi := &file_anvil_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +785,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[10]
+	mi := &file_anvil_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +798,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 type HeartbeatRequest struct {
@@ -735,7 +809,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[11]
+	mi := &file_anvil_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +821,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[11]
+	mi := &file_anvil_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +834,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 type HeartbeatResponse struct {
@@ -771,7 +845,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_anvil_v1_agent_proto_msgTypes[12]
+	mi := &file_anvil_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +857,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_agent_proto_msgTypes[12]
+	mi := &file_anvil_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,17 +870,22 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_anvil_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 var File_anvil_v1_agent_proto protoreflect.FileDescriptor
 
 const file_anvil_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14anvil/v1/agent.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"i\n" +
+	"\x14anvil/v1/agent.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa9\x01\n" +
 	"\x0fRegisterRequest\x121\n" +
 	"\tinventory\x18\x01 \x01(\v2\x13.anvil.v1.InventoryR\tinventory\x12#\n" +
-	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\"\x9b\x01\n" +
+	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12>\n" +
+	"\x0ebmc_credential\x18\x03 \x01(\v2\x17.anvil.v1.BMCCredentialR\rbmcCredential\"X\n" +
+	"\rBMCCredential\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\rR\x06userId\"\x9b\x01\n" +
 	"\x10RegisterResponse\x12\x1d\n" +
 	"\n" +
 	"machine_id\x18\x01 \x01(\tR\tmachineId\x12\x1e\n" +
@@ -872,53 +951,55 @@ func file_anvil_v1_agent_proto_rawDescGZIP() []byte {
 	return file_anvil_v1_agent_proto_rawDescData
 }
 
-var file_anvil_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_anvil_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_anvil_v1_agent_proto_goTypes = []any{
 	(*RegisterRequest)(nil),     // 0: anvil.v1.RegisterRequest
-	(*RegisterResponse)(nil),    // 1: anvil.v1.RegisterResponse
-	(*WaitRequest)(nil),         // 2: anvil.v1.WaitRequest
-	(*Instruction)(nil),         // 3: anvil.v1.Instruction
-	(*Keepalive)(nil),           // 4: anvil.v1.Keepalive
-	(*Wipe)(nil),                // 5: anvil.v1.Wipe
-	(*Install)(nil),             // 6: anvil.v1.Install
-	(*Reboot)(nil),              // 7: anvil.v1.Reboot
-	(*PowerOff)(nil),            // 8: anvil.v1.PowerOff
-	(*ReportRequest)(nil),       // 9: anvil.v1.ReportRequest
-	(*ReportResponse)(nil),      // 10: anvil.v1.ReportResponse
-	(*HeartbeatRequest)(nil),    // 11: anvil.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),   // 12: anvil.v1.HeartbeatResponse
-	(*Inventory)(nil),           // 13: anvil.v1.Inventory
-	(*durationpb.Duration)(nil), // 14: google.protobuf.Duration
-	(EraseMode)(0),              // 15: anvil.v1.EraseMode
-	(ImageFormat)(0),            // 16: anvil.v1.ImageFormat
-	(EventType)(0),              // 17: anvil.v1.EventType
-	(*Progress)(nil),            // 18: anvil.v1.Progress
+	(*BMCCredential)(nil),       // 1: anvil.v1.BMCCredential
+	(*RegisterResponse)(nil),    // 2: anvil.v1.RegisterResponse
+	(*WaitRequest)(nil),         // 3: anvil.v1.WaitRequest
+	(*Instruction)(nil),         // 4: anvil.v1.Instruction
+	(*Keepalive)(nil),           // 5: anvil.v1.Keepalive
+	(*Wipe)(nil),                // 6: anvil.v1.Wipe
+	(*Install)(nil),             // 7: anvil.v1.Install
+	(*Reboot)(nil),              // 8: anvil.v1.Reboot
+	(*PowerOff)(nil),            // 9: anvil.v1.PowerOff
+	(*ReportRequest)(nil),       // 10: anvil.v1.ReportRequest
+	(*ReportResponse)(nil),      // 11: anvil.v1.ReportResponse
+	(*HeartbeatRequest)(nil),    // 12: anvil.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),   // 13: anvil.v1.HeartbeatResponse
+	(*Inventory)(nil),           // 14: anvil.v1.Inventory
+	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
+	(EraseMode)(0),              // 16: anvil.v1.EraseMode
+	(ImageFormat)(0),            // 17: anvil.v1.ImageFormat
+	(EventType)(0),              // 18: anvil.v1.EventType
+	(*Progress)(nil),            // 19: anvil.v1.Progress
 }
 var file_anvil_v1_agent_proto_depIdxs = []int32{
-	13, // 0: anvil.v1.RegisterRequest.inventory:type_name -> anvil.v1.Inventory
-	14, // 1: anvil.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	4,  // 2: anvil.v1.Instruction.keepalive:type_name -> anvil.v1.Keepalive
-	5,  // 3: anvil.v1.Instruction.wipe:type_name -> anvil.v1.Wipe
-	6,  // 4: anvil.v1.Instruction.install:type_name -> anvil.v1.Install
-	7,  // 5: anvil.v1.Instruction.reboot:type_name -> anvil.v1.Reboot
-	8,  // 6: anvil.v1.Instruction.power_off:type_name -> anvil.v1.PowerOff
-	15, // 7: anvil.v1.Wipe.mode:type_name -> anvil.v1.EraseMode
-	16, // 8: anvil.v1.Install.format:type_name -> anvil.v1.ImageFormat
-	17, // 9: anvil.v1.ReportRequest.type:type_name -> anvil.v1.EventType
-	18, // 10: anvil.v1.ReportRequest.progress:type_name -> anvil.v1.Progress
-	0,  // 11: anvil.v1.AgentService.Register:input_type -> anvil.v1.RegisterRequest
-	2,  // 12: anvil.v1.AgentService.Wait:input_type -> anvil.v1.WaitRequest
-	9,  // 13: anvil.v1.AgentService.Report:input_type -> anvil.v1.ReportRequest
-	11, // 14: anvil.v1.AgentService.Heartbeat:input_type -> anvil.v1.HeartbeatRequest
-	1,  // 15: anvil.v1.AgentService.Register:output_type -> anvil.v1.RegisterResponse
-	3,  // 16: anvil.v1.AgentService.Wait:output_type -> anvil.v1.Instruction
-	10, // 17: anvil.v1.AgentService.Report:output_type -> anvil.v1.ReportResponse
-	12, // 18: anvil.v1.AgentService.Heartbeat:output_type -> anvil.v1.HeartbeatResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	14, // 0: anvil.v1.RegisterRequest.inventory:type_name -> anvil.v1.Inventory
+	1,  // 1: anvil.v1.RegisterRequest.bmc_credential:type_name -> anvil.v1.BMCCredential
+	15, // 2: anvil.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	5,  // 3: anvil.v1.Instruction.keepalive:type_name -> anvil.v1.Keepalive
+	6,  // 4: anvil.v1.Instruction.wipe:type_name -> anvil.v1.Wipe
+	7,  // 5: anvil.v1.Instruction.install:type_name -> anvil.v1.Install
+	8,  // 6: anvil.v1.Instruction.reboot:type_name -> anvil.v1.Reboot
+	9,  // 7: anvil.v1.Instruction.power_off:type_name -> anvil.v1.PowerOff
+	16, // 8: anvil.v1.Wipe.mode:type_name -> anvil.v1.EraseMode
+	17, // 9: anvil.v1.Install.format:type_name -> anvil.v1.ImageFormat
+	18, // 10: anvil.v1.ReportRequest.type:type_name -> anvil.v1.EventType
+	19, // 11: anvil.v1.ReportRequest.progress:type_name -> anvil.v1.Progress
+	0,  // 12: anvil.v1.AgentService.Register:input_type -> anvil.v1.RegisterRequest
+	3,  // 13: anvil.v1.AgentService.Wait:input_type -> anvil.v1.WaitRequest
+	10, // 14: anvil.v1.AgentService.Report:input_type -> anvil.v1.ReportRequest
+	12, // 15: anvil.v1.AgentService.Heartbeat:input_type -> anvil.v1.HeartbeatRequest
+	2,  // 16: anvil.v1.AgentService.Register:output_type -> anvil.v1.RegisterResponse
+	4,  // 17: anvil.v1.AgentService.Wait:output_type -> anvil.v1.Instruction
+	11, // 18: anvil.v1.AgentService.Report:output_type -> anvil.v1.ReportResponse
+	13, // 19: anvil.v1.AgentService.Heartbeat:output_type -> anvil.v1.HeartbeatResponse
+	16, // [16:20] is the sub-list for method output_type
+	12, // [12:16] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_anvil_v1_agent_proto_init() }
@@ -927,7 +1008,7 @@ func file_anvil_v1_agent_proto_init() {
 		return
 	}
 	file_anvil_v1_types_proto_init()
-	file_anvil_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
+	file_anvil_v1_agent_proto_msgTypes[4].OneofWrappers = []any{
 		(*Instruction_Keepalive)(nil),
 		(*Instruction_Wipe)(nil),
 		(*Instruction_Install)(nil),
@@ -940,7 +1021,7 @@ func file_anvil_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_anvil_v1_agent_proto_rawDesc), len(file_anvil_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

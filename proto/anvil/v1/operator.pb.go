@@ -312,7 +312,7 @@ type Machine struct {
 	LastEvent  *Event                 `protobuf:"bytes,15,opt,name=last_event,json=lastEvent,proto3" json:"last_event,omitempty"`
 	// Progress of the running wipe or install, if any.
 	Progress *Progress `protobuf:"bytes,16,opt,name=progress,proto3" json:"progress,omitempty"`
-	// The machine's BMC address (SetMachineBMC), e.g. "qmp:///run/vm1.qmp";
+	// The machine's BMC address (SetMachineBMC), e.g. "ipmi://10.0.0.5";
 	// empty when none is set. Credentials, should an address carry any, are
 	// never returned.
 	BmcAddress string `protobuf:"bytes,17,opt,name=bmc_address,json=bmcAddress,proto3" json:"bmc_address,omitempty"`
@@ -320,8 +320,11 @@ type Machine struct {
 	// newest first (a few kept). They come from unauthenticated requests:
 	// they are shown, never acted on.
 	BootObservations []*BootObservation `protobuf:"bytes,18,rep,name=boot_observations,json=bootObservations,proto3" json:"boot_observations,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Where the BMC address came from: "operator" (SetMachineBMC) or
+	// "in-band" (the agent enrolled the BMC); empty when none is set.
+	BmcSource     string `protobuf:"bytes,19,opt,name=bmc_source,json=bmcSource,proto3" json:"bmc_source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Machine) Reset() {
@@ -478,6 +481,13 @@ func (x *Machine) GetBootObservations() []*BootObservation {
 		return x.BootObservations
 	}
 	return nil
+}
+
+func (x *Machine) GetBmcSource() string {
+	if x != nil {
+		return x.BmcSource
+	}
+	return ""
 }
 
 type BootObservation struct {
@@ -1370,7 +1380,7 @@ func (x *WatchEventsRequest) GetAfterSeq() int64 {
 type SetMachineBMCRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// "qmp:///absolute/path"; empty clears the BMC.
+	// "ipmi://..." or "redfish://..."; empty clears the BMC.
 	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2303,7 +2313,7 @@ var File_anvil_v1_operator_proto protoreflect.FileDescriptor
 
 const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x17anvil/v1/operator.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x06\n" +
+	"\x17anvil/v1/operator.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x06\n" +
 	"\aMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -2331,7 +2341,9 @@ const file_anvil_v1_operator_proto_rawDesc = "" +
 	"\bprogress\x18\x10 \x01(\v2\x12.anvil.v1.ProgressR\bprogress\x12\x1f\n" +
 	"\vbmc_address\x18\x11 \x01(\tR\n" +
 	"bmcAddress\x12F\n" +
-	"\x11boot_observations\x18\x12 \x03(\v2\x19.anvil.v1.BootObservationR\x10bootObservations\x1a9\n" +
+	"\x11boot_observations\x18\x12 \x03(\v2\x19.anvil.v1.BootObservationR\x10bootObservations\x12\x1d\n" +
+	"\n" +
+	"bmc_source\x18\x13 \x01(\tR\tbmcSource\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x01\n" +

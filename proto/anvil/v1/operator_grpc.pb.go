@@ -56,9 +56,10 @@ type MachineServiceClient interface {
 	// with seq > after_seq.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
 	// SetMachineBMC sets, or with an empty address clears, the machine's BMC:
-	// how the controller switches its power. Only "qmp:///path/to/vm.qmp" (a
-	// QEMU QMP unix socket, see controller/bmc) is supported; any other type
-	// (ipmi://, redfish://, ...) is refused with InvalidArgument.
+	// how the controller switches its power: "ipmi://user:password@host",
+	// "redfish://user:password@host[/redfish/v1/Systems/ID]" (see
+	// controller/bmc). Unknown types are refused with InvalidArgument. An
+	// address set here wins over one the agent enrolled in-band.
 	SetMachineBMC(ctx context.Context, in *SetMachineBMCRequest, opts ...grpc.CallOption) (*Machine, error)
 	// PowerMachine sets the next boot device (when given) and switches the
 	// machine's power through its BMC, then returns the power state. ON, OFF
@@ -235,9 +236,10 @@ type MachineServiceServer interface {
 	// with seq > after_seq.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[Event]) error
 	// SetMachineBMC sets, or with an empty address clears, the machine's BMC:
-	// how the controller switches its power. Only "qmp:///path/to/vm.qmp" (a
-	// QEMU QMP unix socket, see controller/bmc) is supported; any other type
-	// (ipmi://, redfish://, ...) is refused with InvalidArgument.
+	// how the controller switches its power: "ipmi://user:password@host",
+	// "redfish://user:password@host[/redfish/v1/Systems/ID]" (see
+	// controller/bmc). Unknown types are refused with InvalidArgument. An
+	// address set here wins over one the agent enrolled in-band.
 	SetMachineBMC(context.Context, *SetMachineBMCRequest) (*Machine, error)
 	// PowerMachine sets the next boot device (when given) and switches the
 	// machine's power through its BMC, then returns the power state. ON, OFF

@@ -344,6 +344,11 @@ const (
 	EventType_EVENT_TYPE_HELD EventType = 17
 	// An operator approved the machine's current session.
 	EventType_EVENT_TYPE_APPROVED EventType = 18
+	// The controller's dealings with the machine's BMC: an in-band enrollment
+	// stored or refused, a BMC that refused the credentials, could not be
+	// reached or answered garbage, a crash-looping machine power-cycled or
+	// left alone. Changes no state.
+	EventType_EVENT_TYPE_BMC EventType = 19
 )
 
 // Enum value maps for EventType.
@@ -368,6 +373,7 @@ var (
 		16: "EVENT_TYPE_SECURITY",
 		17: "EVENT_TYPE_HELD",
 		18: "EVENT_TYPE_APPROVED",
+		19: "EVENT_TYPE_BMC",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":  0,
@@ -389,6 +395,7 @@ var (
 		"EVENT_TYPE_SECURITY":     16,
 		"EVENT_TYPE_HELD":         17,
 		"EVENT_TYPE_APPROVED":     18,
+		"EVENT_TYPE_BMC":          19,
 	}
 )
 
@@ -422,17 +429,21 @@ func (EventType) EnumDescriptor() ([]byte, []int) {
 // Inventory is everything the agent learned about the machine's hardware.
 // The SMBIOS system UUID (product.uuid) is the machine's identity.
 type Inventory struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cpu           *CPU                   `protobuf:"bytes,1,opt,name=cpu,proto3" json:"cpu,omitempty"`
-	Memory        *Memory                `protobuf:"bytes,2,opt,name=memory,proto3" json:"memory,omitempty"`
-	Disks         []*Disk                `protobuf:"bytes,3,rep,name=disks,proto3" json:"disks,omitempty"`
-	Nics          []*NIC                 `protobuf:"bytes,4,rep,name=nics,proto3" json:"nics,omitempty"`
-	PciDevices    []*PCIDevice           `protobuf:"bytes,5,rep,name=pci_devices,json=pciDevices,proto3" json:"pci_devices,omitempty"`
-	Gpus          []*GPU                 `protobuf:"bytes,6,rep,name=gpus,proto3" json:"gpus,omitempty"`
-	Bios          *BIOS                  `protobuf:"bytes,7,opt,name=bios,proto3" json:"bios,omitempty"`
-	Baseboard     *Baseboard             `protobuf:"bytes,8,opt,name=baseboard,proto3" json:"baseboard,omitempty"`
-	Chassis       *Chassis               `protobuf:"bytes,9,opt,name=chassis,proto3" json:"chassis,omitempty"`
-	Product       *Product               `protobuf:"bytes,10,opt,name=product,proto3" json:"product,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Cpu        *CPU                   `protobuf:"bytes,1,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	Memory     *Memory                `protobuf:"bytes,2,opt,name=memory,proto3" json:"memory,omitempty"`
+	Disks      []*Disk                `protobuf:"bytes,3,rep,name=disks,proto3" json:"disks,omitempty"`
+	Nics       []*NIC                 `protobuf:"bytes,4,rep,name=nics,proto3" json:"nics,omitempty"`
+	PciDevices []*PCIDevice           `protobuf:"bytes,5,rep,name=pci_devices,json=pciDevices,proto3" json:"pci_devices,omitempty"`
+	Gpus       []*GPU                 `protobuf:"bytes,6,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	Bios       *BIOS                  `protobuf:"bytes,7,opt,name=bios,proto3" json:"bios,omitempty"`
+	Baseboard  *Baseboard             `protobuf:"bytes,8,opt,name=baseboard,proto3" json:"baseboard,omitempty"`
+	Chassis    *Chassis               `protobuf:"bytes,9,opt,name=chassis,proto3" json:"chassis,omitempty"`
+	Product    *Product               `protobuf:"bytes,10,opt,name=product,proto3" json:"product,omitempty"`
+	// The baseboard management controller the agent found in-band (through
+	// the kernel's IPMI device); absent when the machine has none or the
+	// agent could not reach it.
+	Bmc           *BMC `protobuf:"bytes,11,opt,name=bmc,proto3" json:"bmc,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -537,6 +548,285 @@ func (x *Inventory) GetProduct() *Product {
 	return nil
 }
 
+func (x *Inventory) GetBmc() *BMC {
+	if x != nil {
+		return x.Bmc
+	}
+	return nil
+}
+
+// BMC is what the machine's BMC says of itself over the in-band IPMI
+// interface (IPMI v2.0 §20.1 Get Device ID, §23.2 Get LAN Configuration
+// Parameters). It never holds credentials.
+type BMC struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The LAN channel the addresses are read from (IPMI channel number).
+	Channel uint32 `protobuf:"varint,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	// IPv4 address of the BMC's LAN interface; empty when unset (0.0.0.0).
+	Ip string `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
+	// "static", "dhcp", "bios" or "other" (LAN parameter 4).
+	IpSource string `protobuf:"bytes,3,opt,name=ip_source,json=ipSource,proto3" json:"ip_source,omitempty"`
+	Netmask  string `protobuf:"bytes,4,opt,name=netmask,proto3" json:"netmask,omitempty"`
+	Gateway  string `protobuf:"bytes,5,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	Mac      string `protobuf:"bytes,6,opt,name=mac,proto3" json:"mac,omitempty"`
+	// 802.1q VLAN ID of the LAN interface; 0 when VLANs are off.
+	Vlan uint32 `protobuf:"varint,7,opt,name=vlan,proto3" json:"vlan,omitempty"`
+	// Firmware revision "major.minor" and IPMI version "2.0".
+	Firmware    string `protobuf:"bytes,8,opt,name=firmware,proto3" json:"firmware,omitempty"`
+	IpmiVersion string `protobuf:"bytes,9,opt,name=ipmi_version,json=ipmiVersion,proto3" json:"ipmi_version,omitempty"`
+	// IANA enterprise number of the manufacturer and its product ID.
+	ManufacturerId uint32 `protobuf:"varint,10,opt,name=manufacturer_id,json=manufacturerId,proto3" json:"manufacturer_id,omitempty"`
+	ProductId      uint32 `protobuf:"varint,11,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
+	// Why the agent could not enroll the BMC in-band, when it tried and
+	// failed; empty otherwise.
+	EnrollError   string `protobuf:"bytes,12,opt,name=enroll_error,json=enrollError,proto3" json:"enroll_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BMC) Reset() {
+	*x = BMC{}
+	mi := &file_anvil_v1_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BMC) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BMC) ProtoMessage() {}
+
+func (x *BMC) ProtoReflect() protoreflect.Message {
+	mi := &file_anvil_v1_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BMC.ProtoReflect.Descriptor instead.
+func (*BMC) Descriptor() ([]byte, []int) {
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BMC) GetChannel() uint32 {
+	if x != nil {
+		return x.Channel
+	}
+	return 0
+}
+
+func (x *BMC) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *BMC) GetIpSource() string {
+	if x != nil {
+		return x.IpSource
+	}
+	return ""
+}
+
+func (x *BMC) GetNetmask() string {
+	if x != nil {
+		return x.Netmask
+	}
+	return ""
+}
+
+func (x *BMC) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *BMC) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *BMC) GetVlan() uint32 {
+	if x != nil {
+		return x.Vlan
+	}
+	return 0
+}
+
+func (x *BMC) GetFirmware() string {
+	if x != nil {
+		return x.Firmware
+	}
+	return ""
+}
+
+func (x *BMC) GetIpmiVersion() string {
+	if x != nil {
+		return x.IpmiVersion
+	}
+	return ""
+}
+
+func (x *BMC) GetManufacturerId() uint32 {
+	if x != nil {
+		return x.ManufacturerId
+	}
+	return 0
+}
+
+func (x *BMC) GetProductId() uint32 {
+	if x != nil {
+		return x.ProductId
+	}
+	return 0
+}
+
+func (x *BMC) GetEnrollError() string {
+	if x != nil {
+		return x.EnrollError
+	}
+	return ""
+}
+
+// LLDPNeighbor is one neighbour (a switch port) heard on a NIC through the
+// Link Layer Discovery Protocol (IEEE 802.1AB).
+type LLDPNeighbor struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chassis ID as sent, rendered by its subtype: a MAC address as
+	// "aa:bb:cc:dd:ee:ff", a network address as text, names as text.
+	ChassisId string `protobuf:"bytes,1,opt,name=chassis_id,json=chassisId,proto3" json:"chassis_id,omitempty"`
+	// IEEE 802.1AB chassis ID subtype name: "mac", "network-address",
+	// "interface-name", "local", "chassis-component", "interface-alias",
+	// "port-component".
+	ChassisIdSubtype string `protobuf:"bytes,2,opt,name=chassis_id_subtype,json=chassisIdSubtype,proto3" json:"chassis_id_subtype,omitempty"`
+	PortId           string `protobuf:"bytes,3,opt,name=port_id,json=portId,proto3" json:"port_id,omitempty"`
+	// Port ID subtype name: "mac", "network-address", "interface-name",
+	// "local", "interface-alias", "port-component", "agent-circuit-id".
+	PortIdSubtype     string `protobuf:"bytes,4,opt,name=port_id_subtype,json=portIdSubtype,proto3" json:"port_id_subtype,omitempty"`
+	PortDescription   string `protobuf:"bytes,5,opt,name=port_description,json=portDescription,proto3" json:"port_description,omitempty"`
+	SystemName        string `protobuf:"bytes,6,opt,name=system_name,json=systemName,proto3" json:"system_name,omitempty"`
+	SystemDescription string `protobuf:"bytes,7,opt,name=system_description,json=systemDescription,proto3" json:"system_description,omitempty"`
+	// Port VLAN ID (IEEE 802.1 organizationally specific TLV, subtype 1);
+	// 0 when not sent.
+	Vlan uint32 `protobuf:"varint,8,opt,name=vlan,proto3" json:"vlan,omitempty"`
+	// Management addresses, as text.
+	ManagementAddresses []string `protobuf:"bytes,9,rep,name=management_addresses,json=managementAddresses,proto3" json:"management_addresses,omitempty"`
+	// Time to live the neighbour announced, in seconds.
+	TtlSeconds    uint32 `protobuf:"varint,10,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LLDPNeighbor) Reset() {
+	*x = LLDPNeighbor{}
+	mi := &file_anvil_v1_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LLDPNeighbor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LLDPNeighbor) ProtoMessage() {}
+
+func (x *LLDPNeighbor) ProtoReflect() protoreflect.Message {
+	mi := &file_anvil_v1_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LLDPNeighbor.ProtoReflect.Descriptor instead.
+func (*LLDPNeighbor) Descriptor() ([]byte, []int) {
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LLDPNeighbor) GetChassisId() string {
+	if x != nil {
+		return x.ChassisId
+	}
+	return ""
+}
+
+func (x *LLDPNeighbor) GetChassisIdSubtype() string {
+	if x != nil {
+		return x.ChassisIdSubtype
+	}
+	return ""
+}
+
+func (x *LLDPNeighbor) GetPortId() string {
+	if x != nil {
+		return x.PortId
+	}
+	return ""
+}
+
+func (x *LLDPNeighbor) GetPortIdSubtype() string {
+	if x != nil {
+		return x.PortIdSubtype
+	}
+	return ""
+}
+
+func (x *LLDPNeighbor) GetPortDescription() string {
+	if x != nil {
+		return x.PortDescription
+	}
+	return ""
+}
+
+func (x *LLDPNeighbor) GetSystemName() string {
+	if x != nil {
+		return x.SystemName
+	}
+	return ""
+}
+
+func (x *LLDPNeighbor) GetSystemDescription() string {
+	if x != nil {
+		return x.SystemDescription
+	}
+	return ""
+}
+
+func (x *LLDPNeighbor) GetVlan() uint32 {
+	if x != nil {
+		return x.Vlan
+	}
+	return 0
+}
+
+func (x *LLDPNeighbor) GetManagementAddresses() []string {
+	if x != nil {
+		return x.ManagementAddresses
+	}
+	return nil
+}
+
+func (x *LLDPNeighbor) GetTtlSeconds() uint32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 type CPU struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Vendor  string                 `protobuf:"bytes,1,opt,name=vendor,proto3" json:"vendor,omitempty"`
@@ -552,7 +842,7 @@ type CPU struct {
 
 func (x *CPU) Reset() {
 	*x = CPU{}
-	mi := &file_anvil_v1_types_proto_msgTypes[1]
+	mi := &file_anvil_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +854,7 @@ func (x *CPU) String() string {
 func (*CPU) ProtoMessage() {}
 
 func (x *CPU) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[1]
+	mi := &file_anvil_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +867,7 @@ func (x *CPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPU.ProtoReflect.Descriptor instead.
 func (*CPU) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{1}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CPU) GetVendor() string {
@@ -625,7 +915,7 @@ type Memory struct {
 
 func (x *Memory) Reset() {
 	*x = Memory{}
-	mi := &file_anvil_v1_types_proto_msgTypes[2]
+	mi := &file_anvil_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +927,7 @@ func (x *Memory) String() string {
 func (*Memory) ProtoMessage() {}
 
 func (x *Memory) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[2]
+	mi := &file_anvil_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +940,7 @@ func (x *Memory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Memory.ProtoReflect.Descriptor instead.
 func (*Memory) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Memory) GetTotalBytes() uint64 {
@@ -697,7 +987,7 @@ type Disk struct {
 
 func (x *Disk) Reset() {
 	*x = Disk{}
-	mi := &file_anvil_v1_types_proto_msgTypes[3]
+	mi := &file_anvil_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +999,7 @@ func (x *Disk) String() string {
 func (*Disk) ProtoMessage() {}
 
 func (x *Disk) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[3]
+	mi := &file_anvil_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +1012,7 @@ func (x *Disk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disk.ProtoReflect.Descriptor instead.
 func (*Disk) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Disk) GetName() string {
@@ -829,18 +1119,21 @@ type NIC struct {
 	Mac    string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
 	Driver string                 `protobuf:"bytes,3,opt,name=driver,proto3" json:"driver,omitempty"`
 	// Link speed in Mbit/s; 0 when unknown (link down or not reported).
-	SpeedMbps     int64  `protobuf:"varint,4,opt,name=speed_mbps,json=speedMbps,proto3" json:"speed_mbps,omitempty"`
-	LinkUp        bool   `protobuf:"varint,5,opt,name=link_up,json=linkUp,proto3" json:"link_up,omitempty"`
-	Virtual       bool   `protobuf:"varint,6,opt,name=virtual,proto3" json:"virtual,omitempty"`
-	PciAddress    string `protobuf:"bytes,7,opt,name=pci_address,json=pciAddress,proto3" json:"pci_address,omitempty"`
-	Mtu           uint32 `protobuf:"varint,8,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	SpeedMbps  int64  `protobuf:"varint,4,opt,name=speed_mbps,json=speedMbps,proto3" json:"speed_mbps,omitempty"`
+	LinkUp     bool   `protobuf:"varint,5,opt,name=link_up,json=linkUp,proto3" json:"link_up,omitempty"`
+	Virtual    bool   `protobuf:"varint,6,opt,name=virtual,proto3" json:"virtual,omitempty"`
+	PciAddress string `protobuf:"bytes,7,opt,name=pci_address,json=pciAddress,proto3" json:"pci_address,omitempty"`
+	Mtu        uint32 `protobuf:"varint,8,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// Switch ports heard on this NIC through LLDP (best effort: empty when
+	// nothing was heard within the agent's bounded wait).
+	LldpNeighbors []*LLDPNeighbor `protobuf:"bytes,9,rep,name=lldp_neighbors,json=lldpNeighbors,proto3" json:"lldp_neighbors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NIC) Reset() {
 	*x = NIC{}
-	mi := &file_anvil_v1_types_proto_msgTypes[4]
+	mi := &file_anvil_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +1145,7 @@ func (x *NIC) String() string {
 func (*NIC) ProtoMessage() {}
 
 func (x *NIC) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[4]
+	mi := &file_anvil_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +1158,7 @@ func (x *NIC) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NIC.ProtoReflect.Descriptor instead.
 func (*NIC) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NIC) GetName() string {
@@ -924,6 +1217,13 @@ func (x *NIC) GetMtu() uint32 {
 	return 0
 }
 
+func (x *NIC) GetLldpNeighbors() []*LLDPNeighbor {
+	if x != nil {
+		return x.LldpNeighbors
+	}
+	return nil
+}
+
 type PCIDevice struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
@@ -940,7 +1240,7 @@ type PCIDevice struct {
 
 func (x *PCIDevice) Reset() {
 	*x = PCIDevice{}
-	mi := &file_anvil_v1_types_proto_msgTypes[5]
+	mi := &file_anvil_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1252,7 @@ func (x *PCIDevice) String() string {
 func (*PCIDevice) ProtoMessage() {}
 
 func (x *PCIDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[5]
+	mi := &file_anvil_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1265,7 @@ func (x *PCIDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCIDevice.ProtoReflect.Descriptor instead.
 func (*PCIDevice) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PCIDevice) GetAddress() string {
@@ -1036,7 +1336,7 @@ type GPU struct {
 
 func (x *GPU) Reset() {
 	*x = GPU{}
-	mi := &file_anvil_v1_types_proto_msgTypes[6]
+	mi := &file_anvil_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1348,7 @@ func (x *GPU) String() string {
 func (*GPU) ProtoMessage() {}
 
 func (x *GPU) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[6]
+	mi := &file_anvil_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1361,7 @@ func (x *GPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPU.ProtoReflect.Descriptor instead.
 func (*GPU) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GPU) GetAddress() string {
@@ -1103,7 +1403,7 @@ type BIOS struct {
 
 func (x *BIOS) Reset() {
 	*x = BIOS{}
-	mi := &file_anvil_v1_types_proto_msgTypes[7]
+	mi := &file_anvil_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1415,7 @@ func (x *BIOS) String() string {
 func (*BIOS) ProtoMessage() {}
 
 func (x *BIOS) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[7]
+	mi := &file_anvil_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1428,7 @@ func (x *BIOS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BIOS.ProtoReflect.Descriptor instead.
 func (*BIOS) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BIOS) GetVendor() string {
@@ -1165,7 +1465,7 @@ type Baseboard struct {
 
 func (x *Baseboard) Reset() {
 	*x = Baseboard{}
-	mi := &file_anvil_v1_types_proto_msgTypes[8]
+	mi := &file_anvil_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1477,7 @@ func (x *Baseboard) String() string {
 func (*Baseboard) ProtoMessage() {}
 
 func (x *Baseboard) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[8]
+	mi := &file_anvil_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1490,7 @@ func (x *Baseboard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Baseboard.ProtoReflect.Descriptor instead.
 func (*Baseboard) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Baseboard) GetVendor() string {
@@ -1241,7 +1541,7 @@ type Chassis struct {
 
 func (x *Chassis) Reset() {
 	*x = Chassis{}
-	mi := &file_anvil_v1_types_proto_msgTypes[9]
+	mi := &file_anvil_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1553,7 @@ func (x *Chassis) String() string {
 func (*Chassis) ProtoMessage() {}
 
 func (x *Chassis) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[9]
+	mi := &file_anvil_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1566,7 @@ func (x *Chassis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chassis.ProtoReflect.Descriptor instead.
 func (*Chassis) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Chassis) GetVendor() string {
@@ -1320,7 +1620,7 @@ type Product struct {
 
 func (x *Product) Reset() {
 	*x = Product{}
-	mi := &file_anvil_v1_types_proto_msgTypes[10]
+	mi := &file_anvil_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1632,7 @@ func (x *Product) String() string {
 func (*Product) ProtoMessage() {}
 
 func (x *Product) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[10]
+	mi := &file_anvil_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1645,7 @@ func (x *Product) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Product.ProtoReflect.Descriptor instead.
 func (*Product) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Product) GetVendor() string {
@@ -1409,7 +1709,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_anvil_v1_types_proto_msgTypes[11]
+	mi := &file_anvil_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1721,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[11]
+	mi := &file_anvil_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1734,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Progress) GetBytesDone() uint64 {
@@ -1468,13 +1768,17 @@ type Event struct {
 	// The instruction this event reports on, if any.
 	InstructionId string    `protobuf:"bytes,6,opt,name=instruction_id,json=instructionId,proto3" json:"instruction_id,omitempty"`
 	Progress      *Progress `protobuf:"bytes,7,opt,name=progress,proto3" json:"progress,omitempty"`
+	// Who caused the event, for events an operator or the controller caused:
+	// "operator <token fingerprint> from <address>", or "controller (<why>)".
+	// Empty for events the machine reported.
+	Actor         string `protobuf:"bytes,8,opt,name=actor,proto3" json:"actor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_anvil_v1_types_proto_msgTypes[12]
+	mi := &file_anvil_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1486,7 +1790,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_anvil_v1_types_proto_msgTypes[12]
+	mi := &file_anvil_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1499,7 +1803,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_anvil_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_anvil_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Event) GetSeq() int64 {
@@ -1551,11 +1855,18 @@ func (x *Event) GetProgress() *Progress {
 	return nil
 }
 
+func (x *Event) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
 var File_anvil_v1_types_proto protoreflect.FileDescriptor
 
 const file_anvil_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x14anvil/v1/types.proto\x12\banvil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x03\n" +
+	"\x14anvil/v1/types.proto\x12\banvil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x03\n" +
 	"\tInventory\x12\x1f\n" +
 	"\x03cpu\x18\x01 \x01(\v2\r.anvil.v1.CPUR\x03cpu\x12(\n" +
 	"\x06memory\x18\x02 \x01(\v2\x10.anvil.v1.MemoryR\x06memory\x12$\n" +
@@ -1568,7 +1879,38 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\tbaseboard\x18\b \x01(\v2\x13.anvil.v1.BaseboardR\tbaseboard\x12+\n" +
 	"\achassis\x18\t \x01(\v2\x11.anvil.v1.ChassisR\achassis\x12+\n" +
 	"\aproduct\x18\n" +
-	" \x01(\v2\x11.anvil.v1.ProductR\aproduct\"}\n" +
+	" \x01(\v2\x11.anvil.v1.ProductR\aproduct\x12\x1f\n" +
+	"\x03bmc\x18\v \x01(\v2\r.anvil.v1.BMCR\x03bmc\"\xd0\x02\n" +
+	"\x03BMC\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\rR\achannel\x12\x0e\n" +
+	"\x02ip\x18\x02 \x01(\tR\x02ip\x12\x1b\n" +
+	"\tip_source\x18\x03 \x01(\tR\bipSource\x12\x18\n" +
+	"\anetmask\x18\x04 \x01(\tR\anetmask\x12\x18\n" +
+	"\agateway\x18\x05 \x01(\tR\agateway\x12\x10\n" +
+	"\x03mac\x18\x06 \x01(\tR\x03mac\x12\x12\n" +
+	"\x04vlan\x18\a \x01(\rR\x04vlan\x12\x1a\n" +
+	"\bfirmware\x18\b \x01(\tR\bfirmware\x12!\n" +
+	"\fipmi_version\x18\t \x01(\tR\vipmiVersion\x12'\n" +
+	"\x0fmanufacturer_id\x18\n" +
+	" \x01(\rR\x0emanufacturerId\x12\x1d\n" +
+	"\n" +
+	"product_id\x18\v \x01(\rR\tproductId\x12!\n" +
+	"\fenroll_error\x18\f \x01(\tR\venrollError\"\xff\x02\n" +
+	"\fLLDPNeighbor\x12\x1d\n" +
+	"\n" +
+	"chassis_id\x18\x01 \x01(\tR\tchassisId\x12,\n" +
+	"\x12chassis_id_subtype\x18\x02 \x01(\tR\x10chassisIdSubtype\x12\x17\n" +
+	"\aport_id\x18\x03 \x01(\tR\x06portId\x12&\n" +
+	"\x0fport_id_subtype\x18\x04 \x01(\tR\rportIdSubtype\x12)\n" +
+	"\x10port_description\x18\x05 \x01(\tR\x0fportDescription\x12\x1f\n" +
+	"\vsystem_name\x18\x06 \x01(\tR\n" +
+	"systemName\x12-\n" +
+	"\x12system_description\x18\a \x01(\tR\x11systemDescription\x12\x12\n" +
+	"\x04vlan\x18\b \x01(\rR\x04vlan\x121\n" +
+	"\x14management_addresses\x18\t \x03(\tR\x13managementAddresses\x12\x1f\n" +
+	"\vttl_seconds\x18\n" +
+	" \x01(\rR\n" +
+	"ttlSeconds\"}\n" +
 	"\x03CPU\x12\x16\n" +
 	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -1599,7 +1941,7 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x13physical_block_size\x18\v \x01(\rR\x11physicalBlockSize\x12,\n" +
 	"\x12logical_block_size\x18\f \x01(\rR\x10logicalBlockSize\x12\x19\n" +
 	"\bbus_path\x18\r \x01(\tR\abusPath\x12\x12\n" +
-	"\x04kind\x18\x0e \x01(\tR\x04kind\"\xc8\x01\n" +
+	"\x04kind\x18\x0e \x01(\tR\x04kind\"\x87\x02\n" +
 	"\x03NIC\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x16\n" +
@@ -1610,7 +1952,8 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\avirtual\x18\x06 \x01(\bR\avirtual\x12\x1f\n" +
 	"\vpci_address\x18\a \x01(\tR\n" +
 	"pciAddress\x12\x10\n" +
-	"\x03mtu\x18\b \x01(\rR\x03mtu\"\xe5\x01\n" +
+	"\x03mtu\x18\b \x01(\rR\x03mtu\x12=\n" +
+	"\x0elldp_neighbors\x18\t \x03(\v2\x16.anvil.v1.LLDPNeighborR\rlldpNeighbors\"\xe5\x01\n" +
 	"\tPCIDevice\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1b\n" +
 	"\tvendor_id\x18\x02 \x01(\tR\bvendorId\x12\x16\n" +
@@ -1656,7 +1999,7 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"bytes_done\x18\x01 \x01(\x04R\tbytesDone\x12\x1f\n" +
 	"\vbytes_total\x18\x02 \x01(\x04R\n" +
 	"bytesTotal\x121\n" +
-	"\x15rate_bytes_per_second\x18\x03 \x01(\x04R\x12rateBytesPerSecond\"\x82\x02\n" +
+	"\x15rate_bytes_per_second\x18\x03 \x01(\x04R\x12rateBytesPerSecond\"\x98\x02\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x1d\n" +
 	"\n" +
@@ -1665,7 +2008,8 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x04type\x18\x04 \x01(\x0e2\x13.anvil.v1.EventTypeR\x04type\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12%\n" +
 	"\x0einstruction_id\x18\x06 \x01(\tR\rinstructionId\x12.\n" +
-	"\bprogress\x18\a \x01(\v2\x12.anvil.v1.ProgressR\bprogress*~\n" +
+	"\bprogress\x18\a \x01(\v2\x12.anvil.v1.ProgressR\bprogress\x12\x14\n" +
+	"\x05actor\x18\b \x01(\tR\x05actor*~\n" +
 	"\tEraseMode\x12\x1a\n" +
 	"\x16ERASE_MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fERASE_MODE_NONE\x10\x01\x12\x14\n" +
@@ -1706,7 +2050,7 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x0fLIVELINESS_DEAD\x10\x02\x12\x16\n" +
 	"\x12LIVELINESS_UNKNOWN\x10\x03\x12\x12\n" +
 	"\x0eLIVELINESS_OFF\x10\x04\x12\x13\n" +
-	"\x0fLIVELINESS_HUNG\x10\x05*\xea\x03\n" +
+	"\x0fLIVELINESS_HUNG\x10\x05*\xfe\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16EVENT_TYPE_PXE_BOOTING\x10\x01\x12\x1a\n" +
@@ -1727,7 +2071,8 @@ const file_anvil_v1_types_proto_rawDesc = "" +
 	"\x10EVENT_TYPE_POWER\x10\x0f\x12\x17\n" +
 	"\x13EVENT_TYPE_SECURITY\x10\x10\x12\x13\n" +
 	"\x0fEVENT_TYPE_HELD\x10\x11\x12\x17\n" +
-	"\x13EVENT_TYPE_APPROVED\x10\x12B5Z3github.com/anvil-metal/anvil/proto/anvil/v1;anvilv1b\x06proto3"
+	"\x13EVENT_TYPE_APPROVED\x10\x12\x12\x12\n" +
+	"\x0eEVENT_TYPE_BMC\x10\x13B5Z3github.com/anvil-metal/anvil/proto/anvil/v1;anvilv1b\x06proto3"
 
 var (
 	file_anvil_v1_types_proto_rawDescOnce sync.Once
@@ -1742,7 +2087,7 @@ func file_anvil_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_anvil_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_anvil_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_anvil_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_anvil_v1_types_proto_goTypes = []any{
 	(EraseMode)(0),                // 0: anvil.v1.EraseMode
 	(ImageFormat)(0),              // 1: anvil.v1.ImageFormat
@@ -1750,39 +2095,43 @@ var file_anvil_v1_types_proto_goTypes = []any{
 	(Liveliness)(0),               // 3: anvil.v1.Liveliness
 	(EventType)(0),                // 4: anvil.v1.EventType
 	(*Inventory)(nil),             // 5: anvil.v1.Inventory
-	(*CPU)(nil),                   // 6: anvil.v1.CPU
-	(*Memory)(nil),                // 7: anvil.v1.Memory
-	(*Disk)(nil),                  // 8: anvil.v1.Disk
-	(*NIC)(nil),                   // 9: anvil.v1.NIC
-	(*PCIDevice)(nil),             // 10: anvil.v1.PCIDevice
-	(*GPU)(nil),                   // 11: anvil.v1.GPU
-	(*BIOS)(nil),                  // 12: anvil.v1.BIOS
-	(*Baseboard)(nil),             // 13: anvil.v1.Baseboard
-	(*Chassis)(nil),               // 14: anvil.v1.Chassis
-	(*Product)(nil),               // 15: anvil.v1.Product
-	(*Progress)(nil),              // 16: anvil.v1.Progress
-	(*Event)(nil),                 // 17: anvil.v1.Event
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*BMC)(nil),                   // 6: anvil.v1.BMC
+	(*LLDPNeighbor)(nil),          // 7: anvil.v1.LLDPNeighbor
+	(*CPU)(nil),                   // 8: anvil.v1.CPU
+	(*Memory)(nil),                // 9: anvil.v1.Memory
+	(*Disk)(nil),                  // 10: anvil.v1.Disk
+	(*NIC)(nil),                   // 11: anvil.v1.NIC
+	(*PCIDevice)(nil),             // 12: anvil.v1.PCIDevice
+	(*GPU)(nil),                   // 13: anvil.v1.GPU
+	(*BIOS)(nil),                  // 14: anvil.v1.BIOS
+	(*Baseboard)(nil),             // 15: anvil.v1.Baseboard
+	(*Chassis)(nil),               // 16: anvil.v1.Chassis
+	(*Product)(nil),               // 17: anvil.v1.Product
+	(*Progress)(nil),              // 18: anvil.v1.Progress
+	(*Event)(nil),                 // 19: anvil.v1.Event
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_anvil_v1_types_proto_depIdxs = []int32{
-	6,  // 0: anvil.v1.Inventory.cpu:type_name -> anvil.v1.CPU
-	7,  // 1: anvil.v1.Inventory.memory:type_name -> anvil.v1.Memory
-	8,  // 2: anvil.v1.Inventory.disks:type_name -> anvil.v1.Disk
-	9,  // 3: anvil.v1.Inventory.nics:type_name -> anvil.v1.NIC
-	10, // 4: anvil.v1.Inventory.pci_devices:type_name -> anvil.v1.PCIDevice
-	11, // 5: anvil.v1.Inventory.gpus:type_name -> anvil.v1.GPU
-	12, // 6: anvil.v1.Inventory.bios:type_name -> anvil.v1.BIOS
-	13, // 7: anvil.v1.Inventory.baseboard:type_name -> anvil.v1.Baseboard
-	14, // 8: anvil.v1.Inventory.chassis:type_name -> anvil.v1.Chassis
-	15, // 9: anvil.v1.Inventory.product:type_name -> anvil.v1.Product
-	18, // 10: anvil.v1.Event.time:type_name -> google.protobuf.Timestamp
-	4,  // 11: anvil.v1.Event.type:type_name -> anvil.v1.EventType
-	16, // 12: anvil.v1.Event.progress:type_name -> anvil.v1.Progress
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	8,  // 0: anvil.v1.Inventory.cpu:type_name -> anvil.v1.CPU
+	9,  // 1: anvil.v1.Inventory.memory:type_name -> anvil.v1.Memory
+	10, // 2: anvil.v1.Inventory.disks:type_name -> anvil.v1.Disk
+	11, // 3: anvil.v1.Inventory.nics:type_name -> anvil.v1.NIC
+	12, // 4: anvil.v1.Inventory.pci_devices:type_name -> anvil.v1.PCIDevice
+	13, // 5: anvil.v1.Inventory.gpus:type_name -> anvil.v1.GPU
+	14, // 6: anvil.v1.Inventory.bios:type_name -> anvil.v1.BIOS
+	15, // 7: anvil.v1.Inventory.baseboard:type_name -> anvil.v1.Baseboard
+	16, // 8: anvil.v1.Inventory.chassis:type_name -> anvil.v1.Chassis
+	17, // 9: anvil.v1.Inventory.product:type_name -> anvil.v1.Product
+	6,  // 10: anvil.v1.Inventory.bmc:type_name -> anvil.v1.BMC
+	7,  // 11: anvil.v1.NIC.lldp_neighbors:type_name -> anvil.v1.LLDPNeighbor
+	20, // 12: anvil.v1.Event.time:type_name -> google.protobuf.Timestamp
+	4,  // 13: anvil.v1.Event.type:type_name -> anvil.v1.EventType
+	18, // 14: anvil.v1.Event.progress:type_name -> anvil.v1.Progress
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_anvil_v1_types_proto_init() }
@@ -1796,7 +2145,7 @@ func file_anvil_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_anvil_v1_types_proto_rawDesc), len(file_anvil_v1_types_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

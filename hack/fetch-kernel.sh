@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Fetches the kernel the agent initramfs is built for: Debian's cloud kernel,
-# through apt only (`apt-get download linux-image-cloud-amd64`, then the
-# versioned linux-image-6.1.0-NN-cloud-amd64 package it depends on), unpacked
-# with `dpkg-deb -x`. It leaves in the cache directory
+# Fetches the kernel the agent initramfs is built for: Debian's generic
+# amd64 kernel, through apt only (`apt-get download linux-image-amd64`, then
+# the versioned linux-image-6.1.0-NN-amd64 package it depends on), unpacked
+# with `dpkg-deb -x`. Not the cloud kernel: that one has no IPMI driver (the
+# agent enrolls the BMC through /dev/ipmi0) and none of a server's NICs or
+# storage controllers. It leaves in the cache directory
 #
 #   vmlinuz            the kernel
 #   modules/*.ko       the modules the initramfs loads (MODULES below) and
@@ -21,9 +23,16 @@ dir=${1:-${ANVIL_CACHE:-/var/cache/anvil}/kernel}
 # efivarfs: the agent keeps the installed disk in a UEFI machine's boot
 # order through it (agent/efiboot); on BIOS machines it refuses to load
 # (ENODEV), which the agent skips.
+# ipmi_si + ipmi_devintf: the in-band BMC (/dev/ipmi0, agent/bmcenroll); on
+# a machine without one ipmi_si finds nothing and the agent says so.
+# nvme, ahci: servers' disks (built into the cloud kernel, modules here).
+# igb, ixgbe, i40e, bnxt_en, tg3, e1000e: common server NICs.
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-  failover net_failover virtio_net virtio_blk virtio_rng virtio_scsi sd_mod efivarfs)
-stamp_modules="modules: ${MODULES[*]}"
+  failover net_failover virtio_net virtio_blk virtio_rng virtio_scsi sd_mod efivarfs
+  nvme_core nvme ahci ipmi_msghandler ipmi_si ipmi_devintf
+  igb ixgbe i40e bnxt_en tg3 e1000e)
+flavour=linux-image-amd64
+stamp_modules="$flavour modules: ${MODULES[*]}"
 
 if [ -z "${ANVIL_KERNEL_REFRESH:-}" ] && [ -s "$dir/vmlinuz" ] && [ -s "$dir/release" ] &&
   grep -qxF "$stamp_modules" "$dir/release"; then
@@ -36,13 +45,13 @@ for t in apt-get apt-cache dpkg-deb strings; do
 done
 
 # The versioned image package the meta package depends on.
-resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+resolve() { apt-cache depends $flavour 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
 pkg=$(resolve || true)
 if [ -z "$pkg" ]; then
-  [ "$(id -u)" -eq 0 ] || { echo "fetch-kernel: apt knows no linux-image-cloud-amd64; run apt-get update as root" >&2; exit 1; }
+  [ "$(id -u)" -eq 0 ] || { echo "fetch-kernel: apt knows no $flavour; run apt-get update as root" >&2; exit 1; }
   apt-get update -qq
   pkg=$(resolve || true)
-  [ -n "$pkg" ] || { echo "fetch-kernel: linux-image-cloud-amd64 has no linux-image-* dependency" >&2; exit 1; }
+  [ -n "$pkg" ] || { echo "fetch-kernel: $flavour has no linux-image-* dependency" >&2; exit 1; }
 fi
 release=${pkg#linux-image-}
 
@@ -50,7 +59,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # apt drops privileges to _apt for the download; let it write there.
 if [ "$(id -u)" -eq 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$work"; fi
-(cd "$work" && apt-get download -q linux-image-cloud-amd64 "$pkg" >/dev/null)
+(cd "$work" && apt-get download -q "$flavour" "$pkg" >/dev/null)
 deb=$(ls "$work"/"$pkg"_*.deb)
 version=$(dpkg-deb -f "$deb" Version)
 dpkg-deb -x "$deb" "$work/x"

@@ -61,6 +61,10 @@ type Config struct {
 	// DebugShell starts the initramfs's shell on the console (boot mode,
 	// anvil.debug=1 on the kernel command line).
 	DebugShell bool
+	// EnrollBMC: create an anvil user on the machine's BMC in-band and
+	// report it on Register (boot mode only: anvil.bmc_enroll=1, which the
+	// controller's boot script sets under its in-band policy).
+	EnrollBMC bool
 	// Console is the machine's console= arguments (boot mode: from the
 	// kernel command line): an installed system logs there too.
 	Console string
@@ -81,6 +85,9 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("mode %q: want host or boot", c.Mode))
+	}
+	if c.EnrollBMC && c.Mode != ModeBoot {
+		errs = append(errs, errors.New("BMC enrollment is for boot mode only: a host's BMC is not the agent's to change"))
 	}
 	if c.DebugShell && c.Mode != ModeBoot {
 		errs = append(errs, errors.New("the debug shell is for boot mode only"))
@@ -112,6 +119,7 @@ func (c Config) FromCmdline(p bootparams.Params) Config {
 		c.CAFingerprint = p.CAFingerprint
 	}
 	c.DebugShell = c.DebugShell || p.Debug
+	c.EnrollBMC = c.EnrollBMC || p.EnrollBMC
 	if c.Console == "" {
 		c.Console = strings.Join(p.Console, " ")
 	}
@@ -146,6 +154,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 	}
+	// The in-band BMC is looked for while the rest starts (boot mode: the
+	// machine's own BMC; a host's is left alone).
+	var bmcFound *inBandBMC
+	if cfg.Mode == ModeBoot {
+		bmcFound = findBMC(ctx, cfg.EnrollBMC, log)
+	}
 	var allow *disks.Allowlist
 	if cfg.Mode == ModeHost {
 		if allow, err = disks.NewAllowlist(cfg.Disks); err != nil {
@@ -165,6 +179,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 			i.Product.Uuid = strings.ToLower(cfg.MachineUUID)
 		}
+		i.Bmc, _ = bmcFound.wait(ctx)
 		return i, nil
 	}
 	zeroed := &executor.ZeroLedger{}
@@ -183,6 +198,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		BootToken:    cfg.BootToken,
 		AgentVersion: cfg.Version,
 		Inventory:    inv,
+		BMCCredential: func(ctx context.Context) *anvilv1.BMCCredential {
+			_, c := bmcFound.wait(ctx)
+			return c
+		},
 		Executors: runner.Executors{
 			Wipe: &executor.Wipe{Allow: allow, Inventory: inv, Methods: executor.DefaultMethods(), Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel},
 			Install: &executor.Install{Allow: allow, Inventory: inv, Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel,

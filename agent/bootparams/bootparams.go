@@ -22,6 +22,9 @@ type Params struct {
 	BootToken     string
 	CAFingerprint string
 	Debug         bool
+	// EnrollBMC: the controller asks the agent to enroll the machine's
+	// BMC in-band (anvil.bmc_enroll=1).
+	EnrollBMC bool
 	// Console is the machine's console= parameters, in order, as the
 	// controller's boot script gave them: the consoles an installed system
 	// should log to as well.
@@ -77,13 +80,18 @@ func Parse(cmdline string) (Params, error) {
 		case "anvil.ca_fp":
 			p.CAFingerprint = v
 		case "anvil.debug":
-			p.Debug = v == "" || v == "1" || v == "true" || v == "yes"
+			p.Debug = truthy(v)
+		case "anvil.bmc_enroll":
+			p.EnrollBMC = truthy(v)
 		default:
 			return p, fmt.Errorf("kernel command line: unknown parameter %q", k)
 		}
 	}
 	return p, nil
 }
+
+// truthy reads a boolean parameter: present alone, or 1, true or yes.
+func truthy(v string) bool { return v == "" || v == "1" || v == "true" || v == "yes" }
 
 // FromProc parses /proc/cmdline.
 func FromProc() (Params, error) {

@@ -34,6 +34,8 @@ func TestParse(t *testing.T) {
 		{"anvil.token=a anvil.token=b", Params{BootToken: "b"}, false},
 		{"anvil.debug", Params{Debug: true}, false},
 		{"anvil.debug=0", Params{}, false},
+		{"anvil.bmc_enroll=1 anvil.debug", Params{EnrollBMC: true, Debug: true}, false},
+		{"anvil.bmc_enroll=1 anvil.bmc_enroll=0", Params{}, false},
 		{"anvil.contoller=x", Params{}, true},
 		{"root=/dev/sda1 ro", Params{}, false},
 	} {

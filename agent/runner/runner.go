@@ -87,7 +87,10 @@ type Config struct {
 	AgentVersion string
 	// Inventory is collected before every registration.
 	Inventory func(ctx context.Context) (*anvilv1.Inventory, error)
-	Executors Executors
+	// BMCCredential, when set, gives the in-band BMC credential to send
+	// with every registration (nil: none).
+	BMCCredential func(ctx context.Context) *anvilv1.BMCCredential
+	Executors     Executors
 	// Backoff governs every retry (connect, register, report).
 	Backoff backoff.Policy
 	// ProgressInterval bounds how often progress is reported.
@@ -303,9 +306,13 @@ func (r *Runner) register(ctx context.Context) (time.Duration, error) {
 			if tok == "" {
 				tok = r.cfg.BootToken
 			}
+			req := &anvilv1.RegisterRequest{Inventory: inv, AgentVersion: r.cfg.AgentVersion}
+			if r.cfg.BMCCredential != nil {
+				req.BmcCredential = r.cfg.BMCCredential(ctx)
+			}
 			var resp *anvilv1.RegisterResponse
 			cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
-			resp, err = r.api.Register(cctx, &anvilv1.RegisterRequest{Inventory: inv, AgentVersion: r.cfg.AgentVersion},
+			resp, err = r.api.Register(cctx, req,
 				grpc.PerRPCCredentials(bearer(tok)), grpc.WaitForReady(false))
 			cancel()
 			if status.Code(err) == codes.Unauthenticated && tok != r.cfg.BootToken {

@@ -42,11 +42,14 @@ type script struct {
 	refuse    func(tok string) bool
 	// waitUnauth ends the n-th Wait stream at once with Unauthenticated.
 	waitUnauth func(n int) bool
+	// regBMC are the BMC credentials Register was called with.
+	regBMC []*anvilv1.BMCCredential
 }
 
-func (s *script) Register(ctx context.Context, _ *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
+func (s *script) Register(ctx context.Context, req *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.regBMC = append(s.regBMC, req.GetBmcCredential())
 	md, _ := metadata.FromIncomingContext(ctx)
 	tok := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer ")
 	s.regTokens = append(s.regTokens, tok)
@@ -146,15 +149,19 @@ func (c *counter) count(id string) int {
 	return c.runs[id]
 }
 
-func start(t *testing.T, s *script, ex Executors) *Runner {
+func start(t *testing.T, s *script, ex Executors, opts ...func(*Config)) *Runner {
 	t.Helper()
 	addr, tlsCfg := serve(t, s)
-	r, err := New(Config{
+	cfg := Config{
 		Controller: addr, TLS: tlsCfg, BootToken: "boot",
 		Inventory: func(context.Context) (*anvilv1.Inventory, error) { return &anvilv1.Inventory{}, nil },
 		Executors: ex,
 		Backoff:   backoff.Policy{Base: 10 * time.Millisecond, Cap: 50 * time.Millisecond},
-	}, WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	r, err := New(cfg, WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,5 +380,26 @@ func TestShortSessionsBackOff(t *testing.T) {
 	// without it, hundreds.
 	if n < 3 || n > 60 {
 		t.Fatalf("%d registrations in a second of sessions that end at once, want 3..60", n)
+	}
+}
+
+// The in-band BMC credential goes with every registration of the boot,
+// the first (boot token) and those after a lost session (credential).
+func TestRegisterCarriesTheBMCCredential(t *testing.T) {
+	s := &script{perWait: func(int) []*anvilv1.Instruction { return nil }, waitUnauth: func(n int) bool { return n < 3 }}
+	cred := &anvilv1.BMCCredential{User: "anvil", Password: "Pw0123456789abcd", UserId: 3}
+	start(t, s, Executors{}, func(c *Config) {
+		c.BMCCredential = func(context.Context) *anvilv1.BMCCredential { return cred }
+	})
+	eventually(t, "3 streams", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.streams >= 3 })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.regBMC) < 3 {
+		t.Fatalf("%d registrations, want 3 (two sessions lost)", len(s.regBMC))
+	}
+	for i, c := range s.regBMC {
+		if c.GetUser() != "anvil" || c.GetPassword() != cred.Password || c.GetUserId() != 3 {
+			t.Errorf("registration %d carried %v", i+1, c)
+		}
 	}
 }

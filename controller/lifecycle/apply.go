@@ -39,6 +39,7 @@ const (
 	evReinstall   = anvilv1.EventType_EVENT_TYPE_REINSTALL
 	evPower       = anvilv1.EventType_EVENT_TYPE_POWER
 	evSecurity    = anvilv1.EventType_EVENT_TYPE_SECURITY
+	evBMC         = anvilv1.EventType_EVENT_TYPE_BMC
 	evHeld        = anvilv1.EventType_EVENT_TYPE_HELD
 	evApproved    = anvilv1.EventType_EVENT_TYPE_APPROVED
 )
@@ -161,7 +162,7 @@ func step(s *Status, e *anvilv1.Event, t time.Time) bool {
 			return false
 		}
 		s.State = stRegistering
-	case evSecurity:
+	case evSecurity, evBMC:
 	case evAllocated:
 		expected := s.State == stReady && !s.Allocated
 		s.allocate()

@@ -178,6 +178,10 @@ func TestApplyTransitions(t *testing.T) {
 			Status{State: stReady}},
 		{"a security event does not end a boot cycle or announce one", Status{State: stInstalling, Allocated: true, CycleOpen: true}, evSecurity, "refused",
 			Status{State: stInstalling, Allocated: true, CycleOpen: true}},
+		{"a BMC event changes no state", Status{State: stReady}, evBMC, "enrolled",
+			Status{State: stReady}},
+		{"a BMC event does not end a boot cycle or announce one", Status{State: stBooting, Allocated: true, CycleOpen: true}, evBMC, "unreachable",
+			Status{State: stBooting, Allocated: true, CycleOpen: true}},
 	}
 	covered := map[anvilv1.EventType]bool{}
 	for _, tt := range tests {

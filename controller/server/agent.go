@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/anvil-metal/anvil/controller/bmc"
 	"github.com/anvil-metal/anvil/controller/lifecycle"
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/sizes"
@@ -125,13 +126,19 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 					return err
 				}
 			}
-			return a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_HELD, msg))
+			if err := a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_HELD, msg)); err != nil {
+				return err
+			}
+			return a.takeBMC(ctx, tx, fx, m, req)
 		}
 		if err := a.setInventory(ctx, tx, m, inv); err != nil {
 			return err
 		}
 		m.HeldInventory = nil
 		if err := a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg)); err != nil {
+			return err
+		}
+		if err := a.takeBMC(ctx, tx, fx, m, req); err != nil {
 			return err
 		}
 		return a.resume(ctx, tx, fx, m, before)
@@ -143,6 +150,36 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))
 	}
 	return &anvilv1.RegisterResponse{MachineId: id, Credential: cred, HeartbeatInterval: durationpb.New(a.cfg.HeartbeatInterval)}, nil
+}
+
+// takeBMC stores the BMC credential an agent enrolled in-band, when
+// trust.DecideBMC allows it, as the machine's BMC (sealed); either way a
+// BMC event says what became of it. A registration without one changes
+// nothing. The credential never appears in an event or a log.
+func (a *agentAPI) takeBMC(ctx context.Context, tx store.Tx, fx *effects, m *store.Machine, req *anvilv1.RegisterRequest) error {
+	c := req.GetBmcCredential()
+	if c == nil {
+		return nil
+	}
+	ip := req.GetInventory().GetBmc().GetIp()
+	v := trust.DecideBMC(trust.BMCReport{Held: m.Trust.Held, OperatorSet: m.BMC != "" && !m.Trust.BMCInBand,
+		IP: ip, User: c.GetUser(), Password: c.GetPassword()}, a.cfg.BMCEnroll)
+	if !v.Store {
+		return a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC,
+			fmt.Sprintf("in-band BMC enrollment (user %q at %s) not stored: %s", c.GetUser(), orUnknown(ip), v.Reason)))
+	}
+	parsed, err := bmc.ParseAddress(v.Address)
+	if err != nil {
+		return a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC,
+			fmt.Sprintf("in-band BMC enrollment at %s not stored: %v", ip, err)))
+	}
+	sealed, err := a.bmcSeal.Seal(parsed.Full())
+	if err != nil {
+		return fmt.Errorf("seal the in-band BMC credential: %w", err)
+	}
+	m.BMC, m.Trust.BMCInBand = sealed, true
+	return a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC,
+		fmt.Sprintf("BMC %s %s (user ID %d); the controller powers the machine through it", bmc.Redact(parsed.Full()), v.Reason, c.GetUserId())))
 }
 
 // checkRegistrar checks what a registration's token is bound to against

@@ -43,6 +43,7 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 		Labels:        m.Labels,
 		Progress:      m.Progress,
 		BmcAddress:    s.shownBMC(m.BMC),
+		BmcSource:     bmcSource(m),
 	}
 	if m.Trust.Held {
 		// Whatever happened since (a reinstall, a free), the session has
@@ -64,6 +65,17 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 		pm.LastEvent = &anvilv1.Event{MachineId: m.ID, Type: m.Status.LastEvent, Time: timestamppb.New(m.Status.LastEventTime)}
 	}
 	return pm
+}
+
+// bmcSource says where the machine's BMC address came from.
+func bmcSource(m *store.Machine) string {
+	switch {
+	case m.BMC == "":
+		return ""
+	case m.Trust.BMCInBand:
+		return "in-band"
+	}
+	return "operator"
 }
 
 // shownBMC is a stored (sealed) BMC address as the API shows it: without

@@ -83,6 +83,9 @@ type Config struct {
 	// SecurityEventEvery is the shortest interval between two SECURITY
 	// events of one machine (more are logged, not stored).
 	SecurityEventEvery time.Duration
+	// BMCEnroll: whether agents enroll their machine's BMC in-band (boot
+	// scripts ask them to, and Register stores what they report).
+	BMCEnroll trust.BMCPolicy
 	// BMCTimeout bounds each power operation on a machine's BMC.
 	BMCTimeout time.Duration
 	// BMCCheckInterval is how often the BMCs of silent machines (dead
@@ -111,6 +114,7 @@ func DefaultConfig() Config {
 		RegisterRate:         10,
 		RegisterBurst:        50,
 		SecurityEventEvery:   10 * time.Second,
+		BMCEnroll:            trust.BMCInBand,
 		BMCTimeout:           bmc.DefaultTimeout,
 		BMCCheckInterval:     time.Minute,
 		Lifecycle:            lifecycle.DefaultConfig(),
@@ -137,6 +141,9 @@ func (c Config) Validate() error {
 	}
 	if c.BootTokenTTL <= 0 {
 		errs = append(errs, fmt.Errorf("boot token TTL %v must be positive", c.BootTokenTTL))
+	}
+	if _, err := trust.ParseBMCPolicy(string(c.BMCEnroll)); err != nil {
+		errs = append(errs, err)
 	}
 	if _, err := trust.ParsePolicy(string(c.EnrollPolicy)); err != nil {
 		errs = append(errs, err)

@@ -42,8 +42,9 @@ type Machine struct {
 	LastSeen       time.Time
 	// Progress of the running instruction, if any (not history).
 	Progress *anvilv1.Progress
-	// BMC is the address of the machine's BMC (see controller/bmc), set by
-	// the operator; "" when none.
+	// BMC is the address of the machine's BMC (see controller/bmc), sealed
+	// with the controller's BMC key: set by the operator, or enrolled
+	// in-band by the agent (Trust.BMCInBand); "" when none.
 	BMC string
 	// Trust is what the controller keeps about the machine's agent
 	// sessions (controller/server decides with it).
@@ -82,6 +83,9 @@ type Trust struct {
 	// ATAPassword is the ATA security password erases of this machine use
 	// (secret: never shown by the API).
 	ATAPassword string `json:"ata_password,omitempty"`
+	// BMCInBand: the machine's BMC address (Machine.BMC) is the one its
+	// agent enrolled in-band, not one an operator set.
+	BMCInBand bool `json:"bmc_in_band,omitempty"`
 }
 
 // MachineFilter selects machines; zero fields match everything.

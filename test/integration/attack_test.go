@@ -73,6 +73,15 @@ var bootTokenRE = regexp.MustCompile(`anvil\.token=(\S+)`)
 // script carries none).
 func (l *attackLab) script(t *testing.T, from, uuid, mac string) string {
 	t.Helper()
+	if m := bootTokenRE.FindStringSubmatch(l.scriptBody(t, from, uuid, mac)); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// scriptBody fetches a machine's boot script from the client address from.
+func (l *attackLab) scriptBody(t *testing.T, from, uuid, mac string) string {
+	t.Helper()
 	c := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}).DialContext}}
 	resp, err := c.Get(l.base + "/ipxe/script?uuid=" + uuid + "&mac=" + mac + "&platform=pcbios")
 	if err != nil {
@@ -83,10 +92,7 @@ func (l *attackLab) script(t *testing.T, from, uuid, mac string) string {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("script: %d %v\n%s", resp.StatusCode, err, body)
 	}
-	if m := bootTokenRE.FindStringSubmatch(string(body)); m != nil {
-		return m[1]
-	}
-	return ""
+	return string(body)
 }
 
 // agentFrom dials the agent API from a loopback address with a token.

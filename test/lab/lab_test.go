@@ -341,6 +341,26 @@ func TestLab(t *testing.T) {
 			if err := labkit.ProtectedIntact(vm); err != nil {
 				t.Error(err)
 			}
+			// The IPMI VM's agent found its BMC through /dev/ipmi0 and
+			// enrolled it: the controller has its address and a
+			// credential nobody typed. The Redfish VM has no in-band BMC;
+			// its address is the operator's (AttachBMCs).
+			bmcInv := m.GetInventory().GetBmc()
+			if labkit.RedfishBMC(vm.Index) {
+				if bmcInv != nil || m.GetBmcSource() != "operator" {
+					t.Errorf("VM %d (Redfish): in-band BMC %v, BMC source %q, want none and the operator's", vm.Index, bmcInv, m.GetBmcSource())
+				}
+				continue
+			}
+			if bmcInv.GetIp() != labkit.BMCIP(vm.Index) || bmcInv.GetMac() != labkit.BMCMAC(vm.Index) || bmcInv.GetEnrollError() != "" {
+				t.Errorf("VM %d in-band BMC: %v, want %s / %s", vm.Index, bmcInv, labkit.BMCIP(vm.Index), labkit.BMCMAC(vm.Index))
+			}
+			if want := "ipmi://anvil:xxxxx@" + labkit.BMCIP(vm.Index); m.GetBmcSource() != "in-band" || m.GetBmcAddress() != want {
+				t.Errorf("VM %d BMC %q from %q, want %s enrolled in-band", vm.Index, m.GetBmcAddress(), m.GetBmcSource(), want)
+			}
+			if msg := lastOf(s.events(t, s.ids[i]), anvilv1.EventType_EVENT_TYPE_BMC); !strings.Contains(msg, "enrolled in-band by the agent") {
+				t.Errorf("VM %d BMC event: %q", vm.Index, msg)
+			}
 		}
 	})
 
@@ -503,26 +523,32 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("reinstall through the BMC", func(t *testing.T) {
-		id := s.ids[1]
-		before := count(s.events(t, id), anvilv1.EventType_EVENT_TYPE_PHONED_HOME)
-		if _, err := s.op.Machines.ReinstallMachine(ctx, &anvilv1.ReinstallMachineRequest{Id: id}); err != nil {
-			t.Fatal(err)
+		// Both at once: VM 1 through the IPMI BMC its agent enrolled
+		// in-band, VM 2 through the operator's Redfish BMC.
+		before := map[string]int{}
+		for _, id := range s.ids {
+			before[id] = count(s.events(t, id), anvilv1.EventType_EVENT_TYPE_PHONED_HOME)
+			if _, err := s.op.Machines.ReinstallMachine(ctx, &anvilv1.ReinstallMachineRequest{Id: id}); err != nil {
+				t.Fatal(err)
+			}
 		}
-		s.wait(t, []string{id}, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, 4*time.Minute)
-		evs := s.events(t, id)
-		if n := count(evs, anvilv1.EventType_EVENT_TYPE_PHONED_HOME); n != before+1 {
-			t.Errorf("phoned home %d times, want %d", n, before+1)
-		}
-		if count(evs, anvilv1.EventType_EVENT_TYPE_POWER) == 0 || !strings.Contains(lastOf(evs, anvilv1.EventType_EVENT_TYPE_REGISTERING), "expected boot (power") {
-			t.Error("reinstall did not reset the machine into the agent (an expected boot, registered after the power event)")
-		}
-		// VM 2's BMC speaks Redfish, VM 1's IPMI: the reset went through
-		// the protocol of each, and no event shows a password.
-		if msg := lastOf(evs, anvilv1.EventType_EVENT_TYPE_POWER); !strings.Contains(msg, "through redfish+http://anvil:xxxxx@") {
-			t.Errorf("VM 2's reset: %q, want it through its Redfish BMC", msg)
-		}
-		if msg := lastOf(s.events(t, s.ids[0]), anvilv1.EventType_EVENT_TYPE_POWER); !strings.Contains(msg, "through ipmi://anvil:xxxxx@") {
-			t.Errorf("VM 1's last power action: %q, want it through its IPMI BMC", msg)
+		s.wait(t, s.ids, anvilv1.MachineState_MACHINE_STATE_PROVISIONED, 5*time.Minute)
+		for i, id := range s.ids {
+			evs := s.events(t, id)
+			if n := count(evs, anvilv1.EventType_EVENT_TYPE_PHONED_HOME); n != before[id]+1 {
+				t.Errorf("VM %d phoned home %d times, want %d", i+1, n, before[id]+1)
+			}
+			if count(evs, anvilv1.EventType_EVENT_TYPE_POWER) == 0 || !strings.Contains(lastOf(evs, anvilv1.EventType_EVENT_TYPE_REGISTERING), "expected boot (power") {
+				t.Errorf("VM %d: reinstall did not reset the machine into the agent (an expected boot, registered after the power event)", i+1)
+			}
+			// Through the protocol of each, and no event shows a password.
+			want := "through ipmi://anvil:xxxxx@" + labkit.BMCIP(i+1)
+			if labkit.RedfishBMC(i + 1) {
+				want = "through redfish+http://admin:xxxxx@"
+			}
+			if msg := lastOf(evs, anvilv1.EventType_EVENT_TYPE_POWER); !strings.Contains(msg, want) || !strings.Contains(msg, "next boot pxe") {
+				t.Errorf("VM %d's reset: %q, want it %s into PXE", i+1, msg, want)
+			}
 		}
 	})
 

@@ -119,10 +119,14 @@ func (l *Lab) Anvilctl() (env []string, prefix []string) {
 	return env, []string{"ip", "netns", "exec", l.cfg.Namespace, filepath.Join(l.cfg.Bin, "anvilctl")}
 }
 
-// AttachBMCs gives every VM's machine its BMC (the VM's IPMI simulator),
-// as an operator would enter a server's BMC address.
+// AttachBMCs gives every Redfish VM's machine its BMC, as an operator
+// would enter a server's BMC address. The IPMI VMs' agents enroll theirs
+// in-band.
 func (l *Lab) AttachBMCs(ctx context.Context, op *Operator) error {
 	for _, vm := range l.VMs {
+		if !RedfishBMC(vm.Index) {
+			continue
+		}
 		if _, err := op.Machines.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: vm.UUID, Address: vm.BMCAddress()}); err != nil {
 			return fmt.Errorf("BMC of VM %d: %w", vm.Index, err)
 		}

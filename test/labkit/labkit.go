@@ -285,6 +285,10 @@ func (l *Lab) network(ctx context.Context) error {
 		{"-n", ns, "link", "set", "br0", "up"},
 	}
 	for i := 1; i <= l.cfg.Machines; i++ {
+		if !RedfishBMC(i) {
+			// The IPMI BMC's own address on the segment.
+			steps = append(steps, []string{"-n", ns, "addr", "add", BMCIP(i) + "/24", "dev", "br0"})
+		}
 		tap := fmt.Sprintf("tap%d", i)
 		steps = append(steps,
 			[]string{"-n", ns, "tuntap", "add", tap, "mode", "tap"},
@@ -442,6 +446,9 @@ func (l *Lab) vmOptions(vm *VM) qemu.Options {
 	}
 	nic := qemu.NIC{Net: qemu.Tap{Ifname: vm.tap}, MAC: vm.MAC, Speed: true, BootIndex: index(1)}
 	var extra []qemu.Device
+	if !RedfishBMC(vm.Index) {
+		extra = append(extra, qemu.IPMI{Port: ipmiKCSPort(vm.Index)})
+	}
 	if uefi {
 		nic.ROM = qemu.NoROM
 		if c.HTTPBoot {

@@ -25,6 +25,9 @@ const (
 	Password = "secret"
 )
 
+// SimMAC is the MAC address a simulator started by Run reports.
+const SimMAC = "52:54:00:a0:00:01"
+
 // Sim is a running simulator.
 type Sim struct {
 	Dir  string
@@ -65,6 +68,38 @@ type Config struct {
 	Port           int
 	User, Password string
 	Chassis        string
+	// LAN is what the BMC reports of its LAN channel (Get LAN
+	// Configuration Parameters); without it ipmi_sim reports no address.
+	LAN LAN
+	// SerialPort, when set, is the loopback TCP port where the simulator
+	// serves QEMU's ipmi-bmc-extern (the "VM" codec) as the system
+	// interface: the guest's in-band BMC (/dev/ipmi0 through KCS).
+	SerialPort int
+}
+
+// LAN is a simulated BMC's LAN configuration: ipmi_sim asks its
+// lan_config_program ("get NAME...", answered with NAME:value lines) for
+// it, and WriteConfig writes that program.
+type LAN struct {
+	IP, Netmask, Gateway, MAC string
+}
+
+// script is the lan_config_program answering for l.
+func (l LAN) script() string {
+	return fmt.Sprintf(`#!/bin/sh
+# ipmi_sim's lan_config_program: "get NAME..." prints NAME:value lines.
+[ "$1" = get ] || exit 0
+shift
+for k in "$@"; do
+  case $k in
+  ip_addr) echo "ip_addr:%s" ;;
+  ip_addr_src) echo "ip_addr_src:static" ;;
+  mac_addr) echo "mac_addr:%s" ;;
+  subnet_mask) echo "subnet_mask:%s" ;;
+  default_gw_ip_addr) echo "default_gw_ip_addr:%s" ;;
+  esac
+done
+`, l.IP, l.MAC, l.Netmask, l.Gateway)
 }
 
 // WriteConfig writes the simulator's lan.conf and emulator command file
@@ -80,19 +115,28 @@ set_working_mc 0x20
     allowed_auths_operator none md2 md5 straight
     allowed_auths_admin none md2 md5 straight
     guid a123456789abcdefa123456789abcdef
-  endlan
+%s  endlan
   chassis_control "%s"
-  user 1 true  ""   ""   user  10 none md2 md5 straight
+%s  user 1 true  ""   ""   user  10 none md2 md5 straight
   user 2 true  "%s" "%s" admin 10 none md2 md5 straight
-`, c.Name, c.Addr, c.Port, c.Chassis, c.User, c.Password)
+`, c.Name, c.Addr, c.Port, opt(c.LAN.IP != "", fmt.Sprintf("    lan_config_program \"%s\"\n", filepath.Join(dir, "lancontrol.sh"))), c.Chassis,
+		opt(c.SerialPort != 0, fmt.Sprintf("  serial kcs 127.0.0.1 %d codec VM\n", c.SerialPort)), c.User, c.Password)
 	const emuCmds = "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n"
 	lanConf, emu = filepath.Join(dir, "lan.conf"), filepath.Join(dir, "bmc.emu")
-	for p, body := range map[string]string{lanConf: conf, emu: emuCmds} {
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+	for p, body := range map[string]string{lanConf: conf, emu: emuCmds, filepath.Join(dir, "lancontrol.sh"): c.LAN.script()} {
+		if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
 			return "", "", err
 		}
 	}
 	return lanConf, emu, nil
+}
+
+// opt is s when cond holds, else nothing.
+func opt(cond bool, s string) string {
+	if cond {
+		return s
+	}
+	return ""
 }
 
 // Command is the simulator's command line for the files WriteConfig wrote
@@ -138,7 +182,8 @@ esac
 			return nil, nil, err
 		}
 	}
-	lanConf, emu, err := WriteConfig(s.Dir, Config{Name: "anvilbmc", Addr: "127.0.0.1", Port: s.Port, User: User, Password: Password, Chassis: script})
+	lanConf, emu, err := WriteConfig(s.Dir, Config{Name: "anvilbmc", Addr: "127.0.0.1", Port: s.Port, User: User, Password: Password, Chassis: script,
+		LAN: LAN{IP: "127.0.0.1", Netmask: "255.0.0.0", Gateway: "127.0.0.254", MAC: SimMAC}})
 	if err != nil {
 		return nil, nil, err
 	}

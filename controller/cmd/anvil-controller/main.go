@@ -40,7 +40,8 @@ func main() {
 	flag.StringVar(&freeErase, "free-erase", "quick", "erase mode when a machine is freed: none|quick|secure|full")
 	flag.StringVar(&registerErase, "register-erase", "none", "erase mode queued when an unallocated machine registers")
 	flag.BoolVar(&cfg.Server.EraseFallback, "erase-fallback", false, "secure erase: accept a verified full overwrite on disks without a usable hardware erase")
-	var enroll string
+	var enroll, bmcEnroll string
+	flag.StringVar(&bmcEnroll, "bmc-enroll", string(cfg.Server.BMCEnroll), "in-band BMC enrollment: in-band (agents create an anvil user on their machine's BMC through /dev/ipmi0 and report it; an address set with anvilctl machine bmc wins), or off (operators manage BMC users and addresses)")
 	flag.StringVar(&enroll, "enroll", string(cfg.Server.EnrollPolicy), "enrollment of unknown machines and of unexpected boots: auto, or approve (an operator approves each with anvilctl machine approve)")
 	flag.DurationVar(&cfg.Server.BootTokenTTL, "boot-token-ttl", cfg.Server.BootTokenTTL, "how long a network boot's token is good for its one registration")
 	flag.BoolVar(&cfg.Server.BindBootTokenAddress, "boot-token-bind-address", cfg.Server.BindBootTokenAddress, "refuse a boot token from another client address than its script went to (switch off when agents reach the controller through NAT or another interface)")
@@ -99,6 +100,9 @@ func main() {
 	cfg.Hosts = split(hosts)
 	cfg.BootTokens = split(bootTokens)
 	var err error
+	if cfg.Server.BMCEnroll, err = trust.ParseBMCPolicy(bmcEnroll); err != nil {
+		fail(fmt.Errorf("--bmc-enroll: %w", err))
+	}
 	if cfg.Server.EnrollPolicy, err = trust.ParsePolicy(enroll); err != nil {
 		fail(fmt.Errorf("--enroll: %w", err))
 	}

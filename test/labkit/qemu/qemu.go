@@ -417,6 +417,19 @@ type QMP struct {
 // Args implements Device: the arguments the BMC driver needs.
 func (q QMP) Args() []string { return bmc.QEMUArgs(q.Socket, q.StartOff) }
 
+// IPMI is an in-band BMC: QEMU's ipmi-bmc-extern talking to an external
+// simulator (OpenIPMI's ipmi_sim, "serial kcs ... codec VM") on the
+// loopback TCP Port, behind an ISA KCS interface the guest's ipmi_si finds
+// through the SMBIOS type 38 and ACPI entries QEMU adds for it. The
+// chardev reconnects, so the simulator may start after the VM.
+type IPMI struct{ Port int }
+
+// Args implements Device.
+func (i IPMI) Args() []string {
+	return []string{"-chardev", fmt.Sprintf("socket,id=ipmi0,host=127.0.0.1,port=%d,reconnect=2", i.Port),
+		"-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0", "-device", "isa-ipmi-kcs,bmc=bmc0"}
+}
+
 // DebugCon writes the firmware's debug console (I/O port 0x402: SeaBIOS's
 // boot decisions) to File.
 type DebugCon struct{ File string }

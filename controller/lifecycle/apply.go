@@ -41,6 +41,7 @@ const (
 	evSecurity    = anvilv1.EventType_EVENT_TYPE_SECURITY
 	evHeld        = anvilv1.EventType_EVENT_TYPE_HELD
 	evApproved    = anvilv1.EventType_EVENT_TYPE_APPROVED
+	evBMC         = anvilv1.EventType_EVENT_TYPE_BMC
 )
 
 // Apply folds one event into s and returns the result. It is pure: the
@@ -64,6 +65,8 @@ const (
 //	                                    controller queues its work or records
 //	                                    WAITING, as after a registration)
 //	SECURITY     any state            state kept (a refused request, recorded)
+//	BMC          any state            state kept (the controller's dealings
+//	                                    with the machine's BMC, recorded)
 //	WAITING      idle                 → ALLOCATED if allocated; RECLAIM while a
 //	                                    reclaim still awaits its erase; else READY
 //	ALLOCATED    READY, not allocated → ALLOCATED; allocated
@@ -161,7 +164,7 @@ func step(s *Status, e *anvilv1.Event, t time.Time) bool {
 			return false
 		}
 		s.State = stRegistering
-	case evSecurity:
+	case evSecurity, evBMC:
 	case evAllocated:
 		expected := s.State == stReady && !s.Allocated
 		s.allocate()

@@ -356,3 +356,31 @@ func TestRecoveryPowerCycles(t *testing.T) {
 		})
 	}
 }
+
+// TestRecoveryLeavesARefusingBMCAlone: a recovery power cycle through a BMC
+// (a real ipmi_sim) that refuses the credentials is tried once, one BMC
+// event, and counts no attempt: no give-up either, and no retry storm.
+func TestRecoveryLeavesARefusingBMCAlone(t *testing.T) {
+	e := newPowerEnv(t, nil)
+	const id = "00000000-0000-4000-8000-000000000004"
+	e.register(t, id)
+	sim := ipmisim.Start(t)
+	e.setBMC(t, id, sim.Address(ipmisim.User, "Wr0ngPassw0rd"))
+	e.s.cycles.arm(id, epoch) // as rebootIntoAgent does after its reset
+	cycled := 0
+	for minute := 0; minute <= 300; minute++ {
+		e.clock.set(epoch.Add(time.Duration(minute) * time.Minute))
+		n, err := e.s.RecoverMachines(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cycled += n
+	}
+	evs := e.bmcEvents(t, id)
+	if n := e.opens.Load(); n != 1 || cycled != 0 || sim.Log(t) != "" {
+		t.Fatalf("over 300 sweeps: %d BMC opens, %d power cycles, the BMC ran %q; want 1, 0 and nothing", n, cycled, sim.Log(t))
+	}
+	if len(evs) != 1 || evs[0].GetActor() != "controller (no agent 10 min after reset into PXE, attempt 1/3)" || !strings.Contains(evs[0].GetMessage(), "refused the credentials") {
+		t.Fatalf("BMC events %v: want one refusal by the recovery sweep", evs)
+	}
+}

@@ -4,7 +4,11 @@
 // check what the store must confirm, fold events through the lifecycle
 // state machine, write one transaction and wake waiting streams through the
 // hub after it committed. Power calls talk to the BMC outside any
-// transaction and record their event afterwards.
+// transaction and record their event afterwards, with the actor who asked.
+// The controller's own BMC work runs periodically: CheckSilentMachines
+// (silent machines' power state) and RecoverMachines (recovery power
+// cycles), both paced by controller/powerpolicy (one BMC event per change
+// of a BMC's condition, backoff, bounded attempts).
 package server
 
 import (

@@ -275,7 +275,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 }
 
 // runChecks asks silent machines' BMCs for their power state every
-// interval (0: never), so they show as Off or Hung rather than Dead.
+// interval (0: never), so they show as Off or Hung rather than Dead, then
+// runs the recovery sweep (power cycles of machines that did not come back
+// from a reset into PXE, or crash-loop; server.RecoverMachines).
 func (c *Controller) runChecks(srv *server.Server, every time.Duration, log *slog.Logger) {
 	if every <= 0 {
 		return
@@ -293,6 +295,9 @@ func (c *Controller) runChecks(srv *server.Server, every time.Duration, log *slo
 				cctx, cancel := context.WithTimeout(ctx, every)
 				if _, err := srv.CheckSilentMachines(cctx); err != nil && ctx.Err() == nil {
 					log.Warn("checking silent machines' BMCs", "err", err)
+				}
+				if _, err := srv.RecoverMachines(cctx); err != nil && ctx.Err() == nil {
+					log.Warn("recovery power cycles", "err", err)
 				}
 				cancel()
 			}

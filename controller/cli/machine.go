@@ -398,7 +398,8 @@ func writeEventLine(w io.Writer, indent string, ev *anvilv1.Event, withMachine b
 	fmt.Fprintf(w, indent+eventLineFormat, seq, formatTime(ev.GetTime()), typ, msg)
 }
 
-// eventMessage is the event's message followed by its progress, if any.
+// eventMessage is the event's message followed by its progress and who
+// caused it ("[by operator 0a1b2c3d from 192.0.2.7]"), if known.
 func eventMessage(ev *anvilv1.Event) string {
 	var parts []string
 	if m := strings.TrimSpace(ev.GetMessage()); m != "" {
@@ -406,6 +407,9 @@ func eventMessage(ev *anvilv1.Event) string {
 	}
 	if p := progressLine(ev.GetProgress()); p != "" {
 		parts = append(parts, p)
+	}
+	if a := strings.TrimSpace(ev.GetActor()); a != "" {
+		parts = append(parts, "[by "+oneLine(a)+"]")
 	}
 	return strings.Join(parts, " ")
 }

@@ -32,7 +32,7 @@ func machinePower() *command {
 					row(tw, "MACHINE", "POWER", "NEXT BOOT", "BMC STATE", "EVENT")
 					ev := ""
 					if e := resp.GetEvent(); e != nil {
-						ev = e.GetMessage()
+						ev = eventMessage(e)
 					}
 					row(tw, resp.GetMachineId(), title(resp.GetState()), title(resp.GetNextBoot()), resp.GetDetail(), ev)
 					return tw.Flush()

@@ -274,7 +274,7 @@ func (f *fakeMachines) PowerMachine(_ context.Context, req *anvilv1.PowerMachine
 			what += " (next boot " + strings.ToLower(strings.TrimPrefix(n.String(), "BOOT_DEVICE_")) + ")"
 		}
 		resp.Event = &anvilv1.Event{Seq: 21, MachineId: m.GetId(), Time: ago(0), Type: anvilv1.EventType_EVENT_TYPE_POWER,
-			Message: what + " by operator through qmp:///run/anvil/m-ready.qmp: now " + strings.ToLower(strings.TrimPrefix(resp.GetState().String(), "POWER_STATE_"))}
+			Actor: "operator 0a1b2c3d from 192.0.2.7", Message: what + " by operator through qmp:///run/anvil/m-ready.qmp: now " + strings.ToLower(strings.TrimPrefix(resp.GetState().String(), "POWER_STATE_"))}
 	}
 	return resp, nil
 }
@@ -421,11 +421,13 @@ func fixtureEvents() []*anvilv1.Event {
 	installing := ev(14, 12*time.Second, anvilv1.EventType_EVENT_TYPE_INSTALLING, "writing debian-12 to /dev/nvme0n1")
 	installing.InstructionId = "i-7"
 	installing.Progress = &anvilv1.Progress{BytesDone: 1288490189, BytesTotal: 2 << 30, RateBytesPerSecond: 68 << 20}
+	allocated := ev(13, 5*time.Minute, anvilv1.EventType_EVENT_TYPE_ALLOCATED, "image debian-12, hostname web-1")
+	allocated.Actor = "operator 0a1b2c3d from 192.0.2.7"
 	return []*anvilv1.Event{
 		ev(10, 20*time.Minute, anvilv1.EventType_EVENT_TYPE_PXE_BOOTING, "ipxe script served to 52:54:00:12:34:56"),
 		ev(11, 19*time.Minute, anvilv1.EventType_EVENT_TYPE_REGISTERING, ""),
 		ev(12, 18*time.Minute, anvilv1.EventType_EVENT_TYPE_WAITING, ""),
-		ev(13, 5*time.Minute, anvilv1.EventType_EVENT_TYPE_ALLOCATED, "image debian-12, hostname web-1"),
+		allocated,
 		installing,
 	}
 }

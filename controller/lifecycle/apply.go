@@ -65,6 +65,8 @@ const (
 //	                                    controller queues its work or records
 //	                                    WAITING, as after a registration)
 //	SECURITY     any state            state kept (a refused request, recorded)
+//	BMC          any state            state kept (the controller's dealings
+//	                                    with the machine's BMC, recorded)
 //	WAITING      idle                 → ALLOCATED if allocated; RECLAIM while a
 //	                                    reclaim still awaits its erase; else READY
 //	ALLOCATED    READY, not allocated → ALLOCATED; allocated

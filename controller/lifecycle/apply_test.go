@@ -182,6 +182,8 @@ func TestApplyTransitions(t *testing.T) {
 			Status{State: stReady}},
 		{"a BMC event does not end a boot cycle or announce one", Status{State: stBooting, Allocated: true, CycleOpen: true}, evBMC, "unreachable",
 			Status{State: stBooting, Allocated: true, CycleOpen: true}},
+		{"a BMC event changes no state and announces no boot", Status{State: stReclaim, Reclaiming: true, ReclaimSince: since, CycleOpen: true}, evBMC, "power-cycled",
+			Status{State: stReclaim, Reclaiming: true, ReclaimSince: since, CycleOpen: true}},
 	}
 	covered := map[anvilv1.EventType]bool{}
 	for _, tt := range tests {

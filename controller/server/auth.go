@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -68,11 +69,44 @@ func (a *authenticator) operator(ctx context.Context) (context.Context, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !anyEqual(a.admin, pki.HashToken(tok)) {
+	h := pki.HashToken(tok)
+	if !anyEqual(a.admin, h) {
 		return nil, status.Error(codes.Unauthenticated, "invalid operator token")
 	}
-	return ctx, nil
+	from := peerHost(ctx)
+	if from == "" {
+		from = "unknown"
+	}
+	return withOperator(ctx, operatorID{token: hex.EncodeToString(h[:4]), from: from}), nil
 }
+
+// operatorKey holds the operatorID of an authenticated operator call.
+type operatorKey struct{}
+
+// operatorID is who made an operator call: the fingerprint of the token
+// (the first 8 hex digits of its SHA-256: names the token among the
+// configured ones without revealing it) and the client's address.
+type operatorID struct {
+	token, from string
+}
+
+func withOperator(ctx context.Context, o operatorID) context.Context {
+	return context.WithValue(ctx, operatorKey{}, o)
+}
+
+// operatorActor is the Event.actor of what an operator call does:
+// "operator <token fingerprint> from <address>".
+func operatorActor(ctx context.Context) string {
+	o, ok := ctx.Value(operatorKey{}).(operatorID)
+	if !ok {
+		return "operator (not authenticated)"
+	}
+	return "operator " + o.token + " from " + o.from
+}
+
+// controllerActor is the Event.actor of what the controller does on its
+// own: "controller (<why>)".
+func controllerActor(why string) string { return "controller (" + why + ")" }
 
 type machineKey struct{}
 

@@ -196,7 +196,7 @@ func (a *machineAPI) AllocateMachine(ctx context.Context, req *anvilv1.AllocateM
 			al.Hostname = m.ID
 		}
 		m.Allocation = al
-		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_ALLOCATED,
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_ALLOCATED, Actor: operatorActor(ctx),
 			Message: fmt.Sprintf("allocated as %s with image %s onto %s", al.Hostname, img.GetId(), disk)}
 		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
 			return err
@@ -275,7 +275,8 @@ func (a *machineAPI) FreeMachine(ctx context.Context, req *anvilv1.FreeMachineRe
 		}
 		// The RECLAIM event names its erase, so an erase cut short by a
 		// power loss is queued again with the same mode (requeueInterrupted).
-		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_RECLAIM, Message: "freed; erase mode " + mode.String(), InstructionId: wipe.GetId()}
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_RECLAIM, Actor: operatorActor(ctx),
+			Message: "freed; erase mode " + mode.String(), InstructionId: wipe.GetId()}
 		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
 			return err
 		}
@@ -317,7 +318,8 @@ func (a *machineAPI) ReinstallMachine(ctx context.Context, req *anvilv1.Reinstal
 		osRunning = m.Status.Installed
 		m.Allocation.ImageId = img.GetId()
 		m.Progress = nil
-		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_REINSTALL, Message: "reinstall with image " + img.GetId()}
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_REINSTALL, Actor: operatorActor(ctx),
+			Message: "reinstall with image " + img.GetId()}
 		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
 			return err
 		}
@@ -360,7 +362,7 @@ func (a *machineAPI) ApproveMachine(ctx context.Context, req *anvilv1.ApproveMac
 			}
 			m.HeldInventory = nil
 		}
-		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_APPROVED,
+		ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_APPROVED, Actor: operatorActor(ctx),
 			Message: fmt.Sprintf("an operator approved the agent session registered from %s", orUnknown(m.Trust.SessionAddr))}
 		if err := a.record(ctx, tx, fx, m, false, ev); err != nil {
 			return err
@@ -500,16 +502,22 @@ func (a *machineAPI) WatchEvents(req *anvilv1.WatchEventsRequest, stream anvilv1
 
 // rebootIntoAgent resets a machine whose installed OS is running into the
 // agent (next boot PXE) through its BMC, so the queued erase or install
-// reaches it. A machine running the agent already gets the instruction on
-// its Wait stream. Without a BMC the operator must reboot it; a BMC that
-// fails is an error saying so (the free or reinstall itself is recorded).
+// reaches it; the POWER event's actor is the controller, on the operator's
+// behalf. The reset begins a recovery watch (RecoverMachines): no agent
+// within BootDeadline, and the machine is power-cycled again. A machine
+// running the agent already gets the instruction on its Wait stream.
+// Without a BMC the operator must reboot it; a BMC that fails is an error
+// saying so (the free or reinstall itself is recorded).
 func (a *machineAPI) rebootIntoAgent(ctx context.Context, m *store.Machine, osRunning bool, what string) error {
+	a.cycles.forget(m.ID) // the operator acted
 	if !osRunning || m.BMC == "" {
 		return nil
 	}
-	if _, err := a.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: m.ID, Action: anvilv1.PowerAction_POWER_ACTION_RESET, NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE}); err != nil {
+	actor := controllerActor(what + " asked by " + operatorActor(ctx))
+	if _, err := a.power(ctx, &anvilv1.PowerMachineRequest{Id: m.ID, Action: anvilv1.PowerAction_POWER_ACTION_RESET, NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE}, actor); err != nil {
 		st, _ := status.FromError(err)
 		return status.Errorf(st.Code(), "%s %s: recorded, but resetting it into the agent failed: %s; reboot it into the agent by hand", what, m.ID, st.Message())
 	}
+	a.cycles.arm(m.ID, a.now())
 	return nil
 }

@@ -17,7 +17,8 @@ import (
 )
 
 // SetMachineBMC stores the machine's BMC address after checking that a
-// driver exists for it; an empty address clears it.
+// driver exists for it; an empty address clears it. What the controller
+// knew of the previous BMC's health is forgotten.
 func (a *machineAPI) SetMachineBMC(ctx context.Context, req *anvilv1.SetMachineBMCRequest) (*anvilv1.Machine, error) {
 	addr := req.GetAddress()
 	if addr != "" {
@@ -44,53 +45,68 @@ func (a *machineAPI) SetMachineBMC(ctx context.Context, req *anvilv1.SetMachineB
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("set BMC of %s: %w", req.GetId(), err))
 	}
+	// Another BMC (or the same, set again: the operator asks to try it
+	// again): its health starts over, and recovery power cycles stop.
+	a.health.forget(out.ID)
+	a.cycles.forget(out.ID)
 	return a.toProto(out), nil
 }
 
-// PowerMachine runs the power action on the machine's BMC, outside any
-// transaction (a BMC may take seconds), then records a POWER event for ON,
-// OFF and RESET. Operations on one BMC are serialized.
+// PowerMachine runs an operator's power action (see power); it stops the
+// controller's recovery power cycles of the machine (the operator acts).
 func (a *machineAPI) PowerMachine(ctx context.Context, req *anvilv1.PowerMachineRequest) (*anvilv1.PowerMachineResponse, error) {
+	if req.GetAction() != anvilv1.PowerAction_POWER_ACTION_STATUS {
+		a.cycles.forget(req.GetId())
+	}
+	return a.power(ctx, req, operatorActor(ctx))
+}
+
+// power runs the power action on the machine's BMC, outside any
+// transaction (a BMC may take seconds), then records a POWER event by
+// actor for ON, OFF and RESET. Operations on one BMC are serialized. The
+// outcome goes into the BMC's health (noteBMC): a failure is one BMC event
+// per change of condition, and a success lifts a wrong-credentials stop.
+func (s *Server) power(ctx context.Context, req *anvilv1.PowerMachineRequest, actor string) (*anvilv1.PowerMachineResponse, error) {
 	id, action, next := req.GetId(), req.GetAction(), req.GetNextBoot()
 	what := "power " + actionName(action)
 	if next != anvilv1.BootDevice_BOOT_DEVICE_UNSPECIFIED {
 		what += " (next boot " + bootName(next) + ")"
 	}
-	m, err := a.getMachine(ctx, id)
+	m, err := s.getMachine(ctx, id)
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("%s %s: %w", what, id, err))
 	}
 	if m.BMC == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s %s: the machine has no BMC; set one with SetMachineBMC (anvilctl machine bmc %s qmp:///path/to/vm.qmp)", what, id, id)
 	}
-	addr, err := a.bmcSeal.Open(m.BMC)
+	if _, ok := anvilv1.PowerAction_name[int32(action)]; !ok || action == anvilv1.PowerAction_POWER_ACTION_UNSPECIFIED {
+		return nil, status.Errorf(codes.InvalidArgument, "%s %s: unknown power action %v", what, id, action)
+	}
+	addr, err := s.bmcSeal.Open(m.BMC)
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s %s: the BMC address cannot be unsealed (was the controller's %s replaced?): %v; set it again", what, id, "keys/bmc.key", err)
 	}
-	drv, err := a.openBMC(addr)
+	drv, err := s.openBMC(addr)
 	if err != nil {
 		return nil, bmcStatus(fmt.Errorf("%s %s: %w", what, id, err))
 	}
-	unlock, err := a.bmcLocks.lock(ctx, addr)
+	unlock, err := s.bmcLocks.lock(ctx, addr)
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("%s %s: waiting for the BMC: %w", what, id, err))
 	}
 	st, err := runPower(ctx, drv, action, next)
 	unlock()
+	s.noteBMC(ctx, m, addr, err, actor)
 	if err != nil {
-		return nil, bmcStatus(fmt.Errorf("%s %s: %w", what, id, err))
+		return nil, bmcStatus(scrubbedError{msg: fmt.Sprintf("%s %s: %s", what, id, scrub(err, addr)), err: err})
 	}
 	resp := &anvilv1.PowerMachineResponse{MachineId: id, State: powerState(st.Power), NextBoot: bootDevice(st.NextBoot), Detail: st.Detail}
 	if action == anvilv1.PowerAction_POWER_ACTION_STATUS {
 		return resp, nil
 	}
-	ev := &anvilv1.Event{Time: timestamppb.New(a.now()), Type: anvilv1.EventType_EVENT_TYPE_POWER,
+	ev := &anvilv1.Event{Time: timestamppb.New(s.now()), Type: anvilv1.EventType_EVENT_TYPE_POWER, Actor: actor,
 		Message: fmt.Sprintf("%s by operator through %s: now %s", what, bmc.Redact(addr), st.Power)}
-	err = a.commit(ctx, func(tx store.Tx, fx *effects) error {
-		m, err := tx.GetMachine(ctx, id)
-		if err != nil {
-			return err
-		}
+	err = s.recordEvent(ctx, id, func(m *store.Machine, fx *effects) {
 		if action == anvilv1.PowerAction_POWER_ACTION_OFF || action == anvilv1.PowerAction_POWER_ACTION_RESET {
 			// The power was cut: the agent session, if any, died with it.
 			// Its credential goes, so it no longer counts as live and the
@@ -98,14 +114,23 @@ func (a *machineAPI) PowerMachine(ctx context.Context, req *anvilv1.PowerMachine
 			m.CredentialHash = nil
 			fx.notify = append(fx.notify, m.ID)
 		}
-		return a.record(ctx, tx, fx, m, false, ev)
-	})
+	}, ev)
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("%s %s: done (now %s), but recording the event failed: %w", what, id, st.Power, err))
 	}
 	resp.Event = ev
 	return resp, nil
 }
+
+// scrubbedError is a BMC error whose text had the password masked
+// (scrub); errors.Is still sees the BMC's sentinel.
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e scrubbedError) Error() string { return e.msg }
+func (e scrubbedError) Unwrap() error { return e.err }
 
 // runPower sets the next boot device, runs the action and reads the state.
 func runPower(ctx context.Context, drv bmc.Driver, action anvilv1.PowerAction, next anvilv1.BootDevice) (bmc.Status, error) {

@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -175,24 +176,35 @@ func events(t *testing.T, e env, id string) []*anvilv1.Event {
 
 // TestPowerThroughIPMI drives a machine's power through a real IPMI 2.0
 // session to OpenIPMI's simulator; a wrong password is a clear refusal,
-// tried once, and records nothing.
+// tried once, and one BMC event (not one per attempt); every event names
+// the operator (token fingerprint, address) who asked.
 func TestPowerThroughIPMI(t *testing.T) {
 	e := setup(t)
 	ctx := context.Background()
 	_, id := e.register(t, 0)
 	ms := e.op.Machines
 	sim := ipmisim.Start(t)
-	if _, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: sim.Address(ipmisim.User, "wrong")}); err != nil {
+	const wrong = "Wr0ngPassw0rd"
+	if _, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: sim.Address(ipmisim.User, wrong)}); err != nil {
 		t.Fatal(err)
 	}
+	sum := sha256.Sum256([]byte(e.h.Running().AdminToken))
+	operator := fmt.Sprintf("operator %x from 127.0.0.1", sum[:4])
 	before := len(events(t, e, id))
-	_, err := ms.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_RESET})
-	wantCode(t, err, codes.FailedPrecondition, "power with a wrong BMC password")
-	if msg := status.Convert(err).Message(); !strings.Contains(msg, "refused the credentials") || strings.Contains(msg, "wrong") {
-		t.Errorf("wrong password message %q: want the refusal, without the password", msg)
+	for range 3 {
+		_, err := ms.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_RESET})
+		wantCode(t, err, codes.FailedPrecondition, "power with a wrong BMC password")
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, "refused the credentials") || strings.Contains(msg, wrong) {
+			t.Errorf("wrong password message %q: want the refusal, without the password", msg)
+		}
 	}
-	if n := len(events(t, e, id)); n != before || sim.Log(t) != "" {
-		t.Fatalf("a refused power action recorded %d events and ran %q", n-before, sim.Log(t))
+	evs := events(t, e, id)[before:]
+	if len(evs) != 1 || sim.Log(t) != "" {
+		t.Fatalf("three refused power actions recorded %v and ran %q; want one BMC event and nothing run", evs, sim.Log(t))
+	}
+	if ev := evs[0]; ev.GetType() != anvilv1.EventType_EVENT_TYPE_BMC || ev.GetActor() != operator ||
+		!strings.Contains(ev.GetMessage(), "refused the credentials") || strings.Contains(ev.GetMessage(), wrong) {
+		t.Fatalf("BMC event %v: want the refusal, by %q, without the password", ev, operator)
 	}
 	if _, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: sim.Address(ipmisim.User, ipmisim.Password)}); err != nil {
 		t.Fatal(err)
@@ -204,8 +216,12 @@ func TestPowerThroughIPMI(t *testing.T) {
 	if got := sim.Log(t); got != "boot=pxe power=1" {
 		t.Fatalf("the BMC carried out %q, want the boot override then power on (the machine was off)", got)
 	}
-	if ev := r.GetEvent(); !strings.Contains(ev.GetMessage(), "ipmi://admin:xxxxx@127.0.0.1") {
-		t.Errorf("event %q: want the BMC named without its password", ev.GetMessage())
+	if ev := r.GetEvent(); !strings.Contains(ev.GetMessage(), "ipmi://admin:xxxxx@127.0.0.1") || ev.GetActor() != operator {
+		t.Errorf("event %q by %q: want the BMC named without its password, by %q", ev.GetMessage(), ev.GetActor(), operator)
+	}
+	// The actor is stored with the event.
+	if all := events(t, e, id); all[len(all)-1].GetActor() != operator {
+		t.Errorf("stored POWER event's actor %q, want %q", all[len(all)-1].GetActor(), operator)
 	}
 }
 

@@ -4,7 +4,11 @@
 // check what the store must confirm, fold events through the lifecycle
 // state machine, write one transaction and wake waiting streams through the
 // hub after it committed. Power calls talk to the BMC outside any
-// transaction and record their event afterwards.
+// transaction and record their event afterwards, with the actor who asked.
+// The controller's own BMC work runs periodically: CheckSilentMachines
+// (silent machines' power state) and RecoverMachines (recovery power
+// cycles), both paced by controller/powerpolicy (one BMC event per change
+// of a BMC's condition, backoff, bounded attempts).
 package server
 
 import (
@@ -23,6 +27,7 @@ import (
 	"github.com/anvil-metal/anvil/controller/hub"
 	"github.com/anvil-metal/anvil/controller/lifecycle"
 	"github.com/anvil-metal/anvil/controller/pki"
+	"github.com/anvil-metal/anvil/controller/powerpolicy"
 	"github.com/anvil-metal/anvil/controller/store"
 	"github.com/anvil-metal/anvil/controller/trust"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
@@ -92,7 +97,24 @@ type Config struct {
 	// agents, not in their installed system) are asked for the power
 	// state, which shows them as Off or Hung; 0 switches it off.
 	BMCCheckInterval time.Duration
-	Lifecycle        lifecycle.Config
+	// BMCBackoffMax caps the wait before the periodic checks and sweeps
+	// ask a failing (unreachable, garbled, refusing) BMC again: the wait
+	// starts at BMCCheckInterval and doubles with each failure in a row.
+	// A BMC that refused the credentials is not asked again at all until
+	// its address is set again or an operator's power action through it
+	// succeeds.
+	BMCBackoffMax time.Duration
+	// BootDeadline is how long a machine has to show its agent after the
+	// controller reset it into PXE to get it (free, reinstall), or to end
+	// a crash loop, before RecoverMachines power-cycles it into PXE; the
+	// k-th power cycle gives it BootDeadline·2^k. 0 switches recovery
+	// power cycles off.
+	BootDeadline time.Duration
+	// BootPowerCycles is how many recovery power cycles a machine gets at
+	// most (0 to powerpolicy.MaxCycles); then one event says it is left
+	// alone until an operator acts.
+	BootPowerCycles int
+	Lifecycle       lifecycle.Config
 }
 
 // DefaultConfig returns the production defaults.
@@ -117,6 +139,9 @@ func DefaultConfig() Config {
 		BMCEnroll:            trust.BMCInBand,
 		BMCTimeout:           bmc.DefaultTimeout,
 		BMCCheckInterval:     time.Minute,
+		BMCBackoffMax:        30 * time.Minute,
+		BootDeadline:         10 * time.Minute,
+		BootPowerCycles:      3,
 		Lifecycle:            lifecycle.DefaultConfig(),
 	}
 }
@@ -159,6 +184,12 @@ func (c Config) Validate() error {
 	}
 	if c.BMCCheckInterval < 0 {
 		errs = append(errs, fmt.Errorf("BMC check interval %v is negative", c.BMCCheckInterval))
+	}
+	if c.BMCBackoffMax <= 0 {
+		errs = append(errs, fmt.Errorf("BMC backoff max %v must be positive", c.BMCBackoffMax))
+	}
+	if err := (powerpolicy.Limits{Deadline: c.BootDeadline, Max: c.BootPowerCycles}).Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MaxWaitStreams < 1 {
 		errs = append(errs, fmt.Errorf("max Wait streams %d must be at least 1", c.MaxWaitStreams))
@@ -225,8 +256,12 @@ type Server struct {
 	regLimit  *sourceLimiter
 	streams   streamCount
 	secEvents every
-	// checks holds what silent machines' BMCs said (CheckSilentMachines).
+	// checks holds what silent machines' BMCs said (CheckSilentMachines);
+	// health how each machine's BMC answered last (noteBMC); cycles the
+	// recovery watches (RecoverMachines).
 	checks powerChecks
+	health bmcHealth
+	cycles recoveryCycles
 }
 
 // Option configures a Server.
@@ -386,14 +421,20 @@ func (s *Server) trustFollows(m *store.Machine, e *anvilv1.Event) {
 	switch e.GetType() {
 	case anvilv1.EventType_EVENT_TYPE_RECLAIM, anvilv1.EventType_EVENT_TYPE_REINSTALL, anvilv1.EventType_EVENT_TYPE_POWER,
 		anvilv1.EventType_EVENT_TYPE_REBOOTING, anvilv1.EventType_EVENT_TYPE_POWERING_OFF:
-		now := s.now()
-		m.Trust.ExpectBootSince, m.Trust.ExpectBootUntil = now, now.Add(s.cfg.ExpectBootWindow)
-		m.Trust.ExpectBootWhy = fmt.Sprintf("%s at %s", strings.ToLower(strings.TrimPrefix(e.GetType().String(), "EVENT_TYPE_")), now.UTC().Format(time.RFC3339))
+		s.expectBoot(m, strings.ToLower(strings.TrimPrefix(e.GetType().String(), "EVENT_TYPE_")))
 	}
 	switch e.GetType() {
 	case anvilv1.EventType_EVENT_TYPE_ALLOCATED, anvilv1.EventType_EVENT_TYPE_REINSTALL, anvilv1.EventType_EVENT_TYPE_RECLAIM:
 		m.Trust.Generation++
 	}
+}
+
+// expectBoot records that the controller caused (or was told of) a boot
+// of m now, for the reason why, for ExpectBootWindow.
+func (s *Server) expectBoot(m *store.Machine, why string) {
+	now := s.now()
+	m.Trust.ExpectBootSince, m.Trust.ExpectBootUntil = now, now.Add(s.cfg.ExpectBootWindow)
+	m.Trust.ExpectBootWhy = fmt.Sprintf("%s at %s", why, now.UTC().Format(time.RFC3339))
 }
 
 // queue adds an instruction for m and wakes its Wait streams after commit.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -76,32 +77,34 @@ func (s *Server) refine(m *store.Machine, l anvilv1.Liveliness) anvilv1.Liveline
 // its installed system) for its power state, a few BMCs at a time and each
 // BMC alone (the per-BMC lock of the power API), so that the machine is
 // reported Off or Hung rather than just Dead. A BMC that does not answer
-// leaves the machine Dead; the error is logged. It returns how many BMCs
-// answered.
+// leaves the machine Dead; its failure is one BMC event per change of
+// condition (noteBMC), and it is asked again only as its health allows: a
+// BMC that refused the credentials not at all until its address is set
+// again or an operator's power action through it succeeds, another failing
+// BMC after waits doubling from BMCCheckInterval up to BMCBackoffMax. It
+// returns how many BMCs answered.
 func (s *Server) CheckSilentMachines(ctx context.Context) (int, error) {
-	var ms []*store.Machine
-	if err := s.store.View(ctx, func(tx store.Tx) error {
-		var err error
-		ms, err = tx.ListMachines(ctx, store.MachineFilter{})
-		return err
-	}); err != nil {
+	ms, err := s.listMachines(ctx)
+	if err != nil {
 		return 0, err
 	}
+	s.prune(ms)
 	now := s.now()
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	answered := 0
+	actor := controllerActor("checking the power state of a silent machine")
 	for _, m := range ms {
-		if m.BMC == "" || !silent(m, lifecycle.Derive(m.Status, m.LastSeen, now, s.cfg.Lifecycle)) {
+		if m.BMC == "" || !silent(m, lifecycle.Derive(m.Status, m.LastSeen, now, s.cfg.Lifecycle)) || !s.health.get(m.ID, m.BMC).MayAsk(now) {
 			continue
 		}
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			st, err := s.bmcStatus(ctx, m)
+			addr, st, err := s.bmcStatus(ctx, m)
+			s.noteBMC(ctx, m, addr, err, actor)
 			if err != nil {
-				s.log.Warn("silent machine: its BMC did not tell its power state", "machine", m.ID, "err", err)
 				return
 			}
 			s.checks.set(m.ID, powerCheck{power: st.Power, at: s.now()})
@@ -115,20 +118,22 @@ func (s *Server) CheckSilentMachines(ctx context.Context) (int, error) {
 }
 
 // bmcStatus reads a machine's power state through its BMC, under the
-// BMC's lock.
-func (s *Server) bmcStatus(ctx context.Context, m *store.Machine) (bmc.Status, error) {
+// BMC's lock; it returns the unsealed address ("" when it cannot be
+// unsealed).
+func (s *Server) bmcStatus(ctx context.Context, m *store.Machine) (string, bmc.Status, error) {
 	addr, err := s.bmcSeal.Open(m.BMC)
 	if err != nil {
-		return bmc.Status{}, err
+		return "", bmc.Status{}, fmt.Errorf("unseal the BMC address of %s: %w", m.ID, err)
 	}
 	drv, err := s.openBMC(addr)
 	if err != nil {
-		return bmc.Status{}, err
+		return addr, bmc.Status{}, err
 	}
 	unlock, err := s.bmcLocks.lock(ctx, addr)
 	if err != nil {
-		return bmc.Status{}, err
+		return addr, bmc.Status{}, err
 	}
 	defer unlock()
-	return drv.Status(ctx)
+	st, err := drv.Status(ctx)
+	return addr, st, err
 }

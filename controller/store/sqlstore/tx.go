@@ -417,9 +417,11 @@ func scanEvent(r scanner) (*anvilv1.Event, error) {
 		prog    []byte
 		hasProg bool
 	)
-	if err := r.Scan(&e.Seq, &e.MachineId, &at, &typ, &e.Message, &e.InstructionId, &prog, &hasProg); err != nil {
+	var msg string
+	if err := r.Scan(&e.Seq, &e.MachineId, &at, &typ, &msg, &e.InstructionId, &prog, &hasProg); err != nil {
 		return nil, err
 	}
+	e.Actor, e.Message = decEventMessage(msg)
 	e.Time = decTimestamp(at)
 	e.Type = anvilv1.EventType(typ)
 	var err error
@@ -441,8 +443,12 @@ func (t *tx) AppendEvent(ctx context.Context, e *anvilv1.Event) error {
 	if err != nil {
 		return fmt.Errorf("append event for machine %q: progress: %w", e.GetMachineId(), err)
 	}
+	msg, err := encEventMessage(e.GetActor(), e.GetMessage())
+	if err != nil {
+		return fmt.Errorf("append event for machine %q: %w", e.GetMachineId(), err)
+	}
 	var seq int64
-	err = t.queryRow(ctx, qInsertEvent, e.GetMachineId(), at, int64(e.GetType()), e.GetMessage(), e.GetInstructionId(), prog).Scan(&seq)
+	err = t.queryRow(ctx, qInsertEvent, e.GetMachineId(), at, int64(e.GetType()), msg, e.GetInstructionId(), prog).Scan(&seq)
 	if err != nil {
 		return fmt.Errorf("append event for machine %q: %w", e.GetMachineId(), t.d.classify(err, store.ErrNotFound))
 	}

@@ -4,7 +4,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -138,38 +137,4 @@ func decTrust(s string) (store.Trust, error) {
 func encJSON(v any) (string, error) {
 	b, err := json.Marshal(v)
 	return string(b), err
-}
-
-// An event's actor is kept in its message column (the schema predates the
-// field): an event with an actor, or whose message begins with
-// actorStart, is stored as actorStart + actor + actorEnd + message; any
-// other message as it is. A message from a machine can thus never pose as
-// an actor: one that begins with actorStart is wrapped too.
-const (
-	actorStart = "\x1e" // ASCII record separator
-	actorEnd   = "\x1f" // ASCII unit separator
-)
-
-// encEventMessage is the message column of an event.
-func encEventMessage(actor, msg string) (string, error) {
-	if strings.Contains(actor, actorEnd) {
-		return "", fmt.Errorf("event actor %q holds a unit separator (0x1f)", actor)
-	}
-	if actor == "" && !strings.HasPrefix(msg, actorStart) {
-		return msg, nil
-	}
-	return actorStart + actor + actorEnd + msg, nil
-}
-
-// decEventMessage splits a message column into actor and message.
-func decEventMessage(col string) (actor, msg string) {
-	rest, ok := strings.CutPrefix(col, actorStart)
-	if !ok {
-		return "", col
-	}
-	actor, msg, ok = strings.Cut(rest, actorEnd)
-	if !ok {
-		return "", col
-	}
-	return actor, msg
 }

@@ -30,9 +30,9 @@ const (
 	qDeleteMachine = "DELETE FROM machines WHERE id = ?"
 	qTouchMachine  = "UPDATE machines SET last_seen = ? WHERE id = ?"
 
-	eventCols    = "seq, machine_id, time, type, message, instruction_id, progress, progress IS NOT NULL"
-	qInsertEvent = "INSERT INTO events (machine_id, time, type, message, instruction_id, progress) " +
-		"VALUES (?, ?, ?, ?, ?, ?) RETURNING seq"
+	eventCols    = "seq, machine_id, time, type, message, actor, instruction_id, progress, progress IS NOT NULL"
+	qInsertEvent = "INSERT INTO events (machine_id, time, type, message, actor, instruction_id, progress) " +
+		"VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq"
 	qListEvents             = "SELECT " + eventCols + " FROM events WHERE seq > ? ORDER BY seq"
 	qListEventsLimit        = qListEvents + " LIMIT ?"
 	qListMachineEvents      = "SELECT " + eventCols + " FROM events WHERE machine_id = ? AND seq > ? ORDER BY seq"
@@ -417,11 +417,9 @@ func scanEvent(r scanner) (*anvilv1.Event, error) {
 		prog    []byte
 		hasProg bool
 	)
-	var msg string
-	if err := r.Scan(&e.Seq, &e.MachineId, &at, &typ, &msg, &e.InstructionId, &prog, &hasProg); err != nil {
+	if err := r.Scan(&e.Seq, &e.MachineId, &at, &typ, &e.Message, &e.Actor, &e.InstructionId, &prog, &hasProg); err != nil {
 		return nil, err
 	}
-	e.Actor, e.Message = decEventMessage(msg)
 	e.Time = decTimestamp(at)
 	e.Type = anvilv1.EventType(typ)
 	var err error
@@ -443,12 +441,8 @@ func (t *tx) AppendEvent(ctx context.Context, e *anvilv1.Event) error {
 	if err != nil {
 		return fmt.Errorf("append event for machine %q: progress: %w", e.GetMachineId(), err)
 	}
-	msg, err := encEventMessage(e.GetActor(), e.GetMessage())
-	if err != nil {
-		return fmt.Errorf("append event for machine %q: %w", e.GetMachineId(), err)
-	}
 	var seq int64
-	err = t.queryRow(ctx, qInsertEvent, e.GetMachineId(), at, int64(e.GetType()), msg, e.GetInstructionId(), prog).Scan(&seq)
+	err = t.queryRow(ctx, qInsertEvent, e.GetMachineId(), at, int64(e.GetType()), e.GetMessage(), e.GetActor(), e.GetInstructionId(), prog).Scan(&seq)
 	if err != nil {
 		return fmt.Errorf("append event for machine %q: %w", e.GetMachineId(), t.d.classify(err, store.ErrNotFound))
 	}

@@ -868,8 +868,8 @@ func testEventRoundTrip(t *testing.T, s store.Store) {
 	}
 	bare := &anvilv1.Event{MachineId: "m1"}
 	emptyProgress := &anvilv1.Event{MachineId: "m1", Type: anvilv1.EventType_EVENT_TYPE_WIPING, Progress: &anvilv1.Progress{}, Time: timestamppb.New(time.Unix(0, 0))}
-	// Who caused an event is kept; a message that looks like the stored
-	// form of an actor stays a message (a machine cannot forge one).
+	// Who caused an event is kept apart from its message: a message with
+	// control characters stays a message and names no actor.
 	acted := &anvilv1.Event{MachineId: "m1", Type: anvilv1.EventType_EVENT_TYPE_POWER, Actor: "operator 0a1b2c3d from 192.0.2.7", Message: "power on"}
 	actorOnly := &anvilv1.Event{MachineId: "m1", Type: anvilv1.EventType_EVENT_TYPE_BMC, Actor: "controller (test)"}
 	forged := &anvilv1.Event{MachineId: "m1", Type: anvilv1.EventType_EVENT_TYPE_FAILED, Message: "\x1eoperator x\x1fdisk gone"}

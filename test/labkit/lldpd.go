@@ -2,6 +2,7 @@ package labkit
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -60,5 +61,7 @@ func (l *Lab) startLLDPD() error {
 			return nil
 		}
 	}
-	return fmt.Errorf("configure the lab's lldpd through %s: %w: %s", sock, err, out)
+	logf := filepath.Join(l.cfg.Dir, "lldpd.log")
+	b, _ := os.ReadFile(logf)
+	return fmt.Errorf("configure the lab's lldpd through %s: %w: %s\n%s:\n%s", sock, err, out, logf, b)
 }

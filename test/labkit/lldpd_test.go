@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +61,9 @@ func hear(t *testing.T, ns netnstest.NS, l *Lab) {
 	if err := l.startLLDPD(); err != nil {
 		t.Fatal(err)
 	}
+	// As Down does: the pid file's process, then the rest of the
+	// namespace's (lldpd's privilege-separated child, which holds the
+	// control socket's lock until it is gone).
 	defer func() {
 		pid, err := readPid(filepath.Join(l.cfg.Dir, "lldpd.pid"))
 		if err != nil {
@@ -67,6 +72,15 @@ func hear(t *testing.T, ns netnstest.NS, l *Lab) {
 		}
 		if err := killWait(pid, 5*time.Second); err != nil {
 			t.Error(err)
+		}
+		for _, f := range strings.Fields(netnstest.Run(t, "", "ip", "netns", "pids", ns.Name)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := killWait(pid, 5*time.Second); err != nil {
+				t.Error(err)
+			}
 		}
 	}()
 	start := time.Now()

@@ -55,6 +55,8 @@ command -v kubectl >/dev/null || need+=(kubectl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # The lab's proxy-mode test: another DHCP server leases the addresses.
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+# LLDP: agent/lldp's tests and the lab's switch (test/labkit) run lldpd.
+command -v lldpd >/dev/null || need+=(lldpd)
 # The IPMI driver's tests (controller/bmc) run OpenIPMI's BMC simulator.
 command -v ipmi_sim >/dev/null || need+=(openipmi)
 # The Debian image (make images-debian) is bootstrapped from Debian's mirror.
@@ -67,6 +69,11 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian's lldpd package starts the daemon on every interface of the
+  # host; the tests and the lab run their own, in their namespaces.
+  if [[ " ${need[*]} " == *" lldpd "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now lldpd.service
+  fi
 fi
 command -v go >/dev/null || { echo "install-deps: Go is required (https://go.dev/doc/install)" >&2; exit 1; }
 go mod download

@@ -1,6 +1,7 @@
 // Package app assembles anvil-agent: settings from flags or the kernel
-// command line, the inventory source, the disk allowlist, the executors and
-// the runner. cmd/anvil-agent only parses flags into Config.
+// command line, the inventory source (with the LLDP neighbours of the
+// NICs, package lldp), the disk allowlist, the executors and the runner.
+// cmd/anvil-agent only parses flags into Config.
 package app
 
 import (
@@ -12,8 +13,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/anvil-metal/anvil/agent/bootconfig"
+	"github.com/anvil-metal/anvil/agent/bootenv"
 	"github.com/anvil-metal/anvil/agent/bootloader"
 	"github.com/anvil-metal/anvil/agent/bootparams"
 	"github.com/anvil-metal/anvil/agent/disks"
@@ -68,7 +71,19 @@ type Config struct {
 	// Console is the machine's console= arguments (boot mode: from the
 	// kernel command line): an installed system logs there too.
 	Console string
-	Version string
+	// LLDPWait is the most the first inventory waits for the switches'
+	// LLDP frames (0: LLDP off; nil: anvil.lldp_wait= in boot mode, else
+	// DefaultLLDPWait).
+	LLDPWait *time.Duration
+	Version  string
+}
+
+// lldpWait is the effective LLDP wait.
+func (c Config) lldpWait() time.Duration {
+	if c.LLDPWait == nil {
+		return DefaultLLDPWait
+	}
+	return *c.LLDPWait
 }
 
 // Validate reports every problem.
@@ -91,6 +106,9 @@ func (c Config) Validate() error {
 	}
 	if c.DebugShell && c.Mode != ModeBoot {
 		errs = append(errs, errors.New("the debug shell is for boot mode only"))
+	}
+	if c.LLDPWait != nil && *c.LLDPWait < 0 {
+		errs = append(errs, fmt.Errorf("LLDP wait %v is negative (0 turns LLDP off)", *c.LLDPWait))
 	}
 	if c.MachineUUID != "" && !anvilv1.ValidUUID(c.MachineUUID) {
 		errs = append(errs, fmt.Errorf("machine UUID %q is not a lower-case canonical UUID", c.MachineUUID))
@@ -123,6 +141,9 @@ func (c Config) FromCmdline(p bootparams.Params) Config {
 	if c.Console == "" {
 		c.Console = strings.Join(p.Console, " ")
 	}
+	if c.LLDPWait == nil {
+		c.LLDPWait = p.LLDPWait
+	}
 	return c
 }
 
@@ -149,9 +170,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// LLDP listening starts as early as the links exist and runs beside
+	// the rest of the start-up: in boot mode when the NIC drivers made
+	// them (before DHCP brings them up), in host mode now.
+	nb := newNeighbors(cfg.lldpWait(), log)
 	if cfg.Mode == ModeBoot {
-		if err := prepareBoot(ctx, cfg, caPEM, host, log); err != nil {
+		if err := prepareBoot(ctx, cfg, caPEM, host, log, bootenv.WithLinksFound(func(links []string) { nb.listen(ctx, links) })); err != nil {
 			return err
+		}
+	} else if nb != nil {
+		if links, err := bootenv.PhysicalLinks(); err != nil {
+			log.Warn("no LLDP: listing the network links failed", "err", err)
+		} else {
+			nb.listen(ctx, links)
 		}
 	}
 	// The in-band BMC is looked for while the rest starts (boot mode: the
@@ -173,6 +204,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return nil, err
 		}
 		allow.Filter(i)
+		nb.fill(ctx, i)
 		if cfg.MachineUUID != "" {
 			if i.Product == nil {
 				i.Product = &anvilv1.Product{}

@@ -14,17 +14,17 @@ import (
 )
 
 // prepareBoot readies the RAM-booted machine (file systems, modules, disks,
-// DHCP: bootenv.Prepare), then makes its clock plausible from the
+// DHCP: bootenv.Prepare, with opts), then makes its clock plausible from the
 // controller's certificate chain (bootenv.SeedClock), retrying until the
 // controller answers: nothing else can work before.
-func prepareBoot(ctx context.Context, cfg Config, caPEM []byte, host string, log *slog.Logger) error {
+func prepareBoot(ctx context.Context, cfg Config, caPEM []byte, host string, log *slog.Logger, opts ...bootenv.Option) error {
 	log = log.With("phase", "boot")
 	if cfg.DebugShell {
 		if err := bootenv.StartDebugShell(ctx, bootenv.DebugShellPath, log); err != nil {
 			log.Error("no debug shell", "path", bootenv.DebugShellPath, "err", err)
 		}
 	}
-	res, err := bootenv.Prepare(ctx, bootenv.Defaults(), bootenv.WithLogger(log))
+	res, err := bootenv.Prepare(ctx, bootenv.Defaults(), append([]bootenv.Option{bootenv.WithLogger(log)}, opts...)...)
 	if err != nil {
 		return fmt.Errorf("prepare the boot environment: %w", err)
 	}

@@ -8,7 +8,8 @@
 //     each module's modinfo depends=); a module already loaded is fine;
 //  3. it waits until the block devices stop appearing (there is no udev to
 //     say when probing is over), so the inventory sees every disk;
-//  4. it brings the physical network links up with rtnetlink and configures
+//  4. it names the physical network links to the caller once they exist
+//     ([WithLinksFound]), brings them up with rtnetlink and configures
 //     them by DHCPv4 (RFC 2131, u-root's pkg/dhclient): address, routes
 //     (classless static routes, RFC 3442, or the router option) and
 //     resolv.conf.
@@ -22,7 +23,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"github.com/insomniacslk/dhcp/dhcpv4"
 	"io"
 	"log/slog"
 	"net"
@@ -31,6 +31,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
 // DebugShellPath is where the initramfs keeps its shell (u-root's gosh;
@@ -150,6 +152,9 @@ type options struct {
 	root     string
 	now      func() time.Time
 	setClock func(time.Time) error
+	// linksFound is told the physical links once they exist, before DHCP
+	// brings them up.
+	linksFound func([]string)
 }
 
 func newOptions(opts []Option) options {
@@ -167,6 +172,14 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // seam; the default reads time.Now and sets CLOCK_REALTIME).
 func WithClock(now func() time.Time, set func(time.Time) error) Option {
 	return func(o *options) { o.now, o.setClock = now, set }
+}
+
+// WithLinksFound has Prepare call fn with the physical links' names as
+// soon as they exist, before DHCP brings them up: the agent starts
+// listening for its switches' LLDP frames there, since a switch sends one
+// as soon as its port's link comes up.
+func WithLinksFound(fn func(links []string)) Option {
+	return func(o *options) { o.linksFound = fn }
 }
 
 // withRoot makes the sysfs readers read below root (tests).

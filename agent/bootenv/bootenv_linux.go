@@ -166,6 +166,16 @@ func listLinks(root string) ([]linkInfo, error) {
 	return out, nil
 }
 
+// PhysicalLinks returns the names of the machine's physical Ethernet
+// links, the ones Prepare runs DHCP on, sorted.
+func PhysicalLinks() ([]string, error) {
+	infos, err := listLinks("/")
+	if err != nil {
+		return nil, err
+	}
+	return physicalLinks(infos), nil
+}
+
 // waitLinks waits up to cfg.LinkWait for at least one physical link.
 func waitLinks(ctx context.Context, cfg Config, o options) ([]string, error) {
 	deadline := time.Now().Add(cfg.LinkWait)
@@ -199,6 +209,9 @@ func configureNetwork(ctx context.Context, cfg Config, o options) ([]Lease, erro
 	names, err := waitLinks(ctx, cfg, o)
 	if err != nil {
 		return nil, err
+	}
+	if o.linksFound != nil {
+		o.linksFound(names)
 	}
 	if lo, err := netlink.LinkByName("lo"); err == nil {
 		if err := netlink.LinkSetUp(lo); err != nil {

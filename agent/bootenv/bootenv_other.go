@@ -15,3 +15,7 @@ func setSystemClock(time.Time) error { return ErrUnsupported }
 
 // StartDebugShell returns ErrUnsupported: the debug shell is Linux's.
 func StartDebugShell(context.Context, string, *slog.Logger) error { return ErrUnsupported }
+
+// PhysicalLinks returns ErrUnsupported: links are listed through Linux's
+// rtnetlink.
+func PhysicalLinks() ([]string, error) { return nil, ErrUnsupported }

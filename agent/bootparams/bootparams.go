@@ -3,7 +3,10 @@
 //
 //	anvil.controller=HOST:PORT anvil.token=TOKEN anvil.ca_fp=sha256:HEX anvil.debug=1
 //
-// and the console= parameters, which installed systems inherit.
+// and the console= parameters, which installed systems inherit. An
+// operator may add anvil.lldp_wait=DURATION (a Go duration such as 5s or
+// 1500ms; 0 turns LLDP off): the most the agent waits for its switches'
+// LLDP frames before it registers.
 //
 // Parsing follows the kernel's rules for parameters: space-separated, with
 // double quotes allowed around a value (or around the whole parameter).
@@ -13,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 )
 
 // Params are the agent settings found on the command line; missing ones are
@@ -29,6 +33,9 @@ type Params struct {
 	// controller's boot script gave them: the consoles an installed system
 	// should log to as well.
 	Console []string
+	// LLDPWait is anvil.lldp_wait=: the most the agent waits for LLDP
+	// frames before registering (0: LLDP off); nil when not given.
+	LLDPWait *time.Duration
 }
 
 // Split splits a kernel command line into parameters, honouring double
@@ -83,6 +90,12 @@ func Parse(cmdline string) (Params, error) {
 			p.Debug = truthy(v)
 		case "anvil.bmc_enroll":
 			p.EnrollBMC = truthy(v)
+		case "anvil.lldp_wait":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return p, fmt.Errorf("kernel command line: anvil.lldp_wait=%q: want a duration such as 5s (0 turns LLDP off)", v)
+			}
+			p.LLDPWait = &d
 		default:
 			return p, fmt.Errorf("kernel command line: unknown parameter %q", k)
 		}

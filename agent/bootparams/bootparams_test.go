@@ -3,6 +3,7 @@ package bootparams
 import (
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestSplit(t *testing.T) {
@@ -38,6 +39,11 @@ func TestParse(t *testing.T) {
 		{"anvil.bmc_enroll=1 anvil.bmc_enroll=0", Params{}, false},
 		{"anvil.contoller=x", Params{}, true},
 		{"root=/dev/sda1 ro", Params{}, false},
+		{"anvil.lldp_wait=1500ms", Params{LLDPWait: durationPtr(1500 * time.Millisecond)}, false},
+		{"anvil.lldp_wait=0", Params{LLDPWait: durationPtr(0)}, false},
+		{"anvil.lldp_wait=5", Params{}, true},
+		{"anvil.lldp_wait=-1s", Params{}, true},
+		{"anvil.lldp_wait=", Params{}, true},
 	} {
 		got, err := Parse(tc.in)
 		if (err != nil) != tc.wantErr {
@@ -49,6 +55,8 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+func durationPtr(d time.Duration) *time.Duration { return &d }
 
 func FuzzParse(f *testing.F) {
 	f.Add(`anvil.controller=1.2.3.4:7443 anvil.token="a b" quiet`)

@@ -649,7 +649,31 @@ func writeInventory(w io.Writer, inv *anvilv1.Inventory) error {
 			return err
 		}
 	}
-	return nil
+	return writeLLDP(w, inv.GetNics())
+}
+
+// writeLLDP lists the switch ports the NICs heard through LLDP, if any.
+func writeLLDP(w io.Writer, nics []*anvilv1.NIC) error {
+	var any bool
+	for _, n := range nics {
+		any = any || len(n.GetLldpNeighbors()) > 0
+	}
+	if !any {
+		return nil
+	}
+	fmt.Fprintf(w, "\nLLDP neighbours:\n")
+	tw := newTable(w)
+	row(tw, "  NIC", "SWITCH", "CHASSIS ID", "PORT", "PORT DESCRIPTION", "VLAN")
+	for _, n := range nics {
+		for _, nb := range n.GetLldpNeighbors() {
+			vlan := ""
+			if nb.GetVlan() != 0 {
+				vlan = fmt.Sprint(nb.GetVlan())
+			}
+			row(tw, "  "+n.GetName(), nb.GetSystemName(), nb.GetChassisId(), nb.GetPortId(), nb.GetPortDescription(), vlan)
+		}
+	}
+	return tw.Flush()
 }
 
 func joinNonEmpty(sep string, parts ...string) string {

@@ -384,7 +384,14 @@ func fixtureMachines() []*anvilv1.Machine {
 					{Name: "sda", Path: "/dev/sda", Vendor: "ATA", Model: "ST4000NM000A", Serial: "WS21ABCD", SizeBytes: 4000787030016, Rotational: true, Controller: "ata"},
 				},
 				Nics: []*anvilv1.NIC{
-					{Name: "eno1", Mac: "52:54:00:12:34:56", Driver: "ice", SpeedMbps: 25000, LinkUp: true, PciAddress: "0000:41:00.0"},
+					{Name: "eno1", Mac: "52:54:00:12:34:56", Driver: "ice", SpeedMbps: 25000, LinkUp: true, PciAddress: "0000:41:00.0",
+						LldpNeighbors: []*anvilv1.LLDPNeighbor{
+							{ChassisId: "00:1c:73:aa:bb:cc", ChassisIdSubtype: "mac", PortId: "Ethernet12", PortIdSubtype: "interface-name",
+								PortDescription: "to r6525-07 eno1", SystemName: "leaf-r1", SystemDescription: "Arista Networks EOS 4.30.1F",
+								Vlan: 100, ManagementAddresses: []string{"10.0.0.11"}, TtlSeconds: 120},
+							// An unmanaged switch: IDs only.
+							{ChassisId: "00:1c:73:dd:ee:ff", ChassisIdSubtype: "mac", PortId: "00:1c:73:dd:ee:01", PortIdSubtype: "mac", TtlSeconds: 120},
+						}},
 					{Name: "eno2", Mac: "52:54:00:12:34:57", Driver: "ice", PciAddress: "0000:41:00.1"},
 				},
 				Bios:    &anvilv1.BIOS{Vendor: "Dell Inc.", Version: "2.13.3", Date: "12/01/2023"},

@@ -220,6 +220,9 @@ func Up(ctx context.Context, c Config) (*Lab, error) {
 		return nil, err
 	}
 	l.Accel = accel
+	if err := l.startLLDPD(); err != nil {
+		return nil, err
+	}
 	if c.DHCP == "proxy" {
 		if err := l.startDnsmasq(); err != nil {
 			return nil, err

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/anvil-metal/anvil/agent/app"
 	"github.com/anvil-metal/anvil/agent/bootparams"
@@ -36,6 +37,14 @@ func main() {
 	flag.StringVar(&cfg.MachineUUID, "machine-uuid", "", "override the SMBIOS UUID (host mode, simulated machines)")
 	flag.StringVar(&cfg.ProtectLabel, "protect-label", disks.DefaultProtectLabel, "never erase or write a disk with a GPT partition of this name (empty: off)")
 	flag.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	flag.Func("lldp-wait", fmt.Sprintf("most the first inventory waits for the switches' LLDP frames, e.g. 5s; 0 turns LLDP off (default %v; boot mode: anvil.lldp_wait=)", app.DefaultLLDPWait), func(s string) error {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		cfg.LLDPWait = &d
+		return nil
+	})
 	flag.Parse()
 	cfg.Mode = app.Mode(mode)
 	cfg.Version = version

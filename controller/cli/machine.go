@@ -479,6 +479,37 @@ func formatLabels(m map[string]string) string {
 	return strings.Join(parts, ", ")
 }
 
+// inBandBMC is what the agent read from the machine's BMC.
+func inBandBMC(b *anvilv1.BMC) string {
+	var parts []string
+	if b.GetIp() != "" {
+		ip := b.GetIp()
+		if b.GetIpSource() != "" {
+			ip += " (" + b.GetIpSource() + ")"
+		}
+		parts = append(parts, "address "+ip)
+	}
+	if b.GetMac() != "" {
+		parts = append(parts, "MAC "+b.GetMac())
+	}
+	if b.GetVlan() != 0 {
+		parts = append(parts, fmt.Sprintf("VLAN %d", b.GetVlan()))
+	}
+	if b.GetFirmware() != "" {
+		parts = append(parts, "firmware "+b.GetFirmware())
+	}
+	if b.GetIpmiVersion() != "" {
+		parts = append(parts, "IPMI "+b.GetIpmiVersion())
+	}
+	if b.GetEnrollError() != "" {
+		parts = append(parts, "enrollment failed: "+b.GetEnrollError())
+	}
+	if len(parts) == 0 {
+		return "found, nothing read"
+	}
+	return strings.Join(parts, ", ")
+}
+
 // machineDetail writes the table form of `machine show`.
 func (a *app) machineDetail(w io.Writer, m *anvilv1.Machine, events []*anvilv1.Event) error {
 	now := a.now()
@@ -494,7 +525,13 @@ func (a *app) machineDetail(w io.Writer, m *anvilv1.Machine, events []*anvilv1.E
 	b.add("Size", m.GetSizeId())
 	b.add("Labels", formatLabels(m.GetLabels()))
 	if addr := m.GetBmcAddress(); addr != "" {
+		if src := m.GetBmcSource(); src != "" {
+			addr += " (" + src + ")"
+		}
 		b.add("BMC", addr)
+	}
+	if ib := m.GetInventory().GetBmc(); ib != nil {
+		b.add("In-band BMC", inBandBMC(ib))
 	}
 	b.add("Created", timeAndAge(m.GetCreatedAt(), now))
 	b.add("Last seen", timeAndAge(m.GetLastSeen(), now))

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,6 +26,8 @@ import (
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/labkit"
@@ -341,6 +344,17 @@ func TestLab(t *testing.T) {
 			if err := labkit.ProtectedIntact(vm); err != nil {
 				t.Error(err)
 			}
+			// Where it is plugged in: the lab's switch (lldpd on the
+			// bridge) heard on the NIC.
+			var heard []string
+			for _, n := range m.GetInventory().GetNics() {
+				for _, nb := range n.GetLldpNeighbors() {
+					heard = append(heard, n.GetMac()+" "+nb.GetSystemName()+"/"+nb.GetPortId())
+				}
+			}
+			if want := vm.MAC + " " + labkit.LLDPSystemName + "/" + labkit.LLDPPortID; !slices.Contains(heard, want) {
+				t.Errorf("VM %d LLDP neighbours %v, want %s", vm.Index, heard, want)
+			}
 			// The IPMI VM's agent found its BMC through /dev/ipmi0 and
 			// enrolled it: the controller has its address and a
 			// credential nobody typed. The Redfish VM has no in-band BMC;
@@ -622,6 +636,50 @@ func TestLab(t *testing.T) {
 		}
 		if !strings.Contains(evs[len(evs)-1].GetMessage(), "hostname e2e-slow") {
 			t.Errorf("last event %q: want the phone home of e2e-slow", evs[len(evs)-1].GetMessage())
+		}
+	})
+
+	t.Run("anvilctl machine show: the in-band BMC and the switch port", func(t *testing.T) {
+		env, prefix := s.lab.Anvilctl()
+		cmd := exec.Command(prefix[0], append(prefix[1:], "machine", "show", s.ids[0])...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("anvilctl machine show: %v\n%s", err, out)
+		}
+		for _, want := range []string{"ipmi://anvil:xxxxx@" + labkit.BMCIP(1) + " (in-band)", "In-band BMC:  address " + labkit.BMCIP(1) + " (static), MAC " + labkit.BMCMAC(1),
+			labkit.LLDPSystemName, labkit.LLDPPortID} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("anvilctl machine show lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("a wrong BMC password: a clear error, one event, the machine untouched", func(t *testing.T) {
+		id := s.ids[0]
+		before := s.machine(t, id)
+		if _, err := s.op.Machines.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "ipmi://anvil:not-the-password@" + labkit.BMCIP(1)}); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			_, err := s.op.Machines.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: id, Action: anvilv1.PowerAction_POWER_ACTION_STATUS})
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "refused the credentials") {
+				t.Fatalf("status with a wrong password: %v, want FailedPrecondition naming the credentials", err)
+			}
+		}
+		evs := s.events(t, id)
+		var bmcEvents []string
+		for _, e := range evs {
+			if e.GetType() == anvilv1.EventType_EVENT_TYPE_BMC && strings.Contains(e.GetMessage(), "credentials") {
+				bmcEvents = append(bmcEvents, e.GetMessage())
+			}
+		}
+		if len(bmcEvents) != 1 || strings.Contains(bmcEvents[0], "not-the-password") {
+			t.Errorf("BMC credential events %q, want exactly one, without the password", bmcEvents)
+		}
+		after := s.machine(t, id)
+		if after.GetState() != before.GetState() || after.GetAllocation().GetImageId() != before.GetAllocation().GetImageId() {
+			t.Errorf("machine changed: %v/%v -> %v/%v", before.GetState(), before.GetAllocation(), after.GetState(), after.GetAllocation())
 		}
 	})
 

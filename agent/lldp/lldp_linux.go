@@ -108,6 +108,13 @@ func (c *Collector) read(name string, rc interface {
 		if err == nil {
 			err = rerr
 		}
+		if errors.Is(err, unix.ENETDOWN) {
+			// The link was down (the agent listens before it brings its
+			// links up) or went down: the kernel reports that once on a
+			// bound packet socket and delivers frames again once the
+			// link is up.
+			continue
+		}
 		if err != nil {
 			if !errors.Is(err, os.ErrClosed) {
 				c.log.Warn("LLDP listener stopped", "interface", name, "err", err)

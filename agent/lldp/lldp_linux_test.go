@@ -209,3 +209,19 @@ func TestListenLLDPD(t *testing.T) {
 	}
 	t.Logf("lldpd heard after %v", time.Since(start).Round(time.Millisecond))
 }
+
+// TestListenBeforeLinkUp: the agent listens before it brings its links
+// up; the kernel then reports "network is down" once on the socket, and
+// the listener must go on and hear the frames once the link is up.
+func TestListenBeforeLinkUp(t *testing.T) {
+	ns := vethNS(t)
+	netnstest.Run(t, "", "ip", "-n", ns.Name, "link", "set", "va", "down")
+	c := listen(t, ns, "va")
+	netnstest.Run(t, "", "ip", "-n", ns.Name, "link", "set", "va", "up")
+	// A link going down and up again while listening changes nothing.
+	netnstest.Run(t, "", "ip", "-n", ns.Name, "link", "set", "va", "down")
+	netnstest.Run(t, "", "ip", "-n", ns.Name, "link", "set", "va", "up")
+	time.Sleep(100 * time.Millisecond)
+	send(t, ns, "vb", concat(ethHeader, minimal))
+	eventually(t, "neighbour on va after it came up", func() bool { return len(c.Neighbors("va")) == 1 })
+}

@@ -135,7 +135,7 @@ func run(ctx context.Context, kernel, initramfs, bin, imagePath string, timeout 
 	tw.Flush()
 	for _, r := range re {
 		fmt.Printf("%s through %s: reinstall -> registered %s; without the firmware's share %s = %.2fx a direct -kernel agent boot to registered (%s)\n",
-			r.firmware, r.bmc, sec(r.total), sec(r.total-r.fw), (r.total - r.fw).Seconds()/direct.Seconds(), sec(direct))
+			r.firmware, r.bmc, sec(r.total), sec(r.total-r.fw), (r.total-r.fw).Seconds()/direct.Seconds(), sec(direct))
 	}
 	return nil
 }
@@ -146,7 +146,7 @@ func run(ctx context.Context, kernel, initramfs, bin, imagePath string, timeout 
 // was served: under TCG, mostly the lab's cost), the agent (its files, its
 // kernel, its registration).
 type reinstall struct {
-	firmware, bmc          string
+	firmware, bmc           string
 	power, fw, agent, total time.Duration
 }
 

@@ -3,85 +3,15 @@
 // the controller uses; Open picks the implementation from the machine's BMC
 // address.
 //
-// Three implementations: IPMI 2.0 over LAN ("ipmi://user:password@host";
-// ipmi.go, IPMI v2.0 rev 1.1 §13 RMCP+ sessions and §28 chassis commands)
-// and DMTF Redfish ("redfish://user:password@host"; redfish.go, DSP0266)
-// for real servers, and QMP ("qmp:///path/to/vm.qmp"): a fake BMC for the
-// QEMU lab that speaks the QEMU Machine Protocol (JSON over the VM's QMP
-// unix socket; QEMU docs/interop/qmp-spec) to the QEMU process running the
-// machine. Other types are refused with ErrUnsupported: never a silent
-// success.
-//
-// # Power model (QMP)
-//
-// QMP cannot start a QEMU process, so "off" is a VM frozen at reset: QEMU
-// must run with "-no-shutdown" (a guest power-off stops the VM and leaves
-// QEMU alive instead of exiting) and "-qmp unix:PATH,server=on,wait=off",
-// optionally with "-S" to start off (QEMUArgs returns these flags).
-//
-//   - PowerOff: "stop", then "system_reset" (waiting for QEMU's RESET
-//     event): the CPUs do not run and the next start is a cold boot.
-//   - PowerOn: nothing when the VM runs already; else "system_reset", then
-//     "cont".
-//   - Reset: "system_reset", then "cont" unless the VM runs; an off VM is
-//     thus powered on (as most BMCs do).
-//   - Status: "query-status": QMP status "running" (or "suspended", an
-//     ACPI S3 sleep: power is on) is on, every other status off —
-//     "prelaunch" (-S, or reset while stopped), "paused" (stop), "shutdown"
-//     (the guest powered off under -no-shutdown), and error stops such as
-//     "guest-panicked" or "internal-error". Status.Detail keeps QMP's word.
-//
-// # Next boot device
-//
-// QEMU has no QMP command for a one-time boot override ("-boot once" is
-// command-line only, and only for the legacy boot order), but a device's
-// "bootindex" property can be changed at runtime with "qom-set", and QEMU
-// rebuilds the firmware's "bootorder" fw_cfg file from the boot indexes on
-// every system reset (fw_cfg_machine_reset). SeaBIOS reads that file at
-// boot (OVMF does too, but the UEFI path is not tested here), so
-// SetNextBoot renumbers the boot indexes of the VM's devices that have one — NICs (a "netdev" and a "mac" property) first for
-// BootPXE, disks (a "drive" property) first for BootDisk, every other
-// device after them — under /machine/peripheral and
-// /machine/peripheral-anon. Verified against QEMU 7.2 with SeaBIOS (see the
-// tests: SeaBIOS's debug console shows the order it reads and the device it
-// boots).
-//
-// Limits, stated plainly:
-//   - The order is persistent, like Redfish's BootSourceOverrideEnabled
-//     "Continuous": every later boot (also a reboot by the guest) uses it
-//     until SetNextBoot changes it. There is no "once".
-//   - It takes effect at the next reset; PowerOn and Reset always reset, so
-//     a SetNextBoot before them applies to the boot they start. It does not
-//     survive a restart of the QEMU process (the command line rules again).
-//   - Only devices QEMU gives a "bootindex" property (virtio-net, e1000,
-//     virtio-blk, scsi-hd, ide-hd, nvme, ...) can be ordered. A VM with no
-//     NIC (or no disk) has nothing to put first: SetNextBoot fails with
-//     ErrRefused. Changing indexes takes two qom-set passes (QEMU refuses
-//     duplicate indexes); a failure between them leaves a consistent but
-//     unintended order, which the next SetNextBoot corrects.
-//   - Devices without a bootindex on the command line get one from the
-//     first SetNextBoot (tested). Mixing with "-boot order=" is not tested:
-//     give the lab's devices bootindex properties instead.
-//   - What happens when the first device fails to boot (a PXE boot without
-//     an answer) is up to the firmware; SeaBIOS moves on to the next entry
-//     of the order, as it does for the blank disk in the tests.
-//   - UEFI VMs (OVMF, found by its pflash drive) are left alone: with boot
-//     indexes QEMU hands OVMF a bootorder, and OVMF then rewrites BootOrder
-//     at every boot and deletes the entries it does not match — the boot
-//     entry anvil-agent keeps for the installed disk among them. A UEFI
-//     VM's boot order is its NVRAM's, as on a server: the network first
-//     (the agent keeps it so), so SetNextBoot(BootPXE) succeeds without a
-//     change and SetNextBoot(BootDisk) is refused (that would need the
-//     firmware's BootNext variable); Status reports no next boot device.
-//
-// # Connections
-//
-// Every operation opens its own QMP connection, negotiates capabilities and
-// closes it, so a restarted QEMU is picked up and no connection is held
-// between calls. QEMU serves one QMP client per socket at a time: while
-// another client is connected the greeting does not come, and the call
-// fails with ErrUnreachable after the timeout (WithTimeout, default 10s).
-// Callers serialize operations on one BMC themselves.
+// Two implementations, both for real servers: IPMI 2.0 over LAN
+// ("ipmi://user:password@host"; ipmi.go, IPMI v2.0 rev 1.1 §13 RMCP+
+// sessions and §28 chassis commands) and DMTF Redfish
+// ("redfish://user:password@host", or redfish+http:// without TLS;
+// redfish.go, DSP0266). Other types are refused with ErrUnsupported: never
+// a silent success. That includes "qmp": the QEMU lab's fake BMC
+// (test/labkit/qmp) is test code, and the lab's VMs are reached through
+// the same two drivers (OpenIPMI's ipmi_sim or the lab's Redfish service,
+// with QMP behind them).
 package bmc
 
 import (
@@ -158,7 +88,8 @@ type Status struct {
 	// NextBoot is the device the next boot tries first; BootUnspecified when
 	// no device has an explicit boot position.
 	NextBoot BootDevice
-	// Detail is the BMC's own word for the state (QMP's status).
+	// Detail is the BMC's own word for the state (e.g. IPMI's "chassis
+	// power on", Redfish's "PowerState On").
 	Detail string
 }
 
@@ -176,9 +107,10 @@ type Driver interface {
 
 // Address is a parsed BMC address.
 type Address struct {
-	// Scheme is the BMC type, e.g. "qmp" or "ipmi".
+	// Scheme is the BMC type: "ipmi", "redfish" or "redfish+http".
 	Scheme string
-	// Path is the QMP socket path.
+	// Path is a Redfish BMC's system (/redfish/v1/Systems/ID); empty: the
+	// service's first system.
 	Path string
 	// Host, Port, User and Password are an IPMI BMC's (port 623 unless
 	// given).
@@ -207,12 +139,16 @@ func (a Address) String() string {
 }
 
 // supportedTypes lists the BMC types Open accepts.
-const supportedTypes = "qmp, ipmi, redfish, redfish+http"
+const supportedTypes = "ipmi, redfish, redfish+http"
 
-// ParseAddress parses and checks a BMC address. Supported: "qmp:///abs/path"
-// (a unix socket path; "qmp:/abs/path" is accepted too). A known type
-// without a driver (ipmi, redfish, ...) fails with ErrUnsupported; anything
-// else with ErrInvalidAddress.
+// wantAddress is the shape of a supported address, for error messages.
+const wantAddress = "ipmi://user:password@host or redfish://user:password@host"
+
+// ParseAddress parses and checks a BMC address:
+// "ipmi://user:password@host[:port][?boot=efi|legacy][&cipher=N]" or
+// "redfish[+http]://user:password@host[:port][/redfish/v1/Systems/ID]
+// [?insecure=true][&boot=efi|legacy]". Another type (qmp, idrac, ...)
+// fails with ErrUnsupported; anything else wrong with ErrInvalidAddress.
 func ParseAddress(s string) (Address, error) {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -227,26 +163,16 @@ func ParseAddress(s string) (Address, error) {
 	shown := u.Redacted()
 	scheme := strings.ToLower(u.Scheme)
 	switch scheme {
-	case "qmp":
 	case "ipmi":
 		return parseIPMI(u, shown)
 	case "redfish", "redfish+http":
 		return parseRedfish(u, scheme, shown)
+	case "qmp":
+		return Address{}, fmt.Errorf("%w %q in %s: the QMP driver is the QEMU lab's fake BMC (test/labkit/qmp), not a production driver; give the machine's BMC as %s", ErrUnsupported, scheme, shown, wantAddress)
 	case "":
-		return Address{}, fmt.Errorf("%w %q: no type; want qmp:///path/to/vm.qmp", ErrInvalidAddress, shown)
-	default:
-		return Address{}, fmt.Errorf("%w %q in %s (supported: %s)", ErrUnsupported, scheme, shown, supportedTypes)
+		return Address{}, fmt.Errorf("%w %q: no type; want %s", ErrInvalidAddress, shown, wantAddress)
 	}
-	if u.Opaque != "" || (u.Host != "" && u.Host != "localhost") || u.User != nil {
-		return Address{}, fmt.Errorf("%w %q: a qmp address is a local socket: qmp:///path/to/vm.qmp", ErrInvalidAddress, shown)
-	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return Address{}, fmt.Errorf("%w %q: qmp takes no query or fragment", ErrInvalidAddress, shown)
-	}
-	if !path.IsAbs(u.Path) || path.Clean(u.Path) != u.Path {
-		return Address{}, fmt.Errorf("%w %q: the socket path must be absolute and clean", ErrInvalidAddress, shown)
-	}
-	return Address{Scheme: scheme, Path: u.Path, raw: &url.URL{Scheme: scheme, Path: u.Path}}, nil
+	return Address{}, fmt.Errorf("%w %q in %s (supported: %s)", ErrUnsupported, scheme, shown, supportedTypes)
 }
 
 // parseIPMI checks "ipmi://user:password@host[:port][?boot=efi|legacy][&cipher=N]".
@@ -430,24 +356,10 @@ func Open(addr string, opts ...Option) (Driver, error) {
 		return nil, fmt.Errorf("BMC timeout %v must be positive", o.timeout)
 	}
 	switch a.Scheme {
-	case "qmp":
-		return NewQMP(a.Path, o.timeout), nil
 	case "ipmi":
 		return newIPMI(a, o.timeout), nil
 	case "redfish", "redfish+http":
 		return newRedfish(a, o.timeout), nil
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnsupported, a.Scheme)
-}
-
-// QEMUArgs returns the QEMU command-line flags the QMP driver relies on: the
-// QMP socket at socket, -no-shutdown, and -S when the VM should start
-// powered off. Give devices boot indexes (bootindex=N) so that the firmware
-// honours SetNextBoot from the first boot on; see the package comment.
-func QEMUArgs(socket string, startOff bool) []string {
-	args := []string{"-qmp", "unix:" + socket + ",server=on,wait=off", "-no-shutdown"}
-	if startOff {
-		args = append(args, "-S")
-	}
-	return args
 }

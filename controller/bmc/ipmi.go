@@ -108,6 +108,12 @@ func isNetError(err error) bool {
 	return errors.As(err, &oe)
 }
 
+// isTimeout reports a network timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // PowerOn implements Driver.
 func (d *IPMI) PowerOn(ctx context.Context) error {
 	return d.control(ctx, "power on", chassis.ChassisControlPowerUp)

@@ -38,7 +38,7 @@ func TestGolden(t *testing.T) {
 		{"machine-events-limit", []string{"machine", "events", "m-installing", "--limit", "2"}},
 		{"machine-power-status", []string{"machine", "power", "m-ready", "status"}},
 		{"machine-power-off", []string{"machine", "power", "m-ready", "off", "--next-boot", "disk"}},
-		{"machine-bmc", []string{"machine", "bmc", "m-ready", "qmp:///run/anvil/m-ready.qmp"}},
+		{"machine-bmc", []string{"machine", "bmc", "m-ready", "ipmi://admin:secret@192.0.2.21"}},
 		{"image-ls", []string{"image", "ls"}},
 		{"image-show", []string{"image", "show", "debian-12"}},
 		{"size-ls", []string{"size", "ls"}},
@@ -211,9 +211,9 @@ func TestRequests(t *testing.T) {
 		},
 		{
 			name:       "bmc set",
-			args:       []string{"machine", "bmc", "m-ready", "qmp:///run/vm.qmp"},
-			want:       &anvilv1.SetMachineBMCRequest{Id: "m-ready", Address: "qmp:///run/vm.qmp"},
-			wantStdout: "ID       BMC\nm-ready  qmp:///run/vm.qmp\n",
+			args:       []string{"machine", "bmc", "m-ready", "redfish://root:calvin@192.0.2.22/redfish/v1/Systems/1"},
+			want:       &anvilv1.SetMachineBMCRequest{Id: "m-ready", Address: "redfish://root:calvin@192.0.2.22/redfish/v1/Systems/1"},
+			wantStdout: "ID       BMC\nm-ready  redfish://root:xxxxx@192.0.2.22/redfish/v1/Systems/1\n",
 		},
 		{
 			name: "bmc clear",
@@ -307,7 +307,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"machine", "power", "m1", "cycle"}, `"cycle" is not one of on, off, reset, status`},
 		{[]string{"machine", "power", "m1", "on", "--next-boot", "usb"}, `"usb" is not one of pxe, disk`},
 		{[]string{"machine", "bmc", "m1"}, "give the BMC address"},
-		{[]string{"machine", "bmc", "m1", "qmp:///x", "--clear"}, "not both"},
+		{[]string{"machine", "bmc", "m1", "ipmi://admin:pw@192.0.2.21", "--clear"}, "not both"},
 		{[]string{"image", "add", "x", "--url", "u", "--checksum", "md5:00", "--format", "raw"}, "not sha256 or sha512"},
 		{[]string{"image", "add", "x", "--url", "u", "--checksum", "sha256:" + strings.Repeat("0", 64)}, "--format is required"},
 		{[]string{"image", "add", "x", "--format", "raw-zip"}, `"raw-zip" is not one of raw, raw-zstd`},
@@ -374,9 +374,9 @@ func TestGRPCErrors(t *testing.T) {
 	if want := "anvilctl: FailedPrecondition: power m-failed: the machine has no BMC\n"; r.code != ExitError || r.stderr != want {
 		t.Errorf("power without BMC: exit %d, stderr %q, want %q", r.code, r.stderr, want)
 	}
-	r = h.run("machine", "bmc", "m-ready", "ipmi://10.0.0.5")
+	r = h.run("machine", "bmc", "m-ready", "qmp:///run/anvil/vm1.qmp")
 	if r.code != ExitError || !strings.Contains(r.stderr, "InvalidArgument: ") || !strings.Contains(r.stderr, "unsupported BMC type") {
-		t.Errorf("ipmi BMC: exit %d, stderr %q", r.code, r.stderr)
+		t.Errorf("qmp BMC: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	r = h.run("image", "show", "nope", "-o", "json")

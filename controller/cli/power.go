@@ -45,7 +45,7 @@ func machinePower() *command {
 func machineBMC() *command {
 	return &command{
 		name: "bmc", args: "ID (ADDRESS | --clear)", minArgs: 1, maxArgs: 2,
-		summary: "Set the machine's BMC: ipmi://user:password@host[:port][?boot=efi|legacy][&cipher=N] (IPMI 2.0 over LAN) or qmp:///run/anvil/vm1.qmp (a QEMU QMP socket)",
+		summary: "Set the machine's BMC: ipmi://user:password@host[:port][?boot=efi|legacy][&cipher=N] (IPMI 2.0 over LAN) or redfish://user:password@host[:port][/redfish/v1/Systems/ID][?insecure=true] (Redfish; redfish+http:// without TLS)",
 		setup: func(fs *flag.FlagSet) action {
 			var clear bool
 			fs.BoolVar(&clear, "clear", false, "remove the machine's BMC")
@@ -55,7 +55,7 @@ func machineBMC() *command {
 				case clear && len(args) == 2:
 					return usagef("give an address or --clear, not both")
 				case !clear && len(args) == 1:
-					return usagef("give the BMC address (ipmi://user:password@host or qmp:///path/to/vm.qmp) or --clear")
+					return usagef("give the BMC address (ipmi://user:password@host or redfish://user:password@host) or --clear")
 				case !clear:
 					req.Address = args[1]
 				}

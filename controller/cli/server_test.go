@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/anvil-metal/anvil/controller/bmc"
 	"github.com/anvil-metal/anvil/controller/pki"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
@@ -234,18 +235,23 @@ func (f *fakeMachines) ListEvents(_ context.Context, req *anvilv1.ListEventsRequ
 	return &anvilv1.ListEventsResponse{Events: evs}, nil
 }
 
-// SetMachineBMC refuses what the real server refuses by type, and keeps the
-// address otherwise.
+// SetMachineBMC refuses what the real server refuses (bmc.ParseAddress),
+// and keeps the address otherwise, shown without its password as the real
+// server shows it.
 func (f *fakeMachines) SetMachineBMC(_ context.Context, req *anvilv1.SetMachineBMCRequest) (*anvilv1.Machine, error) {
 	f.rec.add(req)
 	m, err := f.find(req.GetId())
 	if err != nil {
 		return nil, err
 	}
-	if a := req.GetAddress(); a != "" && !strings.HasPrefix(a, "qmp:///") {
-		return nil, status.Errorf(codes.InvalidArgument, "set BMC of %s: unsupported BMC type %q (supported: qmp)", m.GetId(), strings.SplitN(a, ":", 2)[0])
+	m.BmcAddress = ""
+	if a := req.GetAddress(); a != "" {
+		parsed, err := bmc.ParseAddress(a)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "set BMC of %s: %v", m.GetId(), err)
+		}
+		m.BmcAddress = parsed.String()
 	}
-	m.BmcAddress = req.GetAddress()
 	return m, nil
 }
 
@@ -261,12 +267,12 @@ func (f *fakeMachines) PowerMachine(_ context.Context, req *anvilv1.PowerMachine
 		return nil, status.Errorf(codes.FailedPrecondition, "power %s: the machine has no BMC", m.GetId())
 	}
 	resp := &anvilv1.PowerMachineResponse{MachineId: m.GetId(), State: anvilv1.PowerState_POWER_STATE_ON,
-		NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE, Detail: "running"}
+		NextBoot: anvilv1.BootDevice_BOOT_DEVICE_PXE, Detail: "chassis power on"}
 	if n := req.GetNextBoot(); n != anvilv1.BootDevice_BOOT_DEVICE_UNSPECIFIED {
 		resp.NextBoot = n
 	}
 	if req.GetAction() == anvilv1.PowerAction_POWER_ACTION_OFF {
-		resp.State, resp.Detail = anvilv1.PowerState_POWER_STATE_OFF, "prelaunch"
+		resp.State, resp.Detail = anvilv1.PowerState_POWER_STATE_OFF, "chassis power off"
 	}
 	if req.GetAction() != anvilv1.PowerAction_POWER_ACTION_STATUS {
 		what := "power " + strings.ToLower(strings.TrimPrefix(req.GetAction().String(), "POWER_ACTION_"))
@@ -274,7 +280,7 @@ func (f *fakeMachines) PowerMachine(_ context.Context, req *anvilv1.PowerMachine
 			what += " (next boot " + strings.ToLower(strings.TrimPrefix(n.String(), "BOOT_DEVICE_")) + ")"
 		}
 		resp.Event = &anvilv1.Event{Seq: 21, MachineId: m.GetId(), Time: ago(0), Type: anvilv1.EventType_EVENT_TYPE_POWER,
-			Actor: "operator 0a1b2c3d from 192.0.2.7", Message: what + " by operator through qmp:///run/anvil/m-ready.qmp: now " + strings.ToLower(strings.TrimPrefix(resp.GetState().String(), "POWER_STATE_"))}
+			Actor: "operator 0a1b2c3d from 192.0.2.7", Message: what + " by operator through ipmi://admin:xxxxx@192.0.2.21: now " + strings.ToLower(strings.TrimPrefix(resp.GetState().String(), "POWER_STATE_"))}
 	}
 	return resp, nil
 }

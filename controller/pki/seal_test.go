@@ -38,7 +38,7 @@ func TestSealer(t *testing.T) {
 		}
 	}
 	// Values stored before sealing, and empty ones, pass through.
-	if got, err := s.Open("qmp:///run/vm.qmp"); err != nil || got != "qmp:///run/vm.qmp" {
+	if got, err := s.Open("ipmi://admin:pw@192.0.2.10"); err != nil || got != "ipmi://admin:pw@192.0.2.10" {
 		t.Errorf("plain value: %q, %v", got, err)
 	}
 	if got, err := s.Seal(""); err != nil || got != "" {

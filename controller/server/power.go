@@ -77,7 +77,7 @@ func (s *Server) power(ctx context.Context, req *anvilv1.PowerMachineRequest, ac
 		return nil, toStatus(fmt.Errorf("%s %s: %w", what, id, err))
 	}
 	if m.BMC == "" {
-		return nil, status.Errorf(codes.FailedPrecondition, "%s %s: the machine has no BMC; set one with SetMachineBMC (anvilctl machine bmc %s qmp:///path/to/vm.qmp)", what, id, id)
+		return nil, status.Errorf(codes.FailedPrecondition, "%s %s: the machine has no BMC; set one with SetMachineBMC (anvilctl machine bmc %s ipmi://user:password@host)", what, id, id)
 	}
 	if _, ok := anvilv1.PowerAction_name[int32(action)]; !ok || action == anvilv1.PowerAction_POWER_ACTION_UNSPECIFIED {
 		return nil, status.Errorf(codes.InvalidArgument, "%s %s: unknown power action %v", what, id, action)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,15 +16,16 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/anvil-metal/anvil/controller/app"
+	"github.com/anvil-metal/anvil/controller/bmc"
 	"github.com/anvil-metal/anvil/controller/bmc/ipmisim"
-	"github.com/anvil-metal/anvil/controller/bmc/qemutest"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/harness"
 )
 
-// TestPowerThroughQMP drives a real QEMU VM through the real controller's
-// API (gRPC with TLS on loopback, SQLite store).
-func TestPowerThroughQMP(t *testing.T) {
+// TestPowerThroughTheOperatorAPI drives a machine's power through the real
+// controller's API (gRPC with TLS on loopback, SQLite store) to a real IPMI
+// 2.0 BMC (OpenIPMI's simulator), checking what the BMC carried out.
+func TestPowerThroughTheOperatorAPI(t *testing.T) {
 	e := setup(t)
 	ctx := context.Background()
 	_, id := e.register(t, 0)
@@ -46,23 +48,26 @@ func TestPowerThroughQMP(t *testing.T) {
 
 	_, err := power(query, none)
 	wantCode(t, err, codes.FailedPrecondition, "power without a BMC")
-	if !strings.Contains(status.Convert(err).Message(), "no BMC") {
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "no BMC") || !strings.Contains(msg, "anvilctl machine bmc "+id+" ipmi://") {
 		t.Errorf("no-BMC message: %v", err)
 	}
 	_, err = ms.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: "nope", Action: on})
 	wantCode(t, err, codes.NotFound, "power of an unknown machine")
 	_, err = power(anvilv1.PowerAction_POWER_ACTION_UNSPECIFIED, none)
 	wantCode(t, err, codes.InvalidArgument, "power without an action")
-	for _, addr := range []string{"ipmi://admin:pw@10.0.0.5/x", "redfish://10.0.0.5/redfish/v1", "qmp://host/x.qmp", "vm.qmp"} {
+	for _, addr := range []string{"ipmi://admin:pw@10.0.0.5/x", "redfish://10.0.0.5/redfish/v1", "ipmi://admin:pw@10.0.0.5?boot=uefi", "vm.qmp"} {
 		_, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: addr})
 		wantCode(t, err, codes.InvalidArgument, "BMC "+addr)
 		if strings.Contains(err.Error(), ":pw@") {
 			t.Errorf("the error shows the password: %v", err)
 		}
 	}
-	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "idrac://10.0.0.5"})
-	if msg := status.Convert(err).Message(); !strings.Contains(msg, "unsupported BMC type") {
-		t.Errorf("idrac: %q, want unsupported BMC type", msg)
+	for _, addr := range []string{"idrac://10.0.0.5", "qmp:///run/anvil/vm1.qmp"} {
+		_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: addr})
+		wantCode(t, err, codes.InvalidArgument, "BMC "+addr)
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, "unsupported BMC type") || !strings.Contains(msg, "ipmi") || !strings.Contains(msg, "redfish") {
+			t.Errorf("%s: %q, want unsupported BMC type naming ipmi and redfish", addr, msg)
+		}
 	}
 	// An IPMI BMC is taken; its password is never shown.
 	if m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "ipmi://admin:Sup3rS3cretBMC@10.0.0.5"}); err != nil || m.GetBmcAddress() != "ipmi://admin:xxxxx@10.0.0.5" {
@@ -79,28 +84,31 @@ func TestPowerThroughQMP(t *testing.T) {
 			t.Fatalf("%s holds the BMC credentials in the clear", f)
 		}
 	}
-	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: "nope", Address: "qmp:///x.qmp"})
+	_, err = ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: "nope", Address: "ipmi://admin:pw@10.0.0.5"})
 	wantCode(t, err, codes.NotFound, "BMC of an unknown machine")
 
-	// Unreachable BMC.
-	if _, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "qmp:///nonexistent/vm.qmp"}); err != nil {
+	// Unreachable BMC: a Redfish address where nothing listens.
+	closed := freeTCPAddr(t)
+	if _, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: "redfish+http://admin:pw@" + closed}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = power(on, none)
-	wantCode(t, err, codes.Unavailable, "power through a missing socket")
-	if msg := status.Convert(err).Message(); !strings.Contains(msg, "connect") || !strings.Contains(msg, "/nonexistent/vm.qmp") {
-		t.Errorf("unreachable BMC message lacks the reason: %q", msg)
+	wantCode(t, err, codes.Unavailable, "power through a BMC that does not listen")
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "connection refused") || !strings.Contains(msg, closed) || strings.Contains(msg, ":pw@") {
+		t.Errorf("unreachable BMC message lacks the reason or shows the password: %q", msg)
 	}
 
-	vm := qemutest.Start(t, qemutest.Options{NIC: true, Disk: true, BootIndexes: true})
-	m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: vm.Address})
-	if err != nil || m.GetBmcAddress() != vm.Address {
-		t.Fatalf("set BMC: %v, address %q", err, m.GetBmcAddress())
+	sim := ipmisim.Start(t)
+	addr := sim.Address(ipmisim.User, ipmisim.Password)
+	shown := bmc.Redact(addr)
+	m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id, Address: addr})
+	if err != nil || m.GetBmcAddress() != shown {
+		t.Fatalf("set BMC: %v, address %q, want %q", err, m.GetBmcAddress(), shown)
 	}
 	before := events(t, e, id)
 
 	r, err := power(query, none)
-	if err != nil || r.GetState() != stOff || r.GetDetail() != "prelaunch" || r.GetNextBoot() != pxe || r.GetEvent() != nil {
+	if err != nil || r.GetState() != stOff || r.GetDetail() != "chassis power off" || r.GetNextBoot() != none || r.GetEvent() != nil {
 		t.Fatalf("status: %v %v", r, err)
 	}
 	if n := len(events(t, e, id)); n != len(before) {
@@ -113,12 +121,17 @@ func TestPowerThroughQMP(t *testing.T) {
 		state    anvilv1.PowerState
 		nextBoot anvilv1.BootDevice
 		message  string
+		// carried is what the BMC carried out (its chassis commands).
+		carried string
 	}{
-		{on, disk, stOn, disk, "power on (next boot disk) by operator through " + vm.Address + ": now on"},
-		{off, none, stOff, disk, "power off by operator through " + vm.Address + ": now off"},
-		{reset, pxe, stOn, pxe, "power reset (next boot pxe) by operator through " + vm.Address + ": now on"},
-		{on, none, stOn, pxe, "power on by operator through " + vm.Address + ": now on"},
+		{on, disk, stOn, disk, "power on (next boot disk) by operator through " + shown + ": now on", "boot=default power=1"},
+		{off, none, stOff, disk, "power off by operator through " + shown + ": now off", "power=0"},
+		// Reset of an off machine powers it on; of a running one resets it.
+		{reset, pxe, stOn, pxe, "power reset (next boot pxe) by operator through " + shown + ": now on", "boot=pxe power=1"},
+		{reset, none, stOn, pxe, "power reset by operator through " + shown + ": now on", "reset=1"},
+		{on, none, stOn, pxe, "power on by operator through " + shown + ": now on", "power=1"},
 	} {
+		mark := sim.Log(t)
 		r, err := power(step.action, step.next)
 		if err != nil {
 			t.Fatalf("step %d: %v", i, err)
@@ -133,8 +146,11 @@ func TestPowerThroughQMP(t *testing.T) {
 		if last := evs[len(evs)-1]; last.GetType() != evType || last.GetMessage() != step.message {
 			t.Fatalf("step %d: last event in the history %v", i, last)
 		}
+		if got := strings.TrimSpace(strings.TrimPrefix(sim.Log(t), mark)); got != step.carried {
+			t.Fatalf("step %d: the BMC carried out %q, want %q", i, got, step.carried)
+		}
 	}
-	// Concurrent calls on one BMC are serialized, none times out.
+	// Concurrent calls on one BMC are serialized, none fails.
 	errs := make(chan error, 4)
 	for range cap(errs) {
 		go func() { _, err := power(query, none); errs <- err }()
@@ -155,7 +171,7 @@ func TestPowerThroughQMP(t *testing.T) {
 
 	// The BMC survives a re-registration; an empty address clears it.
 	e.register(t, 0)
-	if m, err := ms.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id}); err != nil || m.GetBmcAddress() != vm.Address {
+	if m, err := ms.GetMachine(ctx, &anvilv1.GetMachineRequest{Id: id}); err != nil || m.GetBmcAddress() != shown {
 		t.Fatalf("BMC after re-registration: %q, %v", m.GetBmcAddress(), err)
 	}
 	if m, err := ms.SetMachineBMC(ctx, &anvilv1.SetMachineBMCRequest{Id: id}); err != nil || m.GetBmcAddress() != "" {
@@ -163,6 +179,20 @@ func TestPowerThroughQMP(t *testing.T) {
 	}
 	_, err = power(query, none)
 	wantCode(t, err, codes.FailedPrecondition, "power after the BMC was cleared")
+}
+
+// freeTCPAddr returns a loopback host:port nothing listens on.
+func freeTCPAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
 }
 
 func events(t *testing.T, e env, id string) []*anvilv1.Event {

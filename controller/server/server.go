@@ -246,7 +246,8 @@ type Server struct {
 	// bmcSeal seals BMC addresses (credentials) in the store.
 	bmcSeal *pki.Sealer
 	// openBMC returns the driver of a BMC address; bmcLocks serializes the
-	// operations on one BMC (QEMU serves one QMP client at a time).
+	// operations on one BMC (BMCs have few session slots and may serve one
+	// request at a time).
 	openBMC  func(addr string) (bmc.Driver, error)
 	bmcLocks keyedLocks
 	// bootObs holds the network boots the boot service saw (never acted

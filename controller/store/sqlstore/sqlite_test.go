@@ -275,7 +275,7 @@ func TestUpgradeAddsBMC(t *testing.T) {
 		if got.BMC != "" || got.Status.State != anvilv1.MachineState_MACHINE_STATE_READY {
 			t.Errorf("upgraded machine: BMC %q, state %v", got.BMC, got.Status.State)
 		}
-		got.BMC = "qmp:///run/m1.qmp"
+		got.BMC = "ipmi://admin:pw@192.0.2.10"
 		m = got
 		return tx.UpdateMachine(ctx, got)
 	})

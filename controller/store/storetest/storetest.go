@@ -148,7 +148,7 @@ func fullMachine(id string) *store.Machine {
 		CreatedAt:      ts(4),
 		LastSeen:       ts(5),
 		Progress:       &anvilv1.Progress{BytesDone: 1 << 30, BytesTotal: 4 << 30, RateBytesPerSecond: 100 << 20},
-		BMC:            "qmp:///run/anvil/" + id + ".qmp",
+		BMC:            "ipmi://admin:pw-" + id + "@192.0.2.10",
 		Trust: store.Trust{BootTokensBefore: ts(6), ExpectBootSince: ts(5), ExpectBootUntil: ts(7), ExpectBootWhy: "freed",
 			SessionAddr: "192.0.2.7", Held: true, Generation: 3, ATAPassword: "pw-" + id},
 		HeldInventory: &anvilv1.Inventory{Product: &anvilv1.Product{Uuid: id}},
@@ -386,7 +386,7 @@ func testUpdateMachine(t *testing.T, s store.Store) {
 	upd.Labels = map[string]string{"k": "v"}
 	upd.Status = lifecycle.Status{State: anvilv1.MachineState_MACHINE_STATE_READY, LastEventTime: ts(9)}
 	upd.CreatedAt = ts(10)
-	upd.BMC = "qmp:///other.qmp"
+	upd.BMC = "redfish://root:pw@192.0.2.11/redfish/v1/Systems/1"
 	upd.Trust.Generation++
 	upd.Trust.ExpectBootUntil = time.Time{}
 	upd.HeldInventory = nil

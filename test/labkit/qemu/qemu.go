@@ -21,7 +21,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/anvil-metal/anvil/controller/bmc"
+	"github.com/anvil-metal/anvil/test/labkit/qmp"
 )
 
 // Binary is the QEMU system emulator the lab runs.
@@ -407,7 +407,7 @@ func (s SMBIOS) Args() []string {
 	return args
 }
 
-// QMP is the monitor socket the lab's BMC driver (controller/bmc) powers
+// QMP is the monitor socket the lab's BMC driver (test/labkit/qmp) powers
 // the VM through; StartOff starts the VM powered off.
 type QMP struct {
 	Socket   string
@@ -415,7 +415,7 @@ type QMP struct {
 }
 
 // Args implements Device: the arguments the BMC driver needs.
-func (q QMP) Args() []string { return bmc.QEMUArgs(q.Socket, q.StartOff) }
+func (q QMP) Args() []string { return qmp.QEMUArgs(q.Socket, q.StartOff) }
 
 // IPMI is an in-band BMC: QEMU's ipmi-bmc-extern talking to an external
 // simulator (OpenIPMI's ipmi_sim, "serial kcs ... codec VM") on the

@@ -6,8 +6,8 @@
 //	anvil-lab-chassis QMP-SOCKET set NAME VALUE...
 //
 // for NAME power (0/1), reset (1) and boot (none, pxe, default = disk), and
-// this drives the VM's QEMU over QMP through controller/bmc's QMP driver —
-// the role sushy-tools plays for libvirt. So the controller speaks real
+// this drives the VM's QEMU over QMP through the lab's QMP driver
+// (test/labkit/qmp) — the role sushy-tools plays for libvirt. So the controller speaks real
 // IPMI over UDP to the simulator, and the power reaches QEMU.
 package main
 
@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/anvil-metal/anvil/controller/bmc"
+	"github.com/anvil-metal/anvil/test/labkit/qmp"
 )
 
 func main() {
@@ -34,7 +35,7 @@ func run(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	d := bmc.NewQMP(args[0], 15*time.Second)
+	d := qmp.New(args[0], 15*time.Second)
 	switch args[1] {
 	case "get":
 		st, err := d.Status(ctx)

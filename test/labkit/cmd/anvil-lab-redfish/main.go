@@ -1,6 +1,6 @@
 // Command anvil-lab-redfish is a lab VM's Redfish BMC: the DMTF-shaped
 // service of test/labkit/redfish over plain HTTP, its power the VM's QEMU
-// over QMP (controller/bmc's QMP driver), the role sushy-tools plays for
+// over QMP (the lab's QMP driver, test/labkit/qmp), the role sushy-tools plays for
 // libvirt.
 //
 //	anvil-lab-redfish -listen 192.168.77.1:8002 -qmp /path/vm2.qmp -user anvil -password SECRET
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/anvil-metal/anvil/controller/bmc"
+	"github.com/anvil-metal/anvil/test/labkit/qmp"
 	"github.com/anvil-metal/anvil/test/labkit/redfish"
 )
 
@@ -44,17 +45,17 @@ func (q qmpBackend) SetBoot(ctx context.Context, target string) error {
 
 func main() {
 	listen := flag.String("listen", "", "address to serve Redfish on (plain HTTP)")
-	qmp := flag.String("qmp", "", "the VM's QMP socket")
+	socket := flag.String("qmp", "", "the VM's QMP socket")
 	user := flag.String("user", "", "basic-auth user")
 	pass := flag.String("password", "", "basic-auth password")
 	flag.Parse()
-	if *listen == "" || *qmp == "" || *user == "" {
+	if *listen == "" || *socket == "" || *user == "" {
 		fmt.Fprintln(os.Stderr, "anvil-lab-redfish: -listen, -qmp and -user are required")
 		os.Exit(2)
 	}
-	svc := &redfish.Service{Backend: qmpBackend{bmc.NewQMP(*qmp, 15*time.Second)}, User: *user, Password: *pass}
+	svc := &redfish.Service{Backend: qmpBackend{qmp.New(*socket, 15*time.Second)}, User: *user, Password: *pass}
 	srv := &http.Server{Addr: *listen, Handler: svc, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintln(os.Stderr, "anvil-lab-redfish: serving", *listen, "for", *qmp)
+	fmt.Fprintln(os.Stderr, "anvil-lab-redfish: serving", *listen, "for", *socket)
 	if err := srv.ListenAndServe(); err != nil {
 		fmt.Fprintln(os.Stderr, "anvil-lab-redfish:", err)
 		os.Exit(1)

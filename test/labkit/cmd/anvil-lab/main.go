@@ -110,7 +110,7 @@ func up(ctx context.Context, c labkit.Config, imagePath string, timeout time.Dur
 	if err := l.AttachBMCs(ctx, op); err != nil {
 		return err
 	}
-	say("each machine's BMC is its VM's QMP socket: anvilctl machine power ID on|off|reset|status")
+	say("each machine's BMC is ipmi_sim (odd VMs, enrolled in-band) or the lab's Redfish service (even VMs), both over QMP to its VM: anvilctl machine power ID on|off|reset|status")
 	ps, err := l.Phases(ctx, op)
 	if err != nil {
 		return err

@@ -1,10 +1,10 @@
 // Package qemutest starts real QEMU VMs (qemu-system-x86_64, TCG, SeaBIOS,
-// built by test/labkit/qemu) for tests of the QMP BMC driver and of the
-// power API: a VM with a QMP socket and the flags of bmc.QEMUArgs, optionally a virtio NIC (user
-// networking with restrict=on: nothing leaves the QEMU process) and a blank
-// virtio disk, and SeaBIOS's debug console (I/O port 0x402) written to a
-// file, so that tests can read which boot order the firmware saw and which
-// device it booted. No kernel is needed: a VM with nothing bootable loops
+// built by test/labkit/qemu) for tests of the lab's QMP BMC driver
+// (package qmp): a VM with a QMP socket and the flags of qmp.QEMUArgs,
+// optionally a virtio NIC (user networking with restrict=on: nothing leaves
+// the QEMU process) and a blank virtio disk, and SeaBIOS's debug console
+// (I/O port 0x402) written to a file, so that tests can read which boot
+// order the firmware saw and which device it booted. No kernel is needed: a VM with nothing bootable loops
 // in SeaBIOS and iPXE.
 package qemutest
 
@@ -39,8 +39,8 @@ type Options struct {
 
 // VM is a running QEMU process, killed when the test ends.
 type VM struct {
-	// Socket is the QMP socket; Address is "qmp://" + Socket.
-	Socket, Address string
+	// Socket is the QMP socket (qmp.New's).
+	Socket string
 	// DebugLog is the file SeaBIOS's debug output goes to.
 	DebugLog string
 	proc     *qemu.VM
@@ -61,7 +61,6 @@ func Start(t testing.TB, o Options) *VM {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	vm := &VM{Socket: filepath.Join(dir, "vm.qmp"), DebugLog: filepath.Join(dir, "seabios.log")}
-	vm.Address = "qmp://" + vm.Socket
 	bootindex := func(n int) int {
 		if o.BootIndexes {
 			return n

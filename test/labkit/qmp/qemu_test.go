@@ -1,4 +1,4 @@
-package bmc_test
+package qmp_test
 
 import (
 	"bufio"
@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/anvil-metal/anvil/controller/bmc"
-	"github.com/anvil-metal/anvil/controller/bmc/qemutest"
+	"github.com/anvil-metal/anvil/test/labkit/qmp"
+	"github.com/anvil-metal/anvil/test/labkit/qmp/qemutest"
 )
 
 // These tests run a real QEMU (TCG, SeaBIOS, no kernel) and read SeaBIOS's
@@ -21,11 +22,7 @@ const banner = "SeaBIOS (version"
 
 func open(t *testing.T, vm *qemutest.VM) bmc.Driver {
 	t.Helper()
-	d, err := bmc.Open(vm.Address, bmc.WithTimeout(10*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return qmp.New(vm.Socket, 10*time.Second)
 }
 
 func status(t *testing.T, d bmc.Driver) bmc.Status {
@@ -246,10 +243,7 @@ func TestQEMUBusySocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	busy, err := bmc.Open(vm.Address, bmc.WithTimeout(500*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	busy := qmp.New(vm.Socket, 500*time.Millisecond)
 	if _, err := busy.Status(t.Context()); !errors.Is(err, bmc.ErrUnreachable) || !strings.Contains(err.Error(), "another QMP client") {
 		t.Fatalf("status while another client holds the socket: %v", err)
 	}
@@ -258,10 +252,7 @@ func TestQEMUBusySocket(t *testing.T) {
 }
 
 func TestQEMUGone(t *testing.T) {
-	d, err := bmc.Open("qmp://" + t.TempDir() + "/none.qmp")
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := qmp.New(t.TempDir()+"/none.qmp", 0)
 	if err := d.PowerOn(t.Context()); !errors.Is(err, bmc.ErrUnreachable) {
 		t.Fatalf("power on without QEMU: %v, want ErrUnreachable", err)
 	}

@@ -1,4 +1,4 @@
-package bmc
+package qmp
 
 import (
 	"bytes"
@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/anvil-metal/anvil/controller/bmc"
 )
 
 // Protocol tests against a fake QMP server on a real unix socket: the exact
@@ -163,21 +165,21 @@ func TestCommandBytes(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		answers map[string]string
-		op      func(context.Context, *QMP) error
+		op      func(context.Context, *BMC) error
 		want    string
 	}{
-		{"power off", nil, func(ctx context.Context, q *QMP) error { return q.PowerOff(ctx) },
+		{"power off", nil, func(ctx context.Context, q *BMC) error { return q.PowerOff(ctx) },
 			lines(caps, `{"execute":"stop",%s}`, `{"execute":"system_reset",%s}`)},
-		{"power on when off", map[string]string{"query-status": paused}, func(ctx context.Context, q *QMP) error { return q.PowerOn(ctx) },
+		{"power on when off", map[string]string{"query-status": paused}, func(ctx context.Context, q *BMC) error { return q.PowerOn(ctx) },
 			lines(caps, `{"execute":"query-status",%s}`, `{"execute":"system_reset",%s}`, `{"execute":"cont",%s}`)},
-		{"power on when on", map[string]string{"query-status": running}, func(ctx context.Context, q *QMP) error { return q.PowerOn(ctx) },
+		{"power on when on", map[string]string{"query-status": running}, func(ctx context.Context, q *BMC) error { return q.PowerOn(ctx) },
 			lines(caps, `{"execute":"query-status",%s}`)},
-		{"reset when on", map[string]string{"query-status": running}, func(ctx context.Context, q *QMP) error { return q.Reset(ctx) },
+		{"reset when on", map[string]string{"query-status": running}, func(ctx context.Context, q *BMC) error { return q.Reset(ctx) },
 			lines(caps, `{"execute":"system_reset",%s}`, `{"execute":"query-status",%s}`)},
-		{"reset when off", map[string]string{"query-status": paused}, func(ctx context.Context, q *QMP) error { return q.Reset(ctx) },
+		{"reset when off", map[string]string{"query-status": paused}, func(ctx context.Context, q *BMC) error { return q.Reset(ctx) },
 			lines(caps, `{"execute":"system_reset",%s}`, `{"execute":"query-status",%s}`, `{"execute":"cont",%s}`)},
 		{"status", map[string]string{"query-status": running, "qom-list": noDevs},
-			func(ctx context.Context, q *QMP) error { _, err := q.Status(ctx); return err },
+			func(ctx context.Context, q *BMC) error { _, err := q.Status(ctx); return err },
 			lines(caps, `{"execute":"query-status",%s}`, `{"execute":"query-block",%s}`,
 				`{"execute":"qom-list","arguments":{"path":"/machine/peripheral"},%s}`,
 				`{"execute":"qom-list","arguments":{"path":"/machine/peripheral-anon"},%s}`)},
@@ -188,7 +190,7 @@ func TestCommandBytes(t *testing.T) {
 			`qom-list {"path":"/machine/peripheral/disk0"}`:                       `[{"name": "drive", "type": "str"}, {"name": "bootindex", "type": "int32"}]`,
 			`qom-get {"path":"/machine/peripheral/net0","property":"bootindex"}`:  `1`,
 			`qom-get {"path":"/machine/peripheral/disk0","property":"bootindex"}`: `2`,
-		}, func(ctx context.Context, q *QMP) error { return q.SetNextBoot(ctx, BootDisk) },
+		}, func(ctx context.Context, q *BMC) error { return q.SetNextBoot(ctx, bmc.BootDisk) },
 			lines(caps, `{"execute":"query-block",%s}`,
 				`{"execute":"qom-list","arguments":{"path":"/machine/peripheral"},%s}`,
 				`{"execute":"qom-list","arguments":{"path":"/machine/peripheral/net0"},%s}`,
@@ -203,7 +205,7 @@ func TestCommandBytes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake(t, replies(tc.answers))
-			if err := tc.op(t.Context(), NewQMP(f.socket, 5*time.Second)); err != nil {
+			if err := tc.op(t.Context(), New(f.socket, 5*time.Second)); err != nil {
 				t.Fatal(err)
 			}
 			if got := f.received(); got != tc.want {
@@ -221,18 +223,18 @@ func TestUEFIBootOrderLeftAlone(t *testing.T) {
 	ovmf := map[string]string{"query-block": `[{"device": "", "qdev": "/machine/system.flash0"}, {"device": "", "qdev": "/machine/system.flash1"}]`, "query-status": running}
 	caps := `{"execute":"qmp_capabilities",%s}`
 	f := newFake(t, replies(ovmf))
-	q := NewQMP(f.socket, 5*time.Second)
-	if err := q.SetNextBoot(t.Context(), BootPXE); err != nil {
+	q := New(f.socket, 5*time.Second)
+	if err := q.SetNextBoot(t.Context(), bmc.BootPXE); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := f.received(), lines(caps, `{"execute":"query-block",%s}`); got != want {
 		t.Errorf("sent:\n%s\nwant:\n%s", got, want)
 	}
-	if err := q.SetNextBoot(t.Context(), BootDisk); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "BootNext") {
+	if err := q.SetNextBoot(t.Context(), bmc.BootDisk); !errors.Is(err, bmc.ErrRefused) || !strings.Contains(err.Error(), "BootNext") {
 		t.Errorf("next boot disk on UEFI: %v", err)
 	}
 	st, err := q.Status(t.Context())
-	if err != nil || st.NextBoot != BootUnspecified || !strings.Contains(st.Detail, "UEFI firmware: its BootOrder decides") {
+	if err != nil || st.NextBoot != bmc.BootUnspecified || !strings.Contains(st.Detail, "UEFI firmware: its BootOrder decides") {
 		t.Errorf("status %+v %v", st, err)
 	}
 }
@@ -240,20 +242,20 @@ func TestUEFIBootOrderLeftAlone(t *testing.T) {
 func TestStatusDecoding(t *testing.T) {
 	for _, tc := range []struct {
 		status string
-		want   PowerState
+		want   bmc.PowerState
 	}{
-		{"running", PowerOn}, {"suspended", PowerOn}, {"paused", PowerOff}, {"prelaunch", PowerOff},
-		{"shutdown", PowerOff}, {"guest-panicked", PowerOff}, {"internal-error", PowerOff},
+		{"running", bmc.PowerOn}, {"suspended", bmc.PowerOn}, {"paused", bmc.PowerOff}, {"prelaunch", bmc.PowerOff},
+		{"shutdown", bmc.PowerOff}, {"guest-panicked", bmc.PowerOff}, {"internal-error", bmc.PowerOff},
 	} {
 		f := newFake(t, replies(map[string]string{
 			"query-status": fmt.Sprintf(`{"status": %q, "running": %v}`, tc.status, tc.status == "running"),
 			"qom-list":     noDevs,
 		}))
-		st, err := NewQMP(f.socket, 5*time.Second).Status(t.Context())
+		st, err := New(f.socket, 5*time.Second).Status(t.Context())
 		if err != nil {
 			t.Fatalf("%s: %v", tc.status, err)
 		}
-		if st != (Status{Power: tc.want, NextBoot: BootUnspecified, Detail: tc.status}) {
+		if st != (bmc.Status{Power: tc.want, NextBoot: bmc.BootUnspecified, Detail: tc.status}) {
 			t.Errorf("%s: %+v, want %v", tc.status, st, tc.want)
 		}
 	}
@@ -264,9 +266,9 @@ func TestErrorReply(t *testing.T) {
 		"query-status": paused,
 		"cont":         `{"error": {"class": "GenericError", "desc": "Resetting the Virtual Machine is required"}}`,
 	}))
-	err := NewQMP(f.socket, 5*time.Second).PowerOn(t.Context())
+	err := New(f.socket, 5*time.Second).PowerOn(t.Context())
 	var ce *CommandError
-	if !errors.Is(err, ErrRefused) || !errors.As(err, &ce) || ce.Command != "cont" || ce.Class != "GenericError" {
+	if !errors.Is(err, bmc.ErrRefused) || !errors.As(err, &ce) || ce.Command != "cont" || ce.Class != "GenericError" {
 		t.Fatalf("error reply: %v, want a CommandError for cont", err)
 	}
 	for _, want := range []string{"power on via qmp://" + f.socket, "cont", "Resetting the Virtual Machine is required"} {
@@ -313,22 +315,22 @@ func TestBrokenPeers(t *testing.T) {
 		message string
 		timeout time.Duration
 	}{
-		{"no greeting", script(true), ErrUnreachable, "no answer within", 0},
-		{"closed before the greeting", func(p *peer) {}, ErrUnreachable, "connection closed", 0},
-		{"not a greeting", func(p *peer) { p.send(`{"return": {}}`); io.Copy(io.Discard, p.conn) }, ErrProtocol, "not a QMP greeting", 0},
-		{"garbage", func(p *peer) { p.send("\x00\xffnot json"); io.Copy(io.Discard, p.conn) }, ErrProtocol, "malformed", 0},
-		{"a JSON array", func(p *peer) { p.send(`[1,2]`); io.Copy(io.Discard, p.conn) }, ErrProtocol, "malformed", 0},
-		{"closed mid-command", script(false, ok, "<close>"), ErrUnreachable, "connection closed", 0},
-		{"closed mid-reply", script(false, ok, `{"return": {"status": "runn<close>`), ErrUnreachable, "connection closed", 0},
-		{"no reply", script(false, ok, "<hang>"), ErrUnreachable, "no answer within", 0},
-		{"wrong id", script(false, ok, `{"return": {}, "id": "other"}`), ErrProtocol, `carries id "other"`, 0},
-		{"missing id", script(false, ok, `{"return": {"status": "running"}}`), ErrProtocol, "carries id", 0},
-		{"neither return nor error", script(false, ok, `{"id": $ID}`), ErrProtocol, "neither return nor error", 0},
-		{"status of the wrong type", script(false, ok, `{"return": "running", "id": $ID}`), ErrProtocol, "reply to query-status", 0},
-		{"empty status", script(false, ok, `{"return": {}, "id": $ID}`), ErrProtocol, "no status", 0},
-		{"error without id", script(false, ok, `{"error": {"class": "GenericError", "desc": "JSON parse error"}}`), ErrRefused, "JSON parse error", 0},
-		{"capabilities refused", script(false, `{"error": {"class": "CommandNotFound", "desc": "nope"}, "id": $ID}`), ErrRefused, "qmp_capabilities", 0},
-		{"event of the wrong type", script(false, ok, `{"event": 7}`), ErrProtocol, "malformed", 0},
+		{"no greeting", script(true), bmc.ErrUnreachable, "no answer within", 0},
+		{"closed before the greeting", func(p *peer) {}, bmc.ErrUnreachable, "connection closed", 0},
+		{"not a greeting", func(p *peer) { p.send(`{"return": {}}`); io.Copy(io.Discard, p.conn) }, bmc.ErrProtocol, "not a QMP greeting", 0},
+		{"garbage", func(p *peer) { p.send("\x00\xffnot json"); io.Copy(io.Discard, p.conn) }, bmc.ErrProtocol, "malformed", 0},
+		{"a JSON array", func(p *peer) { p.send(`[1,2]`); io.Copy(io.Discard, p.conn) }, bmc.ErrProtocol, "malformed", 0},
+		{"closed mid-command", script(false, ok, "<close>"), bmc.ErrUnreachable, "connection closed", 0},
+		{"closed mid-reply", script(false, ok, `{"return": {"status": "runn<close>`), bmc.ErrUnreachable, "connection closed", 0},
+		{"no reply", script(false, ok, "<hang>"), bmc.ErrUnreachable, "no answer within", 0},
+		{"wrong id", script(false, ok, `{"return": {}, "id": "other"}`), bmc.ErrProtocol, `carries id "other"`, 0},
+		{"missing id", script(false, ok, `{"return": {"status": "running"}}`), bmc.ErrProtocol, "carries id", 0},
+		{"neither return nor error", script(false, ok, `{"id": $ID}`), bmc.ErrProtocol, "neither return nor error", 0},
+		{"status of the wrong type", script(false, ok, `{"return": "running", "id": $ID}`), bmc.ErrProtocol, "reply to query-status", 0},
+		{"empty status", script(false, ok, `{"return": {}, "id": $ID}`), bmc.ErrProtocol, "no status", 0},
+		{"error without id", script(false, ok, `{"error": {"class": "GenericError", "desc": "JSON parse error"}}`), bmc.ErrRefused, "JSON parse error", 0},
+		{"capabilities refused", script(false, `{"error": {"class": "CommandNotFound", "desc": "nope"}, "id": $ID}`), bmc.ErrRefused, "qmp_capabilities", 0},
+		{"event of the wrong type", script(false, ok, `{"event": 7}`), bmc.ErrProtocol, "malformed", 0},
 		{"endless message", func(p *peer) {
 			p.send(greeting)
 			p.recv()
@@ -339,12 +341,12 @@ func TestBrokenPeers(t *testing.T) {
 					return
 				}
 			}
-		}, ErrProtocol, "more than", 20 * time.Second},
+		}, bmc.ErrProtocol, "more than", 20 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake(t, tc.server)
 			timeout := cmp.Or(tc.timeout, 300*time.Millisecond)
-			_, err := NewQMP(f.socket, timeout).Status(t.Context())
+			_, err := New(f.socket, timeout).Status(t.Context())
 			if !errors.Is(err, tc.target) || !strings.Contains(err.Error(), tc.message) {
 				t.Fatalf("got %v, want %v containing %q", err, tc.target, tc.message)
 			}
@@ -362,16 +364,16 @@ func TestEventsBeforeTheGreeting(t *testing.T) {
 		p.send(`{"timestamp": {"seconds": 1796217863, "microseconds": 193180}, "event": "STOP"}` + "\r\n")
 		answer(p)
 	})
-	st, err := NewQMP(f.socket, 5*time.Second).Status(t.Context())
-	if err != nil || st.Power != PowerOff {
+	st, err := New(f.socket, 5*time.Second).Status(t.Context())
+	if err != nil || st.Power != bmc.PowerOff {
 		t.Fatalf("status after stale events: %+v, %v", st, err)
 	}
 }
 
 func TestNoRESETEvent(t *testing.T) {
 	f := newFake(t, script(false, `{"return": {}, "id": $ID}`, `{"return": {}, "id": $ID}`, `{"return": {}, "id": $ID}`))
-	err := NewQMP(f.socket, 300*time.Millisecond).PowerOff(t.Context())
-	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "RESET event") {
+	err := New(f.socket, 300*time.Millisecond).PowerOff(t.Context())
+	if !errors.Is(err, bmc.ErrUnreachable) || !strings.Contains(err.Error(), "RESET event") {
 		t.Fatalf("power off without a RESET event: %v", err)
 	}
 }
@@ -381,8 +383,8 @@ func TestCallerCancels(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	start := time.Now()
-	err := NewQMP(f.socket, time.Minute).PowerOff(ctx)
-	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnreachable) {
+	err := New(f.socket, time.Minute).PowerOff(ctx)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, bmc.ErrUnreachable) {
 		t.Fatalf("cancelled call: %v, want context.Canceled", err)
 	}
 	if d := time.Since(start); d > 10*time.Second {
@@ -397,25 +399,25 @@ func TestPlanBootOrder(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		devs  []bootDevice
-		want  BootDevice
+		want  bmc.BootDevice
 		steps []setStep
 		err   error
 	}{
-		{"already pxe first", []bootDevice{disk("d", 2), nic("n", 1)}, BootPXE, nil, nil},
-		{"swap to disk", []bootDevice{disk("d", 2), nic("n", 1)}, BootDisk,
+		{"already pxe first", []bootDevice{disk("d", 2), nic("n", 1)}, bmc.BootPXE, nil, nil},
+		{"swap to disk", []bootDevice{disk("d", 2), nic("n", 1)}, bmc.BootDisk,
 			[]setStep{{"d", 3}, {"n", 4}, {"d", 1}, {"n", 2}}, nil},
-		{"unset indexes get numbers", []bootDevice{disk("d", -1), nic("n", -1)}, BootPXE,
+		{"unset indexes get numbers", []bootDevice{disk("d", -1), nic("n", -1)}, bmc.BootPXE,
 			[]setStep{{"n", 3}, {"d", 4}, {"n", 1}, {"d", 2}}, nil},
-		{"temporary indexes above every current one", []bootDevice{disk("d", 7), nic("n", 9)}, BootPXE,
+		{"temporary indexes above every current one", []bootDevice{disk("d", 7), nic("n", 9)}, bmc.BootPXE,
 			[]setStep{{"n", 10}, {"d", 11}, {"n", 1}, {"d", 2}}, nil},
 		{"several of a kind keep their relative order, others go last", []bootDevice{
-			nic("n1", 4), nic("n2", 3), disk("d1", 1), disk("d2", -1), other("o", 2), other("x", -1)}, BootPXE,
+			nic("n1", 4), nic("n2", 3), disk("d1", 1), disk("d2", -1), other("o", 2), other("x", -1)}, bmc.BootPXE,
 			[]setStep{{"n2", 6}, {"n1", 7}, {"d1", 8}, {"d2", 9}, {"o", 10}, {"n2", 1}, {"n1", 2}, {"d1", 3}, {"d2", 4}, {"o", 5}}, nil},
-		{"only changed devices move", []bootDevice{disk("d", 1), nic("n", 3), other("o", 2)}, BootDisk,
+		{"only changed devices move", []bootDevice{disk("d", 1), nic("n", 3), other("o", 2)}, bmc.BootDisk,
 			[]setStep{{"n", 5}, {"o", 6}, {"n", 2}, {"o", 3}}, nil},
-		{"no nic", []bootDevice{disk("d", 1)}, BootPXE, nil, ErrRefused},
-		{"no disk", []bootDevice{nic("n", 1), other("o", 2)}, BootDisk, nil, ErrRefused},
-		{"no room", []bootDevice{disk("d", 1<<31-2), nic("n", 1)}, BootPXE, nil, ErrRefused},
+		{"no nic", []bootDevice{disk("d", 1)}, bmc.BootPXE, nil, bmc.ErrRefused},
+		{"no disk", []bootDevice{nic("n", 1), other("o", 2)}, bmc.BootDisk, nil, bmc.ErrRefused},
+		{"no room", []bootDevice{disk("d", 1<<31-2), nic("n", 1)}, bmc.BootPXE, nil, bmc.ErrRefused},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			steps, err := planBootOrder(tc.devs, tc.want)
@@ -454,48 +456,6 @@ func TestPlanBootOrder(t *testing.T) {
 	}
 }
 
-func TestParseAddress(t *testing.T) {
-	for _, tc := range []struct {
-		in, path string
-		err      error
-		msg      string
-	}{
-		{"qmp:///run/anvil/vm1.qmp", "/run/anvil/vm1.qmp", nil, ""},
-		{"qmp:/run/vm1.qmp", "/run/vm1.qmp", nil, ""},
-		{"QMP:///run/vm1.qmp", "/run/vm1.qmp", nil, ""},
-		{"qmp://localhost/run/vm1.qmp", "/run/vm1.qmp", nil, ""},
-		{"idrac://admin:secret@10.0.0.5", "", ErrUnsupported, `unsupported BMC type "idrac" in idrac://admin:xxxxx@10.0.0.5 (supported: qmp, ipmi, redfish, redfish+http)`},
-		{"redfish+https://10.0.0.5", "", ErrUnsupported, `"redfish+https"`},
-		{"amt://10.0.0.5", "", ErrUnsupported, `"amt"`},
-		{"/run/vm1.qmp", "", ErrInvalidAddress, "no type"},
-		{"qmp://host/run/vm1.qmp", "", ErrInvalidAddress, "local socket"},
-		{"qmp:relative/vm.qmp", "", ErrInvalidAddress, "local socket"},
-		{"qmp:///run/../etc/vm.qmp", "", ErrInvalidAddress, "absolute and clean"},
-		{"qmp:///run/vm.qmp?x=1", "", ErrInvalidAddress, "no query"},
-		{"qmp://%zz/x", "", ErrInvalidAddress, "invalid URL escape"},
-		{"ipmi://admin:se%zzcret@host", "", ErrInvalidAddress, "invalid"},
-		{"qmp://", "", ErrInvalidAddress, "absolute"},
-	} {
-		a, err := ParseAddress(tc.in)
-		if !errors.Is(err, tc.err) || (tc.msg != "" && !strings.Contains(fmt.Sprint(err), tc.msg)) {
-			t.Errorf("%q: error %v, want %v containing %q", tc.in, err, tc.err, tc.msg)
-			continue
-		}
-		if err == nil && (a.Path != tc.path || a.String() != "qmp://"+tc.path) {
-			t.Errorf("%q: %+v (%s), want path %s", tc.in, a, a, tc.path)
-		}
-		if err != nil && strings.Contains(err.Error(), "secret") || strings.Contains(fmt.Sprint(err), "cret") {
-			t.Errorf("%q: error shows the password: %v", tc.in, err)
-		}
-	}
-	if _, err := Open("idrac://10.0.0.5"); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("Open(idrac): %v, want ErrUnsupported", err)
-	}
-	if got := Redact("redfish://root:pw@bmc"); got != "redfish://root:xxxxx@bmc" {
-		t.Errorf("Redact = %q", got)
-	}
-}
-
 // FuzzSession feeds arbitrary server bytes after the greeting to every
 // operation: errors are fine, panics and hangs are not.
 func FuzzSession(f *testing.F) {
@@ -504,12 +464,12 @@ func FuzzSession(f *testing.F) {
 	f.Add([]byte(`{"return": {}, "id": "anvil-1"}{"event": "RESET"}{"error": {"class": "X"}, "id": "anvil-2"}`))
 	f.Add([]byte(`{"return": {}, "id": "anvil-1"}{"return": 1e400, "id": "anvil-2"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, op := range []func(context.Context, *QMP) error{
-			func(ctx context.Context, q *QMP) error { _, err := q.Status(ctx); return err },
-			func(ctx context.Context, q *QMP) error { return q.PowerOn(ctx) },
-			func(ctx context.Context, q *QMP) error { return q.SetNextBoot(ctx, BootDisk) },
+		for _, op := range []func(context.Context, *BMC) error{
+			func(ctx context.Context, q *BMC) error { _, err := q.Status(ctx); return err },
+			func(ctx context.Context, q *BMC) error { return q.PowerOn(ctx) },
+			func(ctx context.Context, q *BMC) error { return q.SetNextBoot(ctx, bmc.BootDisk) },
 		} {
-			q := &QMP{socket: "fuzz", timeout: time.Second, dial: func(context.Context) (net.Conn, error) {
+			q := &BMC{socket: "fuzz", timeout: time.Second, dial: func(context.Context) (net.Conn, error) {
 				client, server := net.Pipe()
 				go func() {
 					defer server.Close()
@@ -519,7 +479,7 @@ func FuzzSession(f *testing.F) {
 				}()
 				return client, nil
 			}}
-			if err := op(t.Context(), q); err != nil && !errors.Is(err, ErrUnreachable) && !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrRefused) {
+			if err := op(t.Context(), q); err != nil && !errors.Is(err, bmc.ErrUnreachable) && !errors.Is(err, bmc.ErrProtocol) && !errors.Is(err, bmc.ErrRefused) {
 				t.Fatalf("error outside the sentinels: %v", err)
 			}
 		}

@@ -33,13 +33,7 @@ var lldpFrame = []byte{
 func TestInventoryLLDP(t *testing.T) {
 	netnstest.RequireRoot(t)
 	ns := netnstest.New(t, "applldp")
-	for _, args := range [][]string{
-		{"link", "add", "eth0", "type", "veth", "peer", "name", "sw0"},
-		{"link", "add", "eth1", "type", "veth", "peer", "name", "sw1"},
-		{"link", "set", "eth0", "up"}, {"link", "set", "sw0", "up"}, {"link", "set", "eth1", "up"}, {"link", "set", "sw1", "up"},
-	} {
-		netnstest.Run(t, "", "ip", append([]string{"-n", ns.Name}, args...)...)
-	}
+	ns.Veth(t, [2]string{"eth0", "sw0"}, [2]string{"eth1", "sw1"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	nb := newNeighbors(400*time.Millisecond, slog.New(slog.DiscardHandler))

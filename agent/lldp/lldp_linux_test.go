@@ -20,13 +20,7 @@ func vethNS(t *testing.T) netnstest.NS {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	ns := netnstest.New(t, "lldp")
-	for _, args := range [][]string{
-		{"link", "add", "va", "type", "veth", "peer", "name", "vb"},
-		{"link", "add", "vc", "type", "veth", "peer", "name", "vd"},
-		{"link", "set", "va", "up"}, {"link", "set", "vb", "up"}, {"link", "set", "vc", "up"}, {"link", "set", "vd", "up"},
-	} {
-		netnstest.Run(t, "", "ip", append([]string{"-n", ns.Name}, args...)...)
-	}
+	ns.Veth(t, [2]string{"va", "vb"}, [2]string{"vc", "vd"})
 	return ns
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -27,15 +26,13 @@ type healthEntry struct {
 // BMC; entries of machines that are gone or have no BMC are dropped at
 // every sweep (prune).
 type bmcHealth struct {
-	mu sync.Mutex
-	m  map[string]healthEntry
+	perMachine[healthEntry]
 }
 
-// get returns the health of machine id's BMC at the stored address addr.
-func (b *bmcHealth) get(id, addr string) powerpolicy.Health {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	e, ok := b.m[id]
+// health returns the health of machine id's BMC at the stored address
+// addr.
+func (b *bmcHealth) health(id, addr string) powerpolicy.Health {
+	e, ok := b.get(id)
 	if !ok || e.addr != addr {
 		return powerpolicy.Health{}
 	}
@@ -46,40 +43,15 @@ func (b *bmcHealth) get(id, addr string) powerpolicy.Health {
 // BMC at addr; it returns the health before and whether the condition
 // changed.
 func (b *bmcHealth) observe(id, addr string, err error, now time.Time, bo powerpolicy.Backoff) (before powerpolicy.Health, changed bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.m == nil {
-		b.m = map[string]healthEntry{}
-	}
-	e, ok := b.m[id]
-	if !ok || e.addr != addr {
-		e = healthEntry{addr: addr}
-	}
-	before = e.h
-	e.h, changed = powerpolicy.Observe(e.h, err, now, bo)
-	if e.h == (powerpolicy.Health{}) {
-		delete(b.m, id)
-	} else {
-		b.m[id] = e
-	}
-	return before, changed
-}
-
-func (b *bmcHealth) forget(id string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.m, id)
-}
-
-// prune drops the entries of machines not in keep.
-func (b *bmcHealth) prune(keep map[string]bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for id := range b.m {
-		if !keep[id] {
-			delete(b.m, id)
+	b.update(id, func(e healthEntry, ok bool) (healthEntry, bool) {
+		if !ok || e.addr != addr {
+			e = healthEntry{addr: addr}
 		}
-	}
+		before = e.h
+		e.h, changed = powerpolicy.Observe(e.h, err, now, bo)
+		return e, e.h != (powerpolicy.Health{})
+	})
+	return before, changed
 }
 
 // backoff is how periodic calls to a failing BMC are spaced.

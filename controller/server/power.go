@@ -82,20 +82,14 @@ func (s *Server) power(ctx context.Context, req *anvilv1.PowerMachineRequest, ac
 	if _, ok := anvilv1.PowerAction_name[int32(action)]; !ok || action == anvilv1.PowerAction_POWER_ACTION_UNSPECIFIED {
 		return nil, status.Errorf(codes.InvalidArgument, "%s %s: unknown power action %v", what, id, action)
 	}
-	addr, err := s.bmcSeal.Open(m.BMC)
-	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "%s %s: the BMC address cannot be unsealed (was the controller's %s replaced?): %v; set it again", what, id, "keys/bmc.key", err)
+	var st bmc.Status
+	addr, err := s.onBMC(ctx, m, func(drv bmc.Driver) (err error) {
+		st, err = runPower(ctx, drv, action, next)
+		return err
+	})
+	if errors.Is(err, errUnsealable) {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s %s", what, err)
 	}
-	drv, err := s.openBMC(addr)
-	if err != nil {
-		return nil, bmcStatus(fmt.Errorf("%s %s: %w", what, id, err))
-	}
-	unlock, err := s.bmcLocks.lock(ctx, addr)
-	if err != nil {
-		return nil, toStatus(fmt.Errorf("%s %s: waiting for the BMC: %w", what, id, err))
-	}
-	st, err := runPower(ctx, drv, action, next)
-	unlock()
 	s.noteBMC(ctx, m, addr, err, actor)
 	if err != nil {
 		return nil, bmcStatus(scrubbedError{msg: fmt.Sprintf("%s %s: %s", what, id, scrub(err, addr)), err: err})

@@ -20,62 +20,34 @@ import (
 // one entry per machine with a BMC; entries of machines that are gone or
 // lost their BMC are dropped at every sweep.
 type recoveryCycles struct {
-	mu sync.Mutex
-	m  map[string]powerpolicy.Cycle
+	perMachine[powerpolicy.Cycle]
 }
 
-func (r *recoveryCycles) get(id string) powerpolicy.Cycle {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.m[id]
+// cycle returns machine id's watch (zero when none).
+func (r *recoveryCycles) cycle(id string) powerpolicy.Cycle {
+	c, _ := r.get(id)
+	return c
 }
 
 // swap sets machine id's watch to next if it is still old (an operator
 // may have acted while the sweep talked to the BMC); it reports whether it
 // did.
 func (r *recoveryCycles) swap(id string, old, next powerpolicy.Cycle) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.m[id] != old {
-		return false
-	}
-	if next == (powerpolicy.Cycle{}) {
-		delete(r.m, id)
-		return true
-	}
-	if r.m == nil {
-		r.m = map[string]powerpolicy.Cycle{}
-	}
-	r.m[id] = next
-	return true
+	done := false
+	r.update(id, func(c powerpolicy.Cycle, ok bool) (powerpolicy.Cycle, bool) {
+		if c != old {
+			return c, ok
+		}
+		done = true
+		return next, next != (powerpolicy.Cycle{})
+	})
+	return done
 }
 
 // arm begins a NoAgent watch of machine id at now: the controller just
 // reset it into PXE to get its agent.
 func (r *recoveryCycles) arm(id string, now time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.m == nil {
-		r.m = map[string]powerpolicy.Cycle{}
-	}
-	r.m[id] = powerpolicy.Cycle{Reason: powerpolicy.NoAgent, Since: now}
-}
-
-// forget ends machine id's watch (an operator acted).
-func (r *recoveryCycles) forget(id string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.m, id)
-}
-
-func (r *recoveryCycles) prune(keep map[string]bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for id := range r.m {
-		if !keep[id] {
-			delete(r.m, id)
-		}
-	}
+	r.set(id, powerpolicy.Cycle{Reason: powerpolicy.NoAgent, Since: now})
 }
 
 // limits are the recovery power cycles' bounds.
@@ -115,7 +87,7 @@ func (s *Server) RecoverMachines(ctx context.Context) (int, error) {
 		if m.BMC == "" {
 			continue
 		}
-		c := s.cycles.get(m.ID)
+		c := s.cycles.cycle(m.ID)
 		next, step := powerpolicy.Next(c, powerpolicy.Facts{Now: now, LastSeen: m.LastSeen, CrashLoop: m.Status.CrashLoop}, lim)
 		switch step {
 		case powerpolicy.Nothing:
@@ -123,7 +95,7 @@ func (s *Server) RecoverMachines(ctx context.Context) (int, error) {
 		case powerpolicy.GiveUp:
 			s.giveUp(ctx, m, c, next)
 		case powerpolicy.PowerCycle:
-			if !s.health.get(m.ID, m.BMC).MayAsk(now) {
+			if !s.health.health(m.ID, m.BMC).MayAsk(now) {
 				continue
 			}
 			wg.Go(func() {
@@ -214,29 +186,21 @@ func (s *Server) giveUp(ctx context.Context, m *store.Machine, c, next powerpoli
 // its BMC, under the BMC's lock; it returns the unsealed address ("" when
 // it cannot be unsealed) and the state afterwards.
 func (s *Server) powerCycle(ctx context.Context, m *store.Machine) (string, bmc.Status, error) {
-	addr, err := s.bmcSeal.Open(m.BMC)
-	if err != nil {
-		return "", bmc.Status{}, fmt.Errorf("unseal the BMC address of %s: %w", m.ID, err)
-	}
-	drv, err := s.openBMC(addr)
-	if err != nil {
-		return addr, bmc.Status{}, err
-	}
-	unlock, err := s.bmcLocks.lock(ctx, addr)
-	if err != nil {
-		return addr, bmc.Status{}, err
-	}
-	defer unlock()
-	if err := drv.SetNextBoot(ctx, bmc.BootPXE); err != nil {
-		return addr, bmc.Status{}, err
-	}
-	if err := drv.PowerOff(ctx); err != nil {
-		return addr, bmc.Status{}, err
-	}
-	if err := drv.PowerOn(ctx); err != nil {
-		return addr, bmc.Status{}, err
-	}
-	st, err := drv.Status(ctx)
+	var st bmc.Status
+	addr, err := s.onBMC(ctx, m, func(drv bmc.Driver) error {
+		if err := drv.SetNextBoot(ctx, bmc.BootPXE); err != nil {
+			return err
+		}
+		if err := drv.PowerOff(ctx); err != nil {
+			return err
+		}
+		if err := drv.PowerOn(ctx); err != nil {
+			return err
+		}
+		var err error
+		st, err = drv.Status(ctx)
+		return err
+	})
 	return addr, st, err
 }
 

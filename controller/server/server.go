@@ -260,7 +260,7 @@ type Server struct {
 	// checks holds what silent machines' BMCs said (CheckSilentMachines);
 	// health how each machine's BMC answered last (noteBMC); cycles the
 	// recovery watches (RecoverMachines).
-	checks powerChecks
+	checks perMachine[powerCheck]
 	health bmcHealth
 	cycles recoveryCycles
 }

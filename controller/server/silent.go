@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -16,29 +17,6 @@ import (
 type powerCheck struct {
 	power bmc.PowerState
 	at    time.Time
-}
-
-// powerChecks keeps the latest check per machine (derived facts: in
-// memory, refreshed by CheckSilentMachines).
-type powerChecks struct {
-	mu sync.Mutex
-	m  map[string]powerCheck
-}
-
-func (p *powerChecks) set(id string, c powerCheck) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.m == nil {
-		p.m = map[string]powerCheck{}
-	}
-	p.m[id] = c
-}
-
-func (p *powerChecks) get(id string) (powerCheck, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c, ok := p.m[id]
-	return c, ok
 }
 
 // silent reports whether a machine should be talking to the controller but
@@ -96,7 +74,7 @@ func (s *Server) CheckSilentMachines(ctx context.Context) (int, error) {
 	answered := 0
 	actor := controllerActor("checking the power state of a silent machine")
 	for _, m := range ms {
-		if m.BMC == "" || !silent(m, lifecycle.Derive(m.Status, m.LastSeen, now, s.cfg.Lifecycle)) || !s.health.get(m.ID, m.BMC).MayAsk(now) {
+		if m.BMC == "" || !silent(m, lifecycle.Derive(m.Status, m.LastSeen, now, s.cfg.Lifecycle)) || !s.health.health(m.ID, m.BMC).MayAsk(now) {
 			continue
 		}
 		wg.Go(func() {
@@ -117,23 +95,36 @@ func (s *Server) CheckSilentMachines(ctx context.Context) (int, error) {
 	return answered, ctx.Err()
 }
 
-// bmcStatus reads a machine's power state through its BMC, under the
-// BMC's lock; it returns the unsealed address ("" when it cannot be
-// unsealed).
-func (s *Server) bmcStatus(ctx context.Context, m *store.Machine) (string, bmc.Status, error) {
+// errUnsealable: a stored BMC address the controller's key cannot open.
+var errUnsealable = errors.New("the BMC address cannot be unsealed (was the controller's keys/bmc.key replaced?); set it again")
+
+// onBMC unseals m's BMC address, opens its driver and runs fn with it
+// under the BMC's lock (operations on one BMC are serialized: BMCs choke
+// on parallel sessions). It returns the unsealed address, "" when it
+// cannot be unsealed (the error then wraps errUnsealable).
+func (s *Server) onBMC(ctx context.Context, m *store.Machine, fn func(bmc.Driver) error) (string, error) {
 	addr, err := s.bmcSeal.Open(m.BMC)
 	if err != nil {
-		return "", bmc.Status{}, fmt.Errorf("unseal the BMC address of %s: %w", m.ID, err)
+		return "", fmt.Errorf("%s: %w (%v)", m.ID, errUnsealable, err)
 	}
 	drv, err := s.openBMC(addr)
 	if err != nil {
-		return addr, bmc.Status{}, err
+		return addr, err
 	}
 	unlock, err := s.bmcLocks.lock(ctx, addr)
 	if err != nil {
-		return addr, bmc.Status{}, err
+		return addr, fmt.Errorf("waiting for the BMC: %w", err)
 	}
 	defer unlock()
-	st, err := drv.Status(ctx)
+	return addr, fn(drv)
+}
+
+// bmcStatus reads a machine's power state through its BMC (onBMC).
+func (s *Server) bmcStatus(ctx context.Context, m *store.Machine) (string, bmc.Status, error) {
+	var st bmc.Status
+	addr, err := s.onBMC(ctx, m, func(drv bmc.Driver) (err error) {
+		st, err = drv.Status(ctx)
+		return err
+	})
 	return addr, st, err
 }

@@ -94,6 +94,18 @@ func (ns NS) Do(t testing.TB, fn func()) {
 	fn()
 }
 
+// Veth adds veth pairs to ns, each pair given as its two names, and
+// brings every end up.
+func (ns NS) Veth(t testing.TB, pairs ...[2]string) {
+	t.Helper()
+	for _, p := range pairs {
+		Run(t, "", "ip", "-n", ns.Name, "link", "add", p[0], "type", "veth", "peer", "name", p[1])
+		for _, end := range p {
+			Run(t, "", "ip", "-n", ns.Name, "link", "set", end, "up")
+		}
+	}
+}
+
 // Run runs a command with stdin and fails the test if it fails; it
 // returns the combined output.
 func Run(t testing.TB, stdin string, name string, args ...string) string {

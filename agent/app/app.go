@@ -64,10 +64,6 @@ type Config struct {
 	// DebugShell starts the initramfs's shell on the console (boot mode,
 	// anvil.debug=1 on the kernel command line).
 	DebugShell bool
-	// EnrollBMC: create an anvil user on the machine's BMC in-band and
-	// report it on Register (boot mode only: anvil.bmc_enroll=1, which the
-	// controller's boot script sets under its in-band policy).
-	EnrollBMC bool
 	// Console is the machine's console= arguments (boot mode: from the
 	// kernel command line): an installed system logs there too.
 	Console string
@@ -100,9 +96,6 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("mode %q: want host or boot", c.Mode))
-	}
-	if c.EnrollBMC && c.Mode != ModeBoot {
-		errs = append(errs, errors.New("BMC enrollment is for boot mode only: a host's BMC is not the agent's to change"))
 	}
 	if c.DebugShell && c.Mode != ModeBoot {
 		errs = append(errs, errors.New("the debug shell is for boot mode only"))
@@ -137,7 +130,6 @@ func (c Config) FromCmdline(p bootparams.Params) Config {
 		c.CAFingerprint = p.CAFingerprint
 	}
 	c.DebugShell = c.DebugShell || p.Debug
-	c.EnrollBMC = c.EnrollBMC || p.EnrollBMC
 	if c.Console == "" {
 		c.Console = strings.Join(p.Console, " ")
 	}
@@ -189,7 +181,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// machine's own BMC; a host's is left alone).
 	var bmcFound *inBandBMC
 	if cfg.Mode == ModeBoot {
-		bmcFound = findBMC(ctx, cfg.EnrollBMC, log)
+		bmcFound = findBMC(ctx, log)
 	}
 	var allow *disks.Allowlist
 	if cfg.Mode == ModeHost {
@@ -211,7 +203,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 			i.Product.Uuid = strings.ToLower(cfg.MachineUUID)
 		}
-		i.Bmc, _ = bmcFound.wait(ctx)
+		i.Bmc = bmcFound.wait(ctx)
 		return i, nil
 	}
 	zeroed := &executor.ZeroLedger{}
@@ -230,9 +222,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		BootToken:    cfg.BootToken,
 		AgentVersion: cfg.Version,
 		Inventory:    inv,
-		BMCCredential: func(ctx context.Context) *anvilv1.BMCCredential {
-			_, c := bmcFound.wait(ctx)
-			return c
+		EnrollBMC: func(ctx context.Context, c *anvilv1.BMCCredential) (string, error) {
+			if bmcFound == nil {
+				return "", errors.New("an agent in host mode leaves the host's BMC alone")
+			}
+			return bmcFound.enroll(ctx, c, log)
 		},
 		Executors: runner.Executors{
 			Wipe: &executor.Wipe{Allow: allow, Inventory: inv, Methods: executor.DefaultMethods(), Zeroed: zeroed, ProtectLabel: cfg.ProtectLabel},

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -11,13 +12,11 @@ import (
 )
 
 // inBandBMC is the machine's BMC as the agent found it in-band, once per
-// boot: a description for the inventory and, when the boot asked for it,
-// the credential it enrolled (sent on every Register of this boot, so a
-// registration retried or repeated carries the same password).
+// boot, for the inventory. The agent changes nothing on it unless the
+// controller asks (RegisterResponse.bmc_enrollment, enroll).
 type inBandBMC struct {
 	done chan struct{}
 	desc *anvilv1.BMC
-	cred *anvilv1.BMCCredential
 }
 
 // bmcDeviceWait is how long the agent waits for /dev/ipmi0 after the
@@ -25,37 +24,37 @@ type inBandBMC struct {
 // system interface, so a machine without a BMC costs no more than this).
 const bmcDeviceWait = 3 * time.Second
 
-// bmcBudget bounds the whole discovery and enrollment (every IPMI command
-// has its own timeout too): a BMC that hangs delays Register no longer.
+// bmcBudget bounds the description and, separately, an enrollment: a BMC
+// that hangs delays Register no longer (every IPMI command has its own
+// 5 s timeout, and the loops stop when the budget is spent).
 const bmcBudget = 30 * time.Second
 
-// findBMC starts looking for the in-band BMC in the background and, if
-// enroll, enrolls it.
-func findBMC(ctx context.Context, enroll bool, log *slog.Logger) *inBandBMC {
+// findBMC starts describing the in-band BMC in the background.
+func findBMC(ctx context.Context, log *slog.Logger) *inBandBMC {
 	b := &inBandBMC{done: make(chan struct{})}
 	go func() {
 		defer close(b.done)
 		ctx, cancel := context.WithTimeout(ctx, bmcBudget)
 		defer cancel()
-		b.desc, b.cred = discoverBMC(ctx, enroll, log)
+		b.desc = describeBMC(ctx, log)
 	}()
 	return b
 }
 
-// wait returns what findBMC found (nils when no BMC), waiting for it.
-func (b *inBandBMC) wait(ctx context.Context) (*anvilv1.BMC, *anvilv1.BMCCredential) {
+// wait returns what findBMC found (nil when no BMC), waiting for it.
+func (b *inBandBMC) wait(ctx context.Context) *anvilv1.BMC {
 	if b == nil {
-		return nil, nil
+		return nil
 	}
 	select {
 	case <-b.done:
-		return b.desc, b.cred
+		return b.desc
 	case <-ctx.Done():
-		return nil, nil
+		return nil
 	}
 }
 
-func discoverBMC(ctx context.Context, enroll bool, log *slog.Logger) (*anvilv1.BMC, *anvilv1.BMCCredential) {
+func describeBMC(ctx context.Context, log *slog.Logger) *anvilv1.BMC {
 	c, err := bmcenroll.Open(ctx, bmcDeviceWait)
 	if err != nil {
 		if errors.Is(err, bmcenroll.ErrNoDevice) {
@@ -63,29 +62,40 @@ func discoverBMC(ctx context.Context, enroll bool, log *slog.Logger) (*anvilv1.B
 		} else {
 			log.Warn("in-band BMC unusable", "err", err)
 		}
-		return nil, nil
+		return nil
 	}
 	defer c.Close(context.WithoutCancel(ctx)) //nolint:errcheck // closing the device file
 	desc, err := bmcenroll.Describe(ctx, c)
 	if err != nil {
 		log.Warn("in-band BMC: cannot read its LAN configuration", "err", err)
-		return &anvilv1.BMC{EnrollError: err.Error()}, nil
+		return &anvilv1.BMC{EnrollError: err.Error()}
 	}
 	log.Info("in-band BMC", "ip", desc.GetIp(), "mac", desc.GetMac(), "vlan", desc.GetVlan(), "firmware", desc.GetFirmware(), "channel", desc.GetChannel())
-	if !enroll {
-		return desc, nil
+	return desc
+}
+
+// enroll sets the user and password the controller chose on the BMC the
+// agent described, and says what it did (the runner reports it).
+func (b *inBandBMC) enroll(ctx context.Context, cred *anvilv1.BMCCredential, log *slog.Logger) (string, error) {
+	desc := b.wait(ctx)
+	if desc == nil || desc.GetChannel() == 0 {
+		return "", errors.New("this agent found no usable in-band BMC")
 	}
-	pw, err := bmcenroll.Password()
+	if cred.GetUser() != bmcenroll.User {
+		return "", fmt.Errorf("the controller asked for BMC user %q; the agent enrolls %q only", cred.GetUser(), bmcenroll.User)
+	}
+	ctx, cancel := context.WithTimeout(ctx, bmcBudget)
+	defer cancel()
+	c, err := bmcenroll.Open(ctx, bmcDeviceWait)
 	if err != nil {
-		desc.EnrollError = err.Error()
-		return desc, nil
+		return "", err
 	}
-	id, err := bmcenroll.Enroll(ctx, c, uint8(desc.GetChannel()), pw)
+	defer c.Close(context.WithoutCancel(ctx)) //nolint:errcheck // closing the device file
+	id, err := bmcenroll.Enroll(ctx, c, uint8(desc.GetChannel()), cred.GetPassword())
 	if err != nil {
 		log.Warn("in-band BMC enrollment failed", "err", err)
-		desc.EnrollError = err.Error()
-		return desc, nil
+		return "", err
 	}
 	log.Info("in-band BMC enrolled", "user", bmcenroll.User, "user_id", id)
-	return desc, &anvilv1.BMCCredential{User: bmcenroll.User, Password: pw, UserId: uint32(id)}
+	return fmt.Sprintf("BMC user %s (ID %d) set in-band at %s, channel %d", bmcenroll.User, id, desc.GetIp(), desc.GetChannel()), nil
 }

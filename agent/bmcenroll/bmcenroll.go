@@ -29,10 +29,8 @@ package bmcenroll
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"strings"
 
@@ -40,11 +38,12 @@ import (
 	"github.com/bougou/go-ipmi/pkg/command/transport"
 	"github.com/bougou/go-ipmi/pkg/types"
 
+	"github.com/anvil-metal/anvil/controller/bmc"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
 // User is the name of the BMC user anvil creates.
-const User = "anvil"
+const User = bmc.InBandUser
 
 // firstSlot is the first user ID enrollment may take (1 is the null user,
 // 2 the vendor's administrator).
@@ -129,6 +128,9 @@ func Describe(ctx context.Context, c Conn) (*anvilv1.BMC, error) {
 func lanChannel(ctx context.Context, c Conn) (uint8, error) {
 	var errs []error
 	for ch := uint8(1); ch <= 11; ch++ {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
 		info, err := c.GetChannelInfo(ctx, ch)
 		if err != nil {
 			// Channels that do not exist answer with an error
@@ -224,9 +226,13 @@ func slot(ctx context.Context, c Conn, ch uint8) (id uint8, isNew bool, err erro
 	if err != nil {
 		return 0, false, fmt.Errorf("BMC user count on channel %d: %w", ch, err)
 	}
-	max := acc.MaxUsersIDCount
+	// Bits 5:0 (IPMI §22.27); at most 63 users.
+	max := acc.MaxUsersIDCount & 0x3f
 	var free uint8
-	for i := uint8(firstSlot); i >= firstSlot && i <= max; i++ {
+	for i := uint8(firstSlot); i <= max; i++ {
+		if err := ctx.Err(); err != nil {
+			return 0, false, err
+		}
 		n, err := c.GetUsername(ctx, i)
 		name := ""
 		if err != nil {
@@ -248,28 +254,4 @@ func slot(ctx context.Context, c Conn, ch uint8) (id uint8, isNew bool, err erro
 		return 0, false, fmt.Errorf("%w (users %d to %d named)", ErrNoFreeSlot, firstSlot, max)
 	}
 	return free, true, nil
-}
-
-// passwordAlphabet avoids characters BMC web interfaces and URL parsers
-// trip on.
-const passwordAlphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
-
-// Password returns a fresh random password of 16 characters (about 93
-// bits) with at least one upper-case letter, one lower-case letter and one
-// digit, which BMCs with password rules ask for.
-func Password() (string, error) {
-	for {
-		b := make([]byte, 16)
-		for i := range b {
-			n, err := rand.Int(rand.Reader, big.NewInt(int64(len(passwordAlphabet))))
-			if err != nil {
-				return "", fmt.Errorf("random BMC password: %w", err)
-			}
-			b[i] = passwordAlphabet[n.Int64()]
-		}
-		p := string(b)
-		if strings.ContainsAny(p, "ABCDEFGHJKLMNPQRSTUVWXYZ") && strings.ContainsAny(p, "abcdefghijkmnopqrstuvwxyz") && strings.ContainsAny(p, "23456789") {
-			return p, nil
-		}
-	}
 }

@@ -12,6 +12,7 @@ import (
 	ipmi "github.com/bougou/go-ipmi/pkg/client"
 	"github.com/bougou/go-ipmi/pkg/types"
 
+	"github.com/anvil-metal/anvil/controller/bmc"
 	"github.com/anvil-metal/anvil/controller/bmc/ipmisim"
 )
 
@@ -66,10 +67,7 @@ func TestEnrollCreatesThenRotates(t *testing.T) {
 	s := ipmisim.Start(t)
 	adm := admin(t, s)
 	ctx := context.Background()
-	pw1, err := Password()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pw1 := testPassword(t)
 	id1, err := Enroll(ctx, adm, 1, pw1)
 	if err != nil {
 		t.Fatal(err)
@@ -81,10 +79,7 @@ func TestEnrollCreatesThenRotates(t *testing.T) {
 		t.Fatalf("log in as the enrolled user: %v", err)
 	}
 	// A second enrollment (a reinstall) rotates the password in place.
-	pw2, err := Password()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pw2 := testPassword(t)
 	if pw2 == pw1 {
 		t.Fatal("two passwords alike")
 	}
@@ -120,10 +115,7 @@ func TestEnrollNeverOverwritesAnotherUser(t *testing.T) {
 			t.Fatalf("name user %d: %v", i, err)
 		}
 	}
-	pw, err := Password()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pw := testPassword(t)
 	if _, err := Enroll(ctx, adm, 1, pw); !errors.Is(err, ErrNoFreeSlot) {
 		t.Fatalf("full BMC: %v, want ErrNoFreeSlot", err)
 	}
@@ -146,28 +138,6 @@ func TestEnrollRefusesBadPasswords(t *testing.T) {
 	}
 }
 
-func TestPassword(t *testing.T) {
-	seen := map[string]bool{}
-	for range 200 {
-		p, err := Password()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(p) != 16 || seen[p] {
-			t.Fatalf("password %q: length %d, seen before %v", p, len(p), seen[p])
-		}
-		seen[p] = true
-		if !strings.ContainsAny(p, "ABCDEFGHJKLMNPQRSTUVWXYZ") || !strings.ContainsAny(p, "abcdefghijkmnopqrstuvwxyz") || !strings.ContainsAny(p, "23456789") {
-			t.Fatalf("password %q lacks a character class", p)
-		}
-		for _, r := range p {
-			if !strings.ContainsRune(passwordAlphabet, r) {
-				t.Fatalf("password %q has %q outside the alphabet", p, r)
-			}
-		}
-	}
-}
-
 func TestWaitDevice(t *testing.T) {
 	dev := t.TempDir() + "/ipmi0"
 	if err := waitDevice(context.Background(), dev, 300*time.Millisecond); !errors.Is(err, ErrNoDevice) {
@@ -181,4 +151,14 @@ func TestWaitDevice(t *testing.T) {
 	if err := waitDevice(context.Background(), dev, 5*time.Second); err != nil {
 		t.Fatalf("device appearing after 150ms: %v", err)
 	}
+}
+
+// testPassword is a fresh password as the controller makes them.
+func testPassword(t *testing.T) string {
+	t.Helper()
+	p, err := bmc.NewPassword()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -26,9 +26,6 @@ type Params struct {
 	BootToken     string
 	CAFingerprint string
 	Debug         bool
-	// EnrollBMC: the controller asks the agent to enroll the machine's
-	// BMC in-band (anvil.bmc_enroll=1).
-	EnrollBMC bool
 	// Console is the machine's console= parameters, in order, as the
 	// controller's boot script gave them: the consoles an installed system
 	// should log to as well.
@@ -88,8 +85,6 @@ func Parse(cmdline string) (Params, error) {
 			p.CAFingerprint = v
 		case "anvil.debug":
 			p.Debug = truthy(v)
-		case "anvil.bmc_enroll":
-			p.EnrollBMC = truthy(v)
 		case "anvil.lldp_wait":
 			d, err := time.ParseDuration(v)
 			if err != nil || d < 0 {

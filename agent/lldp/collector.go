@@ -61,10 +61,22 @@ type port struct {
 	up        func() bool
 	heard     bool
 	neighbors map[msap]heard
+	// full: the last new neighbour was dropped (MaxNeighbors); logged once
+	// per spell.
+	full bool
 }
 
 // msap identifies a neighbour: its chassis and port (clause 6.5.2).
 type msap struct{ chassisSub, chassis, portSub, port string }
+
+// MaxNeighbors bounds the neighbours kept per interface (a port has one
+// switch): frames from new neighbours beyond it are dropped, so a flood of
+// forged LLDPDUs costs bounded memory and no inventory growth.
+// MaxManagementAddresses bounds the addresses kept per neighbour.
+const (
+	MaxNeighbors           = 8
+	MaxManagementAddresses = 8
+)
 
 type heard struct {
 	n  *anvilv1.LLDPNeighbor
@@ -115,11 +127,24 @@ func (c *Collector) record(iface string, n *anvilv1.LLDPNeighbor) {
 		return
 	}
 	_, known := p.neighbors[k]
-	if n.TtlSeconds == 0 {
+	full := false
+	switch {
+	case n.TtlSeconds == 0:
 		delete(p.neighbors, k)
-	} else {
+	case !known && len(p.neighbors) >= MaxNeighbors:
+		for mk, h := range p.neighbors {
+			if now.Sub(h.at) > time.Duration(h.n.TtlSeconds)*time.Second {
+				delete(p.neighbors, mk) // expired
+			}
+		}
+		if full = len(p.neighbors) >= MaxNeighbors; !full {
+			p.neighbors[k] = heard{n: n, at: now}
+		}
+	default:
 		p.neighbors[k] = heard{n: n, at: now}
 	}
+	logFull := full && !p.full
+	p.full = full
 	p.heard = true
 	if c.first.IsZero() {
 		c.first = now
@@ -128,6 +153,9 @@ func (c *Collector) record(iface string, n *anvilv1.LLDPNeighbor) {
 	c.change = make(chan struct{})
 	c.mu.Unlock()
 	switch {
+	case logFull:
+		c.log.Warn("LLDP neighbour table full: frames from further neighbours dropped", "interface", iface, "max", MaxNeighbors)
+	case full:
 	case n.TtlSeconds == 0 && known:
 		c.log.Info("LLDP neighbour left", "interface", iface, "chassis_id", n.ChassisId, "port_id", n.PortId)
 	case n.TtlSeconds > 0 && !known:

@@ -3,6 +3,8 @@ package lldp
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -167,4 +169,37 @@ func equal(a, b []*anvilv1.LLDPNeighbor) bool {
 		}
 	}
 	return true
+}
+
+// A flood of forged neighbours (one new chassis ID per frame) costs at
+// most MaxNeighbors entries; an expired one makes room again; a known
+// neighbour is still refreshed while the table is full.
+func TestNeighborsBounded(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	c := New(withClock(clock))
+	c.add("eth0", nil)
+	c.record("eth0", neighbor("switch", "p1", "leaf-1", 120))
+	c.record("eth0", neighbor("short", "p1", "gone soon", 5))
+	for i := range 10000 {
+		c.record("eth0", neighbor(fmt.Sprintf("forged-%d", i), "p", "x", 65535))
+	}
+	got := c.Neighbors("eth0")
+	if len(got) != MaxNeighbors {
+		t.Fatalf("%d neighbours after a flood, want the bound %d", len(got), MaxNeighbors)
+	}
+	if !slices.ContainsFunc(got, func(n *anvilv1.LLDPNeighbor) bool { return n.ChassisId == "switch" }) {
+		t.Error("the first (real) neighbour was pushed out by the flood")
+	}
+	c.record("eth0", neighbor("switch", "p1", "leaf-1 renamed", 120))
+	if !slices.ContainsFunc(c.Neighbors("eth0"), func(n *anvilv1.LLDPNeighbor) bool { return n.SystemName == "leaf-1 renamed" }) {
+		t.Error("a known neighbour is not refreshed while the table is full")
+	}
+	advance(6 * time.Second)
+	c.record("eth0", neighbor("late", "p1", "after expiry", 120))
+	if !slices.ContainsFunc(c.Neighbors("eth0"), func(n *anvilv1.LLDPNeighbor) bool { return n.ChassisId == "late" }) {
+		t.Error("an expired neighbour does not make room")
+	}
 }

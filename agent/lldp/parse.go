@@ -211,7 +211,9 @@ func decodeTLV(n *anvilv1.LLDPNeighbor, typ int, b []byte, seen map[int]bool) er
 		if err != nil {
 			return err
 		}
-		n.ManagementAddresses = append(n.ManagementAddresses, a)
+		if len(n.ManagementAddresses) < MaxManagementAddresses {
+			n.ManagementAddresses = append(n.ManagementAddresses, a)
+		}
 	case tlvOrgSpecific:
 		// Clause 8.6: OUI (3), subtype (1), up to 507 bytes.
 		if len(b) < 4 {

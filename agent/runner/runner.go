@@ -87,9 +87,11 @@ type Config struct {
 	AgentVersion string
 	// Inventory is collected before every registration.
 	Inventory func(ctx context.Context) (*anvilv1.Inventory, error)
-	// BMCCredential, when set, gives the in-band BMC credential to send
-	// with every registration (nil: none).
-	BMCCredential func(ctx context.Context) *anvilv1.BMCCredential
+	// EnrollBMC sets the BMC user the controller asked for
+	// (RegisterResponse.bmc_enrollment) on the machine's BMC in-band and
+	// says what it did; the runner reports the outcome as EVENT_TYPE_BMC.
+	// Nil: such a request is reported as failed.
+	EnrollBMC func(ctx context.Context, c *anvilv1.BMCCredential) (string, error)
 	Executors     Executors
 	// Backoff governs every retry (connect, register, report).
 	Backoff backoff.Policy
@@ -259,7 +261,7 @@ func (r *Runner) Run(ctx context.Context) error {
 // runOnce registers, then keeps a Wait stream and heartbeats until the
 // credential is refused or an executor asks for a restart/stop.
 func (r *Runner) runOnce(ctx context.Context) error {
-	hb, err := r.register(ctx)
+	hb, enroll, err := r.register(ctx)
 	if err != nil {
 		return err
 	}
@@ -267,6 +269,12 @@ func (r *Runner) runOnce(ctx context.Context) error {
 	defer cancel(nil)
 	work := make(chan *anvilv1.Instruction, 16)
 	var wg sync.WaitGroup
+	if enroll != nil {
+		// Beside the heartbeats: a slow BMC must not make the session look
+		// dead.
+		wg.Add(1)
+		go func() { defer wg.Done(); r.enrollBMC(ctx, enroll) }()
+	}
 	wg.Add(2)
 	go func() { defer wg.Done(); r.heartbeat(ctx, hb) }()
 	go func() {
@@ -296,7 +304,7 @@ func (r *Runner) runOnce(ctx context.Context) error {
 // registers with the machine credential it holds, if any (a boot token is
 // good for one registration), and with the boot token when it has none or
 // the controller no longer knows it.
-func (r *Runner) register(ctx context.Context) (time.Duration, error) {
+func (r *Runner) register(ctx context.Context) (time.Duration, *anvilv1.BMCCredential, error) {
 	for attempt := 0; ; attempt++ {
 		inv, err := r.cfg.Inventory(ctx)
 		if err == nil {
@@ -307,9 +315,6 @@ func (r *Runner) register(ctx context.Context) (time.Duration, error) {
 				tok = r.cfg.BootToken
 			}
 			req := &anvilv1.RegisterRequest{Inventory: inv, AgentVersion: r.cfg.AgentVersion}
-			if r.cfg.BMCCredential != nil {
-				req.BmcCredential = r.cfg.BMCCredential(ctx)
-			}
 			var resp *anvilv1.RegisterResponse
 			cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
 			resp, err = r.api.Register(cctx, req,
@@ -330,12 +335,12 @@ func (r *Runner) register(ctx context.Context) (time.Duration, error) {
 				if hb <= 0 {
 					hb = 10 * time.Second
 				}
-				return hb, nil
+				return hb, resp.GetBmcEnrollment(), nil
 			}
 		}
 		r.log.Warn("register failed; retrying", "err", err, "attempt", attempt)
 		if err := r.cfg.Backoff.Sleep(ctx, attempt); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
 }
@@ -508,6 +513,25 @@ func withdrawn(err error) error {
 		return nil
 	}
 	return err
+}
+
+// enrollBMC carries out the controller's in-band BMC enrollment and
+// reports its outcome. The controller keeps the previous credential until
+// the new one answers, so a failure here loses nothing; it is reported.
+func (r *Runner) enrollBMC(ctx context.Context, c *anvilv1.BMCCredential) {
+	msg, err := "", errors.New("this agent cannot enroll BMCs")
+	if r.cfg.EnrollBMC != nil {
+		msg, err = r.cfg.EnrollBMC(ctx, c)
+	}
+	if err != nil {
+		msg = "in-band BMC enrollment failed: " + err.Error()
+	}
+	if len(msg) > anvilv1.MaxMessageBytes {
+		msg = msg[:anvilv1.MaxMessageBytes]
+	}
+	if err := r.report(ctx, "", anvilv1.EventType_EVENT_TYPE_BMC, msg, nil); err != nil && ctx.Err() == nil {
+		r.log.Warn("reporting the BMC enrollment", "err", err)
+	}
 }
 
 // report sends one event, retrying transient failures with backoff. It

@@ -42,14 +42,14 @@ type script struct {
 	refuse    func(tok string) bool
 	// waitUnauth ends the n-th Wait stream at once with Unauthenticated.
 	waitUnauth func(n int) bool
-	// regBMC are the BMC credentials Register was called with.
-	regBMC []*anvilv1.BMCCredential
+	// enroll, when set, is the BMC enrollment the n-th registration's
+	// answer carries.
+	enroll func(n int) *anvilv1.BMCCredential
 }
 
-func (s *script) Register(ctx context.Context, req *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
+func (s *script) Register(ctx context.Context, _ *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.regBMC = append(s.regBMC, req.GetBmcCredential())
 	md, _ := metadata.FromIncomingContext(ctx)
 	tok := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer ")
 	s.regTokens = append(s.regTokens, tok)
@@ -57,7 +57,11 @@ func (s *script) Register(ctx context.Context, req *anvilv1.RegisterRequest) (*a
 		return nil, status.Error(codes.Unauthenticated, "unknown credential")
 	}
 	s.regs++
-	return &anvilv1.RegisterResponse{MachineId: "m1", Credential: fmt.Sprintf("cred-%d", s.regs)}, nil
+	resp := &anvilv1.RegisterResponse{MachineId: "m1", Credential: fmt.Sprintf("cred-%d", s.regs)}
+	if s.enroll != nil {
+		resp.BmcEnrollment = s.enroll(s.regs)
+	}
+	return resp, nil
 }
 
 func (s *script) Wait(_ *anvilv1.WaitRequest, st anvilv1.AgentService_WaitServer) error {
@@ -383,23 +387,48 @@ func TestShortSessionsBackOff(t *testing.T) {
 	}
 }
 
-// The in-band BMC credential goes with every registration of the boot,
-// the first (boot token) and those after a lost session (credential).
-func TestRegisterCarriesTheBMCCredential(t *testing.T) {
-	s := &script{perWait: func(int) []*anvilv1.Instruction { return nil }, waitUnauth: func(n int) bool { return n < 3 }}
-	cred := &anvilv1.BMCCredential{User: "anvil", Password: "Pw0123456789abcd", UserId: 3}
-	start(t, s, Executors{}, func(c *Config) {
-		c.BMCCredential = func(context.Context) *anvilv1.BMCCredential { return cred }
-	})
-	eventually(t, "3 streams", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.streams >= 3 })
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.regBMC) < 3 {
-		t.Fatalf("%d registrations, want 3 (two sessions lost)", len(s.regBMC))
-	}
-	for i, c := range s.regBMC {
-		if c.GetUser() != "anvil" || c.GetPassword() != cred.Password || c.GetUserId() != 3 {
-			t.Errorf("registration %d carried %v", i+1, c)
-		}
+// The BMC enrollment a registration's answer asks for is carried out once
+// (not again on later registrations that do not ask) and its outcome is
+// reported as a BMC event; a failure is reported as such.
+func TestBMCEnrollmentIsCarriedOutAndReported(t *testing.T) {
+	cred := &anvilv1.BMCCredential{User: "anvil", Password: "Pw0123456789abcd"}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"success", nil, "BMC user anvil (ID 3) set"},
+		{"failure", errors.New("no free slot"), "in-band BMC enrollment failed: no free slot"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &script{perWait: func(int) []*anvilv1.Instruction { return nil }, waitUnauth: func(n int) bool { return n < 2 },
+				enroll: func(n int) *anvilv1.BMCCredential {
+					if n == 1 {
+						return cred
+					}
+					return nil
+				}}
+			var mu sync.Mutex
+			var got []*anvilv1.BMCCredential
+			start(t, s, Executors{}, func(c *Config) {
+				c.EnrollBMC = func(_ context.Context, c *anvilv1.BMCCredential) (string, error) {
+					mu.Lock()
+					defer mu.Unlock()
+					got = append(got, c)
+					return "BMC user anvil (ID 3) set", tc.err
+				}
+			})
+			eventually(t, "the BMC report", func() bool { return len(s.got()) >= 1 })
+			eventually(t, "a second session", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.streams >= 2 })
+			mu.Lock()
+			defer mu.Unlock()
+			if len(got) != 1 || got[0].GetPassword() != cred.GetPassword() {
+				t.Errorf("enrollments carried out: %v, want the one asked for, once", got)
+			}
+			r := s.got()[0]
+			if r.GetType() != anvilv1.EventType_EVENT_TYPE_BMC || r.GetMessage() != tc.want || r.GetInstructionId() != "" {
+				t.Errorf("report %v, want a BMC event %q", r, tc.want)
+			}
+		})
 	}
 }

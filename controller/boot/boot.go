@@ -45,10 +45,6 @@ type Machines interface {
 	// MintBootToken returns a short-lived, single-use boot token bound to
 	// the UUID, the MAC and the client address.
 	MintBootToken(uuid, mac, addr string) (string, error)
-	// EnrollBMC says whether the agent booting for m (nil: an unknown
-	// machine) is to enroll the machine's BMC in-band (kernel parameter
-	// anvil.bmc_enroll=1).
-	EnrollBMC(m *store.Machine) bool
 	// PhoneHome verifies an installed system's token and records that it
 	// booted; it returns the machine id.
 	PhoneHome(ctx context.Context, token, msg string) (string, error)

@@ -38,8 +38,6 @@ func (f *installedMachines) ObserveBoot(o bootobs.Observation) {
 	f.obs = append(f.obs, o)
 }
 
-func (f *installedMachines) EnrollBMC(*store.Machine) bool { return false }
-
 func (f *installedMachines) MintBootToken(string, string, string) (string, error) {
 	return "", errors.New("an installed machine gets no boot token")
 }

@@ -113,7 +113,7 @@ func (s *Service) script(w http.ResponseWriter, r *http.Request) {
 		if bound == "" && m != nil {
 			bound = m.UUID // found by MAC: the token is the known machine's
 		}
-		body, err = s.netboot(bound, mac, client, scriptURL, d, s.m.EnrollBMC(m))
+		body, err = s.netboot(bound, mac, client, scriptURL, d)
 	}
 	if err != nil {
 		s.fail(w, r, http.StatusInternalServerError, err)
@@ -150,16 +150,12 @@ func machineQuery(uuid, mac, plat string) url.Values {
 	return q
 }
 
-func (s *Service) netboot(uuid, mac, client, scriptURL string, d Decision, enrollBMC bool) (string, error) {
+func (s *Service) netboot(uuid, mac, client, scriptURL string, d Decision) (string, error) {
 	tok, err := s.m.MintBootToken(uuid, mac, client)
 	if err != nil {
 		return "", fmt.Errorf("boot token: %w", err)
 	}
-	extra := s.cfg.KernelArgs
-	if enrollBMC {
-		extra = EnrollBMCArg + " " + extra
-	}
-	cmdline, err := Cmdline(s.cfg.AgentController, s.cfg.CAFingerprint, tok, extra)
+	cmdline, err := Cmdline(s.cfg.AgentController, s.cfg.CAFingerprint, tok, s.cfg.KernelArgs)
 	if err != nil {
 		return "", err
 	}

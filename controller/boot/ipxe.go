@@ -115,10 +115,6 @@ type Netboot struct {
 	Cmdline string
 }
 
-// EnrollBMCArg asks the agent to enroll the machine's BMC in-band
-// (agent/bootparams reads it).
-const EnrollBMCArg = "anvil.bmc_enroll=1"
-
 // Cmdline is the agent's kernel command line: the controller it registers
 // with, the CA fingerprint it pins, its boot token, then extra arguments
 // (console=..., anvil.debug=1).

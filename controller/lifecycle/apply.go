@@ -147,7 +147,10 @@ func step(s *Status, e *anvilv1.Event, t time.Time) bool {
 			s.State = stPXEBooting
 		}
 	case evRegistering, evHeld:
-		if s.State != stPXEBooting {
+		// A held registration is an untrusted claim: anyone on the boot
+		// network can make one for any machine, so it starts no boot cycle
+		// (and cannot make a machine look crash-looping).
+		if s.State != stPXEBooting && e.GetType() == evRegistering {
 			s.startCycle()
 		}
 		s.State = stRegistering

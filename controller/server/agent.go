@@ -65,8 +65,9 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 	}
 	var id string
 	var refused error
+	var enroll *anvilv1.BMCCredential
 	err = a.commit(ctx, func(tx store.Tx, fx *effects) error {
-		refused = nil
+		refused, enroll = nil, nil
 		m, err := tx.GetMachineByUUID(ctx, uuid)
 		known := err == nil
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -129,7 +130,8 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 			if err := a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_HELD, msg)); err != nil {
 				return err
 			}
-			return a.takeBMC(ctx, tx, fx, m, req)
+			_, err := a.enrollBMC(ctx, tx, fx, m, inv, reg.kind) // says why not
+			return err
 		}
 		if err := a.setInventory(ctx, tx, m, inv); err != nil {
 			return err
@@ -138,7 +140,7 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 		if err := a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg)); err != nil {
 			return err
 		}
-		if err := a.takeBMC(ctx, tx, fx, m, req); err != nil {
+		if enroll, err = a.enrollBMC(ctx, tx, fx, m, inv, reg.kind); err != nil {
 			return err
 		}
 		return a.resume(ctx, tx, fx, m, before)
@@ -149,37 +151,50 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))
 	}
-	return &anvilv1.RegisterResponse{MachineId: id, Credential: cred, HeartbeatInterval: durationpb.New(a.cfg.HeartbeatInterval)}, nil
+	return &anvilv1.RegisterResponse{MachineId: id, Credential: cred, HeartbeatInterval: durationpb.New(a.cfg.HeartbeatInterval), BmcEnrollment: enroll}, nil
 }
 
-// takeBMC stores the BMC credential an agent enrolled in-band, when
-// trust.DecideBMC allows it, as the machine's BMC (sealed); either way a
-// BMC event says what became of it. A registration without one changes
-// nothing. The credential never appears in an event or a log.
-func (a *agentAPI) takeBMC(ctx context.Context, tx store.Tx, fx *effects, m *store.Machine, req *anvilv1.RegisterRequest) error {
-	c := req.GetBmcCredential()
-	if c == nil {
-		return nil
+// enrollBMC decides whether this registration's agent enrolls the
+// machine's BMC in-band (trust.DecideBMC). If so, it makes a password,
+// stores the new address (sealed) as the machine's BMC at once, keeping the
+// previous in-band address as a fallback until the new one answers
+// (onBMC), and returns the credential for the agent; an enrollment that
+// never reaches the BMC thus loses nothing. Refusals an operator should see
+// are a BMC event. Neither the password nor the address with it appears in
+// an event or a log.
+func (a *agentAPI) enrollBMC(ctx context.Context, tx store.Tx, fx *effects, m *store.Machine, inv *anvilv1.Inventory, kind trust.Kind) (*anvilv1.BMCCredential, error) {
+	ib := inv.GetBmc()
+	v := trust.DecideBMC(trust.BMCReport{Found: ib != nil && ib.GetChannel() != 0, FreshBoot: kind != trust.Credential, Held: m.Trust.Held,
+		OperatorSet: m.BMC != "" && !m.Trust.BMCInBand, IP: ib.GetIp()}, a.cfg.BMCEnroll)
+	if !v.Enroll {
+		if v.Tell {
+			return nil, a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC,
+				fmt.Sprintf("in-band BMC at %q not enrolled: %s", ib.GetIp(), v.Reason)))
+		}
+		return nil, nil
 	}
-	ip := req.GetInventory().GetBmc().GetIp()
-	v := trust.DecideBMC(trust.BMCReport{Held: m.Trust.Held, OperatorSet: m.BMC != "" && !m.Trust.BMCInBand,
-		IP: ip, User: c.GetUser(), Password: c.GetPassword()}, a.cfg.BMCEnroll)
-	if !v.Store {
-		return a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC,
-			fmt.Sprintf("in-band BMC enrollment (user %q at %s) not stored: %s", c.GetUser(), orUnknown(ip), v.Reason)))
-	}
-	parsed, err := bmc.ParseAddress(v.Address)
+	pw, err := bmc.NewPassword()
 	if err != nil {
-		return a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC,
-			fmt.Sprintf("in-band BMC enrollment at %s not stored: %v", ip, err)))
+		return nil, err
 	}
-	sealed, err := a.bmcSeal.Seal(parsed.Full())
+	addr := trust.InBandAddress(bmc.InBandUser, pw, ib.GetIp())
+	sealed, err := a.bmcSeal.Seal(addr)
 	if err != nil {
-		return fmt.Errorf("seal the in-band BMC credential: %w", err)
+		return nil, fmt.Errorf("seal the in-band BMC credential: %w", err)
 	}
-	m.BMC, m.Trust.BMCInBand = sealed, true
-	return a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC,
-		fmt.Sprintf("BMC %s %s (user ID %d); the controller powers the machine through it", bmc.Redact(parsed.Full()), v.Reason, c.GetUserId())))
+	previous := ""
+	if m.Trust.BMCInBand {
+		previous = m.BMC // what the BMC's password is until the agent sets the new one
+	}
+	m.BMC, m.Trust.BMCInBand, m.Trust.BMCPrevious = sealed, true, previous
+	msg := fmt.Sprintf("BMC %s %s: the agent sets a new password for user %s", bmc.Redact(addr), v.Reason, bmc.InBandUser)
+	if previous != "" {
+		msg += "; the previous one stays as a fallback until the new one answers"
+	}
+	if err := a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC, msg)); err != nil {
+		return nil, err
+	}
+	return &anvilv1.BMCCredential{User: bmc.InBandUser, Password: pw}, nil
 }
 
 // checkRegistrar checks what a registration's token is bound to against

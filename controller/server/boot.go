@@ -13,7 +13,6 @@ import (
 
 	"github.com/anvil-metal/anvil/controller/bootobs"
 	"github.com/anvil-metal/anvil/controller/store"
-	"github.com/anvil-metal/anvil/controller/trust"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -61,16 +60,6 @@ func (s *Server) ObserveBoot(o bootobs.Observation) {
 		o.Time = s.now()
 	}
 	s.bootObs.Add(o)
-}
-
-// EnrollBMC says whether the agent booting for m (nil when unknown) is to
-// enroll its BMC in-band (trust.AskBMCEnrollment under the configured
-// policy).
-func (s *Server) EnrollBMC(m *store.Machine) bool {
-	if m == nil {
-		return trust.AskBMCEnrollment(s.cfg.BMCEnroll, false, false, false)
-	}
-	return trust.AskBMCEnrollment(s.cfg.BMCEnroll, true, m.BMC != "", m.Trust.BMCInBand)
 }
 
 // BootLookup finds the machine a network boot request comes from: by

@@ -38,7 +38,7 @@ func (a *machineAPI) SetMachineBMC(ctx context.Context, req *anvilv1.SetMachineB
 			return err
 		}
 		m.BMC = addr
-		m.Trust.BMCInBand = false // the operator's address wins over an in-band one
+		m.Trust.BMCInBand, m.Trust.BMCPrevious = false, "" // the operator's address wins over an in-band one
 		out = m
 		return tx.UpdateMachine(ctx, m)
 	})

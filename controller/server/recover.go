@@ -88,7 +88,12 @@ func (s *Server) RecoverMachines(ctx context.Context) (int, error) {
 			continue
 		}
 		c := s.cycles.cycle(m.ID)
-		next, step := powerpolicy.Next(c, powerpolicy.Facts{Now: now, LastSeen: m.LastSeen, CrashLoop: m.Status.CrashLoop}, lim)
+		// A machine running its installed system is never power-cycled
+		// for a crash loop: registrations that did not come from it (a
+		// spoofer's) are what made it look like one, and its boots go to
+		// its disk anyway.
+		crashLoop := m.Status.CrashLoop && !(m.Allocation != nil && m.Status.Installed)
+		next, step := powerpolicy.Next(c, powerpolicy.Facts{Now: now, LastSeen: m.LastSeen, CrashLoop: crashLoop}, lim)
 		switch step {
 		case powerpolicy.Nothing:
 			s.cycles.swap(m.ID, c, next)
@@ -153,7 +158,12 @@ func (s *Server) recoveryCycle(ctx context.Context, m *store.Machine, c, next po
 		// and the boot that follows is one the controller caused.
 		m.CredentialHash = nil
 		fx.notify = append(fx.notify, m.ID)
-		s.expectBoot(m, fmt.Sprintf("recovery power cycle %d", next.Attempts))
+		if c.Reason == powerpolicy.NoAgent {
+			// The boot the free or reinstall asked for, again. A crash
+			// loop's power cycle opens no trusted-boot window: the
+			// registrations that looped may not have been the machine's.
+			s.expectBoot(m, fmt.Sprintf("recovery power cycle %d", next.Attempts))
+		}
 	}, ev)
 	if err != nil {
 		s.log.Warn("recording a recovery power cycle", "machine", m.ID, "err", err)

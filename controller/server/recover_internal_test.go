@@ -15,6 +15,7 @@ import (
 
 	"github.com/anvil-metal/anvil/controller/bmc"
 	"github.com/anvil-metal/anvil/controller/bmc/ipmisim"
+	"github.com/anvil-metal/anvil/controller/store"
 	"github.com/anvil-metal/anvil/controller/store/sqlstore"
 	"github.com/anvil-metal/anvil/controller/trust"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
@@ -382,5 +383,42 @@ func TestRecoveryLeavesARefusingBMCAlone(t *testing.T) {
 	}
 	if len(evs) != 1 || evs[0].GetActor() != "controller (no agent 10 min after reset into PXE, attempt 1/3)" || !strings.Contains(evs[0].GetMessage(), "refused the credentials") {
 		t.Fatalf("BMC events %v: want one refusal by the recovery sweep", evs)
+	}
+}
+
+// A machine running its installed system is never power-cycled for a
+// crash loop: registrations that are not its own (anyone on the boot
+// network can make them) are what makes it look like one.
+func TestInstalledMachineIsNotPowerCycledForACrashLoop(t *testing.T) {
+	e := newPowerEnv(t, nil)
+	const id = "00000000-0000-4000-8000-0000000000c7"
+	e.register(t, id)
+	sim := ipmisim.Start(t)
+	e.setBMC(t, id, sim.Address(ipmisim.User, ipmisim.Password))
+	if err := e.s.commit(t.Context(), func(tx store.Tx, _ *effects) error {
+		m, err := tx.GetMachine(t.Context(), id)
+		if err != nil {
+			return err
+		}
+		m.Allocation = &anvilv1.Allocation{ImageId: "img", Hostname: "web-1"}
+		m.Status.Allocated, m.Status.Installed = true, true
+		m.Status.State = anvilv1.MachineState_MACHINE_STATE_PROVISIONED
+		m.Status.IncompleteCycles, m.Status.CrashLoop = 5, true
+		return tx.UpdateMachine(t.Context(), m)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for minute := 0; minute <= 300; minute += 5 {
+		e.clock.set(epoch.Add(time.Duration(minute) * time.Minute))
+		n, err := e.s.RecoverMachines(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Fatalf("minute %d: %d power cycles of a provisioned machine", minute, n)
+		}
+	}
+	if got := sim.Log(t); got != "" {
+		t.Errorf("the BMC carried out %q", got)
 	}
 }

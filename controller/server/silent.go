@@ -11,6 +11,7 @@ import (
 	"github.com/anvil-metal/anvil/controller/lifecycle"
 	"github.com/anvil-metal/anvil/controller/store"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // powerCheck is what a machine's BMC said when its agent was silent.
@@ -102,10 +103,55 @@ var errUnsealable = errors.New("the BMC address cannot be unsealed (was the cont
 // under the BMC's lock (operations on one BMC are serialized: BMCs choke
 // on parallel sessions). It returns the unsealed address, "" when it
 // cannot be unsealed (the error then wraps errUnsealable).
+//
+// A machine whose in-band BMC password was just changed keeps its previous
+// address (Trust.BMCPrevious) until one of them answers: when the BMC
+// refuses the new credentials, fn runs again with the previous ones (a
+// refused login changed nothing), and the one that answers becomes the
+// machine's only BMC address.
 func (s *Server) onBMC(ctx context.Context, m *store.Machine, fn func(bmc.Driver) error) (string, error) {
-	addr, err := s.bmcSeal.Open(m.BMC)
+	addr, err := s.onBMCAt(ctx, m.ID, m.BMC, fn)
+	switch {
+	case m.Trust.BMCPrevious == "":
+	case err == nil:
+		s.settleBMC(ctx, m.ID, m.BMC, m.BMC)
+	case errors.Is(err, bmc.ErrAuth):
+		prev, perr := s.onBMCAt(ctx, m.ID, m.Trust.BMCPrevious, fn)
+		if perr == nil {
+			s.settleBMC(ctx, m.ID, m.BMC, m.Trust.BMCPrevious)
+			return prev, nil
+		}
+	}
+	return addr, err
+}
+
+// settleBMC makes keep machine id's only BMC address if its address is
+// still stored (an operator or a new enrollment may have changed it
+// meanwhile), with a BMC event when the new in-band credential never
+// reached the BMC.
+func (s *Server) settleBMC(ctx context.Context, id, stored, keep string) {
+	err := s.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, err := tx.GetMachine(ctx, id)
+		if err != nil || m.BMC != stored || m.Trust.BMCPrevious == "" {
+			return err
+		}
+		m.BMC, m.Trust.BMCPrevious = keep, ""
+		if keep == stored {
+			return tx.UpdateMachine(ctx, m)
+		}
+		return s.record(ctx, tx, fx, m, false, &anvilv1.Event{Time: timestamppb.New(s.now()), Type: anvilv1.EventType_EVENT_TYPE_BMC,
+			Actor: controllerActor("in-band enrollment"), Message: "the BMC refused the new in-band password (the agent did not set it) and took the previous one: the controller keeps using that"})
+	})
 	if err != nil {
-		return "", fmt.Errorf("%s: %w (%v)", m.ID, errUnsealable, err)
+		s.log.Warn("settling the BMC credential", "machine", id, "err", err)
+	}
+}
+
+// onBMCAt runs fn on the BMC at the sealed address stored.
+func (s *Server) onBMCAt(ctx context.Context, id, stored string, fn func(bmc.Driver) error) (string, error) {
+	addr, err := s.bmcSeal.Open(stored)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w (%v)", id, errUnsealable, err)
 	}
 	drv, err := s.openBMC(addr)
 	if err != nil {

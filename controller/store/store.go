@@ -86,6 +86,11 @@ type Trust struct {
 	// BMCInBand: the machine's BMC address (Machine.BMC) is the one its
 	// agent enrolled in-band, not one an operator set.
 	BMCInBand bool `json:"bmc_in_band,omitempty"`
+	// BMCPrevious is the machine's previous in-band BMC address (sealed)
+	// while a new in-band password may not have reached the BMC: the
+	// controller falls back to it when the new one is refused, and drops
+	// it once either answers.
+	BMCPrevious string `json:"bmc_previous,omitempty"`
 }
 
 // MachineFilter selects machines; zero fields match everything.

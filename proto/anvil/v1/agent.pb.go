@@ -23,15 +23,9 @@ const (
 )
 
 type RegisterRequest struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Inventory    *Inventory             `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
-	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	// The BMC user the agent created or updated in-band (only when the boot
-	// told it to enroll the BMC: kernel parameter anvil.bmc_enroll=1), for
-	// the controller to power the machine with. Its address is
-	// inventory.bmc. Sent only over the authenticated, encrypted Register;
-	// stored sealed; never shown.
-	BmcCredential *BMCCredential `protobuf:"bytes,3,opt,name=bmc_credential,json=bmcCredential,proto3" json:"bmc_credential,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Inventory     *Inventory             `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	AgentVersion  string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -80,19 +74,13 @@ func (x *RegisterRequest) GetAgentVersion() string {
 	return ""
 }
 
-func (x *RegisterRequest) GetBmcCredential() *BMCCredential {
-	if x != nil {
-		return x.BmcCredential
-	}
-	return nil
-}
-
+// BMCCredential is a BMC user the controller asks the agent to enroll
+// in-band: create (or take back) the user on the machine's BMC and set the
+// password, then report EVENT_TYPE_BMC with the outcome.
 type BMCCredential struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	User     string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
-	// IPMI user ID (slot) the user occupies.
-	UserId        uint32 `protobuf:"varint,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Password      string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,21 +129,21 @@ func (x *BMCCredential) GetPassword() string {
 	return ""
 }
 
-func (x *BMCCredential) GetUserId() uint32 {
-	if x != nil {
-		return x.UserId
-	}
-	return 0
-}
-
 type RegisterResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	MachineId string                 `protobuf:"bytes,1,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
 	// Per-machine credential; send it as a bearer token on every other call.
 	Credential        string               `protobuf:"bytes,2,opt,name=credential,proto3" json:"credential,omitempty"`
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,3,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Set when the controller wants the machine's BMC enrolled in-band (its
+	// policy allows it, the session is trusted and no operator set the
+	// BMC): the agent sets this user and password through /dev/ipmi0 and
+	// reports EVENT_TYPE_BMC. The controller already uses the new password,
+	// and falls back to the previous one until the new one answers, so an
+	// enrollment that never happens loses nothing.
+	BmcEnrollment *BMCCredential `protobuf:"bytes,4,opt,name=bmc_enrollment,json=bmcEnrollment,proto3" json:"bmc_enrollment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterResponse) Reset() {
@@ -205,6 +193,13 @@ func (x *RegisterResponse) GetCredential() string {
 func (x *RegisterResponse) GetHeartbeatInterval() *durationpb.Duration {
 	if x != nil {
 		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+func (x *RegisterResponse) GetBmcEnrollment() *BMCCredential {
+	if x != nil {
+		return x.BmcEnrollment
 	}
 	return nil
 }
@@ -877,22 +872,21 @@ var File_anvil_v1_agent_proto protoreflect.FileDescriptor
 
 const file_anvil_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14anvil/v1/agent.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa9\x01\n" +
+	"\x14anvil/v1/agent.proto\x12\banvil.v1\x1a\x14anvil/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"o\n" +
 	"\x0fRegisterRequest\x121\n" +
 	"\tinventory\x18\x01 \x01(\v2\x13.anvil.v1.InventoryR\tinventory\x12#\n" +
-	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12>\n" +
-	"\x0ebmc_credential\x18\x03 \x01(\v2\x17.anvil.v1.BMCCredentialR\rbmcCredential\"X\n" +
+	"\ragent_version\x18\x02 \x01(\tR\fagentVersionJ\x04\b\x03\x10\x04\"?\n" +
 	"\rBMCCredential\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x17\n" +
-	"\auser_id\x18\x03 \x01(\rR\x06userId\"\x9b\x01\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\"\xdb\x01\n" +
 	"\x10RegisterResponse\x12\x1d\n" +
 	"\n" +
 	"machine_id\x18\x01 \x01(\tR\tmachineId\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x02 \x01(\tR\n" +
 	"credential\x12H\n" +
-	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\r\n" +
+	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12>\n" +
+	"\x0ebmc_enrollment\x18\x04 \x01(\v2\x17.anvil.v1.BMCCredentialR\rbmcEnrollment\"\r\n" +
 	"\vWaitRequest\"\x8e\x02\n" +
 	"\vInstruction\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
@@ -976,8 +970,8 @@ var file_anvil_v1_agent_proto_goTypes = []any{
 }
 var file_anvil_v1_agent_proto_depIdxs = []int32{
 	14, // 0: anvil.v1.RegisterRequest.inventory:type_name -> anvil.v1.Inventory
-	1,  // 1: anvil.v1.RegisterRequest.bmc_credential:type_name -> anvil.v1.BMCCredential
-	15, // 2: anvil.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	15, // 1: anvil.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 2: anvil.v1.RegisterResponse.bmc_enrollment:type_name -> anvil.v1.BMCCredential
 	5,  // 3: anvil.v1.Instruction.keepalive:type_name -> anvil.v1.Keepalive
 	6,  // 4: anvil.v1.Instruction.wipe:type_name -> anvil.v1.Wipe
 	7,  // 5: anvil.v1.Instruction.install:type_name -> anvil.v1.Install

@@ -30,6 +30,12 @@ const (
 	MaxDisks         = 1024
 	MaxNICs          = 1024
 	MaxPCIDevices    = 4096
+	// MaxLLDPNeighbors bounds the LLDP neighbours of one NIC (a port has
+	// one switch; a few more are tolerated for hubs and tests).
+	MaxLLDPNeighbors = 16
+	// MaxInventoryString bounds the free text the agent reads from
+	// hardware and neighbours (names, descriptions, addresses).
+	MaxInventoryString = 512
 )
 
 // ValidID reports whether s is a valid image or size id.
@@ -123,7 +129,37 @@ func (x *Inventory) ValidateAll() error {
 			errs = append(errs, fmt.Errorf("inventory.disks[%d]: name and a /dev/ path are required (got %q, %q)", i, d.GetName(), d.GetPath()))
 		}
 	}
+	for i, n := range x.GetNics() {
+		if len(n.GetLldpNeighbors()) > MaxLLDPNeighbors {
+			errs = append(errs, fmt.Errorf("inventory.nics[%d] has %d LLDP neighbours, more than %d", i, len(n.GetLldpNeighbors()), MaxLLDPNeighbors))
+			continue
+		}
+		for j, nb := range n.GetLldpNeighbors() {
+			if err := boundedStrings(append([]string{nb.GetChassisId(), nb.GetPortId(), nb.GetPortDescription(), nb.GetSystemName(), nb.GetSystemDescription()},
+				nb.GetManagementAddresses()...)...); err != nil || len(nb.GetManagementAddresses()) > MaxLLDPNeighbors {
+				errs = append(errs, fmt.Errorf("inventory.nics[%d].lldp_neighbors[%d]: %v (or more than %d management addresses)", i, j, err, MaxLLDPNeighbors))
+			}
+		}
+	}
+	if b := x.GetBmc(); b != nil {
+		if err := boundedStrings(b.GetIp(), b.GetIpSource(), b.GetNetmask(), b.GetGateway(), b.GetMac(), b.GetFirmware(), b.GetIpmiVersion()); err != nil {
+			errs = append(errs, fmt.Errorf("inventory.bmc: %w", err))
+		}
+		if len(b.GetEnrollError()) > MaxMessageBytes {
+			errs = append(errs, fmt.Errorf("inventory.bmc.enroll_error is %d bytes, more than %d", len(b.GetEnrollError()), MaxMessageBytes))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// boundedStrings fails when one of ss is longer than MaxInventoryString.
+func boundedStrings(ss ...string) error {
+	for _, v := range ss {
+		if len(v) > MaxInventoryString {
+			return fmt.Errorf("a value of %d bytes, more than %d", len(v), MaxInventoryString)
+		}
+	}
+	return nil
 }
 
 // ValidateAll implements the validator interceptor's interface.
@@ -135,7 +171,8 @@ func (x *ReportRequest) ValidateAll() error {
 	switch x.GetType() {
 	case EventType_EVENT_TYPE_WIPING, EventType_EVENT_TYPE_WIPED,
 		EventType_EVENT_TYPE_INSTALLING, EventType_EVENT_TYPE_BOOTING,
-		EventType_EVENT_TYPE_FAILED, EventType_EVENT_TYPE_REBOOTING, EventType_EVENT_TYPE_POWERING_OFF:
+		EventType_EVENT_TYPE_FAILED, EventType_EVENT_TYPE_REBOOTING, EventType_EVENT_TYPE_POWERING_OFF,
+		EventType_EVENT_TYPE_BMC: // the outcome of an in-band BMC enrollment
 	default:
 		// WAITING is the controller's record of a Wait stream, and
 		// PHONED_HOME is accepted from the installed system only (the

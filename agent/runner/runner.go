@@ -92,7 +92,7 @@ type Config struct {
 	// says what it did; the runner reports the outcome as EVENT_TYPE_BMC.
 	// Nil: such a request is reported as failed.
 	EnrollBMC func(ctx context.Context, c *anvilv1.BMCCredential) (string, error)
-	Executors     Executors
+	Executors Executors
 	// Backoff governs every retry (connect, register, report).
 	Backoff backoff.Policy
 	// ProgressInterval bounds how often progress is reported.

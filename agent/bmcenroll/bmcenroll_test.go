@@ -139,8 +139,17 @@ func TestEnrollRefusesBadPasswords(t *testing.T) {
 }
 
 func TestWaitDevice(t *testing.T) {
-	dev := t.TempDir() + "/ipmi0"
-	if err := waitDevice(context.Background(), dev, 300*time.Millisecond); !errors.Is(err, ErrNoDevice) {
+	dir := t.TempDir()
+	dev, driver := dir+"/ipmi0", dir+"/ipmi_si"
+	// No driver: no wait at all.
+	start := time.Now()
+	if err := waitDevice(context.Background(), dev, driver, time.Minute); !errors.Is(err, ErrNoDevice) || time.Since(start) > time.Second {
+		t.Fatalf("no driver: %v after %v, want ErrNoDevice at once", err, time.Since(start))
+	}
+	if err := os.Mkdir(driver, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitDevice(context.Background(), dev, driver, 300*time.Millisecond); !errors.Is(err, ErrNoDevice) {
 		t.Fatalf("no device: %v, want ErrNoDevice", err)
 	}
 	// A device that appears while waiting is found.
@@ -148,7 +157,7 @@ func TestWaitDevice(t *testing.T) {
 		time.Sleep(150 * time.Millisecond)
 		_ = os.WriteFile(dev, nil, 0o600)
 	}()
-	if err := waitDevice(context.Background(), dev, 5*time.Second); err != nil {
+	if err := waitDevice(context.Background(), dev, driver, 5*time.Second); err != nil {
 		t.Fatalf("device appearing after 150ms: %v", err)
 	}
 }

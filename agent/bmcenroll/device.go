@@ -22,7 +22,7 @@ var ErrNoDevice = errors.New("no in-band BMC (" + DevicePath + ")")
 // for the device to appear (ipmi_si probes the system interface after its
 // module is loaded, which takes a moment). Close the client when done.
 func Open(ctx context.Context, wait time.Duration) (*ipmi.Client, error) {
-	if err := waitDevice(ctx, DevicePath, wait); err != nil {
+	if err := waitDevice(ctx, DevicePath, DriverPath, wait); err != nil {
 		return nil, err
 	}
 	c, err := ipmi.NewOpenClient()
@@ -36,13 +36,22 @@ func Open(ctx context.Context, wait time.Duration) (*ipmi.Client, error) {
 	return c, nil
 }
 
-// waitDevice waits up to wait for path to exist.
-func waitDevice(ctx context.Context, path string, wait time.Duration) error {
+// DriverPath is where the kernel shows its system interface driver: absent
+// when ipmi_si found no BMC (it then refuses to load, ENODEV) and is not
+// built in.
+const DriverPath = "/sys/module/ipmi_si"
+
+// waitDevice waits up to wait for path to exist, and not at all when the
+// driver that would create it is not there.
+func waitDevice(ctx context.Context, path, driver string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	for {
 		_, err := os.Stat(path)
 		if err == nil {
 			return nil
+		}
+		if _, derr := os.Stat(driver); errors.Is(derr, fs.ErrNotExist) && errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s not there and no IPMI system interface driver (%s)", ErrNoDevice, path, driver)
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("in-band BMC: %w", err)

@@ -275,9 +275,20 @@ func fetchTime(ctx context.Context, l *labkit.Lab, file string) (time.Duration, 
 // kernel and initrd directly, timing until it phones home again; the two
 // VMs run at once.
 func directInstalled(ctx context.Context, l *labkit.Lab, op *labkit.Operator, ids []string, timeout time.Duration) ([]time.Duration, error) {
+	// Powered off through their BMCs, as an operator would: the
+	// controller then accepts the installed system's next phone home (a
+	// Provisioned machine's phone home is accepted only after a reboot the
+	// controller caused or knew of). Then the QEMU processes go, and the
+	// installed kernels start directly.
+	if err := l.AttachBMCs(ctx, op); err != nil {
+		return nil, err
+	}
 	before := map[string]int{}
 	for i, vm := range l.VMs {
 		before[ids[i]], _ = phoneHomes(ctx, op, ids[i])
+		if _, err := op.Machines.PowerMachine(ctx, &anvilv1.PowerMachineRequest{Id: ids[i], Action: anvilv1.PowerAction_POWER_ACTION_OFF}); err != nil {
+			return nil, fmt.Errorf("power VM %d off through its BMC: %w", vm.Index, err)
+		}
 		if err := l.KillVM(vm); err != nil {
 			return nil, err
 		}

@@ -61,6 +61,15 @@ func (a *machineAPI) PowerMachine(ctx context.Context, req *anvilv1.PowerMachine
 	return a.power(ctx, req, operatorActor(ctx))
 }
 
+// actorKind is "operator" or "the controller", as an event message says
+// who acted (the actor field says exactly who).
+func actorKind(actor string) string {
+	if strings.HasPrefix(actor, "controller") {
+		return "the controller"
+	}
+	return "operator"
+}
+
 // power runs the power action on the machine's BMC, outside any
 // transaction (a BMC may take seconds), then records a POWER event by
 // actor for ON, OFF and RESET. Operations on one BMC are serialized. The
@@ -99,7 +108,7 @@ func (s *Server) power(ctx context.Context, req *anvilv1.PowerMachineRequest, ac
 		return resp, nil
 	}
 	ev := &anvilv1.Event{Time: timestamppb.New(s.now()), Type: anvilv1.EventType_EVENT_TYPE_POWER, Actor: actor,
-		Message: fmt.Sprintf("%s by operator through %s: now %s", what, bmc.Redact(addr), st.Power)}
+		Message: fmt.Sprintf("%s by %s through %s: now %s", what, actorKind(actor), bmc.Redact(addr), st.Power)}
 	err = s.recordEvent(ctx, id, func(m *store.Machine, fx *effects) {
 		if action == anvilv1.PowerAction_POWER_ACTION_OFF || action == anvilv1.PowerAction_POWER_ACTION_RESET {
 			// The power was cut: the agent session, if any, died with it.

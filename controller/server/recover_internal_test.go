@@ -283,7 +283,8 @@ func TestRecoveryPowerCycles(t *testing.T) {
 				wantLog = "boot=pxe power=1"
 				evs, _ := e.ops.ListEvents(t.Context(), &anvilv1.ListEventsRequest{MachineId: id})
 				last := evs.GetEvents()[len(evs.GetEvents())-1]
-				if last.GetType() != anvilv1.EventType_EVENT_TYPE_POWER || last.GetActor() != "controller (free asked by operator 0a1b2c3d from 192.0.2.7)" {
+				if last.GetType() != anvilv1.EventType_EVENT_TYPE_POWER || last.GetActor() != "controller (free asked by operator 0a1b2c3d from 192.0.2.7)" ||
+					!strings.HasPrefix(last.GetMessage(), "power reset (next boot pxe) by the controller through ") {
 					t.Fatalf("the reset into PXE: %v", last)
 				}
 			}

@@ -19,14 +19,16 @@ const LLDPSystemName = "anvil-lab-switch"
 // name, port ID subtype "interface-name").
 const LLDPPortID = "br0"
 
-// lldpdConfig is what lldpcli tells the lab's lldpd once it runs: its
-// name, a port ID by interface name, and one frame a second, so an agent
-// hears the switch within a second or two of listening (TTL 4 s).
+// lldpdConfig is what lldpcli tells the lab's lldpd once it runs: one
+// frame a second, so an agent hears the switch within a second or two of
+// listening (TTL 4 s), a port ID by interface name, and its name last:
+// lldpd sends a frame at each change, so the first frame that carries the
+// name carries the rest too.
 var lldpdConfig = []string{
-	"configure system hostname " + LLDPSystemName,
-	"configure system description anvil lab switch (lldpd on the lab bridge)",
-	"configure lldp portidsubtype ifname",
 	"configure lldp tx-interval 1",
+	"configure lldp portidsubtype ifname",
+	"configure system description anvil lab switch (lldpd on the lab bridge)",
+	"configure system hostname " + LLDPSystemName,
 }
 
 // lldpdSocket is the control socket of the lab's lldpd. It is not in the

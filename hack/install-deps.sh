@@ -57,6 +57,9 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 # LLDP: agent/lldp's tests and the lab's switch (test/labkit) run lldpd.
 command -v lldpd >/dev/null || need+=(lldpd)
+# The PostgreSQL store's tests start their own server (initdb + pg_ctl as
+# an unprivileged user in a temporary directory, unix socket only).
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || need+=(postgresql)
 # The IPMI driver's tests (controller/bmc) run OpenIPMI's BMC simulator.
 command -v ipmi_sim >/dev/null || need+=(openipmi)
 # The Debian image (make images-debian) is bootstrapped from Debian's mirror.
@@ -73,6 +76,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   # host; the tests and the lab run their own, in their namespaces.
   if [[ " ${need[*]} " == *" lldpd "* ]] && [ -d /run/systemd/system ]; then
     systemctl disable --now lldpd.service
+  fi
+  # Likewise Debian's postgresql package starts a cluster of the host's.
+  if [[ " ${need[*]} " == *" postgresql "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now postgresql.service
   fi
 fi
 command -v go >/dev/null || { echo "install-deps: Go is required (https://go.dev/doc/install)" >&2; exit 1; }

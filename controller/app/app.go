@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +36,10 @@ import (
 type Config struct {
 	// DataDir holds anvil.db, the CA, the serving certificate and tokens.
 	DataDir string
+	// Store is where the state lives: "" for the embedded SQLite file
+	// (anvil.db in DataDir), or a PostgreSQL URL (postgres://user@host/db
+	// or postgresql://...; sqlstore.OpenPostgres).
+	Store string
 	// Listen is the gRPC address, e.g. "127.0.0.1:7443" or ":7443".
 	Listen string
 	// Hosts are extra DNS names/IPs for the generated serving certificate.
@@ -176,7 +181,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 			return nil, fmt.Errorf("signing key %s: %w", file, err)
 		}
 	}
-	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, DBFile), sqlstore.WithLogger(log))
+	st, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -406,4 +411,20 @@ func (c *Controller) runUDP(servers []udpServer, log *slog.Logger) {
 			}
 		}()
 	}
+}
+
+// openStore opens the configured store: PostgreSQL for a postgres:// or
+// postgresql:// URL, else the SQLite file in the data directory.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*sqlstore.Store, error) {
+	switch {
+	case cfg.Store == "":
+		return sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, DBFile), sqlstore.WithLogger(log))
+	case strings.HasPrefix(cfg.Store, "postgres://"), strings.HasPrefix(cfg.Store, "postgresql://"):
+		return sqlstore.OpenPostgres(ctx, cfg.Store, sqlstore.WithLogger(log))
+	}
+	shown := "(unparsable)"
+	if u, err := url.Parse(cfg.Store); err == nil {
+		shown = u.Redacted()
+	}
+	return nil, fmt.Errorf("store %s: want a postgres:// URL, or nothing for SQLite in the data directory", shown)
 }

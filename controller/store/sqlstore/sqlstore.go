@@ -1,7 +1,8 @@
 // Package sqlstore implements store.Store on database/sql, with SQL written
 // once for SQLite and PostgreSQL: queries use "?" placeholders, rebound per
-// dialect, and the few type differences are tokens in the migrations. Only
-// SQLite is wired: OpenSQLite uses the pure-Go driver modernc.org/sqlite.
+// dialect, and the few type differences are tokens in the migrations.
+// OpenSQLite uses the pure-Go driver modernc.org/sqlite, OpenPostgres
+// jackc/pgx (postgres.go).
 //
 // # SQLite
 //
@@ -57,7 +58,11 @@ type Store struct {
 	// ckpt is the checkpointer's own connection: WAL checkpoints run in
 	// the background (passive: they never block the writer or readers)
 	// instead of inside whichever commit crossed the autocheckpoint mark.
-	ckpt      *sql.DB
+	ckpt *sql.DB
+	// owner (PostgreSQL) holds the database's controller lock for as long
+	// as the store is open (postgres.go).
+	owner     *sql.Conn
+	ownerDB   *sql.DB
 	stopCkpt  context.CancelFunc
 	ckptDone  chan struct{}
 	closeOnce sync.Once
@@ -274,7 +279,10 @@ func (s *Store) close() error {
 			errs = append(errs, st.Close())
 		}
 	}
-	for _, db := range []*sql.DB{s.read, s.write, s.ckpt} {
+	if s.owner != nil {
+		errs = append(errs, s.owner.Close())
+	}
+	for _, db := range []*sql.DB{s.read, s.write, s.ckpt, s.ownerDB} {
 		if db != nil {
 			errs = append(errs, db.Close())
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/anvil-metal/anvil/controller/boot/dhcp"
 	"github.com/anvil-metal/anvil/controller/boot/ra"
 	"github.com/anvil-metal/anvil/controller/boot/tftp"
+	"github.com/anvil-metal/anvil/controller/ops"
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/server"
 	"github.com/anvil-metal/anvil/controller/store/sqlstore"
@@ -42,6 +43,9 @@ type Config struct {
 	Store string
 	// Listen is the gRPC address, e.g. "127.0.0.1:7443" or ":7443".
 	Listen string
+	// MetricsListen, when set, serves Prometheus metrics (/metrics) and
+	// health (/healthz, /readyz) over plain HTTP there (package ops).
+	MetricsListen string
 	// Hosts are extra DNS names/IPs for the generated serving certificate.
 	Hosts []string
 	// TLSCert and TLSKey, when both set, are used instead of generating a
@@ -131,6 +135,11 @@ type Controller struct {
 	// stopChecks ends the periodic BMC checks of silent machines.
 	stopChecks context.CancelFunc
 	checks     sync.WaitGroup
+	// ops: metrics and health; opsHTTP serves them (nil when off).
+	ops     *ops.Ops
+	opsHTTP *http.Server
+	// MetricsAddr is the metrics listener's bound address (nil when off).
+	MetricsAddr net.Addr
 }
 
 var _ boot.Machines = (*server.Server)(nil)
@@ -249,7 +258,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		closeAll()
 		return nil, err
 	}
-	g := srv.NewGRPCServer(
+	o := ops.New(ops.Source{Ping: st.Ping, Machines: srv.MachinesByState, WaitStreams: srv.WaitStreams})
+	g := srv.NewGRPCServer(append(o.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
@@ -258,13 +268,34 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(4<<10),
 		grpc.WriteBufferSize(4<<10),
-	)
+	)...)
+	o.RegisterHealth(g)
+	if err := o.Check(context.Background()); err != nil {
+		log.Warn("store not answering", "err", err)
+	}
 	c := &Controller{
 		Addr: lis.Addr(), CAFile: filepath.Join(cfg.DataDir, CAFile), CAFingerprint: ca.Fingerprint(),
-		AdminToken: admin, BootToken: bootTok, store: st, grpc: g, http: httpSrv, done: make(chan error, 1),
+		AdminToken: admin, BootToken: bootTok, store: st, grpc: g, http: httpSrv, done: make(chan error, 1), ops: o,
+	}
+	if cfg.MetricsListen != "" {
+		ml, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			g.Stop()
+			closeAll()
+			return nil, fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
+		}
+		c.MetricsAddr = ml.Addr()
+		c.opsHTTP = &http.Server{Handler: o.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+		go func() {
+			if err := c.opsHTTP.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics service stopped", "err", err)
+			}
+		}()
+		log.Info("metrics and health listening", "addr", ml.Addr().String())
 	}
 	c.runUDP(udp, log)
 	c.runChecks(srv, cfg.Server.BMCCheckInterval, log)
+	c.runHealth(o) // after runChecks: it chains onto its stop
 	log.Info("controller listening", "addr", lis.Addr().String(), "ca_fingerprint", c.CAFingerprint, "data_dir", cfg.DataDir)
 	if httpSrv != nil {
 		c.BootAddr = bootLis.Addr()
@@ -321,6 +352,13 @@ func (c *Controller) Stop() error {
 		c.stopUDP()
 		c.udp.Wait()
 	}
+	c.ops.Shutdown()
+	var merr error
+	if c.opsHTTP != nil {
+		if merr = c.opsHTTP.Close(); merr != nil {
+			merr = fmt.Errorf("metrics service: %w", merr)
+		}
+	}
 	var herr error
 	if c.http != nil {
 		if herr = c.http.Close(); herr != nil {
@@ -332,7 +370,7 @@ func (c *Controller) Stop() error {
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
-	return errors.Join(append(c.udpErr, herr, err, c.store.Close())...)
+	return errors.Join(append(c.udpErr, merr, herr, err, c.store.Close())...)
 }
 
 // Shutdown stops gracefully: no new calls, unary calls finish, then streams
@@ -428,3 +466,31 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*sqlstore.Sto
 	}
 	return nil, fmt.Errorf("store %s: want a postgres:// URL, or nothing for SQLite in the data directory", shown)
 }
+
+// runHealth checks the store every healthEvery, so the gRPC health service
+// says NOT_SERVING while it does not answer; it stops with the checks.
+func (c *Controller) runHealth(o *ops.Ops) {
+	ctx, cancel := context.WithCancel(context.Background())
+	prev := c.stopChecks
+	c.stopChecks = func() {
+		cancel()
+		if prev != nil {
+			prev()
+		}
+	}
+	c.checks.Go(func() {
+		t := time.NewTicker(healthEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				o.Check(ctx) //nolint:errcheck // the health status says it
+			}
+		}
+	})
+}
+
+// healthEvery is how often the store is checked for the health service.
+const healthEvery = 5 * time.Second

@@ -45,7 +45,9 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		s.log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p))
 		return status.Error(codes.Internal, "internal error (recovered panic; see controller log)")
 	})
-	all := append([]grpc.ServerOption{
+	// The caller's options come first: their interceptors (metrics) run
+	// before the built-in ones, so the calls those refuse are seen too.
+	all := append(append([]grpc.ServerOption{}, opts...),
 		grpc.ChainUnaryInterceptor(
 			logging.UnaryServerInterceptor(lg, logOpts...),
 			recovery.UnaryServerInterceptor(recover),
@@ -59,7 +61,7 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 			auth.StreamServerInterceptor(denyAll),
 			validator.StreamServerInterceptor(),
 		),
-	}, opts...)
+	)
 	// Bounds a client cannot lift: streams per connection (an agent needs
 	// two or three), and the size of one request.
 	all = append([]grpc.ServerOption{grpc.MaxConcurrentStreams(32), grpc.MaxRecvMsgSize(4 << 20)}, all...)

@@ -92,8 +92,16 @@ func (l *sourceLimiter) Limit(ctx context.Context) error {
 
 // streamCount bounds the Wait streams one machine holds at once.
 type streamCount struct {
-	mu sync.Mutex
-	n  map[string]int
+	mu    sync.Mutex
+	n     map[string]int
+	total int
+}
+
+// open is how many Wait streams are open.
+func (c *streamCount) open() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.total
 }
 
 // acquire counts a stream of id, or refuses when max are open.
@@ -107,9 +115,11 @@ func (c *streamCount) acquire(id string, max int) (release func(), err error) {
 		return nil, status.Errorf(codes.ResourceExhausted, "machine %s already holds %d Wait streams; close one first", id, max)
 	}
 	c.n[id]++
+	c.total++
 	return func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		c.total--
 		if c.n[id]--; c.n[id] <= 0 {
 			delete(c.n, id)
 		}

@@ -521,3 +521,20 @@ func (a *machineAPI) rebootIntoAgent(ctx context.Context, m *store.Machine, osRu
 	a.cycles.arm(m.ID, a.now())
 	return nil
 }
+
+// WaitStreams is how many agent Wait streams are open (metrics).
+func (s *Server) WaitStreams() int { return s.streams.open() }
+
+// MachinesByState counts the machines per state (metrics). It reads every
+// machine: a scrape of a fleet of thousands costs one read transaction.
+func (s *Server) MachinesByState(ctx context.Context) (map[anvilv1.MachineState]int, error) {
+	out := map[anvilv1.MachineState]int{}
+	err := s.store.View(ctx, func(tx store.Tx) error {
+		ms, err := tx.ListMachines(ctx, store.MachineFilter{})
+		for _, m := range ms {
+			out[m.Status.State]++
+		}
+		return err
+	})
+	return out, err
+}

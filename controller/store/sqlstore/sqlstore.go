@@ -290,6 +290,14 @@ func (s *Store) close() error {
 	return errors.Join(errs...)
 }
 
+// Ping asks the database for a round trip (readiness checks).
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.read.PingContext(ctx); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
 // View runs fn in a read-only transaction on the read pool: it sees one
 // consistent snapshot, and every write inside it fails.
 func (s *Store) View(ctx context.Context, fn func(store.Tx) error) error {

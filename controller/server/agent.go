@@ -395,15 +395,22 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 				delete(sent, k)
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-w.C():
-		case <-keep.C:
-			if err := stream.Send(&anvilv1.Instruction{Kind: &anvilv1.Instruction_Keepalive{Keepalive: &anvilv1.Keepalive{}}}); err != nil {
-				return err
+		// Until a wake-up (a commit for this machine: an instruction, a
+		// cancel, a new credential), keepalives only: an idle agent costs
+		// no store read.
+	idle:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-w.C():
+				break idle
+			case <-keep.C:
+				if err := stream.Send(&anvilv1.Instruction{Kind: &anvilv1.Instruction_Keepalive{Keepalive: &anvilv1.Keepalive{}}}); err != nil {
+					return err
+				}
+				keep.Reset(a.cfg.KeepaliveInterval)
 			}
-			keep.Reset(a.cfg.KeepaliveInterval)
 		}
 	}
 }

@@ -38,18 +38,7 @@ func get(t *testing.T, url string) (int, string) {
 // health service says NOT_SERVING, when the store (PostgreSQL here) stops
 // answering.
 func TestMetricsAndHealth(t *testing.T) {
-	c, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			if err := c.Stop(); err != nil {
-				t.Error(err)
-			}
-		}
-	})
+	c := pgtest.New(t)
 	url := c.URL(c.NewDatabase(t))
 	h := harness.StartController(t, t.TempDir(), func(cfg *app.Config) { cfg.Store, cfg.MetricsListen = url, "127.0.0.1:0" })
 	base := "http://" + h.Running().MetricsAddr.String()
@@ -86,7 +75,6 @@ func TestMetricsAndHealth(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	stopped = true
 	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "store unreachable") {
 		t.Errorf("/readyz with the store down: %d %s", code, body)
 	}

@@ -17,15 +17,7 @@ import (
 // same database, and they are Ready again with their history; a PostgreSQL
 // URL that cannot be reached is a clear error at start.
 func TestControllerOnPostgres(t *testing.T) {
-	c, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	c := pgtest.New(t)
 	url := c.URL(c.NewDatabase(t))
 	h := harness.StartController(t, t.TempDir(), func(cfg *app.Config) { cfg.Store = url })
 	op := h.Operator()

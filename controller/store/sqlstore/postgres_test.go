@@ -16,15 +16,7 @@ import (
 // against a real PostgreSQL server (Debian's, started by the test as an
 // unprivileged user on a unix socket), a fresh database per case.
 func TestPostgresConformance(t *testing.T) {
-	c, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	c := pgtest.New(t)
 	storetest.Run(t, func(t *testing.T) store.Store {
 		s, err := OpenPostgres(context.Background(), c.DSN(c.NewDatabase(t)), WithLogger(slog.New(slog.DiscardHandler)))
 		if err != nil {
@@ -42,15 +34,7 @@ func TestPostgresConformance(t *testing.T) {
 // A database migrated by a newer controller (a replica ahead of this one)
 // is refused, not written to; a DSN with a password never shows it.
 func TestPostgresRefusesANewerSchema(t *testing.T) {
-	c, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
 	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
@@ -78,15 +62,7 @@ func TestPostgresRefusesANewerSchema(t *testing.T) {
 // One controller per database: a second store on the same database is
 // refused while the first is open, and opens once it is closed.
 func TestPostgresOneController(t *testing.T) {
-	c, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
 	quiet := WithLogger(slog.New(slog.DiscardHandler))
 	first, err := OpenPostgres(t.Context(), dsn, quiet)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -24,6 +25,23 @@ import (
 type Cluster struct {
 	dir, bin, socket string
 	n                atomic.Int32
+	stop             sync.Once
+	stopErr          error
+}
+
+// New starts a cluster for t and stops it when t ends (or at Stop).
+func New(t testing.TB) *Cluster {
+	t.Helper()
+	c, err := Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return c
 }
 
 // unprivileged is the user the server runs as when the tests run as root
@@ -82,11 +100,14 @@ func (c *Cluster) run(tool string, args ...string) error {
 	return nil
 }
 
-// Stop stops the server at once and removes its files.
+// Stop stops the server at once and removes its files; later calls do
+// nothing.
 func (c *Cluster) Stop() error {
-	err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "immediate", "-w", "stop")
-	c.remove()
-	return err
+	c.stop.Do(func() {
+		c.stopErr = c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "immediate", "-w", "stop")
+		c.remove()
+	})
+	return c.stopErr
 }
 
 func (c *Cluster) remove() { os.RemoveAll(c.dir) } //nolint:errcheck // a temporary directory

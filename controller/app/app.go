@@ -132,7 +132,9 @@ type Controller struct {
 	udp     sync.WaitGroup
 	udpErr  []error
 	udpMu   sync.Mutex
-	// stopChecks ends the periodic BMC checks of silent machines.
+	// stopChecks ends the periodic work (BMC checks, recovery, health
+	// checks) running under checksCtx.
+	checksCtx  context.Context
 	stopChecks context.CancelFunc
 	checks     sync.WaitGroup
 	// ops: metrics and health; opsHTTP serves them (nil when off).
@@ -295,7 +297,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	}
 	c.runUDP(udp, log)
 	c.runChecks(srv, cfg.Server.BMCCheckInterval, log)
-	c.runHealth(o) // after runChecks: it chains onto its stop
+	c.runHealth(o)
 	log.Info("controller listening", "addr", lis.Addr().String(), "ca_fingerprint", c.CAFingerprint, "data_dir", cfg.DataDir)
 	if httpSrv != nil {
 		c.BootAddr = bootLis.Addr()
@@ -315,11 +317,26 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 // runs the recovery sweep (power cycles of machines that did not come back
 // from a reset into PXE, or crash-loop; server.RecoverMachines).
 func (c *Controller) runChecks(srv *server.Server, every time.Duration, log *slog.Logger) {
+	c.periodic(every, func(ctx context.Context) {
+		if _, err := srv.CheckSilentMachines(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("checking silent machines' BMCs", "err", err)
+		}
+		if _, err := srv.RecoverMachines(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("recovery power cycles", "err", err)
+		}
+	})
+}
+
+// periodic runs fn every interval (0: never), each run bounded by the
+// interval, until Stop; the background work of the controller.
+func (c *Controller) periodic(every time.Duration, fn func(ctx context.Context)) {
 	if every <= 0 {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.stopChecks = cancel
+	if c.stopChecks == nil {
+		c.checksCtx, c.stopChecks = context.WithCancel(context.Background())
+	}
+	ctx := c.checksCtx
 	c.checks.Go(func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
@@ -329,12 +346,7 @@ func (c *Controller) runChecks(srv *server.Server, every time.Duration, log *slo
 				return
 			case <-t.C:
 				cctx, cancel := context.WithTimeout(ctx, every)
-				if _, err := srv.CheckSilentMachines(cctx); err != nil && ctx.Err() == nil {
-					log.Warn("checking silent machines' BMCs", "err", err)
-				}
-				if _, err := srv.RecoverMachines(cctx); err != nil && ctx.Err() == nil {
-					log.Warn("recovery power cycles", "err", err)
-				}
+				fn(cctx)
 				cancel()
 			}
 		}
@@ -468,27 +480,10 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*sqlstore.Sto
 }
 
 // runHealth checks the store every healthEvery, so the gRPC health service
-// says NOT_SERVING while it does not answer; it stops with the checks.
+// says NOT_SERVING while it does not answer.
 func (c *Controller) runHealth(o *ops.Ops) {
-	ctx, cancel := context.WithCancel(context.Background())
-	prev := c.stopChecks
-	c.stopChecks = func() {
-		cancel()
-		if prev != nil {
-			prev()
-		}
-	}
-	c.checks.Go(func() {
-		t := time.NewTicker(healthEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				o.Check(ctx) //nolint:errcheck // the health status says it
-			}
-		}
+	c.periodic(healthEvery, func(ctx context.Context) {
+		o.Check(ctx) //nolint:errcheck // the health status says it
 	})
 }
 

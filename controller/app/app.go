@@ -31,6 +31,7 @@ import (
 	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/server"
 	"github.com/anvil-metal/anvil/controller/store/sqlstore"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
 // Config is everything the controller needs to start.
@@ -142,6 +143,8 @@ type Controller struct {
 	opsHTTP *http.Server
 	// MetricsAddr is the metrics listener's bound address (nil when off).
 	MetricsAddr net.Addr
+	// flushSeen writes the last-seen times kept in memory (at Stop).
+	flushSeen func() error
 }
 
 var _ boot.Machines = (*server.Server)(nil)
@@ -219,8 +222,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		}
 		st.Close()
 	}
-	srv, err := server.New(st, server.Credentials{AdminTokens: []string{admin}, BootTokens: append([]string{bootTok}, cfg.BootTokens...), Keys: keys},
-		cfg.Server, server.WithLogger(log))
+	var srv *server.Server
+	o := ops.New(ops.Source{Ping: st.Ping, Machines: func(ctx context.Context) (map[anvilv1.MachineState]int, error) { return srv.MachinesByState(ctx) },
+		WaitStreams: func() int { return srv.WaitStreams() }, Leader: st.IsLeader})
+	srv, err = server.New(o.Store(st), server.Credentials{AdminTokens: []string{admin}, BootTokens: append([]string{bootTok}, cfg.BootTokens...), Keys: keys},
+		cfg.Server, server.WithLogger(log), server.WithLeader(st.IsLeader))
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -260,7 +266,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		closeAll()
 		return nil, err
 	}
-	o := ops.New(ops.Source{Ping: st.Ping, Machines: srv.MachinesByState, WaitStreams: srv.WaitStreams})
 	g := srv.NewGRPCServer(append(o.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -296,7 +301,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		log.Info("metrics and health listening", "addr", ml.Addr().String())
 	}
 	c.runUDP(udp, log)
-	c.runChecks(srv, cfg.Server.BMCCheckInterval, log)
+	c.runReplica(st, srv, log)
+	c.runChecks(srv, st, cfg.Server.BMCCheckInterval, log)
+	c.runSeen(srv, cfg.Server.SeenFlushInterval, log)
 	c.runHealth(o)
 	log.Info("controller listening", "addr", lis.Addr().String(), "ca_fingerprint", c.CAFingerprint, "data_dir", cfg.DataDir)
 	if httpSrv != nil {
@@ -315,16 +322,55 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 // runChecks asks silent machines' BMCs for their power state every
 // interval (0: never), so they show as Off or Hung rather than Dead, then
 // runs the recovery sweep (power cycles of machines that did not come back
-// from a reset into PXE, or crash-loop; server.RecoverMachines).
-func (c *Controller) runChecks(srv *server.Server, every time.Duration, log *slog.Logger) {
+// from a reset into PXE, or crash-loop; server.RecoverMachines). With
+// replicas, the leader checks the BMCs and sweeps every machine; the
+// others follow up their own resets only.
+func (c *Controller) runChecks(srv *server.Server, st *sqlstore.Store, every time.Duration, log *slog.Logger) {
 	c.periodic(every, func(ctx context.Context) {
-		if _, err := srv.CheckSilentMachines(ctx); err != nil && ctx.Err() == nil {
-			log.Warn("checking silent machines' BMCs", "err", err)
+		if st.IsLeader() {
+			if _, err := srv.CheckSilentMachines(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("checking silent machines' BMCs", "err", err)
+			}
 		}
 		if _, err := srv.RecoverMachines(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("recovery power cycles", "err", err)
 		}
 	})
+}
+
+// runReplica follows the changes other replicas on the store commit (their
+// wake-ups reach this controller's streams) and takes part in the leader
+// election; both return at once on SQLite.
+func (c *Controller) runReplica(st *sqlstore.Store, srv *server.Server, log *slog.Logger) {
+	c.background(func(ctx context.Context) { st.Follow(ctx, srv.ApplyChange) })
+	c.background(func(ctx context.Context) {
+		st.Lead(ctx, func(leader bool) { log.Info("leader election", "leader", leader) })
+	})
+}
+
+// runSeen writes the agents' last-seen times in batches (server.FlushSeen)
+// every interval, and all of them at Stop.
+func (c *Controller) runSeen(srv *server.Server, every time.Duration, log *slog.Logger) {
+	c.periodic(every, func(ctx context.Context) {
+		if _, err := srv.FlushSeen(ctx, false); err != nil && ctx.Err() == nil {
+			log.Warn("writing last-seen times", "err", err)
+		}
+	})
+	c.flushSeen = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := srv.FlushSeen(ctx, true)
+		return err
+	}
+}
+
+// background runs fn until Stop, with the periodic work.
+func (c *Controller) background(fn func(ctx context.Context)) {
+	if c.stopChecks == nil {
+		c.checksCtx, c.stopChecks = context.WithCancel(context.Background())
+	}
+	ctx := c.checksCtx
+	c.checks.Go(func() { fn(ctx) })
 }
 
 // periodic runs fn every interval (0: never), each run bounded by the
@@ -333,11 +379,7 @@ func (c *Controller) periodic(every time.Duration, fn func(ctx context.Context))
 	if every <= 0 {
 		return
 	}
-	if c.stopChecks == nil {
-		c.checksCtx, c.stopChecks = context.WithCancel(context.Background())
-	}
-	ctx := c.checksCtx
-	c.checks.Go(func() {
+	c.background(func(ctx context.Context) {
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
@@ -359,6 +401,12 @@ func (c *Controller) Stop() error {
 	if c.stopChecks != nil {
 		c.stopChecks()
 		c.checks.Wait()
+	}
+	var serr error
+	if c.flushSeen != nil {
+		if serr = c.flushSeen(); serr != nil {
+			serr = fmt.Errorf("last-seen times: %w", serr)
+		}
 	}
 	if c.stopUDP != nil {
 		c.stopUDP()
@@ -382,7 +430,7 @@ func (c *Controller) Stop() error {
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
-	return errors.Join(append(c.udpErr, merr, herr, err, c.store.Close())...)
+	return errors.Join(append(c.udpErr, serr, merr, herr, err, c.store.Close())...)
 }
 
 // Shutdown stops gracefully: no new calls, unary calls finish, then streams

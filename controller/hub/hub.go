@@ -9,6 +9,7 @@
 package hub
 
 import (
+	"math"
 	"sync"
 
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
@@ -78,6 +79,25 @@ func (h *Hub) Notify(machineID string) {
 	}
 }
 
+// WakeAll wakes every waiter and makes every watcher look at the store
+// again (a marker event with the highest seq: watchers replay after the
+// last seq they sent), after wake-ups may have been missed.
+func (h *Hub) WakeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, set := range h.waiters {
+		for w := range set {
+			select {
+			case w.c <- struct{}{}:
+			default:
+			}
+		}
+	}
+	for w := range h.watchers {
+		h.send(w, &anvilv1.Event{MachineId: w.machineID, Seq: math.MaxInt64})
+	}
+}
+
 // Waiters reports how many Wait subscriptions machineID has (for tests and
 // metrics).
 func (h *Hub) Waiters(machineID string) int {
@@ -131,11 +151,16 @@ func (h *Hub) Publish(e *anvilv1.Event) {
 		if w.machineID != "" && w.machineID != e.GetMachineId() {
 			continue
 		}
-		select {
-		case w.c <- e:
-		default:
-			w.once.Do(func() { close(w.overflow) })
-			delete(h.watchers, w)
-		}
+		h.send(w, e)
+	}
+}
+
+// send hands e to w, or marks w overflowed and removes it; h.mu is held.
+func (h *Hub) send(w *Watcher, e *anvilv1.Event) {
+	select {
+	case w.c <- e:
+	default:
+		w.once.Do(func() { close(w.overflow) })
+		delete(h.watchers, w)
 	}
 }

@@ -33,6 +33,9 @@ type Source struct {
 	Machines func(ctx context.Context) (map[anvilv1.MachineState]int, error)
 	// WaitStreams is how many agent Wait streams are open.
 	WaitStreams func() int
+	// Leader reports whether this controller runs the fleet's periodic
+	// work (always with one controller; one replica of several).
+	Leader func() bool
 }
 
 // ReadyTimeout bounds the store's answer to a readiness check.
@@ -44,7 +47,9 @@ type Ops struct {
 	reg    *prometheus.Registry
 	rpc    *grpcprom.ServerMetrics
 	ping   prometheus.Histogram
-	health *health.Server
+	// storeTx times the store's transactions (Store).
+	storeTx *prometheus.HistogramVec
+	health  *health.Server
 }
 
 // New registers the controller's metrics.
@@ -53,10 +58,18 @@ func New(src Source) *Ops {
 		rpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram()),
 		ping: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "anvil_store_ping_seconds",
 			Help: "Round trips to the store (readiness checks).", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8)}),
+		storeTx: newStoreTx(),
 	}
-	o.reg.MustRegister(o.rpc, o.ping, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	o.reg.MustRegister(o.rpc, o.ping, o.storeTx, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "anvil_wait_streams", Help: "Agent Wait streams open."},
 			func() float64 { return float64(src.WaitStreams()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "anvil_leader", Help: "1 while this controller runs the periodic work (the leader of its replicas)."},
+			func() float64 {
+				if src.Leader == nil || src.Leader() {
+					return 1
+				}
+				return 0
+			}),
 		&machines{src: src})
 	return o
 }

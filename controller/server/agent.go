@@ -82,7 +82,7 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 			v = trust.Decide(trust.Registration{
 				Kind:           reg.kind,
 				Known:          true,
-				Live:           len(m.CredentialHash) > 0 && a.now().Sub(m.LastSeen) < a.cfg.LiveWindow,
+				Live:           len(m.CredentialHash) > 0 && a.now().Sub(a.seenAt(m)) < a.cfg.LiveWindow,
 				Expected:       a.now().Before(m.Trust.ExpectBootUntil) && (reg.kind != trust.BootToken || reg.minted.After(m.Trust.ExpectBootSince)),
 				ExpectWhy:      m.Trust.ExpectBootWhy,
 				SecretsPending: m.Allocation != nil && !m.Status.Installed,
@@ -498,12 +498,11 @@ func (a *agentAPI) Report(ctx context.Context, req *anvilv1.ReportRequest) (*anv
 	return &anvilv1.ReportResponse{}, nil
 }
 
-// Heartbeat refreshes the machine's last-seen time.
+// Heartbeat refreshes the machine's last-seen time, in memory: FlushSeen
+// writes it in batches. The authentication interceptor already found the
+// machine by its credential.
 func (a *agentAPI) Heartbeat(ctx context.Context, _ *anvilv1.HeartbeatRequest) (*anvilv1.HeartbeatResponse, error) {
-	id := machineFrom(ctx)
-	if err := a.store.Tx(ctx, func(tx store.Tx) error { return tx.TouchMachine(ctx, id, a.now()) }); err != nil {
-		return nil, toStatus(fmt.Errorf("heartbeat from %s: %w", id, err))
-	}
+	a.noteSeen(machineFrom(ctx), a.now()) // written in batches (seen.go)
 	return &anvilv1.HeartbeatResponse{}, nil
 }
 

@@ -27,7 +27,7 @@ var _ anvilv1.MachineServiceServer = (*machineAPI)(nil)
 
 // toProto renders a stored machine with its time-derived facts.
 func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
-	d := lifecycle.Derive(m.Status, m.LastSeen, s.now(), s.cfg.Lifecycle)
+	d := lifecycle.Derive(m.Status, s.seenAt(m), s.now(), s.cfg.Lifecycle)
 	pm := &anvilv1.Machine{
 		Id:            m.ID,
 		Uuid:          m.UUID,
@@ -58,8 +58,8 @@ func (s *Server) toProto(m *store.Machine) *anvilv1.Machine {
 	if !m.CreatedAt.IsZero() {
 		pm.CreatedAt = timestamppb.New(m.CreatedAt)
 	}
-	if !m.LastSeen.IsZero() {
-		pm.LastSeen = timestamppb.New(m.LastSeen)
+	if seen := s.seenAt(m); !seen.IsZero() {
+		pm.LastSeen = timestamppb.New(seen)
 	}
 	if m.Status.LastEvent != anvilv1.EventType_EVENT_TYPE_UNSPECIFIED {
 		pm.LastEvent = &anvilv1.Event{MachineId: m.ID, Type: m.Status.LastEvent, Time: timestamppb.New(m.Status.LastEventTime)}
@@ -235,7 +235,7 @@ func (a *machineAPI) pick(ctx context.Context, tx store.Tx, req *anvilv1.Allocat
 		if !labelsMatch(m.Labels, req.GetSelector()) || allocatable(m) != nil {
 			continue
 		}
-		alive := lifecycle.Derive(m.Status, m.LastSeen, a.now(), a.cfg.Lifecycle).Liveliness == anvilv1.Liveliness_LIVELINESS_ALIVE
+		alive := lifecycle.Derive(m.Status, a.seenAt(m), a.now(), a.cfg.Lifecycle).Liveliness == anvilv1.Liveliness_LIVELINESS_ALIVE
 		if best == nil || (alive && !bestAlive) {
 			best, bestAlive = m, alive
 		}

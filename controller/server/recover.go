@@ -72,13 +72,17 @@ func (s *Server) limits() powerpolicy.Limits {
 // wrong credentials; not before a failing BMC's backoff ends): a failed
 // power cycle counts no attempt and is tried again at a later sweep. It
 // returns how many machines were power-cycled.
+//
+// With replicas, the leader sweeps every machine; the others only the
+// watches they armed themselves (the resets they made), which live in
+// their memory.
 func (s *Server) RecoverMachines(ctx context.Context) (int, error) {
 	ms, err := s.listMachines(ctx)
 	if err != nil {
 		return 0, err
 	}
 	s.prune(ms)
-	now, lim := s.now(), s.limits()
+	now, lim, lead := s.now(), s.limits(), s.leads()
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -88,12 +92,17 @@ func (s *Server) RecoverMachines(ctx context.Context) (int, error) {
 			continue
 		}
 		c := s.cycles.cycle(m.ID)
+		if !lead && c == (powerpolicy.Cycle{}) {
+			// Crash loops are the leader's to find; a follower only
+			// follows up the resets it made itself.
+			continue
+		}
 		// A machine running its installed system is never power-cycled
 		// for a crash loop: registrations that did not come from it (a
 		// spoofer's) are what made it look like one, and its boots go to
 		// its disk anyway.
 		crashLoop := m.Status.CrashLoop && !(m.Allocation != nil && m.Status.Installed)
-		next, step := powerpolicy.Next(c, powerpolicy.Facts{Now: now, LastSeen: m.LastSeen, CrashLoop: crashLoop}, lim)
+		next, step := powerpolicy.Next(c, powerpolicy.Facts{Now: now, LastSeen: s.seenAt(m), CrashLoop: crashLoop}, lim)
 		switch step {
 		case powerpolicy.Nothing:
 			s.cycles.swap(m.ID, c, next)

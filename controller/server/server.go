@@ -37,6 +37,11 @@ import (
 type Config struct {
 	// HeartbeatInterval is what agents are told to use.
 	HeartbeatInterval time.Duration
+	// SeenFlushInterval is how often the agents' last-seen times are
+	// written (FlushSeen, one transaction), and SeenFlushLag how far a
+	// machine's stored LastSeen may lag before it is written.
+	SeenFlushInterval time.Duration
+	SeenFlushLag      time.Duration
 	// KeepaliveInterval is how often an idle Wait stream gets a keepalive.
 	KeepaliveInterval time.Duration
 	// EventHistory is how many events are kept per machine (older ones are
@@ -122,6 +127,8 @@ func DefaultConfig() Config {
 	return Config{
 		HeartbeatInterval:    10 * time.Second,
 		KeepaliveInterval:    30 * time.Second,
+		SeenFlushInterval:    5 * time.Second,
+		SeenFlushLag:         15 * time.Second,
 		EventHistory:         500,
 		FreeEraseMode:        anvilv1.EraseMode_ERASE_MODE_QUICK,
 		RegisterEraseMode:    anvilv1.EraseMode_ERASE_MODE_NONE,
@@ -178,6 +185,12 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v must be positive", what, d))
 		}
+	}
+	if c.SeenFlushInterval <= 0 || c.SeenFlushLag <= 0 {
+		errs = append(errs, fmt.Errorf("last-seen flush interval %v and lag %v must be positive", c.SeenFlushInterval, c.SeenFlushLag))
+	} else if c.SeenFlushInterval+c.SeenFlushLag >= c.LiveWindow {
+		errs = append(errs, fmt.Errorf("last-seen flush interval %v + lag %v must be under the live window %v (other replicas read the stored time)",
+			c.SeenFlushInterval, c.SeenFlushLag, c.LiveWindow))
 	}
 	if dead := c.Lifecycle.DeadTimeout; dead > 0 && c.LiveWindow > dead {
 		errs = append(errs, fmt.Errorf("live window %v is longer than the dead timeout %v (a dead machine cannot have a live session)", c.LiveWindow, dead))
@@ -263,6 +276,12 @@ type Server struct {
 	checks perMachine[powerCheck]
 	health bmcHealth
 	cycles recoveryCycles
+	// seen holds the agents' last-seen times between batched writes
+	// (seen.go).
+	seen lastSeen
+	// leads reports whether this controller leads its replicas' periodic
+	// work (WithLeader; always without replicas).
+	leads func() bool
 }
 
 // Option configures a Server.
@@ -270,6 +289,10 @@ type Option func(*Server)
 
 // WithLogger sets the logger (default: slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithLeader tells the server whether it leads the periodic work of
+// replicas on one store (default: it always does).
+func WithLeader(leads func() bool) Option { return func(s *Server) { s.leads = leads } }
 
 // WithClock sets the time source (tests).
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
@@ -282,7 +305,7 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 	if len(creds.AdminTokens) == 0 || len(creds.BootTokens) == 0 {
 		return nil, errors.New("controller needs at least one admin token and one boot token")
 	}
-	s := &Server{store: st, hub: hub.New(), cfg: cfg, log: slog.Default(), now: time.Now}
+	s := &Server{store: st, hub: hub.New(), cfg: cfg, log: slog.Default(), now: time.Now, leads: func() bool { return true }}
 	s.openBMC = func(addr string) (bmc.Driver, error) { return bmc.Open(addr, bmc.WithTimeout(cfg.BMCTimeout)) }
 	for _, o := range opts {
 		o(s)
@@ -318,8 +341,21 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 	return s, nil
 }
 
-// Hub exposes the server's hub (the boot service records events through it).
-func (s *Server) Hub() *hub.Hub { return s.hub }
+// ApplyChange brings what another controller on the store committed to
+// this one's streams (the store's change feed calls it): Wait streams of
+// the machines it names look at the store again, and event watchers replay
+// from it. A resync does that for every stream.
+func (s *Server) ApplyChange(c store.Change) {
+	if c.Resync {
+		s.hub.WakeAll()
+	}
+	for _, e := range c.Events {
+		s.hub.Publish(e)
+	}
+	for _, id := range c.Wake {
+		s.hub.Notify(id)
+	}
+}
 
 // RegisterServices adds every service to g.
 func (s *Server) RegisterServices(g *grpc.Server) {
@@ -365,12 +401,17 @@ type effects struct {
 }
 
 // commit runs fn in a transaction, then publishes its events and wakes the
-// machines it queued instructions for.
+// machines it queued instructions for; the same effects are announced to
+// the other controllers on the store (replicas) as part of the
+// transaction, so they hear of them if and only if it committed.
 func (s *Server) commit(ctx context.Context, fn func(tx store.Tx, fx *effects) error) error {
 	var fx effects
 	err := s.store.Tx(ctx, func(tx store.Tx) error {
 		fx = effects{}
-		return fn(tx, &fx)
+		if err := fn(tx, &fx); err != nil {
+			return err
+		}
+		return tx.Announce(ctx, store.Change{Wake: fx.notify, Events: fx.events})
 	})
 	if err != nil {
 		return err

@@ -40,7 +40,7 @@ func (s *Server) refine(m *store.Machine, l anvilv1.Liveliness) anvilv1.Liveline
 		return l
 	}
 	c, ok := s.checks.get(m.ID)
-	if !ok || !c.at.After(m.LastSeen) {
+	if !ok || !c.at.After(s.seenAt(m)) {
 		return l
 	}
 	switch c.power {
@@ -75,7 +75,7 @@ func (s *Server) CheckSilentMachines(ctx context.Context) (int, error) {
 	answered := 0
 	actor := controllerActor("checking the power state of a silent machine")
 	for _, m := range ms {
-		if m.BMC == "" || !silent(m, lifecycle.Derive(m.Status, m.LastSeen, now, s.cfg.Lifecycle)) || !s.health.health(m.ID, m.BMC).MayAsk(now) {
+		if m.BMC == "" || !silent(m, lifecycle.Derive(m.Status, s.seenAt(m), now, s.cfg.Lifecycle)) || !s.health.health(m.ID, m.BMC).MayAsk(now) {
 			continue
 		}
 		wg.Go(func() {

@@ -153,8 +153,8 @@ type Tx interface {
 	// DeleteMachine removes the machine, its events and its instructions;
 	// ErrNotFound if absent.
 	DeleteMachine(ctx context.Context, id string) error
-	// TouchMachine sets LastSeen only (heartbeats; cheap); ErrNotFound if
-	// absent.
+	// TouchMachine moves LastSeen forward to at, never back (heartbeats,
+	// written in batches; cheap); ErrNotFound if absent.
 	TouchMachine(ctx context.Context, id string, at time.Time) error
 
 	// Events. AppendEvent assigns e.Seq (global, strictly increasing, never
@@ -191,10 +191,30 @@ type Tx interface {
 	ListImages(ctx context.Context) ([]*anvilv1.Image, error)
 	DeleteImage(ctx context.Context, id string) error
 
+	// Announce tells the other controllers sharing this store of c, when
+	// and only when this transaction commits. A store that serves one
+	// controller (SQLite) does nothing: that controller's hub already
+	// knows.
+	Announce(ctx context.Context, c Change) error
+
 	// Sizes. CreateSize returns ErrAlreadyExists for a taken id; Get and
 	// Delete return ErrNotFound when absent.
 	CreateSize(ctx context.Context, s *anvilv1.Size) error
 	GetSize(ctx context.Context, id string) (*anvilv1.Size, error)
 	ListSizes(ctx context.Context) ([]*anvilv1.Size, error)
 	DeleteSize(ctx context.Context, id string) error
+}
+
+// Change is what a committed transaction changed that controllers holding
+// streams must hear of: the machines whose pending instructions changed
+// (their Wait streams look at the store again) and the events it
+// published. A stored event (Seq > 0) travels as its machine and seq only:
+// watchers replay it from the store; a live progress event (Seq 0, never
+// stored) travels whole.
+type Change struct {
+	Wake   []string
+	Events []*anvilv1.Event
+	// Resync says changes may have been missed (the feed was cut): every
+	// Wait stream and watcher must look at the store again.
+	Resync bool
 }

@@ -67,6 +67,11 @@ func (s *Store) Tx(ctx context.Context, fn func(store.Tx) error) error {
 		}
 		b = &batch{tx: sqlTx, done: make(chan struct{})}
 		w.cur = b
+		if s.d.lockWrites != "" {
+			if _, err := sqlTx.ExecContext(context.Background(), s.d.lockWrites); err != nil {
+				return s.abort(b, fmt.Errorf("take the writer lock: %w", err))
+			}
+		}
 	}
 	b.n++
 	if _, err := b.tx.ExecContext(context.Background(), spBegin); err != nil {
@@ -85,7 +90,7 @@ func (s *Store) Tx(ctx context.Context, fn func(store.Tx) error) error {
 		}
 		s.handOff(false)
 	}()
-	fnErr := fn(&tx{d: s.d, tx: b.tx, prepared: s.wstmts})
+	fnErr := fn(&tx{d: s.d, tx: b.tx, prepared: s.wstmts, origin: s.origin})
 	returned = true
 	if err := s.endSavepoint(b, fnErr != nil); err != nil {
 		return errors.Join(fnErr, s.abort(b, err))

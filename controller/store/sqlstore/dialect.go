@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -24,6 +25,11 @@ type dialect struct {
 	// uniqueViolation and foreignKeyViolation classify driver errors.
 	uniqueViolation     func(error) bool
 	foreignKeyViolation func(error) bool
+	// shared: several controllers may use the database at once
+	// (replica.go); lockWrites, run first in every write transaction,
+	// makes their write transactions apply one at a time.
+	shared     bool
+	lockWrites string
 }
 
 // Tokens that migrations use where the two dialects differ.
@@ -59,10 +65,9 @@ func sqliteDialect() *dialect {
 	}
 }
 
-// postgresDialect is the PostgreSQL side of the abstraction. No PostgreSQL
-// driver is wired yet; errors are classified by SQLSTATE through the
-// SQLState method that both pgx (*pgconn.PgError) and lib/pq (*pq.Error)
-// provide, so no driver import is needed here.
+// postgresDialect is the PostgreSQL side of the abstraction. Errors are
+// classified by SQLSTATE through the SQLState method of pgx's
+// *pgconn.PgError.
 func postgresDialect() *dialect {
 	state := func(err error) string {
 		var e interface{ SQLState() string }
@@ -74,6 +79,14 @@ func postgresDialect() *dialect {
 	return &dialect{
 		name:     "postgres",
 		numbered: true,
+		shared:   true,
+		// Held until commit: write transactions of all replicas apply in
+		// one order, as one controller's do. Row locks alone would let two
+		// replicas' batches deadlock (machine X then Y against Y then X)
+		// and lose updates (both read a machine, both write it back), and
+		// event seqs could commit out of order, so a watcher resuming
+		// after seq 11 would never see a seq 10 committed later.
+		lockWrites: fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", writerLock),
 		ddl: map[string]string{
 			tokenSerialPK: "BIGSERIAL PRIMARY KEY",
 			tokenBytes:    "BYTEA",

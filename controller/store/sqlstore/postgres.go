@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"crypto/rand"
 	"runtime"
 	"strings"
 	"time"
@@ -17,9 +18,12 @@ import (
 // OpenPostgres opens the store in the PostgreSQL database dsn (a
 // postgres:// URL or a key=value connection string, as pgx reads them) and
 // migrates it to the newest schema. Writes go through one connection and
-// are batched as with SQLite (one writer: the serialization point within
-// this process); reads use a pool. The database's own transactions keep
-// replicas on one database apart.
+// are batched as with SQLite; reads use a pool.
+//
+// Several controllers (replicas) may open one database (replica.go): each
+// write batch holds the database's writer lock, so their transactions
+// apply one after the other as a single controller's would; changes are
+// announced to the others (feed.go); one of them leads the periodic work.
 func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	o := options{readConns: max(4, runtime.NumCPU()), logger: slog.Default()}
 	for _, opt := range opts {
@@ -41,7 +45,7 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, erro
 }
 
 func openPostgres(ctx context.Context, cfg *pgx.ConnConfig, o options) (_ *Store, err error) {
-	s := &Store{d: postgresDialect()}
+	s := &Store{d: postgresDialect(), pgcfg: cfg, log: o.logger, origin: rand.Text()}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.Close())
@@ -55,14 +59,13 @@ func openPostgres(ctx context.Context, cfg *pgx.ConnConfig, o options) (_ *Store
 	if err := s.write.PingContext(ctx); err != nil {
 		return nil, err
 	}
-	if err := s.own(ctx, cfg); err != nil {
-		return nil, err
+	ms := o.migrations
+	if ms == nil {
+		if ms, err = loadMigrations(migrationFiles, "migrations"); err != nil {
+			return nil, err
+		}
 	}
-	ms, err := loadMigrations(migrationFiles, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	if err := migrate(ctx, s.write, s.d, ms, o.logger); err != nil {
+	if err := s.join(ctx, ms, o.logger); err != nil {
 		return nil, err
 	}
 	s.read = stdlib.OpenDB(*cfg)
@@ -79,35 +82,6 @@ func openPostgres(ctx context.Context, cfg *pgx.ConnConfig, o options) (_ *Store
 		return nil, err
 	}
 	return s, nil
-}
-
-// ErrInUse is returned when another controller holds the database: one
-// controller per database until replicas share one (issue 17: change
-// notification across processes, periodic work under a leader).
-var ErrInUse = errors.New("another anvil controller uses this database")
-
-// ownerLock is the session-level advisory lock key the store holds.
-const ownerLock = 0x616e76696c // "anvil"
-
-// own takes the database's controller lock on a connection of its own,
-// held until Close (or the connection's end: PostgreSQL drops a session's
-// advisory locks with it).
-func (s *Store) own(ctx context.Context, cfg *pgx.ConnConfig) error {
-	s.ownerDB = stdlib.OpenDB(*cfg)
-	s.ownerDB.SetMaxOpenConns(1)
-	conn, err := s.ownerDB.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	s.owner = conn
-	var ok bool
-	if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", int64(ownerLock)).Scan(&ok); err != nil {
-		return fmt.Errorf("take the controller lock: %w", err)
-	}
-	if !ok {
-		return ErrInUse
-	}
-	return nil
 }
 
 // redactDSN is dsn without its password, for errors and logs.

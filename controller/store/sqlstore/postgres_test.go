@@ -5,11 +5,16 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/anvil-metal/anvil/controller/store"
 	"github.com/anvil-metal/anvil/controller/store/sqlstore/pgtest"
 	"github.com/anvil-metal/anvil/controller/store/storetest"
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
 // TestPostgresConformance runs the store suite, exactly as SQLite runs it,
@@ -59,27 +64,241 @@ func TestPostgresRefusesANewerSchema(t *testing.T) {
 	}
 }
 
-// One controller per database: a second store on the same database is
-// refused while the first is open, and opens once it is closed.
-func TestPostgresOneController(t *testing.T) {
+// openReplica opens one more store (one more controller) on dsn.
+func openReplica(t *testing.T, dsn string) *Store {
+	t.Helper()
+	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatalf("OpenPostgres: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+// follow runs b.Follow until the test ends and returns what it delivers,
+// once the feed is connected (its first delivery is the resync of a new
+// connection).
+func follow(t *testing.T, b *Store) <-chan store.Change {
+	t.Helper()
+	ch := make(chan store.Change, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); b.Follow(ctx, func(c store.Change) { ch <- c }) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case c := <-ch:
+		if !c.Resync {
+			t.Fatalf("first delivery %+v, want the resync of a new connection", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("change feed did not connect")
+	}
+	return ch
+}
+
+// Two controllers on one database: what one commits is announced to the
+// other (wake-ups, the newest seq per machine, live progress whole), in
+// commit order; a rolled-back transaction announces nothing; a controller
+// does not hear itself.
+func TestPostgresChangeFeed(t *testing.T) {
 	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
-	quiet := WithLogger(slog.New(slog.DiscardHandler))
-	first, err := OpenPostgres(t.Context(), dsn, quiet)
+	a, b := openReplica(t, dsn), openReplica(t, dsn)
+	fromA, fromB := follow(t, b), follow(t, a)
+	ctx := t.Context()
+	if err := a.Tx(ctx, func(tx store.Tx) error {
+		return tx.CreateMachine(ctx, &store.Machine{ID: "m-1", UUID: "u-1", CreatedAt: time.Now()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var seqs []int64
+	if err := a.Tx(ctx, func(tx store.Tx) error {
+		var evs []*anvilv1.Event
+		for range 2 {
+			e := &anvilv1.Event{MachineId: "m-1", Type: anvilv1.EventType_EVENT_TYPE_REGISTERING}
+			if err := tx.AppendEvent(ctx, e); err != nil {
+				return err
+			}
+			seqs = append(seqs, e.Seq)
+			evs = append(evs, e)
+		}
+		live := &anvilv1.Event{MachineId: "m-1", Type: anvilv1.EventType_EVENT_TYPE_INSTALLING, Progress: &anvilv1.Progress{BytesDone: 7}}
+		return tx.Announce(ctx, store.Change{Wake: []string{"m-1"}, Events: append(evs, live)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	if err := a.Tx(ctx, func(tx store.Tx) error {
+		if err := tx.Announce(ctx, store.Change{Wake: []string{"rolled-back"}}); err != nil {
+			return err
+		}
+		return boom
+	}); !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	if err := a.Tx(ctx, func(tx store.Tx) error { return tx.Announce(ctx, store.Change{Wake: []string{"m-2"}}) }); err != nil {
+		t.Fatal(err)
+	}
+	got := next(t, fromA)
+	if len(got.Wake) != 1 || got.Wake[0] != "m-1" || len(got.Events) != 2 {
+		t.Fatalf("first change %+v, want a wake-up of m-1 and two events", got)
+	}
+	if e := got.Events[0]; e.GetMachineId() != "m-1" || e.GetSeq() != seqs[1] {
+		t.Errorf("stored events travel as the newest seq: %v, want m-1 seq %d", e, seqs[1])
+	}
+	if e := got.Events[1]; e.GetSeq() != 0 || e.GetProgress().GetBytesDone() != 7 || e.GetType() != anvilv1.EventType_EVENT_TYPE_INSTALLING {
+		t.Errorf("live progress travels whole: %v", e)
+	}
+	if got := next(t, fromA); len(got.Wake) != 1 || got.Wake[0] != "m-2" {
+		t.Fatalf("second change %+v, want m-2 (the rolled-back one announces nothing)", got)
+	}
+	select {
+	case c := <-fromB:
+		t.Fatalf("a heard its own announcement: %+v", c)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func next(t *testing.T, ch <-chan store.Change) store.Change {
+	t.Helper()
+	select {
+	case c := <-ch:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change announced")
+		return store.Change{}
+	}
+}
+
+// Events written by two controllers at once are visible in seq order: a
+// reader that follows "after the last seq I saw", as WatchEvents does,
+// misses none. Without the writer lock, seqs drawn from one sequence commit
+// out of order and such a reader skips the late ones.
+func TestPostgresReplicasCommitEventsInSeqOrder(t *testing.T) {
+	c := pgtest.New(t)
+	dsn := c.DSN(c.NewDatabase(t))
+	a, b := openReplica(t, dsn), openReplica(t, dsn)
+	ctx := t.Context()
+	if err := a.Tx(ctx, func(tx store.Tx) error {
+		return tx.CreateMachine(ctx, &store.Machine{ID: "m-1", UUID: "u-1", CreatedAt: time.Now()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 8, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		s := []*Store{a, b}[i%2]
+		wg.Go(func() {
+			for range each {
+				if err := s.Tx(ctx, func(tx store.Tx) error {
+					return tx.AppendEvent(ctx, &anvilv1.Event{MachineId: "m-1", Type: anvilv1.EventType_EVENT_TYPE_WAITING})
+				}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	seen, last := 0, int64(0)
+	for finished := false; !finished; {
+		select {
+		case <-done:
+			finished = true
+		default:
+		}
+		if err := b.View(ctx, func(tx store.Tx) error {
+			evs, err := tx.ListEvents(ctx, "m-1", last, 0)
+			for _, e := range evs {
+				seen++
+				last = e.GetSeq()
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if seen != writers*each {
+		t.Fatalf("a reader following seqs saw %d of %d events: some committed behind a higher seq", seen, writers*each)
+	}
+}
+
+// Leadership: exactly one of two controllers leads; when it goes (its
+// session ends as a crash would end it), the other takes the lead.
+func TestPostgresLeaderMoves(t *testing.T) {
+	c := pgtest.New(t)
+	dsn := c.DSN(c.NewDatabase(t))
+	a, b := openReplica(t, dsn), openReplica(t, dsn)
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { a.Lead(ctx, nil) })
+	waitFor(t, "a leads", a.IsLeader)
+	wg.Go(func() { b.Lead(ctx, nil) })
+	time.Sleep(2 * leaderEvery)
+	if !a.IsLeader() || b.IsLeader() {
+		t.Fatalf("a leader %v, b leader %v: want a only", a.IsLeader(), b.IsLeader())
+	}
+	// End a's session the way a dead process's ends: from the server side.
+	if _, err := b.write.ExecContext(ctx, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted",
+		int64(leaderLock)&0xffffffff); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b leads", b.IsLeader)
+	waitFor(t, "a no longer leads", func() bool { return !a.IsLeader() })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(4*leaderEvery + 5*time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, 4*leaderEvery+5*time.Second)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A binary that would migrate the database refuses to while controllers of
+// the older schema run on it; once they are gone it migrates, and then an
+// older controller is refused (ErrSchemaTooNew).
+func TestPostgresMigrationWaitsForOlderReplicas(t *testing.T) {
+	c := pgtest.New(t)
+	dsn := c.DSN(c.NewDatabase(t))
+	old := openReplica(t, dsn)
+	ms, err := loadMigrations(migrationFiles, "migrations")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenPostgres(t.Context(), dsn, quiet); !errors.Is(err, ErrInUse) {
-		t.Fatalf("second store on one database: %v, want ErrInUse", err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
-	second, err := OpenPostgres(t.Context(), dsn, quiet)
+	newer := append(ms[:len(ms):len(ms)], migration{version: len(ms) + 1, name: "9999_next.sql", sql: "CREATE TABLE next_feature (id BIGINT)"})
+	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		t.Fatalf("after the first closed: %v", err)
-	}
-	if err := second.Close(); err != nil {
 		t.Fatal(err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	if _, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: quiet, migrations: newer}); !errors.Is(err, ErrReplicasRunning) {
+		t.Fatalf("migrate under a running older replica: %v, want ErrReplicasRunning", err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	up, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: quiet, migrations: newer})
+	if err != nil {
+		t.Fatalf("migrate once the older replica is gone: %v", err)
+	}
+	defer up.Close()
+	if _, err := OpenPostgres(t.Context(), dsn, WithLogger(quiet)); !errors.Is(err, ErrSchemaTooNew) {
+		t.Fatalf("an older replica after the migration: %v, want ErrSchemaTooNew", err)
 	}
 }

@@ -43,7 +43,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
@@ -59,10 +62,15 @@ type Store struct {
 	// the background (passive: they never block the writer or readers)
 	// instead of inside whichever commit crossed the autocheckpoint mark.
 	ckpt *sql.DB
-	// owner (PostgreSQL) holds the database's controller lock for as long
-	// as the store is open (postgres.go).
-	owner     *sql.Conn
-	ownerDB   *sql.DB
+	// PostgreSQL replicas (replica.go, feed.go): pgcfg opens the feed's
+	// and the session's own connections; origin tells this store's
+	// announcements from the others'; sess holds the schema and leader
+	// locks.
+	pgcfg  *pgx.ConnConfig
+	origin string
+	log    *slog.Logger
+	sess   *session
+	feedUp, following atomic.Bool
 	stopCkpt  context.CancelFunc
 	ckptDone  chan struct{}
 	closeOnce sync.Once
@@ -85,6 +93,9 @@ type options struct {
 	readConns       int
 	logger          *slog.Logger
 	checkpointEvery time.Duration
+	// migrations replace the embedded ones (tests of PostgreSQL replicas
+	// of another schema version).
+	migrations []migration
 }
 
 // WithCheckpointInterval sets how often the WAL is checkpointed in the
@@ -279,10 +290,10 @@ func (s *Store) close() error {
 			errs = append(errs, st.Close())
 		}
 	}
-	if s.owner != nil {
-		errs = append(errs, s.owner.Close())
+	if s.sess != nil {
+		errs = append(errs, s.sess.close())
 	}
-	for _, db := range []*sql.DB{s.read, s.write, s.ckpt, s.ownerDB} {
+	for _, db := range []*sql.DB{s.read, s.write, s.ckpt} {
 		if db != nil {
 			errs = append(errs, db.Close())
 		}
@@ -290,10 +301,21 @@ func (s *Store) close() error {
 	return errors.Join(errs...)
 }
 
-// Ping asks the database for a round trip (readiness checks).
+// Ping asks the database for a round trip (readiness checks). With
+// replicas it also fails while the change feed is being followed but is
+// not connected (this controller's streams would miss wake-ups), or when
+// the session found the schema migrated past this binary.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.read.PingContext(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)
+	}
+	if s.following.Load() && !s.feedUp.Load() {
+		return errors.New("store: change feed not connected (wake-ups from other replicas would be missed)")
+	}
+	if s.sess != nil {
+		if err := s.sess.fault(); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
 	}
 	return nil
 }

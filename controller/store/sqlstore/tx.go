@@ -28,7 +28,7 @@ const (
 		"hostname = ?, status = ?, state = ?, credential_hash = ?, created_at = ?, last_seen = ?, progress = ?, bmc = ?, trust = ?, " +
 		"held_inventory = ? WHERE id = ?"
 	qDeleteMachine = "DELETE FROM machines WHERE id = ?"
-	qTouchMachine  = "UPDATE machines SET last_seen = ? WHERE id = ?"
+	qTouchMachine  = "UPDATE machines SET last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?"
 
 	eventCols    = "seq, machine_id, time, type, message, actor, instruction_id, progress, progress IS NOT NULL"
 	qInsertEvent = "INSERT INTO events (machine_id, time, type, message, actor, instruction_id, progress) " +
@@ -87,6 +87,8 @@ type tx struct {
 	tx       *sql.Tx
 	prepared map[string]*sql.Stmt // shared, read-only
 	local    map[string]*sql.Stmt // prepared, bound to tx
+	// origin marks this store's change announcements (feed.go).
+	origin string
 }
 
 var _ store.Tx = (*tx)(nil)
@@ -399,7 +401,7 @@ func (t *tx) DeleteMachine(ctx context.Context, id string) error {
 func (t *tx) TouchMachine(ctx context.Context, id string, at time.Time) error {
 	seen, err := encTime(at)
 	if err == nil {
-		err = t.execOne(ctx, qTouchMachine, seen, id)
+		err = t.execOne(ctx, qTouchMachine, seen, seen, id)
 	}
 	if err != nil {
 		return fmt.Errorf("touch machine %q: %w", id, err)

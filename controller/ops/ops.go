@@ -43,10 +43,10 @@ const ReadyTimeout = 2 * time.Second
 
 // Ops holds the metrics registry and the health state.
 type Ops struct {
-	src    Source
-	reg    *prometheus.Registry
-	rpc    *grpcprom.ServerMetrics
-	ping   prometheus.Histogram
+	src  Source
+	reg  *prometheus.Registry
+	rpc  *grpcprom.ServerMetrics
+	ping prometheus.Histogram
 	// storeTx times the store's transactions (Store).
 	storeTx *prometheus.HistogramVec
 	health  *health.Server

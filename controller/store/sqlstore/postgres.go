@@ -2,11 +2,11 @@ package sqlstore
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"crypto/rand"
 	"runtime"
 	"strings"
 	"time"

@@ -66,15 +66,15 @@ type Store struct {
 	// and the session's own connections; origin tells this store's
 	// announcements from the others'; sess holds the schema and leader
 	// locks.
-	pgcfg  *pgx.ConnConfig
-	origin string
-	log    *slog.Logger
-	sess   *session
+	pgcfg             *pgx.ConnConfig
+	origin            string
+	log               *slog.Logger
+	sess              *session
 	feedUp, following atomic.Bool
-	stopCkpt  context.CancelFunc
-	ckptDone  chan struct{}
-	closeOnce sync.Once
-	closeErr  error
+	stopCkpt          context.CancelFunc
+	ckptDone          chan struct{}
+	closeOnce         sync.Once
+	closeErr          error
 	// w batches concurrent write transactions into one commit (batch.go).
 	w writer
 	// wstmts and rstmts are the prepared statements of write and read, by

@@ -19,10 +19,15 @@
 // says "use this boot file, no boot server discovery" (PXE option 43
 // discovery control 8), so no PXE client waits on port 4011.
 //
-// Reply is the pure core; Server is the UDP loop around it.
+// In full mode the addresses come from a LeaseBook: the store's (shared by
+// every controller replica on one database, so two never hand out one
+// address) or, for tests, Leases in memory.
+//
+// Reply is the core; Server is the UDP loop around it.
 package dhcp
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -151,17 +156,45 @@ func (c Config) bootfile(cl Client) (file string, tftp bool) {
 	return c.BIOSFile, true
 }
 
-// Leases is the full mode's address book: one address per MAC, the same
-// one again while the lease lives, and a MAC's preferred address (from a
-// hash of the MAC) when it is free, so addresses survive a restart of the
-// controller as far as possible.
-type Leases struct {
-	mu    sync.Mutex
-	start uint32
-	size  uint32
-	byMAC map[string]lease
-	byIP  map[uint32]string
+// LeaseBook is the full mode's address book, consulted by Reply. An
+// implementation gives each MAC one address of its pool and keeps to these
+// rules, whoever else (another controller on the same database) offers at
+// the same time:
+//
+//   - one address per MAC, the same one again while its lease lives (and
+//     after it lapsed, as long as nobody else took the address);
+//   - a MAC's preferred address (from a hash of the MAC) when it is free,
+//     so addresses survive restarts as far as possible;
+//   - an address whose lease expired may go to another MAC;
+//   - never one address to two MACs at once.
+//
+// An error (pool exhausted, database down) means no answer: Reply returns
+// it and the server stays silent rather than answer wrongly.
+type LeaseBook interface {
+	// Pool is the range of addresses the book leases, both ends included.
+	Pool() (start, end netip.Addr)
+	// Offer returns the address for mac, reserved until now+ttl.
+	Offer(ctx context.Context, mac string, now time.Time, ttl time.Duration) (netip.Addr, error)
+	// Renew extends mac's live lease on ip to now+ttl, in one step, and
+	// reports whether mac held one (false: not leased to mac, or lapsed).
+	Renew(ctx context.Context, mac string, ip netip.Addr, now time.Time, ttl time.Duration) (bool, error)
+	// Release ends mac's lease, if it has one.
+	Release(ctx context.Context, mac string) error
 }
+
+// Leases is a LeaseBook in memory, for one process: its leases are lost
+// when the process ends and no other process sees them. A controller
+// serving full mode uses the store's book (sqlstore), which replicas share.
+type Leases struct {
+	mu         sync.Mutex
+	start, end netip.Addr
+	first      uint32
+	size       uint32
+	byMAC      map[string]lease
+	byIP       map[uint32]string
+}
+
+var _ LeaseBook = (*Leases)(nil)
 
 type lease struct {
 	ip      uint32
@@ -171,7 +204,7 @@ type lease struct {
 // NewLeases returns an empty book for the pool [start, end].
 func NewLeases(start, end netip.Addr) *Leases {
 	s, e := u32(start), u32(end)
-	return &Leases{start: s, size: e - s + 1, byMAC: map[string]lease{}, byIP: map[uint32]string{}}
+	return &Leases{start: start, end: end, first: s, size: e - s + 1, byMAC: map[string]lease{}, byIP: map[uint32]string{}}
 }
 
 func u32(a netip.Addr) uint32 {
@@ -186,8 +219,11 @@ func addr(v uint32) netip.Addr {
 // ErrPoolExhausted is a pool with no free address.
 var ErrPoolExhausted = errors.New("address pool exhausted")
 
+// Pool returns the book's pool.
+func (l *Leases) Pool() (start, end netip.Addr) { return l.start, l.end }
+
 // Offer returns the address for mac, reserving it until now+ttl.
-func (l *Leases) Offer(mac string, now time.Time, ttl time.Duration) (netip.Addr, error) {
+func (l *Leases) Offer(_ context.Context, mac string, now time.Time, ttl time.Duration) (netip.Addr, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if le, ok := l.byMAC[mac]; ok {
@@ -198,7 +234,7 @@ func (l *Leases) Offer(mac string, now time.Time, ttl time.Duration) (netip.Addr
 	h.Write([]byte(mac))
 	first := h.Sum32() % l.size
 	for i := uint32(0); i < l.size; i++ {
-		ip := l.start + (first+i)%l.size
+		ip := l.first + (first+i)%l.size
 		if owner, taken := l.byIP[ip]; taken {
 			if l.byMAC[owner].expires.After(now) {
 				continue
@@ -209,34 +245,44 @@ func (l *Leases) Offer(mac string, now time.Time, ttl time.Duration) (netip.Addr
 		l.byMAC[mac] = lease{ip, now.Add(ttl)}
 		return addr(ip), nil
 	}
-	return netip.Addr{}, fmt.Errorf("%w: %d addresses, all leased", ErrPoolExhausted, l.size)
+	return netip.Addr{}, fmt.Errorf("offer an address to %s: %w: %d addresses, all leased", mac, ErrPoolExhausted, l.size)
 }
 
-// Holds reports whether mac holds a live lease on ip.
-func (l *Leases) Holds(mac string, ip netip.Addr, now time.Time) bool {
+// Renew extends mac's live lease on ip to now+ttl.
+func (l *Leases) Renew(_ context.Context, mac string, ip netip.Addr, now time.Time, ttl time.Duration) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	le, ok := l.byMAC[mac]
-	return ok && addr(le.ip) == ip && le.expires.After(now)
+	if !ok || addr(le.ip) != ip || !le.expires.After(now) {
+		return false, nil
+	}
+	l.byMAC[mac] = lease{le.ip, now.Add(ttl)}
+	return true, nil
 }
 
 // Release ends mac's lease.
-func (l *Leases) Release(mac string) {
+func (l *Leases) Release(_ context.Context, mac string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if le, ok := l.byMAC[mac]; ok {
 		delete(l.byIP, le.ip)
 		delete(l.byMAC, mac)
 	}
+	return nil
 }
 
 // ErrIgnore is a request this server does not answer (not an error on
 // the client's side: another server may).
 var ErrIgnore = errors.New("not answered")
 
+// offerTTL is how long an OFFER reserves its address for the REQUEST.
+const offerTTL = 2 * time.Minute
+
 // Reply builds the answer to req, or returns ErrIgnore (wrapped with why).
-// proxyPort says the request came to the PXE boot server port 4011.
-func Reply(c Config, leases *Leases, req *dhcpv4.DHCPv4, now time.Time, proxyPort bool) (*dhcpv4.DHCPv4, error) {
+// proxyPort says the request came to the PXE boot server port 4011. In
+// full mode it leases from leases; any other error (the book's: pool
+// exhausted, database down) means the request must go unanswered.
+func Reply(ctx context.Context, c Config, leases LeaseBook, req *dhcpv4.DHCPv4, now time.Time, proxyPort bool) (*dhcpv4.DHCPv4, error) {
 	if req.OpCode != dhcpv4.OpcodeBootRequest {
 		return nil, fmt.Errorf("%w: not a BOOTREQUEST", ErrIgnore)
 	}
@@ -251,16 +297,18 @@ func Reply(c Config, leases *Leases, req *dhcpv4.DHCPv4, now time.Time, proxyPor
 	}
 	switch mt {
 	case dhcpv4.MessageTypeDiscover:
-		ip, err := leases.Offer(mac, now, 2*time.Minute)
+		ip, err := leases.Offer(ctx, mac, now, offerTTL)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("DISCOVER from %s: %w", mac, err)
 		}
 		return fullReply(c, req, cl, dhcpv4.MessageTypeOffer, ip)
 	case dhcpv4.MessageTypeRequest:
 		// A REQUEST names the server it chose (option 54) when it answers
-		// an OFFER; one for another server is not ours to answer.
+		// an OFFER; one for another server is not ours to answer. Its
+		// lease is left alone: the chosen server may be another replica
+		// on the same lease book, ACKing this very lease; an unused
+		// offer lapses after offerTTL.
 		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(net.IP(c.ServerIP.AsSlice())) {
-			leases.Release(mac)
 			return nil, fmt.Errorf("%w: %s chose server %v", ErrIgnore, mac, sid)
 		}
 		want := req.RequestedIPAddress()
@@ -268,17 +316,23 @@ func Reply(c Config, leases *Leases, req *dhcpv4.DHCPv4, now time.Time, proxyPor
 			want = req.ClientIPAddr // renewing (RFC 2131 §4.3.2)
 		}
 		ip, ok := netip.AddrFromSlice(want.To4())
-		if !ok || !leases.Holds(mac, ip, now) {
+		if !ok {
+			return nak(c, req)
+		}
+		held, err := leases.Renew(ctx, mac, ip, now, c.LeaseTime)
+		if err != nil {
+			return nil, fmt.Errorf("REQUEST from %s for %v: %w", mac, ip, err)
+		}
+		if !held {
 			// An address we did not offer (or the lease lapsed): NAK, so
 			// the client starts over with a DISCOVER.
 			return nak(c, req)
 		}
-		if _, err := leases.Offer(mac, now, c.LeaseTime); err != nil {
-			return nil, err
-		}
 		return fullReply(c, req, cl, dhcpv4.MessageTypeAck, ip)
 	case dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
-		leases.Release(mac)
+		if err := leases.Release(ctx, mac); err != nil {
+			return nil, fmt.Errorf("%s from %s: %w", mt, mac, err)
+		}
 		return nil, fmt.Errorf("%w: %s from %s", ErrIgnore, mt, mac)
 	}
 	return nil, fmt.Errorf("%w: message type %s", ErrIgnore, mt)

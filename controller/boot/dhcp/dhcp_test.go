@@ -42,7 +42,7 @@ type testServer struct {
 	srv       *Server
 }
 
-func startServer(t *testing.T, c Config) *testServer {
+func startServer(t *testing.T, c Config, opts ...Option) *testServer {
 	t.Helper()
 	l67, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -52,7 +52,7 @@ func startServer(t *testing.T, c Config) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(c, WithConn(l67, false), WithConn(l4011, true), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv, err := New(c, append([]Option{WithConn(l67, false), WithConn(l4011, true), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,20 +266,24 @@ func TestServerSurvivesMalformedPackets(t *testing.T) {
 }
 
 func TestLeasesReuseExpiredAddresses(t *testing.T) {
+	ctx := t.Context()
 	l := NewLeases(netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.10"))
 	now := time.Unix(1000, 0)
-	a, err := l.Offer("m1", now, time.Minute)
+	a, err := l.Offer(ctx, "m1", now, time.Minute)
 	if err != nil || a != netip.MustParseAddr("10.0.0.10") {
 		t.Fatalf("offer %v %v", a, err)
 	}
-	if _, err := l.Offer("m2", now.Add(30*time.Second), time.Minute); !errors.Is(err, ErrPoolExhausted) {
+	if _, err := l.Offer(ctx, "m2", now.Add(30*time.Second), time.Minute); !errors.Is(err, ErrPoolExhausted) {
 		t.Errorf("second MAC on a full pool: %v", err)
 	}
-	if b, err := l.Offer("m2", now.Add(2*time.Minute), time.Minute); err != nil || b != a {
+	if b, err := l.Offer(ctx, "m2", now.Add(2*time.Minute), time.Minute); err != nil || b != a {
 		t.Errorf("expired lease not reused: %v %v", b, err)
 	}
-	if l.Holds("m1", a, now.Add(2*time.Minute)) {
-		t.Error("m1 still holds the address it lost")
+	if ok, err := l.Renew(ctx, "m1", a, now.Add(2*time.Minute), time.Hour); ok || err != nil {
+		t.Errorf("m1 renewed the address it lost: %v %v", ok, err)
+	}
+	if ok, err := l.Renew(ctx, "m2", a, now.Add(2*time.Minute), time.Hour); !ok || err != nil {
+		t.Errorf("m2 could not renew its lease: %v %v", ok, err)
 	}
 }
 

@@ -20,7 +20,7 @@ import (
 // relays on loopback) are answered there.
 type Server struct {
 	cfg    Config
-	leases *Leases
+	leases LeaseBook
 	log    *slog.Logger
 	now    func() time.Time
 	conns  []conn
@@ -41,6 +41,12 @@ func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 
 // WithClock sets the time source (tests).
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
+
+// WithLeases makes full mode lease from book instead of a book in memory:
+// the store's book (sqlstore.Store.LeaseBook), which every controller on
+// the same database shares. Its pool must be the config's. Proxy mode
+// ignores it.
+func WithLeases(book LeaseBook) Option { return func(s *Server) { s.leases = book } }
 
 // WithConn serves on pc; proxyPort marks it as the PXE port 4011.
 func WithConn(pc net.PacketConn, proxyPort bool) Option {
@@ -77,11 +83,16 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		return nil, fmt.Errorf("DHCP: %w", err)
 	}
 	s := &Server{cfg: cfg, log: slog.Default(), now: time.Now}
-	if cfg.Mode == Full {
-		s.leases = NewLeases(cfg.PoolStart, cfg.PoolEnd)
-	}
 	for _, o := range opts {
 		o(s)
+	}
+	if cfg.Mode == Full {
+		if s.leases == nil {
+			s.leases = NewLeases(cfg.PoolStart, cfg.PoolEnd)
+		}
+		if start, end := s.leases.Pool(); start != cfg.PoolStart || end != cfg.PoolEnd {
+			return nil, fmt.Errorf("DHCP: the lease book's pool %v-%v is not the configured pool %v-%v", start, end, cfg.PoolStart, cfg.PoolEnd)
+		}
 	}
 	if len(s.conns) == 0 {
 		return nil, errors.New("DHCP: no socket to serve on")
@@ -96,7 +107,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			errc <- s.loop(c)
+			errc <- s.loop(ctx, c)
 		}()
 	}
 	var err error
@@ -111,7 +122,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
-func (s *Server) loop(c conn) error {
+// replyTimeout bounds the work on one request (the lease book's database
+// round trips): a client retransmits after about 4 s (RFC 2131 §4.1), so
+// an answer later than that is wasted.
+const replyTimeout = 2 * time.Second
+
+func (s *Server) loop(ctx context.Context, c conn) error {
 	buf := make([]byte, 1500)
 	for {
 		n, peer, err := c.pc.ReadFrom(buf)
@@ -126,13 +142,15 @@ func (s *Server) loop(c conn) error {
 			s.log.Warn("malformed DHCP packet", "from", peer.String(), "bytes", n, "err", err)
 			continue
 		}
-		resp, err := Reply(s.cfg, s.leases, req, s.now(), c.proxyPort)
+		rctx, cancel := context.WithTimeout(ctx, replyTimeout)
+		resp, err := Reply(rctx, s.cfg, s.leases, req, s.now(), c.proxyPort)
+		cancel()
 		if errors.Is(err, ErrIgnore) {
 			s.log.Debug("DHCP request not answered", "mac", req.ClientHWAddr.String(), "why", err)
 			continue
 		}
 		if err != nil {
-			s.log.Error("DHCP request failed", "mac", req.ClientHWAddr.String(), "type", req.MessageType().String(), "err", err)
+			s.log.Error("DHCP request failed, not answered", "mac", req.ClientHWAddr.String(), "type", req.MessageType().String(), "err", err)
 			continue
 		}
 		to := destination(req, peer)

@@ -89,7 +89,8 @@ func TestFailoverToAnotherReplica(t *testing.T) {
 	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; r.Close() })
 
-	eventually(t, "in-1 acknowledged on A", func() bool { return len(a.got()) == 1 })
+	// Running: A has the acknowledgement and the agent has A's answer.
+	eventually(t, "in-1 running", func() bool { return ex.count("in-1") == 1 })
 	srvA.Stop() // A dies with in-1 running and the agent's stream open
 	close(release)
 	types := func(s *script, id string) []anvilv1.EventType {

@@ -6,10 +6,10 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +19,7 @@ import (
 	"github.com/anvil-metal/anvil/agent/bootenv"
 	"github.com/anvil-metal/anvil/agent/bootloader"
 	"github.com/anvil-metal/anvil/agent/bootparams"
+	"github.com/anvil-metal/anvil/agent/ctrladdr"
 	"github.com/anvil-metal/anvil/agent/disks"
 	"github.com/anvil-metal/anvil/agent/efiboot"
 	"github.com/anvil-metal/anvil/agent/executor"
@@ -48,7 +49,10 @@ const (
 // Config holds the agent's settings. In boot mode, empty fields are taken
 // from the kernel command line (package bootparams).
 type Config struct {
-	Mode          Mode
+	Mode Mode
+	// Controller is the controller's address, or the replicas' addresses
+	// comma-separated, or one DNS name with a record per replica (package
+	// ctrladdr; anvil.controller= in boot mode).
 	Controller    string
 	BootToken     string
 	CAFile        string
@@ -106,8 +110,8 @@ func (c Config) Validate() error {
 	if c.MachineUUID != "" && !anvilv1.ValidUUID(c.MachineUUID) {
 		errs = append(errs, fmt.Errorf("machine UUID %q is not a lower-case canonical UUID", c.MachineUUID))
 	}
-	if c.Controller == "" {
-		errs = append(errs, errors.New("controller address is required (--controller or anvil.controller=)"))
+	if _, err := ctrladdr.Parse(c.Controller); err != nil {
+		errs = append(errs, fmt.Errorf("controller address (--controller or anvil.controller=): %w", err))
 	}
 	if c.BootToken == "" {
 		errs = append(errs, errors.New("boot token is required (--boot-token or anvil.token=)"))
@@ -152,14 +156,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		caPEM = b
 	}
-	// Pinning by fingerprint checks the leaf against the dialled host
-	// itself (crypto/tls sends no SNI for IP addresses).
-	host, _, err := net.SplitHostPort(cfg.Controller)
+	addrs, err := ctrladdr.Parse(cfg.Controller)
 	if err != nil {
-		return fmt.Errorf("controller address %q: %w", cfg.Controller, err)
+		return err
 	}
-	tlsCfg, err := pki.ClientTLS(caPEM, cfg.CAFingerprint, pki.WithServerName(host))
-	if err != nil {
+	// Pinning by fingerprint checks the leaf against the dialled host
+	// itself (crypto/tls sends no SNI for IP addresses): each replica's
+	// against its own.
+	tlsFor := func(host string) (*tls.Config, error) {
+		return pki.ClientTLS(caPEM, cfg.CAFingerprint, pki.WithServerName(host))
+	}
+	if _, err := tlsFor(addrs.Host(0)); err != nil { // a bad CA or fingerprint fails now
 		return err
 	}
 	// LLDP listening starts as early as the links exist and runs beside
@@ -167,7 +174,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// them (before DHCP brings them up), in host mode now.
 	nb := newNeighbors(cfg.lldpWait(), log)
 	if cfg.Mode == ModeBoot {
-		if err := prepareBoot(ctx, cfg, caPEM, host, log, bootenv.WithLinksFound(func(links []string) { nb.listen(ctx, links) })); err != nil {
+		if err := prepareBoot(ctx, cfg, caPEM, addrs, log, bootenv.WithLinksFound(func(links []string) { nb.listen(ctx, links) })); err != nil {
 			return err
 		}
 	} else if nb != nil {
@@ -217,8 +224,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		tarGrub = &grub
 	}
 	r, err := runner.New(runner.Config{
-		Controller:   cfg.Controller,
-		TLS:          tlsCfg,
+		Controller:   addrs.String(),
+		TLSFor:       tlsFor,
 		BootToken:    cfg.BootToken,
 		AgentVersion: cfg.Version,
 		Inventory:    inv,

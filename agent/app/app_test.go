@@ -113,3 +113,23 @@ func tarOf(t *testing.T, files map[string]string) *bytes.Buffer {
 	}
 	return &buf
 }
+
+// --controller (or anvil.controller=) may name several replicas; a list
+// the runner could not use is refused with the flag's name.
+func TestValidateControllerList(t *testing.T) {
+	ok := Config{Mode: ModeHost, Disks: []string{"/dev/loop0"}, BootToken: "t", CAFingerprint: "sha256:00"}
+	for _, c := range []string{"10.0.2.2:7443", "10.0.2.2:7443,10.0.2.3:7443", "anvil.example.net:7443"} {
+		cfg := ok
+		cfg.Controller = c
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("controller %q: %v", c, err)
+		}
+	}
+	for _, c := range []string{"", "10.0.2.2:7443,10.0.2.2:7443", "10.0.2.2", "10.0.2.2:7443,"} {
+		cfg := ok
+		cfg.Controller = c
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--controller") {
+			t.Errorf("controller %q: %v, want a refusal naming --controller", c, err)
+		}
+	}
+}

@@ -10,14 +10,16 @@ import (
 
 	"github.com/anvil-metal/anvil/agent/backoff"
 	"github.com/anvil-metal/anvil/agent/bootenv"
+	"github.com/anvil-metal/anvil/agent/ctrladdr"
 	"github.com/anvil-metal/anvil/controller/pki"
 )
 
 // prepareBoot readies the RAM-booted machine (file systems, modules, disks,
 // DHCP: bootenv.Prepare, with opts), then makes its clock plausible from the
-// controller's certificate chain (bootenv.SeedClock), retrying until the
-// controller answers: nothing else can work before.
-func prepareBoot(ctx context.Context, cfg Config, caPEM []byte, host string, log *slog.Logger, opts ...bootenv.Option) error {
+// certificate chain of the first controller replica that answers
+// (bootenv.SeedClock), retrying until one does: nothing else can work
+// before.
+func prepareBoot(ctx context.Context, cfg Config, caPEM []byte, addrs ctrladdr.List, log *slog.Logger, opts ...bootenv.Option) error {
 	log = log.With("phase", "boot")
 	if cfg.DebugShell {
 		if err := bootenv.StartDebugShell(ctx, bootenv.DebugShellPath, log); err != nil {
@@ -31,7 +33,7 @@ func prepareBoot(ctx context.Context, cfg Config, caPEM []byte, host string, log
 	// The agent may wait in the pool for days: its DHCP leases are
 	// renewed for as long as it runs.
 	go bootenv.KeepLeases(ctx, res.Leases, log)
-	cc := bootenv.ClockConfig{Addr: cfg.Controller, ServerName: host}
+	cc := bootenv.ClockConfig{Addrs: addrs}
 	if len(caPEM) > 0 {
 		cc.Roots = x509.NewCertPool()
 		if !cc.Roots.AppendCertsFromPEM(caPEM) {

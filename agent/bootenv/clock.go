@@ -16,17 +16,19 @@ import (
 // certificate chain; the same trust as the agent's TLS (a CA bundle, a CA
 // fingerprint, or both).
 type ClockConfig struct {
-	// Addr is the controller's host:port.
-	Addr string
-	// ServerName is the name (DNS name or IP address) the serving
-	// certificate must be valid for; the host of Addr when empty.
+	// Addrs are the controller replicas' host:port, tried in turn until one
+	// presents a chain that verifies.
+	Addrs []string
+	// ServerName is the name (DNS name or IP address) every serving
+	// certificate must be valid for; when empty, each address's own host.
 	ServerName string
 	// Roots are trusted CA certificates (nil: none).
 	Roots *x509.CertPool
 	// Fingerprint is the SHA-256 of a trusted certificate in the presented
 	// chain (nil: none).
 	Fingerprint []byte
-	// Timeout bounds the connection and the handshake (default 10 s).
+	// Timeout bounds the connection and the handshake with one address
+	// (default 10 s).
 	Timeout time.Duration
 }
 
@@ -42,7 +44,8 @@ type ClockStep struct {
 // SeedClock makes the system clock plausible for TLS. A machine whose
 // RTC is unset or flat boots with a clock years in the past, so every
 // certificate looks "not yet valid" (RFC 5280 4.1.2.5) and the agent can
-// never reach the controller. SeedClock connects to the controller, checks
+// never reach the controller. SeedClock connects to a controller (the
+// first of Addrs that answers with a chain that verifies), checks
 // the presented chain against the trust anchor ignoring validity times
 // (the signatures and the host name, not the clock, prove it is the
 // controller), and steps the clock forward to the latest NotBefore in the
@@ -50,9 +53,24 @@ type ClockStep struct {
 // moved: this is a lower bound, not a time service.
 func SeedClock(ctx context.Context, cfg ClockConfig, opts ...Option) (ClockStep, error) {
 	o := newOptions(opts)
-	floor, err := chainFloor(ctx, cfg)
-	if err != nil {
-		return ClockStep{}, err
+	if len(cfg.Addrs) == 0 {
+		return ClockStep{}, errors.New("seed clock: no controller address")
+	}
+	var floor time.Time
+	var errs []error
+	for _, addr := range cfg.Addrs {
+		f, err := chainFloor(ctx, cfg, addr)
+		if err == nil {
+			floor, errs = f, nil
+			break
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) > 0 {
+		return ClockStep{}, errors.Join(errs...)
 	}
 	now := o.now()
 	step := ClockStep{Before: now, After: now}
@@ -68,17 +86,17 @@ func SeedClock(ctx context.Context, cfg ClockConfig, opts ...Option) (ClockStep,
 	return step, nil
 }
 
-// chainFloor fetches the controller's chain and returns its verified
-// lower time bound.
-func chainFloor(ctx context.Context, cfg ClockConfig) (time.Time, error) {
+// chainFloor fetches the chain of the controller at addr and returns its
+// verified lower time bound.
+func chainFloor(ctx context.Context, cfg ClockConfig, addr string) (time.Time, error) {
 	if cfg.Roots == nil && cfg.Fingerprint == nil {
 		return time.Time{}, errors.New("seed clock: no CA certificate or fingerprint to verify the controller with")
 	}
 	name := cfg.ServerName
 	if name == "" {
-		h, _, err := net.SplitHostPort(cfg.Addr)
+		h, _, err := net.SplitHostPort(addr)
 		if err != nil {
-			return time.Time{}, fmt.Errorf("seed clock: controller address %q: %w", cfg.Addr, err)
+			return time.Time{}, fmt.Errorf("seed clock: controller address %q: %w", addr, err)
 		}
 		name = h
 	}
@@ -102,16 +120,16 @@ func chainFloor(ctx context.Context, cfg ClockConfig) (time.Time, error) {
 			return nil
 		},
 	}}
-	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("seed clock: TLS handshake with %s: %w", cfg.Addr, err)
+		return time.Time{}, fmt.Errorf("seed clock: TLS handshake with %s: %w", addr, err)
 	}
 	if err := conn.Close(); err != nil {
-		return time.Time{}, fmt.Errorf("seed clock: close connection to %s: %w", cfg.Addr, err)
+		return time.Time{}, fmt.Errorf("seed clock: close connection to %s: %w", addr, err)
 	}
 	floor, err := verifiedFloor(chain, name, cfg.Roots, cfg.Fingerprint)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("seed clock: certificate of %s: %w", cfg.Addr, err)
+		return time.Time{}, fmt.Errorf("seed clock: certificate of %s: %w", addr, err)
 	}
 	return floor, nil
 }

@@ -78,15 +78,15 @@ func TestSeedClock(t *testing.T) {
 		stepped bool
 		wantErr string
 	}{
-		{name: "fingerprint, clock in 2001", cfg: ClockConfig{Addr: addr, Fingerprint: fp}, now: past, want: floor, stepped: true},
-		{name: "CA file, clock in 2001", cfg: ClockConfig{Addr: addr, Roots: roots}, now: past, want: floor, stepped: true},
-		{name: "both", cfg: ClockConfig{Addr: addr, Roots: roots, Fingerprint: fp}, now: past, want: floor, stepped: true},
-		{name: "clock already right", cfg: ClockConfig{Addr: addr, Fingerprint: fp}, now: floor.Add(time.Hour), want: floor.Add(time.Hour)},
-		{name: "clock far ahead is left alone", cfg: ClockConfig{Addr: addr, Fingerprint: fp}, now: floor.AddDate(30, 0, 0), want: floor.AddDate(30, 0, 0)},
-		{name: "wrong fingerprint", cfg: ClockConfig{Addr: addr, Fingerprint: make([]byte, 32)}, now: past, want: past, wantErr: "no certificate with fingerprint"},
-		{name: "wrong CA", cfg: ClockConfig{Addr: addr, Roots: x509.NewCertPool()}, now: past, want: past, wantErr: "verify against the CA"},
-		{name: "name not in the certificate", cfg: ClockConfig{Addr: addr, ServerName: "evil.example", Fingerprint: fp}, now: past, want: past, wantErr: "evil.example"},
-		{name: "no trust", cfg: ClockConfig{Addr: addr}, now: past, want: past, wantErr: "no CA certificate or fingerprint"},
+		{name: "fingerprint, clock in 2001", cfg: ClockConfig{Addrs: []string{addr}, Fingerprint: fp}, now: past, want: floor, stepped: true},
+		{name: "CA file, clock in 2001", cfg: ClockConfig{Addrs: []string{addr}, Roots: roots}, now: past, want: floor, stepped: true},
+		{name: "both", cfg: ClockConfig{Addrs: []string{addr}, Roots: roots, Fingerprint: fp}, now: past, want: floor, stepped: true},
+		{name: "clock already right", cfg: ClockConfig{Addrs: []string{addr}, Fingerprint: fp}, now: floor.Add(time.Hour), want: floor.Add(time.Hour)},
+		{name: "clock far ahead is left alone", cfg: ClockConfig{Addrs: []string{addr}, Fingerprint: fp}, now: floor.AddDate(30, 0, 0), want: floor.AddDate(30, 0, 0)},
+		{name: "wrong fingerprint", cfg: ClockConfig{Addrs: []string{addr}, Fingerprint: make([]byte, 32)}, now: past, want: past, wantErr: "no certificate with fingerprint"},
+		{name: "wrong CA", cfg: ClockConfig{Addrs: []string{addr}, Roots: x509.NewCertPool()}, now: past, want: past, wantErr: "verify against the CA"},
+		{name: "name not in the certificate", cfg: ClockConfig{Addrs: []string{addr}, ServerName: "evil.example", Fingerprint: fp}, now: past, want: past, wantErr: "evil.example"},
+		{name: "no trust", cfg: ClockConfig{Addrs: []string{addr}}, now: past, want: past, wantErr: "no CA certificate or fingerprint"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &fakeClock{now: tc.now}
@@ -127,10 +127,46 @@ func TestSeedClockUnreachable(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	c := &fakeClock{now: time.Unix(0, 0)}
-	if _, err := SeedClock(context.Background(), ClockConfig{Addr: addr, Fingerprint: make([]byte, 32), Timeout: time.Second}, c.opt()); err == nil || !strings.Contains(err.Error(), addr) {
+	if _, err := SeedClock(context.Background(), ClockConfig{Addrs: []string{addr}, Fingerprint: make([]byte, 32), Timeout: time.Second}, c.opt()); err == nil || !strings.Contains(err.Error(), addr) {
 		t.Errorf("err = %v, want one naming %s", err, addr)
 	}
 	if len(c.set) != 0 {
 		t.Errorf("clock set to %v", c.set)
+	}
+}
+
+// With several controller replicas, the clock is seeded from the first
+// that answers with a chain that verifies: a dead replica and one whose
+// certificate is from another CA are passed over; when none answers, the
+// error names each.
+func TestSeedClockTriesEachReplica(t *testing.T) {
+	addr, ca, chain := controllerTLS(t)
+	foreign, _, _ := controllerTLS(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	fp, err := pki.ParseFingerprint(ca.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	floor := chain[0].NotBefore
+	if ca.Certificate().NotBefore.After(floor) {
+		floor = ca.Certificate().NotBefore
+	}
+	c := &fakeClock{now: time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)}
+	step, err := SeedClock(context.Background(), ClockConfig{Addrs: []string{dead, foreign, addr}, Fingerprint: fp, Timeout: time.Second}, c.opt())
+	if err != nil || !step.Stepped || !c.now.Equal(floor) {
+		t.Fatalf("SeedClock over a dead, a foreign and a good replica: %+v, %v; clock %v, want %v", step, err, c.now, floor)
+	}
+	c = &fakeClock{now: time.Unix(0, 0)}
+	_, err = SeedClock(context.Background(), ClockConfig{Addrs: []string{dead, foreign}, Fingerprint: fp, Timeout: time.Second}, c.opt())
+	if err == nil || !strings.Contains(err.Error(), dead) || !strings.Contains(err.Error(), foreign) || len(c.set) != 0 {
+		t.Errorf("no replica answers: err %v (want one naming %s and %s), clock set %v", err, dead, foreign, c.set)
+	}
+	if _, err := SeedClock(context.Background(), ClockConfig{Fingerprint: fp}, c.opt()); err == nil {
+		t.Error("SeedClock without an address succeeded")
 	}
 }

@@ -3,6 +3,10 @@
 //
 //	anvil.controller=HOST:PORT anvil.token=TOKEN anvil.ca_fp=sha256:HEX anvil.debug=1
 //
+// anvil.controller= may name several controller replicas, comma-separated
+// (HOST:PORT,HOST:PORT,...), or one DNS name with a record per replica; the
+// list's format is package ctrladdr's.
+//
 // and the console= parameters, which installed systems inherit. An
 // operator may add anvil.lldp_wait=DURATION (a Go duration such as 5s or
 // 1500ms; 0 turns LLDP off): the most the agent waits for its switches'
@@ -17,11 +21,15 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/anvil-metal/anvil/agent/ctrladdr"
 )
 
 // Params are the agent settings found on the command line; missing ones are
 // empty.
 type Params struct {
+	// Controller is anvil.controller=: a checked list of controller
+	// addresses (ctrladdr.Parse).
 	Controller    string
 	BootToken     string
 	CAFingerprint string
@@ -78,7 +86,11 @@ func Parse(cmdline string) (Params, error) {
 		}
 		switch k {
 		case "anvil.controller":
-			p.Controller = v
+			l, err := ctrladdr.Parse(v)
+			if err != nil {
+				return p, fmt.Errorf("kernel command line: anvil.controller=%q: %w", v, err)
+			}
+			p.Controller = l.String()
 		case "anvil.token":
 			p.BootToken = v
 		case "anvil.ca_fp":

@@ -2,6 +2,14 @@
 // controller, holds the Wait stream, sends heartbeats and carries out each
 // instruction through an Executor, exactly once.
 //
+// The controller may run as several replicas on one database; the runner
+// is given all their addresses (package ctrladdr) and holds one connection
+// to one replica at a time (dial.go). When that replica dies, the runner
+// re-opens its Wait stream and retries its reports on another with the same
+// capped, jittered backoff, keeping its session (its credential is in the
+// shared database): it registers again only when a controller refuses the
+// credential.
+//
 // Delivery contract (see proto/anvil/v1/agent.proto): the controller re-sends
 // an instruction on every Wait stream until the agent reports on it. The
 // runner acknowledges an instruction (reports its start event, retrying until
@@ -26,6 +34,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/anvil-metal/anvil/agent/backoff"
+	"github.com/anvil-metal/anvil/agent/ctrladdr"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -78,10 +87,18 @@ type Executors struct {
 
 // Config configures the runner.
 type Config struct {
-	// Controller is host:port of the agent API.
+	// Controller is the agent API's address: HOST:PORT, the replicas'
+	// HOST:PORT comma-separated, or one DNS name with a record per replica
+	// (ctrladdr.Parse).
 	Controller string
-	// TLS verifies the controller (required).
+	// TLS verifies the controller; gRPC sets its server name to the host
+	// of each address. Either TLS or TLSFor is required.
 	TLS *tls.Config
+	// TLSFor builds the TLS configuration that verifies the controller at
+	// an address whose host is serverName; used instead of TLS when set.
+	// A fingerprint pin checked against the dialled host needs it
+	// (pki.ClientTLS(ca, fp, pki.WithServerName(serverName))).
+	TLSFor func(serverName string) (*tls.Config, error)
 	// BootToken authorizes Register.
 	BootToken    string
 	AgentVersion string
@@ -121,10 +138,10 @@ func (c Config) Defaults() Config {
 // Validate reports every missing field.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Controller == "" {
-		errs = append(errs, errors.New("controller address is required"))
+	if _, err := ctrladdr.Parse(c.Controller); err != nil {
+		errs = append(errs, fmt.Errorf("controller address: %w", err))
 	}
-	if c.TLS == nil {
+	if c.TLS == nil && c.TLSFor == nil {
 		errs = append(errs, errors.New("TLS configuration is required (CA file or fingerprint)"))
 	}
 	if c.BootToken == "" {
@@ -144,6 +161,7 @@ type Runner struct {
 	cfg      Config
 	log      *slog.Logger
 	dialOpts []grpc.DialOption
+	inOrder  bool
 	conn     *grpc.ClientConn
 	api      anvilv1.AgentServiceClient
 
@@ -164,6 +182,11 @@ func WithDialOptions(o ...grpc.DialOption) Option {
 	return func(r *Runner) { r.dialOpts = append(r.dialOpts, o...) }
 }
 
+// WithAddressOrder makes the runner try the controller addresses in the
+// order given instead of a shuffled one (tests; a site that prefers one
+// replica).
+func WithAddressOrder() Option { return func(r *Runner) { r.inOrder = true } }
+
 // New prepares a runner; it does not connect yet.
 func New(cfg Config, opts ...Option) (*Runner, error) {
 	cfg = cfg.Defaults()
@@ -174,11 +197,27 @@ func New(cfg Config, opts ...Option) (*Runner, error) {
 	for _, o := range opts {
 		o(r)
 	}
-	dial := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS)),
+	addrs, err := ctrladdr.Parse(cfg.Controller)
+	if err != nil { // checked by Validate
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	var creds credentials.TransportCredentials
+	if cfg.TLSFor != nil {
+		creds = newPerServer(cfg.TLSFor)
+	} else {
+		creds = credentials.NewTLS(cfg.TLS)
+	}
+	tgt, res := target(addrs)
+	dial := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-	}, r.dialOpts...)
-	conn, err := grpc.NewClient(cfg.Controller, dial...)
+		grpc.WithDefaultServiceConfig(serviceConfig(!r.inOrder)),
+		grpc.WithConnectParams(connectParams(cfg.Backoff)),
+	}
+	if res != nil {
+		dial = append(dial, grpc.WithResolvers(res))
+	}
+	conn, err := grpc.NewClient(tgt, append(dial, r.dialOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("controller %s: %w", cfg.Controller, err)
 	}

@@ -29,6 +29,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/anvil-metal/anvil/agent/ctrladdr"
 	"github.com/anvil-metal/anvil/controller/bootobs"
 	"github.com/anvil-metal/anvil/controller/store"
 )
@@ -58,7 +59,9 @@ type Config struct {
 	// "http://10.0.2.2:8080"; it goes into every script.
 	BaseURL string
 	// AgentController is the controller's gRPC address as the agents dial
-	// it (anvil.controller=); the serving certificate must name its host.
+	// it (anvil.controller=): HOST:PORT, the replicas' addresses
+	// comma-separated, or one DNS name with a record per replica (package
+	// ctrladdr); each serving certificate must name the host agents dial.
 	AgentController string
 	// CAFingerprint is the "sha256:HEX" fingerprint agents pin.
 	CAFingerprint string
@@ -83,7 +86,9 @@ func (c Config) Validate() error {
 	if err := checkURL(c.BaseURL); err != nil {
 		errs = append(errs, fmt.Errorf("base URL: %w", err))
 	}
-	if err := checkValue(c.AgentController); err != nil {
+	if l, err := ctrladdr.Parse(c.AgentController); err != nil {
+		errs = append(errs, fmt.Errorf("agent controller address: %w", err))
+	} else if err := checkValue(l.String()); err != nil {
 		errs = append(errs, fmt.Errorf("agent controller address: %w", err))
 	}
 	if err := checkValue(c.CAFingerprint); err != nil {

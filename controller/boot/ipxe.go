@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"text/template"
+
+	"github.com/anvil-metal/anvil/agent/ctrladdr"
 )
 
 // The iPXE scripts the service renders (iPXE scripting language,
@@ -115,10 +117,17 @@ type Netboot struct {
 	Cmdline string
 }
 
-// Cmdline is the agent's kernel command line: the controller it registers
-// with, the CA fingerprint it pins, its boot token, then extra arguments
-// (console=..., anvil.debug=1).
+// Cmdline is the agent's kernel command line: the controllers it registers
+// with (one HOST:PORT, several comma-separated, or one DNS name: package
+// ctrladdr; written without the spaces a flag may hold), the CA fingerprint
+// it pins, its boot token, then extra arguments (console=...,
+// anvil.debug=1).
 func Cmdline(controller, caFingerprint, token, extra string) (string, error) {
+	l, err := ctrladdr.Parse(controller)
+	if err != nil {
+		return "", err
+	}
+	controller = l.String()
 	for _, v := range []string{controller, caFingerprint, token} {
 		if err := checkValue(v); err != nil {
 			return "", err

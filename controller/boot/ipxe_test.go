@@ -90,6 +90,32 @@ chain --autofree http://10.0.2.2:8080/ipxe/script?failed=sanboot&platform=pcbios
 	}
 }
 
+// Several controller replicas go onto the command line as one
+// comma-separated anvil.controller= (without the spaces a flag may hold);
+// a list the agent would refuse is refused here, before a machine boots
+// with it.
+func TestCmdlineControllerList(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.0.2.2:7443,10.0.2.3:7443":                   "anvil.controller=10.0.2.2:7443,10.0.2.3:7443 ",
+		" 10.0.2.2:7443, 10.0.2.3:7443 ,[fd00::4]:7443": "anvil.controller=10.0.2.2:7443,10.0.2.3:7443,[fd00::4]:7443 ",
+		"anvil.example.net:7443":                        "anvil.controller=anvil.example.net:7443 ",
+	} {
+		got, err := Cmdline(in, "sha256:ab", "t", "")
+		if err != nil || !strings.HasPrefix(got, want) {
+			t.Errorf("Cmdline(%q) = %q, %v; want it to start with %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"10.0.2.2:7443,10.0.2.2:7443", "10.0.2.2:7443,", "10.0.2.2", "10.0.2.2:7443;10.0.2.3:7443"} {
+		if got, err := Cmdline(in, "sha256:ab", "t", ""); err == nil {
+			t.Errorf("Cmdline(%q) = %q, want an error", in, got)
+		}
+		cfg := Config{BaseURL: "http://10.0.2.2:8080", AgentController: in, CAFingerprint: "sha256:ab"}
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "agent controller address") {
+			t.Errorf("a boot service with --agent-controller %q: %v", in, err)
+		}
+	}
+}
+
 func TestScriptsRefuseValuesThatBreakOut(t *testing.T) {
 	for _, c := range []struct{ controller, fp, token, extra string }{
 		{"10.0.2.2:7443 anvil.token=x", "sha256:ab", "t", ""},

@@ -29,7 +29,7 @@ func main() {
 	var cfg app.Config
 	var mode, diskList, logLevel string
 	flag.StringVar(&mode, "mode", "host", "host (a process on a host, --disks required) or boot (from RAM on the machine)")
-	flag.StringVar(&cfg.Controller, "controller", "", "controller address host:port")
+	flag.StringVar(&cfg.Controller, "controller", "", "controller address HOST:PORT; several replicas comma-separated (at most 16), or one DNS name with a record per replica (boot mode: anvil.controller=)")
 	flag.StringVar(&cfg.BootToken, "boot-token", "", "boot token (or ANVIL_BOOT_TOKEN; boot mode: anvil.token=)")
 	flag.StringVar(&cfg.CAFile, "ca", "", "CA certificate (PEM) to trust the controller")
 	flag.StringVar(&cfg.CAFingerprint, "ca-fingerprint", "", "sha256:HEX fingerprint of the controller's CA")

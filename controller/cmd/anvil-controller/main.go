@@ -59,7 +59,7 @@ func main() {
 	bc := boot.Defaults()
 	flag.StringVar(&bc.Listen, "boot-listen", "", "HTTP boot service address (iPXE scripts, agent files, images, phone home), e.g. :8080; off when empty")
 	flag.StringVar(&bc.BaseURL, "boot-url", "", "URL machines reach the boot service at, e.g. http://192.168.77.1:8080")
-	flag.StringVar(&bc.AgentController, "agent-controller", "", "gRPC address agents dial (default: the --listen address); the serving certificate must name its host (--hosts)")
+	flag.StringVar(&bc.AgentController, "agent-controller", "", "gRPC address agents dial (default: the --listen address): HOST:PORT, the replicas' HOST:PORT comma-separated (at most 16), or one DNS name with a record per replica; each serving certificate must name the host agents dial (--hosts)")
 	flag.StringVar(&bc.Kernel, "boot-kernel", "", "the agent's kernel (vmlinuz)")
 	flag.StringVar(&bc.Initramfs, "boot-initramfs", "", "the agent's initramfs (make initramfs)")
 	flag.StringVar(&bc.KernelArgs, "boot-kernel-args", bc.KernelArgs, "extra kernel arguments for the agent")

@@ -2,13 +2,18 @@
 # make bench: every benchmark, each printing ratios against a baseline
 # measured in the same run. Results are recorded in docs/benchmarks.md.
 # BENCH=fleet, image, fwapply, fwconn, boot or power runs one of them.
+# Fleet: BENCH_AGENTS, BENCH_RUNS, BENCH_RATE (registrations/s offered to both
+# servers), BENCH_REPLICAS (controllers on PostgreSQL).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 which=${BENCH:-all}
 if [ "$which" = all ] || [ "$which" = fleet ]; then
-  echo "== agent fleet: anvil-controller vs a bare gRPC server"
-  go run ./test/bench/agentload -controller bin/anvil-controller -agents "${BENCH_AGENTS:-1000,10000}"
+  echo "== agent fleet: anvil-controller vs a bare gRPC server, both on CPU 0, the load generator on CPU 1"
+  go build -o bin/agentload ./test/bench/agentload
+  # BENCH_REPLICAS=3 adds N controllers on one PostgreSQL and a kill -9 failover.
+  taskset -c 1 bin/agentload -controller bin/anvil-controller -server-cpus 0 -agents "${BENCH_AGENTS:-1000,10000}" \
+    -runs "${BENCH_RUNS:-5}" -rate "${BENCH_RATE:-100}" ${BENCH_REPLICAS:+-replicas "$BENCH_REPLICAS" -postgres}
 fi
 if [ "$which" = all ] || [ "$which" = image ]; then
   echo "== image writing and disk erase: agent vs curl|zstd|dd, metal-hammer style, zstd -d, dd"

@@ -1,5 +1,6 @@
 // Package ops is the controller's operations surface: Prometheus metrics of
-// its RPCs (go-grpc-middleware's prometheus provider) and of its state
+// its RPCs (go-grpc-middleware's prometheus provider, and RPCLatency, a
+// gRPC stats handler timing each unary call inside the server) and of its state
 // (machines per state, open Wait streams, store round trips), the gRPC
 // health service, and the HTTP endpoints an orchestrator or a load
 // balancer asks: /metrics, /healthz (the process serves) and /readyz (the
@@ -46,6 +47,7 @@ type Ops struct {
 	src  Source
 	reg  *prometheus.Registry
 	rpc  *grpcprom.ServerMetrics
+	lat  *RPCLatency
 	ping prometheus.Histogram
 	// storeTx times the store's transactions (Store).
 	storeTx *prometheus.HistogramVec
@@ -55,12 +57,12 @@ type Ops struct {
 // New registers the controller's metrics.
 func New(src Source) *Ops {
 	o := &Ops{src: src, reg: prometheus.NewRegistry(), health: health.NewServer(),
-		rpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram()),
+		rpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram()), lat: NewRPCLatency(),
 		ping: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "anvil_store_ping_seconds",
 			Help: "Round trips to the store (readiness checks).", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8)}),
 		storeTx: newStoreTx(),
 	}
-	o.reg.MustRegister(o.rpc, o.ping, o.storeTx, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	o.reg.MustRegister(o.rpc, o.lat, o.ping, o.storeTx, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "anvil_wait_streams", Help: "Agent Wait streams open."},
 			func() float64 { return float64(src.WaitStreams()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "anvil_leader", Help: "1 while this controller runs the periodic work (the leader of its replicas)."},
@@ -74,10 +76,12 @@ func New(src Source) *Ops {
 	return o
 }
 
-// ServerOptions are the gRPC server's metrics interceptors; they run
-// first, so refused calls are counted too.
+// ServerOptions are the gRPC server's metrics interceptors, which run
+// first so refused calls are counted too, and the RPCLatency stats
+// handler.
 func (o *Ops) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(o.rpc.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(o.rpc.StreamServerInterceptor())}
+	return []grpc.ServerOption{grpc.StatsHandler(o.lat),
+		grpc.ChainUnaryInterceptor(o.rpc.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(o.rpc.StreamServerInterceptor())}
 }
 
 // RegisterHealth adds the gRPC health service (grpc.health.v1, no

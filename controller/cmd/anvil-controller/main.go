@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -55,7 +56,7 @@ func main() {
 	flag.DurationVar(&cfg.Server.BootDeadline, "boot-deadline", cfg.Server.BootDeadline, "how long a machine reset into PXE by the controller (or crash-looping) has before it is power-cycled again; doubles with each power cycle (0: no recovery power cycles)")
 	flag.IntVar(&cfg.Server.BootPowerCycles, "boot-power-cycles", cfg.Server.BootPowerCycles, "recovery power cycles at most per machine before it is left alone")
 	flag.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
-	debugAddr := flag.String("debug-addr", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060); off by default")
+	debugAddr := flag.String("debug-addr", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060), and POST /debug/free-os-memory (a collection that returns freed memory to the OS, for memory measurements); off by default")
 	bc := boot.Defaults()
 	flag.StringVar(&bc.Listen, "boot-listen", "", "HTTP boot service address (iPXE scripts, agent files, images, phone home), e.g. :8080; off when empty")
 	flag.StringVar(&bc.BaseURL, "boot-url", "", "URL machines reach the boot service at, e.g. http://192.168.77.1:8080")
@@ -120,6 +121,11 @@ func main() {
 	}
 
 	if *debugAddr != "" {
+		// Benchmarks read RSS after this (test/bench/agentload).
+		http.HandleFunc("POST /debug/free-os-memory", func(w http.ResponseWriter, _ *http.Request) {
+			debug.FreeOSMemory()
+			fmt.Fprintln(w, "ok")
+		})
 		go func() {
 			// net/http/pprof registers on http.DefaultServeMux.
 			if err := http.ListenAndServe(*debugAddr, nil); err != nil {

@@ -1,92 +1,128 @@
 // Command agentload measures how the controller holds a fleet of waiting
-// agents: N simulated agents (each with its own TCP+TLS connection, as real
-// machines have) register, then hold a Wait stream. It reports
-// registrations/s, register latency p50/p99, controller RSS per waiting agent
-// and allocate → instruction-received latency p50/p99.
+// agents, against a bare gRPC server under the same conditions. N simulated
+// agents (each with its own TCP+TLS connection from its own loopback
+// address, as real machines have) connect, register with a real server's
+// inventory (24 disks, 8 NICs with LLDP neighbours, 120 PCI devices: the
+// same bytes to both servers), hold a Wait stream and send a Heartbeat at
+// the interval the server tells them.
 //
-// The same load runs, in the same invocation, against a named baseline: a
-// bare gRPC server (same TLS, same interceptor-free transport) whose Register
-// returns at once and whose Wait only blocks. The ratios say what anvil's
-// logic, store and security cost on top of gRPC itself.
+// Fairness: both servers run on the server CPUs (taskset, GOMAXPROCS =
+// their count, the same GOGC/GOMEMLIMIT), the load generator on the others
+// (make bench runs it under taskset -c 1); both use the production
+// heartbeat (10 s) and Wait keepalive (30 s) intervals, and the
+// controller's gRPC transport options; both are offered the same
+// registration rate (an open loop, -rate) after their capacity is measured
+// apart (a closed loop); both report their own handling time through the
+// same stats handler (ops.RPCLatency, scraped from /metrics); RSS is read
+// after POST /debug/free-os-memory and a settle. Every measurement is
+// repeated -runs times, the two servers taking turns; medians and ranges
+// are printed with the targets' PASS/FAIL.
 //
-//	agentload -controller bin/anvil-controller -agents 1000,10000
-//	agentload -serve-baseline ADDR CERT KEY   (internal: the baseline server)
+// With -replicas N -postgres it also starts one PostgreSQL and N
+// controllers on it (agents spread over them), compares their registration
+// capacity with the single SQLite controller, and times the failover after
+// kill -9 of one replica (with N=1, the replica is restarted).
+//
+//	taskset -c 1 agentload -controller bin/anvil-controller -agents 10000
+//	agentload serve-baseline ...   (internal: the baseline server)
 package main
 
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
-	"net/http"
-	_ "net/http/pprof" // the baseline serves pprof like the controller
+	"math"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/anvil-metal/anvil/controller/pki"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/harness"
 )
 
+type config struct {
+	self, controller       string
+	conc, samples, runs    int
+	rate, closedShare      float64
+	heartbeat, keepalive   time.Duration
+	steady, settle         time.Duration
+	gogc, gomemlimit       string
+	serverCPUs             string
+	buffers, replicas      int
+	postgres, skipBaseline bool
+}
+
 func main() {
-	if len(os.Args) == 6 && os.Args[1] == "-serve-baseline" {
-		go func() { _ = http.ListenAndServe(os.Args[5], nil) }()
-		if err := serveBaseline(os.Args[2], os.Args[3], os.Args[4]); err != nil {
+	if len(os.Args) > 1 && os.Args[1] == "serve-baseline" {
+		if err := serveBaseline(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "baseline:", err)
 			os.Exit(1)
 		}
 		return
 	}
-	// The load generator holds 10,000 client connections; its own garbage
-	// collection would otherwise stall the simulated agents and show up as
-	// server latency. Collect less often (it has memory to spare).
+	// The load generator holds thousands of client connections; its own
+	// garbage collection would otherwise stall the simulated agents and
+	// show up as server latency. Collect less often.
 	debug.SetGCPercent(400)
-	controller := flag.String("controller", "bin/anvil-controller", "anvil-controller binary")
+	var cfg config
+	flag.StringVar(&cfg.controller, "controller", "bin/anvil-controller", "anvil-controller binary")
 	counts := flag.String("agents", "1000,10000", "comma-separated fleet sizes")
-	conc := flag.Int("concurrency", 32, "connections / registrations in flight")
-	samples := flag.Int("alloc-samples", 300, "allocations timed per fleet")
+	flag.IntVar(&cfg.runs, "runs", 5, "runs per fleet size and server (median and range are reported)")
+	flag.IntVar(&cfg.conc, "concurrency", 32, "connections / registrations in flight in the closed loops")
+	flag.Float64Var(&cfg.closedShare, "closed-share", 0.2, "share of the agents that register in the closed loop (capacity); the rest arrive at -rate")
+	flag.Float64Var(&cfg.rate, "rate", 100, "registrations/s offered to both servers in the open loop (must be below both capacities)")
+	flag.IntVar(&cfg.samples, "alloc-samples", 300, "allocations timed per fleet")
+	flag.DurationVar(&cfg.heartbeat, "heartbeat", 10*time.Second, "heartbeat interval both servers tell the agents (the controller's default)")
+	flag.DurationVar(&cfg.keepalive, "keepalive", 30*time.Second, "Wait keepalive interval of both servers (the controller's default)")
+	flag.DurationVar(&cfg.steady, "steady", 10*time.Second, "time every agent waits (heartbeats, keepalives) before RSS is read")
+	flag.DurationVar(&cfg.settle, "settle", 2*time.Second, "pause after /debug/free-os-memory before RSS is read")
+	flag.StringVar(&cfg.gogc, "gogc", "100", "GOGC of both servers (empty: inherited)")
+	flag.StringVar(&cfg.gomemlimit, "gomemlimit", "", "GOMEMLIMIT of both servers (empty: inherited)")
+	flag.StringVar(&cfg.serverCPUs, "server-cpus", "0", "CPUs of the servers under test (taskset -c); GOMAXPROCS is their count")
+	flag.IntVar(&cfg.buffers, "baseline-buffers", 4<<10, "the baseline's gRPC read and write buffers (the controller's: 4 KiB; 0: none)")
+	flag.IntVar(&cfg.replicas, "replicas", 0, "also run this many controllers on one PostgreSQL (with -postgres) and time a failover")
+	flag.BoolVar(&cfg.postgres, "postgres", false, "start PostgreSQL for -replicas (pgtest: initdb and pg_ctl as nobody)")
 	flag.Parse()
-	if err := run(*controller, *counts, *conc, *samples); err != nil {
+	var err error
+	if cfg.self, err = os.Executable(); err == nil {
+		err = run(cfg, *counts)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "agentload:", err)
 		os.Exit(1)
 	}
 }
 
+// result is one run of one server at one fleet size.
 type result struct {
-	n              int
-	connPerSec     float64
-	regPerSec      float64 // capacity, closed loop
-	satP50, satP99 time.Duration
-	rate           float64 // offered load of the open loop
-	p50, p99       time.Duration
-	rssPerAgent    float64 // bytes
-	allocP50       time.Duration
-	allocP99       time.Duration
+	connPerSec, capacity float64
+	satP50, satP99       float64 // ms, closed loop
+	p50, p99             float64 // ms, open loop, from the scheduled arrival
+	srvP50, srvP99       float64 // ms, server-side Register in the open loop
+	hbSrvP99             float64 // ms, server-side Heartbeat
+	rssPerAgent, rssMiB  float64 // KiB per agent, MiB total after
+	allocP50, allocP99   float64 // ms; same replica
+	crossP50, crossP99   float64 // ms; allocation on replica 0, agent on another
+	allocMissed          float64
+	hbOK, hbErr          float64
+	failAffected         float64
+	failBack             float64
+	failP50, failP99     float64 // ms, kill -9 → Wait stream open again
 }
 
-func run(controllerBin, counts string, conc, samples int) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
+func run(cfg config, counts string) error {
 	var ns []int
 	for _, f := range strings.Split(counts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -95,326 +131,269 @@ func run(controllerBin, counts string, conc, samples int) error {
 		}
 		ns = append(ns, n)
 	}
-	fmt.Printf("agentload: %d CPUs, %s; each agent has its own TLS connection\n", runtime.NumCPU(), runtime.Version())
+	if cfg.replicas > 0 && !cfg.postgres {
+		return fmt.Errorf("-replicas needs -postgres")
+	}
+	reqBytes, _ := proto.Marshal(&anvilv1.RegisterRequest{Inventory: inventory(harness.UUID("agentload", 0), 0), AgentVersion: "agentload"})
+	server, err := parseCPUs(cfg.serverCPUs)
+	if err != nil {
+		return fmt.Errorf("-server-cpus: %w", err)
+	}
+	fmt.Printf("agentload: %s; servers on CPUs %s (GOMAXPROCS=%d, GOGC=%s, GOMEMLIMIT=%s); load generator on CPUs %s\n",
+		runtime.Version(), cfg.serverCPUs, cpuCount(cfg.serverCPUs), orDefault(cfg.gogc, "inherited"), orDefault(cfg.gomemlimit, "inherited"), selfCPUs())
+	fmt.Printf("heartbeat %v, Wait keepalive %v; Register request %d bytes (%d disks, %d NICs, %d PCI devices); open loop at %.0f reg/s; %d runs\n",
+		cfg.heartbeat, cfg.keepalive, len(reqBytes), invDisks, invNICs, invPCI, cfg.rate, cfg.runs)
+	var self unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &self); err != nil {
+		return fmt.Errorf("read the load generator's CPUs: %w", err)
+	}
+	if overlap(self, server) {
+		fmt.Println("WARNING: the load generator shares the servers' CPUs; run it under taskset -c 1 (make bench does)")
+	}
+	var pg *postgres
+	if cfg.postgres {
+		var err error
+		if pg, err = startPostgres(cfg.serverCPUs); err != nil {
+			return err
+		}
+		defer func() {
+			if err := pg.stop(); err != nil {
+				fmt.Fprintln(os.Stderr, "stop PostgreSQL:", err)
+			}
+		}()
+	}
 	for _, n := range ns {
-		base, err := fleet(n, conc, 0, func(dir string, port int) (*exec.Cmd, server, error) {
-			ca, err := pki.EnsureCA(dir)
-			if err != nil {
-				return nil, server{}, err
+		var base, an, rep []result
+		for r := range cfg.runs {
+			starts := []func() error{
+				func() error {
+					res, err := measure(cfg, n, func() (*deployment, error) { return startBaseline(cfg) })
+					base = append(base, res)
+					return err
+				},
+				func() error {
+					res, err := measure(cfg, n, func() (*deployment, error) { return startAnvil(cfg, "", 1) })
+					an = append(an, res)
+					return err
+				},
 			}
-			cert, key, err := ca.EnsureServingCert(dir, nil)
-			if err != nil {
-				return nil, server{}, err
+			if r%2 == 1 { // take turns: neither always runs on a warmer machine
+				starts[0], starts[1] = starts[1], starts[0]
 			}
-			debug := freeAddr()
-			cmd := exec.Command(self, "-serve-baseline", fmt.Sprintf("127.0.0.1:%d", port), cert, key, debug)
-			return cmd, server{caPEM: ca.CertPEM(), boot: "baseline", name: "bare gRPC", debug: debug}, nil
-		})
-		if err != nil {
-			return fmt.Errorf("baseline, %d agents: %w", n, err)
+			if cfg.replicas > 0 {
+				starts = append(starts, func() error {
+					url, err := pg.newDatabase()
+					if err != nil {
+						return err
+					}
+					res, err := measure(cfg, n, func() (*deployment, error) { return startAnvil(cfg, url, cfg.replicas) })
+					rep = append(rep, res)
+					return err
+				})
+			}
+			for _, start := range starts {
+				if err := start(); err != nil {
+					return fmt.Errorf("%d agents, run %d: %w", n, r+1, err)
+				}
+			}
 		}
-		an, err := fleet(n, conc, samples, func(dir string, port int) (*exec.Cmd, server, error) {
-			debug := os.Getenv("AGENTLOAD_DEBUG_ADDR")
-			if debug == "" {
-				debug = freeAddr()
-			}
-			cmd := exec.Command(controllerBin, "--data-dir", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", port),
-				"--log-level", "error", "--keepalive-interval", "1h", "--heartbeat-interval", "1h", "--debug-addr", debug)
-			return cmd, server{name: "anvil-controller", anvil: true, debug: debug}, nil
-		})
-		if err != nil {
-			return fmt.Errorf("anvil, %d agents: %w", n, err)
-		}
-		report(base, an, conc)
+		report(cfg, n, base, an, rep)
 	}
 	return nil
 }
 
-func report(base, an result, conc int) {
-	fmt.Printf("\n== %d waiting agents (baseline: bare gRPC server, same TLS, measured in this run)\n", an.n)
-	fmt.Printf("%-42s %14s %14s %8s   %s\n", "metric", "anvil", "baseline", "ratio", "target")
-	row := func(name string, a, b float64, unit string, target string) {
-		ratio := "-"
-		if b > 0 {
-			ratio = fmt.Sprintf("%.2fx", a/b)
+// overlap reports whether two CPU sets share a CPU.
+func overlap(a, b unix.CPUSet) bool {
+	for c := range 1024 {
+		if a.IsSet(c) && b.IsSet(c) {
+			return true
 		}
-		bs := "-"
-		if b > 0 {
-			bs = fmt.Sprintf("%.1f%s", b, unit)
-		}
-		fmt.Printf("%-42s %13.1f%s %14s %8s   %s\n", name, a, unit, bs, ratio, target)
 	}
-	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
-	row("TLS connections/s (agent boot)", an.connPerSec, base.connPerSec, "", "")
-	row("registrations/s (capacity, closed loop)", an.regPerSec, base.regPerSec, "", "")
-	row(fmt.Sprintf("register p50, saturated (%d in flight)", conc), ms(an.satP50), ms(base.satP50), "", "")
-	row(fmt.Sprintf("register p99, saturated (%d in flight)", conc), ms(an.satP99), ms(base.satP99), "", "")
-	row("offered load, open loop (reg/s)", an.rate, base.rate, "", "half of capacity")
-	row("register p50 at that load (ms)", ms(an.p50), ms(base.p50), "", "")
-	row("register p99 at that load (ms)", ms(an.p99), ms(base.p99), "", verdict(ms(an.p99) < 50, "< 50 ms"))
-	row("controller RSS per waiting agent (KiB)", an.rssPerAgent/1024, base.rssPerAgent/1024, "", verdict(an.rssPerAgent < 20*1024, "< 20 KiB"))
-	row("allocate→received p50 (ms)", ms(an.allocP50), 0, "", "")
-	row("allocate→received p99 (ms)", ms(an.allocP99), 0, "", verdict(ms(an.allocP99) < 100, "< 100 ms"))
+	return false
 }
 
-func verdict(ok bool, target string) string {
-	if ok {
-		return target + " PASS"
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
 	}
-	return target + " MISS"
+	return s
 }
 
-type server struct {
-	debug string // pprof address
-	caPEM []byte
-	boot  string
-	admin string
-	name  string
-	anvil bool
+// selfCPUs is this process's CPU list (Cpus_allowed_list).
+func selfCPUs() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
 }
 
-// fleet starts a server process, connects n agents, and measures.
-func fleet(n, conc, samples int, start func(dir string, port int) (*exec.Cmd, server, error)) (result, error) {
-	res := result{n: n}
-	dir, err := os.MkdirTemp("", "agentload-")
-	if err != nil {
-		return res, err
-	}
-	defer os.RemoveAll(dir)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return res, err
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd, srv, err := start(dir, port)
-	if err != nil {
-		return res, err
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return res, err
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := waitPort(addr); err != nil {
-		return res, err
-	}
-	if srv.anvil {
-		if srv.caPEM, err = os.ReadFile(filepath.Join(dir, "ca.crt")); err != nil {
-			return res, err
-		}
-		if srv.boot, err = pki.ReadTokenFile(filepath.Join(dir, "boot.token")); err != nil {
-			return res, err
-		}
-		if srv.admin, err = pki.ReadTokenFile(filepath.Join(dir, "admin.token")); err != nil {
-			return res, err
-		}
-	}
-	tlsCfg, err := pki.ClientTLS(srv.caPEM, "")
-	if err != nil {
-		return res, err
-	}
-	time.Sleep(500 * time.Millisecond)
-	rss0, err := rss(cmd.Process.Pid)
-	if err != nil {
-		return res, err
-	}
+const (
+	registerMethod  = "/anvil.v1.AgentService/Register"
+	heartbeatMethod = "/anvil.v1.AgentService/Heartbeat"
+)
 
+// measure starts a deployment, runs the fleet against it and stops it.
+func measure(cfg config, n int, start func() (*deployment, error)) (result, error) {
+	d, err := start()
+	if err != nil {
+		return result{}, err
+	}
+	defer d.stop()
+	res, err := fleet(cfg, n, d)
+	if err != nil {
+		return res, fmt.Errorf("%s: %w", d.name, err)
+	}
+	return res, nil
+}
+
+// fleet connects n agents to d and measures.
+func fleet(cfg config, n int, d *deployment) (result, error) {
+	nan := math.NaN()
+	res := result{allocP50: nan, allocP99: nan, crossP50: nan, crossP99: nan, allocMissed: nan,
+		failAffected: nan, failBack: nan, failP50: nan, failP99: nan}
+	tlsCfg, err := pki.ClientTLS(d.caPEM, "")
+	if err != nil {
+		return res, err
+	}
+	rss0, err := settledRSS(cfg, d)
+	if err != nil {
+		return res, err
+	}
+	cnt := &counters{}
 	agents := make([]*simAgent, n)
+	for i := range agents {
+		agents[i] = newAgent(i, d.addrs(), tlsCfg, cnt)
+	}
 	defer func() {
 		for _, a := range agents {
 			a.close()
 		}
 	}()
-	// Phase 1: every agent connects (TCP + TLS handshake), as machines do
-	// once per boot. Timed apart so that handshakes do not inflate the
-	// Register latency measured next.
+	// Connect: TCP + TLS, as machines do once per boot; timed apart so
+	// that handshakes do not inflate the Register latency.
 	tc := time.Now()
-	if err := parallel(n, conc, func(i int) error {
-		a, err := connect(addr, tlsCfg)
-		agents[i] = a
-		return err
-	}); err != nil {
+	if err := parallel(n, cfg.conc, func(i int) error { return agents[i].connect() }); err != nil {
 		return res, err
 	}
 	res.connPerSec = float64(n) / time.Since(tc).Seconds()
-	// Phase 2: every agent registers.
-	if os.Getenv("AGENTLOAD_PROFILE") != "" && srv.anvil {
-		go profile(srv.debug, fmt.Sprintf("/tmp/agentload-register-%d.prof", n))
-	}
-	// 2a, closed loop: the first half registers with conc calls in
-	// flight, as fast as the server goes: its capacity. The latency of
-	// saturation is mostly queueing (Little's law: conc ÷ throughput).
-	half := n / 2
-	lat := make([]time.Duration, half)
+	// Capacity, closed loop: the first share registers with conc calls in
+	// flight, as fast as the server goes. Its latency is mostly queueing.
+	closed := max(1, int(float64(n)*cfg.closedShare))
+	lat := make([]time.Duration, closed)
 	t0 := time.Now()
-	if err := parallel(half, conc, func(i int) error {
-		d, err := agents[i].register(srv.boot, i)
-		lat[i] = d
+	if err := parallel(closed, cfg.conc, func(i int) error {
+		var err error
+		if lat[i], err = agents[i].register(d.boot); err == nil {
+			err = agents[i].wait()
+		}
 		return err
 	}); err != nil {
 		return res, err
 	}
-	elapsed := time.Since(t0)
-	res.regPerSec = float64(half) / elapsed.Seconds()
+	res.capacity = float64(closed) / time.Since(t0).Seconds()
 	res.satP50, res.satP99 = percentiles(lat)
-	// 2b, open loop: the second half arrives at a fixed rate, half the
-	// capacity just measured, one call per arrival however slow the
-	// server is; latency counts from the scheduled arrival, so queueing
-	// is not hidden (no coordinated omission).
-	res.rate = res.regPerSec / 2
-	if lat, err = openLoop(agents[half:], half, res.rate, srv.boot); err != nil {
+	// Latency at the offered rate, open loop: each arrival at its
+	// scheduled time, however slow the server; latency counts from that
+	// time (no coordinated omission). The server's own view comes from
+	// its stats handler, the difference of two scrapes.
+	before, err := scrape(d, registerMethod)
+	if err != nil {
+		return res, err
+	}
+	if lat, err = openLoop(agents[closed:], cfg.rate, d.boot); err != nil {
 		return res, err
 	}
 	res.p50, res.p99 = percentiles(lat)
-	elapsed = time.Since(t0)
-	for _, a := range agents {
+	after, err := scrape(d, registerMethod)
+	if err != nil {
+		return res, err
+	}
+	open := after.sub(before)
+	res.srvP50, res.srvP99 = open.quantile(0.5)*1e3, open.quantile(0.99)*1e3
+	for _, a := range agents[closed:] {
 		if err := a.wait(); err != nil {
 			return res, err
 		}
 	}
-	// Waiting agents wait for hours: measure the steady state, after the
-	// garbage of the registration burst is collected (both servers serve
-	// pprof; heap?gc=1 runs a collection) and stacks have shrunk.
-	for range 3 {
-		if err := gc(srv.debug); err != nil {
-			return res, err
-		}
-		time.Sleep(time.Second)
-	}
-	if stats, err := memStats(srv.debug); err == nil {
-		fmt.Printf("%s after GC: %s\n", srv.name, stats)
-	}
-	rss1, err := rss(cmd.Process.Pid)
+	// Steady state: every agent waits, heartbeats and keepalives run.
+	time.Sleep(cfg.steady)
+	rss1, err := settledRSS(cfg, d)
 	if err != nil {
 		return res, err
 	}
-	res.rssPerAgent = float64(rss1-rss0) / float64(n)
-	fmt.Printf("%s: %d agents registered in %v and waiting; RSS %d → %d MiB\n", srv.name, n, elapsed.Round(time.Millisecond), rss0>>20, rss1>>20)
-	if srv.anvil && samples > 0 {
-		res.allocP50, res.allocP99, err = allocations(addr, tlsCfg, srv.admin, agents, samples)
-		if err != nil {
+	res.rssPerAgent, res.rssMiB = float64(rss1-rss0)/float64(n)/1024, float64(rss1)/(1<<20)
+	hb, err := scrape(d, heartbeatMethod)
+	if err != nil {
+		return res, err
+	}
+	res.hbSrvP99 = hb.quantile(0.99) * 1e3
+	res.hbOK, res.hbErr = float64(cnt.hbOK.Load()), float64(cnt.hbErr.Load())
+	fmt.Printf("  %-28s %6d agents: capacity %6.0f reg/s; open loop p99 %6.1f ms (server %5.1f ms); RSS %4.0f → %4.0f MiB; %d heartbeats (%d failed)\n",
+		d.name, n, res.capacity, res.p99, res.srvP99, float64(rss0)/(1<<20), res.rssMiB, cnt.hbOK.Load(), cnt.hbErr.Load())
+	if d.anvil && cfg.samples > 0 {
+		if err := allocations(d, tlsCfg, agents, cfg.samples, &res); err != nil {
+			return res, err
+		}
+	}
+	if d.replicas {
+		if err := failover(d, agents, &res); err != nil {
 			return res, err
 		}
 	}
 	return res, nil
 }
 
-// gc makes the server collect garbage through its pprof endpoint.
-func gc(debugAddr string) error {
-	resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?gc=1")
-	if err != nil {
-		return fmt.Errorf("trigger GC: %w", err)
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	return errors.Join(err, resp.Body.Close())
-}
-
-// memStats returns the server's stack and heap in use (from pprof's heap
-// page), to split RSS per agent into goroutine stacks and heap.
-func memStats(debugAddr string) (string, error) {
-	resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?debug=1")
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		for _, k := range []string{"# HeapInuse = ", "# Stack = ", "# HeapIdle = ", "# HeapReleased = "} {
-			if strings.HasPrefix(line, k) {
-				v, _ := strconv.ParseInt(strings.Fields(strings.TrimPrefix(line, k))[0], 10, 64)
-				out = append(out, fmt.Sprintf("%s%d MiB", strings.TrimPrefix(k, "# "), v>>20))
-			}
+// settledRSS returns freed memory to the OS on every server process,
+// waits, and sums their RSS.
+func settledRSS(cfg config, d *deployment) (int64, error) {
+	for _, p := range d.procs {
+		if err := p.freeOSMemory(); err != nil {
+			return 0, err
 		}
 	}
-	return strings.Join(out, ", "), nil
-}
-
-// profile saves a 5 s CPU profile of the controller (run with --debug-addr).
-func profile(addr, file string) {
-	resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=5")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "profile:", err)
-		return
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err == nil {
-		err = os.WriteFile(file, b, 0o644)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "profile:", err)
-	}
-}
-
-// freeAddr returns a free loopback address.
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitPort(addr string) error {
-	for range 200 {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return nil
+	time.Sleep(cfg.settle)
+	var sum int64
+	for _, p := range d.procs {
+		r, err := p.rss()
+		if err != nil {
+			return 0, err
 		}
-		time.Sleep(50 * time.Millisecond)
+		sum += r
 	}
-	return fmt.Errorf("%s did not start listening", addr)
+	return sum, nil
 }
 
-// rss reads VmRSS of pid in bytes.
-func rss(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, err := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10, err
+// scrape sums method's RPCLatency histogram over d's processes.
+func scrape(d *deployment, method string) (histogram, error) {
+	h := histogram{}
+	for _, p := range d.procs {
+		ph, err := p.histogram(method)
+		if err != nil {
+			return nil, err
 		}
+		h.add(ph)
 	}
-	return 0, errors.New("no VmRSS")
+	return h, nil
 }
 
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
-
-type simAgent struct {
-	id     string
-	conn   *grpc.ClientConn
-	api    anvilv1.AgentServiceClient
-	stream anvilv1.AgentService_WaitClient
-	cancel context.CancelFunc
-	got    chan time.Time
-}
-
-func percentiles(d []time.Duration) (p50, p99 time.Duration) {
+func percentiles(d []time.Duration) (p50, p99 float64) {
+	if len(d) == 0 {
+		return math.NaN(), math.NaN()
+	}
 	s := slices.Clone(d)
 	slices.Sort(s)
-	return s[len(s)/2], s[len(s)*99/100]
+	return float64(s[len(s)/2]) / 1e6, float64(s[len(s)*99/100]) / 1e6
 }
 
-// openLoop registers agents (numbered from first) at rate per second,
-// each at its scheduled time; it returns each call's latency counted from
-// that time.
-func openLoop(agents []*simAgent, first int, rate float64, boot string) ([]time.Duration, error) {
+// openLoop registers agents at rate per second, each at its scheduled
+// time; it returns each call's latency counted from that time.
+func openLoop(agents []*simAgent, rate float64, boot string) ([]time.Duration, error) {
 	lat := make([]time.Duration, len(agents))
 	errs := make([]error, len(agents))
 	var wg sync.WaitGroup
@@ -423,12 +402,17 @@ func openLoop(agents []*simAgent, first int, rate float64, boot string) ([]time.
 		at := start.Add(time.Duration(float64(k) / rate * float64(time.Second)))
 		time.Sleep(time.Until(at))
 		wg.Go(func() {
-			_, err := a.register(boot, first+k)
+			_, err := a.register(boot)
 			lat[k], errs[k] = time.Since(at), err
 		})
 	}
 	wg.Wait()
-	return lat, errors.Join(errs...)
+	for k, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("agent %d: %w", agents[k].i, err)
+		}
+	}
+	return lat, nil
 }
 
 // parallel runs fn(0..n-1) with conc calls in flight; the first error wins.
@@ -455,138 +439,211 @@ func parallel(n, conc int, fn func(i int) error) error {
 	return <-errc
 }
 
-// connect opens an agent's own connection and waits until it is READY.
-func connect(addr string, tlsCfg *tls.Config) (*simAgent, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
-	if err != nil {
-		return nil, err
-	}
-	a := &simAgent{conn: conn, api: anvilv1.NewAgentServiceClient(conn), got: make(chan time.Time, 1), cancel: func() {}}
-	conn.Connect()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// allocTimeout is how long an allocated agent may take to receive its
+// Install; a miss counts as this long.
+const allocTimeout = 10 * time.Second
+
+// allocations times AllocateMachine (on the first replica) → the agent
+// receiving the Install, apart for agents on that replica and on others.
+func allocations(d *deployment, tlsCfg *tls.Config, agents []*simAgent, samples int, res *result) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(samples+1)*allocTimeout)
 	defer cancel()
-	for st := conn.GetState(); st != connectivity.Ready; st = conn.GetState() {
-		if !conn.WaitForStateChange(ctx, st) {
-			return a, fmt.Errorf("connect: %w", ctx.Err())
-		}
-	}
-	return a, nil
-}
-
-// register times Register alone, then opens the Wait stream.
-func (a *simAgent) register(boot string, i int) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	t := time.Now()
-	resp, err := a.api.Register(ctx, &anvilv1.RegisterRequest{Inventory: harness.Inventory(harness.UUID("agentload", i), i), AgentVersion: "agentload"}, grpc.PerRPCCredentials(bearer(boot)))
-	d := time.Since(t)
+	conn, err := dial(ctx, d.procs[0].addr, nil, tlsCfg, grpc.WithPerRPCCredentials(bearer(d.admin)))
 	if err != nil {
-		return 0, err
-	}
-	a.id = resp.GetMachineId()
-	sctx, scancel := context.WithCancel(context.Background())
-	a.cancel = scancel
-	a.stream, err = a.api.Wait(sctx, &anvilv1.WaitRequest{}, grpc.PerRPCCredentials(bearer(resp.GetCredential())))
-	return d, err
-}
-
-// wait blocks until the server has accepted the Wait stream (headers), then
-// reads instructions in the background.
-func (a *simAgent) wait() error {
-	if _, err := a.stream.Header(); err != nil {
-		return fmt.Errorf("wait stream: %w", err)
-	}
-	go func() {
-		for {
-			in, err := a.stream.Recv()
-			if err != nil {
-				return
-			}
-			if in.GetInstall() != nil {
-				select {
-				case a.got <- time.Now():
-				default:
-				}
-			}
-		}
-	}()
-	return nil
-}
-
-func (a *simAgent) close() {
-	if a == nil {
-		return
-	}
-	a.cancel()
-	a.conn.Close()
-}
-
-// allocations times AllocateMachine → the agent receiving the Install.
-func allocations(addr string, tlsCfg *tls.Config, admin string, agents []*simAgent, samples int) (time.Duration, time.Duration, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), grpc.WithPerRPCCredentials(bearer(admin)))
-	if err != nil {
-		return 0, 0, err
+		return err
 	}
 	defer conn.Close()
-	ctx := context.Background()
 	if _, err := anvilv1.NewImageServiceClient(conn).CreateImage(ctx, &anvilv1.CreateImageRequest{Image: &anvilv1.Image{
 		Id: "bench", Url: "http://images.example/bench.raw", Format: anvilv1.ImageFormat_IMAGE_FORMAT_RAW,
 		Checksum: "sha256:" + strings.Repeat("ab", 32), Features: []anvilv1.ImageFeature{anvilv1.ImageFeature_IMAGE_FEATURE_MACHINE},
 	}}); err != nil {
-		return 0, 0, err
+		return fmt.Errorf("create image: %w", err)
 	}
 	mc := anvilv1.NewMachineServiceClient(conn)
 	samples = min(samples, len(agents))
 	step := len(agents) / samples
-	var lat []time.Duration
+	var same, cross []time.Duration
+	res.allocMissed = 0
 	for k := range samples {
 		a := agents[k*step]
 		t := time.Now()
 		if _, err := mc.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: a.id, ImageId: "bench"}); err != nil {
-			return 0, 0, fmt.Errorf("allocate %s: %w", a.id, err)
+			return fmt.Errorf("allocate %s: %w", a.id, err)
 		}
+		var d time.Duration
 		select {
 		case got := <-a.got:
-			lat = append(lat, got.Sub(t))
-		case <-time.After(10 * time.Second):
-			return 0, 0, fmt.Errorf("agent %s never received its install", a.id)
+			d = got.Sub(t)
+		case <-time.After(allocTimeout):
+			d = allocTimeout
+			res.allocMissed++
+		}
+		if a.server() == 0 {
+			same = append(same, d)
+		} else {
+			cross = append(cross, d)
 		}
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return lat[len(lat)/2], lat[len(lat)*99/100], nil
-}
-
-// baseline is a bare AgentService: Register answers at once, Wait only
-// sends headers and blocks. It is the transport floor anvil is compared to.
-type baseline struct {
-	anvilv1.UnimplementedAgentServiceServer
-	n atomic.Int64
-}
-
-func (b *baseline) Register(context.Context, *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
-	return &anvilv1.RegisterResponse{MachineId: strconv.FormatInt(b.n.Add(1), 10), Credential: "baseline"}, nil
-}
-
-func (b *baseline) Wait(_ *anvilv1.WaitRequest, s anvilv1.AgentService_WaitServer) error {
-	if err := s.SendHeader(nil); err != nil {
-		return err
-	}
-	<-s.Context().Done()
+	res.allocP50, res.allocP99 = percentiles(same)
+	res.crossP50, res.crossP99 = percentiles(cross)
 	return nil
 }
 
-func serveBaseline(addr, cert, key string) error {
-	tlsCfg, err := pki.LoadServerTLS(cert, key)
-	if err != nil {
-		return err
+// failover kills -9 the last replica (the only one, restarted at once,
+// when there is one) and times, for each agent attached to it, how long
+// until its Wait stream is open again.
+func failover(d *deployment, agents []*simAgent, res *result) error {
+	victim := len(d.procs) - 1
+	var hit []*simAgent
+	for _, a := range agents {
+		if a.server() == victim {
+			hit = append(hit, a)
+		}
 	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
+	p := d.procs[victim]
+	killed := time.Now()
+	p.kill()
+	if len(d.procs) == 1 {
+		// The one replica restarts; until its database session ends the
+		// advisory lock refuses it.
+		var err error
+		for range 40 {
+			if err = p.start(d.cpus); err == nil {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if err != nil {
+			return fmt.Errorf("restart the replica: %w", err)
+		}
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.SharedWriteBuffer(true),
-		grpc.ReadBufferSize(4<<10), grpc.WriteBufferSize(4<<10))
-	anvilv1.RegisterAgentServiceServer(g, &baseline{})
-	slog.Info("baseline serving", "addr", addr)
-	return g.Serve(l)
+	res.failAffected = float64(len(hit))
+	deadline := time.After(90 * time.Second)
+	var lat []time.Duration
+	for _, a := range hit {
+		select {
+		case t := <-a.reopened:
+			lat = append(lat, t.Sub(killed))
+		case <-deadline:
+		}
+	}
+	res.failBack = float64(len(lat))
+	res.failP50, res.failP99 = percentiles(lat)
+	return nil
+}
+
+// summary is the median and range of one metric over runs.
+type summary struct{ med, lo, hi float64 }
+
+func summarize(v []float64) summary {
+	s := slices.Clone(v)
+	s = slices.DeleteFunc(s, math.IsNaN)
+	if len(s) == 0 {
+		return summary{math.NaN(), math.NaN(), math.NaN()}
+	}
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return summary{m, s[0], s[len(s)-1]}
+}
+
+func over(rs []result, f func(result) float64) summary {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	return summarize(v)
+}
+
+func (s summary) String() string {
+	if math.IsNaN(s.med) {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f [%.1f–%.1f]", s.med, s.lo, s.hi)
+}
+
+func report(cfg config, n int, base, an, rep []result) {
+	fmt.Printf("\n== %d waiting agents: median [range] of %d runs; both servers on CPUs %s, the same rate, intervals, inventory and transport options\n",
+		n, cfg.runs, cfg.serverCPUs)
+	fmt.Printf("%-48s %24s %24s %8s   %s\n", "metric", "anvil-controller", "bare gRPC", "ratio", "target")
+	row := func(name string, f func(result) float64, target func(ratio, a float64) string) {
+		a, b := over(an, f), over(base, f)
+		ratio, r := "-", math.NaN()
+		if b.med > 0 && !math.IsNaN(a.med) {
+			r = a.med / b.med
+			ratio = fmt.Sprintf("%.2f×", r)
+		}
+		t := ""
+		if target != nil {
+			t = target(r, a.med)
+		}
+		fmt.Printf("%-48s %24s %24s %8s   %s\n", name, a, b, ratio, t)
+	}
+	verdict := func(ok bool, what string) string {
+		if ok {
+			return what + ": PASS"
+		}
+		return what + ": FAIL"
+	}
+	row("TLS connections/s (agent boot)", func(r result) float64 { return r.connPerSec }, nil)
+	row(fmt.Sprintf("registrations/s, capacity (%d in flight)", cfg.conc), func(r result) float64 { return r.capacity }, nil)
+	row("register p50 / ms, saturated", func(r result) float64 { return r.satP50 }, nil)
+	row("register p99 / ms, saturated", func(r result) float64 { return r.satP99 }, nil)
+	row(fmt.Sprintf("register p50 / ms at %.0f/s, client", cfg.rate), func(r result) float64 { return r.p50 }, nil)
+	row(fmt.Sprintf("register p99 / ms at %.0f/s, client", cfg.rate), func(r result) float64 { return r.p99 },
+		func(ratio, _ float64) string { return verdict(ratio <= 1.2, "≤ 1.2× baseline") })
+	row(fmt.Sprintf("register p50 / ms at %.0f/s, server", cfg.rate), func(r result) float64 { return r.srvP50 }, nil)
+	row(fmt.Sprintf("register p99 / ms at %.0f/s, server", cfg.rate), func(r result) float64 { return r.srvP99 }, nil)
+	row("heartbeat p99 / ms, server", func(r result) float64 { return r.hbSrvP99 }, nil)
+	row("heartbeats answered", func(r result) float64 { return r.hbOK }, nil)
+	row("heartbeats failed", func(r result) float64 { return r.hbErr }, nil)
+	row("server RSS per waiting agent / KiB", func(r result) float64 { return r.rssPerAgent },
+		func(ratio, a float64) string {
+			return verdict(ratio <= 1.1, fmt.Sprintf("≤ 1.1× baseline (%.1f KiB)", a))
+		})
+	row("server RSS / MiB, all waiting", func(r result) float64 { return r.rssMiB }, nil)
+	row("allocate → Install received p50 / ms", func(r result) float64 { return r.allocP50 }, nil)
+	row("allocate → Install received p99 / ms", func(r result) float64 { return r.allocP99 },
+		func(_, a float64) string { return verdict(a < 100, "< 100 ms") })
+	row("allocations not received within 10 s", func(r result) float64 { return r.allocMissed }, nil)
+	if len(rep) == 0 {
+		return
+	}
+	fmt.Printf("\n-- %d replicas on one PostgreSQL (its server on CPUs %s too) vs the single controller on SQLite\n", cfg.replicas, cfg.serverCPUs)
+	fmt.Printf("%-48s %24s %24s %8s   %s\n", "metric", fmt.Sprintf("%d replicas, PostgreSQL", cfg.replicas), "1 controller, SQLite", "ratio", "target")
+	rrow := func(name string, f func(result) float64, target func(a float64) string) {
+		a, b := over(rep, f), over(an, f)
+		ratio := "-"
+		if b.med > 0 && !math.IsNaN(a.med) {
+			ratio = fmt.Sprintf("%.2f×", a.med/b.med)
+		}
+		t := ""
+		if target != nil {
+			t = target(a.med)
+		}
+		fmt.Printf("%-48s %24s %24s %8s   %s\n", name, a, b, ratio, t)
+	}
+	rrow(fmt.Sprintf("registrations/s, capacity (%d in flight)", cfg.conc), func(r result) float64 { return r.capacity }, nil)
+	rrow(fmt.Sprintf("register p99 / ms at %.0f/s, client", cfg.rate), func(r result) float64 { return r.p99 }, nil)
+	rrow("server RSS per waiting agent / KiB (sum)", func(r result) float64 { return r.rssPerAgent }, nil)
+	rrow("allocate → Install p99 / ms, same replica", func(r result) float64 { return r.allocP99 },
+		func(a float64) string { return verdict(a < 100, "< 100 ms") })
+	rrow("allocate → Install p99 / ms, across replicas", func(r result) float64 { return r.crossP99 },
+		func(a float64) string {
+			if math.IsNaN(a) {
+				return "(one replica: none across)"
+			}
+			return verdict(a < 100, "< 100 ms")
+		})
+	rrow("allocations not received within 10 s", func(r result) float64 { return r.allocMissed }, nil)
+	rrow("failover: agents on the killed replica", func(r result) float64 { return r.failAffected }, nil)
+	rrow("failover: of them, Wait open again", func(r result) float64 { return r.failBack }, nil)
+	rrow("failover p50 / ms, kill -9 → Wait open", func(r result) float64 { return r.failP50 }, nil)
+	rrow("failover p99 / ms, kill -9 → Wait open", func(r result) float64 { return r.failP99 },
+		func(a float64) string { return verdict(a < 30000, "< 30 s") })
+	if cfg.replicas == 1 {
+		fmt.Println("(one replica: it is restarted after kill -9, so failover includes its restart)")
+	}
 }

@@ -261,7 +261,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 			cfg.DHCP.EFIHTTPURL = bs.FileURL(cfg.DHCP.EFIFile)
 		}
 	}
-	udp, err := startUDP(cfg, log)
+	udp, err := startUDP(cfg, st, log)
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -454,15 +454,19 @@ type udpServer struct {
 	serve func(context.Context) error
 }
 
-// startUDP opens the DHCP and TFTP sockets the config asks for.
-func startUDP(cfg Config, log *slog.Logger) ([]udpServer, error) {
+// startUDP opens the DHCP and TFTP sockets the config asks for; DHCP's
+// full-mode leases live in st.
+func startUDP(cfg Config, st *sqlstore.Store, log *slog.Logger) ([]udpServer, error) {
 	var out []udpServer
 	if cfg.DHCP != nil {
 		opts, err := dhcp.Listen(cfg.DHCPInterface, cfg.DHCP.Mode)
 		if err != nil {
 			return nil, err
 		}
-		d, err := dhcp.New(*cfg.DHCP, append(opts, dhcp.WithLogger(log.With("service", "dhcp")))...)
+		// Full mode keeps its leases in the store: replicas on one
+		// database share them; one controller keeps them across restarts.
+		d, err := dhcp.New(*cfg.DHCP, append(opts, dhcp.WithLogger(log.With("service", "dhcp")),
+			dhcp.WithLeases(st.LeaseBook(cfg.DHCP.PoolStart, cfg.DHCP.PoolEnd)))...)
 		if err != nil {
 			return nil, err
 		}

@@ -447,6 +447,9 @@ func terminal(t anvilv1.EventType) bool {
 }
 
 // Report appends the agent's event. Naming an instruction acknowledges it;
+// the retry of a report already recorded (same instruction, type and
+// message among the last events) is acknowledged without recording it
+// twice;
 // a report on a cancelled instruction is refused with FailedPrecondition so
 // the agent abandons it. Repeated progress of the running phase updates the
 // machine's progress and is published to watchers without growing the
@@ -474,6 +477,11 @@ func (a *agentAPI) Report(ctx context.Context, req *anvilv1.ReportRequest) (*anv
 			}
 			if _, err := tx.AckInstruction(ctx, iid, a.now()); err != nil {
 				return err
+			}
+			if req.GetProgress() == nil {
+				if dup, err := a.reportedAlready(ctx, tx, id, req); dup || err != nil {
+					return err
+				}
 			}
 		}
 		m.LastSeen = a.now()
@@ -504,6 +512,23 @@ func (a *agentAPI) Report(ctx context.Context, req *anvilv1.ReportRequest) (*anv
 func (a *agentAPI) Heartbeat(ctx context.Context, _ *anvilv1.HeartbeatRequest) (*anvilv1.HeartbeatResponse, error) {
 	a.noteSeen(machineFrom(ctx), a.now()) // written in batches (seen.go)
 	return &anvilv1.HeartbeatResponse{}, nil
+}
+
+// reportedAlready reports whether req is the retry of a report already
+// recorded: the agent resends a report whose answer it lost (the
+// controller replica it talked to died after the commit), so one of the
+// machine's last few events already has its instruction, type and message.
+func (a *agentAPI) reportedAlready(ctx context.Context, tx store.Tx, id string, req *anvilv1.ReportRequest) (bool, error) {
+	evs, err := tx.LastEvents(ctx, id, 4)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range evs {
+		if e.GetInstructionId() == req.GetInstructionId() && e.GetType() == req.GetType() && e.GetMessage() == req.GetMessage() {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // requeueInterrupted queues again the work a reboot cut short: a machine

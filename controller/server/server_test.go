@@ -298,6 +298,21 @@ func TestMachineLifecycleErrors(t *testing.T) {
 	// report on it is refused so the agent abandons it.
 	_, err = e.agent.Report(ctx, &anvilv1.ReportRequest{InstructionId: in.GetId(), Type: anvilv1.EventType_EVENT_TYPE_INSTALLING, Message: "started"}, cred)
 	wantCode(t, err, codes.OK, "ack")
+	// The same report again (its answer was lost: the replica died after
+	// the commit) is acknowledged and recorded once.
+	before, err := e.op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.agent.Report(ctx, &anvilv1.ReportRequest{InstructionId: in.GetId(), Type: anvilv1.EventType_EVENT_TYPE_INSTALLING, Message: "started"}, cred)
+	wantCode(t, err, codes.OK, "retried report")
+	after, err := e.op.Machines.ListEvents(ctx, &anvilv1.ListEventsRequest{MachineId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.GetEvents()) != len(before.GetEvents()) {
+		t.Errorf("a retried report grew the history from %d to %d events", len(before.GetEvents()), len(after.GetEvents()))
+	}
 	_, err = e.agent.Report(ctx, &anvilv1.ReportRequest{InstructionId: in.GetId(), Type: anvilv1.EventType_EVENT_TYPE_INSTALLING,
 		Progress: &anvilv1.Progress{BytesDone: 50, BytesTotal: 100, RateBytesPerSecond: 10}}, cred)
 	wantCode(t, err, codes.OK, "progress")

@@ -7,6 +7,8 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,6 +44,10 @@ type Config struct {
 	// (anvil.db in DataDir), or a PostgreSQL URL (postgres://user@host/db
 	// or postgresql://...; sqlstore.OpenPostgres).
 	Store string
+	// StoreWait is how long Start keeps trying a PostgreSQL store that does
+	// not accept connections (a database starting with the controller)
+	// before it gives up; 0 tries once.
+	StoreWait time.Duration
 	// Listen is the gRPC address, e.g. "127.0.0.1:7443" or ":7443".
 	Listen string
 	// MetricsListen, when set, serves Prometheus metrics (/metrics) and
@@ -75,7 +81,7 @@ type Config struct {
 
 // Defaults returns a config for a data dir.
 func Defaults() Config {
-	return Config{DataDir: "/var/lib/anvil", Listen: ":7443", Server: server.DefaultConfig()}
+	return Config{DataDir: "/var/lib/anvil", Listen: ":7443", StoreWait: time.Minute, Server: server.DefaultConfig()}
 }
 
 // Validate reports every invalid field.
@@ -125,6 +131,7 @@ type Controller struct {
 	BootAddr net.Addr
 
 	store *sqlstore.Store
+	srv   *server.Server
 	grpc  *grpc.Server
 	http  *http.Server
 	done  chan error
@@ -197,6 +204,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	}
 	st, err := openStore(ctx, cfg, log)
 	if err != nil {
+		return nil, err
+	}
+	if err := pinIdentity(ctx, st, ca.Fingerprint(), keys); err != nil {
+		st.Close()
 		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.Listen)
@@ -282,7 +293,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	}
 	c := &Controller{
 		Addr: lis.Addr(), CAFile: filepath.Join(cfg.DataDir, CAFile), CAFingerprint: ca.Fingerprint(),
-		AdminToken: admin, BootToken: bootTok, store: st, grpc: g, http: httpSrv, done: make(chan error, 1), ops: o,
+		AdminToken: admin, BootToken: bootTok, store: st, srv: srv, grpc: g, http: httpSrv, done: make(chan error, 1), ops: o,
 	}
 	if cfg.MetricsListen != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsListen)
@@ -445,6 +456,13 @@ func (c *Controller) Shutdown(timeout time.Duration) error {
 	return c.Stop()
 }
 
+// WaitStreams is how many agent Wait streams this controller holds.
+func (c *Controller) WaitStreams() int { return c.srv.WaitStreams() }
+
+// Leader reports whether this controller runs the periodic work (always
+// on SQLite; the elected replica on PostgreSQL).
+func (c *Controller) Leader() bool { return c.store.IsLeader() }
+
 // Done returns the Serve result once the server stops.
 func (c *Controller) Done() <-chan error { return c.done }
 
@@ -522,7 +540,19 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*sqlstore.Sto
 	case cfg.Store == "":
 		return sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, DBFile), sqlstore.WithLogger(log))
 	case strings.HasPrefix(cfg.Store, "postgres://"), strings.HasPrefix(cfg.Store, "postgresql://"):
-		return sqlstore.OpenPostgres(ctx, cfg.Store, sqlstore.WithLogger(log))
+		deadline := time.Now().Add(cfg.StoreWait)
+		for {
+			st, err := sqlstore.OpenPostgres(ctx, cfg.Store, sqlstore.WithLogger(log))
+			if err == nil || !errors.Is(err, sqlstore.ErrUnreachable) || time.Now().Add(storeRetry).After(deadline) {
+				return st, err
+			}
+			log.Warn("store unreachable; trying again", "err", err, "retry", storeRetry, "until", deadline.Format(time.RFC3339))
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
+			case <-time.After(storeRetry):
+			}
+		}
 	}
 	shown := "(unparsable)"
 	if u, err := url.Parse(cfg.Store); err == nil {
@@ -530,6 +560,9 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*sqlstore.Sto
 	}
 	return nil, fmt.Errorf("store %s: want a postgres:// URL, or nothing for SQLite in the data directory", shown)
 }
+
+// storeRetry is the wait between attempts to open an unreachable store.
+const storeRetry = 2 * time.Second
 
 // runHealth checks the store every healthEvery, so the gRPC health service
 // says NOT_SERVING while it does not answer.
@@ -541,3 +574,32 @@ func (c *Controller) runHealth(o *ops.Ops) {
 
 // healthEvery is how often the store is checked for the health service.
 const healthEvery = 5 * time.Second
+
+// pinIdentity checks that this data directory's CA and keys are the ones
+// every other controller on the store uses (the first to use the store
+// pins them): a replica started from another data directory is refused,
+// not left to fail on every boot token, phone home and sealed BMC address
+// the others made.
+func pinIdentity(ctx context.Context, st *sqlstore.Store, caFingerprint string, keys server.Keys) error {
+	pins := []struct{ name, value string }{
+		{"ca", caFingerprint},
+		{"key:boot-token", keyFingerprint(keys.BootToken)},
+		{"key:phone-home", keyFingerprint(keys.PhoneHome)},
+		{"key:bmc", keyFingerprint(keys.BMC)},
+	}
+	for _, p := range pins {
+		if err := st.Pin(ctx, p.name, p.value); err != nil {
+			if errors.Is(err, sqlstore.ErrPinMismatch) {
+				return fmt.Errorf("the data directory's %w: controllers sharing a database must share the CA and keys/ (copy ca.crt, ca.key and keys/ from a running replica's data directory)", err)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// keyFingerprint identifies a key without revealing it.
+func keyFingerprint(key string) string {
+	sum := sha256.Sum256([]byte("anvil key fingerprint\x00" + key))
+	return hex.EncodeToString(sum[:])
+}

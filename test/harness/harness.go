@@ -246,18 +246,26 @@ func (h *Controller) StartAgent(t testing.TB, uuid string, i int) *Agent {
 // token from a boot script).
 func (h *Controller) StartAgentWithToken(t testing.TB, uuid string, i int, bootToken string) *Agent {
 	t.Helper()
-	tlsCfg, err := pki.ClientTLS(h.CAPEM(), "")
+	return StartAgentAt(t, h.log, h.Addr(), h.CAPEM(), uuid, i, bootToken)
+}
+
+// StartAgentAt runs a simulated machine against the controller(s) at
+// controller (an address, or a comma-separated list of replicas), trusting
+// caPEM, until the test ends.
+func StartAgentAt(t testing.TB, log *slog.Logger, controller string, caPEM []byte, uuid string, i int, bootToken string) *Agent {
+	t.Helper()
+	tlsCfg, err := pki.ClientTLS(caPEM, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	a := &Agent{UUID: uuid, Install: &Recorder{Close: anvilv1.EventType_EVENT_TYPE_BOOTING}, Wipe: &Recorder{Close: anvilv1.EventType_EVENT_TYPE_WIPED}, done: make(chan error, 1)}
 	inv := Inventory(uuid, i)
 	r, err := runner.New(runner.Config{
-		Controller: h.Addr(), TLS: tlsCfg, BootToken: bootToken, AgentVersion: "harness",
+		Controller: controller, TLS: tlsCfg, BootToken: bootToken, AgentVersion: "harness",
 		Inventory: func(context.Context) (*anvilv1.Inventory, error) { return inv, nil },
 		Executors: runner.Executors{Install: a.Install, Wipe: a.Wipe},
 		Backoff:   backoff.Policy{Base: 50 * time.Millisecond, Cap: time.Second},
-	}, runner.WithLogger(h.log.With("agent", i)))
+	}, runner.WithLogger(log.With("agent", i)))
 	if err != nil {
 		t.Fatal(err)
 	}

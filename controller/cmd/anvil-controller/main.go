@@ -31,6 +31,7 @@ func main() {
 	var hosts, bootTokens, freeErase, registerErase, logLevel string
 	flag.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the database, CA, certificates and tokens")
 	flag.StringVar(&cfg.Store, "store", cfg.Store, "PostgreSQL URL (postgres://user:password@host/db?sslmode=...) to keep the state in; empty: SQLite in the data directory")
+	flag.DurationVar(&cfg.StoreWait, "store-wait", cfg.StoreWait, "how long to keep trying a PostgreSQL store that refuses connections at start (0: once)")
 	flag.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address")
 	flag.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "plain-HTTP address for Prometheus metrics (/metrics) and health (/healthz, /readyz: the store answers); empty: off")
 	flag.StringVar(&hosts, "hosts", "", "comma-separated extra DNS names/IPs for the serving certificate")

@@ -57,7 +57,7 @@ func openPostgres(ctx context.Context, cfg *pgx.ConnConfig, o options) (_ *Store
 	s.write.SetConnMaxIdleTime(0)
 	s.write.SetConnMaxLifetime(0)
 	if err := s.write.PingContext(ctx); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	ms := o.migrations
 	if ms == nil {
@@ -83,6 +83,11 @@ func openPostgres(ctx context.Context, cfg *pgx.ConnConfig, o options) (_ *Store
 	}
 	return s, nil
 }
+
+// ErrUnreachable is returned by OpenPostgres when the database does not
+// accept a connection (down, starting, refusing): worth trying again,
+// unlike a bad URL or a schema it must not touch.
+var ErrUnreachable = errors.New("database unreachable")
 
 // redactDSN is dsn without its password, for errors and logs.
 func redactDSN(dsn string) string {

@@ -78,13 +78,27 @@ func Start() (*Cluster, error) {
 		c.remove()
 		return nil, err
 	}
-	if err := c.run("pg_ctl", "-D", filepath.Join(dir, "data"), "-l", filepath.Join(c.socket, "server.log"), "-w", "-t", "60",
-		"-o", "-k "+c.socket+" -c listen_addresses='' -F -c max_connections=200", "start"); err != nil {
-		log, _ := os.ReadFile(filepath.Join(c.socket, "server.log"))
+	if err := c.Resume(); err != nil {
 		c.remove()
-		return nil, fmt.Errorf("%w\n%s", err, log)
+		return nil, err
 	}
 	return c, nil
+}
+
+// Halt stops the server the way a crash would (immediate mode: no
+// checkpoint, every session cut), keeping its files for Resume.
+func (c *Cluster) Halt() error {
+	return c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "immediate", "-w", "stop")
+}
+
+// Resume starts the server (again, after Halt: it recovers from its WAL).
+func (c *Cluster) Resume() error {
+	if err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-l", filepath.Join(c.socket, "server.log"), "-w", "-t", "60",
+		"-o", "-k "+c.socket+" -c listen_addresses='' -F -c max_connections=200", "start"); err != nil {
+		log, _ := os.ReadFile(filepath.Join(c.socket, "server.log"))
+		return fmt.Errorf("%w\n%s", err, log)
+	}
+	return nil
 }
 
 // run runs a PostgreSQL tool as the unprivileged user.
@@ -105,6 +119,9 @@ func (c *Cluster) run(tool string, args ...string) error {
 func (c *Cluster) Stop() error {
 	c.stop.Do(func() {
 		c.stopErr = c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "immediate", "-w", "stop")
+		if c.stopErr != nil && c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "status") != nil {
+			c.stopErr = nil // halted already
+		}
 		c.remove()
 	})
 	return c.stopErr

@@ -129,19 +129,26 @@ func (token) RequireTransportSecurity() bool { return true }
 // Dial connects with the given bearer token ("" for none).
 func (h *Controller) Dial(tok string) *grpc.ClientConn {
 	h.t.Helper()
-	tlsCfg, err := pki.ClientTLS(h.CAPEM(), "")
+	return DialAt(h.t, h.Addr(), h.CAPEM(), tok)
+}
+
+// DialAt connects to the controller at addr, trusting caPEM, with the
+// given bearer token ("" for none); closed when the test ends.
+func DialAt(t testing.TB, addr string, caPEM []byte, tok string) *grpc.ClientConn {
+	t.Helper()
+	tlsCfg, err := pki.ClientTLS(caPEM, "")
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
 	if tok != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(token(tok)))
 	}
-	conn, err := grpc.NewClient(h.Addr(), opts...)
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
-	h.t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Close() })
 	return conn
 }
 
@@ -153,8 +160,10 @@ type Operator struct {
 }
 
 // Operator dials the operator API with the admin token.
-func (h *Controller) Operator() Operator {
-	conn := h.Dial(h.Running().AdminToken)
+func (h *Controller) Operator() Operator { return OperatorOf(h.Dial(h.Running().AdminToken)) }
+
+// OperatorOf is the operator API on conn (dialled with an admin token).
+func OperatorOf(conn *grpc.ClientConn) Operator {
 	return Operator{
 		Machines: anvilv1.NewMachineServiceClient(conn),
 		Images:   anvilv1.NewImageServiceClient(conn),

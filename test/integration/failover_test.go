@@ -44,14 +44,6 @@ func (a acked) Execute(ctx context.Context, in *anvilv1.Instruction, p runner.Pr
 	return out, err
 }
 
-// bearer is per-call credentials for one token.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
-
 // startReplica serves a replica on host:0 over st, as controller/app.Start
 // assembles one.
 func startReplica(t *testing.T, st *sqlstore.Store, ca *pki.CA, host string, creds server.Credentials) *replicaOf {
@@ -77,18 +69,7 @@ func startReplica(t *testing.T, st *sqlstore.Store, ca *pki.CA, host string, cre
 	g := srv.NewGRPCServer(grpc.Creds(credentials.NewTLS(srvTLS)))
 	go func() { _ = g.Serve(l) }()
 	t.Cleanup(g.Stop)
-	cliTLS, err := pki.ClientTLS(ca.CertPEM(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(cliTLS)),
-		grpc.WithPerRPCCredentials(bearer(creds.AdminTokens[0])))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &replicaOf{srv: srv, grpc: g, addr: l.Addr().String(), op: harness.Operator{
-		Machines: anvilv1.NewMachineServiceClient(conn), Images: anvilv1.NewImageServiceClient(conn), Sizes: anvilv1.NewSizeServiceClient(conn)}}
+	return &replicaOf{srv: srv, grpc: g, addr: l.Addr().String(), op: harness.OperatorOf(harness.DialAt(t, l.Addr().String(), ca.CertPEM(), creds.AdminTokens[0]))}
 }
 
 // TestAgentFailsOverToAnotherReplica: two controller replicas share one

@@ -415,6 +415,10 @@ func testTouchMachine(t *testing.T, s store.Store) {
 	mustTx(t, s, func(tx store.Tx) error { return tx.TouchMachine(ctx, "m1", at) })
 	want.LastSeen = at
 	checkMachine(t, "after touch", want, get(t, s, "m1"))
+	// Never back: a batch of last-seen times written late (another
+	// replica's) does not undo a newer one.
+	mustTx(t, s, func(tx store.Tx) error { return tx.TouchMachine(ctx, "m1", ts(50)) })
+	checkMachine(t, "after an older touch", want, get(t, s, "m1"))
 }
 
 func testUniqueness(t *testing.T, s store.Store) {

@@ -465,7 +465,13 @@ func allocations(d *deployment, tlsCfg *tls.Config, agents []*simAgent, samples 
 	var same, cross []time.Duration
 	res.allocMissed = 0
 	for k := range samples {
-		a := agents[k*step]
+		// Agents are spread over the replicas i mod N: a step that is a
+		// multiple of N would only ever pick agents of replica 0.
+		i := k * step
+		if n := len(d.procs); n > 1 && step >= n {
+			i += k % n
+		}
+		a := agents[i]
 		t := time.Now()
 		if _, err := mc.AllocateMachine(ctx, &anvilv1.AllocateMachineRequest{MachineId: a.id, ImageId: "bench"}); err != nil {
 			return fmt.Errorf("allocate %s: %w", a.id, err)

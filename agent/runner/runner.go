@@ -35,6 +35,7 @@ import (
 
 	"github.com/anvil-metal/anvil/agent/backoff"
 	"github.com/anvil-metal/anvil/agent/ctrladdr"
+	"github.com/anvil-metal/anvil/controller/pki"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
@@ -244,19 +245,10 @@ func (r *Runner) Credential() string {
 	return r.cred
 }
 
-// bearer is per-call credentials for one token.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-
-func (bearer) RequireTransportSecurity() bool { return true }
-
 func (r *Runner) machineCreds() grpc.CallOption {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return grpc.PerRPCCredentials(bearer(r.cred))
+	return grpc.PerRPCCredentials(pki.Bearer(r.cred))
 }
 
 // Run loops until ctx ends or an executor stops the agent. It never gives
@@ -357,7 +349,7 @@ func (r *Runner) register(ctx context.Context) (time.Duration, *anvilv1.BMCCrede
 			var resp *anvilv1.RegisterResponse
 			cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
 			resp, err = r.api.Register(cctx, req,
-				grpc.PerRPCCredentials(bearer(tok)), grpc.WaitForReady(false))
+				grpc.PerRPCCredentials(pki.Bearer(tok)), grpc.WaitForReady(false))
 			cancel()
 			if status.Code(err) == codes.Unauthenticated && tok != r.cfg.BootToken {
 				r.log.Warn("the controller no longer knows this machine's credential; registering with the boot token", "err", err)

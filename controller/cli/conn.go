@@ -32,7 +32,7 @@ func dial(cfg connConfig) (*grpc.ClientConn, error) {
 	}
 	conn, err := grpc.NewClient(cfg.addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-		grpc.WithPerRPCCredentials(bearerToken(cfg.token)),
+		grpc.WithPerRPCCredentials(pki.Bearer(cfg.token)),
 		grpc.WithUnaryInterceptor(timeoutInterceptor(cfg.timeout)),
 	)
 	if err != nil {
@@ -40,17 +40,6 @@ func dial(cfg connConfig) (*grpc.ClientConn, error) {
 	}
 	return conn, nil
 }
-
-// bearerToken sends "authorization: Bearer <token>", only over TLS.
-type bearerToken string
-
-var _ credentials.PerRPCCredentials = bearerToken("")
-
-func (t bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(t)}, nil
-}
-
-func (bearerToken) RequireTransportSecurity() bool { return true }
 
 func timeoutInterceptor(d time.Duration) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {

@@ -3,7 +3,8 @@
 // signs for the controller's gRPC and HTTPS endpoints, TLS configurations for
 // servers and for clients that trust the CA either by its PEM or only by its
 // SHA-256 fingerprint (the form agents receive on the kernel command line),
-// and the random bearer tokens operators and agents authenticate with.
+// the random bearer tokens operators and agents authenticate with, and the
+// gRPC per-call credentials (Bearer) that send such a token to the controller.
 //
 // Every secret is written with mode 0600 to a synced temporary file that is
 // then renamed (or, for token files, hard-linked) into place, so a crash

@@ -53,7 +53,7 @@ func denyAll(ctx context.Context) (context.Context, error) {
 }
 
 func bearer(ctx context.Context) (string, error) {
-	tok, err := auth.AuthFromMD(ctx, "bearer")
+	tok, err := auth.AuthFromMD(ctx, pki.BearerScheme)
 	if err != nil {
 		return "", err
 	}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/store"
 	"github.com/anvil-metal/anvil/controller/store/sqlstore"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
@@ -61,7 +62,7 @@ func TestIdleWaitReadsNothing(t *testing.T) {
 	t.Cleanup(func() { conn.Close() })
 	agent := anvilv1.NewAgentServiceClient(conn)
 	with := func(tok string) context.Context {
-		return metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+tok)
+		return metadata.AppendToOutgoingContext(t.Context(), "authorization", pki.BearerScheme+" "+tok)
 	}
 	const id = "00000000-0000-4000-8000-0000000000a1"
 	reg, err := agent.Register(with("boot-token-for-tests"), &anvilv1.RegisterRequest{Inventory: &anvilv1.Inventory{

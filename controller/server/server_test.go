@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/anvil-metal/anvil/controller/pki"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/harness"
 )
@@ -40,15 +41,8 @@ func setup(t *testing.T) env {
 }
 
 func bearer(tok string) grpc.CallOption {
-	return grpc.PerRPCCredentials(tokenCreds(tok))
+	return grpc.PerRPCCredentials(pki.Bearer(tok))
 }
-
-type tokenCreds string
-
-func (t tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(t)}, nil
-}
-func (tokenCreds) RequireTransportSecurity() bool { return true }
 
 func (e env) register(t *testing.T, i int) (*anvilv1.RegisterResponse, string) {
 	t.Helper()

@@ -119,13 +119,6 @@ func (h *Controller) CAPEM() []byte {
 	return h.caPM
 }
 
-type token string
-
-func (t token) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(t)}, nil
-}
-func (token) RequireTransportSecurity() bool { return true }
-
 // Dial connects with the given bearer token ("" for none).
 func (h *Controller) Dial(tok string) *grpc.ClientConn {
 	h.t.Helper()
@@ -142,7 +135,7 @@ func DialAt(t testing.TB, addr string, caPEM []byte, tok string) *grpc.ClientCon
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
 	if tok != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(token(tok)))
+		opts = append(opts, grpc.WithPerRPCCredentials(pki.Bearer(tok)))
 	}
 	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {

@@ -105,7 +105,7 @@ func (l *attackLab) agentFrom(t *testing.T, from, tok string) anvilv1.AgentServi
 	}
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
 	conn, err := grpc.NewClient(l.h.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-		grpc.WithPerRPCCredentials(bearerToken(tok)),
+		grpc.WithPerRPCCredentials(pki.Bearer(tok)),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
 	if err != nil {
 		t.Fatal(err)
@@ -113,13 +113,6 @@ func (l *attackLab) agentFrom(t *testing.T, from, tok string) anvilv1.AgentServi
 	t.Cleanup(func() { conn.Close() })
 	return anvilv1.NewAgentServiceClient(conn)
 }
-
-type bearerToken string
-
-func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearerToken) RequireTransportSecurity() bool { return true }
 
 func (l *attackLab) machine(t *testing.T, id string) *anvilv1.Machine {
 	t.Helper()
@@ -230,7 +223,7 @@ func TestAttackSpoofedAndReplayedScriptRequests(t *testing.T) {
 	if countType(evs[before:], anvilv1.EventType_EVENT_TYPE_REGISTERING) != 0 || countType(evs[before:], anvilv1.EventType_EVENT_TYPE_SECURITY) == 0 {
 		t.Fatalf("events after the attacks: %v", evs[before:])
 	}
-	if _, err := anvilv1.NewAgentServiceClient(l.h.Dial("")).Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, grpc.PerRPCCredentials(bearerToken(victimCredential(t, victim)))); err != nil {
+	if _, err := anvilv1.NewAgentServiceClient(l.h.Dial("")).Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, grpc.PerRPCCredentials(pki.Bearer(victimCredential(t, victim)))); err != nil {
 		t.Fatalf("the victim's credential stopped working: %v", err)
 	}
 }

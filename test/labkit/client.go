@@ -71,13 +71,6 @@ func DialInNamespace(ctx context.Context, ns, addr string) (net.Conn, error) {
 	return r.c, r.err
 }
 
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
-
 // Operator connects to the controller with the admin token.
 func (l *Lab) Operator() (*Operator, error) {
 	ca, err := os.ReadFile(filepath.Join(l.DataDir(), "ca.crt"))
@@ -95,7 +88,7 @@ func (l *Lab) Operator() (*Operator, error) {
 	ns := l.cfg.Namespace
 	conn, err := grpc.NewClient("passthrough:///"+ControllerAddr(),
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-		grpc.WithPerRPCCredentials(bearer(tok)),
+		grpc.WithPerRPCCredentials(pki.Bearer(tok)),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return DialInNamespace(ctx, ns, addr) }))
 	if err != nil {
 		return nil, err

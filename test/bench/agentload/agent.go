@@ -13,16 +13,10 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/anvil-metal/anvil/controller/pki"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/harness"
 )
-
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
 
 // counters are the fleet's heartbeat outcomes.
 type counters struct{ hbOK, hbErr atomic.Int64 }
@@ -112,13 +106,13 @@ func (a *simAgent) register(boot string) (time.Duration, error) {
 	defer cancel()
 	req := &anvilv1.RegisterRequest{Inventory: inventory(harness.UUID("agentload", a.i), a.i), AgentVersion: "agentload"}
 	t := time.Now()
-	resp, err := a.client().Register(ctx, req, grpc.PerRPCCredentials(bearer(boot)))
+	resp, err := a.client().Register(ctx, req, grpc.PerRPCCredentials(pki.Bearer(boot)))
 	d := time.Since(t)
 	if err != nil {
 		return 0, fmt.Errorf("register: %w", err)
 	}
 	a.id, a.cred, a.every = resp.GetMachineId(), resp.GetCredential(), resp.GetHeartbeatInterval().AsDuration()
-	a.stream, err = a.client().Wait(a.ctx, &anvilv1.WaitRequest{}, grpc.PerRPCCredentials(bearer(a.cred)))
+	a.stream, err = a.client().Wait(a.ctx, &anvilv1.WaitRequest{}, grpc.PerRPCCredentials(pki.Bearer(a.cred)))
 	return d, err
 }
 
@@ -167,7 +161,7 @@ func (a *simAgent) failover() anvilv1.AgentService_WaitClient {
 		cancel()
 		if err == nil {
 			api := anvilv1.NewAgentServiceClient(conn)
-			stream, err := api.Wait(a.ctx, &anvilv1.WaitRequest{}, grpc.PerRPCCredentials(bearer(a.cred)))
+			stream, err := api.Wait(a.ctx, &anvilv1.WaitRequest{}, grpc.PerRPCCredentials(pki.Bearer(a.cred)))
 			if err == nil {
 				_, err = stream.Header()
 			}
@@ -202,7 +196,7 @@ func (a *simAgent) heartbeats() {
 			return
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
-			_, err := a.client().Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, grpc.PerRPCCredentials(bearer(a.cred)))
+			_, err := a.client().Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, grpc.PerRPCCredentials(pki.Bearer(a.cred)))
 			cancel()
 			switch {
 			case err == nil:

@@ -448,7 +448,7 @@ const allocTimeout = 10 * time.Second
 func allocations(d *deployment, tlsCfg *tls.Config, agents []*simAgent, samples int, res *result) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(samples+1)*allocTimeout)
 	defer cancel()
-	conn, err := dial(ctx, d.procs[0].addr, nil, tlsCfg, grpc.WithPerRPCCredentials(bearer(d.admin)))
+	conn, err := dial(ctx, d.procs[0].addr, nil, tlsCfg, grpc.WithPerRPCCredentials(pki.Bearer(d.admin)))
 	if err != nil {
 		return err
 	}

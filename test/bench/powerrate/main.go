@@ -121,7 +121,7 @@ func machines(ctx context.Context, c *app.Controller, addrs []string) (anvilv1.M
 		return nil, nil, err
 	}
 	dial := func(tok string) (*grpc.ClientConn, error) {
-		return grpc.NewClient(c.Addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), grpc.WithPerRPCCredentials(bearer(tok)))
+		return grpc.NewClient(c.Addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), grpc.WithPerRPCCredentials(pki.Bearer(tok)))
 	}
 	opConn, err := dial(c.AdminToken)
 	if err != nil {
@@ -145,13 +145,6 @@ func machines(ctx context.Context, c *app.Controller, addrs []string) (anvilv1.M
 	}
 	return ms, ids, nil
 }
-
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
 
 // direct runs the action on every BMC through the driver, one caller each,
 // with what the API also does: a reset is followed by a status read (the

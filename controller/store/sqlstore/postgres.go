@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,7 +26,7 @@ import (
 // apply one after the other as a single controller's would; changes are
 // announced to the others (feed.go); one of them leads the periodic work.
 func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
-	o := options{readConns: max(4, runtime.NumCPU()), logger: slog.Default()}
+	o := options{readConns: max(4, runtime.NumCPU()), logger: slog.Default(), idleInTx: 10 * time.Second}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -37,6 +38,7 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, erro
 	if err != nil {
 		return nil, fmt.Errorf("open postgres %s: %w", shown, err)
 	}
+	sessionLimits(cfg, o.idleInTx)
 	s, err := openPostgres(ctx, cfg, o)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres %s: %w", shown, err)
@@ -82,6 +84,25 @@ func openPostgres(ctx context.Context, cfg *pgx.ConnConfig, o options) (_ *Store
 		return nil, err
 	}
 	return s, nil
+}
+
+// sessionLimits makes the server end this controller's sessions when the
+// controller cannot: a transaction left open longer than idleInTx (the
+// replica froze or its host lost power mid-batch) is aborted, which
+// releases the writer lock every replica's writes wait for; and a peer
+// that stopped answering (power, network) is found by TCP keepalives
+// within about 11 s, which releases its leader and schema locks. Without
+// them PostgreSQL's defaults keep such a session, and its locks, for
+// about two hours. A batch never idles between its statements for more
+// than milliseconds.
+func sessionLimits(cfg *pgx.ConnConfig, idleInTx time.Duration) {
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(idleInTx.Milliseconds(), 10)
+	cfg.RuntimeParams["tcp_keepalives_idle"] = "5"
+	cfg.RuntimeParams["tcp_keepalives_interval"] = "2"
+	cfg.RuntimeParams["tcp_keepalives_count"] = "3"
 }
 
 // ErrUnreachable is returned by OpenPostgres when the database does not

@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -300,5 +301,65 @@ func TestPostgresMigrationWaitsForOlderReplicas(t *testing.T) {
 	defer up.Close()
 	if _, err := OpenPostgres(t.Context(), dsn, WithLogger(quiet)); !errors.Is(err, ErrSchemaTooNew) {
 		t.Fatalf("an older replica after the migration: %v, want ErrSchemaTooNew", err)
+	}
+}
+
+// A replica that stops in the middle of a write batch (frozen, or its host
+// lost power: no FIN reaches the server) holds the writer lock every
+// replica waits for; the server ends its session after the idle-in-
+// transaction limit, so the others' writes go on, and the stalled batch
+// fails rather than committing later.
+func TestPostgresStalledReplicaReleasesTheWriterLock(t *testing.T) {
+	c := pgtest.New(t)
+	dsn := c.DSN(c.NewDatabase(t))
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const limit = time.Second
+	sessionLimits(cfg, limit)
+	stalled, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	other := openReplica(t, dsn)
+	ctx := t.Context()
+	holding, release := make(chan struct{}), make(chan struct{})
+	stalledErr := make(chan error, 1)
+	go func() {
+		stalledErr <- stalled.Tx(ctx, func(tx store.Tx) error {
+			if err := tx.CreateMachine(ctx, &store.Machine{ID: "late", UUID: "u-late", CreatedAt: time.Now()}); err != nil {
+				return err
+			}
+			close(holding)
+			<-release // frozen mid-batch, the writer lock held
+			return nil
+		})
+	}()
+	<-holding
+	// Unfreeze it later in any case, so the test ends without the fix too.
+	time.AfterFunc(limit+3*time.Second, func() { close(release) })
+	t0 := time.Now()
+	if err := other.Tx(ctx, func(tx store.Tx) error {
+		return tx.CreateMachine(ctx, &store.Machine{ID: "m-1", UUID: "u-1", CreatedAt: time.Now()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waited := time.Since(t0)
+	if waited > limit+2*time.Second {
+		t.Errorf("the other replica's write waited %v for the stalled batch (limit %v)", waited, limit)
+	}
+	if err := <-stalledErr; err == nil {
+		t.Error("the stalled batch committed after its session was ended")
+	}
+	if err := other.View(ctx, func(tx store.Tx) error {
+		_, err := tx.GetMachine(ctx, "late")
+		if !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("the stalled batch's machine: %v, want not found", err)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 }

@@ -93,6 +93,9 @@ type options struct {
 	readConns       int
 	logger          *slog.Logger
 	checkpointEvery time.Duration
+	// idleInTx is how long PostgreSQL lets a session idle inside a
+	// transaction before it ends it (sessionLimits).
+	idleInTx time.Duration
 	// migrations replace the embedded ones (tests of PostgreSQL replicas
 	// of another schema version).
 	migrations []migration

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -118,6 +119,9 @@ const (
 	BootTokenKeyFile = "keys/boot-token.key"
 	PhoneHomeKeyFile = "keys/phone-home.key"
 	BMCKeyFile       = "keys/bmc.key"
+	// FeedKeyFile authenticates the change announcements between
+	// replicas on one PostgreSQL database.
+	FeedKeyFile = "keys/feed.key"
 )
 
 // Controller is a running controller.
@@ -152,6 +156,10 @@ type Controller struct {
 	MetricsAddr net.Addr
 	// flushSeen writes the last-seen times kept in memory (at Stop).
 	flushSeen func() error
+	log *slog.Logger
+	// fault is why the controller stopped serving on its own (the store
+	// says it must not go on: the schema moved past this binary).
+	fault atomic.Pointer[error]
 }
 
 var _ boot.Machines = (*server.Server)(nil)
@@ -202,11 +210,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 			return nil, fmt.Errorf("signing key %s: %w", file, err)
 		}
 	}
-	st, err := openStore(ctx, cfg, log)
+	feedKey, _, err := pki.EnsureTokenFile(filepath.Join(cfg.DataDir, FeedKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("feed key %s: %w", FeedKeyFile, err)
+	}
+	st, err := openStore(ctx, cfg, feedKey, log)
 	if err != nil {
 		return nil, err
 	}
-	if err := pinIdentity(ctx, st, ca.Fingerprint(), keys); err != nil {
+	if err := pinIdentity(ctx, st, ca.Fingerprint(), keys, feedKey); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -293,7 +305,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	}
 	c := &Controller{
 		Addr: lis.Addr(), CAFile: filepath.Join(cfg.DataDir, CAFile), CAFingerprint: ca.Fingerprint(),
-		AdminToken: admin, BootToken: bootTok, store: st, srv: srv, grpc: g, http: httpSrv, done: make(chan error, 1), ops: o,
+		AdminToken: admin, BootToken: bootTok, store: st, srv: srv, grpc: g, log: log, http: httpSrv, done: make(chan error, 1), ops: o,
 	}
 	if cfg.MetricsListen != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsListen)
@@ -326,7 +338,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 			}
 		}()
 	}
-	go func() { c.done <- g.Serve(lis) }()
+	go func() {
+		err := g.Serve(lis)
+		if f := c.fault.Load(); f != nil {
+			err = *f
+		}
+		c.done <- err
+	}()
 	return c, nil
 }
 
@@ -356,6 +374,16 @@ func (c *Controller) runReplica(st *sqlstore.Store, srv *server.Server, log *slo
 	c.background(func(ctx context.Context) { st.Follow(ctx, srv.ApplyChange) })
 	c.background(func(ctx context.Context) {
 		st.Lead(ctx, func(leader bool) { log.Info("leader election", "leader", leader) })
+	})
+	c.background(func(ctx context.Context) {
+		select {
+		case <-ctx.Done():
+		case <-st.Faulted():
+			err := fmt.Errorf("stopped serving: %w", st.Fault())
+			log.Error("the store cannot be served by this controller any more", "err", err)
+			c.fault.Store(&err)
+			c.grpc.Stop()
+		}
 	})
 }
 
@@ -413,10 +441,10 @@ func (c *Controller) Stop() error {
 		c.stopChecks()
 		c.checks.Wait()
 	}
-	var serr error
 	if c.flushSeen != nil {
-		if serr = c.flushSeen(); serr != nil {
-			serr = fmt.Errorf("last-seen times: %w", serr)
+		if err := c.flushSeen(); err != nil {
+			// Soft state: the agents' next heartbeats bring it back.
+			c.log.Warn("writing the last-seen times at stop", "err", err)
 		}
 	}
 	if c.stopUDP != nil {
@@ -441,7 +469,7 @@ func (c *Controller) Stop() error {
 	if errors.Is(err, grpc.ErrServerStopped) {
 		err = nil
 	}
-	return errors.Join(append(c.udpErr, serr, merr, herr, err, c.store.Close())...)
+	return errors.Join(append(c.udpErr, merr, herr, err, c.store.Close())...)
 }
 
 // Shutdown stops gracefully: no new calls, unary calls finish, then streams
@@ -535,14 +563,14 @@ func (c *Controller) runUDP(servers []udpServer, log *slog.Logger) {
 
 // openStore opens the configured store: PostgreSQL for a postgres:// or
 // postgresql:// URL, else the SQLite file in the data directory.
-func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*sqlstore.Store, error) {
+func openStore(ctx context.Context, cfg Config, feedKey string, log *slog.Logger) (*sqlstore.Store, error) {
 	switch {
 	case cfg.Store == "":
 		return sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, DBFile), sqlstore.WithLogger(log))
 	case strings.HasPrefix(cfg.Store, "postgres://"), strings.HasPrefix(cfg.Store, "postgresql://"):
 		deadline := time.Now().Add(cfg.StoreWait)
 		for {
-			st, err := sqlstore.OpenPostgres(ctx, cfg.Store, sqlstore.WithLogger(log))
+			st, err := sqlstore.OpenPostgres(ctx, cfg.Store, sqlstore.WithLogger(log), sqlstore.WithFeedKey(feedKey))
 			if err == nil || !errors.Is(err, sqlstore.ErrUnreachable) || time.Now().Add(storeRetry).After(deadline) {
 				return st, err
 			}
@@ -580,12 +608,13 @@ const healthEvery = 5 * time.Second
 // pins them): a replica started from another data directory is refused,
 // not left to fail on every boot token, phone home and sealed BMC address
 // the others made.
-func pinIdentity(ctx context.Context, st *sqlstore.Store, caFingerprint string, keys server.Keys) error {
+func pinIdentity(ctx context.Context, st *sqlstore.Store, caFingerprint string, keys server.Keys, feedKey string) error {
 	pins := []struct{ name, value string }{
 		{"ca", caFingerprint},
 		{"key:boot-token", keyFingerprint(keys.BootToken)},
 		{"key:phone-home", keyFingerprint(keys.PhoneHome)},
 		{"key:bmc", keyFingerprint(keys.BMC)},
+		{"key:feed", keyFingerprint(feedKey)},
 	}
 	for _, p := range pins {
 		if err := st.Pin(ctx, p.name, p.value); err != nil {

@@ -345,6 +345,10 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 	defer release()
 	w := a.hub.Subscribe(id) // before the first read: no wake-up is missed
 	defer w.Close()
+	// An agent that opens a Wait stream is alive: after a failover to this
+	// replica its last-seen time is written at the next flush, not a
+	// heartbeat later.
+	a.noteSeen(id, a.now())
 	if err := onShortStack(func() error { return a.markWaiting(ctx, id) }); err != nil {
 		return toStatus(err)
 	}
@@ -519,7 +523,7 @@ func (a *agentAPI) Heartbeat(ctx context.Context, _ *anvilv1.HeartbeatRequest) (
 // controller replica it talked to died after the commit), so one of the
 // machine's last few events already has its instruction, type and message.
 func (a *agentAPI) reportedAlready(ctx context.Context, tx store.Tx, id string, req *anvilv1.ReportRequest) (bool, error) {
-	evs, err := tx.LastEvents(ctx, id, 4)
+	evs, err := tx.LastEvents(ctx, id, 16)
 	if err != nil {
 		return false, err
 	}

@@ -263,7 +263,7 @@ func TestSilentMachinesAreCheckedThroughTheirBMC(t *testing.T) {
 		c.Server.Lifecycle.AliveTimeout, c.Server.Lifecycle.DeadTimeout = 200*time.Millisecond, 400*time.Millisecond
 		c.Server.BMCCheckInterval = 300 * time.Millisecond
 		c.Server.LiveWindow = 200 * time.Millisecond
-		c.Server.SeenFlushInterval, c.Server.SeenFlushLag = 50*time.Millisecond, 50*time.Millisecond
+		c.Server.SeenFlushInterval, c.Server.SeenFlushLag, c.Server.HeartbeatInterval = 50*time.Millisecond, 50*time.Millisecond, 50*time.Millisecond
 	})
 	e := env{h: h, op: h.Operator(), agent: anvilv1.NewAgentServiceClient(h.Dial(""))}
 	ctx := context.Background()

@@ -115,6 +115,9 @@ func (s *Server) RecoverMachines(ctx context.Context) (int, error) {
 			wg.Go(func() {
 				sem <- struct{}{}
 				defer func() { <-sem }()
+				if c == (powerpolicy.Cycle{}) && !s.leads() {
+					return // the lead moved during the sweep: the new leader decides
+				}
 				if s.recoveryCycle(ctx, m, c, next) {
 					mu.Lock()
 					cycled++

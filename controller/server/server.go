@@ -188,9 +188,13 @@ func (c Config) Validate() error {
 	}
 	if c.SeenFlushInterval <= 0 || c.SeenFlushLag <= 0 {
 		errs = append(errs, fmt.Errorf("last-seen flush interval %v and lag %v must be positive", c.SeenFlushInterval, c.SeenFlushLag))
-	} else if c.SeenFlushInterval+c.SeenFlushLag >= c.LiveWindow {
-		errs = append(errs, fmt.Errorf("last-seen flush interval %v + lag %v must be under the live window %v (other replicas read the stored time)",
-			c.SeenFlushInterval, c.SeenFlushLag, c.LiveWindow))
+	} else if hb := c.HeartbeatInterval; hb > 0 && hb < c.LiveWindow {
+		// A stored LastSeen lags the last heartbeat by up to the lag
+		// rounded up to whole heartbeats, plus one flush interval.
+		if worst := (c.SeenFlushLag+hb-1)/hb*hb + c.SeenFlushInterval; worst >= c.LiveWindow {
+			errs = append(errs, fmt.Errorf("last-seen flush lag %v (rounded up to heartbeats of %v) + interval %v = %v must be under the live window %v (other replicas read the stored time)",
+				c.SeenFlushLag, hb, c.SeenFlushInterval, worst, c.LiveWindow))
+		}
 	}
 	if dead := c.Lifecycle.DeadTimeout; dead > 0 && c.LiveWindow > dead {
 		errs = append(errs, fmt.Errorf("live window %v is longer than the dead timeout %v (a dead machine cannot have a live session)", c.LiveWindow, dead))

@@ -59,7 +59,7 @@ func startAttackLab(t *testing.T, edit func(*app.Config)) *attackLab {
 	h := harness.StartController(t, t.TempDir(), func(c *app.Config) {
 		c.Boot = &bc
 		c.Server.LiveWindow = liveWindow
-		c.Server.SeenFlushInterval, c.Server.SeenFlushLag = liveWindow/4, liveWindow/4
+		c.Server.SeenFlushInterval, c.Server.SeenFlushLag, c.Server.HeartbeatInterval = liveWindow/4, liveWindow/4, liveWindow/4
 		if edit != nil {
 			edit(c)
 		}

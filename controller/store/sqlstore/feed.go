@@ -1,7 +1,11 @@
 package sqlstore
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -22,7 +26,11 @@ import (
 // already had them.
 //
 // Announcements carry no data a follower must trust: a wake-up or an event
-// seq only makes streams look at the store again.
+// seq only makes streams look at the store again. Live progress events,
+// though, are passed to operators' watchers as they are, and any role that
+// may connect to the database may NOTIFY: so every payload carries an
+// HMAC under the controllers' feed key (WithFeedKey, pinned like their
+// other keys), and a payload without a valid one is dropped.
 
 // changesChannel is the NOTIFY channel of the change feed.
 const changesChannel = "anvil_changes"
@@ -43,6 +51,27 @@ type wireChange struct {
 type wireSeq struct {
 	Machine string `json:"m"`
 	Seq     int64  `json:"s"`
+}
+
+// sign prefixes body with its MAC under key: "hex(mac).body".
+func sign(key, body []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(body)
+	sum := m.Sum(nil)[:16]
+	out := make([]byte, 0, 33+len(body))
+	out = hex.AppendEncode(out, sum)
+	out = append(out, '.')
+	return append(out, body...)
+}
+
+// verify returns the body of a payload signed under key.
+func verify(key, payload []byte) ([]byte, bool) {
+	mac, body, ok := bytes.Cut(payload, []byte("."))
+	if !ok || len(mac) != 32 {
+		return nil, false
+	}
+	want := sign(key, body)[:32]
+	return body, hmac.Equal(mac, want)
 }
 
 // encodeChange is c's payload from origin. Live events that do not fit are
@@ -111,6 +140,7 @@ func (t *tx) Announce(ctx context.Context, c store.Change) error {
 	}
 	b, err := encodeChange(t.origin, c)
 	if err == nil {
+		b = sign(t.feedKey, b)
 		_, err = t.tx.ExecContext(ctx, "SELECT pg_notify($1, $2)", changesChannel, string(b))
 	}
 	if err != nil {
@@ -166,7 +196,17 @@ func (s *Store) listen(ctx context.Context, fn func(store.Change)) error {
 		if err != nil {
 			return err
 		}
-		c, ok, err := decodeChange(s.origin, []byte(n.Payload))
+		body, authentic := verify(s.feedKey, []byte(n.Payload))
+		if !authentic {
+			s.forged.Add(1)
+			if now := time.Now(); now.Sub(s.lastForgedLog) > time.Minute {
+				s.lastForgedLog = now
+				s.log.Warn("dropped change notifications without a valid MAC (another role NOTIFYing the channel, or a replica with another feed key)",
+					"channel", changesChannel, "from_pid", n.PID, "dropped_so_far", s.forged.Load())
+			}
+			continue
+		}
+		c, ok, err := decodeChange(s.origin, body)
 		if err != nil {
 			s.log.Warn("unreadable change notification; resyncing", "err", err)
 		}

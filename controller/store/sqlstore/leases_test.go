@@ -252,7 +252,7 @@ func TestLeaseBookPostgres(t *testing.T) {
 
 func openPostgresTest(t *testing.T, dsn string) *Store {
 	t.Helper()
-	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)))
+	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)), testFeedKey)
 	if err != nil {
 		t.Fatalf("OpenPostgres: %v", err)
 	}

@@ -34,6 +34,9 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, erro
 	if o.readConns < 1 {
 		return nil, fmt.Errorf("open postgres %s: read connections %d, want at least 1", shown, o.readConns)
 	}
+	if len(o.feedKey) < 16 {
+		return nil, fmt.Errorf("open postgres %s: a feed key of at least 16 bytes is required (WithFeedKey): replicas authenticate their change announcements with it", shown)
+	}
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres %s: %w", shown, err)
@@ -47,7 +50,7 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, erro
 }
 
 func openPostgres(ctx context.Context, cfg *pgx.ConnConfig, o options) (_ *Store, err error) {
-	s := &Store{d: postgresDialect(), pgcfg: cfg, log: o.logger, origin: rand.Text()}
+	s := &Store{d: postgresDialect(), pgcfg: cfg, log: o.logger, origin: rand.Text(), feedKey: []byte(o.feedKey)}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.Close())

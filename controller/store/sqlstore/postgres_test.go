@@ -24,7 +24,7 @@ import (
 func TestPostgresConformance(t *testing.T) {
 	c := pgtest.New(t)
 	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := OpenPostgres(context.Background(), c.DSN(c.NewDatabase(t)), WithLogger(slog.New(slog.DiscardHandler)))
+		s, err := OpenPostgres(context.Background(), c.DSN(c.NewDatabase(t)), WithLogger(slog.New(slog.DiscardHandler)), testFeedKey)
 		if err != nil {
 			t.Fatalf("OpenPostgres: %v", err)
 		}
@@ -42,7 +42,7 @@ func TestPostgresConformance(t *testing.T) {
 func TestPostgresRefusesANewerSchema(t *testing.T) {
 	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
-	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)))
+	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)), testFeedKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,14 +52,14 @@ func TestPostgresRefusesANewerSchema(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler))); !errors.Is(err, ErrSchemaTooNew) {
+	if _, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)), testFeedKey); !errors.Is(err, ErrSchemaTooNew) {
 		t.Fatalf("open a database of schema 999: %v, want ErrSchemaTooNew", err)
 	}
-	_, err = OpenPostgres(t.Context(), "postgres://anvil:hunter2@127.0.0.1:1/x?connect_timeout=2&sslmode=disable")
+	_, err = OpenPostgres(t.Context(), "postgres://anvil:hunter2@127.0.0.1:1/x?connect_timeout=2&sslmode=disable", testFeedKey)
 	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "xxxxx") {
 		t.Errorf("unreachable server: %v, want an error with the password masked", err)
 	}
-	_, err = OpenPostgres(t.Context(), "host=127.0.0.1 port=1 user=anvil password=hunter2 dbname=x connect_timeout=2 sslmode=disable")
+	_, err = OpenPostgres(t.Context(), "host=127.0.0.1 port=1 user=anvil password=hunter2 dbname=x connect_timeout=2 sslmode=disable", testFeedKey)
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("unreachable server (key=value DSN): %v, want the password masked", err)
 	}
@@ -68,7 +68,7 @@ func TestPostgresRefusesANewerSchema(t *testing.T) {
 // openReplica opens one more store (one more controller) on dsn.
 func openReplica(t *testing.T, dsn string) *Store {
 	t.Helper()
-	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)))
+	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)), testFeedKey)
 	if err != nil {
 		t.Fatalf("OpenPostgres: %v", err)
 	}
@@ -288,18 +288,18 @@ func TestPostgresMigrationWaitsForOlderReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	quiet := slog.New(slog.DiscardHandler)
-	if _, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: quiet, migrations: newer}); !errors.Is(err, ErrReplicasRunning) {
+	if _, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: quiet, migrations: newer, feedKey: "feed-key-for-tests"}); !errors.Is(err, ErrReplicasRunning) {
 		t.Fatalf("migrate under a running older replica: %v, want ErrReplicasRunning", err)
 	}
 	if err := old.Close(); err != nil {
 		t.Fatal(err)
 	}
-	up, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: quiet, migrations: newer})
+	up, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: quiet, migrations: newer, feedKey: "feed-key-for-tests"})
 	if err != nil {
 		t.Fatalf("migrate once the older replica is gone: %v", err)
 	}
 	defer up.Close()
-	if _, err := OpenPostgres(t.Context(), dsn, WithLogger(quiet)); !errors.Is(err, ErrSchemaTooNew) {
+	if _, err := OpenPostgres(t.Context(), dsn, WithLogger(quiet), testFeedKey); !errors.Is(err, ErrSchemaTooNew) {
 		t.Fatalf("an older replica after the migration: %v, want ErrSchemaTooNew", err)
 	}
 }
@@ -318,7 +318,7 @@ func TestPostgresStalledReplicaReleasesTheWriterLock(t *testing.T) {
 	}
 	const limit = time.Second
 	sessionLimits(cfg, limit)
-	stalled, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: slog.New(slog.DiscardHandler)})
+	stalled, err := openPostgres(t.Context(), cfg, options{readConns: 2, logger: slog.New(slog.DiscardHandler), feedKey: "feed-key-for-tests"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,5 +361,71 @@ func TestPostgresStalledReplicaReleasesTheWriterLock(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Error(err)
+	}
+}
+
+// A replica that loses its session while a newer binary migrates the
+// database sees, when it reconnects, a schema newer than its own: it says
+// it must stop serving (Faulted), and readiness fails.
+func TestPostgresReplicaStopsOnANewerSchema(t *testing.T) {
+	c := pgtest.New(t)
+	dsn := c.DSN(c.NewDatabase(t))
+	old, admin := openReplica(t, dsn), openReplica(t, dsn)
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { old.Lead(ctx, nil) })
+	// The newer binary's migration, then the old replica's session cut.
+	if _, err := admin.write.ExecContext(ctx, "INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.write.ExecContext(ctx, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND pid <> pg_backend_pid()",
+		int64(schemaLockClass)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-old.Faulted():
+	case <-time.After(4*leaderEvery + 5*time.Second):
+		t.Fatal("the old replica did not notice the newer schema")
+	}
+	if err := old.Fault(); !errors.Is(err, ErrSchemaTooNew) {
+		t.Errorf("fault %v, want ErrSchemaTooNew", err)
+	}
+	if err := old.Ping(ctx); err == nil {
+		t.Error("the old replica still says it is ready")
+	}
+}
+
+// testFeedKey is the feed key of the tests' replicas.
+var testFeedKey = WithFeedKey("feed-key-for-tests")
+
+// A notification on the channel without the replicas' MAC (any role that
+// may connect can NOTIFY) is dropped: no wake-up, no resync, no live event.
+func TestPostgresFeedDropsForgedNotifications(t *testing.T) {
+	c := pgtest.New(t)
+	dsn := c.DSN(c.NewDatabase(t))
+	a, b := openReplica(t, dsn), openReplica(t, dsn)
+	fromA := follow(t, b)
+	ctx := t.Context()
+	forged := []string{
+		`{"o":"x","r":true}`,
+		`{"o":"x","w":["m-1"]}`,
+		strings.Repeat("0", 32) + `.{"o":"x","w":["m-1"]}`,
+		string(sign([]byte("another key, not the feed key"), []byte(`{"o":"x","w":["m-1"]}`))),
+	}
+	for _, p := range forged {
+		if _, err := a.write.ExecContext(ctx, "SELECT pg_notify($1, $2)", changesChannel, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Tx(ctx, func(tx store.Tx) error { return tx.Announce(ctx, store.Change{Wake: []string{"m-2"}}) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := next(t, fromA); len(got.Wake) != 1 || got.Wake[0] != "m-2" || got.Resync {
+		t.Fatalf("first change delivered %+v, want only the genuine wake-up of m-2", got)
+	}
+	if n := b.forged.Load(); n != int64(len(forged)) {
+		t.Errorf("%d notifications dropped as forged, want %d", n, len(forged))
 	}
 }

@@ -59,6 +59,7 @@ type session struct {
 	// faultErr is set when the schema moved past this binary (a newer
 	// replica migrated the database while this one was reconnecting).
 	faultErr atomic.Pointer[error]
+	faulted  chan struct{}
 }
 
 // join opens the session, then checks and (when nothing older runs)
@@ -66,7 +67,7 @@ type session struct {
 // the schema version it runs.
 func (s *Store) join(ctx context.Context, ms []migration, log *slog.Logger) error {
 	latest := ms[len(ms)-1].version
-	sess := &session{cfg: s.pgcfg, version: latest, log: log}
+	sess := &session{cfg: s.pgcfg, version: latest, log: log, faulted: make(chan struct{})}
 	conn, err := pgx.ConnectConfig(ctx, s.pgcfg.Copy())
 	if err != nil {
 		return err
@@ -90,9 +91,10 @@ func (s *Store) join(ctx context.Context, ms []migration, log *slog.Logger) erro
 				return fmt.Errorf("the database is at schema version %d and this binary would migrate it to %d: %w; stop them first",
 					current, latest, ErrReplicasRunning)
 			}
-			if _, err := conn.Exec(ctx, "SELECT pg_advisory_unlock($1, $2)", int32(schemaLockClass), int32(current)); err != nil {
-				return err
-			}
+			// Held through the migration: an older replica reconnecting
+			// meanwhile (after a restart of the server) cannot take its
+			// shared lock back and serve on a half-migrated schema.
+			defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1, $2)", int32(schemaLockClass), int32(current)) //nolint:errcheck // ending the session drops it too
 		}
 		if err := migrate(ctx, s.write, s.d, ms, log); err != nil {
 			return err
@@ -198,16 +200,18 @@ func (ss *session) reopen(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v, err := schemaVersion(ctx, conn)
-	if err == nil && v > ss.version {
-		err = fmt.Errorf("the database was migrated to schema version %d while this controller (version %d) was reconnecting: %w", v, ss.version, ErrSchemaTooNew)
-		ss.faultErr.Store(&err)
-	}
+	// The shared lock first, then the version: a migration holds the
+	// exclusive lock until it committed, so what is read next is final.
 	var got bool
+	err = conn.QueryRow(ctx, "SELECT pg_try_advisory_lock_shared($1, $2)", int32(schemaLockClass), int32(ss.version)).Scan(&got)
+	if err == nil && !got {
+		err = errors.New("another controller is migrating the database")
+	}
 	if err == nil {
-		err = conn.QueryRow(ctx, "SELECT pg_try_advisory_lock_shared($1, $2)", int32(schemaLockClass), int32(ss.version)).Scan(&got)
-		if err == nil && !got {
-			err = errors.New("another controller is migrating the database")
+		var v int
+		if v, err = schemaVersion(ctx, conn); err == nil && v > ss.version {
+			err = fmt.Errorf("the database was migrated to schema version %d while this controller (version %d) was reconnecting: %w", v, ss.version, ErrSchemaTooNew)
+			ss.setFault(err)
 		}
 	}
 	if err != nil {
@@ -216,6 +220,31 @@ func (ss *session) reopen(ctx context.Context) error {
 	}
 	ss.conn = conn
 	return nil
+}
+
+// setFault records the session's lasting problem and closes faulted.
+func (ss *session) setFault(err error) {
+	if ss.faultErr.CompareAndSwap(nil, &err) {
+		close(ss.faulted)
+	}
+}
+
+// Faulted is closed when this controller must stop serving: the database
+// was migrated past its schema version while it was reconnecting. It is
+// never closed on SQLite.
+func (s *Store) Faulted() <-chan struct{} {
+	if s.sess == nil {
+		return nil
+	}
+	return s.sess.faulted
+}
+
+// Fault is why Faulted was closed (nil before).
+func (s *Store) Fault() error {
+	if s.sess == nil {
+		return nil
+	}
+	return s.sess.fault()
 }
 
 // fault is the session's lasting problem, if any.

@@ -66,8 +66,13 @@ type Store struct {
 	// and the session's own connections; origin tells this store's
 	// announcements from the others'; sess holds the schema and leader
 	// locks.
-	pgcfg             *pgx.ConnConfig
-	origin            string
+	pgcfg  *pgx.ConnConfig
+	origin string
+	// feedKey authenticates change announcements; forged counts the
+	// notifications dropped for a bad MAC (lastForgedLog: Follow's only).
+	feedKey           []byte
+	forged            atomic.Int64
+	lastForgedLog     time.Time
 	log               *slog.Logger
 	sess              *session
 	feedUp, following atomic.Bool
@@ -93,6 +98,8 @@ type options struct {
 	readConns       int
 	logger          *slog.Logger
 	checkpointEvery time.Duration
+	// feedKey signs and checks change announcements (WithFeedKey).
+	feedKey string
 	// idleInTx is how long PostgreSQL lets a session idle inside a
 	// transaction before it ends it (sessionLimits).
 	idleInTx time.Duration
@@ -118,6 +125,13 @@ func WithBusyTimeout(d time.Duration) Option {
 // (default: the number of CPUs, at least 4).
 func WithReadConns(n int) Option {
 	return func(o *options) { o.readConns = n }
+}
+
+// WithFeedKey sets the key that authenticates change announcements
+// between replicas on PostgreSQL (feed.go); every replica needs the same
+// one. At least 16 bytes.
+func WithFeedKey(key string) Option {
+	return func(o *options) { o.feedKey = key }
 }
 
 // WithLogger sets the logger for schema migrations (default: slog.Default).

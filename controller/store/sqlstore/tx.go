@@ -87,8 +87,10 @@ type tx struct {
 	tx       *sql.Tx
 	prepared map[string]*sql.Stmt // shared, read-only
 	local    map[string]*sql.Stmt // prepared, bound to tx
-	// origin marks this store's change announcements (feed.go).
-	origin string
+	// origin marks this store's change announcements, feedKey signs them
+	// (feed.go).
+	origin  string
+	feedKey []byte
 }
 
 var _ store.Tx = (*tx)(nil)

@@ -156,7 +156,7 @@ type Controller struct {
 	MetricsAddr net.Addr
 	// flushSeen writes the last-seen times kept in memory (at Stop).
 	flushSeen func() error
-	log *slog.Logger
+	log       *slog.Logger
 	// fault is why the controller stopped serving on its own (the store
 	// says it must not go on: the schema moved past this binary).
 	fault atomic.Pointer[error]

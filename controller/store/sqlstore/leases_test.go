@@ -250,6 +250,8 @@ func TestLeaseBookPostgres(t *testing.T) {
 	})
 }
 
+// openPostgresTest opens a store (one more controller) on dsn, closed when
+// the test ends.
 func openPostgresTest(t *testing.T, dsn string) *Store {
 	t.Helper()
 	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)), testFeedKey)

@@ -23,18 +23,7 @@ import (
 // unprivileged user on a unix socket), a fresh database per case.
 func TestPostgresConformance(t *testing.T) {
 	c := pgtest.New(t)
-	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := OpenPostgres(context.Background(), c.DSN(c.NewDatabase(t)), WithLogger(slog.New(slog.DiscardHandler)), testFeedKey)
-		if err != nil {
-			t.Fatalf("OpenPostgres: %v", err)
-		}
-		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
-		})
-		return s
-	})
+	storetest.Run(t, func(t *testing.T) store.Store { return openPostgresTest(t, c.DSN(c.NewDatabase(t))) })
 }
 
 // A database migrated by a newer controller (a replica ahead of this one)
@@ -65,21 +54,6 @@ func TestPostgresRefusesANewerSchema(t *testing.T) {
 	}
 }
 
-// openReplica opens one more store (one more controller) on dsn.
-func openReplica(t *testing.T, dsn string) *Store {
-	t.Helper()
-	s, err := OpenPostgres(t.Context(), dsn, WithLogger(slog.New(slog.DiscardHandler)), testFeedKey)
-	if err != nil {
-		t.Fatalf("OpenPostgres: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return s
-}
-
 // follow runs b.Follow until the test ends and returns what it delivers,
 // once the feed is connected (its first delivery is the resync of a new
 // connection).
@@ -108,7 +82,7 @@ func follow(t *testing.T, b *Store) <-chan store.Change {
 func TestPostgresChangeFeed(t *testing.T) {
 	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
-	a, b := openReplica(t, dsn), openReplica(t, dsn)
+	a, b := openPostgresTest(t, dsn), openPostgresTest(t, dsn)
 	fromA, fromB := follow(t, b), follow(t, a)
 	ctx := t.Context()
 	if err := a.Tx(ctx, func(tx store.Tx) error {
@@ -182,7 +156,7 @@ func next(t *testing.T, ch <-chan store.Change) store.Change {
 func TestPostgresReplicasCommitEventsInSeqOrder(t *testing.T) {
 	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
-	a, b := openReplica(t, dsn), openReplica(t, dsn)
+	a, b := openPostgresTest(t, dsn), openPostgresTest(t, dsn)
 	ctx := t.Context()
 	if err := a.Tx(ctx, func(tx store.Tx) error {
 		return tx.CreateMachine(ctx, &store.Machine{ID: "m-1", UUID: "u-1", CreatedAt: time.Now()})
@@ -239,7 +213,7 @@ func TestPostgresReplicasCommitEventsInSeqOrder(t *testing.T) {
 func TestPostgresLeaderMoves(t *testing.T) {
 	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
-	a, b := openReplica(t, dsn), openReplica(t, dsn)
+	a, b := openPostgresTest(t, dsn), openPostgresTest(t, dsn)
 	ctx, cancel := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -277,7 +251,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestPostgresMigrationWaitsForOlderReplicas(t *testing.T) {
 	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
-	old := openReplica(t, dsn)
+	old := openPostgresTest(t, dsn)
 	ms, err := loadMigrations(migrationFiles, "migrations")
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +297,7 @@ func TestPostgresStalledReplicaReleasesTheWriterLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stalled.Close()
-	other := openReplica(t, dsn)
+	other := openPostgresTest(t, dsn)
 	ctx := t.Context()
 	holding, release := make(chan struct{}), make(chan struct{})
 	stalledErr := make(chan error, 1)
@@ -370,7 +344,7 @@ func TestPostgresStalledReplicaReleasesTheWriterLock(t *testing.T) {
 func TestPostgresReplicaStopsOnANewerSchema(t *testing.T) {
 	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
-	old, admin := openReplica(t, dsn), openReplica(t, dsn)
+	old, admin := openPostgresTest(t, dsn), openPostgresTest(t, dsn)
 	ctx, cancel := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -405,7 +379,7 @@ var testFeedKey = WithFeedKey("feed-key-for-tests")
 func TestPostgresFeedDropsForgedNotifications(t *testing.T) {
 	c := pgtest.New(t)
 	dsn := c.DSN(c.NewDatabase(t))
-	a, b := openReplica(t, dsn), openReplica(t, dsn)
+	a, b := openPostgresTest(t, dsn), openPostgresTest(t, dsn)
 	fromA := follow(t, b)
 	ctx := t.Context()
 	forged := []string{

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ type replicaProc struct {
 	cmd           *exec.Cmd
 	addr, metrics string
 	op            harness.Operator
-	dead          bool
+	dead          atomic.Bool // read by the load's goroutines
 }
 
 // waitStreams reads anvil_wait_streams from the replica's metrics.
@@ -83,7 +84,7 @@ func TestReplicaFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			if !r.dead {
+			if !r.dead.Load() {
 				r.cmd.Process.Kill() //nolint:errcheck // ending the test
 				r.cmd.Wait()         //nolint:errcheck // killed
 			}
@@ -129,7 +130,7 @@ func TestReplicaFailover(t *testing.T) {
 	live := func() []*replicaProc {
 		var out []*replicaProc
 		for _, r := range procs {
-			if !r.dead {
+			if !r.dead.Load() {
 				out = append(out, r)
 			}
 		}
@@ -265,7 +266,7 @@ func TestReplicaFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	procs[victim].cmd.Wait() //nolint:errcheck // killed
-	procs[victim].dead = true
+	procs[victim].dead.Store(true)
 	t.Logf("killed replica %d (SIGKILL) holding %d Wait streams", victim, most)
 	allocRange(8, 16)
 	failover := attached("kill -9", killed)

@@ -406,7 +406,9 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 		for {
 			select {
 			case <-ctx.Done():
-				return nil
+				// The caller's deadline or cancel: say so (an OK status
+				// would read as "the controller ended the stream").
+				return status.FromContextError(ctx.Err()).Err()
 			case <-w.C():
 				break idle
 			case <-keep.C:

@@ -143,6 +143,9 @@ type Tx interface {
 	MachineIDByCredential(ctx context.Context, credentialHash []byte) (string, error)
 	// ListMachines returns the machines f selects, ordered by ID.
 	ListMachines(ctx context.Context, f MachineFilter) ([]*Machine, error)
+	// CountMachinesByState counts the machines per Status.State without
+	// reading them (metrics of a large fleet).
+	CountMachinesByState(ctx context.Context) (map[anvilv1.MachineState]int, error)
 	// CreateMachine inserts; ErrAlreadyExists when the id, UUID or (non-empty)
 	// credential hash is taken.
 	CreateMachine(ctx context.Context, m *Machine) error

@@ -309,6 +309,27 @@ func (t *tx) MachineIDByCredential(ctx context.Context, credentialHash []byte) (
 	return id, nil
 }
 
+func (t *tx) CountMachinesByState(ctx context.Context) (map[anvilv1.MachineState]int, error) {
+	rows, err := t.tx.QueryContext(ctx, "SELECT state, COUNT(*) FROM machines GROUP BY state")
+	if err != nil {
+		return nil, fmt.Errorf("count machines by state: %w", err)
+	}
+	defer rows.Close()
+	out := map[anvilv1.MachineState]int{}
+	for rows.Next() {
+		var st int32
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count machines by state: %w", err)
+		}
+		out[anvilv1.MachineState(st)] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count machines by state: %w", err)
+	}
+	return out, nil
+}
+
 func (t *tx) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.Machine, error) {
 	var (
 		where []string

@@ -571,6 +571,17 @@ func testListMachinesFilter(t *testing.T, s store.Store) {
 		mk("m2", ready, "large", "-", map[string]string{"rack": "r1"}),
 		mk("m5", ready, "small", "", map[string]string{"rack": "r2"}), // allocated, empty hostname
 	)
+	var counts map[anvilv1.MachineState]int
+	if err := s.View(t.Context(), func(tx store.Tx) error {
+		var err error
+		counts, err = tx.CountMachinesByState(t.Context())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(counts) != 2 || counts[ready] != 3 || counts[prov] != 2 {
+		t.Errorf("CountMachinesByState = %v, want 3 ready and 2 provisioned", counts)
+	}
 	yes, no := true, false
 	for _, tc := range []struct {
 		name string

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -100,6 +101,11 @@ func toStatus(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, sizes.ErrOverlap):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, driver.ErrBadConn):
+		// The database connection was lost (the server restarted, or
+		// ended a session it found idle in a transaction): nothing of
+		// the transaction was kept; try again.
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
 }

@@ -26,7 +26,7 @@ import (
 // apply one after the other as a single controller's would; changes are
 // announced to the others (feed.go); one of them leads the periodic work.
 func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
-	o := options{readConns: max(4, runtime.NumCPU()), logger: slog.Default(), idleInTx: 10 * time.Second}
+	o := options{readConns: max(4, runtime.NumCPU()), logger: slog.Default(), idleInTx: 30 * time.Second}
 	for _, opt := range opts {
 		opt(&o)
 	}

@@ -8,15 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -110,22 +107,14 @@ func (s *script) got() []*anvilv1.ReportRequest {
 // serve runs s over TLS on a loopback port and returns the client TLS config.
 func serve(t *testing.T, s *script) (string, *tls.Config) {
 	t.Helper()
-	dir := t.TempDir()
-	ca, srvTLS, err := pki.EnsureServerTLS(dir, nil)
+	ca, err := pki.EnsureCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(srvTLS)))
-	anvilv1.RegisterAgentServiceServer(g, s)
-	go func() { _ = g.Serve(l) }()
-	t.Cleanup(g.Stop)
+	addr, _ := replica(t, ca, "127.0.0.1", s)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.CertPEM())
-	return l.Addr().String(), &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return addr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 }
 
 type counter struct {

@@ -127,20 +127,22 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 					return err
 				}
 			}
-			if err := a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_HELD, msg)); err != nil {
+			_, bmcEv, err := a.enrollBMC(m, inv, reg.kind) // says why not
+			if err != nil {
 				return err
 			}
-			_, err := a.enrollBMC(ctx, tx, fx, m, inv, reg.kind) // says why not
-			return err
+			return a.record(ctx, tx, fx, m, !known, withEvent(a.event(anvilv1.EventType_EVENT_TYPE_HELD, msg), bmcEv)...)
 		}
 		if err := a.setInventory(ctx, tx, m, inv); err != nil {
 			return err
 		}
 		m.HeldInventory = nil
-		if err := a.record(ctx, tx, fx, m, !known, a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg)); err != nil {
+		var bmcEv *anvilv1.Event
+		if enroll, bmcEv, err = a.enrollBMC(m, inv, reg.kind); err != nil {
 			return err
 		}
-		if enroll, err = a.enrollBMC(ctx, tx, fx, m, inv, reg.kind); err != nil {
+		// One write of the machine and its 20 KB inventory for both events.
+		if err := a.record(ctx, tx, fx, m, !known, withEvent(a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg), bmcEv)...); err != nil {
 			return err
 		}
 		return a.resume(ctx, tx, fx, m, before)
@@ -156,31 +158,31 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 
 // enrollBMC decides whether this registration's agent enrolls the
 // machine's BMC in-band (trust.DecideBMC). If so, it makes a password,
-// stores the new address (sealed) as the machine's BMC at once, keeping the
-// previous in-band address as a fallback until the new one answers
-// (onBMC), and returns the credential for the agent; an enrollment that
-// never reaches the BMC thus loses nothing. Refusals an operator should see
-// are a BMC event. Neither the password nor the address with it appears in
+// sets the new address (sealed) as m's BMC, keeping the previous in-band
+// address as a fallback until the new one answers (onBMC), and returns
+// the credential for the agent; the caller records m in the registration's
+// transaction, so an enrollment that never reaches the BMC loses nothing.
+// The returned BMC event (nil when none) says what was decided, and why
+// not when an operator should see it. Neither the password nor the address with it appears in
 // an event or a log.
-func (a *agentAPI) enrollBMC(ctx context.Context, tx store.Tx, fx *effects, m *store.Machine, inv *anvilv1.Inventory, kind trust.Kind) (*anvilv1.BMCCredential, error) {
+func (a *agentAPI) enrollBMC(m *store.Machine, inv *anvilv1.Inventory, kind trust.Kind) (*anvilv1.BMCCredential, *anvilv1.Event, error) {
 	ib := inv.GetBmc()
 	v := trust.DecideBMC(trust.BMCReport{Found: ib != nil && ib.GetChannel() != 0, FreshBoot: kind != trust.Credential, Held: m.Trust.Held,
 		OperatorSet: m.BMC != "" && !m.Trust.BMCInBand, IP: ib.GetIp()}, a.cfg.BMCEnroll)
 	if !v.Enroll {
 		if v.Tell {
-			return nil, a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC,
-				fmt.Sprintf("in-band BMC at %q not enrolled: %s", ib.GetIp(), v.Reason)))
+			return nil, a.event(anvilv1.EventType_EVENT_TYPE_BMC, fmt.Sprintf("in-band BMC at %q not enrolled: %s", ib.GetIp(), v.Reason)), nil
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
 	pw, err := bmc.NewPassword()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	addr := trust.InBandAddress(bmc.InBandUser, pw, ib.GetIp())
 	sealed, err := a.bmcSeal.Seal(addr)
 	if err != nil {
-		return nil, fmt.Errorf("seal the in-band BMC credential: %w", err)
+		return nil, nil, fmt.Errorf("seal the in-band BMC credential: %w", err)
 	}
 	previous := ""
 	if m.Trust.BMCInBand {
@@ -191,10 +193,15 @@ func (a *agentAPI) enrollBMC(ctx context.Context, tx store.Tx, fx *effects, m *s
 	if previous != "" {
 		msg += "; the previous one stays as a fallback until the new one answers"
 	}
-	if err := a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_BMC, msg)); err != nil {
-		return nil, err
+	return &anvilv1.BMCCredential{User: bmc.InBandUser, Password: pw}, a.event(anvilv1.EventType_EVENT_TYPE_BMC, msg), nil
+}
+
+// withEvent is ev followed by more, if there is more.
+func withEvent(ev, more *anvilv1.Event) []*anvilv1.Event {
+	if more == nil {
+		return []*anvilv1.Event{ev}
 	}
-	return &anvilv1.BMCCredential{User: bmc.InBandUser, Password: pw}, nil
+	return []*anvilv1.Event{ev, more}
 }
 
 // checkRegistrar checks what a registration's token is bound to against
@@ -365,7 +372,7 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 				if holder, err := tx.MachineIDByCredential(ctx, cred); err != nil || holder != id {
 					return errors.Join(store.ErrNotFound, err)
 				}
-				m, err := tx.GetMachine(ctx, id)
+				m, err := tx.GetMachineLight(ctx, id)
 				if err != nil {
 					return err
 				}
@@ -427,7 +434,7 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 // so a machine is never Ready while work is pending.
 func (a *agentAPI) markWaiting(ctx context.Context, id string) error {
 	return a.commit(ctx, func(tx store.Tx, fx *effects) error {
-		m, err := tx.GetMachine(ctx, id)
+		m, err := tx.GetMachineLight(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -463,7 +470,7 @@ func terminal(t anvilv1.EventType) bool {
 func (a *agentAPI) Report(ctx context.Context, req *anvilv1.ReportRequest) (*anvilv1.ReportResponse, error) {
 	id := machineFrom(ctx)
 	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
-		m, err := tx.GetMachine(ctx, id)
+		m, err := tx.GetMachineLight(ctx, id)
 		if err != nil {
 			return err
 		}

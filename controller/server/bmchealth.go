@@ -100,10 +100,11 @@ func (s *Server) noteBMC(ctx context.Context, m *store.Machine, addr string, err
 }
 
 // recordEvent records ev for machine id in its own transaction, after
-// edit (if any) changed the machine.
+// edit (if any) changed the machine (read Light: without its
+// inventories, which stay as stored).
 func (s *Server) recordEvent(ctx context.Context, id string, edit func(*store.Machine, *effects), ev *anvilv1.Event) error {
 	return s.commit(ctx, func(tx store.Tx, fx *effects) error {
-		m, err := tx.GetMachine(ctx, id)
+		m, err := tx.GetMachineLight(ctx, id)
 		if err != nil {
 			return err
 		}

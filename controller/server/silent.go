@@ -63,7 +63,7 @@ func (s *Server) refine(m *store.Machine, l anvilv1.Liveliness) anvilv1.Liveline
 // BMC after waits doubling from BMCCheckInterval up to BMCBackoffMax. It
 // returns how many BMCs answered.
 func (s *Server) CheckSilentMachines(ctx context.Context) (int, error) {
-	ms, err := s.listMachines(ctx)
+	ms, err := s.bmcMachines(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -53,6 +53,12 @@ type Machine struct {
 	// operator's approval; nil when none. Inventory keeps the last trusted
 	// one meanwhile.
 	HeldInventory *anvilv1.Inventory
+	// Light marks a machine read without its inventories
+	// (Tx.GetMachineLight, MachineFilter.Light): Inventory and
+	// HeldInventory are nil whatever is stored, UpdateMachine leaves the
+	// stored ones as they are and refuses a Light machine that carries
+	// either, and CreateMachine refuses it.
+	Light bool
 }
 
 // Trust is the state of a machine's enrollment and agent sessions. Its
@@ -103,6 +109,13 @@ type MachineFilter struct {
 	Hostname string
 	// Labels match machines that have every one of these keys with its value.
 	Labels map[string]string
+	// WithBMC matches machines that have a BMC address.
+	WithBMC bool
+	// Light lists the machines without their inventories (Machine.Light):
+	// for sweeps over the fleet that decide on state, power and last-seen,
+	// where decoding every machine's hardware would cost more than the
+	// decision.
+	Light bool
 }
 
 // Instruction is an instruction queued for a machine. It is delivered on
@@ -138,6 +151,10 @@ type Tx interface {
 	// Machines. GetMachine* return ErrNotFound when absent.
 	GetMachine(ctx context.Context, id string) (*Machine, error)
 	GetMachineByUUID(ctx context.Context, uuid string) (*Machine, error)
+	// GetMachineLight is GetMachine without the inventories
+	// (Machine.Light): the hot paths that decide on state and trust (an
+	// agent's Wait stream) do not decode tens of kilobytes of hardware.
+	GetMachineLight(ctx context.Context, id string) (*Machine, error)
 	// MachineIDByCredential is the authentication lookup: the id only,
 	// without decoding the machine.
 	MachineIDByCredential(ctx context.Context, credentialHash []byte) (string, error)
@@ -151,7 +168,8 @@ type Tx interface {
 	CreateMachine(ctx context.Context, m *Machine) error
 	// UpdateMachine replaces every field of an existing machine (ErrNotFound
 	// if absent; ErrAlreadyExists when the new UUID or credential hash is
-	// another machine's).
+	// another machine's); the inventories of a Light machine stay as
+	// stored.
 	UpdateMachine(ctx context.Context, m *Machine) error
 	// DeleteMachine removes the machine, its events and its instructions;
 	// ErrNotFound if absent.

@@ -15,18 +15,32 @@ import (
 
 // Queries, in "?" form. Those in preparedQueries are prepared at Open.
 const (
-	machineCols = "id, uuid, macs, inventory, inventory IS NOT NULL, size_id, labels, allocation, allocated, " +
-		"status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL, bmc, trust, held_inventory, held_inventory IS NOT NULL"
-	qGetMachine             = "SELECT " + machineCols + " FROM machines WHERE id = ?"
-	qGetMachineByUUID       = "SELECT " + machineCols + " FROM machines WHERE uuid = ?"
+	// The columns scanMachine reads. The inventories live in their own
+	// table (migration 0007), joined when a machine is read whole; a Light
+	// machine's read as absent (the same columns, no join, nothing
+	// decoded).
+	machineColsHead  = "id, uuid, macs, "
+	machineColsMid   = ", size_id, labels, allocation, allocated, status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL, bmc, trust, "
+	machineColsNone  = "NULL, NULL IS NOT NULL"
+	machineCols      = machineColsHead + "inventory, inventory IS NOT NULL" + machineColsMid + "held_inventory, held_inventory IS NOT NULL"
+	machineColsLight = machineColsHead + machineColsNone + machineColsMid + machineColsNone
+	machinesWhole    = "machines LEFT JOIN machine_inventories ON machine_id = id"
+
+	qGetMachine             = "SELECT " + machineCols + " FROM " + machinesWhole + " WHERE id = ?"
+	qGetMachineLight        = "SELECT " + machineColsLight + " FROM machines WHERE id = ?"
+	qGetMachineByUUID       = "SELECT " + machineCols + " FROM " + machinesWhole + " WHERE uuid = ?"
 	qGetMachineByCredential = "SELECT id FROM machines WHERE credential_hash = ?"
-	qListMachines           = "SELECT " + machineCols + " FROM machines"
-	qInsertMachine          = "INSERT INTO machines (id, uuid, macs, inventory, size_id, labels, allocation, allocated, hostname, " +
-		"status, state, credential_hash, created_at, last_seen, progress, bmc, trust, held_inventory) " +
-		"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-	qUpdateMachine = "UPDATE machines SET uuid = ?, macs = ?, inventory = ?, size_id = ?, labels = ?, allocation = ?, allocated = ?, " +
-		"hostname = ?, status = ?, state = ?, credential_hash = ?, created_at = ?, last_seen = ?, progress = ?, bmc = ?, trust = ?, " +
-		"held_inventory = ? WHERE id = ?"
+	qListMachines           = "SELECT " + machineCols + " FROM " + machinesWhole
+	qListMachinesLight      = "SELECT " + machineColsLight + " FROM machines"
+	qInsertMachine          = "INSERT INTO machines (id, uuid, macs, size_id, labels, allocation, allocated, hostname, " +
+		"status, state, credential_hash, created_at, last_seen, progress, bmc, trust) " +
+		"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+	qUpdateMachine = "UPDATE machines SET uuid = ?, macs = ?, size_id = ?, labels = ?, allocation = ?, allocated = ?, " +
+		"hostname = ?, status = ?, state = ?, credential_hash = ?, created_at = ?, last_seen = ?, progress = ?, bmc = ?, trust = ? " +
+		"WHERE id = ?"
+	qPutInventories = "INSERT INTO machine_inventories (machine_id, inventory, held_inventory) VALUES (?, ?, ?) " +
+		"ON CONFLICT (machine_id) DO UPDATE SET inventory = excluded.inventory, held_inventory = excluded.held_inventory"
+	qDeleteInventories = "DELETE FROM machine_inventories WHERE machine_id = ?"
 	qDeleteMachine = "DELETE FROM machines WHERE id = ?"
 	qTouchMachine  = "UPDATE machines SET last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?"
 
@@ -72,7 +86,8 @@ const (
 // ListMachines builds its query from the filter and is not among them.
 func preparedQueries() []string {
 	return []string{
-		qGetMachine, qGetMachineByUUID, qGetMachineByCredential, qInsertMachine, qUpdateMachine, qDeleteMachine, qTouchMachine,
+		qGetMachine, qGetMachineLight, qGetMachineByUUID, qGetMachineByCredential, qInsertMachine, qUpdateMachine,
+		qPutInventories, qDeleteInventories, qDeleteMachine, qTouchMachine,
 		qInsertEvent, qListEvents, qListEventsLimit, qListMachineEvents, qListMachineEventsLimit, qLastEvents, qLastEventsLimit,
 		qTrimBound, qTrimEvents,
 		qInsertInstruction, qGetInstruction, qPendingInstructions, qAckInstruction, qInstructionExists, qCancelPending,
@@ -225,7 +240,7 @@ func scanMachine(r scanner) (*store.Machine, error) {
 }
 
 // machineArgs are the column values of m in the order of qUpdateMachine
-// (uuid ... bmc), without the id.
+// (uuid ... trust), without the id.
 func machineArgs(m *store.Machine) ([]any, error) {
 	if m.UUID == "" {
 		return nil, errors.New("empty UUID")
@@ -237,10 +252,6 @@ func machineArgs(m *store.Machine) ([]any, error) {
 	labels, err := encJSON(m.Labels)
 	if err != nil {
 		return nil, fmt.Errorf("encode labels: %w", err)
-	}
-	inv, err := encMsg(m.Inventory)
-	if err != nil {
-		return nil, fmt.Errorf("encode inventory: %w", err)
 	}
 	alloc, err := encMsg(m.Allocation)
 	if err != nil {
@@ -274,12 +285,38 @@ func machineArgs(m *store.Machine) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode trust: %w", err)
 	}
+	return []any{m.UUID, macs, m.SizeID, labels, alloc, alloc != nil, hostname,
+		status, int64(m.Status.State), cred, created, seen, prog, m.BMC, trust}, nil
+}
+
+// errLightWithInventory: a Light machine's inventories are not written;
+// one that carries one would lose it without a word.
+var errLightWithInventory = errors.New("a machine read without its inventories (Light) carries one: read it whole to change them")
+
+// putInventories writes m's inventories (no row when it has neither); a
+// Light machine's stay as stored.
+func (t *tx) putInventories(ctx context.Context, m *store.Machine, created bool) error {
+	if m.Light {
+		return nil
+	}
+	inv, err := encMsg(m.Inventory)
+	if err != nil {
+		return fmt.Errorf("encode inventory: %w", err)
+	}
 	held, err := encMsg(m.HeldInventory)
 	if err != nil {
-		return nil, fmt.Errorf("encode held inventory: %w", err)
+		return fmt.Errorf("encode held inventory: %w", err)
 	}
-	return []any{m.UUID, macs, inv, m.SizeID, labels, alloc, alloc != nil, hostname,
-		status, int64(m.Status.State), cred, created, seen, prog, m.BMC, trust, held}, nil
+	switch {
+	case inv != nil || held != nil:
+		_, err = t.exec(ctx, qPutInventories, m.ID, inv, held)
+	case !created:
+		_, err = t.exec(ctx, qDeleteInventories, m.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("write inventories: %w", err)
+	}
+	return nil
 }
 
 func (t *tx) GetMachine(ctx context.Context, id string) (*store.Machine, error) {
@@ -287,6 +324,15 @@ func (t *tx) GetMachine(ctx context.Context, id string) (*store.Machine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("get machine %q: %w", id, notFound(err))
 	}
+	return m, nil
+}
+
+func (t *tx) GetMachineLight(ctx context.Context, id string) (*store.Machine, error) {
+	m, err := scanMachine(t.queryRow(ctx, qGetMachineLight, id))
+	if err != nil {
+		return nil, fmt.Errorf("get machine %q: %w", id, notFound(err))
+	}
+	m.Light = true
 	return m, nil
 }
 
@@ -347,7 +393,13 @@ func (t *tx) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.
 	if f.Hostname != "" {
 		where, args = append(where, "hostname = ?"), append(args, f.Hostname)
 	}
+	if f.WithBMC {
+		where = append(where, "bmc <> ''")
+	}
 	q := qListMachines
+	if f.Light {
+		q = qListMachinesLight
+	}
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -359,6 +411,9 @@ func (t *tx) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.
 	ms, err := collect(rows, scanMachine)
 	if err != nil {
 		return nil, fmt.Errorf("list machines: %w", err)
+	}
+	for _, m := range ms {
+		m.Light = f.Light
 	}
 	if len(f.Labels) == 0 {
 		return ms, nil
@@ -389,12 +444,18 @@ func (t *tx) CreateMachine(ctx context.Context, m *store.Machine) error {
 	if m.ID == "" {
 		return errors.New("create machine: empty id")
 	}
+	if m.Light {
+		return fmt.Errorf("create machine %q: a machine read without its inventories (Light) cannot be created", m.ID)
+	}
 	args, err := machineArgs(m)
 	if err != nil {
 		return fmt.Errorf("create machine %q: %w", m.ID, err)
 	}
 	if _, err := t.exec(ctx, qInsertMachine, append([]any{m.ID}, args...)...); err != nil {
 		return fmt.Errorf("create machine %q (uuid %q): %w", m.ID, m.UUID, t.d.classify(err, nil))
+	}
+	if err := t.putInventories(ctx, m, true); err != nil {
+		return fmt.Errorf("create machine %q: %w", m.ID, err)
 	}
 	return nil
 }
@@ -403,12 +464,18 @@ func (t *tx) UpdateMachine(ctx context.Context, m *store.Machine) error {
 	if m == nil {
 		return errors.New("update machine: nil machine")
 	}
+	if m.Light && (m.Inventory != nil || m.HeldInventory != nil) {
+		return fmt.Errorf("update machine %q: %w", m.ID, errLightWithInventory)
+	}
 	args, err := machineArgs(m)
 	if err != nil {
 		return fmt.Errorf("update machine %q: %w", m.ID, err)
 	}
 	if err := t.execOne(ctx, qUpdateMachine, append(args, m.ID)...); err != nil {
 		return fmt.Errorf("update machine %q: %w", m.ID, t.d.classify(err, nil))
+	}
+	if err := t.putInventories(ctx, m, false); err != nil {
+		return fmt.Errorf("update machine %q: %w", m.ID, err)
 	}
 	return nil
 }

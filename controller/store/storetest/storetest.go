@@ -41,6 +41,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"NotFound", testNotFound},
 		{"InvalidInput", testInvalidInput},
 		{"ListMachinesFilter", testListMachinesFilter},
+		{"LightMachines", testLightMachines},
 		{"DeleteMachineCascades", testDeleteMachineCascades},
 		{"RollbackOnError", testRollbackOnError},
 		{"RollbackOnPanic", testRollbackOnPanic},
@@ -563,12 +564,16 @@ func testListMachinesFilter(t *testing.T, s store.Store) {
 		}
 		return m
 	}
+	withBMC := func(m *store.Machine) *store.Machine {
+		m.BMC = "sealed:" + m.ID
+		return m
+	}
 	// Created out of order: results come ordered by id.
 	create(t, s,
-		mk("m4", prov, "large", "db-1", map[string]string{"rack": "r2"}),
+		withBMC(mk("m4", prov, "large", "db-1", map[string]string{"rack": "r2"})),
 		mk("m1", ready, "small", "-", map[string]string{"rack": "r1", "gpu": "yes"}),
 		mk("m3", prov, "small", "web-1", nil),
-		mk("m2", ready, "large", "-", map[string]string{"rack": "r1"}),
+		withBMC(mk("m2", ready, "large", "-", map[string]string{"rack": "r1"})),
 		mk("m5", ready, "small", "", map[string]string{"rack": "r2"}), // allocated, empty hostname
 	)
 	var counts map[anvilv1.MachineState]int
@@ -601,6 +606,10 @@ func testListMachinesFilter(t *testing.T, s store.Store) {
 		{"combined", store.MachineFilter{State: ready, SizeID: "small", Allocated: &no}, []string{"m1"}},
 		{"combined with labels", store.MachineFilter{State: ready, Labels: map[string]string{"rack": "r2"}}, []string{"m5"}},
 		{"nothing", store.MachineFilter{State: anvilv1.MachineState_MACHINE_STATE_FAILED}, nil},
+		{"with a BMC", store.MachineFilter{WithBMC: true}, []string{"m2", "m4"}},
+		{"with a BMC, ready", store.MachineFilter{WithBMC: true, State: ready}, []string{"m2"}},
+		{"light", store.MachineFilter{Light: true}, []string{"m1", "m2", "m3", "m4", "m5"}},
+		{"light with labels", store.MachineFilter{Light: true, Labels: map[string]string{"rack": "r2"}}, []string{"m4", "m5"}},
 	} {
 		mustView(t, s, func(tx store.Tx) error {
 			ms, err := tx.ListMachines(t.Context(), tc.f)
@@ -634,6 +643,92 @@ func testListMachinesFilter(t *testing.T, s store.Store) {
 		}
 		return err
 	})
+}
+
+// testLightMachines: a machine read without its inventories has every
+// other field, and writing it back changes those fields and keeps the
+// stored inventories; a Light machine that carries an inventory, or is
+// created, is refused.
+func testLightMachines(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	full := fullMachine("m1")
+	create(t, s, full, minimal("m2"))
+	want := *full
+	want.Inventory, want.HeldInventory = nil, nil
+	check := func(how string, m *store.Machine) {
+		t.Helper()
+		if !m.Light {
+			t.Errorf("%s: Light is false", how)
+		}
+		if m.Inventory != nil || m.HeldInventory != nil {
+			t.Errorf("%s: inventories read: %v, %v", how, m.Inventory, m.HeldInventory)
+		}
+		if d := diffMachine(&want, m); len(d) > 0 {
+			t.Errorf("%s differs: %v", how, d)
+		}
+	}
+	var light *store.Machine
+	mustView(t, s, func(tx store.Tx) error {
+		var err error
+		if light, err = tx.GetMachineLight(ctx, "m1"); err != nil {
+			return err
+		}
+		check("GetMachineLight", light)
+		ms, err := tx.ListMachines(ctx, store.MachineFilter{Light: true})
+		if err != nil {
+			return err
+		}
+		if len(ms) != 2 {
+			t.Fatalf("ListMachines(Light): %d machines, want 2", len(ms))
+		}
+		check("ListMachines(Light)", ms[0])
+		if ms[1].Light != true || ms[1].ID != "m2" {
+			t.Errorf("ListMachines(Light)[1] = %s, Light %v", ms[1].ID, ms[1].Light)
+		}
+		full, err := tx.GetMachine(ctx, "m1")
+		if err != nil {
+			return err
+		}
+		if full.Light {
+			t.Error("GetMachine returned a Light machine")
+		}
+		_, err = tx.GetMachineLight(ctx, "nope")
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("GetMachineLight of a missing machine: %v, want ErrNotFound", err)
+		}
+		return nil
+	})
+	// Written back: the other fields change, the inventories stay.
+	light.Status.State = anvilv1.MachineState_MACHINE_STATE_READY
+	light.Labels = map[string]string{"after": "light update"}
+	light.LastSeen = ts(20)
+	mustTx(t, s, func(tx store.Tx) error { return tx.UpdateMachine(ctx, light) })
+	after := get(t, s, "m1")
+	want2 := *full
+	want2.Status.State, want2.Labels, want2.LastSeen = light.Status.State, light.Labels, light.LastSeen
+	checkMachine(t, "after a light update", &want2, after)
+	// A Light machine that carries an inventory would lose it silently:
+	// refused, and nothing changes.
+	for _, tc := range []struct {
+		name string
+		mod  func(*store.Machine)
+	}{
+		{"inventory", func(m *store.Machine) { m.Inventory = &anvilv1.Inventory{Product: &anvilv1.Product{Name: "other"}} }},
+		{"held inventory", func(m *store.Machine) { m.HeldInventory = &anvilv1.Inventory{} }},
+	} {
+		m := *light
+		m.Labels = map[string]string{"lost": "update"}
+		tc.mod(&m)
+		if err := s.Tx(ctx, func(tx store.Tx) error { return tx.UpdateMachine(ctx, &m) }); err == nil {
+			t.Errorf("UpdateMachine of a Light machine with its %s: no error", tc.name)
+		}
+	}
+	checkMachine(t, "after refused light updates", &want2, get(t, s, "m1"))
+	m3 := *light
+	m3.ID, m3.UUID, m3.CredentialHash = "m3", "uuid-m3", nil
+	if err := s.Tx(ctx, func(tx store.Tx) error { return tx.CreateMachine(ctx, &m3) }); err == nil {
+		t.Error("CreateMachine of a Light machine: no error")
+	}
 }
 
 func testDeleteMachineCascades(t *testing.T, s store.Store) {

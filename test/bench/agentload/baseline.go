@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // the debug address serves profiles, as the controller's does
 	"os"
 	"runtime/debug"
 	"strconv"

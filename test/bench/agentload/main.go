@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -53,15 +54,17 @@ import (
 )
 
 type config struct {
-	self, controller       string
-	conc, samples, runs    int
-	rate, closedShare      float64
-	heartbeat, keepalive   time.Duration
-	steady, settle         time.Duration
-	gogc, gomemlimit       string
-	serverCPUs             string
-	buffers, replicas      int
-	postgres, skipBaseline bool
+	self, controller     string
+	conc, samples, runs  int
+	rate, closedShare    float64
+	heartbeat, keepalive time.Duration
+	steady, settle       time.Duration
+	gogc, gomemlimit     string
+	serverCPUs           string
+	buffers, replicas    int
+	postgres             bool
+	servers              map[string]bool // "bare", "anvil": which single servers run
+	profile              string          // directory for the servers' CPU, heap and goroutine profiles
 }
 
 func main() {
@@ -94,7 +97,20 @@ func main() {
 	flag.IntVar(&cfg.buffers, "baseline-buffers", 4<<10, "the baseline's gRPC read and write buffers (the controller's: 4 KiB; 0: none)")
 	flag.IntVar(&cfg.replicas, "replicas", 0, "also run this many controllers on one PostgreSQL (with -postgres) and time a failover")
 	flag.BoolVar(&cfg.postgres, "postgres", false, "start PostgreSQL for -replicas (pgtest: initdb and pg_ctl as nobody)")
+	servers := flag.String("servers", "bare,anvil", "single servers to measure (bare, anvil); the targets need both")
+	flag.StringVar(&cfg.profile, "profile", "", "write each server process's CPU profile of the open loop, heap and goroutine profiles at steady state here")
 	flag.Parse()
+	cfg.servers = map[string]bool{}
+	for _, s := range strings.Split(*servers, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "bare", "anvil":
+			cfg.servers[s] = true
+		case "":
+		default:
+			fmt.Fprintf(os.Stderr, "agentload: -servers: unknown server %q (want bare, anvil)\n", s)
+			os.Exit(2)
+		}
+	}
 	var err error
 	if cfg.self, err = os.Executable(); err == nil {
 		err = run(cfg, *counts)
@@ -165,19 +181,22 @@ func run(cfg config, counts string) error {
 	for _, n := range ns {
 		var base, an, rep []result
 		for r := range cfg.runs {
-			starts := []func() error{
-				func() error {
+			var starts []func() error
+			if cfg.servers["bare"] {
+				starts = append(starts, func() error {
 					res, err := measure(cfg, n, func() (*deployment, error) { return startBaseline(cfg) })
 					base = append(base, res)
 					return err
-				},
-				func() error {
+				})
+			}
+			if cfg.servers["anvil"] {
+				starts = append(starts, func() error {
 					res, err := measure(cfg, n, func() (*deployment, error) { return startAnvil(cfg, "", 1) })
 					an = append(an, res)
 					return err
-				},
+				})
 			}
-			if r%2 == 1 { // take turns: neither always runs on a warmer machine
+			if r%2 == 1 && len(starts) == 2 { // take turns: neither always runs on a warmer machine
 				starts[0], starts[1] = starts[1], starts[0]
 			}
 			if cfg.replicas > 0 {
@@ -306,8 +325,18 @@ func fleet(cfg config, n int, d *deployment) (result, error) {
 	if err != nil {
 		return res, err
 	}
+	openFor := time.Duration(float64(n-closed) / cfg.rate * float64(time.Second))
+	profiled := d.profile(cfg.profile, fmt.Sprintf("%d-cpu.pprof", n), fmt.Sprintf("profile?seconds=%d", max(1, int(openFor.Seconds())-1)))
 	if lat, err = openLoop(agents[closed:], cfg.rate, d.boot); err != nil {
 		return res, err
+	}
+	if err := <-profiled; err != nil {
+		return res, err
+	}
+	if cfg.profile != "" {
+		if err := writeLatencies(filepath.Join(cfg.profile, fmt.Sprintf("%s-%d-register.txt", strings.ReplaceAll(d.name, " ", ""), n)), cfg.rate, lat); err != nil {
+			return res, err
+		}
 	}
 	res.p50, res.p99 = percentiles(lat)
 	after, err := scrape(d, registerMethod)
@@ -328,6 +357,11 @@ func fleet(cfg config, n int, d *deployment) (result, error) {
 		return res, err
 	}
 	res.rssPerAgent, res.rssMiB = float64(rss1-rss0)/float64(n)/1024, float64(rss1)/(1<<20)
+	for name, what := range map[string]string{"heap.pprof": "heap?gc=1", "heap.txt": "heap?debug=1", "goroutine.pprof": "goroutine"} {
+		if err := <-d.profile(cfg.profile, fmt.Sprintf("%d-%s", n, name), what); err != nil {
+			return res, err
+		}
+	}
 	hb, err := scrape(d, heartbeatMethod)
 	if err != nil {
 		return res, err
@@ -413,6 +447,17 @@ func openLoop(agents []*simAgent, rate float64, boot string) ([]time.Duration, e
 		}
 	}
 	return lat, nil
+}
+
+// writeLatencies writes the open loop's latencies, one line per arrival:
+// its scheduled time from the start (s) and its latency (ms), to see when
+// the slow ones came.
+func writeLatencies(file string, rate float64, lat []time.Duration) error {
+	var b strings.Builder
+	for k, d := range lat {
+		fmt.Fprintf(&b, "%.3f %.2f\n", float64(k)/rate, float64(d)/1e6)
+	}
+	return os.WriteFile(file, []byte(b.String()), 0o644)
 }
 
 // parallel runs fn(0..n-1) with conc calls in flight; the first error wins.

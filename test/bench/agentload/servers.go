@@ -128,6 +128,60 @@ func (d *deployment) addrs() []string {
 	return out
 }
 
+// profile fetches /debug/pprof/<what> from each server process of d into
+// dir/<deployment>-<process>-<name>, in the background (with the
+// process's /proc/<pid>/smaps_rollup beside a heap profile); the channel
+// gives the first error once all are written. Nothing when dir is "".
+func (d *deployment) profile(dir, name, what string) <-chan error {
+	done := make(chan error, 1)
+	if dir == "" {
+		done <- nil
+		return done
+	}
+	errs := make(chan error, len(d.procs))
+	for k, p := range d.procs {
+		file := filepath.Join(dir, fmt.Sprintf("%s-%d-%s", strings.NewReplacer(" ", "", "×", "x").Replace(d.name), k, name))
+		go func() {
+			err := fetchTo("http://"+p.debug+"/debug/pprof/"+what, file)
+			if err == nil && strings.HasPrefix(what, "heap") {
+				var b []byte
+				if b, err = os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p.cmd.Process.Pid)); err == nil {
+					err = os.WriteFile(file+".smaps", b, 0o644)
+				}
+			}
+			errs <- err
+		}()
+	}
+	go func() {
+		var first error
+		for range d.procs {
+			if err := <-errs; err != nil && first == nil {
+				first = err
+			}
+		}
+		done <- first
+	}()
+	return done
+}
+
+// fetchTo writes the body of a GET of url to file.
+func fetchTo(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	return errors.Join(err, f.Close())
+}
+
 func (d *deployment) stop() {
 	for _, p := range d.procs {
 		p.kill()

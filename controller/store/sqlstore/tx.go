@@ -41,8 +41,8 @@ const (
 	qPutInventories = "INSERT INTO machine_inventories (machine_id, inventory, held_inventory) VALUES (?, ?, ?) " +
 		"ON CONFLICT (machine_id) DO UPDATE SET inventory = excluded.inventory, held_inventory = excluded.held_inventory"
 	qDeleteInventories = "DELETE FROM machine_inventories WHERE machine_id = ?"
-	qDeleteMachine = "DELETE FROM machines WHERE id = ?"
-	qTouchMachine  = "UPDATE machines SET last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?"
+	qDeleteMachine     = "DELETE FROM machines WHERE id = ?"
+	qTouchMachine      = "UPDATE machines SET last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?"
 
 	eventCols    = "seq, machine_id, time, type, message, actor, instruction_id, progress, progress IS NOT NULL"
 	qInsertEvent = "INSERT INTO events (machine_id, time, type, message, actor, instruction_id, progress) " +

@@ -127,22 +127,24 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 					return err
 				}
 			}
-			_, bmcEv, err := a.enrollBMC(m, inv, reg.kind) // says why not
+			ev := a.event(anvilv1.EventType_EVENT_TYPE_HELD, msg) // before the BMC event: in time order
+			_, bmcEv, err := a.enrollBMC(m, inv, reg.kind)        // says why not
 			if err != nil {
 				return err
 			}
-			return a.record(ctx, tx, fx, m, !known, withEvent(a.event(anvilv1.EventType_EVENT_TYPE_HELD, msg), bmcEv)...)
+			return a.record(ctx, tx, fx, m, !known, withEvent(ev, bmcEv)...)
 		}
 		if err := a.setInventory(ctx, tx, m, inv); err != nil {
 			return err
 		}
 		m.HeldInventory = nil
+		ev := a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg) // before the BMC event: in time order
 		var bmcEv *anvilv1.Event
 		if enroll, bmcEv, err = a.enrollBMC(m, inv, reg.kind); err != nil {
 			return err
 		}
 		// One write of the machine and its 20 KB inventory for both events.
-		if err := a.record(ctx, tx, fx, m, !known, withEvent(a.event(anvilv1.EventType_EVENT_TYPE_REGISTERING, msg), bmcEv)...); err != nil {
+		if err := a.record(ctx, tx, fx, m, !known, withEvent(ev, bmcEv)...); err != nil {
 			return err
 		}
 		return a.resume(ctx, tx, fx, m, before)
@@ -299,7 +301,7 @@ func (s *Server) securityEvent(ctx context.Context, tx store.Tx, fx *effects, m 
 	if !s.secEvents.allow(m.ID, s.now()) {
 		return nil
 	}
-	stored, err := tx.GetMachine(ctx, m.ID)
+	stored, err := tx.GetMachineLight(ctx, m.ID) // its inventories stay as stored
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}

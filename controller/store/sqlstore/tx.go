@@ -19,14 +19,14 @@ const (
 	// table (migration 0007), joined when a machine is read whole; a Light
 	// machine's read as absent (the same columns, no join, nothing
 	// decoded).
-	machineColsHead  = "id, uuid, macs, "
+	machineColsHead  = "machines.id, uuid, macs, "
 	machineColsMid   = ", size_id, labels, allocation, allocated, status, credential_hash, created_at, last_seen, progress, progress IS NOT NULL, bmc, trust, "
 	machineColsNone  = "NULL, NULL IS NOT NULL"
 	machineCols      = machineColsHead + "inventory, inventory IS NOT NULL" + machineColsMid + "held_inventory, held_inventory IS NOT NULL"
 	machineColsLight = machineColsHead + machineColsNone + machineColsMid + machineColsNone
-	machinesWhole    = "machines LEFT JOIN machine_inventories ON machine_id = id"
+	machinesWhole    = "machines LEFT JOIN machine_inventories ON machine_inventories.machine_id = machines.id"
 
-	qGetMachine             = "SELECT " + machineCols + " FROM " + machinesWhole + " WHERE id = ?"
+	qGetMachine             = "SELECT " + machineCols + " FROM " + machinesWhole + " WHERE machines.id = ?"
 	qGetMachineLight        = "SELECT " + machineColsLight + " FROM machines WHERE id = ?"
 	qGetMachineByUUID       = "SELECT " + machineCols + " FROM " + machinesWhole + " WHERE uuid = ?"
 	qGetMachineByCredential = "SELECT id FROM machines WHERE credential_hash = ?"
@@ -403,7 +403,7 @@ func (t *tx) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
-	q += " ORDER BY id"
+	q += " ORDER BY machines.id"
 	rows, err := t.query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list machines: %w", err)

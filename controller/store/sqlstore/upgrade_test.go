@@ -36,6 +36,16 @@ func TestUpgradeMovesInventoriesPostgres(t *testing.T) {
 	testUpgradeMovesInventories(t, db, postgresDialect(), func() store.Store { return openPostgresTest(t, dsn) })
 }
 
+// rawDB is the store's write pool, for looking at the schema itself.
+func rawDB(t *testing.T, s store.Store) *sql.DB {
+	t.Helper()
+	st, ok := s.(*Store)
+	if !ok {
+		t.Fatalf("store is %T, want *Store", s)
+	}
+	return st.write
+}
+
 func testUpgradeMovesInventories(t *testing.T, db *sql.DB, d *dialect, open func() store.Store) {
 	ctx := t.Context()
 	ms, err := loadMigrations(migrationFiles, "migrations")
@@ -43,7 +53,7 @@ func testUpgradeMovesInventories(t *testing.T, db *sql.DB, d *dialect, open func
 		t.Fatal(err)
 	}
 	if len(ms) < 7 || ms[6].name != "0007_machine_inventories.sql" {
-		t.Fatalf("migration 7 is %v, want 0007_machine_inventories.sql", ms[6].name)
+		t.Fatalf("migrations %d, want 0007_machine_inventories.sql as the seventh", len(ms))
 	}
 	if err := migrate(ctx, db, d, ms[:6], slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
@@ -73,6 +83,18 @@ func testUpgradeMovesInventories(t *testing.T, db *sql.DB, d *dialect, open func
 	}
 
 	s := open()
+	// The columns are gone from machines (nothing keeps a second copy),
+	// and a machine without inventories has no row.
+	raw := rawDB(t, s)
+	for _, col := range []string{"inventory", "held_inventory"} {
+		if _, err := raw.ExecContext(ctx, "SELECT "+col+" FROM machines"); err == nil {
+			t.Errorf("machines.%s still exists after the upgrade", col)
+		}
+	}
+	var rows int
+	if err := raw.QueryRowContext(ctx, d.rebind("SELECT COUNT(*) FROM machine_inventories WHERE machine_id = ?"), "none").Scan(&rows); err != nil || rows != 0 {
+		t.Errorf("inventory rows of a machine without any: %d, %v; want 0", rows, err)
+	}
 	want := map[string][2]*anvilv1.Inventory{"both": {inv, held}, "inventory": {inv, nil}, "none": {nil, nil}}
 	check := func(when string) {
 		t.Helper()

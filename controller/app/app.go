@@ -249,7 +249,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	o := ops.New(ops.Source{Ping: st.Ping, Machines: func(ctx context.Context) (map[anvilv1.MachineState]int, error) { return srv.MachinesByState(ctx) },
 		WaitStreams: func() int { return srv.WaitStreams() }, Leader: st.IsLeader})
 	srv, err = server.New(o.Store(st), server.Credentials{AdminTokens: []string{admin}, BootTokens: append([]string{bootTok}, cfg.BootTokens...), Keys: keys},
-		cfg.Server, server.WithLogger(log), server.WithLeader(st.IsLeader))
+		cfg.Server, server.WithLogger(log), server.WithLeader(st.IsLeader), server.WithChangesHeard(st.ChangesHeard))
 	if err != nil {
 		closeAll()
 		return nil, err

@@ -25,6 +25,9 @@ type authenticator struct {
 	bootTk [][]byte
 	signer *pki.Signer
 	now    func() time.Time
+	// creds caches heartbeating credentials while heard() (credcache.go).
+	creds *credCache
+	heard func() bool
 }
 
 func newAuthenticator(st store.Store, c Credentials, boot *pki.Signer, now func() time.Time) *authenticator {
@@ -171,6 +174,16 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 			return context.WithValue(ctx, registrarKey{}, r), nil
 		}
 	}
+	heartbeat := method == anvilv1.AgentService_Heartbeat_FullMethodName && a.creds != nil && a.heard()
+	if heartbeat {
+		if id, ok := a.creds.get(h, a.now()); ok {
+			return context.WithValue(ctx, machineKey{}, caller{id: id, credHash: h}), nil
+		}
+	}
+	var gen uint64
+	if heartbeat {
+		gen = a.creds.generation()
+	}
 	var id string
 	err = onShortStack(func() error { // Wait streams authenticate here, on their long-lived goroutine
 		return a.store.View(ctx, func(tx store.Tx) error {
@@ -187,6 +200,9 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 	}
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "checking machine credential: %v", err)
+	}
+	if heartbeat && a.heard() {
+		a.creds.put(h, id, gen, a.now())
 	}
 	ctx = context.WithValue(ctx, machineKey{}, caller{id: id, credHash: h})
 	if method == anvilv1.AgentService_Register_FullMethodName {

@@ -286,6 +286,11 @@ type Server struct {
 	// leads reports whether this controller leads its replicas' periodic
 	// work (WithLeader; always without replicas).
 	leads func() bool
+	// creds caches the machines of heartbeating credentials while heard
+	// says this controller hears every change committed to the store
+	// (credcache.go; WithChangesHeard).
+	creds credCache
+	heard func() bool
 }
 
 // Option configures a Server.
@@ -298,6 +303,12 @@ func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 // replicas on one store (default: it always does).
 func WithLeader(leads func() bool) Option { return func(s *Server) { s.leads = leads } }
 
+// WithChangesHeard tells the server whether it hears every change other
+// controllers commit to the store (the change feed is connected); heartbeat
+// credentials are cached only then (default: always, as with one
+// controller on SQLite).
+func WithChangesHeard(heard func() bool) Option { return func(s *Server) { s.heard = heard } }
+
 // WithClock sets the time source (tests).
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
 
@@ -309,7 +320,8 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 	if len(creds.AdminTokens) == 0 || len(creds.BootTokens) == 0 {
 		return nil, errors.New("controller needs at least one admin token and one boot token")
 	}
-	s := &Server{store: st, hub: hub.New(), cfg: cfg, log: slog.Default(), now: time.Now, leads: func() bool { return true }}
+	s := &Server{store: st, hub: hub.New(), cfg: cfg, log: slog.Default(), now: time.Now, leads: func() bool { return true },
+		heard: func() bool { return true }}
 	s.openBMC = func(addr string) (bmc.Driver, error) { return bmc.Open(addr, bmc.WithTimeout(cfg.BMCTimeout)) }
 	for _, o := range opts {
 		o(s)
@@ -342,6 +354,7 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 		return nil, fmt.Errorf("phone-home token signer: %w", err)
 	}
 	s.auth = newAuthenticator(st, creds, s.bootSigner, s.now)
+	s.auth.creds, s.auth.heard = &s.creds, s.heard
 	return s, nil
 }
 
@@ -351,14 +364,23 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 // from it. A resync does that for every stream.
 func (s *Server) ApplyChange(c store.Change) {
 	if c.Resync {
+		s.creds.clear()
 		s.hub.WakeAll()
 	}
 	for _, e := range c.Events {
 		s.hub.Publish(e)
 	}
 	for _, id := range c.Wake {
-		s.hub.Notify(id)
+		s.wake(id)
 	}
+}
+
+// wake makes machine id's Wait streams look at the store again, and its
+// credential be looked up again (a wake is how every credential change
+// is heard).
+func (s *Server) wake(id string) {
+	s.creds.forget(id)
+	s.hub.Notify(id)
 }
 
 // RegisterServices adds every service to g.
@@ -424,7 +446,7 @@ func (s *Server) commit(ctx context.Context, fn func(tx store.Tx, fx *effects) e
 		s.hub.Publish(e)
 	}
 	for _, id := range fx.notify {
-		s.hub.Notify(id)
+		s.wake(id)
 	}
 	return nil
 }

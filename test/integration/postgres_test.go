@@ -10,9 +10,13 @@ import (
 	"time"
 
 	"github.com/anvil-metal/anvil/controller/app"
+	"github.com/anvil-metal/anvil/controller/pki"
 	"github.com/anvil-metal/anvil/controller/store/sqlstore/pgtest"
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 	"github.com/anvil-metal/anvil/test/harness"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // The controller keeps its state in PostgreSQL with --store postgres://...:
@@ -208,5 +212,47 @@ func TestControllerWaitsForItsDatabase(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the controller did not start once its database was up")
+	}
+}
+
+// Replica A caches the machine of a heartbeating credential; a
+// registration through replica B replaces the credential, and A refuses
+// the old one as soon as B's change reaches it (the cache lives 30 s
+// without that).
+func TestReplicasRefuseAReplacedHeartbeatCredential(t *testing.T) {
+	pg := pgtest.New(t)
+	url := pg.URL(pg.NewDatabase(t))
+	dir := t.TempDir()
+	a := harness.StartController(t, dir, func(c *app.Config) { c.Store = url })
+	b := harness.StartController(t, dir, func(c *app.Config) { c.Store = url })
+	ctx := context.Background()
+	onA, onB := anvilv1.NewAgentServiceClient(a.Dial("")), anvilv1.NewAgentServiceClient(b.Dial(""))
+	bearer := func(tok string) grpc.CallOption { return grpc.PerRPCCredentials(pki.Bearer(tok)) }
+	uuid := harness.UUID(t.Name(), 0)
+	req := &anvilv1.RegisterRequest{Inventory: harness.Inventory(uuid, 0)}
+	r1, err := onA.Register(ctx, req, bearer(a.Running().BootToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := onA.Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, bearer(r1.GetCredential())); err != nil {
+			t.Fatalf("heartbeat on A: %v", err)
+		}
+	}
+	r2, err := onB.Register(ctx, req, bearer(r1.GetCredential()))
+	if err != nil {
+		t.Fatalf("register again through B: %v", err)
+	}
+	t0 := time.Now()
+	harness.Eventually(t, 2*time.Second, func() error {
+		_, err := onA.Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, bearer(r1.GetCredential()))
+		if status.Code(err) != codes.Unauthenticated {
+			return fmt.Errorf("heartbeat on A with the replaced credential: %v, want Unauthenticated", err)
+		}
+		return nil
+	})
+	t.Logf("A refused the replaced credential %v after B's registration", time.Since(t0).Round(time.Millisecond))
+	if _, err := onA.Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, bearer(r2.GetCredential())); err != nil {
+		t.Fatalf("heartbeat on A with the new credential: %v", err)
 	}
 }

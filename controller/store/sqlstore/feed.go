@@ -189,8 +189,11 @@ func (s *Store) listen(ctx context.Context, fn func(store.Change)) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+changesChannel); err != nil {
 		return err
 	}
+	// The resync (whatever was announced before LISTEN) comes before the
+	// feed counts as up: what was learnt before the outage is dropped
+	// before anything trusts the feed again (ChangesHeard).
+	fn(store.Change{Resync: true})
 	s.feedUp.Store(true)
-	fn(store.Change{Resync: true}) // whatever was announced before LISTEN
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {

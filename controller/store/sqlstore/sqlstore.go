@@ -318,6 +318,11 @@ func (s *Store) close() error {
 	return errors.Join(errs...)
 }
 
+// ChangesHeard reports whether this controller hears every change other
+// controllers commit to the store: always on SQLite (there are none),
+// while the change feed is connected on PostgreSQL.
+func (s *Store) ChangesHeard() bool { return !s.d.shared || s.feedUp.Load() }
+
 // Ping asks the database for a round trip (readiness checks). With
 // replicas it also fails while the change feed is being followed but is
 // not connected (this controller's streams would miss wake-ups), or when

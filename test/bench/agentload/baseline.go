@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // the debug address serves profiles, as the controller's does
+	"net/url"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"sync/atomic"
@@ -16,9 +19,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	_ "modernc.org/sqlite" // the controller's SQLite driver, for -persist
 
 	"github.com/anvil-metal/anvil/controller/ops"
 	"github.com/anvil-metal/anvil/controller/pki"
@@ -30,15 +37,51 @@ import (
 // and Wait sends headers, then a keepalive every keepalive interval, as
 // the controller does on an idle stream. It is the transport floor anvil
 // is compared to: gRPC, TLS and the same work per message on the wire.
+//
+// With -persist it is the floor of a controller that keeps what it is
+// told: each Register also stores the machine's inventory in SQLite
+// (the controller's driver, modernc.org/sqlite, with its settings: WAL,
+// synchronous=NORMAL, one writer), one upsert per registration, and
+// nothing else.
 type baseline struct {
 	anvilv1.UnimplementedAgentServiceServer
 	n                    atomic.Int64
 	heartbeat, keepalive time.Duration
+	upsert               *sql.Stmt // -persist
 }
 
-func (b *baseline) Register(context.Context, *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
-	return &anvilv1.RegisterResponse{MachineId: strconv.FormatInt(b.n.Add(1), 10), Credential: "baseline",
+func (b *baseline) Register(ctx context.Context, req *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
+	id := strconv.FormatInt(b.n.Add(1), 10)
+	if b.upsert != nil {
+		inv, err := proto.Marshal(req.GetInventory())
+		if err == nil {
+			_, err = b.upsert.ExecContext(ctx, req.GetInventory().GetProduct().GetUuid(), inv, time.Now().UnixNano())
+		}
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "store the registration: %v", err)
+		}
+	}
+	return &anvilv1.RegisterResponse{MachineId: id, Credential: "baseline",
 		HeartbeatInterval: durationpb.New(b.heartbeat)}, nil
+}
+
+// persistTo opens the -persist database in dir and prepares the upsert.
+func (b *baseline) persistTo(dir string) error {
+	q := url.Values{}
+	for _, p := range []string{"busy_timeout(5000)", "journal_mode(WAL)", "synchronous(NORMAL)"} {
+		q.Add("_pragma", p)
+	}
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "floor.db")+"?"+q.Encode())
+	if err != nil {
+		return err
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec("CREATE TABLE IF NOT EXISTS machines (uuid TEXT PRIMARY KEY, inventory BLOB NOT NULL, registered_at BIGINT NOT NULL)"); err != nil {
+		return fmt.Errorf("create the floor's table: %w", err)
+	}
+	b.upsert, err = db.Prepare("INSERT INTO machines (uuid, inventory, registered_at) VALUES (?, ?, ?) " +
+		"ON CONFLICT (uuid) DO UPDATE SET inventory = excluded.inventory, registered_at = excluded.registered_at")
+	return err
 }
 
 func (b *baseline) Heartbeat(context.Context, *anvilv1.HeartbeatRequest) (*anvilv1.HeartbeatResponse, error) {
@@ -80,8 +123,14 @@ func serveBaseline(args []string) error {
 	fs.DurationVar(&b.heartbeat, "heartbeat", 10*time.Second, "heartbeat interval told to agents")
 	fs.DurationVar(&b.keepalive, "keepalive", 30*time.Second, "keepalive interval on Wait streams")
 	buffers := fs.Int("buffers", 4<<10, "gRPC read and write buffer size per connection (0: none)")
+	persist := fs.String("persist", "", "store each registration's inventory in SQLite in this directory (the floor of a controller)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *persist != "" {
+		if err := b.persistTo(*persist); err != nil {
+			return err
+		}
 	}
 	tlsCfg, err := pki.LoadServerTLS(*cert, *key)
 	if err != nil {

@@ -98,17 +98,17 @@ func main() {
 	flag.IntVar(&cfg.buffers, "baseline-buffers", 4<<10, "the baseline's gRPC read and write buffers (the controller's: 4 KiB; 0: none)")
 	flag.IntVar(&cfg.replicas, "replicas", 0, "also run this many controllers on one PostgreSQL (with -postgres) and time a failover")
 	flag.BoolVar(&cfg.postgres, "postgres", false, "start PostgreSQL for -replicas (pgtest: initdb and pg_ctl as nobody)")
-	servers := flag.String("servers", "bare,anvil", "single servers to measure (bare, anvil); the targets need both")
+	servers := flag.String("servers", "bare,anvil,floor", "single servers to measure (bare, anvil, floor: bare + SQLite); the targets need bare and anvil")
 	flag.StringVar(&cfg.profile, "profile", "", "write each server process's CPU profile of the open loop, heap and goroutine profiles at steady state here")
 	flag.Parse()
 	cfg.servers = map[string]bool{}
 	for _, s := range strings.Split(*servers, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "bare", "anvil":
+		case "bare", "anvil", "floor":
 			cfg.servers[s] = true
 		case "":
 		default:
-			fmt.Fprintf(os.Stderr, "agentload: -servers: unknown server %q (want bare, anvil)\n", s)
+			fmt.Fprintf(os.Stderr, "agentload: -servers: unknown server %q (want bare, anvil, floor)\n", s)
 			os.Exit(2)
 		}
 	}
@@ -180,12 +180,12 @@ func run(cfg config, counts string) error {
 		}()
 	}
 	for _, n := range ns {
-		var base, an, rep []result
+		var base, an, rep, floor []result
 		for r := range cfg.runs {
 			var starts []func() error
 			if cfg.servers["bare"] {
 				starts = append(starts, func() error {
-					res, err := measure(cfg, n, func() (*deployment, error) { return startBaseline(cfg) })
+					res, err := measure(cfg, n, func() (*deployment, error) { return startBaseline(cfg, false) })
 					base = append(base, res)
 					return err
 				})
@@ -199,6 +199,13 @@ func run(cfg config, counts string) error {
 			}
 			if r%2 == 1 && len(starts) == 2 { // take turns: neither always runs on a warmer machine
 				starts[0], starts[1] = starts[1], starts[0]
+			}
+			if cfg.servers["floor"] {
+				starts = append(starts, func() error {
+					res, err := measure(cfg, n, func() (*deployment, error) { return startBaseline(cfg, true) })
+					floor = append(floor, res)
+					return err
+				})
 			}
 			if cfg.replicas > 0 {
 				starts = append(starts, func() error {
@@ -217,7 +224,7 @@ func run(cfg config, counts string) error {
 				}
 			}
 		}
-		report(cfg, n, base, an, rep)
+		report(cfg, n, base, an, rep, floor)
 	}
 	return nil
 }
@@ -328,11 +335,11 @@ func fleet(cfg config, n int, d *deployment) (result, error) {
 	}
 	openFor := time.Duration(float64(n-closed) / cfg.rate * float64(time.Second))
 	profiled := d.profile(cfg.profile, fmt.Sprintf("%d-cpu.pprof", n), fmt.Sprintf("profile?seconds=%d", max(1, int(openFor.Seconds())-1)))
-	traced := d.profile(cfg.profile, fmt.Sprintf("%d-open.trace", n), fmt.Sprintf("trace?seconds=%d", min(20, max(1, int(openFor.Seconds())-1))))
+	allocs := d.profile(cfg.profile, fmt.Sprintf("%d-allocs.pprof", n), fmt.Sprintf("allocs?seconds=%d", max(1, int(openFor.Seconds())-1)))
 	if lat, err = openLoop(agents[closed:], cfg.rate, d.boot); err != nil {
 		return res, err
 	}
-	if err := errors.Join(<-profiled, <-traced); err != nil {
+	if err := errors.Join(<-profiled, <-allocs); err != nil {
 		return res, err
 	}
 	if cfg.profile != "" {
@@ -632,7 +639,7 @@ func (s summary) String() string {
 	return fmt.Sprintf("%.1f [%.1f–%.1f]", s.med, s.lo, s.hi)
 }
 
-func report(cfg config, n int, base, an, rep []result) {
+func report(cfg config, n int, base, an, rep, floor []result) {
 	fmt.Printf("\n== %d waiting agents: median [range] of %d runs; both servers on CPUs %s, the same rate, intervals, inventory and transport options\n",
 		n, cfg.runs, cfg.serverCPUs)
 	fmt.Printf("%-48s %24s %24s %8s   %s\n", "metric", "anvil-controller", "bare gRPC", "ratio", "target")
@@ -676,6 +683,29 @@ func report(cfg config, n int, base, an, rep []result) {
 	row("allocate → Install received p99 / ms", func(r result) float64 { return r.allocP99 },
 		func(_, a float64) string { return verdict(a < 100, "< 100 ms") })
 	row("allocations not received within 10 s", func(r result) float64 { return r.allocMissed }, nil)
+	if len(floor) > 0 {
+		fmt.Printf("\n-- the floor of a controller that keeps what it is told: the bare server storing each registration's inventory in SQLite\n")
+		fmt.Printf("%-48s %24s %24s %8s   %s\n", "metric", "anvil-controller", "bare gRPC + SQLite", "ratio", "proposed target")
+		frow := func(name string, f func(result) float64, target func(ratio float64) string) {
+			a, b := over(an, f), over(floor, f)
+			ratio, r := "-", math.NaN()
+			if b.med > 0 && !math.IsNaN(a.med) {
+				r = a.med / b.med
+				ratio = fmt.Sprintf("%.2f×", r)
+			}
+			t := ""
+			if target != nil {
+				t = target(r)
+			}
+			fmt.Printf("%-48s %24s %24s %8s   %s\n", name, a, b, ratio, t)
+		}
+		frow(fmt.Sprintf("registrations/s, capacity (%d in flight)", cfg.conc), func(r result) float64 { return r.capacity }, nil)
+		frow(fmt.Sprintf("register p50 / ms at %.0f/s, client", cfg.rate), func(r result) float64 { return r.p50 }, nil)
+		frow(fmt.Sprintf("register p99 / ms at %.0f/s, client", cfg.rate), func(r result) float64 { return r.p99 },
+			func(ratio float64) string { return verdict(ratio <= 1.2, "≤ 1.2× the floor") })
+		frow(fmt.Sprintf("register p99 / ms at %.0f/s, server", cfg.rate), func(r result) float64 { return r.srvP99 }, nil)
+		frow("server RSS per waiting agent / KiB", func(r result) float64 { return r.rssPerAgent }, nil)
+	}
 	if len(rep) == 0 {
 		return
 	}

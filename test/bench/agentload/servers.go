@@ -255,13 +255,18 @@ func freeAddrs(n int) ([]string, error) {
 	return out, nil
 }
 
-// startBaseline starts the bare gRPC server (this program, serve-baseline).
-func startBaseline(cfg config) (*deployment, error) {
+// startBaseline starts the bare gRPC server (this program,
+// serve-baseline); with persist, the floor that stores each registration
+// in SQLite (serve-baseline -persist).
+func startBaseline(cfg config, persist bool) (*deployment, error) {
 	dir, err := os.MkdirTemp("", "agentload-")
 	if err != nil {
 		return nil, err
 	}
 	d := &deployment{name: "bare gRPC", dirs: []string{dir}, cpus: cfg.serverCPUs}
+	if persist {
+		d.name = "bare gRPC + SQLite"
+	}
 	ca, err := pki.EnsureCA(dir)
 	if err != nil {
 		d.stop()
@@ -280,6 +285,9 @@ func startBaseline(cfg config) (*deployment, error) {
 	p := &proc{addr: a[0], debug: a[1], metrics: a[1], env: serverEnv(cfg),
 		argv: []string{cfg.self, "serve-baseline", "-listen", a[0], "-cert", cert, "-key", key, "-debug", a[1],
 			"-heartbeat", cfg.heartbeat.String(), "-keepalive", cfg.keepalive.String(), "-buffers", strconv.Itoa(cfg.buffers)}}
+	if persist {
+		p.argv = append(p.argv, "-persist", dir)
+	}
 	d.procs, d.caPEM = []*proc{p}, ca.CertPEM()
 	if err := p.start(cfg.serverCPUs); err != nil {
 		d.stop()

@@ -56,6 +56,9 @@ func openPostgres(ctx context.Context, cfg *pgx.ConnConfig, o options) (_ *Store
 			err = errors.Join(err, s.Close())
 		}
 	}()
+	if s.inv, err = newInvCodec(); err != nil {
+		return nil, err
+	}
 	s.write = stdlib.OpenDB(*cfg)
 	s.write.SetMaxOpenConns(1)
 	s.write.SetMaxIdleConns(1)

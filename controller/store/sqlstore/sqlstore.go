@@ -82,6 +82,8 @@ type Store struct {
 	closeErr          error
 	// w batches concurrent write transactions into one commit (batch.go).
 	w writer
+	// inv compresses the stored inventories (inventory.go).
+	inv *invCodec
 	// wstmts and rstmts are the prepared statements of write and read, by
 	// query text before rebinding. Built at Open, read-only afterwards.
 	wstmts map[string]*sql.Stmt
@@ -200,6 +202,9 @@ func openSQLite(ctx context.Context, path string, o options) (_ *Store, err erro
 			err = errors.Join(err, s.Close())
 		}
 	}()
+	if s.inv, err = newInvCodec(); err != nil {
+		return nil, err
+	}
 
 	// The writer first: it creates the file and switches it to WAL
 	// before any reader opens it.
@@ -315,6 +320,9 @@ func (s *Store) close() error {
 			errs = append(errs, db.Close())
 		}
 	}
+	if s.inv != nil {
+		errs = append(errs, s.inv.close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -349,7 +357,7 @@ func (s *Store) View(ctx context.Context, fn func(store.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin read-only transaction: %w", err)
 	}
-	return run(sqlTx, &tx{d: s.d, tx: sqlTx, prepared: s.rstmts}, fn)
+	return run(sqlTx, &tx{d: s.d, tx: sqlTx, prepared: s.rstmts, inv: s.inv}, fn)
 }
 
 func run(sqlTx *sql.Tx, t *tx, fn func(store.Tx) error) (err error) {

@@ -101,6 +101,7 @@ type tx struct {
 	d        *dialect
 	tx       *sql.Tx
 	prepared map[string]*sql.Stmt // shared, read-only
+	inv      *invCodec            // shared
 	local    map[string]*sql.Stmt // prepared, bound to tx
 	// origin marks this store's change announcements, feedKey signs them
 	// (feed.go).
@@ -196,7 +197,7 @@ func notFound(err error) error {
 
 // --- machines ---
 
-func scanMachine(r scanner) (*store.Machine, error) {
+func (t *tx) scanMachine(r scanner) (*store.Machine, error) {
 	var (
 		m                                  store.Machine
 		macs, labels, status, trust        string
@@ -215,7 +216,7 @@ func scanMachine(r scanner) (*store.Machine, error) {
 	if err = json.Unmarshal([]byte(labels), &m.Labels); err != nil {
 		return nil, fmt.Errorf("decode machine %q labels: %w", m.ID, err)
 	}
-	if m.Inventory, err = decMsg[anvilv1.Inventory](inv, hasInv); err != nil {
+	if m.Inventory, err = t.inv.decode(inv, hasInv); err != nil {
 		return nil, fmt.Errorf("decode machine %q inventory: %w", m.ID, err)
 	}
 	if m.Allocation, err = decMsg[anvilv1.Allocation](alloc, allocated); err != nil {
@@ -230,7 +231,7 @@ func scanMachine(r scanner) (*store.Machine, error) {
 	if m.Trust, err = decTrust(trust); err != nil {
 		return nil, fmt.Errorf("decode machine %q trust: %w", m.ID, err)
 	}
-	if m.HeldInventory, err = decMsg[anvilv1.Inventory](held, hasHeld); err != nil {
+	if m.HeldInventory, err = t.inv.decode(held, hasHeld); err != nil {
 		return nil, fmt.Errorf("decode machine %q held inventory: %w", m.ID, err)
 	}
 	m.CredentialHash = cred
@@ -299,11 +300,11 @@ func (t *tx) putInventories(ctx context.Context, m *store.Machine, created bool)
 	if m.Light {
 		return nil
 	}
-	inv, err := encMsg(m.Inventory)
+	inv, err := t.inv.encode(m.Inventory)
 	if err != nil {
 		return fmt.Errorf("encode inventory: %w", err)
 	}
-	held, err := encMsg(m.HeldInventory)
+	held, err := t.inv.encode(m.HeldInventory)
 	if err != nil {
 		return fmt.Errorf("encode held inventory: %w", err)
 	}
@@ -320,7 +321,7 @@ func (t *tx) putInventories(ctx context.Context, m *store.Machine, created bool)
 }
 
 func (t *tx) GetMachine(ctx context.Context, id string) (*store.Machine, error) {
-	m, err := scanMachine(t.queryRow(ctx, qGetMachine, id))
+	m, err := t.scanMachine(t.queryRow(ctx, qGetMachine, id))
 	if err != nil {
 		return nil, fmt.Errorf("get machine %q: %w", id, notFound(err))
 	}
@@ -328,7 +329,7 @@ func (t *tx) GetMachine(ctx context.Context, id string) (*store.Machine, error) 
 }
 
 func (t *tx) GetMachineLight(ctx context.Context, id string) (*store.Machine, error) {
-	m, err := scanMachine(t.queryRow(ctx, qGetMachineLight, id))
+	m, err := t.scanMachine(t.queryRow(ctx, qGetMachineLight, id))
 	if err != nil {
 		return nil, fmt.Errorf("get machine %q: %w", id, notFound(err))
 	}
@@ -337,7 +338,7 @@ func (t *tx) GetMachineLight(ctx context.Context, id string) (*store.Machine, er
 }
 
 func (t *tx) GetMachineByUUID(ctx context.Context, uuid string) (*store.Machine, error) {
-	m, err := scanMachine(t.queryRow(ctx, qGetMachineByUUID, uuid))
+	m, err := t.scanMachine(t.queryRow(ctx, qGetMachineByUUID, uuid))
 	if err != nil {
 		return nil, fmt.Errorf("get machine by uuid %q: %w", uuid, notFound(err))
 	}
@@ -408,7 +409,7 @@ func (t *tx) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.
 	if err != nil {
 		return nil, fmt.Errorf("list machines: %w", err)
 	}
-	ms, err := collect(rows, scanMachine)
+	ms, err := collect(rows, t.scanMachine)
 	if err != nil {
 		return nil, fmt.Errorf("list machines: %w", err)
 	}

@@ -1,0 +1,77 @@
+package sqlstore
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"google.golang.org/protobuf/proto"
+
+	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
+)
+
+// A large inventory is stored compressed and read back exactly; values
+// written before compression (raw proto bytes) still read; a damaged or
+// oversized compressed value is an error, not a machine with a wrong
+// inventory.
+func TestInventoryCodec(t *testing.T) {
+	c, err := newInvCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.close() })
+	inv := &anvilv1.Inventory{Product: &anvilv1.Product{Name: "R650", Uuid: "u1"}}
+	for i := range 24 {
+		inv.Disks = append(inv.Disks, &anvilv1.Disk{Name: fmt.Sprintf("nvme%dn1", i), Path: fmt.Sprintf("/dev/nvme%dn1", i),
+			Model: "SAMSUNG MZQL23T8HCLS-00A07", Serial: fmt.Sprintf("S64HNE0T%06d", i), SizeBytes: 3840755982336})
+	}
+	for i := range 120 {
+		inv.PciDevices = append(inv.PciDevices, &anvilv1.PCIDevice{Address: fmt.Sprintf("0000:%02x:00.0", i), VendorId: "8086", ProductId: "0998", ClassId: "0600"})
+	}
+	raw, err := proto.Marshal(inv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := c.encode(inv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored[0] != zstdMark || len(stored)*3 > len(raw) {
+		t.Errorf("stored %d bytes (first %#x) for %d bytes of proto, want the mark and under a third", len(stored), stored[0], len(raw))
+	}
+	for name, b := range map[string][]byte{"compressed": stored, "raw (before compression)": raw} {
+		got, err := c.decode(b, true)
+		if err != nil || !proto.Equal(got, inv) {
+			t.Errorf("%s: decode = %v, equal %v", name, err, proto.Equal(got, inv))
+		}
+	}
+	if got, err := c.decode(nil, false); got != nil || err != nil {
+		t.Errorf("NULL: %v, %v; want nil, nil", got, err)
+	}
+	empty, err := c.encode(&anvilv1.Inventory{})
+	if err != nil || empty == nil || len(empty) != 0 {
+		t.Errorf("empty inventory stored as %v, %v; want empty, not NULL", empty, err)
+	}
+	if got, err := c.decode(empty, true); err != nil || got == nil || !proto.Equal(got, &anvilv1.Inventory{}) {
+		t.Errorf("empty inventory read as %v, %v", got, err)
+	}
+	damaged := bytes.Clone(stored)
+	damaged[len(damaged)/2] ^= 0xff
+	if _, err := c.decode(damaged, true); err == nil {
+		t.Error("a damaged compressed inventory decoded without an error")
+	}
+	if _, err := c.decode(stored[:len(stored)/2], true); err == nil {
+		t.Error("a truncated compressed inventory decoded without an error")
+	}
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bomb := enc.EncodeAll([]byte(strings.Repeat("\x0a", maxInventory+1)), []byte{zstdMark})
+	enc.Close()
+	if _, err := c.decode(bomb, true); err == nil {
+		t.Errorf("a %d-byte value that decompresses past %d bytes was accepted", len(bomb), maxInventory)
+	}
+}

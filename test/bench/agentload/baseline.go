@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
@@ -41,13 +42,14 @@ import (
 // With -persist it is the floor of a controller that keeps what it is
 // told: each Register also stores the machine's inventory in SQLite
 // (the controller's driver, modernc.org/sqlite, with its settings: WAL,
-// synchronous=NORMAL, one writer), one upsert per registration, and
-// nothing else.
+// synchronous=NORMAL, one writer; the inventory zstd-compressed as the
+// controller stores it), one upsert per registration, and nothing else.
 type baseline struct {
 	anvilv1.UnimplementedAgentServiceServer
 	n                    atomic.Int64
 	heartbeat, keepalive time.Duration
-	upsert               *sql.Stmt // -persist
+	upsert               *sql.Stmt     // -persist
+	zenc                 *zstd.Encoder // -persist
 }
 
 func (b *baseline) Register(ctx context.Context, req *anvilv1.RegisterRequest) (*anvilv1.RegisterResponse, error) {
@@ -55,7 +57,7 @@ func (b *baseline) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 	if b.upsert != nil {
 		inv, err := proto.Marshal(req.GetInventory())
 		if err == nil {
-			_, err = b.upsert.ExecContext(ctx, req.GetInventory().GetProduct().GetUuid(), inv, time.Now().UnixNano())
+			_, err = b.upsert.ExecContext(ctx, req.GetInventory().GetProduct().GetUuid(), b.zenc.EncodeAll(inv, nil), time.Now().UnixNano())
 		}
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "store the registration: %v", err)
@@ -76,6 +78,9 @@ func (b *baseline) persistTo(dir string) error {
 		return err
 	}
 	db.SetMaxOpenConns(1)
+	if b.zenc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true)); err != nil {
+		return err
+	}
 	if _, err := db.Exec("CREATE TABLE IF NOT EXISTS machines (uuid TEXT PRIMARY KEY, inventory BLOB NOT NULL, registered_at BIGINT NOT NULL)"); err != nil {
 		return fmt.Errorf("create the floor's table: %w", err)
 	}

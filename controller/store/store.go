@@ -1,6 +1,6 @@
 // Package store defines the controller's persistence contract: one Store
-// interface, transactional, whose implementations (SQLite now, PostgreSQL
-// later) pass the same test suite in storetest.
+// interface, transactional, whose implementations (SQLite and PostgreSQL,
+// package sqlstore) pass the same test suite in storetest.
 //
 // The store holds no business rules. Which events to append, how the machine
 // state follows from them and which instructions to queue is decided by the

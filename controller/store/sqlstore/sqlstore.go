@@ -29,7 +29,10 @@
 // The schema is versioned by the embedded migrations/NNNN_*.sql files,
 // recorded in schema_migrations(version, applied_at) and applied at Open,
 // each in its own transaction. See migrations/0001_initial.sql and codec.go
-// for how values are encoded.
+// for how values are encoded. A machine's inventories live in their own
+// table (migration 0007), zstd-compressed (inventory.go), and are read
+// only when the machine is read whole: store.Machine.Light reads and
+// writes leave them alone.
 package sqlstore
 
 import (

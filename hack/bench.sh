@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 which=${BENCH:-all}
 if [ "$which" = all ] || [ "$which" = fleet ]; then
-  echo "== agent fleet: anvil-controller vs a bare gRPC server, both on CPU 0, the load generator on CPU 1"
+  echo "== agent fleet: anvil-controller vs a bare gRPC server and the floor (bare + SQLite), each on CPU 0, the load generator on CPU 1"
   go build -o bin/agentload ./test/bench/agentload
   # BENCH_REPLICAS=3 adds N controllers on one PostgreSQL and a kill -9 failover.
   taskset -c 1 bin/agentload -controller bin/anvil-controller -server-cpus 0 -agents "${BENCH_AGENTS:-1000,10000}" \

@@ -491,6 +491,10 @@ func (c *Controller) WaitStreams() int { return c.srv.WaitStreams() }
 // on SQLite; the elected replica on PostgreSQL).
 func (c *Controller) Leader() bool { return c.store.IsLeader() }
 
+// ChangesHeard reports whether this controller hears every change the
+// other replicas commit (its change feed is connected; always on SQLite).
+func (c *Controller) ChangesHeard() bool { return c.store.ChangesHeard() }
+
 // Done returns the Serve result once the server stops.
 func (c *Controller) Done() <-chan error { return c.done }
 

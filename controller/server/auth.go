@@ -181,6 +181,7 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 		}
 	}
 	var gen uint64
+	asked := a.now() // an entry's age counts from before the store read
 	if heartbeat {
 		gen = a.creds.generation()
 	}
@@ -202,7 +203,7 @@ func (a *authenticator) agent(ctx context.Context, method string) (context.Conte
 		return nil, status.Errorf(codes.Unavailable, "checking machine credential: %v", err)
 	}
 	if heartbeat && a.heard() {
-		a.creds.put(h, id, gen, a.now())
+		a.creds.put(h, id, gen, asked)
 	}
 	ctx = context.WithValue(ctx, machineKey{}, caller{id: id, credHash: h})
 	if method == anvilv1.AgentService_Register_FullMethodName {

@@ -304,9 +304,9 @@ func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 func WithLeader(leads func() bool) Option { return func(s *Server) { s.leads = leads } }
 
 // WithChangesHeard tells the server whether it hears every change other
-// controllers commit to the store (the change feed is connected); heartbeat
-// credentials are cached only then (default: always, as with one
-// controller on SQLite).
+// controllers commit to the store (the change feed is connected; always
+// for one controller on SQLite); heartbeat credentials are cached only
+// then (default: never, so a server not told does not cache).
 func WithChangesHeard(heard func() bool) Option { return func(s *Server) { s.heard = heard } }
 
 // WithClock sets the time source (tests).
@@ -321,7 +321,7 @@ func New(st store.Store, creds Credentials, cfg Config, opts ...Option) (*Server
 		return nil, errors.New("controller needs at least one admin token and one boot token")
 	}
 	s := &Server{store: st, hub: hub.New(), cfg: cfg, log: slog.Default(), now: time.Now, leads: func() bool { return true },
-		heard: func() bool { return true }}
+		heard: func() bool { return false }}
 	s.openBMC = func(addr string) (bmc.Driver, error) { return bmc.Open(addr, bmc.WithTimeout(cfg.BMCTimeout)) }
 	for _, o := range opts {
 		o(s)
@@ -432,14 +432,28 @@ type effects struct {
 // transaction, so they hear of them if and only if it committed.
 func (s *Server) commit(ctx context.Context, fn func(tx store.Tx, fx *effects) error) error {
 	var fx effects
+	done := false
 	err := s.store.Tx(ctx, func(tx store.Tx) error {
-		fx = effects{}
+		fx, done = effects{}, false
 		if err := fn(tx, &fx); err != nil {
 			return err
 		}
-		return tx.Announce(ctx, store.Change{Wake: fx.notify, Events: fx.events})
+		if err := tx.Announce(ctx, store.Change{Wake: fx.notify, Events: fx.events}); err != nil {
+			return err
+		}
+		done = true
+		return nil
 	})
 	if err != nil {
+		if done {
+			// The commit failed or its answer was lost (the database may
+			// have committed): wake anyway. A wake that was not needed
+			// costs a store read; one missed would leave a revoked
+			// credential cached and its Wait streams open.
+			for _, id := range fx.notify {
+				s.wake(id)
+			}
+		}
 		return err
 	}
 	for _, e := range fx.events {

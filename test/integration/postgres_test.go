@@ -234,6 +234,14 @@ func TestReplicasRefuseAReplacedHeartbeatCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A caches only while its feed is connected: without it this test
+	// would not exercise the cache.
+	harness.Eventually(t, 10*time.Second, func() error {
+		if !a.Running().ChangesHeard() {
+			return errors.New("A's change feed is not connected")
+		}
+		return nil
+	})
 	for range 3 {
 		if _, err := onA.Heartbeat(ctx, &anvilv1.HeartbeatRequest{}, bearer(r1.GetCredential())); err != nil {
 			t.Fatalf("heartbeat on A: %v", err)

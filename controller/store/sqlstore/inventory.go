@@ -26,7 +26,9 @@ const zstdMark = 0x00
 const maxInventory = 16 << 20
 
 // invCodec compresses and decompresses stored inventories. Its encoder and
-// decoder are safe for concurrent use (EncodeAll, DecodeAll).
+// decoder are safe for concurrent use (EncodeAll, DecodeAll) and are never
+// closed: used whole-buffer only, they hold no goroutines, and a handler
+// still decoding while the store closes must not meet a closed decoder.
 type invCodec struct {
 	enc *zstd.Encoder
 	dec *zstd.Decoder
@@ -39,7 +41,7 @@ func newInvCodec() (*invCodec, error) {
 	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(4), zstd.WithDecoderMaxMemory(maxInventory), zstd.WithDecoderLowmem(true))
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("inventory decompressor: %w", err), enc.Close())
+		return nil, fmt.Errorf("inventory decompressor: %w", err)
 	}
 	return &invCodec{enc: enc, dec: dec}, nil
 }
@@ -64,6 +66,9 @@ func (c *invCodec) decode(b []byte, present bool) (*anvilv1.Inventory, error) {
 		if err != nil {
 			return nil, fmt.Errorf("decompress: %w", err)
 		}
+		if len(raw) == 0 { // encode never compresses an empty inventory: a cut or damaged value
+			return nil, errors.New("decompress: no inventory in the compressed value")
+		}
 		b = raw
 	}
 	inv := &anvilv1.Inventory{}
@@ -71,10 +76,4 @@ func (c *invCodec) decode(b []byte, present bool) (*anvilv1.Inventory, error) {
 		return nil, err
 	}
 	return inv, nil
-}
-
-// close stops the encoder and decoder.
-func (c *invCodec) close() error {
-	c.dec.Close()
-	return c.enc.Close()
 }

@@ -323,9 +323,6 @@ func (s *Store) close() error {
 			errs = append(errs, db.Close())
 		}
 	}
-	if s.inv != nil {
-		errs = append(errs, s.inv.close())
-	}
 	return errors.Join(errs...)
 }
 

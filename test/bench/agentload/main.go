@@ -639,22 +639,29 @@ func (s summary) String() string {
 	return fmt.Sprintf("%.1f [%.1f–%.1f]", s.med, s.lo, s.hi)
 }
 
+// compare prints one metric of two servers: the median and range of
+// each over its runs, the ratio of the medians, and target's verdict
+// given that ratio and a's median (none without target).
+func compare(name string, a, b []result, f func(result) float64, target func(ratio, a float64) string) {
+	x, y := over(a, f), over(b, f)
+	ratio, r := "-", math.NaN()
+	if y.med > 0 && !math.IsNaN(x.med) {
+		r = x.med / y.med
+		ratio = fmt.Sprintf("%.2f×", r)
+	}
+	t := ""
+	if target != nil {
+		t = target(r, x.med)
+	}
+	fmt.Printf("%-48s %24s %24s %8s   %s\n", name, x, y, ratio, t)
+}
+
 func report(cfg config, n int, base, an, rep, floor []result) {
 	fmt.Printf("\n== %d waiting agents: median [range] of %d runs; both servers on CPUs %s, the same rate, intervals, inventory and transport options\n",
 		n, cfg.runs, cfg.serverCPUs)
 	fmt.Printf("%-48s %24s %24s %8s   %s\n", "metric", "anvil-controller", "bare gRPC", "ratio", "target")
 	row := func(name string, f func(result) float64, target func(ratio, a float64) string) {
-		a, b := over(an, f), over(base, f)
-		ratio, r := "-", math.NaN()
-		if b.med > 0 && !math.IsNaN(a.med) {
-			r = a.med / b.med
-			ratio = fmt.Sprintf("%.2f×", r)
-		}
-		t := ""
-		if target != nil {
-			t = target(r, a.med)
-		}
-		fmt.Printf("%-48s %24s %24s %8s   %s\n", name, a, b, ratio, t)
+		compare(name, an, base, f, target)
 	}
 	verdict := func(ok bool, what string) string {
 		if ok {
@@ -686,23 +693,13 @@ func report(cfg config, n int, base, an, rep, floor []result) {
 	if len(floor) > 0 {
 		fmt.Printf("\n-- the floor of a controller that keeps what it is told: the bare server storing each registration's inventory in SQLite\n")
 		fmt.Printf("%-48s %24s %24s %8s   %s\n", "metric", "anvil-controller", "bare gRPC + SQLite", "ratio", "proposed target")
-		frow := func(name string, f func(result) float64, target func(ratio float64) string) {
-			a, b := over(an, f), over(floor, f)
-			ratio, r := "-", math.NaN()
-			if b.med > 0 && !math.IsNaN(a.med) {
-				r = a.med / b.med
-				ratio = fmt.Sprintf("%.2f×", r)
-			}
-			t := ""
-			if target != nil {
-				t = target(r)
-			}
-			fmt.Printf("%-48s %24s %24s %8s   %s\n", name, a, b, ratio, t)
+		frow := func(name string, f func(result) float64, target func(ratio, a float64) string) {
+			compare(name, an, floor, f, target)
 		}
 		frow(fmt.Sprintf("registrations/s, capacity (%d in flight)", cfg.conc), func(r result) float64 { return r.capacity }, nil)
 		frow(fmt.Sprintf("register p50 / ms at %.0f/s, client", cfg.rate), func(r result) float64 { return r.p50 }, nil)
 		frow(fmt.Sprintf("register p99 / ms at %.0f/s, client", cfg.rate), func(r result) float64 { return r.p99 },
-			func(ratio float64) string { return verdict(ratio <= 1.2, "≤ 1.2× the floor") })
+			func(ratio, _ float64) string { return verdict(ratio <= 1.2, "≤ 1.2× the floor") })
 		frow(fmt.Sprintf("register p99 / ms at %.0f/s, server", cfg.rate), func(r result) float64 { return r.srvP99 }, nil)
 		frow("server RSS per waiting agent / KiB", func(r result) float64 { return r.rssPerAgent }, nil)
 	}
@@ -712,16 +709,11 @@ func report(cfg config, n int, base, an, rep, floor []result) {
 	fmt.Printf("\n-- %d replicas on one PostgreSQL (its server on CPUs %s too) vs the single controller on SQLite\n", cfg.replicas, cfg.serverCPUs)
 	fmt.Printf("%-48s %24s %24s %8s   %s\n", "metric", fmt.Sprintf("%d replicas, PostgreSQL", cfg.replicas), "1 controller, SQLite", "ratio", "target")
 	rrow := func(name string, f func(result) float64, target func(a float64) string) {
-		a, b := over(rep, f), over(an, f)
-		ratio := "-"
-		if b.med > 0 && !math.IsNaN(a.med) {
-			ratio = fmt.Sprintf("%.2f×", a.med/b.med)
-		}
-		t := ""
+		var t func(_, a float64) string
 		if target != nil {
-			t = target(a.med)
+			t = func(_, a float64) string { return target(a) }
 		}
-		fmt.Printf("%-48s %24s %24s %8s   %s\n", name, a, b, ratio, t)
+		compare(name, rep, an, f, t)
 	}
 	rrow(fmt.Sprintf("registrations/s, capacity (%d in flight)", cfg.conc), func(r result) float64 { return r.capacity }, nil)
 	rrow(fmt.Sprintf("register p99 / ms at %.0f/s, client", cfg.rate), func(r result) float64 { return r.p99 }, nil)

@@ -429,7 +429,11 @@ type effects struct {
 // commit runs fn in a transaction, then publishes its events and wakes the
 // machines it queued instructions for; the same effects are announced to
 // the other controllers on the store (replicas) as part of the
-// transaction, so they hear of them if and only if it committed.
+// transaction, so they hear of them if and only if it committed. When the
+// commit itself fails (its answer may have been lost after the database
+// committed), this controller still wakes the machines, but publishes
+// nothing: a needless wake costs a store read, a missed one leaves a
+// replaced credential cached.
 func (s *Server) commit(ctx context.Context, fn func(tx store.Tx, fx *effects) error) error {
 	var fx effects
 	done := false
@@ -445,11 +449,7 @@ func (s *Server) commit(ctx context.Context, fn func(tx store.Tx, fx *effects) e
 		return nil
 	})
 	if err != nil {
-		if done {
-			// The commit failed or its answer was lost (the database may
-			// have committed): wake anyway. A wake that was not needed
-			// costs a store read; one missed would leave a revoked
-			// credential cached and its Wait streams open.
+		if done { // fn succeeded; the commit failed or its answer was lost
 			for _, id := range fx.notify {
 				s.wake(id)
 			}

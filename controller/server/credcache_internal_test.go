@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"log/slog"
 	"path/filepath"
 	"sync/atomic"
@@ -68,17 +67,6 @@ func TestCredCache(t *testing.T) {
 	}
 }
 
-// viewCounter counts read transactions.
-type viewCounter struct {
-	store.Store
-	views atomic.Int64
-}
-
-func (v *viewCounter) View(ctx context.Context, fn func(store.Tx) error) error {
-	v.views.Add(1)
-	return v.Store.View(ctx, fn)
-}
-
 // A heartbeat's credential is looked up in the store once, then served
 // from the cache until the machine is woken (its credential may have
 // changed) or the change feed is not heard; every other agent call reads
@@ -89,7 +77,7 @@ func TestHeartbeatCredentialsAreCached(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	vc := &viewCounter{Store: st}
+	vc := &countingStore{Store: st} // idle_internal_test.go
 	var heard atomic.Bool
 	heard.Store(true)
 	s, err := New(vc, Credentials{AdminTokens: []string{"admin-token-for-tests"}, BootTokens: []string{"boot-token-for-tests"}}, DefaultConfig(),
@@ -112,7 +100,7 @@ func TestHeartbeatCredentialsAreCached(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", method, err)
 		}
-		return machineFrom(ctx), vc.views.Load() - before
+		return machineFrom(ctx), int64(vc.views.Load() - before)
 	}
 	hb := anvilv1.AgentService_Heartbeat_FullMethodName
 	if id, reads := call(hb); id != "m1" || reads != 1 {

@@ -358,39 +358,35 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 	// replica its last-seen time is written at the next flush, not a
 	// heartbeat later.
 	a.noteSeen(id, a.now())
-	if err := onShortStack(func() error { return a.markWaiting(ctx, id) }); err != nil {
-		return toStatus(err)
-	}
-	if err := stream.SendHeader(nil); err != nil { // the agent knows it is waiting
+	// The stream's first read is the write transaction that records
+	// WAITING; every wake-up after it reads in a read-only one.
+	var pending []*store.Instruction
+	err = onShortStack(func() (err error) {
+		pending, err = a.openWait(ctx, id, cred)
 		return err
-	}
+	})
 	sent := make(map[string]bool)
 	keep := time.NewTimer(a.cfg.KeepaliveInterval)
 	defer keep.Stop()
-	for {
-		var pending []*store.Instruction
-		err := onShortStack(func() error {
-			return a.store.View(ctx, func(tx store.Tx) error {
-				if holder, err := tx.MachineIDByCredential(ctx, cred); err != nil || holder != id {
-					return errors.Join(store.ErrNotFound, err)
-				}
-				m, err := tx.GetMachineLight(ctx, id)
-				if err != nil {
+	for opened := false; ; opened = true {
+		if opened {
+			err = onShortStack(func() error {
+				return a.store.View(ctx, func(tx store.Tx) (err error) {
+					_, pending, err = waitState(ctx, tx, id, cred)
 					return err
-				}
-				if m.Trust.Held {
-					pending = nil // a session awaiting approval gets nothing
-					return nil
-				}
-				pending, err = tx.PendingInstructions(ctx, id)
-				return err
+				})
 			})
-		})
+		}
 		if errors.Is(err, store.ErrNotFound) {
 			return status.Errorf(codes.Unauthenticated, "machine %s was deleted or registered again; this credential is no longer valid", id)
 		}
 		if err != nil {
 			return toStatus(err)
+		}
+		if !opened {
+			if err := stream.SendHeader(nil); err != nil { // the agent knows it is waiting
+				return err
+			}
 		}
 		still := make(map[string]bool, len(pending))
 		for _, in := range pending {
@@ -430,26 +426,52 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 	}
 }
 
-// markWaiting records WAITING when a freshly registered agent with nothing
-// queued opens its first Wait stream; reconnects add nothing, and a queued
-// instruction (an erase) drives the state through its own events instead,
-// so a machine is never Ready while work is pending.
-func (a *agentAPI) markWaiting(ctx context.Context, id string) error {
-	return a.commit(ctx, func(tx store.Tx, fx *effects) error {
-		m, err := tx.GetMachineLight(ctx, id)
+// waitState is what a Wait stream sends: the instructions queued for
+// machine id, none while its session awaits approval. ErrNotFound when
+// cred no longer names the machine (deleted, or registered again).
+func waitState(ctx context.Context, tx store.Tx, id string, cred []byte) (*store.Machine, []*store.Instruction, error) {
+	if holder, err := tx.MachineIDByCredential(ctx, cred); err != nil || holder != id {
+		return nil, nil, errors.Join(store.ErrNotFound, err)
+	}
+	m, err := tx.GetMachineLight(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if m.Trust.Held {
+		return m, nil, nil // a session awaiting approval gets nothing
+	}
+	pending, err := tx.PendingInstructions(ctx, id)
+	return m, pending, err
+}
+
+// openWait reads what a Wait stream opens with (waitState) and records
+// WAITING when a freshly registered agent with nothing queued opens its
+// first stream; reconnects add nothing, and a queued instruction (an
+// erase) drives the state through its own events instead, so a machine is
+// never Ready while work is pending.
+func (a *agentAPI) openWait(ctx context.Context, id string, cred []byte) ([]*store.Instruction, error) {
+	var pending []*store.Instruction
+	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
+		m, p, err := waitState(ctx, tx, id, cred)
 		if err != nil {
 			return err
 		}
+		pending = p
 		if m.Status.State != anvilv1.MachineState_MACHINE_STATE_REGISTERING {
 			return nil
 		}
-		pending, err := tx.PendingInstructions(ctx, id)
-		if err != nil || len(pending) > 0 {
-			return err
+		if m.Trust.Held { // waitState left the queue unread
+			if p, err = tx.PendingInstructions(ctx, id); err != nil {
+				return err
+			}
+		}
+		if len(p) > 0 {
+			return nil
 		}
 		m.LastSeen = a.now()
 		return a.record(ctx, tx, fx, m, false, a.event(anvilv1.EventType_EVENT_TYPE_WAITING, "agent waiting for instructions"))
 	})
+	return pending, err
 }
 
 // terminal reports whether an event ends the running instruction's progress.

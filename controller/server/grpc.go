@@ -5,11 +5,9 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/ratelimit"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
@@ -26,22 +24,7 @@ import (
 // panic recovery, authentication, request validation) and every service
 // registered. opts come first (e.g. grpc.Creds).
 func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
-	lg := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
-	logOpts := []logging.Option{
-		logging.WithLogOnEvents(logging.FinishCall),
-		logging.WithLevels(func(c codes.Code) logging.Level {
-			switch c {
-			case codes.OK, codes.Canceled:
-				return logging.LevelDebug
-			case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unavailable:
-				return logging.LevelError
-			default:
-				return logging.LevelInfo
-			}
-		}),
-	}
+	log := callLog{s.log}
 	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		s.log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p))
 		return status.Error(codes.Internal, "internal error (recovered panic; see controller log)")
@@ -50,14 +33,14 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	// before the built-in ones, so the calls those refuse are seen too.
 	all := append(append([]grpc.ServerOption{}, opts...),
 		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(lg, logOpts...),
+			log.unary,
 			recovery.UnaryServerInterceptor(recover),
 			ratelimit.UnaryServerInterceptor(s.regLimit),
 			auth.UnaryServerInterceptor(denyAll),
 			validator.UnaryServerInterceptor(),
 		),
 		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(lg, logOpts...),
+			log.stream,
 			recovery.StreamServerInterceptor(recover),
 			auth.StreamServerInterceptor(denyAll),
 			validator.StreamServerInterceptor(),

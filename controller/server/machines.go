@@ -372,7 +372,7 @@ func (a *machineAPI) ApproveMachine(ctx context.Context, req *anvilv1.ApproveMac
 		if err := (&agentAPI{Server: a.Server}).resume(ctx, tx, fx, m, before); err != nil {
 			return err
 		}
-		// Nothing queued: the agent waits on its stream (as markWaiting
+		// Nothing queued: the agent waits on its stream (as openWait
 		// records for a fresh registration).
 		pending, err := tx.PendingInstructions(ctx, m.ID)
 		if err != nil || len(pending) > 0 {

@@ -30,6 +30,13 @@ type dialect struct {
 	// makes their write transactions apply one at a time.
 	shared     bool
 	lockWrites string
+	// detach runs statements without their caller's cancellation. A
+	// SQLite statement is a local call of microseconds and runs to its
+	// end; cancelling one mid-way would cost a goroutine for every
+	// statement (the driver's interrupt watcher), so a cancelled caller
+	// is refused before its next statement instead. PostgreSQL keeps
+	// the context: it cancels a statement on the server.
+	detach bool
 }
 
 // Tokens that migrations use where the two dialects differ.
@@ -47,7 +54,8 @@ func sqliteDialect() *dialect {
 		return 0
 	}
 	return &dialect{
-		name: "sqlite",
+		name:   "sqlite",
+		detach: true,
 		ddl: map[string]string{
 			// AUTOINCREMENT: a seq is never reused, even after the newest
 			// events were deleted, so watchers resuming after a seq miss

@@ -3,6 +3,8 @@ package sqlstore
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/protobuf/proto"
@@ -25,17 +27,26 @@ const zstdMark = 0x00
 // gRPC layer refuses requests over 4 MiB).
 const maxInventory = 16 << 20
 
+// maxPooled bounds the buffers kept for reuse: a rare huge inventory's
+// buffer goes to the collector instead of staying in the pool.
+const maxPooled = 256 << 10
+
 // invCodec compresses and decompresses stored inventories. Its encoder and
 // decoder are safe for concurrent use (EncodeAll, DecodeAll) and are never
 // closed: used whole-buffer only, they hold no goroutines, and a handler
 // still decoding while the store closes must not meet a closed decoder.
+//
+// Every registration stores a 20 KB inventory; the proto bytes and the
+// compressed value go in reused buffers (bufs), so a registration leaves
+// no garbage of that size behind.
 type invCodec struct {
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	enc  *zstd.Encoder
+	dec  *zstd.Decoder
+	bufs sync.Pool // *[]byte
 }
 
 func newInvCodec() (*invCodec, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, fmt.Errorf("inventory compressor: %w", err)
 	}
@@ -46,14 +57,46 @@ func newInvCodec() (*invCodec, error) {
 	return &invCodec{enc: enc, dec: dec}, nil
 }
 
-// encode is inv's stored value: nil for nil (NULL), empty for an empty
-// inventory, else zstdMark and the compressed proto bytes.
-func (c *invCodec) encode(inv *anvilv1.Inventory) ([]byte, error) {
-	b, err := encMsg(inv)
-	if err != nil || len(b) == 0 {
-		return b, err
+// buffer is a reused buffer for encode; give it back with recycle once
+// the value written into it is no longer used.
+func (c *invCodec) buffer() *[]byte {
+	if b, ok := c.bufs.Get().(*[]byte); ok {
+		return b
 	}
-	return c.enc.EncodeAll(b, []byte{zstdMark}), nil
+	b := make([]byte, 0, 32<<10)
+	return &b
+}
+
+func (c *invCodec) recycle(b *[]byte) {
+	if cap(*b) <= maxPooled {
+		*b = (*b)[:0]
+		c.bufs.Put(b)
+	}
+}
+
+// encode writes inv's stored value into buf (its contents are replaced)
+// and returns it: nil for nil (NULL), empty for an empty inventory, else
+// zstdMark and the compressed proto bytes. The value shares buf's memory.
+func (c *invCodec) encode(inv *anvilv1.Inventory, buf *[]byte) ([]byte, error) {
+	if inv == nil || !inv.ProtoReflect().IsValid() {
+		return nil, nil
+	}
+	scratch := c.buffer()
+	defer c.recycle(scratch)
+	raw, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend((*scratch)[:0], inv)
+	if err != nil {
+		return nil, err
+	}
+	*scratch = raw
+	out := (*buf)[:0]
+	if len(raw) > 0 {
+		// Room for the frame without growing: zstd's bound on a frame of
+		// one block is the input plus its headers.
+		out = slices.Grow(out, len(raw)+len(raw)>>7+64)
+		out = c.enc.EncodeAll(raw, append(out, zstdMark))
+	}
+	*buf = out
+	return out, nil
 }
 
 // decode reads a stored value back (nil when the column was NULL).

@@ -33,7 +33,7 @@ func TestInventoryCodec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stored, err := c.encode(inv)
+	stored, err := c.encode(inv, c.buffer())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,10 +46,13 @@ func TestInventoryCodec(t *testing.T) {
 			t.Errorf("%s: decode = %v, equal %v", name, err, proto.Equal(got, inv))
 		}
 	}
+	if none, err := c.encode(nil, c.buffer()); none != nil || err != nil {
+		t.Errorf("nil inventory stored as %v, %v; want NULL", none, err)
+	}
 	if got, err := c.decode(nil, false); got != nil || err != nil {
 		t.Errorf("NULL: %v, %v; want nil, nil", got, err)
 	}
-	empty, err := c.encode(&anvilv1.Inventory{})
+	empty, err := c.encode(&anvilv1.Inventory{}, c.buffer())
 	if err != nil || empty == nil || len(empty) != 0 {
 		t.Errorf("empty inventory stored as %v, %v; want empty, not NULL", empty, err)
 	}
@@ -74,5 +77,43 @@ func TestInventoryCodec(t *testing.T) {
 	enc.Close()
 	if _, err := c.decode(bomb, true); err == nil {
 		t.Errorf("a %d-byte value that decompresses past %d bytes was accepted", len(bomb), maxInventory)
+	}
+}
+
+// Encoding reuses its buffers: a registration's 20 KB inventory leaves no
+// garbage of that size, and a reused buffer never carries bytes of the
+// inventory encoded in it before.
+func TestInventoryEncodeReusesBuffers(t *testing.T) {
+	c, err := newInvCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, small := &anvilv1.Inventory{}, &anvilv1.Inventory{Product: &anvilv1.Product{Name: "small"}}
+	for i := range 200 {
+		big.PciDevices = append(big.PciDevices, &anvilv1.PCIDevice{Address: fmt.Sprintf("0000:%02x:00.0", i), VendorId: fmt.Sprint(i)})
+	}
+	buf := c.buffer()
+	if _, err := c.encode(big, buf); err != nil {
+		t.Fatal(err)
+	}
+	c.recycle(buf)
+	buf = c.buffer()
+	v, err := c.encode(small, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.decode(v, true); err != nil || !proto.Equal(got, small) {
+		t.Fatalf("after reuse: decode = %v, %v; want %v", got, err, small)
+	}
+	c.recycle(buf)
+	allocs := testing.AllocsPerRun(100, func() {
+		b := c.buffer()
+		if _, err := c.encode(big, b); err != nil {
+			t.Fatal(err)
+		}
+		c.recycle(b)
+	})
+	if allocs > 0 {
+		t.Errorf("encoding a %d-device inventory allocates %.0f times per call, want none (buffers reused)", len(big.PciDevices), allocs)
 	}
 }

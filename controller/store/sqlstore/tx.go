@@ -128,7 +128,23 @@ func (t *tx) stmt(ctx context.Context, q string) *sql.Stmt {
 	return st
 }
 
+// sctx is the context a statement runs with (dialect.detach): nil and
+// the error when the caller has given up.
+func (t *tx) sctx(ctx context.Context) (context.Context, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if t.d.detach {
+		return context.WithoutCancel(ctx), nil
+	}
+	return ctx, nil
+}
+
 func (t *tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	ctx, err := t.sctx(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if st := t.stmt(ctx, q); st != nil {
 		return st.ExecContext(ctx, args...)
 	}
@@ -136,13 +152,22 @@ func (t *tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error
 }
 
 func (t *tx) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx, err := t.sctx(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if st := t.stmt(ctx, q); st != nil {
 		return st.QueryContext(ctx, args...)
 	}
 	return t.tx.QueryContext(ctx, t.d.rebind(q), args...)
 }
 
+// queryRow has no error of its own to return: a cancelled caller's row
+// is read all the same (on SQLite) and its next statement is refused.
 func (t *tx) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	if t.d.detach {
+		ctx = context.WithoutCancel(ctx)
+	}
 	if st := t.stmt(ctx, q); st != nil {
 		return st.QueryRowContext(ctx, args...)
 	}
@@ -300,11 +325,14 @@ func (t *tx) putInventories(ctx context.Context, m *store.Machine, created bool)
 	if m.Light {
 		return nil
 	}
-	inv, err := t.inv.encode(m.Inventory)
+	invBuf, heldBuf := t.inv.buffer(), t.inv.buffer()
+	defer t.inv.recycle(invBuf) // after the write: the driver has copied the values
+	defer t.inv.recycle(heldBuf)
+	inv, err := t.inv.encode(m.Inventory, invBuf)
 	if err != nil {
 		return fmt.Errorf("encode inventory: %w", err)
 	}
-	held, err := t.inv.encode(m.HeldInventory)
+	held, err := t.inv.encode(m.HeldInventory, heldBuf)
 	if err != nil {
 		return fmt.Errorf("encode held inventory: %w", err)
 	}

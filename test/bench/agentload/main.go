@@ -113,7 +113,13 @@ func main() {
 		}
 	}
 	var err error
-	if cfg.self, err = os.Executable(); err == nil {
+	if cfg.profile != "" {
+		err = os.MkdirAll(cfg.profile, 0o755)
+	}
+	if err == nil {
+		cfg.self, err = os.Executable()
+	}
+	if err == nil {
 		err = run(cfg, *counts)
 	}
 	if err != nil {

@@ -130,7 +130,7 @@ func (d *deployment) addrs() []string {
 
 // profile fetches /debug/pprof/<what> from each server process of d into
 // dir/<deployment>-<process>-<name>, in the background (with the
-// process's /proc/<pid>/smaps_rollup beside a heap profile); the channel
+// process's /proc/<pid>/smaps_rollup and smaps beside a heap profile); the channel
 // gives the first error once all are written. Nothing when dir is "".
 func (d *deployment) profile(dir, name, what string) <-chan error {
 	done := make(chan error, 1)
@@ -144,9 +144,14 @@ func (d *deployment) profile(dir, name, what string) <-chan error {
 		go func() {
 			err := fetchTo("http://"+p.debug+"/debug/pprof/"+what, file)
 			if err == nil && strings.HasPrefix(what, "heap") {
-				var b []byte
-				if b, err = os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p.cmd.Process.Pid)); err == nil {
-					err = os.WriteFile(file+".smaps", b, 0o644)
+				for _, f := range []struct{ proc, suffix string }{{"smaps_rollup", ".smaps"}, {"smaps", ".smaps-full"}} {
+					var b []byte
+					if b, err = os.ReadFile(fmt.Sprintf("/proc/%d/%s", p.cmd.Process.Pid, f.proc)); err == nil {
+						err = os.WriteFile(file+f.suffix, b, 0o644)
+					}
+					if err != nil {
+						break
+					}
 				}
 			}
 			errs <- err

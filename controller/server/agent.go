@@ -365,7 +365,7 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 		pending, err = a.openWait(ctx, id, cred)
 		return err
 	})
-	sent := make(map[string]bool)
+	var sent map[string]bool // made at the first instruction: most streams only wait
 	keep := time.NewTimer(a.cfg.KeepaliveInterval)
 	defer keep.Stop()
 	for opened := false; ; opened = true {
@@ -396,6 +396,9 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 			}
 			if err := stream.Send(in.Instruction); err != nil {
 				return err
+			}
+			if sent == nil {
+				sent = make(map[string]bool)
 			}
 			sent[in.ID] = true
 		}

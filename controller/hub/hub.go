@@ -17,38 +17,63 @@ import (
 
 // Hub fans out wake-ups and events. The zero value is not usable; call New.
 type Hub struct {
-	mu       sync.Mutex
-	waiters  map[string]map[*Waiter]struct{}
+	mu sync.Mutex
+	// waiters holds each machine's first waiter; the rest follow it in a
+	// list through the waiters themselves, so a machine's subscription
+	// costs one allocation besides its channel (10,000 waiting machines
+	// keep one each).
+	waiters  map[string]*Waiter
 	watchers map[*Watcher]struct{}
 }
 
 // New returns an empty hub.
 func New() *Hub {
 	return &Hub{
-		waiters:  make(map[string]map[*Waiter]struct{}),
+		waiters:  make(map[string]*Waiter),
 		watchers: make(map[*Watcher]struct{}),
 	}
 }
 
 // Waiter is one Wait stream's subscription for its machine.
 type Waiter struct {
-	h         *Hub
-	machineID string
-	c         chan struct{}
+	h          *Hub
+	machineID  string
+	c          chan struct{}
+	prev, next *Waiter // the machine's other waiters; guarded by h.mu
+	closed     bool    // guarded by h.mu
 }
 
 // C is signalled (coalesced: at most one pending signal) on every Notify for
 // the machine.
 func (w *Waiter) C() <-chan struct{} { return w.c }
 
-// Close unsubscribes.
+// Close unsubscribes. Closing again does nothing.
 func (w *Waiter) Close() {
 	w.h.mu.Lock()
 	defer w.h.mu.Unlock()
-	set := w.h.waiters[w.machineID]
-	delete(set, w)
-	if len(set) == 0 {
+	if w.closed {
+		return
+	}
+	w.closed = true
+	if w.next != nil {
+		w.next.prev = w.prev
+	}
+	switch {
+	case w.prev != nil:
+		w.prev.next = w.next
+	case w.next != nil:
+		w.h.waiters[w.machineID] = w.next
+	default:
 		delete(w.h.waiters, w.machineID)
+	}
+	w.prev, w.next = nil, nil
+}
+
+// wake signals w without blocking: a wake-up already pending is enough.
+func (w *Waiter) wake() {
+	select {
+	case w.c <- struct{}{}:
+	default:
 	}
 }
 
@@ -58,12 +83,10 @@ func (h *Hub) Subscribe(machineID string) *Waiter {
 	w := &Waiter{h: h, machineID: machineID, c: make(chan struct{}, 1)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	set := h.waiters[machineID]
-	if set == nil {
-		set = make(map[*Waiter]struct{})
-		h.waiters[machineID] = set
+	if first := h.waiters[machineID]; first != nil {
+		w.next, first.prev = first, w
 	}
-	set[w] = struct{}{}
+	h.waiters[machineID] = w
 	return w
 }
 
@@ -71,11 +94,8 @@ func (h *Hub) Subscribe(machineID string) *Waiter {
 func (h *Hub) Notify(machineID string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for w := range h.waiters[machineID] {
-		select {
-		case w.c <- struct{}{}:
-		default: // a wake-up is already pending
-		}
+	for w := h.waiters[machineID]; w != nil; w = w.next {
+		w.wake()
 	}
 }
 
@@ -85,12 +105,9 @@ func (h *Hub) Notify(machineID string) {
 func (h *Hub) WakeAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, set := range h.waiters {
-		for w := range set {
-			select {
-			case w.c <- struct{}{}:
-			default:
-			}
+	for _, first := range h.waiters {
+		for w := first; w != nil; w = w.next {
+			w.wake()
 		}
 	}
 	for w := range h.watchers {
@@ -103,7 +120,11 @@ func (h *Hub) WakeAll() {
 func (h *Hub) Waiters(machineID string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.waiters[machineID])
+	n := 0
+	for w := h.waiters[machineID]; w != nil; w = w.next {
+		n++
+	}
+	return n
 }
 
 // Watcher receives published events, optionally for one machine only.

@@ -60,3 +60,41 @@ func TestWatchFiltersAndOverflows(t *testing.T) {
 	}
 	h.Publish(&anvilv1.Event{MachineId: "m1", Seq: 4}) // publishing after overflow must not block or panic
 }
+
+// A machine's waiters can close in any order, twice, and the rest are
+// still woken: closing the first, a middle and the last one each leave the
+// others subscribed.
+func TestWaitersCloseInAnyOrder(t *testing.T) {
+	h := New()
+	woken := func(w *Waiter) bool {
+		select {
+		case <-w.C():
+			return true
+		default:
+			return false
+		}
+	}
+	ws := []*Waiter{h.Subscribe("m"), h.Subscribe("m"), h.Subscribe("m"), h.Subscribe("m")}
+	open := map[int]bool{0: true, 1: true, 2: true, 3: true}
+	for _, closing := range []int{1, 3, 1, 0} { // a middle one, the last subscribed (the list's head), again, the first subscribed (its end)
+		ws[closing].Close()
+		delete(open, closing)
+		h.Notify("m")
+		for i, w := range ws {
+			if got := woken(w); got != open[i] {
+				t.Fatalf("after closing waiter %d: waiter %d woken %v, want %v", closing, i, got, open[i])
+			}
+		}
+		if n := h.Waiters("m"); n != len(open) {
+			t.Fatalf("after closing waiter %d: Waiters = %d, want %d", closing, n, len(open))
+		}
+	}
+	h.WakeAll()
+	if !woken(ws[2]) {
+		t.Fatal("WakeAll missed the last open waiter")
+	}
+	ws[2].Close()
+	if n := h.Waiters("m"); n != 0 || len(h.waiters) != 0 {
+		t.Fatalf("all closed: Waiters = %d, %d machines listed", n, len(h.waiters))
+	}
+}

@@ -55,6 +55,21 @@ func TestCallLog(t *testing.T) {
 			}
 		}
 	}
+	// A client that went away: its stream's sends fail with Unavailable,
+	// which is not the server's fault.
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	buf.Reset()
+	closing := status.Error(codes.Unavailable, "transport is closing")
+	_, _ = l.unary(gone, nil, info, func(context.Context, any) (any, error) { return nil, closing })
+	if buf.Len() != 0 {
+		t.Errorf("a call whose client went away logged at info: %s", buf.String())
+	}
+	buf.Reset()
+	_, _ = l.unary(context.Background(), nil, info, func(context.Context, any) (any, error) { return nil, closing })
+	if !bytes.Contains(buf.Bytes(), []byte(`"level":"ERROR"`)) {
+		t.Errorf("Unavailable with the client still there logged %q, want an error", buf.String())
+	}
 	ok := func(context.Context, any) (any, error) { return nil, nil }
 	if n := testing.AllocsPerRun(100, func() { _, _ = l.unary(context.Background(), nil, info, ok) }); n != 0 {
 		t.Errorf("an OK call with debug logging off allocates %.0f times, want none", n)

@@ -223,46 +223,51 @@ func notFound(err error) error {
 // --- machines ---
 
 func (t *tx) scanMachine(r scanner) (*store.Machine, error) {
-	var (
-		m                                  store.Machine
-		macs, labels, status, trust        string
-		inv, alloc, cred, prog, held       []byte
-		hasInv, allocated, hasPrg, hasHeld bool
-		created, seen                      sql.NullInt64
-	)
-	if err := r.Scan(&m.ID, &m.UUID, &macs, &inv, &hasInv, &m.SizeID, &labels, &alloc, &allocated,
-		&status, &cred, &created, &seen, &prog, &hasPrg, &m.BMC, &trust, &held, &hasHeld); err != nil {
+	// The scan targets are fields of two values, not 19 variables: each
+	// pointer handed to Scan escapes, and a sweep reads 10,000 machines.
+	m, c := new(store.Machine), new(machineScan)
+	if err := r.Scan(&m.ID, &m.UUID, &c.macs, &c.inv, &c.hasInv, &m.SizeID, &c.labels, &c.alloc, &c.allocated,
+		&c.status, &c.cred, &c.created, &c.seen, &c.prog, &c.hasPrg, &m.BMC, &c.trust, &c.held, &c.hasHeld); err != nil {
 		return nil, err
 	}
 	var err error
-	if err = json.Unmarshal([]byte(macs), &m.MACs); err != nil {
+	if err = json.Unmarshal([]byte(c.macs), &m.MACs); err != nil {
 		return nil, fmt.Errorf("decode machine %q macs: %w", m.ID, err)
 	}
-	if err = json.Unmarshal([]byte(labels), &m.Labels); err != nil {
+	if err = json.Unmarshal([]byte(c.labels), &m.Labels); err != nil {
 		return nil, fmt.Errorf("decode machine %q labels: %w", m.ID, err)
 	}
-	if m.Inventory, err = t.inv.decode(inv, hasInv); err != nil {
+	if m.Inventory, err = t.inv.decode(c.inv, c.hasInv); err != nil {
 		return nil, fmt.Errorf("decode machine %q inventory: %w", m.ID, err)
 	}
-	if m.Allocation, err = decMsg[anvilv1.Allocation](alloc, allocated); err != nil {
+	if m.Allocation, err = decMsg[anvilv1.Allocation](c.alloc, c.allocated); err != nil {
 		return nil, fmt.Errorf("decode machine %q allocation: %w", m.ID, err)
 	}
-	if m.Status, err = decStatus(status); err != nil {
+	if m.Status, err = decStatus(c.status); err != nil {
 		return nil, fmt.Errorf("decode machine %q status: %w", m.ID, err)
 	}
-	if m.Progress, err = decMsg[anvilv1.Progress](prog, hasPrg); err != nil {
+	if m.Progress, err = decMsg[anvilv1.Progress](c.prog, c.hasPrg); err != nil {
 		return nil, fmt.Errorf("decode machine %q progress: %w", m.ID, err)
 	}
-	if m.Trust, err = decTrust(trust); err != nil {
+	if m.Trust, err = decTrust(c.trust); err != nil {
 		return nil, fmt.Errorf("decode machine %q trust: %w", m.ID, err)
 	}
-	if m.HeldInventory, err = t.inv.decode(held, hasHeld); err != nil {
+	if m.HeldInventory, err = t.inv.decode(c.held, c.hasHeld); err != nil {
 		return nil, fmt.Errorf("decode machine %q held inventory: %w", m.ID, err)
 	}
-	m.CredentialHash = cred
-	m.CreatedAt = decTime(created)
-	m.LastSeen = decTime(seen)
-	return &m, nil
+	m.CredentialHash = c.cred
+	m.CreatedAt = decTime(c.created)
+	m.LastSeen = decTime(c.seen)
+	return m, nil
+}
+
+// machineScan holds the columns of a machine row that are decoded after the
+// scan.
+type machineScan struct {
+	macs, labels, status, trust        string
+	inv, alloc, cred, prog, held       []byte
+	hasInv, allocated, hasPrg, hasHeld bool
+	created, seen                      sql.NullInt64
 }
 
 // machineArgs are the column values of m in the order of qUpdateMachine

@@ -155,6 +155,7 @@ func (a *agentAPI) Register(ctx context.Context, req *anvilv1.RegisterRequest) (
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("register %s: %w", uuid, err))
 	}
+	a.fresh.set(id, struct{}{}) // its first Wait stream opens in one transaction
 	return &anvilv1.RegisterResponse{MachineId: id, Credential: cred, HeartbeatInterval: durationpb.New(a.cfg.HeartbeatInterval), BmcEnrollment: enroll}, nil
 }
 
@@ -358,11 +359,15 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 	// replica its last-seen time is written at the next flush, not a
 	// heartbeat later.
 	a.noteSeen(id, a.now())
-	// The stream's first read is the write transaction that records
-	// WAITING; every wake-up after it reads in a read-only one.
+	// The stream's first read: the write transaction that records WAITING
+	// for an agent that has just registered here; a read for the others
+	// (reconnects, a failover from another replica), which write only when
+	// the machine still says REGISTERING. Every wake-up reads.
 	var pending []*store.Instruction
+	_, fresh := a.fresh.get(id)
+	a.fresh.forget(id)
 	err = onShortStack(func() (err error) {
-		pending, err = a.openWait(ctx, id, cred)
+		pending, err = a.openWait(ctx, id, cred, fresh)
 		return err
 	})
 	var sent map[string]bool // made at the first instruction: most streams only wait
@@ -431,10 +436,16 @@ func (a *agentAPI) Wait(_ *anvilv1.WaitRequest, stream anvilv1.AgentService_Wait
 
 // waitState is what a Wait stream sends: the instructions queued for
 // machine id, none while its session awaits approval. ErrNotFound when
-// cred no longer names the machine (deleted, or registered again).
+// cred no longer names the machine (deleted, or registered again); a
+// store fault is returned as it is (the agent retries, it does not
+// register again).
 func waitState(ctx context.Context, tx store.Tx, id string, cred []byte) (*store.Machine, []*store.Instruction, error) {
-	if holder, err := tx.MachineIDByCredential(ctx, cred); err != nil || holder != id {
-		return nil, nil, errors.Join(store.ErrNotFound, err)
+	holder, err := tx.MachineIDByCredential(ctx, cred)
+	if err != nil {
+		return nil, nil, err
+	}
+	if holder != id {
+		return nil, nil, store.ErrNotFound
 	}
 	m, err := tx.GetMachineLight(ctx, id)
 	if err != nil {
@@ -451,9 +462,23 @@ func waitState(ctx context.Context, tx store.Tx, id string, cred []byte) (*store
 // WAITING when a freshly registered agent with nothing queued opens its
 // first stream; reconnects add nothing, and a queued instruction (an
 // erase) drives the state through its own events instead, so a machine is
-// never Ready while work is pending.
-func (a *agentAPI) openWait(ctx context.Context, id string, cred []byte) ([]*store.Instruction, error) {
+// never Ready while work is pending. A fresh machine (registered here,
+// no stream since) goes straight to the write transaction; the others
+// read first and take the writer (fleet-wide with replicas) only when
+// the machine still says REGISTERING, so a reconnect storm does not queue
+// on it.
+func (a *agentAPI) openWait(ctx context.Context, id string, cred []byte, fresh bool) ([]*store.Instruction, error) {
 	var pending []*store.Instruction
+	if !fresh {
+		var m *store.Machine
+		err := a.store.View(ctx, func(tx store.Tx) (err error) {
+			m, pending, err = waitState(ctx, tx, id, cred)
+			return err
+		})
+		if err != nil || m.Status.State != anvilv1.MachineState_MACHINE_STATE_REGISTERING {
+			return pending, err
+		}
+	}
 	err := a.commit(ctx, func(tx store.Tx, fx *effects) error {
 		m, p, err := waitState(ctx, tx, id, cred)
 		if err != nil {

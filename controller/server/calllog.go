@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"time"
@@ -14,10 +15,11 @@ import (
 
 // callLog logs every finished call at the level its status code calls
 // for: OK and Canceled at debug, server faults (Internal, Unknown,
-// DataLoss, Unavailable) at error, the rest at info. A call that ended
-// because its client went away (its context is done: a rebooting machine,
-// a closed connection) and failed with Unavailable is the client's doing,
-// logged at debug too: a fleet rebooting at once is not an error storm.
+// DataLoss, Unavailable) at error, the rest at info. A call that failed
+// with Unavailable after its client went away (its context cancelled: a
+// rebooting machine, a closed connection; not a deadline, which a slow
+// store can cause) is the client's doing, logged at debug too: a fleet
+// rebooting at once is not an error storm.
 // A call is looked at
 // only once it has finished, and one whose level is off costs nothing: a
 // fleet's heartbeats and its 10,000 open Wait streams carry no log fields.
@@ -58,7 +60,7 @@ func (l callLog) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 func (l callLog) finished(ctx context.Context, fullMethod, kind string, start time.Time, err error) {
 	code := status.Code(err)
 	lvl := callLevel(code)
-	if code == codes.Unavailable && ctx.Err() != nil {
+	if code == codes.Unavailable && errors.Is(ctx.Err(), context.Canceled) {
 		lvl = slog.LevelDebug
 	}
 	if !l.log.Enabled(ctx, lvl) {

@@ -20,10 +20,10 @@ import (
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
-// countingStore counts read transactions.
+// countingStore counts read and write transactions.
 type countingStore struct {
 	store.Store
-	views atomic.Int32
+	views, txs atomic.Int32
 }
 
 func (c *countingStore) View(ctx context.Context, fn func(store.Tx) error) error {
@@ -31,19 +31,16 @@ func (c *countingStore) View(ctx context.Context, fn func(store.Tx) error) error
 	return c.Store.View(ctx, fn)
 }
 
-// An idle agent's Wait stream costs no store read per keepalive: over
-// twenty keepalives the store is read only when the stream opens; a queued
-// instruction (a wake-up) is still delivered at once.
-func TestIdleWaitReadsNothing(t *testing.T) {
-	st, err := sqlstore.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "anvil.db"), sqlstore.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cs := &countingStore{Store: st}
-	cfg := DefaultConfig()
-	cfg.KeepaliveInterval = 10 * time.Millisecond
-	s, err := New(cs, Credentials{AdminTokens: []string{"admin-token-for-tests"}, BootTokens: []string{"boot-token-for-tests"}}, cfg,
+func (c *countingStore) Tx(ctx context.Context, fn func(store.Tx) error) error {
+	c.txs.Add(1)
+	return c.Store.Tx(ctx, fn)
+}
+
+// startAgentAPI serves st's controller on a loopback port (without TLS)
+// and returns it, an agent client and the context that carries a token.
+func startAgentAPI(t *testing.T, st store.Store, cfg Config) (*Server, anvilv1.AgentServiceClient, func(tok string) context.Context) {
+	t.Helper()
+	s, err := New(st, Credentials{AdminTokens: []string{"admin-token-for-tests"}, BootTokens: []string{"boot-token-for-tests"}}, cfg,
 		WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
@@ -60,10 +57,25 @@ func TestIdleWaitReadsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	agent := anvilv1.NewAgentServiceClient(conn)
 	with := func(tok string) context.Context {
 		return metadata.AppendToOutgoingContext(t.Context(), "authorization", pki.BearerScheme+" "+tok)
 	}
+	return s, anvilv1.NewAgentServiceClient(conn), with
+}
+
+// An idle agent's Wait stream costs no store read per keepalive: over
+// twenty keepalives the store is read only when the stream opens; a queued
+// instruction (a wake-up) is still delivered at once.
+func TestIdleWaitReadsNothing(t *testing.T) {
+	st, err := sqlstore.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "anvil.db"), sqlstore.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cs := &countingStore{Store: st}
+	cfg := DefaultConfig()
+	cfg.KeepaliveInterval = 10 * time.Millisecond
+	s, agent, with := startAgentAPI(t, cs, cfg)
 	const id = "00000000-0000-4000-8000-0000000000a1"
 	reg, err := agent.Register(with("boot-token-for-tests"), &anvilv1.RegisterRequest{Inventory: &anvilv1.Inventory{
 		Product: &anvilv1.Product{Uuid: id}, Nics: []*anvilv1.NIC{{Name: "eth0", Mac: "52:54:00:00:00:a1"}},

@@ -291,6 +291,10 @@ type Server struct {
 	// (credcache.go; WithChangesHeard).
 	creds credCache
 	heard func() bool
+	// fresh holds the machines registered here whose agent has not opened
+	// a Wait stream since (Wait): their first stream opens in one write
+	// transaction, a reconnect reads first and writes only when it must.
+	fresh perMachine[struct{}]
 }
 
 // Option configures a Server.

@@ -90,7 +90,7 @@ func (s *Store) Tx(ctx context.Context, fn func(store.Tx) error) error {
 		}
 		s.handOff(false)
 	}()
-	fnErr := fn(&tx{d: s.d, tx: b.tx, prepared: s.wstmts, origin: s.origin, feedKey: s.feedKey, inv: s.inv})
+	fnErr := fn(&tx{d: s.d, tx: b.tx, prepared: s.wstmts, origin: s.origin, feedKey: s.feedKey, inv: s.inv, detach: true})
 	returned = true
 	if err := s.endSavepoint(b, fnErr != nil); err != nil {
 		return errors.Join(fnErr, s.abort(b, err))

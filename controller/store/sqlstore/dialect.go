@@ -30,12 +30,14 @@ type dialect struct {
 	// makes their write transactions apply one at a time.
 	shared     bool
 	lockWrites string
-	// detach runs statements without their caller's cancellation. A
+	// detach runs the statements of read transactions without their
+	// caller's cancellation (write transactions always do: tx.detach). A
 	// SQLite statement is a local call of microseconds and runs to its
 	// end; cancelling one mid-way would cost a goroutine for every
 	// statement (the driver's interrupt watcher), so a cancelled caller
-	// is refused before its next statement instead. PostgreSQL keeps
-	// the context: it cancels a statement on the server.
+	// is refused before its next statement instead. PostgreSQL's reads
+	// keep the context: a read stuck on a lost server gives up with its
+	// caller.
 	detach bool
 }
 

@@ -141,7 +141,9 @@ func (t *tx) Announce(ctx context.Context, c store.Change) error {
 	b, err := encodeChange(t.origin, c)
 	if err == nil {
 		b = sign(t.feedKey, b)
-		_, err = t.tx.ExecContext(ctx, "SELECT pg_notify($1, $2)", changesChannel, string(b))
+		if ctx, err = t.sctx(ctx); err == nil { // in the shared write batch: never cut off mid-statement
+			_, err = t.tx.ExecContext(ctx, "SELECT pg_notify($1, $2)", changesChannel, string(b))
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("announce change: %w", err)

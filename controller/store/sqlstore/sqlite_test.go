@@ -545,3 +545,76 @@ func TestGroupCommitIsolatesWriters(t *testing.T) {
 		}
 	}
 }
+
+// A caller that gives up mid-transaction is refused at its next statement
+// with its context's error: in a read (not database/sql's "transaction
+// done" once the read is rolled back) and in a write batch, where its
+// writes are undone and the others' commit.
+func TestCancelledCallerIsRefused(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "anvil.db"))
+	ctx := t.Context()
+	if err := s.Tx(ctx, func(tx store.Tx) error { return tx.CreateMachine(ctx, benchMachine(1)) }); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	err := s.View(rctx, func(tx store.Tx) error {
+		if _, err := tx.GetMachineLight(rctx, "m00000001"); err != nil {
+			return err
+		}
+		cancel()
+		_, err := tx.GetMachineLight(rctx, "m00000001")
+		return err
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("read after the caller cancelled: %v, want context.Canceled", err)
+	}
+
+	inFirst, release := make(chan struct{}), make(chan struct{})
+	firstDone := make(chan error, 1)
+	go func() {
+		firstDone <- s.Tx(ctx, func(tx store.Tx) error {
+			close(inFirst)
+			<-release // hold the batch open until the others are queued
+			return tx.CreateImage(ctx, &anvilv1.Image{Id: "first"})
+		})
+	}()
+	<-inFirst
+	wctx, wcancel := context.WithCancel(ctx)
+	gaveUp, other := make(chan error, 1), make(chan error, 1)
+	go func() {
+		gaveUp <- s.Tx(wctx, func(tx store.Tx) error {
+			if err := tx.CreateImage(wctx, &anvilv1.Image{Id: "gave-up"}); err != nil {
+				return err
+			}
+			wcancel()
+			return tx.CreateImage(wctx, &anvilv1.Image{Id: "gave-up-2"})
+		})
+	}()
+	go func() { other <- s.Tx(ctx, func(tx store.Tx) error { return tx.CreateImage(ctx, &anvilv1.Image{Id: "other"}) }) }()
+	for s.w.waiting.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if err := <-firstDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-other; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the writer that gave up: %v, want context.Canceled", err)
+	}
+	var ids []string
+	if err := s.View(ctx, func(tx store.Tx) error {
+		imgs, err := tx.ListImages(ctx)
+		for _, img := range imgs {
+			ids = append(ids, img.GetId())
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(ids, ",") != "first,other" {
+		t.Errorf("images after the batch: %v, want first and other (the cancelled writer's undone)", ids)
+	}
+}

@@ -357,7 +357,7 @@ func (s *Store) View(ctx context.Context, fn func(store.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin read-only transaction: %w", err)
 	}
-	return run(sqlTx, &tx{d: s.d, tx: sqlTx, prepared: s.rstmts, inv: s.inv}, fn)
+	return run(sqlTx, &tx{d: s.d, tx: sqlTx, prepared: s.rstmts, inv: s.inv, detach: s.d.detach}, fn)
 }
 
 func run(sqlTx *sql.Tx, t *tx, fn func(store.Tx) error) (err error) {

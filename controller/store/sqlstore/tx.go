@@ -107,6 +107,13 @@ type tx struct {
 	// (feed.go).
 	origin  string
 	feedKey []byte
+	// detach: statements run without the caller's cancellation, which
+	// is checked before each one instead. Always in write transactions:
+	// their batch is shared (batch.go), and a statement cut off by one
+	// caller's cancel would fail the others' work (SQLite's interrupt
+	// rolls the transaction back, pgx closes the connection). In reads
+	// as the dialect says (dialect.detach).
+	detach bool
 }
 
 var _ store.Tx = (*tx)(nil)
@@ -128,13 +135,13 @@ func (t *tx) stmt(ctx context.Context, q string) *sql.Stmt {
 	return st
 }
 
-// sctx is the context a statement runs with (dialect.detach): nil and
-// the error when the caller has given up.
+// sctx is the context a statement runs with (tx.detach): nil and the
+// error when the caller has given up.
 func (t *tx) sctx(ctx context.Context) (context.Context, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if t.d.detach {
+	if t.detach {
 		return context.WithoutCancel(ctx), nil
 	}
 	return ctx, nil
@@ -162,10 +169,10 @@ func (t *tx) query(ctx context.Context, q string, args ...any) (*sql.Rows, error
 	return t.tx.QueryContext(ctx, t.d.rebind(q), args...)
 }
 
-// queryRow has no error of its own to return: a cancelled caller's row
-// is read all the same (on SQLite) and its next statement is refused.
+// queryRow has no error of its own to return: a caller that has already
+// given up keeps its context, whose error the row's Scan returns.
 func (t *tx) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	if t.d.detach {
+	if t.detach && ctx.Err() == nil {
 		ctx = context.WithoutCancel(ctx)
 	}
 	if st := t.stmt(ctx, q); st != nil {
@@ -390,7 +397,7 @@ func (t *tx) MachineIDByCredential(ctx context.Context, credentialHash []byte) (
 }
 
 func (t *tx) CountMachinesByState(ctx context.Context) (map[anvilv1.MachineState]int, error) {
-	rows, err := t.tx.QueryContext(ctx, "SELECT state, COUNT(*) FROM machines GROUP BY state")
+	rows, err := t.query(ctx, "SELECT state, COUNT(*) FROM machines GROUP BY state")
 	if err != nil {
 		return nil, fmt.Errorf("count machines by state: %w", err)
 	}

@@ -590,7 +590,9 @@ func TestCancelledCallerIsRefused(t *testing.T) {
 			return tx.CreateImage(wctx, &anvilv1.Image{Id: "gave-up-2"})
 		})
 	}()
-	go func() { other <- s.Tx(ctx, func(tx store.Tx) error { return tx.CreateImage(ctx, &anvilv1.Image{Id: "other"}) }) }()
+	go func() {
+		other <- s.Tx(ctx, func(tx store.Tx) error { return tx.CreateImage(ctx, &anvilv1.Image{Id: "other"}) })
+	}()
 	for s.w.waiting.Load() < 2 {
 		time.Sleep(time.Millisecond)
 	}

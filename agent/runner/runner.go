@@ -259,10 +259,19 @@ func (r *Runner) machineCreds() grpc.CallOption {
 // SMBIOS UUID, or an agent whose credential keeps being refused, retry
 // slowly instead of at full speed.
 func (r *Runner) Run(ctx context.Context) error {
+	// BMC enrollments outlive the session that asked for them: the BMC is
+	// changed, so its outcome is reported even when the session ends
+	// first. They end with Run.
+	life, stop := context.WithCancel(ctx)
+	var enrolling sync.WaitGroup
+	defer enrolling.Wait()
+	defer stop()
 	short := 0
 	for {
 		began := time.Now()
-		err := r.runOnce(ctx)
+		err := r.runOnce(ctx, func(c *anvilv1.BMCCredential) {
+			enrolling.Go(func() { r.enrollBMC(life, c) })
+		})
 		switch {
 		case errors.Is(err, ErrStop):
 			return nil
@@ -290,22 +299,21 @@ func (r *Runner) Run(ctx context.Context) error {
 }
 
 // runOnce registers, then keeps a Wait stream and heartbeats until the
-// credential is refused or an executor asks for a restart/stop.
-func (r *Runner) runOnce(ctx context.Context) error {
-	hb, enroll, err := r.register(ctx)
+// credential is refused or an executor asks for a restart/stop. A BMC
+// enrollment the registration asks for goes to enroll, which carries it
+// out beside the session (a slow BMC must not make the session look dead).
+func (r *Runner) runOnce(ctx context.Context, enroll func(*anvilv1.BMCCredential)) error {
+	hb, c, err := r.register(ctx)
 	if err != nil {
 		return err
+	}
+	if c != nil {
+		enroll(c)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	work := make(chan *anvilv1.Instruction, 16)
 	var wg sync.WaitGroup
-	if enroll != nil {
-		// Beside the heartbeats: a slow BMC must not make the session look
-		// dead.
-		wg.Add(1)
-		go func() { defer wg.Done(); r.enrollBMC(ctx, enroll) }()
-	}
 	wg.Add(2)
 	go func() { defer wg.Done(); r.heartbeat(ctx, hb) }()
 	go func() {
@@ -546,9 +554,14 @@ func withdrawn(err error) error {
 	return err
 }
 
+// enrollReportTries bounds how many sessions' credentials an enrollment's
+// report tries (a refused credential: the next registration brings one).
+const enrollReportTries = 8
+
 // enrollBMC carries out the controller's in-band BMC enrollment and
 // reports its outcome. The controller keeps the previous credential until
-// the new one answers, so a failure here loses nothing; it is reported.
+// the new one answers, so a failure here loses nothing; it is reported,
+// with the credential of whichever session is current by then.
 func (r *Runner) enrollBMC(ctx context.Context, c *anvilv1.BMCCredential) {
 	msg, err := "", errors.New("this agent cannot enroll BMCs")
 	if r.cfg.EnrollBMC != nil {
@@ -560,8 +573,18 @@ func (r *Runner) enrollBMC(ctx context.Context, c *anvilv1.BMCCredential) {
 	if len(msg) > anvilv1.MaxMessageBytes {
 		msg = msg[:anvilv1.MaxMessageBytes]
 	}
-	if err := r.report(ctx, "", anvilv1.EventType_EVENT_TYPE_BMC, msg, nil); err != nil && ctx.Err() == nil {
-		r.log.Warn("reporting the BMC enrollment", "err", err)
+	for attempt := 0; ; attempt++ {
+		err := r.report(ctx, "", anvilv1.EventType_EVENT_TYPE_BMC, msg, nil)
+		if status.Code(err) != codes.Unauthenticated || attempt == enrollReportTries-1 {
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("reporting the BMC enrollment", "err", err)
+			}
+			return
+		}
+		// The session that asked ended; wait for the next registration.
+		if r.cfg.Backoff.Sleep(ctx, attempt) != nil {
+			return
+		}
 	}
 }
 

@@ -12,6 +12,22 @@ import (
 	anvilv1 "github.com/anvil-metal/anvil/proto/anvil/v1"
 )
 
+// largeInventory is a large server's: 24 disks, 8 NICs, 120 PCI devices.
+func largeInventory() *anvilv1.Inventory {
+	inv := &anvilv1.Inventory{Product: &anvilv1.Product{Name: "R650", Uuid: "u1"}}
+	for i := range 24 {
+		inv.Disks = append(inv.Disks, &anvilv1.Disk{Name: fmt.Sprintf("nvme%dn1", i), Path: fmt.Sprintf("/dev/nvme%dn1", i),
+			Model: "SAMSUNG MZQL23T8HCLS-00A07", Serial: fmt.Sprintf("S64HNE0T%06d", i), SizeBytes: 3840755982336})
+	}
+	for i := range 8 {
+		inv.Nics = append(inv.Nics, &anvilv1.NIC{Name: fmt.Sprintf("ens%df0", i), Mac: fmt.Sprintf("b8:ce:f6:00:00:%02x", i), Driver: "mlx5_core"})
+	}
+	for i := range 120 {
+		inv.PciDevices = append(inv.PciDevices, &anvilv1.PCIDevice{Address: fmt.Sprintf("0000:%02x:00.0", i), VendorId: "8086", ProductId: "0998", ClassId: "0600"})
+	}
+	return inv
+}
+
 // A large inventory is stored compressed and read back exactly; values
 // written before compression (raw proto bytes) still read; a damaged or
 // oversized compressed value is an error, not a machine with a wrong
@@ -21,14 +37,7 @@ func TestInventoryCodec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inv := &anvilv1.Inventory{Product: &anvilv1.Product{Name: "R650", Uuid: "u1"}}
-	for i := range 24 {
-		inv.Disks = append(inv.Disks, &anvilv1.Disk{Name: fmt.Sprintf("nvme%dn1", i), Path: fmt.Sprintf("/dev/nvme%dn1", i),
-			Model: "SAMSUNG MZQL23T8HCLS-00A07", Serial: fmt.Sprintf("S64HNE0T%06d", i), SizeBytes: 3840755982336})
-	}
-	for i := range 120 {
-		inv.PciDevices = append(inv.PciDevices, &anvilv1.PCIDevice{Address: fmt.Sprintf("0000:%02x:00.0", i), VendorId: "8086", ProductId: "0998", ClassId: "0600"})
-	}
+	inv := largeInventory()
 	raw, err := proto.Marshal(inv)
 	if err != nil {
 		t.Fatal(err)
@@ -125,17 +134,7 @@ func BenchmarkInventoryEncode(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	inv := &anvilv1.Inventory{Product: &anvilv1.Product{Name: "R650", Uuid: "u1"}}
-	for i := range 24 {
-		inv.Disks = append(inv.Disks, &anvilv1.Disk{Name: fmt.Sprintf("nvme%dn1", i), Path: fmt.Sprintf("/dev/nvme%dn1", i),
-			Model: "SAMSUNG MZQL23T8HCLS-00A07", Serial: fmt.Sprintf("S64HNE0T%06d", i), SizeBytes: 3840755982336})
-	}
-	for i := range 8 {
-		inv.Nics = append(inv.Nics, &anvilv1.NIC{Name: fmt.Sprintf("ens%df0", i), Mac: fmt.Sprintf("b8:ce:f6:00:00:%02x", i), Driver: "mlx5_core"})
-	}
-	for i := range 120 {
-		inv.PciDevices = append(inv.PciDevices, &anvilv1.PCIDevice{Address: fmt.Sprintf("0000:%02x:00.0", i), VendorId: "8086", ProductId: "0998", ClassId: "0600"})
-	}
+	inv := largeInventory()
 	b.ReportAllocs()
 	for b.Loop() {
 		buf := c.buffer()

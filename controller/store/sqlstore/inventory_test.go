@@ -122,8 +122,13 @@ func TestInventoryEncodeReusesBuffers(t *testing.T) {
 		}
 		c.recycle(b)
 	})
-	if allocs > 0 {
-		t.Errorf("encoding a %d-device inventory allocates %.0f times per call, want none (buffers reused)", len(big.PciDevices), allocs)
+	// Without reuse it is 4 (two buffers, each grown once).
+	limit := 0.0
+	if raceEnabled {
+		limit = 2 // the pool drops some buffers on purpose
+	}
+	if allocs > limit {
+		t.Errorf("encoding a %d-device inventory allocates %.0f times per call, want at most %.0f (buffers reused)", len(big.PciDevices), allocs, limit)
 	}
 }
 
